@@ -1,0 +1,500 @@
+//! The write path: records are staged in memory, and one leader among the waiting callers
+//! writes everything staged with one `pwrite` and one `fdatasync` (group commit). A background
+//! thread serves `Durability::Interval` and `None`, prepares the next segment ahead of time and
+//! deletes settled segments.
+//!
+//! Invariants: all data `fdatasync`s of the log happen here; a failed write or sync poisons the
+//! store for good (never retried, see `Error::Poisoned`); the log becomes durable strictly as a
+//! prefix, because a chunk that seals a segment is synced before any later chunk is written.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::MutexGuard;
+
+use crate::error::{Error, Result};
+use crate::log::{first_record, Log};
+use crate::options::Durability;
+use crate::record::{self, Body, SEAL_LEN};
+use crate::segment::Segment;
+use crate::store::{Shared, State};
+
+/// Staged bytes past which a non-waiting write hands them to the OS at once.
+pub(crate) const GROUP_BYTES: usize = 1 << 20;
+/// How soon bytes staged with `Durability::None` are handed to the OS.
+pub(crate) const WRITE_BEHIND: Duration = Duration::from_millis(5);
+/// Bits of a message id that count messages within one epoch (one open of the store).
+pub(crate) const SEQ_BITS: u32 = 40;
+/// The largest epoch: an id is `epoch << SEQ_BITS | seq` and fits in a u64.
+pub(crate) const MAX_EPOCH: u32 = (1 << (64 - SEQ_BITS)) - 1;
+
+/// Bytes staged for one segment, to be written at `lsn` in one call.
+pub(crate) struct Chunk {
+    pub seg: Arc<Segment>,
+    pub lsn: u64,
+    pub bytes: Vec<u8>,
+    /// Ends with a seal record: synced before anything later is written.
+    pub seal: bool,
+}
+
+impl Chunk {
+    fn copy(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
+        let start = usize::try_from(lsn.checked_sub(self.lsn)?).ok()?;
+        self.bytes.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+    }
+}
+
+/// Counters of the write path, for benchmarks and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `fdatasync` calls on log segments.
+    pub fsyncs: u64,
+    /// Write calls (`pwrite`) on log segments.
+    pub writes: u64,
+    /// Records appended to the log.
+    pub records: u64,
+    /// Bytes appended to the log.
+    pub bytes: u64,
+    /// The log's durable end (a log position).
+    pub durable_lsn: u64,
+    /// Segment files in use or ready.
+    pub segments: usize,
+    /// Bytes of those files.
+    pub disk_bytes: u64,
+}
+
+/// The log's write state; lives inside the store's one mutex.
+pub(crate) struct Wal {
+    pub log: Log,
+    /// The segment new records go to (also the last of `log.segments`).
+    pub active: Arc<Segment>,
+    /// Position of the next record.
+    pub next_lsn: u64,
+    /// Everything below is written to its file (not necessarily synced).
+    pub written: u64,
+    /// Everything below is durable.
+    pub durable: u64,
+    staged: Vec<Chunk>,
+    staged_bytes: usize,
+    /// What the current leader is writing, readable by others until it is written.
+    writing: Option<Arc<Vec<Chunk>>>,
+    /// A leader is writing or syncing now.
+    pub flushing: bool,
+    /// The segment holding written but unsynced bytes.
+    unsynced: Option<Arc<Segment>>,
+    pub poisoned: Option<String>,
+    /// A `Durability::Interval` record wants a sync by then.
+    pub sync_due: Option<Instant>,
+    /// Staged bytes want to be written by then.
+    pub write_due: Option<Instant>,
+    /// A segment may have become deletable.
+    pub maybe_delete: bool,
+    pub epoch: u32,
+    seq: u64,
+    /// Queue names by id, restated in every segment's preamble.
+    catalog: Vec<Box<[u8]>>,
+    pub stats: Stats,
+}
+
+impl Wal {
+    /// A write state continuing at `next_lsn` in the last segment of `log`, everything below
+    /// it durable.
+    pub(crate) fn new(
+        log: Log,
+        active: Arc<Segment>,
+        next_lsn: u64,
+        epoch: u32,
+        catalog: Vec<Box<[u8]>>,
+    ) -> Wal {
+        Wal {
+            log,
+            active,
+            next_lsn,
+            written: next_lsn,
+            durable: next_lsn,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            writing: None,
+            flushing: false,
+            unsynced: None,
+            poisoned: None,
+            sync_due: None,
+            write_due: None,
+            maybe_delete: true,
+            epoch,
+            seq: 0,
+            catalog,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The next message id of this epoch.
+    pub(crate) fn next_id(&mut self) -> Result<u64> {
+        if self.seq >= (1 << SEQ_BITS) - 1 {
+            return Err(Error::Io(std::io::Error::other(
+                "message ids of this open are exhausted; reopen the store",
+            )));
+        }
+        self.seq += 1;
+        Ok(u64::from(self.epoch) << SEQ_BITS | self.seq)
+    }
+
+    /// Records that must open every segment: the epoch and the whole queue catalog.
+    fn preamble(&self) -> Vec<Body<'_>> {
+        let mut out = vec![Body::Epoch { epoch: self.epoch }];
+        for (q, name) in self.catalog.iter().enumerate() {
+            out.push(Body::Queue { queue: u32::try_from(q).unwrap_or(u32::MAX), name });
+        }
+        out
+    }
+
+    pub(crate) fn preamble_len(&self) -> usize {
+        self.preamble().iter().map(Body::encoded_len).sum()
+    }
+
+    /// Adds a queue to the catalog that preambles restate.
+    pub(crate) fn add_to_catalog(&mut self, name: &str) {
+        self.catalog.push(name.as_bytes().into());
+    }
+
+    /// Whether records of these lengths fit in the active segment and the spares.
+    pub(crate) fn fits(&self, lens: &[usize]) -> bool {
+        let active = &self.active;
+        let pre = self.preamble_len() as u64;
+        let (mut pos, mut end) = (self.next_lsn, active.end());
+        let mut spares = self.log.spares.iter();
+        for &len in lens {
+            let len = len as u64 + SEAL_LEN as u64;
+            if pos + len > end {
+                let Some(s) = spares.next() else { return false };
+                (pos, end) = (first_record(s) + pre, s.end());
+                if pos + len > end {
+                    return false;
+                }
+            }
+            pos += len - SEAL_LEN as u64;
+        }
+        true
+    }
+
+    /// Stages `body` and returns its log position; `None` when it needs a spare segment that
+    /// does not exist (callers check `fits` first).
+    pub(crate) fn append(&mut self, body: &Body<'_>) -> Option<u64> {
+        let active_end = self.active.end();
+        if self.next_lsn + (body.encoded_len() + SEAL_LEN) as u64 > active_end {
+            self.roll()?;
+        }
+        let lsn = self.next_lsn;
+        self.stage(body);
+        Some(lsn)
+    }
+
+    /// Seals the active segment and makes the first spare active, starting with the preamble.
+    fn roll(&mut self) -> Option<()> {
+        let next = self.log.spares.pop_front()?;
+        self.stage(&Body::Seal);
+        if let Some(c) = self.staged.last_mut() {
+            c.seal = true;
+        }
+        self.next_lsn = first_record(&next);
+        self.log.activate(Arc::clone(&next), 0);
+        self.active = next;
+        self.stage_preamble();
+        Some(())
+    }
+
+    /// Stages the preamble of the active segment, which must have no records yet.
+    pub(crate) fn stage_preamble(&mut self) {
+        let preamble: Vec<Vec<u8>> = {
+            // Encoded first: staging needs `&mut self` while the bodies borrow the catalog.
+            let mut lsn = self.next_lsn;
+            self.preamble()
+                .iter()
+                .map(|b| {
+                    let mut v = Vec::new();
+                    record::encode(&mut v, lsn, self.durable, b);
+                    lsn += v.len() as u64;
+                    v
+                })
+                .collect()
+        };
+        for rec in preamble {
+            self.stage_encoded(&rec);
+        }
+        let end = self.next_lsn;
+        if let Some(info) = self.log.segments.get_mut(&self.active.base) {
+            info.preamble_end = end;
+        }
+    }
+
+    fn chunk(&mut self) -> &mut Chunk {
+        let seg = Arc::clone(&self.active);
+        let reuse = self.staged.last().is_some_and(|c| c.seg.base == seg.base && !c.seal);
+        if !reuse {
+            self.staged.push(Chunk { seg, lsn: self.next_lsn, bytes: Vec::with_capacity(4096), seal: false });
+        }
+        let last = self.staged.len() - 1;
+        &mut self.staged[last]
+    }
+
+    fn stage(&mut self, body: &Body<'_>) {
+        let (lsn, durable) = (self.next_lsn, self.durable);
+        let chunk = self.chunk();
+        let before = chunk.bytes.len();
+        record::encode(&mut chunk.bytes, lsn, durable, body);
+        let len = chunk.bytes.len() - before;
+        self.advance(len);
+    }
+
+    fn stage_encoded(&mut self, rec: &[u8]) {
+        self.chunk().bytes.extend_from_slice(rec);
+        self.advance(rec.len());
+    }
+
+    fn advance(&mut self, len: usize) {
+        self.next_lsn += len as u64;
+        self.staged_bytes += len;
+        self.stats.records += 1;
+        self.stats.bytes += len as u64;
+    }
+
+    /// A copy of the record bytes at `lsn` that are staged or being written, if they are.
+    pub(crate) fn copy_unwritten(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
+        let writing = self.writing.iter().flat_map(|w| w.iter());
+        writing.chain(self.staged.iter()).find_map(|c| c.copy(lsn, len))
+    }
+}
+
+impl Shared {
+    /// Makes room for records of these lengths, creating spare segments as needed (the lock
+    /// is released meanwhile). Fails with `NoSpace` when the disk has no room: nothing is
+    /// staged then.
+    pub(crate) fn ensure_room(&self, g: &mut MutexGuard<'_, State>, lens: &[usize]) -> Result<()> {
+        loop {
+            g.check()?;
+            if g.wal.fits(lens) {
+                return Ok(());
+            }
+            let have = g.wal.log.spares.len();
+            MutexGuard::unlocked(g, || self.create_spare(have + 1))?;
+        }
+    }
+
+    /// Creates one spare segment unless there already are `want` of them.
+    pub(crate) fn create_spare(&self, want: usize) -> Result<()> {
+        let _one_creator = self.creating.lock();
+        let (base, store_id) = {
+            let g = self.state.lock();
+            if g.wal.log.spares.len() >= want {
+                return Ok(());
+            }
+            (g.wal.log.next_spare_base(), g.wal.log.store_id)
+        };
+        let map = self.map_reads();
+        let seg = Segment::create(&*self.storage, &self.log_dir, store_id, base, self.opts.segment_bytes, map)?;
+        self.state.lock().wal.log.spares.push_back(Arc::new(seg));
+        Ok(())
+    }
+
+    /// Applies the durability of a call whose records end at `end`.
+    pub(crate) fn commit(&self, g: &mut MutexGuard<'_, State>, end: u64, d: Durability) -> Result<()> {
+        let now = Instant::now();
+        match d {
+            Durability::Immediate => return self.wait_durable(g, end),
+            Durability::Interval(every) => {
+                let due = now + every;
+                if g.wal.sync_due.is_none_or(|t| due < t) {
+                    g.wal.sync_due = Some(due);
+                    self.bg_cv.notify_one();
+                }
+            }
+            // `Durability` is non-exhaustive only for users; every mode is handled here.
+            _ => {
+                if g.wal.write_due.is_none() {
+                    g.wal.write_due = Some(now + WRITE_BEHIND);
+                    self.bg_cv.notify_one();
+                }
+            }
+        }
+        if g.wal.staged_bytes >= GROUP_BYTES && !g.wal.flushing {
+            self.flush(g, false)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the log is durable up to `target`, leading a group commit when no other
+    /// caller is.
+    pub(crate) fn wait_durable(&self, g: &mut MutexGuard<'_, State>, target: u64) -> Result<()> {
+        loop {
+            if let Some(why) = &g.wal.poisoned {
+                return Err(Error::Poisoned(why.clone()));
+            }
+            if g.wal.durable >= target {
+                return Ok(());
+            }
+            if g.wal.flushing {
+                self.durable_cv.wait(g);
+            } else {
+                self.flush(g, true)?;
+            }
+        }
+    }
+
+    /// Waits until no leader is writing and then writes (and with `sync`, syncs) everything
+    /// staged.
+    pub(crate) fn flush_now(&self, g: &mut MutexGuard<'_, State>, sync: bool) -> Result<()> {
+        while g.wal.flushing {
+            self.durable_cv.wait(g);
+        }
+        if let Some(why) = &g.wal.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        self.flush(g, sync)
+    }
+
+    /// The leader's work: write every staged chunk, sync if asked, publish the new ends.
+    /// Must not be called while another flush runs.
+    fn flush(&self, g: &mut MutexGuard<'_, State>, sync: bool) -> Result<()> {
+        let wal = &mut g.wal;
+        let chunks = std::mem::take(&mut wal.staged);
+        wal.staged_bytes = 0;
+        wal.write_due = None;
+        let end = wal.next_lsn;
+        let to_sync = if sync {
+            chunks.last().map(|c| Arc::clone(&c.seg)).or_else(|| wal.unsynced.clone())
+        } else {
+            None
+        };
+        if sync {
+            wal.sync_due = None;
+        }
+        if chunks.is_empty() && to_sync.is_none() {
+            if sync {
+                wal.durable = wal.durable.max(end);
+            }
+            return Ok(());
+        }
+        let last_seg = chunks.last().map(|c| Arc::clone(&c.seg));
+        let chunks = Arc::new(chunks);
+        wal.writing = Some(Arc::clone(&chunks));
+        wal.flushing = true;
+        let mut counts = (0u64, 0u64);
+        let done = MutexGuard::unlocked(g, || -> std::io::Result<()> {
+            for c in chunks.iter() {
+                c.seg.write(c.lsn, &c.bytes)?;
+                counts.0 += 1;
+                if c.seal {
+                    c.seg.sync()?;
+                    counts.1 += 1;
+                }
+            }
+            if let Some(seg) = &to_sync {
+                seg.sync()?;
+                counts.1 += 1;
+            }
+            Ok(())
+        });
+        let wal = &mut g.wal;
+        wal.flushing = false;
+        wal.writing = None;
+        wal.stats.writes += counts.0;
+        wal.stats.fsyncs += counts.1;
+        let result = match done {
+            Ok(()) => {
+                wal.written = end;
+                if sync {
+                    wal.durable = end;
+                    wal.unsynced = None;
+                    if wal.maybe_delete {
+                        self.bg_cv.notify_one();
+                    }
+                } else if last_seg.is_some() {
+                    wal.unsynced = last_seg;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("log write or fdatasync failed: {e}");
+                wal.poisoned = Some(why.clone());
+                for q in &g.queues {
+                    q.cv.notify_all();
+                }
+                self.bg_cv.notify_one();
+                Err(Error::Poisoned(why))
+            }
+        };
+        self.durable_cv.notify_all();
+        result
+    }
+}
+
+/// The background thread: spare segments, interval syncs, write-behind, segment deletion.
+pub(crate) fn background(shared: &Shared) {
+    let mut g = shared.state.lock();
+    let mut retry_spare_at: Option<Instant> = None;
+    let mut checked_delete_at: Option<u64> = None;
+    loop {
+        if g.shutdown {
+            return;
+        }
+        let now = Instant::now();
+        if g.wal.poisoned.is_some() {
+            shared.bg_cv.wait(&mut g);
+            continue;
+        }
+        if g.wal.log.spares.is_empty() && retry_spare_at.is_none_or(|t| now >= t) {
+            let made = MutexGuard::unlocked(&mut g, || shared.create_spare(1));
+            // A full disk is reported to pushes that need the segment; retry later.
+            retry_spare_at = made.is_err().then(|| now + Duration::from_secs(1));
+            continue;
+        }
+        if g.wal.maybe_delete && checked_delete_at != Some(g.wal.durable) {
+            checked_delete_at = Some(g.wal.durable);
+            let durable = g.wal.durable;
+            let dead = g.wal.log.take_deletable(durable);
+            let oldest_empty = g.wal.log.segments.first_key_value().is_some_and(|(_, s)| s.live == 0);
+            g.wal.maybe_delete = oldest_empty && g.wal.log.segments.len() > 1;
+            if !dead.is_empty() {
+                let removed = MutexGuard::unlocked(&mut g, || -> std::io::Result<()> {
+                    // One at a time, each made durable, so a crash never leaves a gap.
+                    for seg in &dead {
+                        shared.storage.remove(&seg.path)?;
+                        shared.storage.sync_dir(&shared.log_dir)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = removed {
+                    g.wal.poisoned = Some(format!("deleting a settled segment failed: {e}"));
+                    shared.durable_cv.notify_all();
+                }
+                continue;
+            }
+        }
+        let due = match (g.wal.sync_due, g.wal.write_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(t) = due {
+            if t <= now {
+                if g.wal.flushing {
+                    shared.durable_cv.wait(&mut g);
+                } else {
+                    let sync = g.wal.sync_due.is_some_and(|s| s <= now);
+                    // A failure poisons the store and is reported to every later call.
+                    let _ = shared.flush(&mut g, sync);
+                }
+                continue;
+            }
+        }
+        let wake = match (due, retry_spare_at.filter(|_| g.wal.log.spares.is_empty())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match wake {
+            Some(t) => {
+                shared.bg_cv.wait_until(&mut g, t);
+            }
+            None => shared.bg_cv.wait(&mut g),
+        }
+    }
+}

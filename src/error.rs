@@ -1,0 +1,126 @@
+//! The one public error type of the crate, and `Result`.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// `Result` with wharf's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where on disk damage was found: the file and the byte offset inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// The damaged file.
+    pub file: PathBuf,
+    /// Byte offset of the damaged record or header inside `file`.
+    pub offset: u64,
+    /// What is wrong, in a few words.
+    pub reason: String,
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at offset {} of {}", self.reason, self.offset, self.file.display())
+    }
+}
+
+/// Everything that can go wrong in wharf.
+///
+/// An empty queue is not an error: `try_pop` returns `Ok(None)`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O call failed. On the write path this also poisons the store (see [`Error::Poisoned`]).
+    Io(io::Error),
+    /// A file of the store is damaged below the durable end of the log.
+    Corrupted(Corruption),
+    /// An earlier write or `fdatasync` failed, so the page cache can no longer be trusted. Every
+    /// call fails with this error until the store is reopened, which recovers from disk.
+    Poisoned(String),
+    /// Another handle, in this process or another, has the directory open.
+    Locked(PathBuf),
+    /// A payload is larger than the store's `max_payload` (or than a segment can hold).
+    PayloadTooLarge {
+        /// The payload's length in bytes.
+        len: usize,
+        /// The largest accepted payload in bytes.
+        max: usize,
+    },
+    /// A queue name is empty, too long, or has a character outside `[A-Za-z0-9._-]`.
+    InvalidName(String),
+    /// An option given to the builder is out of range.
+    InvalidOption(String),
+    /// The lease of this delivery ran out (the message may have been delivered again since),
+    /// or it was already settled: nothing was changed.
+    LeaseExpired,
+    /// The store was closed.
+    Closed,
+    /// There is no space left on the device for a new segment; nothing was written and the
+    /// store stays usable once space is freed.
+    NoSpace,
+    /// The directory was written by a newer version of wharf.
+    UnsupportedVersion {
+        /// The file with the unknown format version.
+        file: PathBuf,
+        /// The version found in it.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// The directory holds a segment that belongs to another store.
+    ForeignSegment(PathBuf),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "i/o error: {e}"),
+            Error::Corrupted(c) => write!(f, "corrupt store: {c}"),
+            Error::Poisoned(why) => {
+                write!(f, "store is poisoned by an earlier write failure ({why}); reopen it")
+            }
+            Error::Locked(dir) => {
+                write!(f, "{} is already open in another handle or process", dir.display())
+            }
+            Error::PayloadTooLarge { len, max } => {
+                write!(f, "payload of {len} bytes is larger than the maximum of {max} bytes")
+            }
+            Error::InvalidName(name) => write!(
+                f,
+                "invalid queue name {name:?}: use 1 to {} characters from A-Z a-z 0-9 . _ -",
+                crate::queue::MAX_NAME_LEN
+            ),
+            Error::InvalidOption(why) => write!(f, "invalid option: {why}"),
+            Error::LeaseExpired => write!(f, "the lease of this delivery has expired"),
+            Error::Closed => write!(f, "the store is closed"),
+            Error::NoSpace => write!(f, "no space left on device for a new log segment"),
+            Error::UnsupportedVersion { file, found, supported } => write!(
+                f,
+                "{} has format version {found}, this build reads up to {supported}",
+                file.display()
+            ),
+            Error::ForeignSegment(file) => {
+                write!(f, "{} belongs to another store", file.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::StorageFull {
+            Error::NoSpace
+        } else {
+            Error::Io(e)
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! wharf: an embedded, crash-safe, persistent message and job queue.
+//!
+//! A [`Wharf`] is a directory holding named queues. Producers [`push`](Queue::push) bytes;
+//! consumers [`pop`](Queue::pop) a [`Delivery`], which is leased to them until they
+//! [`ack`](Delivery::ack) it (done) or [`nack`](Delivery::nack) it (again, at once), or until
+//! its lease runs out. Every change is a checksummed record in one write-ahead log; concurrent
+//! callers share one `fdatasync` (group commit); payloads are read back through a read-only
+//! memory map, never copied.
+//!
+//! ```
+//! use wharf::Wharf;
+//! # let dir = tempfile::tempdir()?;
+//! let wharf = Wharf::open(dir.path())?;
+//! let jobs = wharf.queue("jobs")?;
+//! let id = jobs.push(b"resize photo 17")?; // durable when this returns
+//!
+//! let job = jobs.pop()?;
+//! assert_eq!((job.id(), job.payload()), (id, &b"resize photo 17"[..]));
+//! job.ack()?;
+//! # Ok::<(), wharf::Error>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! - A push that returned `Ok` with [`Durability::Immediate`] (the default) survives a crash,
+//!   a `kill -9` and a power cut, until it is acked.
+//! - An acked message is never delivered again once its ack is durable (acks default to
+//!   `Durability::Interval(10 ms)`: a crash within that window may redeliver it, once).
+//! - Delivery is at least once: messages in flight at a crash are ready again after reopen,
+//!   and [`Delivery::attempt`] counts deliveries across restarts.
+//! - FIFO within a queue. Message ids are never reused, not even after a crash.
+//! - The log becomes durable strictly as a prefix: nothing survives a crash unless all that
+//!   was logged before it survives too.
+//! - A torn write at the end of the log is cut off on open (and reported in the
+//!   [`RecoveryReport`]); damage anywhere else fails the open with [`Error::Corrupted`],
+//!   naming the file and offset. Every payload is checked against its CRC-32C before use.
+//! - A failed write or `fdatasync` poisons the store: every later call fails until reopen.
+//!
+//! # It is not
+//!
+//! - a server or a distributed broker: one process opens a directory at a time;
+//! - exactly-once: handlers must tolerate a redelivery;
+//! - an ordered log for replay: acked messages are gone.
+
+mod commit;
+mod error;
+mod index;
+mod lease;
+mod log;
+mod options;
+mod queue;
+mod record;
+mod recovery;
+mod segment;
+mod storage;
+mod store;
+
+pub use commit::Stats;
+pub use error::{Corruption, Error, Result};
+pub use lease::Delivery;
+pub use options::{
+    Durability, ReadMode, WharfBuilder, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES,
+    MIN_SEGMENT_BYTES,
+};
+pub use queue::{Depth, MessageId, PushOptions, Queue, Wharf, MAX_NAME_LEN};
+pub use recovery::RecoveryReport;

@@ -1,0 +1,170 @@
+//! Options of a store: plain data and the builder that opens a store with them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::record::{PUSH_OVERHEAD, SEAL_LEN};
+use crate::segment::HEADER_LEN;
+use crate::Wharf;
+
+/// When a write is durable: what survives a power loss once the call returned `Ok`.
+///
+/// Whatever the mode, the log becomes durable strictly as a prefix: a record is never durable
+/// while an earlier one is not, so a durable ack always implies a durable push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The call returns once its record was written and `fdatasync`ed (shared with every
+    /// concurrent call through group commit). Survives a power loss. The default for pushes.
+    Immediate,
+    /// The call returns at once; a background thread writes and `fdatasync`s at most this long
+    /// after. A power loss or a crash loses at most the last interval's records. The default
+    /// for acks, nacks and delivery records (10 ms): a lost ack only means a redelivery, which
+    /// at-least-once delivery allows.
+    Interval(Duration),
+    /// The call returns at once; the record is handed to the OS within a few milliseconds (or
+    /// when 1 MiB is staged) and never `fdatasync`ed by this call. Survives a process crash once
+    /// handed to the OS, not a power loss.
+    None,
+}
+
+/// How payloads are read back from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadMode {
+    /// Segments are memory-mapped read-only and a payload is handed out as a slice of the map,
+    /// never copied. A disk read error under a map raises `SIGBUS`: the limit of this mode.
+    Map,
+    /// Payloads are read with `pread` into a buffer: one copy, but a read error is an `Err`.
+    Pread,
+}
+
+/// The options a store is opened with; see [`WharfBuilder`] for each one and its default.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub segment_bytes: u64,
+    pub push_durability: Durability,
+    pub ack_durability: Durability,
+    pub max_payload: usize,
+    pub visibility_timeout: Duration,
+    pub read_mode: ReadMode,
+}
+
+/// Default size of a log segment file: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default largest payload: 8 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
+/// Smallest allowed segment size: 64 KiB.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            push_durability: Durability::Immediate,
+            ack_durability: Durability::Interval(Duration::from_millis(10)),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            visibility_timeout: Duration::from_secs(30),
+            read_mode: ReadMode::Map,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u64::from(u32::MAX) {
+            return Err(Error::InvalidOption(format!(
+                "segment size {} is outside {MIN_SEGMENT_BYTES}..=4 GiB",
+                self.segment_bytes
+            )));
+        }
+        if self.max_payload > self.largest_payload_that_fits() {
+            return Err(Error::InvalidOption(format!(
+                "max payload {} does not fit in half a segment of {} bytes",
+                self.max_payload, self.segment_bytes
+            )));
+        }
+        if self.visibility_timeout.is_zero() {
+            return Err(Error::InvalidOption("visibility timeout must not be zero".into()));
+        }
+        Ok(())
+    }
+
+    /// A payload may take at most half a segment, so a segment's preamble always fits beside it.
+    fn largest_payload_that_fits(&self) -> usize {
+        let usable = self.segment_bytes / 2 - HEADER_LEN - SEAL_LEN as u64 - PUSH_OVERHEAD as u64;
+        usize::try_from(usable).unwrap_or(usize::MAX)
+    }
+}
+
+/// Opens a [`Wharf`] with options other than the defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use wharf::{Durability, Wharf};
+/// # let dir = tempfile::tempdir()?;
+/// let wharf = Wharf::builder()
+///     .segment_bytes(8 << 20)
+///     .push_durability(Durability::Immediate)
+///     .visibility_timeout(Duration::from_secs(60))
+///     .open(dir.path())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct WharfBuilder {
+    opts: Options,
+}
+
+impl WharfBuilder {
+    /// Size of each preallocated log segment file (default 64 MiB, at least 64 KiB). A store
+    /// keeps one segment ready ahead of the active one, so an empty store takes two segments of
+    /// disk. Changing it between opens is allowed: it applies to new segments.
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.opts.segment_bytes = bytes;
+        self
+    }
+
+    /// Durability of `push` and `push_batch` unless a call overrides it (default
+    /// [`Durability::Immediate`]).
+    pub fn push_durability(mut self, d: Durability) -> Self {
+        self.opts.push_durability = d;
+        self
+    }
+
+    /// Durability of acks, nacks and delivery records unless a call overrides it (default
+    /// `Durability::Interval(10 ms)`).
+    pub fn ack_durability(mut self, d: Durability) -> Self {
+        self.opts.ack_durability = d;
+        self
+    }
+
+    /// Largest accepted payload in bytes (default 8 MiB; at most about half a segment).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.opts.max_payload = bytes;
+        self
+    }
+
+    /// How long a popped message stays hidden from other consumers before it is delivered
+    /// again if not settled (default 30 s).
+    pub fn visibility_timeout(mut self, d: Duration) -> Self {
+        self.opts.visibility_timeout = d;
+        self
+    }
+
+    /// How payloads are read (default [`ReadMode::Map`]).
+    pub fn read_mode(mut self, mode: ReadMode) -> Self {
+        self.opts.read_mode = mode;
+        self
+    }
+
+    /// Opens (or creates) the store in `dir`, recovering it from its log.
+    ///
+    /// # Errors
+    /// As [`Wharf::open`], plus [`Error::InvalidOption`] for an option out of range.
+    pub fn open(self, dir: impl AsRef<Path>) -> Result<Wharf> {
+        self.opts.validate()?;
+        Wharf::open_with(dir.as_ref(), self.opts)
+    }
+}

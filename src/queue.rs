@@ -1,0 +1,504 @@
+//! The public handles: `Wharf` (an open store) and `Queue` (one named queue in it).
+//!
+//! Invariant: holds no file handles itself; every state change goes through one log record
+//! staged under the store's mutex, in the same order as the index changes it makes.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, MutexGuard};
+
+use crate::commit::Stats;
+use crate::error::{Error, Result};
+use crate::index::Entry;
+use crate::lease::{Delivery, Payload};
+use crate::options::{Durability, Options, WharfBuilder};
+use crate::record::{self, Body, PUSH_OVERHEAD};
+use crate::recovery::RecoveryReport;
+use crate::segment::Segment;
+use crate::storage::RealFs;
+use crate::store::{Core, QueueState, Shared, State};
+
+/// Longest queue name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `name` is a valid queue name: 1 to 128 characters from `A-Z a-z 0-9 . _ -`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The id of a message: unique within its store for ever (never reused, not even after a crash
+/// cut the log), and increasing in push order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub(crate) u64);
+
+impl MessageId {
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Options of one push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct PushOptions {
+    durability: Option<Durability>,
+}
+
+impl PushOptions {
+    /// The store's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overrides the store's push durability for this call.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = Some(d);
+        self
+    }
+}
+
+/// How many messages a queue holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Depth {
+    /// Messages that can be popped now.
+    pub ready: usize,
+    /// Messages popped and not yet settled, whose lease has not run out.
+    pub in_flight: usize,
+}
+
+/// An open store: a directory holding any number of named queues.
+///
+/// Cheap to clone (`Clone + Send + Sync`); every clone, [`Queue`] and [`Delivery`] shares the
+/// one open store, which closes when the last of them is dropped. Dropping makes everything
+/// staged durable on a best-effort basis; call [`Wharf::close`] to see errors.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let wharf = wharf::Wharf::open(dir.path())?;
+/// let emails = wharf.queue("emails")?;
+/// emails.push(b"to: ada@example.com")?;
+/// let job = emails.pop()?;
+/// assert_eq!(job.payload(), b"to: ada@example.com");
+/// job.ack()?;
+/// wharf.close()?;
+/// # Ok::<(), wharf::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Wharf {
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for Wharf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wharf").field("dir", &self.core.shared.dir).finish_non_exhaustive()
+    }
+}
+
+impl Wharf {
+    /// Opens (or creates) the store in `dir` with the default options, recovering it from its
+    /// log: a torn write at the end of the log is cut off, every message that was in flight is
+    /// ready again.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if another handle has `dir` open; [`Error::Corrupted`] (naming the file
+    /// and offset) for damage below the durable end of the log; [`Error::UnsupportedVersion`],
+    /// [`Error::ForeignSegment`]; [`Error::Io`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Wharf> {
+        Wharf::open_with(dir.as_ref(), Options::default())
+    }
+
+    /// A builder for options other than the defaults.
+    pub fn builder() -> WharfBuilder {
+        WharfBuilder::default()
+    }
+
+    pub(crate) fn open_with(dir: &Path, opts: Options) -> Result<Wharf> {
+        let core = Core::open(Arc::new(RealFs), dir, opts)?;
+        Ok(Wharf { core: Arc::new(core) })
+    }
+
+    /// The queue named `name`, created (durably) if it does not exist yet.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] unless `name` has 1 to 128 characters from `A-Z a-z 0-9 . _ -`;
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`], [`Error::Io`].
+    pub fn queue(&self, name: &str) -> Result<Queue> {
+        if !valid_name(name) {
+            return Err(Error::InvalidName(name.to_owned()));
+        }
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
+        g.check()?;
+        if let Some(&id) = g.names.get(name) {
+            return Ok(self.handle(&g, id));
+        }
+        let len = Body::Queue { queue: 0, name: name.as_bytes() }.encoded_len();
+        if (g.wal.preamble_len() + len) as u64 > shared.opts.segment_bytes / 4 {
+            return Err(Error::InvalidOption(format!(
+                "too many queues for segments of {} bytes",
+                shared.opts.segment_bytes
+            )));
+        }
+        shared.ensure_room(&mut g, &[len])?;
+        if let Some(&id) = g.names.get(name) {
+            return Ok(self.handle(&g, id));
+        }
+        let id = u32::try_from(g.queues.len()).map_err(|_| Error::InvalidOption("too many queues".into()))?;
+        g.wal.append(&Body::Queue { queue: id, name: name.as_bytes() }).ok_or(Error::NoSpace)?;
+        g.wal.add_to_catalog(name);
+        let name: Arc<str> = name.into();
+        g.names.insert(Arc::clone(&name), id);
+        g.queues.push(QueueState { name, index: Default::default(), cv: Arc::new(Condvar::new()) });
+        let end = g.wal.next_lsn;
+        shared.wait_durable(&mut g, end)?;
+        Ok(self.handle(&g, id))
+    }
+
+    fn handle(&self, g: &State, id: u32) -> Queue {
+        let q = &g.queues[id as usize];
+        Queue { core: Arc::clone(&self.core), id, name: Arc::clone(&q.name), cv: Arc::clone(&q.cv) }
+    }
+
+    /// The names of all queues, in creation order.
+    pub fn queue_names(&self) -> Vec<String> {
+        let g = self.core.shared.state.lock();
+        g.queues.iter().map(|q| q.name.to_string()).collect()
+    }
+
+    /// What recovery found and did when this store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.core.shared.report
+    }
+
+    /// Counters of the write path since open.
+    pub fn stats(&self) -> Stats {
+        let g = self.core.shared.state.lock();
+        let mut s = g.wal.stats;
+        s.durable_lsn = g.wal.durable;
+        s.segments = g.wal.log.segments.len() + g.wal.log.spares.len();
+        s.disk_bytes = g.wal.log.disk_bytes();
+        s
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.core.shared.dir
+    }
+
+    /// Makes every record staged so far durable (written and `fdatasync`ed).
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`] (also when this sync fails).
+    pub fn sync(&self) -> Result<()> {
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
+        g.check()?;
+        let end = g.wal.next_lsn;
+        shared.wait_durable(&mut g, end)
+    }
+
+    /// Makes everything durable and closes the store for every handle: later calls return
+    /// [`Error::Closed`], and the directory can be opened again once every handle is dropped.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the final sync fails.
+    pub fn close(self) -> Result<()> {
+        self.core.close()
+    }
+}
+
+/// A handle to one named queue. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Queue {
+    core: Arc<Core>,
+    id: u32,
+    name: Arc<str>,
+    cv: Arc<Condvar>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A leased message taken under the lock, before its payload is read.
+struct Taken {
+    id: u64,
+    entry: Entry,
+    source: Source,
+}
+
+enum Source {
+    Segment(Arc<Segment>),
+    Copied(Vec<u8>),
+}
+
+impl Queue {
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Pushes one message with the store's push durability (by default `Immediate`: durable
+    /// when this returns).
+    ///
+    /// # Errors
+    /// [`Error::PayloadTooLarge`]; [`Error::NoSpace`] (nothing was stored); [`Error::Closed`];
+    /// [`Error::Poisoned`] (the message may or may not be stored).
+    pub fn push(&self, payload: impl AsRef<[u8]>) -> Result<MessageId> {
+        self.push_with(payload, PushOptions::new())
+    }
+
+    /// Pushes one message with options.
+    ///
+    /// ```
+    /// use wharf::{Durability, PushOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = wharf::Wharf::open(dir.path())?.queue("logs")?;
+    /// q.push_with(b"fast, not yet durable", PushOptions::new().durability(Durability::None))?;
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::push`].
+    pub fn push_with(&self, payload: impl AsRef<[u8]>, opts: PushOptions) -> Result<MessageId> {
+        let mut ids = self.push_many(std::iter::once(payload), opts)?;
+        ids.pop().ok_or(Error::Closed)
+    }
+
+    /// Pushes several messages with one group commit. On `Err` none of them was pushed, except
+    /// after [`Error::Poisoned`], where any prefix of them may have been stored.
+    ///
+    /// # Errors
+    /// As [`Queue::push`].
+    pub fn push_batch<I>(&self, payloads: I) -> Result<Vec<MessageId>>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        self.push_many(payloads, PushOptions::new())
+    }
+
+    /// [`Queue::push_batch`] with options.
+    ///
+    /// # Errors
+    /// As [`Queue::push`].
+    pub fn push_batch_with<I>(&self, payloads: I, opts: PushOptions) -> Result<Vec<MessageId>>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        self.push_many(payloads, opts)
+    }
+
+    fn push_many<I>(&self, payloads: I, opts: PushOptions) -> Result<Vec<MessageId>>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let shared = &self.core.shared;
+        let payloads: Vec<I::Item> = payloads.into_iter().collect();
+        let max = shared.opts.max_payload;
+        let mut lens = Vec::with_capacity(payloads.len());
+        for p in &payloads {
+            let len = p.as_ref().len();
+            if len > max {
+                return Err(Error::PayloadTooLarge { len, max });
+            }
+            lens.push(PUSH_OVERHEAD + len);
+        }
+        let durability = opts.durability.unwrap_or(shared.opts.push_durability);
+        let mut g = shared.state.lock();
+        shared.ensure_room(&mut g, &lens)?;
+        let mut ids = Vec::with_capacity(payloads.len());
+        for p in &payloads {
+            let payload = p.as_ref();
+            let id = g.wal.next_id()?;
+            let lsn = g.wal.append(&Body::Push { queue: self.id, id, payload }).ok_or(Error::NoSpace)?;
+            g.wal.log.note_push(lsn);
+            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+            g.queues[self.id as usize].index.insert(id, Entry { lsn, len, attempts: 0 });
+            ids.push(MessageId(id));
+        }
+        if ids.len() == 1 {
+            self.cv.notify_one();
+        } else {
+            self.cv.notify_all();
+        }
+        let end = g.wal.next_lsn;
+        shared.commit(&mut g, end, durability)?;
+        Ok(ids)
+    }
+
+    /// Pops the oldest ready message if there is one, without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the message's bytes on disk fail their checksum (it stays leased
+    /// and comes back after the visibility timeout); [`Error::Closed`]; [`Error::Poisoned`];
+    /// [`Error::NoSpace`]; [`Error::Io`].
+    pub fn try_pop(&self) -> Result<Option<Delivery>> {
+        Ok(self.pop_until(Some(Instant::now()), 1)?.pop())
+    }
+
+    /// Pops the oldest ready message, waiting as long as it takes. The wait is woken by a
+    /// push, a nack or an expiring lease; it never polls.
+    ///
+    /// # Errors
+    /// As [`Queue::try_pop`].
+    pub fn pop(&self) -> Result<Delivery> {
+        self.pop_until(None, 1)?.pop().ok_or(Error::Closed)
+    }
+
+    /// Pops the oldest ready message, waiting at most `timeout`; `Ok(None)` if none came.
+    ///
+    /// # Errors
+    /// As [`Queue::try_pop`].
+    pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
+        Ok(self.pop_until(Some(Instant::now() + timeout), 1)?.pop())
+    }
+
+    /// Pops up to `max` messages: waits at most `timeout` for the first, then takes whatever
+    /// else is ready at that moment. An empty vector means none came in time.
+    ///
+    /// # Errors
+    /// As [`Queue::try_pop`].
+    pub fn pop_batch(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = self.pop_until(Some(Instant::now() + timeout), max)?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// How many messages are ready and in flight.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn depth(&self) -> Result<Depth> {
+        let mut g = self.core.shared.state.lock();
+        if g.closed {
+            return Err(Error::Closed);
+        }
+        let q = &mut g.queues[self.id as usize].index;
+        q.expire(Instant::now());
+        Ok(Depth { ready: q.ready_len(), in_flight: q.leased_len() })
+    }
+
+    /// Takes up to `max` messages, waiting until `deadline` (forever if `None`) for the first.
+    /// Returns them newest first.
+    fn pop_until(&self, deadline: Option<Instant>, max: usize) -> Result<Vec<Delivery>> {
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
+        let taken = loop {
+            g.check()?;
+            let now = Instant::now();
+            let taken = self.take(shared, &mut g, now, max)?;
+            if !taken.is_empty() {
+                break taken;
+            }
+            if deadline.is_some_and(|d| d <= now) {
+                return Ok(Vec::new());
+            }
+            let lease_end = g.queues[self.id as usize].index.next_deadline();
+            let wake = match (deadline, lease_end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wake {
+                Some(t) => {
+                    self.cv.wait_until(&mut g, t);
+                }
+                None => self.cv.wait(&mut g),
+            }
+        };
+        drop(g);
+        let mut out = Vec::with_capacity(taken.len());
+        for t in taken.into_iter().rev() {
+            let payload = load(&t, self.id)?;
+            out.push(Delivery::new(Arc::clone(&self.core), self.id, t.id, t.entry.attempts, payload));
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `max` ready messages and stages their delivery records.
+    fn take(&self, shared: &Shared, g: &mut MutexGuard<'_, State>, now: Instant, max: usize) -> Result<Vec<Taken>> {
+        let q = self.id as usize;
+        g.queues[q].index.expire(now);
+        let n = max.min(g.queues[q].index.ready_len());
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let deliver_len = Body::Deliver { queue: 0, id: 0, attempt: 0 }.encoded_len();
+        shared.ensure_room(g, &vec![deliver_len; n])?;
+        let n = n.min(g.queues[q].index.ready_len());
+        let visibility = shared.opts.visibility_timeout;
+        let mut taken = Vec::with_capacity(n);
+        for _ in 0..n {
+            let Some((id, entry)) = g.queues[q].index.lease_next(now, visibility) else { break };
+            let attempt = entry.attempts;
+            g.wal.append(&Body::Deliver { queue: self.id, id, attempt }).ok_or(Error::NoSpace)?;
+            let rec_len = PUSH_OVERHEAD + entry.len as usize;
+            let source = if entry.lsn + rec_len as u64 <= g.wal.written {
+                g.wal.log.segment_of(entry.lsn).map(|s| Source::Segment(Arc::clone(s)))
+            } else {
+                g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
+            };
+            let source = source.ok_or_else(|| {
+                Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
+            })?;
+            taken.push(Taken { id, entry, source });
+        }
+        let end = g.wal.next_lsn;
+        shared.commit(g, end, shared.opts.ack_durability)?;
+        Ok(taken)
+    }
+}
+
+/// Reads and checks the push record of a taken message, and returns its payload.
+fn load(t: &Taken, queue: u32) -> Result<Payload> {
+    let rec_len = PUSH_OVERHEAD + t.entry.len as usize;
+    let lsn = t.entry.lsn;
+    let check = |bytes: &[u8], seg: Option<&Segment>| -> Result<()> {
+        let fail = |why: &str| {
+            let (file, offset) = seg.map_or_else(Default::default, |s| (s.path.clone(), lsn - s.base));
+            Error::Corrupted(crate::error::Corruption { file, offset, reason: why.into() })
+        };
+        match record::decode(bytes, lsn) {
+            Ok(r) if matches!(r.body, Body::Push { queue: q, id, .. } if q == queue && id == t.id) => Ok(()),
+            Ok(_) => Err(fail("a different record where a message was expected")),
+            Err(e) => Err(fail(e.describe())),
+        }
+    };
+    match &t.source {
+        Source::Segment(seg) => {
+            if let Some(mapped) = seg.mapped() {
+                let start = usize::try_from(lsn - seg.base).unwrap_or(usize::MAX);
+                let bytes = mapped.get(start..start.saturating_add(rec_len)).unwrap_or(&[]);
+                check(bytes, Some(seg))?;
+                Ok(Payload::Mapped { seg: Arc::clone(seg), start: start + PUSH_OVERHEAD, len: t.entry.len as usize })
+            } else {
+                let bytes = seg.read(lsn, rec_len)?;
+                check(&bytes, Some(seg))?;
+                Ok(Payload::Owned { bytes, start: PUSH_OVERHEAD })
+            }
+        }
+        Source::Copied(bytes) => {
+            check(bytes, None)?;
+            Ok(Payload::Owned { bytes: bytes.clone(), start: PUSH_OVERHEAD })
+        }
+    }
+}

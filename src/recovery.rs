@@ -1,0 +1,347 @@
+//! Recovery: list the segments, check their headers and order, replay every record into a
+//! fresh index, and cut a torn tail off the end of the log.
+//!
+//! Invariants: runs before the store accepts any call; repairs only by writing zeros over a torn
+//! tail (never by shrinking a file), so a crash during recovery leaves a state the next recovery
+//! handles the same way; damage below the durable end is an error naming the file and offset,
+//! never a silent cut.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Corruption, Error, Result};
+use crate::index::{Entry, QueueIndex};
+use crate::log::{Log, SegInfo};
+use crate::queue::valid_name;
+use crate::record::{self, Body, DecodeError, RECORD_HEADER_LEN};
+use crate::segment::{self, Name, Segment, HEADER_LEN};
+use crate::storage::Storage;
+
+/// What opening a store found and did.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Segment files read.
+    pub segments: usize,
+    /// Records replayed from the log.
+    pub records: u64,
+    /// Unsettled messages found, all of them ready now.
+    pub messages: u64,
+    /// Of those, messages that were leased (in flight) when the store was last closed or
+    /// crashed; they are ready again.
+    pub in_flight_at_crash: u64,
+    /// Bytes of a torn or partial write cut off the end of the log (zeroed in place).
+    pub bytes_truncated: u64,
+    /// The file and offset where the log was cut, if it was.
+    pub truncated_at: Option<(PathBuf, u64)>,
+    /// Files in the log directory that are not wharf's and were left alone.
+    pub ignored_files: Vec<String>,
+    /// Temporary files of an interrupted segment creation, removed.
+    pub removed_files: Vec<String>,
+    /// How long recovery took.
+    pub duration: Duration,
+}
+
+/// The state rebuilt from the log.
+pub(crate) struct Recovered {
+    pub log: Log,
+    /// The segment to continue writing in and where, or `None` when a new one is needed.
+    pub active: Option<(Arc<Segment>, u64)>,
+    pub max_epoch: u32,
+    pub queues: Vec<(String, QueueIndex)>,
+    pub report: RecoveryReport,
+}
+
+fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corrupted(Corruption { file: file.to_owned(), offset, reason: reason.into() })
+}
+
+/// Where the records of one segment end.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// A seal record: the segment is complete.
+    Sealed,
+    /// The first position holding no valid record, and why.
+    Open { at: u64, why: DecodeError },
+}
+
+/// Walks the records of a segment image `bytes` whose first byte is log position `base`,
+/// handing each to `apply` with its position.
+fn scan(
+    bytes: &[u8],
+    base: u64,
+    mut apply: impl FnMut(u64, &record::Record<'_>) -> Result<()>,
+) -> Result<End> {
+    let mut off = HEADER_LEN as usize;
+    loop {
+        let lsn = base + off as u64;
+        let rest = bytes.get(off..).unwrap_or(&[]);
+        match record::decode(rest, lsn) {
+            Ok(rec) => {
+                apply(lsn, &rec)?;
+                if rec.body == Body::Seal {
+                    return Ok(End::Sealed);
+                }
+                off += rec.len;
+            }
+            Err(why) => return Ok(End::Open { at: lsn, why }),
+        }
+    }
+}
+
+/// A valid record past `at` that was staged after `at` was already durable: proof that the
+/// bytes at `at` were damaged after they were synced, not torn by a crash.
+fn durable_record_after(bytes: &[u8], base: u64, at: u64) -> Option<u64> {
+    let start = usize::try_from(at - base).ok()? + 1;
+    let last = bytes.len().checked_sub(RECORD_HEADER_LEN)?;
+    (start..=last).find_map(|off| {
+        let rest = bytes.get(off..)?;
+        let lsn = base + off as u64;
+        if record::peek_lsn(rest) != Some(lsn) {
+            return None;
+        }
+        record::decode(rest, lsn).ok().filter(|r| r.synced > at).map(|_| lsn)
+    })
+}
+
+/// Replay state.
+#[derive(Default)]
+struct Replay {
+    queues: Vec<(String, QueueIndex)>,
+    leased: HashSet<(u32, u64)>,
+    max_epoch: u32,
+    /// Unsettled messages per segment base.
+    live: BTreeMap<u64, u64>,
+    records: u64,
+}
+
+impl Replay {
+    fn apply(&mut self, seg: &Segment, lsn: u64, rec: &record::Record<'_>) -> Result<()> {
+        self.records += 1;
+        let bad = |why: &str| corrupt(&seg.path, lsn - seg.base, why);
+        let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
+        match rec.body {
+            Body::Epoch { epoch } => self.max_epoch = self.max_epoch.max(epoch),
+            Body::Queue { queue, name } => {
+                let name = std::str::from_utf8(name)
+                    .ok()
+                    .filter(|n| valid_name(n))
+                    .ok_or_else(|| bad("invalid queue name in catalog record"))?;
+                match self.queues.get(queue as usize) {
+                    Some((existing, _)) if existing == name => {}
+                    None if queue as usize == self.queues.len() => {
+                        self.queues.push((name.to_owned(), QueueIndex::default()));
+                    }
+                    _ => return Err(bad("queue catalog record out of order")),
+                }
+            }
+            Body::Push { queue, id, payload } => {
+                let (_, q) = self.queues.get_mut(queue as usize).ok_or_else(|| bad("push to an unknown queue"))?;
+                let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
+                q.insert(id, Entry { lsn, len, attempts: 0 });
+                *self.live.entry(seg.base).or_default() += 1;
+            }
+            Body::Deliver { queue, id, attempt } => {
+                if !known(queue, &self.queues) {
+                    return Err(bad("delivery in an unknown queue"));
+                }
+                if let Some((_, q)) = self.queues.get_mut(queue as usize) {
+                    if q.replay_delivered(id, attempt) {
+                        self.leased.insert((queue, id));
+                    }
+                }
+            }
+            Body::Ack { queue, id } => {
+                let (_, q) = self.queues.get_mut(queue as usize).ok_or_else(|| bad("ack in an unknown queue"))?;
+                if let Some(e) = q.replay_ack(id) {
+                    if let Some((_, n)) = self.live.range_mut(..=e.lsn).next_back() {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                self.leased.remove(&(queue, id));
+            }
+            Body::Nack { queue, id } => {
+                if !known(queue, &self.queues) {
+                    return Err(bad("nack in an unknown queue"));
+                }
+                self.leased.remove(&(queue, id));
+            }
+            Body::Seal => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads the whole image of a segment: its map, or a `pread` copy.
+fn image(seg: &Segment) -> Result<std::borrow::Cow<'_, [u8]>> {
+    match seg.mapped() {
+        Some(b) => Ok(std::borrow::Cow::Borrowed(b)),
+        None => Ok(std::borrow::Cow::Owned(seg.read(seg.base, usize::try_from(seg.len).unwrap_or(usize::MAX))?)),
+    }
+}
+
+/// Recovers the log in `log_dir`.
+pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Result<Recovered> {
+    let started = Instant::now();
+    let mut report = RecoveryReport::default();
+    let mut bases = Vec::new();
+    for name in storage.list(log_dir)? {
+        match segment::parse_name(&name) {
+            Name::Segment(base) => bases.push(base),
+            Name::Temporary => {
+                storage.remove(&log_dir.join(&name))?;
+                report.removed_files.push(name);
+            }
+            Name::Foreign => report.ignored_files.push(name),
+        }
+    }
+    if !report.removed_files.is_empty() {
+        storage.sync_dir(log_dir)?;
+    }
+    bases.sort_unstable();
+
+    let mut segs: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+    let mut store_id = None;
+    for &base in &bases {
+        let path = log_dir.join(segment::file_name(base));
+        let (seg, header) = Segment::open(storage, path, base, store_id, map)?;
+        store_id = Some(header.store_id);
+        if let Some(prev) = segs.last() {
+            if prev.end() != base {
+                return Err(corrupt(
+                    &seg.path,
+                    0,
+                    format!("gap in the log: the previous segment ends at {}", prev.end()),
+                ));
+            }
+        }
+        segs.push(Arc::new(seg));
+    }
+    report.segments = segs.len();
+
+    let mut replay = Replay::default();
+    let mut active = None;
+    let mut tail_index = segs.len();
+    for (i, seg) in segs.iter().enumerate() {
+        let bytes = image(seg)?;
+        let end = scan(&bytes, seg.base, |lsn, rec| replay.apply(seg, lsn, rec))?;
+        let End::Open { at, why } = end else { continue };
+        // The log ends here. Anything valid after it means the damage is not a torn tail.
+        let later_has_records = segs.get(i + 1..).unwrap_or(&[]).iter().find_map(|later| {
+            let img = image(later).ok()?;
+            let first = later.base + HEADER_LEN;
+            let rest = img.get(HEADER_LEN as usize..)?;
+            record::decode(rest, first).is_ok().then_some(())
+        });
+        if later_has_records.is_some() || durable_record_after(&bytes, seg.base, at).is_some() {
+            return Err(corrupt(&seg.path, at - seg.base, why.describe()));
+        }
+        let from = usize::try_from(at - seg.base).unwrap_or(usize::MAX);
+        let dirty = bytes.get(from..).and_then(|rest| rest.iter().rposition(|&b| b != 0));
+        drop(bytes);
+        if let Some(last) = dirty {
+            zero(seg, at, last as u64 + 1)?;
+            report.bytes_truncated = last as u64 + 1;
+            report.truncated_at = Some((seg.path.clone(), at - seg.base));
+        }
+        active = Some((Arc::clone(seg), at));
+        tail_index = i;
+        break;
+    }
+    report.records = replay.records;
+    report.in_flight_at_crash = replay.leased.len() as u64;
+    report.messages = replay.queues.iter().map(|(_, q)| q.ready_len() as u64).sum();
+
+    let store_id = store_id.unwrap_or_else(new_store_id);
+    let mut log = Log {
+        store_id,
+        segments: BTreeMap::new(),
+        spares: Default::default(),
+    };
+    for (i, seg) in segs.into_iter().enumerate() {
+        if i <= tail_index {
+            let live = replay.live.get(&seg.base).copied().unwrap_or(0);
+            let first = seg.base + HEADER_LEN;
+            log.segments.insert(seg.base, SegInfo { seg, live, settled: 0, preamble_end: first });
+        } else {
+            log.spares.push_back(seg);
+        }
+    }
+    report.duration = started.elapsed();
+    Ok(Recovered { log, active, max_epoch: replay.max_epoch, queues: replay.queues, report })
+}
+
+/// Zeroes `[at, at + len)` of a segment and syncs it: the torn tail is cut in place.
+fn zero(seg: &Segment, at: u64, len: u64) -> Result<()> {
+    const STEP: u64 = 1 << 20;
+    let zeros = vec![0u8; STEP as usize];
+    let mut done = 0;
+    while done < len {
+        let n = STEP.min(len - done);
+        seg.write(at + done, zeros.get(..n as usize).unwrap_or(&[]))?;
+        done += n;
+    }
+    seg.sync()?;
+    Ok(())
+}
+
+/// A random store id, from the standard library's randomly keyed hasher, the clock and the pid.
+fn new_store_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = 0u128;
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u32(std::process::id());
+        id = id << 64 | u128::from(h.finish());
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_of(records: &[Body<'_>], synced_at: &[u64]) -> (Vec<u8>, Vec<u64>) {
+        let mut buf = vec![0u8; HEADER_LEN as usize];
+        let mut lsns = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let lsn = buf.len() as u64;
+            lsns.push(lsn);
+            record::encode(&mut buf, lsn, synced_at.get(i).copied().unwrap_or(0), r);
+        }
+        buf.resize(buf.len() + 256, 0);
+        (buf, lsns)
+    }
+
+    #[test]
+    fn scan_stops_at_zeros_and_at_seal() {
+        let (img, lsns) = image_of(&[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }], &[]);
+        let mut seen = Vec::new();
+        let end = scan(&img, 0, |lsn, _| {
+            seen.push(lsn);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, lsns);
+        assert!(matches!(end, End::Open { why: DecodeError::Zero, .. }));
+        let (img, _) = image_of(&[Body::Epoch { epoch: 1 }, Body::Seal, Body::Epoch { epoch: 2 }], &[]);
+        assert_eq!(scan(&img, 0, |_, _| Ok(())).unwrap(), End::Sealed);
+    }
+
+    #[test]
+    fn a_later_record_staged_after_the_damage_was_durable_proves_corruption() {
+        let bodies = [Body::Epoch { epoch: 1 }, Body::Epoch { epoch: 2 }, Body::Epoch { epoch: 3 }];
+        // Third record was staged when everything up to its own start was durable.
+        let (mut img, lsns) = image_of(&bodies, &[0, 0, 64 + 28 * 2]);
+        img[lsns[1] as usize + 10] ^= 1;
+        assert_eq!(durable_record_after(&img, 0, lsns[1]), Some(lsns[2]));
+        // Same damage, but the later record was staged before the damaged one was synced:
+        // a torn write, which recovery may cut.
+        let (mut img, lsns) = image_of(&bodies, &[0, 0, 64]);
+        img[lsns[1] as usize + 10] ^= 1;
+        assert_eq!(durable_record_after(&img, 0, lsns[1]), None);
+    }
+}

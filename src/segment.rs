@@ -1,0 +1,265 @@
+//! Segment files: naming, the header, creation (preallocated, then renamed into place) and
+//! reads of records by log position.
+//!
+//! Invariant: a file named `<base>.seg` always has a complete, fsynced header and its final,
+//! preallocated length: it is written under a temporary name and renamed only after its data
+//! was synced, and the directory is synced after the rename.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Corruption, Error, Result};
+use crate::storage::{MapView, Storage, StorageFile};
+
+/// Magic bytes at the start of every segment.
+pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
+/// The on-disk format version this build writes and the newest it reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Bytes of the segment header; the first record starts here.
+pub(crate) const HEADER_LEN: u64 = 64;
+const SUFFIX: &str = ".seg";
+const TMP_SUFFIX: &str = ".seg.tmp";
+
+/// The file name of the segment whose first byte is at log position `base`.
+pub(crate) fn file_name(base: u64) -> String {
+    format!("{base:020}{SUFFIX}")
+}
+
+/// What a file name in the log directory is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Name {
+    Segment(u64),
+    Temporary,
+    Foreign,
+}
+
+pub(crate) fn parse_name(name: &str) -> Name {
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(stem) = name.strip_suffix(TMP_SUFFIX) {
+        if digits(stem) {
+            return Name::Temporary;
+        }
+    }
+    match name.strip_suffix(SUFFIX) {
+        Some(stem) if digits(stem) => stem.parse().map_or(Name::Foreign, Name::Segment),
+        _ => Name::Foreign,
+    }
+}
+
+/// The fields of a segment header.
+///
+/// ```text
+/// offset size field
+///  0     8    magic "WHARFLOG"
+///  8     4    format version
+/// 12     4    header length (64)
+/// 16     16   store id (random, fixed when the store is created)
+/// 32     8    base lsn: log position of the file's first byte
+/// 40     8    segment length in bytes (the file's preallocated size)
+/// 48     12   reserved, zero
+/// 60     4    CRC-32C of bytes [0, 60)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub store_id: u128,
+    pub base: u64,
+    pub len: u64,
+}
+
+impl Header {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN as usize] {
+        let mut h = [0u8; HEADER_LEN as usize];
+        h[0..8].copy_from_slice(&MAGIC);
+        h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        h[16..32].copy_from_slice(&self.store_id.to_le_bytes());
+        h[32..40].copy_from_slice(&self.base.to_le_bytes());
+        h[40..48].copy_from_slice(&self.len.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..60]);
+        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Decodes a header read from `path`, which must not be newer than this build.
+    pub(crate) fn decode(h: &[u8; HEADER_LEN as usize], path: &Path) -> Result<Header> {
+        let corrupt = |reason: &str| {
+            Error::Corrupted(Corruption { file: path.to_owned(), offset: 0, reason: reason.into() })
+        };
+        let u32_at = |at: usize| h.get(at..at + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes);
+        let u64_at = |at: usize| h.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        if h.get(..8) != Some(&MAGIC[..]) {
+            return Err(corrupt("bad segment magic"));
+        }
+        if u32_at(60) != Some(crc32c::crc32c(h.get(..60).unwrap_or(&[]))) {
+            return Err(corrupt("segment header checksum mismatch"));
+        }
+        let version = u32_at(8).unwrap_or(0);
+        if version > FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                file: path.to_owned(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if version == 0 || u32_at(12) != Some(HEADER_LEN as u32) {
+            return Err(corrupt("bad segment header fields"));
+        }
+        let store_id = h
+            .get(16..32)
+            .and_then(|s| s.try_into().ok())
+            .map(u128::from_le_bytes)
+            .ok_or_else(|| corrupt("bad segment header fields"))?;
+        let base = u64_at(32).ok_or_else(|| corrupt("bad segment header fields"))?;
+        let len = u64_at(40).ok_or_else(|| corrupt("bad segment header fields"))?;
+        if len <= HEADER_LEN {
+            return Err(corrupt("bad segment length"));
+        }
+        Ok(Header { store_id, base, len })
+    }
+}
+
+/// One segment file, open for reads and (while it is active) appends.
+pub(crate) struct Segment {
+    /// Log position of the file's first byte (its header).
+    pub base: u64,
+    /// The file's length in bytes.
+    pub len: u64,
+    pub path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    map: Option<MapView>,
+}
+
+impl Segment {
+    /// One past the last log position this segment covers.
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.len
+    }
+
+    /// Creates the segment `base` of `len` bytes in `dir`: written as a temporary file,
+    /// preallocated, synced, renamed into place, and the directory synced.
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        store_id: u128,
+        base: u64,
+        len: u64,
+        map: bool,
+    ) -> io::Result<Segment> {
+        let path = dir.join(file_name(base));
+        let tmp = dir.join(format!("{base:020}{TMP_SUFFIX}"));
+        // A leftover temporary file from a crash is ours to replace.
+        let _ = storage.remove(&tmp);
+        let file = storage.open(&tmp, true)?;
+        let done = (|| {
+            file.allocate(len)?;
+            file.write_at(&Header { store_id, base, len }.encode(), 0)?;
+            file.sync_data()?;
+            storage.rename(&tmp, &path)?;
+            storage.sync_dir(dir)
+        })();
+        if let Err(e) = done {
+            let _ = storage.remove(&tmp);
+            return Err(e);
+        }
+        let map = if map { file.map()? } else { None };
+        Ok(Segment { base, len, path, file, map })
+    }
+
+    /// Opens an existing segment and checks its header against the name and the store.
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        path: PathBuf,
+        base: u64,
+        store_id: Option<u128>,
+        map: bool,
+    ) -> Result<(Segment, Header)> {
+        let file = storage.open(&path, false)?;
+        let mut h = [0u8; HEADER_LEN as usize];
+        let file_len = file.len()?;
+        if file_len < HEADER_LEN {
+            return Err(Error::Corrupted(Corruption {
+                file: path,
+                offset: 0,
+                reason: format!("segment of {file_len} bytes is shorter than its header"),
+            }));
+        }
+        file.read_at(&mut h, 0)?;
+        let header = Header::decode(&h, &path)?;
+        if store_id.is_some_and(|id| id != header.store_id) {
+            return Err(Error::ForeignSegment(path));
+        }
+        if header.base != base || header.len != file_len {
+            return Err(Error::Corrupted(Corruption {
+                file: path,
+                offset: 0,
+                reason: format!(
+                    "segment header says base {} and length {}, file is named {base} and has {file_len} bytes",
+                    header.base, header.len
+                ),
+            }));
+        }
+        let map = if map { file.map()? } else { None };
+        Ok((Segment { base, len: header.len, path, file, map }, header))
+    }
+
+    /// The mapped bytes of the whole file, when the segment is mapped.
+    pub(crate) fn mapped(&self) -> Option<&[u8]> {
+        self.map.as_ref().map(|m| (**m).as_ref())
+    }
+
+    /// Reads `len` bytes at log position `lsn` into a new buffer.
+    pub(crate) fn read(&self, lsn: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_at(&mut buf, lsn - self.base)?;
+        Ok(buf)
+    }
+
+    /// Writes `bytes` at log position `lsn`.
+    pub(crate) fn write(&self, lsn: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_at(bytes, lsn - self.base)
+    }
+
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_foreign_names_are_recognised() {
+        assert_eq!(parse_name(&file_name(0)), Name::Segment(0));
+        assert_eq!(parse_name(&file_name(u64::MAX)), Name::Segment(u64::MAX));
+        assert_eq!(parse_name("00000000000000000064.seg.tmp"), Name::Temporary);
+        assert_eq!(parse_name("notes.txt"), Name::Foreign);
+        assert_eq!(parse_name("64.seg"), Name::Foreign);
+        assert_eq!(parse_name("99999999999999999999.seg"), Name::Foreign);
+    }
+
+    #[test]
+    fn header_round_trips_and_detects_flips() {
+        let h = Header { store_id: 0xABCD_u128 << 64 | 7, base: 4096, len: 1 << 20 };
+        let bytes = h.encode();
+        assert_eq!(Header::decode(&bytes, Path::new("x")).unwrap(), h);
+        for bit in 0..bytes.len() * 8 {
+            let mut bad = bytes;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(Header::decode(&bad, Path::new("x")).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn newer_version_is_a_clear_error() {
+        let mut bytes = Header { store_id: 1, base: 0, len: 1 << 20 }.encode();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[..60]);
+        bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Header::decode(&bytes, Path::new("x")),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+    }
+}

@@ -1,0 +1,59 @@
+//! The crate-private storage trait: every file operation wharf makes goes through it.
+//!
+//! Invariant: nothing outside this module touches `std::fs`, so a simulated disk can stand in
+//! for the real one and see (and fail, or drop) every write, sync and directory change.
+
+mod mmap;
+mod real;
+
+use std::any::Any;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+pub(crate) use real::RealFs;
+
+/// A read-only view of a whole file, made once; for a segment it reflects later writes made
+/// through the file's handle (as a shared mapping does), and bytes past the written end read as
+/// whatever the file holds there (zeros in a preallocated segment).
+pub(crate) type MapView = Box<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A held directory lock; dropping it releases the lock.
+pub(crate) type LockGuard = Box<dyn Any + Send + Sync>;
+
+/// The directory-level operations.
+pub(crate) trait Storage: Send + Sync + 'static {
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the entries in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading and writing, or creates a new one (`create`: fail if
+    /// it exists).
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the entries of `dir` (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on the file at `path` (created if missing). `Ok(None)` when some
+    /// other handle holds it.
+    fn lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
+}
+
+/// One open file.
+pub(crate) trait StorageFile: Send + Sync {
+    /// The file's length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`; fails if the file ends first.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// `fdatasync`: makes the written bytes (and the size) durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Reserves disk space for `[0, len)` and sets the length to `len`; fails with
+    /// `StorageFull` when the disk has no room.
+    fn allocate(&self, len: u64) -> io::Result<()>;
+    /// A read-only view of the whole file, or `None` where this storage cannot map.
+    fn map(&self) -> io::Result<Option<MapView>>;
+}

@@ -1,0 +1,187 @@
+//! The core of an open store: one mutex over the write state and the queue indexes, the
+//! condition variables, the directory lock and the background thread.
+//!
+//! Invariants: the mutex guards in-memory state only and is released for every I/O call
+//! (`MutexGuard::unlocked`); the directory lock is held for the whole life of the store.
+//! Lock order: `Shared::creating` before `Shared::state`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::commit::{self, Wal, MAX_EPOCH};
+use crate::error::{Error, Result};
+use crate::index::QueueIndex;
+use crate::log::first_record;
+use crate::options::{Options, ReadMode};
+use crate::record::Body;
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::Segment;
+use crate::storage::{LockGuard, Storage};
+
+/// One queue's in-memory state.
+pub(crate) struct QueueState {
+    pub name: Arc<str>,
+    pub index: QueueIndex,
+    /// Waiters of `pop` on this queue.
+    pub cv: Arc<Condvar>,
+}
+
+/// Everything guarded by the store's mutex.
+pub(crate) struct State {
+    pub wal: Wal,
+    pub queues: Vec<QueueState>,
+    pub names: HashMap<Arc<str>, u32>,
+    pub closed: bool,
+    /// Tells the background thread to stop.
+    pub shutdown: bool,
+}
+
+impl State {
+    /// Fails when the store is closed or poisoned.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        if let Some(why) = &self.wal.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// State shared by every handle of one open store and by its background thread.
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    /// Signalled when a flush ends (callers waiting for durability, or to lead the next one).
+    pub durable_cv: Condvar,
+    /// Wakes the background thread.
+    pub bg_cv: Condvar,
+    /// Serialises segment creation.
+    pub creating: Mutex<()>,
+    pub storage: Arc<dyn Storage>,
+    pub opts: Options,
+    pub dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub report: RecoveryReport,
+}
+
+impl Shared {
+    pub(crate) fn map_reads(&self) -> bool {
+        self.opts.read_mode == ReadMode::Map
+    }
+}
+
+/// An open store: owns the directory lock and the background thread. Dropping the last
+/// reference closes it (flushing and syncing whatever is staged, best effort).
+pub(crate) struct Core {
+    pub shared: Arc<Shared>,
+    bg: Mutex<Option<JoinHandle<()>>>,
+    _lock: LockGuard,
+}
+
+impl Core {
+    /// Opens the store in `dir` on `storage`: lock, recover, start a new id epoch durably.
+    pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, opts: Options) -> Result<Core> {
+        storage.create_dir_all(dir)?;
+        let lock = storage.lock(&dir.join("LOCK"))?.ok_or_else(|| Error::Locked(dir.to_owned()))?;
+        let log_dir = dir.join("log");
+        storage.create_dir_all(&log_dir)?;
+        storage.sync_dir(dir)?;
+        let map = opts.read_mode == ReadMode::Map;
+        let rec = recovery::recover(&*storage, &log_dir, map)?;
+        let epoch = rec.max_epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
+            Error::Io(std::io::Error::other("the store has used up its id epochs"))
+        })?;
+        let mut log = rec.log;
+        let (active, next_lsn) = match rec.active {
+            Some((seg, at)) => (seg, at),
+            None => {
+                let base = log.segments.last_key_value().map_or(0, |(_, s)| s.seg.end());
+                let seg = Segment::create(&*storage, &log_dir, log.store_id, base, opts.segment_bytes, map)?;
+                let seg = Arc::new(seg);
+                log.activate(Arc::clone(&seg), 0);
+                let first = first_record(&seg);
+                (seg, first)
+            }
+        };
+        let fresh = next_lsn == first_record(&active);
+        let catalog = rec.queues.iter().map(|(n, _)| n.as_bytes().into()).collect();
+        let mut names = HashMap::new();
+        let mut queues = Vec::new();
+        for (i, (name, index)) in rec.queues.into_iter().enumerate() {
+            let name: Arc<str> = name.into();
+            names.insert(Arc::clone(&name), u32::try_from(i).unwrap_or(u32::MAX));
+            queues.push(QueueState { name, index, cv: Arc::new(Condvar::new()) });
+        }
+        let wal = Wal::new(log, active, next_lsn, epoch, catalog);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { wal, queues, names, closed: false, shutdown: false }),
+            durable_cv: Condvar::new(),
+            bg_cv: Condvar::new(),
+            creating: Mutex::new(()),
+            storage,
+            opts,
+            dir: dir.to_owned(),
+            log_dir,
+            report: rec.report,
+        });
+        {
+            // The new epoch is durable before any id of it is handed out, so ids are never
+            // reused, even when a crash cut the log's tail (recovered bytes are synced too).
+            let mut g = shared.state.lock();
+            if fresh {
+                g.wal.stage_preamble();
+            } else {
+                shared.ensure_room(&mut g, &[Body::Epoch { epoch }.encoded_len()])?;
+                g.wal.append(&Body::Epoch { epoch }).ok_or(Error::NoSpace)?;
+            }
+            let end = g.wal.next_lsn;
+            shared.wait_durable(&mut g, end)?;
+        }
+        let bg_shared = Arc::clone(&shared);
+        let bg = std::thread::Builder::new()
+            .name("wharf-background".into())
+            .spawn(move || commit::background(&bg_shared))?;
+        Ok(Core { shared, bg: Mutex::new(Some(bg)), _lock: lock })
+    }
+
+    /// Flushes and syncs everything staged, stops the background thread and refuses every
+    /// later call with `Closed`. Idempotent.
+    pub(crate) fn close(&self) -> Result<()> {
+        let shared = &self.shared;
+        let result = {
+            let mut g = shared.state.lock();
+            let result = if g.closed || g.wal.poisoned.is_some() {
+                Ok(())
+            } else {
+                shared.flush_now(&mut g, true)
+            };
+            g.closed = true;
+            g.shutdown = true;
+            for q in &g.queues {
+                q.cv.notify_all();
+            }
+            shared.bg_cv.notify_all();
+            shared.durable_cv.notify_all();
+            result
+        };
+        if let Some(bg) = self.bg.lock().take() {
+            // The thread only returns; a panic in it would be a bug, reported as an error.
+            if bg.join().is_err() {
+                return Err(Error::Io(std::io::Error::other("background thread panicked")));
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Best effort: an error here was already, or will be, reported to the calls it affects.
+        let _ = self.close();
+    }
+}
