@@ -1,1 +1,921 @@
-fn main(){}
+//! Throughput and latency of wharf, measured against what the disk itself can do and against
+//! redb used as a queue, in one run on one disk.
+//!
+//! What it measures (every metric over 3 rounds; the table shows the median and min–max):
+//!
+//! - **Floors**, with `std` only: `F_sync` is a 128 B `pwrite` + `fdatasync` into a file
+//!   preallocated with zeros (ops/s, p50, p99); `F_sync sparse` the same into a `set_len`
+//!   (sparse) file, for information; `B_dur` durable streaming bandwidth with 1 MiB `pwrite` per
+//!   `fdatasync` (MiB/s).
+//! - **T1** one producer, `Durability::Immediate`, 128 B pushes: ops/s, p50, p99.
+//! - **T2** 4, 16 and 64 producers, Immediate, 128 B: acked ops/s, and from `Wharf::stats`
+//!   deltas the `fdatasync`s per second and records per `fdatasync` (group commit).
+//! - **T3** durable bulk: `push_batch` of 256 × 4 KiB, Immediate: MiB/s of payload.
+//! - **T4** `Durability::None` pushes, 128 B, one producer: msgs/s.
+//! - **T5** push + `try_pop` + ack with push and ack durability `None`, 128 B, one thread
+//!   (and a variant with batches of 64): msgs/s; and `pop_batch` of 64 KiB payloads already in
+//!   the page cache, every byte read: GB/s.
+//! - **T6** push latency across segment rolls (4 MiB segments): each roll is approached with
+//!   fast `Durability::None` filler, then crossed by 128 B Immediate pushes; the worst latency
+//!   of a push that crossed a roll, and the p99 of all those Immediate pushes.
+//! - **Baseline** redb as a queue: one write transaction (default durability, Immediate) per
+//!   128 B insert, with 1 and 16 threads sharing one `Database`.
+//!
+//! It then prints each target as a ratio, marked PASS or MISS.
+//!
+//! Run it with `cargo bench --bench throughput` (about 2 minutes), or a smoke run with
+//! `cargo bench --bench throughput -- --quick` (or `WHARF_BENCH_QUICK=1`). Run without
+//! `--bench` (as `cargo test --all-targets` does) it always runs the quick variant.
+//!
+//! Environment: `WHARF_BENCH_DIR` is where the temporary stores and files go (default: the
+//! current directory, the package root under `cargo bench`; keep it off tmpfs, or the floors
+//! mean nothing); `WHARF_BENCH_SECS` overrides the length of a timed round (default 1.5 s,
+//! 0.15 s quick).
+
+use std::fs::{File, OpenOptions};
+use std::hint::black_box;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wharf::{Durability, PushOptions, Queue, Wharf};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Payload of the small-message measurements.
+const SMALL: usize = 128;
+/// Rounds of every measurement.
+const ROUNDS: usize = 3;
+
+struct Cfg {
+    dir: PathBuf,
+    secs: Duration,
+    quick: bool,
+}
+
+impl Cfg {
+    fn from_env() -> BoxResult<Cfg> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let env_quick = std::env::var("WHARF_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let as_bench = args.iter().any(|a| a == "--bench");
+        let quick = env_quick || !as_bench || args.iter().any(|a| a == "--quick");
+        let secs = match std::env::var("WHARF_BENCH_SECS") {
+            Ok(s) => Duration::from_secs_f64(s.parse()?),
+            Err(_) if quick => Duration::from_millis(150),
+            Err(_) => Duration::from_millis(1500),
+        };
+        let dir =
+            std::env::var_os("WHARF_BENCH_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        Ok(Cfg { dir, secs, quick })
+    }
+
+    fn tempdir(&self) -> BoxResult<TempDir> {
+        Ok(tempfile::Builder::new()
+            .prefix("wharf-bench-")
+            .tempdir_in(&self.dir)?)
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.secs
+    }
+}
+
+/// The file system holding `dir`, from the longest matching mount point.
+fn file_system(dir: &Path) -> (String, bool) {
+    let Ok(dir) = dir.canonicalize() else {
+        return ("unknown".into(), false);
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return (format!("{} (unknown file system)", dir.display()), false);
+    };
+    let mut best: Option<(usize, String, bool)> = None;
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(dev), Some(mp), Some(ty)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if dir.starts_with(mp) && best.as_ref().is_none_or(|(len, ..)| mp.len() >= *len) {
+            let text = format!("{} ({ty} on {dev}, mounted at {mp})", dir.display());
+            best = Some((mp.len(), text, ty == "tmpfs" || ty == "ramfs"));
+        }
+    }
+    best.map_or_else(
+        || (dir.display().to_string(), false),
+        |(_, text, mem)| (text, mem),
+    )
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Rate and latency of a run of operations.
+#[derive(Clone, Copy)]
+struct Lat {
+    ops: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_ns.len() - 1) as f64 * p).round() as usize;
+    sorted_ns[i.min(sorted_ns.len() - 1)] as f64 / 1e3
+}
+
+fn lat(mut ns: Vec<u64>, elapsed: Duration) -> Lat {
+    ns.sort_unstable();
+    Lat {
+        ops: ns.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: percentile_us(&ns, 0.50),
+        p99_us: percentile_us(&ns, 0.99),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floors: std only.
+
+fn open_rw(path: &Path) -> BoxResult<File> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?)
+}
+
+/// Writes `len` bytes of zeros and syncs them: overwrites later touch no file metadata.
+fn fill_zeros(file: &File, len: u64) -> BoxResult<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        file.write_all_at(&zeros, off)?;
+        off += zeros.len() as u64;
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
+/// F_sync: 128 B `pwrite` + `fdatasync`, appending through a preallocated region.
+fn f_sync(cfg: &Cfg, sparse: bool) -> BoxResult<Lat> {
+    let dir = cfg.tempdir()?;
+    let file = open_rw(&dir.path().join("fsync.dat"))?;
+    let region: u64 = 16 << 20;
+    if sparse {
+        file.set_len(region)?;
+        file.sync_all()?;
+    } else {
+        fill_zeros(&file, region)?;
+    }
+    let buf = [0xA5u8; SMALL];
+    let mut off = 0u64;
+    let mut ns = Vec::with_capacity(1 << 14);
+    let start = Instant::now();
+    let deadline = start + cfg.secs;
+    loop {
+        let t = Instant::now();
+        if t >= deadline {
+            break;
+        }
+        file.write_all_at(&buf, off)?;
+        file.sync_data()?;
+        ns.push(nanos(t.elapsed()));
+        off = (off + SMALL as u64) % region;
+    }
+    Ok(lat(ns, start.elapsed()))
+}
+
+/// A zero-filled file for B_dur, made once and overwritten round after round.
+struct BwFile {
+    _dir: TempDir,
+    file: File,
+    len: u64,
+}
+
+fn b_dur_file(cfg: &Cfg) -> BoxResult<BwFile> {
+    let dir = cfg.tempdir()?;
+    let file = open_rw(&dir.path().join("bandwidth.dat"))?;
+    let len: u64 = if cfg.quick { 32 << 20 } else { 256 << 20 };
+    fill_zeros(&file, len)?;
+    Ok(BwFile {
+        _dir: dir,
+        file,
+        len,
+    })
+}
+
+/// B_dur: 1 MiB `pwrite` + `fdatasync`, sequentially: MiB/s.
+fn b_dur(cfg: &Cfg, f: &BwFile) -> BoxResult<f64> {
+    let buf = vec![0x5Au8; 1 << 20];
+    let (mut off, mut n) = (0u64, 0u64);
+    let start = Instant::now();
+    let deadline = start + cfg.secs;
+    while Instant::now() < deadline {
+        f.file.write_all_at(&buf, off)?;
+        f.file.sync_data()?;
+        off = (off + buf.len() as u64) % f.len;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// wharf.
+
+/// A fresh store in its own temporary directory, and its one queue.
+struct Store {
+    wharf: Wharf,
+    queue: Queue,
+    _dir: TempDir,
+}
+
+impl Store {
+    fn open(cfg: &Cfg, builder: wharf::WharfBuilder) -> BoxResult<Store> {
+        let dir = cfg.tempdir()?;
+        let wharf = builder.open(dir.path())?;
+        let queue = wharf.queue("bench")?;
+        Ok(Store {
+            wharf,
+            queue,
+            _dir: dir,
+        })
+    }
+
+    fn close(self) -> BoxResult<()> {
+        let Store { wharf, queue, _dir } = self;
+        drop(queue);
+        wharf.close()?;
+        Ok(())
+    }
+}
+
+fn no_sync() -> wharf::WharfBuilder {
+    Wharf::builder()
+        .push_durability(Durability::None)
+        .ack_durability(Durability::None)
+}
+
+/// T1: one producer, Immediate, 128 B.
+fn t1(cfg: &Cfg) -> BoxResult<Lat> {
+    let s = Store::open(cfg, Wharf::builder())?;
+    let payload = [0x42u8; SMALL];
+    for _ in 0..10 {
+        s.queue.push(payload)?;
+    }
+    let mut ns = Vec::with_capacity(1 << 14);
+    let start = Instant::now();
+    let deadline = start + cfg.secs;
+    loop {
+        let t = Instant::now();
+        if t >= deadline {
+            break;
+        }
+        s.queue.push(payload)?;
+        ns.push(nanos(t.elapsed()));
+    }
+    let out = lat(ns, start.elapsed());
+    s.close()?;
+    Ok(out)
+}
+
+struct Group {
+    ops: f64,
+    fsyncs_per_s: f64,
+    records_per_fsync: f64,
+}
+
+/// T2: `p` producers, Immediate, 128 B.
+fn t2(cfg: &Cfg, p: usize) -> BoxResult<Group> {
+    let s = Store::open(cfg, Wharf::builder())?;
+    let payload = [0x42u8; SMALL];
+    let barrier = Barrier::new(p + 1);
+    let secs = cfg.secs;
+    let (total, elapsed, before, after) = std::thread::scope(|scope| -> BoxResult<_> {
+        let handles: Vec<_> = (0..p)
+            .map(|_| {
+                let (q, barrier) = (s.queue.clone(), &barrier);
+                scope.spawn(move || -> BoxResult<u64> {
+                    barrier.wait();
+                    let deadline = Instant::now() + secs;
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        q.push(payload)?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        let before = s.wharf.stats();
+        barrier.wait();
+        let start = Instant::now();
+        let mut total = 0u64;
+        for h in handles {
+            total += h.join().map_err(|_| "a producer thread panicked")??;
+        }
+        Ok((total, start.elapsed(), before, s.wharf.stats()))
+    })?;
+    s.close()?;
+    let fsyncs = (after.fsyncs - before.fsyncs) as f64;
+    let records = (after.records - before.records) as f64;
+    let secs = elapsed.as_secs_f64();
+    Ok(Group {
+        ops: total as f64 / secs,
+        fsyncs_per_s: fsyncs / secs,
+        records_per_fsync: records / fsyncs.max(1.0),
+    })
+}
+
+/// T3: `push_batch` of 256 × 4 KiB, Immediate: MiB/s of payload.
+fn t3(cfg: &Cfg) -> BoxResult<f64> {
+    let s = Store::open(cfg, Wharf::builder())?;
+    let batch: Vec<Vec<u8>> = (0u8..=255).map(|b| vec![b; 4096]).collect();
+    let (mut bytes, deadline, start) = (0u64, cfg.deadline(), Instant::now());
+    while Instant::now() < deadline {
+        s.queue.push_batch(&batch)?;
+        bytes += (batch.len() * 4096) as u64;
+    }
+    let mib_s = bytes as f64 / f64::from(1u32 << 20) / start.elapsed().as_secs_f64();
+    s.close()?;
+    Ok(mib_s)
+}
+
+/// T4: `Durability::None` pushes, 128 B, one producer: msgs/s.
+fn t4(cfg: &Cfg) -> BoxResult<f64> {
+    let s = Store::open(cfg, Wharf::builder().push_durability(Durability::None))?;
+    let payload = [0x42u8; SMALL];
+    let (mut n, deadline, start) = (0u64, cfg.deadline(), Instant::now());
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            s.queue.push(payload)?;
+        }
+        n += 256;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    s.close()?;
+    Ok(rate)
+}
+
+/// T5: push, `try_pop`, ack, one at a time, all with durability `None`: msgs/s.
+fn t5_cycle(cfg: &Cfg) -> BoxResult<f64> {
+    let s = Store::open(cfg, no_sync())?;
+    let payload = [0x42u8; SMALL];
+    let (mut n, deadline, start) = (0u64, cfg.deadline(), Instant::now());
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            s.queue.push(payload)?;
+            let d = s
+                .queue
+                .try_pop()?
+                .ok_or("try_pop found nothing right after a push")?;
+            black_box(d.payload().first());
+            d.ack()?;
+        }
+        n += 256;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    s.close()?;
+    Ok(rate)
+}
+
+/// T5, batched: `push_batch` of 64, `pop_batch` of 64, 64 acks, all with durability `None`.
+fn t5_batch(cfg: &Cfg) -> BoxResult<f64> {
+    let s = Store::open(cfg, no_sync())?;
+    let batch = vec![[0x42u8; SMALL]; 64];
+    let (mut n, deadline, start) = (0u64, cfg.deadline(), Instant::now());
+    while Instant::now() < deadline {
+        s.queue.push_batch(&batch)?;
+        let got = s.queue.pop_batch(batch.len(), Duration::ZERO)?;
+        if got.len() != batch.len() {
+            return Err(format!("pop_batch returned {} of {}", got.len(), batch.len()).into());
+        }
+        for d in got {
+            black_box(d.payload().first());
+            d.ack()?;
+        }
+        n += batch.len() as u64;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    s.close()?;
+    Ok(rate)
+}
+
+/// Reads every byte of `bytes`.
+fn checksum(bytes: &[u8]) -> u64 {
+    let words = bytes.chunks_exact(8);
+    let tail = words
+        .remainder()
+        .iter()
+        .fold(0u64, |a, &b| a.rotate_left(8) ^ u64::from(b));
+    words.fold(tail, |a, w| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        a.wrapping_add(u64::from_le_bytes(word))
+    })
+}
+
+/// T5, large: pops of 64 KiB payloads already in the page cache, every byte read: GB/s.
+fn t5_large(cfg: &Cfg) -> BoxResult<f64> {
+    const LEN: usize = 64 << 10;
+    let count: usize = if cfg.quick { 256 } else { 4096 };
+    let s = Store::open(cfg, no_sync())?;
+    let batch: Vec<Vec<u8>> = (0u8..64).map(|b| vec![b; LEN]).collect();
+    for _ in 0..count / batch.len() {
+        s.queue.push_batch(&batch)?;
+    }
+    s.wharf.sync()?;
+    let (mut bytes, mut sum) = (0usize, 0u64);
+    let start = Instant::now();
+    loop {
+        let got = s.queue.pop_batch(64, Duration::ZERO)?;
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            let p = d.payload();
+            sum = sum.wrapping_add(checksum(p));
+            bytes += p.len();
+            d.ack()?;
+        }
+    }
+    let elapsed = start.elapsed();
+    black_box(sum);
+    if bytes != count * LEN {
+        return Err(format!("popped {bytes} bytes, pushed {}", count * LEN).into());
+    }
+    s.close()?;
+    Ok(bytes as f64 / 1e9 / elapsed.as_secs_f64())
+}
+
+struct Roll {
+    max_roll_us: f64,
+    p99_us: f64,
+    rolls: usize,
+}
+
+/// T6: Immediate 128 B pushes across segment rolls of 4 MiB segments. Each roll is approached
+/// with `Durability::None` filler (synced, so the Immediate pushes start from a clean state),
+/// then crossed by `2 × WINDOW` Immediate pushes; a push crossed a roll when the durable end of
+/// the log moved into the next segment.
+fn t6(cfg: &Cfg) -> BoxResult<Roll> {
+    const SEG: u64 = 4 << 20;
+    const WINDOW: u64 = 100;
+    let rolls = if cfg.quick { 2 } else { 6 };
+    let s = Store::open(cfg, Wharf::builder().segment_bytes(SEG))?;
+    let (q, w) = (&s.queue, &s.wharf);
+    let payload = [0x42u8; SMALL];
+    let filler = vec![[0x11u8; SMALL]; 1024];
+    let lazy = PushOptions::new().durability(Durability::None);
+    let before = w.stats().bytes;
+    q.push(payload)?;
+    let rec = w.stats().bytes - before;
+    let (mut all, mut at_roll) = (Vec::new(), Vec::new());
+    for _ in 0..rolls {
+        w.sync()?;
+        let lsn = w.stats().durable_lsn;
+        let room = ((lsn / SEG + 1) * SEG - lsn) / rec;
+        let mut fill = room.saturating_sub(WINDOW);
+        while fill > 0 {
+            let k = fill.min(filler.len() as u64);
+            q.push_batch_with(filler.iter().take(k as usize), lazy)?;
+            fill -= k;
+        }
+        w.sync()?;
+        // A running store prepares the next segment long before it is needed; give it time.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut prev = w.stats().durable_lsn;
+        for _ in 0..2 * WINDOW {
+            let t = Instant::now();
+            q.push(payload)?;
+            let ns = nanos(t.elapsed());
+            let now = w.stats().durable_lsn;
+            if now / SEG != prev / SEG {
+                at_roll.push(ns);
+            }
+            all.push(ns);
+            prev = now;
+        }
+    }
+    s.close()?;
+    all.sort_unstable();
+    Ok(Roll {
+        max_roll_us: at_roll.iter().max().map_or(f64::NAN, |&n| n as f64 / 1e3),
+        p99_us: percentile_us(&all, 0.99),
+        rolls: at_roll.len(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// redb as a queue: one write transaction per push.
+
+const REDB_TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("queue");
+
+fn redb_open(dir: &TempDir) -> BoxResult<redb::Database> {
+    let db = redb::Database::create(dir.path().join("queue.redb"))?;
+    let txn = db.begin_write()?;
+    txn.open_table(REDB_TABLE)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+fn redb_push(db: &redb::Database, key: u64, payload: &[u8]) -> BoxResult<()> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(REDB_TABLE)?;
+        table.insert(key, payload)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn redb_t1(cfg: &Cfg) -> BoxResult<Lat> {
+    let dir = cfg.tempdir()?;
+    let db = redb_open(&dir)?;
+    let payload = [0x42u8; SMALL];
+    let mut key = 0u64;
+    let mut ns = Vec::with_capacity(1 << 14);
+    let start = Instant::now();
+    let deadline = start + cfg.secs;
+    loop {
+        let t = Instant::now();
+        if t >= deadline {
+            break;
+        }
+        redb_push(&db, key, &payload)?;
+        key += 1;
+        ns.push(nanos(t.elapsed()));
+    }
+    Ok(lat(ns, start.elapsed()))
+}
+
+fn redb_t2(cfg: &Cfg, p: usize) -> BoxResult<f64> {
+    let dir = cfg.tempdir()?;
+    let db = redb_open(&dir)?;
+    let payload = [0x42u8; SMALL];
+    let (next_key, barrier, secs) = (AtomicU64::new(0), Barrier::new(p + 1), cfg.secs);
+    let (total, elapsed) = std::thread::scope(|scope| -> BoxResult<_> {
+        let handles: Vec<_> = (0..p)
+            .map(|_| {
+                let (db, barrier, next_key) = (&db, &barrier, &next_key);
+                scope.spawn(move || -> BoxResult<u64> {
+                    barrier.wait();
+                    let deadline = Instant::now() + secs;
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        redb_push(db, next_key.fetch_add(1, Ordering::Relaxed), &payload)?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let mut total = 0u64;
+        for h in handles {
+            total += h.join().map_err(|_| "a redb writer thread panicked")??;
+        }
+        Ok((total, start.elapsed()))
+    })?;
+    Ok(total as f64 / elapsed.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting.
+
+struct Row {
+    label: String,
+    unit: &'static str,
+    vals: Vec<f64>,
+}
+
+impl Row {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.vals.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+    fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+    fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, label: &str, unit: &'static str, vals: Vec<f64>) {
+        self.rows.push(Row {
+            label: label.to_owned(),
+            unit,
+            vals,
+        });
+    }
+    fn row(&self, label: &str) -> BoxResult<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.label == label)
+            .ok_or_else(|| format!("no metric {label:?}").into())
+    }
+    fn median(&self, label: &str) -> BoxResult<f64> {
+        Ok(self.row(label)?.median())
+    }
+    fn print(&self) {
+        println!("| metric | median | min–max | unit |");
+        println!("|---|---:|---:|---|");
+        for r in &self.rows {
+            let (lo, hi) = (num(r.min()), num(r.max()));
+            println!(
+                "| {} | {} | {lo} – {hi} | {} |",
+                r.label,
+                num(r.median()),
+                r.unit
+            );
+        }
+    }
+}
+
+/// A number for the table: thousands separated, two or three significant digits when small.
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    let a = v.abs();
+    if a >= 10_000.0 {
+        let digits = format!("{:.0}", a);
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if v < 0.0 {
+            out.insert(0, '-');
+        }
+        out
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Runs `f` for every round and returns each round's result.
+fn rounds<T>(name: &str, mut f: impl FnMut() -> BoxResult<T>) -> BoxResult<Vec<T>> {
+    let mut out = Vec::with_capacity(ROUNDS);
+    for r in 1..=ROUNDS {
+        eprint!("\r{name}: round {r}/{ROUNDS}    ");
+        out.push(f()?);
+    }
+    eprintln!("\r{name}: done            ");
+    Ok(out)
+}
+
+fn add_lat(report: &mut Report, name: &str, v: &[Lat]) {
+    report.add(
+        &format!("{name} ops/s"),
+        "ops/s",
+        v.iter().map(|l| l.ops).collect(),
+    );
+    report.add(
+        &format!("{name} p50"),
+        "µs",
+        v.iter().map(|l| l.p50_us).collect(),
+    );
+    report.add(
+        &format!("{name} p99"),
+        "µs",
+        v.iter().map(|l| l.p99_us).collect(),
+    );
+}
+
+struct Check {
+    target: String,
+    measured: String,
+    ratio: f64,
+    pass: bool,
+}
+
+fn at_least(target: &str, measured: f64, bound: f64, unit: &str) -> Check {
+    Check {
+        target: target.into(),
+        measured: format!("{} {unit} vs {} {unit}", num(measured), num(bound)),
+        ratio: measured / bound,
+        pass: measured >= bound,
+    }
+}
+
+fn at_most(target: &str, measured: f64, bound: f64, unit: &str) -> Check {
+    Check {
+        target: target.into(),
+        measured: format!("{} {unit} vs {} {unit}", num(measured), num(bound)),
+        ratio: measured / bound,
+        pass: measured <= bound,
+    }
+}
+
+fn checks(r: &Report) -> BoxResult<Vec<Check>> {
+    let f_ops = r.median("F_sync ops/s")?;
+    let f_p50 = r.median("F_sync p50")?;
+    let f_p99 = r.median("F_sync p99")?;
+    let b_dur = r.median("B_dur")?;
+    let mut out = vec![
+        at_least(
+            "T1 ≥ 0.8 × F_sync ops/s",
+            r.median("T1 ops/s")?,
+            0.8 * f_ops,
+            "ops/s",
+        ),
+        at_most(
+            "T1 p50 ≤ F_sync p50 + 15 µs",
+            r.median("T1 p50")?,
+            f_p50 + 15.0,
+            "µs",
+        ),
+    ];
+    for p in [4, 16, 64] {
+        let per = r.median(&format!("T2@{p} records/fsync"))?;
+        out.push(at_least(
+            &format!("T2@{p} records/fsync ≥ P/3"),
+            per,
+            p as f64 / 3.0,
+            "rec",
+        ));
+        let worst = r.row(&format!("T2@{p} fsyncs/s"))?.max();
+        let target = format!("T2@{p} fsyncs/s (max round) ≤ F_sync ops/s");
+        out.push(at_most(&target, worst, f_ops, "/s"));
+    }
+    out.extend([
+        at_least(
+            "T2@64 ≥ 2.5 × F_sync ops/s",
+            r.median("T2@64 ops/s")?,
+            2.5 * f_ops,
+            "ops/s",
+        ),
+        at_least(
+            "T3 ≥ 0.6 × B_dur",
+            r.median("T3 push_batch 256×4 KiB")?,
+            0.6 * b_dur,
+            "MiB/s",
+        ),
+        at_least(
+            "T4 ≥ 2,000,000 msgs/s",
+            r.median("T4 push None")?,
+            2e6,
+            "msgs/s",
+        ),
+        at_least(
+            "T5 cycle ≥ 1,000,000 msgs/s",
+            r.median("T5 push+try_pop+ack")?,
+            1e6,
+            "msgs/s",
+        ),
+        at_least(
+            "T5 batch ≥ 1,000,000 msgs/s",
+            r.median("T5 batch 64 cycle")?,
+            1e6,
+            "msgs/s",
+        ),
+        at_least(
+            "T5 large pops ≥ 2.5 GB/s",
+            r.median("T5 pop 64 KiB")?,
+            2.5,
+            "GB/s",
+        ),
+        at_most(
+            "T6 roll max ≤ 2 × F_sync p99",
+            r.median("T6 roll max")?,
+            2.0 * f_p99,
+            "µs",
+        ),
+        at_least(
+            "T2@16 ≥ 6 × redb@16",
+            r.median("T2@16 ops/s")?,
+            6.0 * r.median("redb T2@16 ops/s")?,
+            "ops/s",
+        ),
+    ]);
+    Ok(out)
+}
+
+fn main() -> BoxResult<()> {
+    let cfg = Cfg::from_env()?;
+    std::fs::create_dir_all(&cfg.dir)?;
+    let (fs, in_memory) = file_system(&cfg.dir);
+    if in_memory {
+        eprintln!("warning: {fs} is in memory: the durable numbers and floors mean nothing");
+    }
+    let started = Instant::now();
+    let mut r = Report::default();
+
+    let v = rounds("F_sync", || f_sync(&cfg, false))?;
+    add_lat(&mut r, "F_sync", &v);
+    let v = rounds("F_sync sparse", || f_sync(&cfg, true))?;
+    add_lat(&mut r, "F_sync sparse (info)", &v);
+    let bw = b_dur_file(&cfg)?;
+    let v = rounds("B_dur", || b_dur(&cfg, &bw))?;
+    drop(bw);
+    r.add("B_dur", "MiB/s", v);
+
+    let v = rounds("T1", || t1(&cfg))?;
+    add_lat(&mut r, "T1", &v);
+    for p in [4, 16, 64] {
+        let v = rounds(&format!("T2@{p}"), || t2(&cfg, p))?;
+        r.add(
+            &format!("T2@{p} ops/s"),
+            "ops/s",
+            v.iter().map(|g| g.ops).collect(),
+        );
+        r.add(
+            &format!("T2@{p} fsyncs/s"),
+            "/s",
+            v.iter().map(|g| g.fsyncs_per_s).collect(),
+        );
+        let per = v.iter().map(|g| g.records_per_fsync).collect();
+        r.add(&format!("T2@{p} records/fsync"), "rec", per);
+    }
+    r.add(
+        "T3 push_batch 256×4 KiB",
+        "MiB/s",
+        rounds("T3", || t3(&cfg))?,
+    );
+    r.add("T4 push None", "msgs/s", rounds("T4", || t4(&cfg))?);
+    r.add(
+        "T5 push+try_pop+ack",
+        "msgs/s",
+        rounds("T5 cycle", || t5_cycle(&cfg))?,
+    );
+    r.add(
+        "T5 batch 64 cycle",
+        "msgs/s",
+        rounds("T5 batch", || t5_batch(&cfg))?,
+    );
+    r.add(
+        "T5 pop 64 KiB",
+        "GB/s",
+        rounds("T5 large", || t5_large(&cfg))?,
+    );
+    let v = rounds("T6", || t6(&cfg))?;
+    r.add(
+        "T6 roll max",
+        "µs",
+        v.iter().map(|x| x.max_roll_us).collect(),
+    );
+    r.add("T6 p99 (all)", "µs", v.iter().map(|x| x.p99_us).collect());
+    r.add(
+        "T6 rolls crossed",
+        "rolls",
+        v.iter().map(|x| x.rolls as f64).collect(),
+    );
+
+    let v = rounds("redb T1", || redb_t1(&cfg))?;
+    add_lat(&mut r, "redb T1", &v);
+    r.add(
+        "redb T2@16 ops/s",
+        "ops/s",
+        rounds("redb T2@16", || redb_t2(&cfg, 16))?,
+    );
+
+    let mode = if cfg.quick { "quick" } else { "full" };
+    println!();
+    println!(
+        "wharf throughput: {mode} run, {ROUNDS} rounds of {:.2} s, {} CPUs, {fs}, took {:.0} s",
+        cfg.secs.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        started.elapsed().as_secs_f64(),
+    );
+    println!();
+    r.print();
+    println!();
+    println!("| target | measured vs bound | ratio | result |");
+    println!("|---|---|---:|---|");
+    for c in checks(&r)? {
+        let result = if c.pass { "PASS" } else { "MISS" };
+        println!(
+            "| {} | {} | {:.2} | {result} |",
+            c.target, c.measured, c.ratio
+        );
+    }
+    Ok(())
+}

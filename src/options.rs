@@ -47,6 +47,7 @@ pub(crate) struct Options {
     pub push_durability: Durability,
     pub ack_durability: Durability,
     pub max_payload: usize,
+    max_payload_set: bool,
     pub visibility_timeout: Duration,
     pub read_mode: ReadMode,
 }
@@ -65,6 +66,7 @@ impl Default for Options {
             push_durability: Durability::Immediate,
             ack_durability: Durability::Interval(Duration::from_millis(10)),
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_payload_set: false,
             visibility_timeout: Duration::from_secs(30),
             read_mode: ReadMode::Map,
         }
@@ -72,12 +74,16 @@ impl Default for Options {
 }
 
 impl Options {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks every option; a `max_payload` left at its default shrinks to fit the segment.
+    pub(crate) fn validate(&mut self) -> Result<()> {
         if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u64::from(u32::MAX) {
             return Err(Error::InvalidOption(format!(
                 "segment size {} is outside {MIN_SEGMENT_BYTES}..=4 GiB",
                 self.segment_bytes
             )));
+        }
+        if !self.max_payload_set {
+            self.max_payload = self.max_payload.min(self.largest_payload_that_fits());
         }
         if self.max_payload > self.largest_payload_that_fits() {
             return Err(Error::InvalidOption(format!(
@@ -140,9 +146,11 @@ impl WharfBuilder {
         self
     }
 
-    /// Largest accepted payload in bytes (default 8 MiB; at most about half a segment).
+    /// Largest accepted payload in bytes (default 8 MiB, or less with segments under 16 MiB;
+    /// at most about half a segment).
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.opts.max_payload = bytes;
+        self.opts.max_payload_set = true;
         self
     }
 
@@ -163,7 +171,7 @@ impl WharfBuilder {
     ///
     /// # Errors
     /// As [`Wharf::open`], plus [`Error::InvalidOption`] for an option out of range.
-    pub fn open(self, dir: impl AsRef<Path>) -> Result<Wharf> {
+    pub fn open(mut self, dir: impl AsRef<Path>) -> Result<Wharf> {
         self.opts.validate()?;
         Wharf::open_with(dir.as_ref(), self.opts)
     }

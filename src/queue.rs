@@ -116,7 +116,7 @@ impl Wharf {
     /// and offset) for damage below the durable end of the log; [`Error::UnsupportedVersion`],
     /// [`Error::ForeignSegment`]; [`Error::Io`].
     pub fn open(dir: impl AsRef<Path>) -> Result<Wharf> {
-        Wharf::open_with(dir.as_ref(), Options::default())
+        Wharf::builder().open(dir)
     }
 
     /// A builder for options other than the defaults.
@@ -209,8 +209,8 @@ impl Wharf {
         shared.wait_durable(&mut g, end)
     }
 
-    /// Makes everything durable and closes the store for every handle: later calls return
-    /// [`Error::Closed`], and the directory can be opened again once every handle is dropped.
+    /// Makes everything durable and closes the store for every handle: later calls on any of
+    /// them return [`Error::Closed`], and the directory can be opened again at once.
     ///
     /// # Errors
     /// [`Error::Poisoned`] if the final sync fails.

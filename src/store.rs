@@ -80,7 +80,8 @@ impl Shared {
 pub(crate) struct Core {
     pub shared: Arc<Shared>,
     bg: Mutex<Option<JoinHandle<()>>>,
-    _lock: LockGuard,
+    /// The directory lock, released by `close`.
+    lock: Mutex<Option<LockGuard>>,
 }
 
 impl Core {
@@ -146,11 +147,11 @@ impl Core {
         let bg = std::thread::Builder::new()
             .name("wharf-background".into())
             .spawn(move || commit::background(&bg_shared))?;
-        Ok(Core { shared, bg: Mutex::new(Some(bg)), _lock: lock })
+        Ok(Core { shared, bg: Mutex::new(Some(bg)), lock: Mutex::new(Some(lock)) })
     }
 
-    /// Flushes and syncs everything staged, stops the background thread and refuses every
-    /// later call with `Closed`. Idempotent.
+    /// Flushes and syncs everything staged, stops the background thread, refuses every later
+    /// call with `Closed` and releases the directory lock. Idempotent.
     pub(crate) fn close(&self) -> Result<()> {
         let shared = &self.shared;
         let result = {
@@ -169,13 +170,15 @@ impl Core {
             shared.durable_cv.notify_all();
             result
         };
-        if let Some(bg) = self.bg.lock().take() {
+        let joined = match self.bg.lock().take() {
             // The thread only returns; a panic in it would be a bug, reported as an error.
-            if bg.join().is_err() {
-                return Err(Error::Io(std::io::Error::other("background thread panicked")));
-            }
-        }
-        result
+            Some(bg) => bg.join().map_err(|_| Error::Io(std::io::Error::other("background thread panicked"))),
+            None => Ok(()),
+        };
+        // Nothing writes any more: the directory may be opened again, even while old handles
+        // (which now fail with `Closed`) are still around.
+        self.lock.lock().take();
+        result.and(joined)
     }
 }
 

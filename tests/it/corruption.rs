@@ -1,0 +1,136 @@
+//! Damage below the durable end of the log is an error naming the file and offset, never a
+//! panic and never a silent cut; foreign files and foreign segments are clear errors too.
+
+use wharf::{Error, Wharf};
+
+use crate::{copy_store, payload, segments, small};
+
+/// A store whose log spans several segments, closed cleanly.
+fn multi_segment_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let w = small().open(dir.path()).unwrap();
+    let q = w.queue("q").unwrap();
+    q.push_batch((0..600).map(|i| payload(i, 300))).unwrap();
+    w.close().unwrap();
+    assert!(segments(dir.path()).len() >= 4);
+    dir
+}
+
+#[test]
+fn a_flipped_byte_in_a_sealed_segment_fails_the_open_naming_the_file() {
+    let pristine = multi_segment_store();
+    let first = segments(pristine.path())[0].clone();
+    let original = std::fs::read(&first).unwrap();
+    // Every 61st byte of the records area of the first (sealed) segment, and the header.
+    let used = original.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let mut offsets: Vec<usize> = (0..64).step_by(7).collect();
+    offsets.extend((64..used).step_by(61));
+    for &off in &offsets {
+        let dir = copy_store(pristine.path());
+        let seg = dir.path().join("log").join(first.file_name().unwrap());
+        let mut bytes = original.clone();
+        bytes[off] ^= 0x10;
+        std::fs::write(&seg, &bytes).unwrap();
+        match Wharf::open(dir.path()) {
+            Err(Error::Corrupted(c)) => {
+                assert_eq!(c.file, seg, "offset {off}");
+                assert!(c.offset <= off as u64, "reported {} for damage at {off}", c.offset);
+                assert!(Error::Corrupted(c).to_string().contains("offset"));
+            }
+            Err(e) => panic!("offset {off}: unexpected error {e}"),
+            Ok(_) => panic!("offset {off}: corruption not detected"),
+        }
+    }
+}
+
+#[test]
+fn damage_under_a_later_durable_record_of_the_active_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let w = Wharf::open(dir.path()).unwrap();
+        let q = w.queue("q").unwrap();
+        for i in 0..10 {
+            q.push(payload(i, 100)).unwrap(); // each push is synced before the next is staged
+        }
+    }
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(16).position(|w| w == &payload(4, 100)[..16]).unwrap();
+    bytes[at + 20] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    match Wharf::open(dir.path()) {
+        Err(Error::Corrupted(c)) => assert_eq!(c.file, seg),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_gap_in_the_segments_is_corruption() {
+    let dir = multi_segment_store();
+    std::fs::remove_file(&segments(dir.path())[1]).unwrap();
+    let err = Wharf::open(dir.path()).unwrap_err();
+    assert!(matches!(&err, Error::Corrupted(c) if c.reason.contains("gap")), "{err}");
+}
+
+#[test]
+fn a_segment_of_another_store_is_refused() {
+    let a = multi_segment_store();
+    let b = multi_segment_store();
+    let last_b = segments(b.path()).last().unwrap().clone();
+    let target = segments(a.path()).last().unwrap().clone();
+    // Same name and length, different store id.
+    std::fs::copy(&last_b, &target).unwrap();
+    let err = Wharf::open(a.path()).unwrap_err();
+    assert!(matches!(err, Error::ForeignSegment(_)), "{err}");
+}
+
+#[test]
+fn a_newer_format_version_is_a_clear_error() {
+    let dir = multi_segment_store();
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
+    let crc = crc32c_of(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = Wharf::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedVersion { found: 9, supported: 1, .. }), "{err}");
+}
+
+/// CRC-32C (Castagnoli), bitwise: the tests do not depend on the crate's implementation.
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn foreign_and_temporary_files_are_reported_not_fatal() {
+    let dir = multi_segment_store();
+    std::fs::write(dir.path().join("log").join("README.txt"), b"hello").unwrap();
+    std::fs::write(dir.path().join("log").join("00000000000099999999.seg.tmp"), b"partial").unwrap();
+    let w = Wharf::open(dir.path()).unwrap();
+    let r = w.recovery_report();
+    assert_eq!(r.ignored_files, vec!["README.txt".to_string()]);
+    assert_eq!(r.removed_files, vec!["00000000000099999999.seg.tmp".to_string()]);
+    assert_eq!(w.queue("q").unwrap().depth().unwrap().ready, 600);
+}
+
+#[test]
+fn truncated_and_empty_segment_files_are_errors_not_panics() {
+    let pristine = multi_segment_store();
+    let first = segments(pristine.path())[0].clone();
+    let len = std::fs::metadata(&first).unwrap().len();
+    for cut in [0, 10, 63, 64, 65, 1000, len / 2, len - 1] {
+        let dir = copy_store(pristine.path());
+        let seg = dir.path().join("log").join(first.file_name().unwrap());
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
+        let err = Wharf::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Corrupted(_)), "cut {cut}: {err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! The integration tests: one binary, driving wharf through its public API only.
+
+mod api;
+mod concurrency;
+mod corruption;
+mod leases;
+mod recovery;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wharf::{Wharf, WharfBuilder};
+
+/// A builder with small segments, so that tests roll and delete segments quickly.
+pub fn small() -> WharfBuilder {
+    Wharf::builder().segment_bytes(64 << 10)
+}
+
+/// The segment files of a store, oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Pops everything ready in `queue` without acking it, then releases it all; returns payloads.
+pub fn drain_payloads(q: &wharf::Queue) -> Vec<Vec<u8>> {
+    let mut held = Vec::new();
+    while let Some(d) = q.try_pop().unwrap() {
+        held.push(d);
+    }
+    let out = held.iter().map(|d| d.payload().to_vec()).collect();
+    for d in held {
+        d.nack().unwrap();
+    }
+    out
+}
+
+/// A distinct, checkable payload for message `i`.
+pub fn payload(i: usize, len: usize) -> Vec<u8> {
+    let mut p = format!("message-{i:08}-").into_bytes();
+    while p.len() < len {
+        p.push(b'a' + (p.len() % 26) as u8);
+    }
+    p.truncate(len.max(17));
+    p
+}
+
+/// Copies a store directory (its LOCK and log files) to a new temp dir.
+pub fn copy_store(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(to.path().join("log")).unwrap();
+    for e in std::fs::read_dir(from.join("log")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.path().join("log").join(p.file_name().unwrap())).unwrap();
+    }
+    to
+}
+
+/// A wait long enough that only a bug reaches it.
+pub const LONG: Duration = Duration::from_secs(10);
