@@ -40,7 +40,9 @@ pub(crate) struct Chunk {
 impl Chunk {
     fn copy(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
         let start = usize::try_from(lsn.checked_sub(self.lsn)?).ok()?;
-        self.bytes.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+        self.bytes
+            .get(start..start.checked_add(len)?)
+            .map(<[u8]>::to_vec)
     }
 }
 
@@ -143,7 +145,10 @@ impl Wal {
     fn preamble(&self) -> Vec<Body<'_>> {
         let mut out = vec![Body::Epoch { epoch: self.epoch }];
         for (q, name) in self.catalog.iter().enumerate() {
-            out.push(Body::Queue { queue: u32::try_from(q).unwrap_or(u32::MAX), name });
+            out.push(Body::Queue {
+                queue: u32::try_from(q).unwrap_or(u32::MAX),
+                name,
+            });
         }
         out
     }
@@ -229,9 +234,17 @@ impl Wal {
 
     fn chunk(&mut self) -> &mut Chunk {
         let seg = Arc::clone(&self.active);
-        let reuse = self.staged.last().is_some_and(|c| c.seg.base == seg.base && !c.seal);
+        let reuse = self
+            .staged
+            .last()
+            .is_some_and(|c| c.seg.base == seg.base && !c.seal);
         if !reuse {
-            self.staged.push(Chunk { seg, lsn: self.next_lsn, bytes: Vec::with_capacity(4096), seal: false });
+            self.staged.push(Chunk {
+                seg,
+                lsn: self.next_lsn,
+                bytes: Vec::with_capacity(4096),
+                seal: false,
+            });
         }
         let last = self.staged.len() - 1;
         &mut self.staged[last]
@@ -261,7 +274,9 @@ impl Wal {
     /// A copy of the record bytes at `lsn` that are staged or being written, if they are.
     pub(crate) fn copy_unwritten(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
         let writing = self.writing.iter().flat_map(|w| w.iter());
-        writing.chain(self.staged.iter()).find_map(|c| c.copy(lsn, len))
+        writing
+            .chain(self.staged.iter())
+            .find_map(|c| c.copy(lsn, len))
     }
 }
 
@@ -291,13 +306,25 @@ impl Shared {
             (g.wal.log.next_spare_base(), g.wal.log.store_id)
         };
         let map = self.map_reads();
-        let seg = Segment::create(&*self.storage, &self.log_dir, store_id, base, self.opts.segment_bytes, map)?;
+        let seg = Segment::create(
+            &*self.storage,
+            &self.log_dir,
+            store_id,
+            base,
+            self.opts.segment_bytes,
+            map,
+        )?;
         self.state.lock().wal.log.spares.push_back(Arc::new(seg));
         Ok(())
     }
 
     /// Applies the durability of a call whose records end at `end`.
-    pub(crate) fn commit(&self, g: &mut MutexGuard<'_, State>, end: u64, d: Durability) -> Result<()> {
+    pub(crate) fn commit(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        end: u64,
+        d: Durability,
+    ) -> Result<()> {
         let now = Instant::now();
         match d {
             Durability::Immediate => return self.wait_durable(g, end),
@@ -361,7 +388,10 @@ impl Shared {
         wal.write_due = None;
         let end = wal.next_lsn;
         let to_sync = if sync {
-            chunks.last().map(|c| Arc::clone(&c.seg)).or_else(|| wal.unsynced.clone())
+            chunks
+                .last()
+                .map(|c| Arc::clone(&c.seg))
+                .or_else(|| wal.unsynced.clone())
         } else {
             None
         };
@@ -452,7 +482,12 @@ pub(crate) fn background(shared: &Shared) {
             checked_delete_at = Some(g.wal.durable);
             let durable = g.wal.durable;
             let dead = g.wal.log.take_deletable(durable);
-            let oldest_empty = g.wal.log.segments.first_key_value().is_some_and(|(_, s)| s.live == 0);
+            let oldest_empty = g
+                .wal
+                .log
+                .segments
+                .first_key_value()
+                .is_some_and(|(_, s)| s.live == 0);
             g.wal.maybe_delete = oldest_empty && g.wal.log.segments.len() > 1;
             if !dead.is_empty() {
                 let removed = MutexGuard::unlocked(&mut g, || -> std::io::Result<()> {

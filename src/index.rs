@@ -54,11 +54,22 @@ impl QueueIndex {
     }
 
     /// Leases the oldest ready message until `now + visibility`; returns it with its attempt.
-    pub(crate) fn lease_next(&mut self, now: Instant, visibility: Duration) -> Option<(u64, Entry)> {
+    pub(crate) fn lease_next(
+        &mut self,
+        now: Instant,
+        visibility: Duration,
+    ) -> Option<(u64, Entry)> {
         let (id, mut entry) = self.ready.pop_first()?;
         entry.attempts = entry.attempts.saturating_add(1);
         let deadline = now + visibility;
-        self.leased.insert(id, Lease { entry, attempt: entry.attempts, deadline });
+        self.leased.insert(
+            id,
+            Lease {
+                entry,
+                attempt: entry.attempts,
+                deadline,
+            },
+        );
         self.deadlines.push(Reverse((deadline, id, entry.attempts)));
         Some((id, entry))
     }
@@ -71,7 +82,10 @@ impl QueueIndex {
                 break;
             }
             self.deadlines.pop();
-            let current = self.leased.get(&id).is_some_and(|l| l.attempt == attempt && l.deadline == deadline);
+            let current = self
+                .leased
+                .get(&id)
+                .is_some_and(|l| l.attempt == attempt && l.deadline == deadline);
             if current {
                 if let Some(lease) = self.leased.remove(&id) {
                     self.ready.insert(id, lease.entry);
@@ -85,7 +99,11 @@ impl QueueIndex {
     /// The earliest deadline of a live lease, if any.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((deadline, id, attempt))) = self.deadlines.peek().copied() {
-            if self.leased.get(&id).is_some_and(|l| l.attempt == attempt && l.deadline == deadline) {
+            if self
+                .leased
+                .get(&id)
+                .is_some_and(|l| l.attempt == attempt && l.deadline == deadline)
+            {
                 return Some(deadline);
             }
             self.deadlines.pop();
@@ -121,7 +139,13 @@ impl QueueIndex {
     }
 
     /// Moves the deadline of a lease to `now + by`.
-    pub(crate) fn extend(&mut self, id: u64, attempt: u32, now: Instant, by: Duration) -> Result<(), Expired> {
+    pub(crate) fn extend(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        now: Instant,
+        by: Duration,
+    ) -> Result<(), Expired> {
         self.check(id, attempt, now)?;
         let lease = self.leased.get_mut(&id).ok_or(Expired)?;
         lease.deadline = now + by;
@@ -152,7 +176,11 @@ mod tests {
     use super::*;
 
     fn entry(lsn: u64) -> Entry {
-        Entry { lsn, len: 1, attempts: 0 }
+        Entry {
+            lsn,
+            len: 1,
+            attempts: 0,
+        }
     }
 
     #[test]
@@ -194,7 +222,13 @@ mod tests {
         let t0 = Instant::now();
         q.insert(1, entry(0));
         q.lease_next(t0, Duration::from_millis(10)).unwrap();
-        q.extend(1, 1, t0 + Duration::from_millis(5), Duration::from_millis(100)).unwrap();
+        q.extend(
+            1,
+            1,
+            t0 + Duration::from_millis(5),
+            Duration::from_millis(100),
+        )
+        .unwrap();
         assert_eq!(q.expire(t0 + Duration::from_millis(50)), 0);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(105)));
         assert_eq!(q.expire(t0 + Duration::from_millis(106)), 1);

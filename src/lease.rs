@@ -17,7 +17,11 @@ use crate::store::Core;
 /// Where a delivery's payload bytes are.
 pub(crate) enum Payload {
     /// A slice of a segment's read-only map, kept alive by the `Arc`.
-    Mapped { seg: Arc<Segment>, start: usize, len: usize },
+    Mapped {
+        seg: Arc<Segment>,
+        start: usize,
+        len: usize,
+    },
     /// A record copied into memory; the payload starts at `start`.
     Owned { bytes: Vec<u8>, start: usize },
 }
@@ -25,9 +29,10 @@ pub(crate) enum Payload {
 impl Payload {
     fn bytes(&self) -> &[u8] {
         match self {
-            Payload::Mapped { seg, start, len } => {
-                seg.mapped().and_then(|m| m.get(*start..start + len)).unwrap_or(&[])
-            }
+            Payload::Mapped { seg, start, len } => seg
+                .mapped()
+                .and_then(|m| m.get(*start..start + len))
+                .unwrap_or(&[]),
             Payload::Owned { bytes, start } => bytes.get(*start..).unwrap_or(&[]),
         }
     }
@@ -68,8 +73,21 @@ enum Settle {
 }
 
 impl Delivery {
-    pub(crate) fn new(core: Arc<Core>, queue: u32, id: u64, attempt: u32, payload: Payload) -> Self {
-        Delivery { core, queue, id, attempt, payload, settled: false }
+    pub(crate) fn new(
+        core: Arc<Core>,
+        queue: u32,
+        id: u64,
+        attempt: u32,
+        payload: Payload,
+    ) -> Self {
+        Delivery {
+            core,
+            queue,
+            id,
+            attempt,
+            payload,
+            settled: false,
+        }
     }
 
     /// The message's id.
@@ -127,7 +145,9 @@ impl Delivery {
         let mut g = self.core.shared.state.lock();
         g.check()?;
         let q = &mut g.queues[self.queue as usize];
-        q.index.extend(self.id, self.attempt, Instant::now(), by).map_err(|_| Error::LeaseExpired)?;
+        q.index
+            .extend(self.id, self.attempt, Instant::now(), by)
+            .map_err(|_| Error::LeaseExpired)?;
         Ok(())
     }
 
@@ -137,15 +157,24 @@ impl Delivery {
         let mut g = shared.state.lock();
         g.check()?;
         let body = match how {
-            Settle::Ack => Body::Ack { queue: self.queue, id: self.id },
-            Settle::Nack => Body::Nack { queue: self.queue, id: self.id },
+            Settle::Ack => Body::Ack {
+                queue: self.queue,
+                id: self.id,
+            },
+            Settle::Nack => Body::Nack {
+                queue: self.queue,
+                id: self.id,
+            },
         };
         shared.ensure_room(&mut g, &[body.encoded_len()])?;
         let now = Instant::now();
         let q = self.queue as usize;
         match how {
             Settle::Ack => {
-                let entry = g.queues[q].index.ack(self.id, self.attempt, now).map_err(|_| Error::LeaseExpired)?;
+                let entry = g.queues[q]
+                    .index
+                    .ack(self.id, self.attempt, now)
+                    .map_err(|_| Error::LeaseExpired)?;
                 let lsn = g.wal.append(&body).ok_or(Error::NoSpace)?;
                 let end = lsn + body.encoded_len() as u64;
                 if g.wal.log.note_settled(entry.lsn, end) {
@@ -153,7 +182,10 @@ impl Delivery {
                 }
             }
             Settle::Nack => {
-                g.queues[q].index.release(self.id, self.attempt, now).map_err(|_| Error::LeaseExpired)?;
+                g.queues[q]
+                    .index
+                    .release(self.id, self.attempt, now)
+                    .map_err(|_| Error::LeaseExpired)?;
                 g.wal.append(&body).ok_or(Error::NoSpace)?;
                 g.queues[q].cv.notify_one();
             }

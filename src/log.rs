@@ -37,7 +37,11 @@ impl Log {
 
     /// The segment holding log position `lsn`.
     pub(crate) fn segment_of(&self, lsn: u64) -> Option<&Arc<Segment>> {
-        self.segments.range(..=lsn).next_back().map(|(_, s)| &s.seg).filter(|s| lsn < s.end())
+        self.segments
+            .range(..=lsn)
+            .next_back()
+            .map(|(_, s)| &s.seg)
+            .filter(|s| lsn < s.end())
     }
 
     /// Counts a pushed message against the segment its record is in.
@@ -62,7 +66,15 @@ impl Log {
 
     /// Makes `seg` the active segment, its preamble ending at `preamble_end`.
     pub(crate) fn activate(&mut self, seg: Arc<Segment>, preamble_end: u64) {
-        self.segments.insert(seg.base, SegInfo { seg, live: 0, settled: 0, preamble_end });
+        self.segments.insert(
+            seg.base,
+            SegInfo {
+                seg,
+                live: 0,
+                settled: 0,
+                preamble_end,
+            },
+        );
     }
 
     /// Where the next spare segment starts.
@@ -79,7 +91,9 @@ impl Log {
         let mut out = Vec::new();
         loop {
             let mut it = self.segments.values();
-            let (Some(oldest), Some(next)) = (it.next(), it.next()) else { break };
+            let (Some(oldest), Some(next)) = (it.next(), it.next()) else {
+                break;
+            };
             let ok = oldest.live == 0 && oldest.settled <= durable && next.preamble_end <= durable;
             if !ok {
                 break;

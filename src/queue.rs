@@ -27,7 +27,9 @@ pub const MAX_NAME_LEN: usize = 128;
 /// Whether `name` is a valid queue name: 1 to 128 characters from `A-Z a-z 0-9 . _ -`.
 pub(crate) fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The id of a message: unique within its store for ever (never reused, not even after a crash
@@ -102,7 +104,9 @@ pub struct Wharf {
 
 impl fmt::Debug for Wharf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Wharf").field("dir", &self.core.shared.dir).finish_non_exhaustive()
+        f.debug_struct("Wharf")
+            .field("dir", &self.core.shared.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -126,7 +130,9 @@ impl Wharf {
 
     pub(crate) fn open_with(dir: &Path, opts: Options) -> Result<Wharf> {
         let core = Core::open(Arc::new(RealFs), dir, opts)?;
-        Ok(Wharf { core: Arc::new(core) })
+        Ok(Wharf {
+            core: Arc::new(core),
+        })
     }
 
     /// The queue named `name`, created (durably) if it does not exist yet.
@@ -144,7 +150,11 @@ impl Wharf {
         if let Some(&id) = g.names.get(name) {
             return Ok(self.handle(&g, id));
         }
-        let len = Body::Queue { queue: 0, name: name.as_bytes() }.encoded_len();
+        let len = Body::Queue {
+            queue: 0,
+            name: name.as_bytes(),
+        }
+        .encoded_len();
         if (g.wal.preamble_len() + len) as u64 > shared.opts.segment_bytes / 4 {
             return Err(Error::InvalidOption(format!(
                 "too many queues for segments of {} bytes",
@@ -155,12 +165,22 @@ impl Wharf {
         if let Some(&id) = g.names.get(name) {
             return Ok(self.handle(&g, id));
         }
-        let id = u32::try_from(g.queues.len()).map_err(|_| Error::InvalidOption("too many queues".into()))?;
-        g.wal.append(&Body::Queue { queue: id, name: name.as_bytes() }).ok_or(Error::NoSpace)?;
+        let id = u32::try_from(g.queues.len())
+            .map_err(|_| Error::InvalidOption("too many queues".into()))?;
+        g.wal
+            .append(&Body::Queue {
+                queue: id,
+                name: name.as_bytes(),
+            })
+            .ok_or(Error::NoSpace)?;
         g.wal.add_to_catalog(name);
         let name: Arc<str> = name.into();
         g.names.insert(Arc::clone(&name), id);
-        g.queues.push(QueueState { name, index: Default::default(), cv: Arc::new(Condvar::new()) });
+        g.queues.push(QueueState {
+            name,
+            index: Default::default(),
+            cv: Arc::new(Condvar::new()),
+        });
         let end = g.wal.next_lsn;
         shared.wait_durable(&mut g, end)?;
         Ok(self.handle(&g, id))
@@ -168,7 +188,12 @@ impl Wharf {
 
     fn handle(&self, g: &State, id: u32) -> Queue {
         let q = &g.queues[id as usize];
-        Queue { core: Arc::clone(&self.core), id, name: Arc::clone(&q.name), cv: Arc::clone(&q.cv) }
+        Queue {
+            core: Arc::clone(&self.core),
+            id,
+            name: Arc::clone(&q.name),
+            cv: Arc::clone(&q.cv),
+        }
     }
 
     /// The names of all queues, in creation order.
@@ -230,7 +255,9 @@ pub struct Queue {
 
 impl fmt::Debug for Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -327,10 +354,24 @@ impl Queue {
         for p in &payloads {
             let payload = p.as_ref();
             let id = g.wal.next_id()?;
-            let lsn = g.wal.append(&Body::Push { queue: self.id, id, payload }).ok_or(Error::NoSpace)?;
+            let lsn = g
+                .wal
+                .append(&Body::Push {
+                    queue: self.id,
+                    id,
+                    payload,
+                })
+                .ok_or(Error::NoSpace)?;
             g.wal.log.note_push(lsn);
             let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-            g.queues[self.id as usize].index.insert(id, Entry { lsn, len, attempts: 0 });
+            g.queues[self.id as usize].index.insert(
+                id,
+                Entry {
+                    lsn,
+                    len,
+                    attempts: 0,
+                },
+            );
             ids.push(MessageId(id));
         }
         if ids.len() == 1 {
@@ -395,7 +436,10 @@ impl Queue {
         }
         let q = &mut g.queues[self.id as usize].index;
         q.expire(Instant::now());
-        Ok(Depth { ready: q.ready_len(), in_flight: q.leased_len() })
+        Ok(Depth {
+            ready: q.ready_len(),
+            in_flight: q.leased_len(),
+        })
     }
 
     /// Takes up to `max` messages, waiting until `deadline` (forever if `None`) for the first.
@@ -429,36 +473,66 @@ impl Queue {
         let mut out = Vec::with_capacity(taken.len());
         for t in taken.into_iter().rev() {
             let payload = load(&t, self.id)?;
-            out.push(Delivery::new(Arc::clone(&self.core), self.id, t.id, t.entry.attempts, payload));
+            out.push(Delivery::new(
+                Arc::clone(&self.core),
+                self.id,
+                t.id,
+                t.entry.attempts,
+                payload,
+            ));
         }
         Ok(out)
     }
 
     /// Leases up to `max` ready messages and stages their delivery records.
-    fn take(&self, shared: &Shared, g: &mut MutexGuard<'_, State>, now: Instant, max: usize) -> Result<Vec<Taken>> {
+    fn take(
+        &self,
+        shared: &Shared,
+        g: &mut MutexGuard<'_, State>,
+        now: Instant,
+        max: usize,
+    ) -> Result<Vec<Taken>> {
         let q = self.id as usize;
         g.queues[q].index.expire(now);
         let n = max.min(g.queues[q].index.ready_len());
         if n == 0 {
             return Ok(Vec::new());
         }
-        let deliver_len = Body::Deliver { queue: 0, id: 0, attempt: 0 }.encoded_len();
+        let deliver_len = Body::Deliver {
+            queue: 0,
+            id: 0,
+            attempt: 0,
+        }
+        .encoded_len();
         shared.ensure_room(g, &vec![deliver_len; n])?;
         let n = n.min(g.queues[q].index.ready_len());
         let visibility = shared.opts.visibility_timeout;
         let mut taken = Vec::with_capacity(n);
         for _ in 0..n {
-            let Some((id, entry)) = g.queues[q].index.lease_next(now, visibility) else { break };
+            let Some((id, entry)) = g.queues[q].index.lease_next(now, visibility) else {
+                break;
+            };
             let attempt = entry.attempts;
-            g.wal.append(&Body::Deliver { queue: self.id, id, attempt }).ok_or(Error::NoSpace)?;
+            g.wal
+                .append(&Body::Deliver {
+                    queue: self.id,
+                    id,
+                    attempt,
+                })
+                .ok_or(Error::NoSpace)?;
             let rec_len = PUSH_OVERHEAD + entry.len as usize;
             let source = if entry.lsn + rec_len as u64 <= g.wal.written {
-                g.wal.log.segment_of(entry.lsn).map(|s| Source::Segment(Arc::clone(s)))
+                g.wal
+                    .log
+                    .segment_of(entry.lsn)
+                    .map(|s| Source::Segment(Arc::clone(s)))
             } else {
                 g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
             };
             let source = source.ok_or_else(|| {
-                Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
+                Error::Io(std::io::Error::other(format!(
+                    "message {id:x} has no bytes in the log"
+                )))
             })?;
             taken.push(Taken { id, entry, source });
         }
@@ -474,11 +548,18 @@ fn load(t: &Taken, queue: u32) -> Result<Payload> {
     let lsn = t.entry.lsn;
     let check = |bytes: &[u8], seg: Option<&Segment>| -> Result<()> {
         let fail = |why: &str| {
-            let (file, offset) = seg.map_or_else(Default::default, |s| (s.path.clone(), lsn - s.base));
-            Error::Corrupted(crate::error::Corruption { file, offset, reason: why.into() })
+            let (file, offset) =
+                seg.map_or_else(Default::default, |s| (s.path.clone(), lsn - s.base));
+            Error::Corrupted(crate::error::Corruption {
+                file,
+                offset,
+                reason: why.into(),
+            })
         };
         match record::decode(bytes, lsn) {
-            Ok(r) if matches!(r.body, Body::Push { queue: q, id, .. } if q == queue && id == t.id) => Ok(()),
+            Ok(r) if matches!(r.body, Body::Push { queue: q, id, .. } if q == queue && id == t.id) => {
+                Ok(())
+            }
             Ok(_) => Err(fail("a different record where a message was expected")),
             Err(e) => Err(fail(e.describe())),
         }
@@ -487,18 +568,30 @@ fn load(t: &Taken, queue: u32) -> Result<Payload> {
         Source::Segment(seg) => {
             if let Some(mapped) = seg.mapped() {
                 let start = usize::try_from(lsn - seg.base).unwrap_or(usize::MAX);
-                let bytes = mapped.get(start..start.saturating_add(rec_len)).unwrap_or(&[]);
+                let bytes = mapped
+                    .get(start..start.saturating_add(rec_len))
+                    .unwrap_or(&[]);
                 check(bytes, Some(seg))?;
-                Ok(Payload::Mapped { seg: Arc::clone(seg), start: start + PUSH_OVERHEAD, len: t.entry.len as usize })
+                Ok(Payload::Mapped {
+                    seg: Arc::clone(seg),
+                    start: start + PUSH_OVERHEAD,
+                    len: t.entry.len as usize,
+                })
             } else {
                 let bytes = seg.read(lsn, rec_len)?;
                 check(&bytes, Some(seg))?;
-                Ok(Payload::Owned { bytes, start: PUSH_OVERHEAD })
+                Ok(Payload::Owned {
+                    bytes,
+                    start: PUSH_OVERHEAD,
+                })
             }
         }
         Source::Copied(bytes) => {
             check(bytes, None)?;
-            Ok(Payload::Owned { bytes: bytes.clone(), start: PUSH_OVERHEAD })
+            Ok(Payload::Owned {
+                bytes: bytes.clone(),
+                start: PUSH_OVERHEAD,
+            })
         }
     }
 }

@@ -55,7 +55,11 @@ pub(crate) struct Recovered {
 }
 
 fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
-    Error::Corrupted(Corruption { file: file.to_owned(), offset, reason: reason.into() })
+    Error::Corrupted(Corruption {
+        file: file.to_owned(),
+        offset,
+        reason: reason.into(),
+    })
 }
 
 /// Where the records of one segment end.
@@ -102,7 +106,10 @@ fn durable_record_after(bytes: &[u8], base: u64, at: u64) -> Option<u64> {
         if record::peek_lsn(rest) != Some(lsn) {
             return None;
         }
-        record::decode(rest, lsn).ok().filter(|r| r.synced > at).map(|_| lsn)
+        record::decode(rest, lsn)
+            .ok()
+            .filter(|r| r.synced > at)
+            .map(|_| lsn)
     })
 }
 
@@ -138,9 +145,19 @@ impl Replay {
                 }
             }
             Body::Push { queue, id, payload } => {
-                let (_, q) = self.queues.get_mut(queue as usize).ok_or_else(|| bad("push to an unknown queue"))?;
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("push to an unknown queue"))?;
                 let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
-                q.insert(id, Entry { lsn, len, attempts: 0 });
+                q.insert(
+                    id,
+                    Entry {
+                        lsn,
+                        len,
+                        attempts: 0,
+                    },
+                );
                 *self.live.entry(seg.base).or_default() += 1;
             }
             Body::Deliver { queue, id, attempt } => {
@@ -154,7 +171,10 @@ impl Replay {
                 }
             }
             Body::Ack { queue, id } => {
-                let (_, q) = self.queues.get_mut(queue as usize).ok_or_else(|| bad("ack in an unknown queue"))?;
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("ack in an unknown queue"))?;
                 if let Some(e) = q.replay_ack(id) {
                     if let Some((_, n)) = self.live.range_mut(..=e.lsn).next_back() {
                         *n = n.saturating_sub(1);
@@ -178,7 +198,9 @@ impl Replay {
 fn image(seg: &Segment) -> Result<std::borrow::Cow<'_, [u8]>> {
     match seg.mapped() {
         Some(b) => Ok(std::borrow::Cow::Borrowed(b)),
-        None => Ok(std::borrow::Cow::Owned(seg.read(seg.base, usize::try_from(seg.len).unwrap_or(usize::MAX))?)),
+        None => Ok(std::borrow::Cow::Owned(
+            seg.read(seg.base, usize::try_from(seg.len).unwrap_or(usize::MAX))?,
+        )),
     }
 }
 
@@ -213,7 +235,10 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
                 return Err(corrupt(
                     &seg.path,
                     0,
-                    format!("gap in the log: the previous segment ends at {}", prev.end()),
+                    format!(
+                        "gap in the log: the previous segment ends at {}",
+                        prev.end()
+                    ),
                 ));
             }
         }
@@ -239,7 +264,9 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
             return Err(corrupt(&seg.path, at - seg.base, why.describe()));
         }
         let from = usize::try_from(at - seg.base).unwrap_or(usize::MAX);
-        let dirty = bytes.get(from..).and_then(|rest| rest.iter().rposition(|&b| b != 0));
+        let dirty = bytes
+            .get(from..)
+            .and_then(|rest| rest.iter().rposition(|&b| b != 0));
         drop(bytes);
         if let Some(last) = dirty {
             zero(seg, at, last as u64 + 1)?;
@@ -252,7 +279,11 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     }
     report.records = replay.records;
     report.in_flight_at_crash = replay.leased.len() as u64;
-    report.messages = replay.queues.iter().map(|(_, q)| q.ready_len() as u64).sum();
+    report.messages = replay
+        .queues
+        .iter()
+        .map(|(_, q)| q.ready_len() as u64)
+        .sum();
 
     let store_id = store_id.unwrap_or_else(new_store_id);
     let mut log = Log {
@@ -264,13 +295,27 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         if i <= tail_index {
             let live = replay.live.get(&seg.base).copied().unwrap_or(0);
             let first = seg.base + HEADER_LEN;
-            log.segments.insert(seg.base, SegInfo { seg, live, settled: 0, preamble_end: first });
+            log.segments.insert(
+                seg.base,
+                SegInfo {
+                    seg,
+                    live,
+                    settled: 0,
+                    preamble_end: first,
+                },
+            );
         } else {
             log.spares.push_back(seg);
         }
     }
     report.duration = started.elapsed();
-    Ok(Recovered { log, active, max_epoch: replay.max_epoch, queues: replay.queues, report })
+    Ok(Recovered {
+        log,
+        active,
+        max_epoch: replay.max_epoch,
+        queues: replay.queues,
+        report,
+    })
 }
 
 /// Zeroes `[at, at + len)` of a segment and syncs it: the torn tail is cut in place.
@@ -293,7 +338,11 @@ fn new_store_id() -> u128 {
     let mut id = 0u128;
     for _ in 0..2 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
         h.write_u32(std::process::id());
         id = id << 64 | u128::from(h.finish());
     }
@@ -318,7 +367,10 @@ mod tests {
 
     #[test]
     fn scan_stops_at_zeros_and_at_seal() {
-        let (img, lsns) = image_of(&[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }], &[]);
+        let (img, lsns) = image_of(
+            &[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }],
+            &[],
+        );
         let mut seen = Vec::new();
         let end = scan(&img, 0, |lsn, _| {
             seen.push(lsn);
@@ -326,14 +378,31 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, lsns);
-        assert!(matches!(end, End::Open { why: DecodeError::Zero, .. }));
-        let (img, _) = image_of(&[Body::Epoch { epoch: 1 }, Body::Seal, Body::Epoch { epoch: 2 }], &[]);
+        assert!(matches!(
+            end,
+            End::Open {
+                why: DecodeError::Zero,
+                ..
+            }
+        ));
+        let (img, _) = image_of(
+            &[
+                Body::Epoch { epoch: 1 },
+                Body::Seal,
+                Body::Epoch { epoch: 2 },
+            ],
+            &[],
+        );
         assert_eq!(scan(&img, 0, |_, _| Ok(())).unwrap(), End::Sealed);
     }
 
     #[test]
     fn a_later_record_staged_after_the_damage_was_durable_proves_corruption() {
-        let bodies = [Body::Epoch { epoch: 1 }, Body::Epoch { epoch: 2 }, Body::Epoch { epoch: 3 }];
+        let bodies = [
+            Body::Epoch { epoch: 1 },
+            Body::Epoch { epoch: 2 },
+            Body::Epoch { epoch: 3 },
+        ];
         // Third record was staged when everything up to its own start was durable.
         let (mut img, lsns) = image_of(&bodies, &[0, 0, 64 + 28 * 2]);
         img[lsns[1] as usize + 10] ^= 1;

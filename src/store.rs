@@ -88,21 +88,37 @@ impl Core {
     /// Opens the store in `dir` on `storage`: lock, recover, start a new id epoch durably.
     pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, opts: Options) -> Result<Core> {
         storage.create_dir_all(dir)?;
-        let lock = storage.lock(&dir.join("LOCK"))?.ok_or_else(|| Error::Locked(dir.to_owned()))?;
+        let lock = storage
+            .lock(&dir.join("LOCK"))?
+            .ok_or_else(|| Error::Locked(dir.to_owned()))?;
         let log_dir = dir.join("log");
         storage.create_dir_all(&log_dir)?;
         storage.sync_dir(dir)?;
         let map = opts.read_mode == ReadMode::Map;
         let rec = recovery::recover(&*storage, &log_dir, map)?;
-        let epoch = rec.max_epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
-            Error::Io(std::io::Error::other("the store has used up its id epochs"))
-        })?;
+        let epoch = rec
+            .max_epoch
+            .checked_add(1)
+            .filter(|e| *e <= MAX_EPOCH)
+            .ok_or_else(|| {
+                Error::Io(std::io::Error::other("the store has used up its id epochs"))
+            })?;
         let mut log = rec.log;
         let (active, next_lsn) = match rec.active {
             Some((seg, at)) => (seg, at),
             None => {
-                let base = log.segments.last_key_value().map_or(0, |(_, s)| s.seg.end());
-                let seg = Segment::create(&*storage, &log_dir, log.store_id, base, opts.segment_bytes, map)?;
+                let base = log
+                    .segments
+                    .last_key_value()
+                    .map_or(0, |(_, s)| s.seg.end());
+                let seg = Segment::create(
+                    &*storage,
+                    &log_dir,
+                    log.store_id,
+                    base,
+                    opts.segment_bytes,
+                    map,
+                )?;
                 let seg = Arc::new(seg);
                 log.activate(Arc::clone(&seg), 0);
                 let first = first_record(&seg);
@@ -110,17 +126,31 @@ impl Core {
             }
         };
         let fresh = next_lsn == first_record(&active);
-        let catalog = rec.queues.iter().map(|(n, _)| n.as_bytes().into()).collect();
+        let catalog = rec
+            .queues
+            .iter()
+            .map(|(n, _)| n.as_bytes().into())
+            .collect();
         let mut names = HashMap::new();
         let mut queues = Vec::new();
         for (i, (name, index)) in rec.queues.into_iter().enumerate() {
             let name: Arc<str> = name.into();
             names.insert(Arc::clone(&name), u32::try_from(i).unwrap_or(u32::MAX));
-            queues.push(QueueState { name, index, cv: Arc::new(Condvar::new()) });
+            queues.push(QueueState {
+                name,
+                index,
+                cv: Arc::new(Condvar::new()),
+            });
         }
         let wal = Wal::new(log, active, next_lsn, epoch, catalog);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { wal, queues, names, closed: false, shutdown: false }),
+            state: Mutex::new(State {
+                wal,
+                queues,
+                names,
+                closed: false,
+                shutdown: false,
+            }),
             durable_cv: Condvar::new(),
             bg_cv: Condvar::new(),
             creating: Mutex::new(()),
@@ -147,7 +177,11 @@ impl Core {
         let bg = std::thread::Builder::new()
             .name("wharf-background".into())
             .spawn(move || commit::background(&bg_shared))?;
-        Ok(Core { shared, bg: Mutex::new(Some(bg)), lock: Mutex::new(Some(lock)) })
+        Ok(Core {
+            shared,
+            bg: Mutex::new(Some(bg)),
+            lock: Mutex::new(Some(lock)),
+        })
     }
 
     /// Flushes and syncs everything staged, stops the background thread, refuses every later
@@ -172,7 +206,9 @@ impl Core {
         };
         let joined = match self.bg.lock().take() {
             // The thread only returns; a panic in it would be a bug, reported as an error.
-            Some(bg) => bg.join().map_err(|_| Error::Io(std::io::Error::other("background thread panicked"))),
+            Some(bg) => bg
+                .join()
+                .map_err(|_| Error::Io(std::io::Error::other("background thread panicked"))),
             None => Ok(()),
         };
         // Nothing writes any more: the directory may be opened again, even while old handles

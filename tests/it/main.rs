@@ -1,4 +1,5 @@
 //! The integration tests: one binary, driving wharf through its public API only.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod api;
 mod concurrency;

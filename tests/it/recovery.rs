@@ -18,7 +18,11 @@ fn messages_survive_reopen_across_queues_and_segments() {
             q.push_batch((0..400).map(|i| payload(i, 200))).unwrap();
             // Ack the first 100 durably, hold 10 in flight, leave the rest ready.
             for _ in 0..100 {
-                q.try_pop().unwrap().unwrap().ack_with(Durability::Immediate).unwrap();
+                q.try_pop()
+                    .unwrap()
+                    .unwrap()
+                    .ack_with(Durability::Immediate)
+                    .unwrap();
             }
             held.extend((0..10).map(|_| q.try_pop().unwrap().unwrap()));
         }
@@ -26,7 +30,10 @@ fn messages_survive_reopen_across_queues_and_segments() {
         w.close().unwrap();
         drop(held);
     }
-    assert!(segments(dir.path()).len() > 3, "the workload spans several segments");
+    assert!(
+        segments(dir.path()).len() > 3,
+        "the workload spans several segments"
+    );
     let w = small().open(dir.path()).unwrap();
     let report = w.recovery_report().clone();
     assert_eq!(report.messages, 3 * 300);
@@ -36,7 +43,10 @@ fn messages_survive_reopen_across_queues_and_segments() {
         let q = w.queue(name).unwrap();
         let got = drain_payloads(&q);
         let want: Vec<_> = (100..400).map(|i| payload(i, 200)).collect();
-        assert_eq!(got, want, "queue {name}: acked gone, unacked back, in order");
+        assert_eq!(
+            got, want,
+            "queue {name}: acked gone, unacked back, in order"
+        );
         let first = q.try_pop().unwrap().unwrap();
         // Delivered once before the reopen (held in flight), released once by drain, so the
         // attempt count remembers both.
@@ -46,7 +56,10 @@ fn messages_survive_reopen_across_queues_and_segments() {
 
 /// Byte range of the record whose payload is the unique `marker`, in `file`.
 fn record_range(file: &[u8], marker: &[u8]) -> (usize, usize) {
-    let at = file.windows(marker.len()).rposition(|w| w == marker).expect("marker in the segment");
+    let at = file
+        .windows(marker.len())
+        .rposition(|w| w == marker)
+        .expect("marker in the segment");
     // A push record is a 24-byte header and 12 bytes of queue and id before its payload.
     (at - 36, at + marker.len())
 }
@@ -73,20 +86,36 @@ fn a_torn_last_record_is_cut_at_every_offset_and_nothing_else_is_lost() {
             let mut bytes = original.clone();
             let fill_end = if garbage { end + 64 } else { end };
             for (k, b) in bytes[cut..fill_end].iter_mut().enumerate() {
-                *b = if garbage { (k as u8).wrapping_mul(31) | 1 } else { 0 };
+                *b = if garbage {
+                    (k as u8).wrapping_mul(31) | 1
+                } else {
+                    0
+                };
             }
             std::fs::write(&seg, &bytes).unwrap();
-            let w = small().open(dir.path()).unwrap_or_else(|e| panic!("cut {cut} garbage {garbage}: {e}"));
+            let w = small()
+                .open(dir.path())
+                .unwrap_or_else(|e| panic!("cut {cut} garbage {garbage}: {e}"));
             let report = w.recovery_report();
             if garbage {
-                assert_eq!(report.bytes_truncated as usize, fill_end - start, "cut {cut}");
+                assert_eq!(
+                    report.bytes_truncated as usize,
+                    fill_end - start,
+                    "cut {cut}"
+                );
             } else {
                 assert!(report.bytes_truncated as usize <= cut - start, "cut {cut}");
-                assert_eq!(report.bytes_truncated == 0, original[start..cut].iter().all(|&b| b == 0));
+                assert_eq!(
+                    report.bytes_truncated == 0,
+                    original[start..cut].iter().all(|&b| b == 0)
+                );
             }
             if report.bytes_truncated > 0 {
                 let (file, offset) = report.truncated_at.clone().unwrap();
-                assert_eq!((file.file_name().unwrap(), offset as usize), (seg_name.as_os_str(), start));
+                assert_eq!(
+                    (file.file_name().unwrap(), offset as usize),
+                    (seg_name.as_os_str(), start)
+                );
             }
             let got = drain_payloads(&w.queue("q").unwrap());
             let want: Vec<_> = (0..n - 1).map(|i| payload(i, 100)).collect();
@@ -96,7 +125,10 @@ fn a_torn_last_record_is_cut_at_every_offset_and_nothing_else_is_lost() {
             drop(w);
             let w = small().open(dir.path()).unwrap();
             assert_eq!(w.recovery_report().bytes_truncated, 0);
-            assert_eq!(drain_payloads(&w.queue("q").unwrap()).last().unwrap(), b"after");
+            assert_eq!(
+                drain_payloads(&w.queue("q").unwrap()).last().unwrap(),
+                b"after"
+            );
         }
     }
 }
@@ -119,9 +151,14 @@ fn a_crash_cut_tail_never_makes_ids_reused() {
     std::fs::write(&seg, &bytes).unwrap();
     let w = small().open(pristine.path()).unwrap();
     let q = w.queue("q").unwrap();
-    let new_ids: Vec<_> = (0..5).map(|i| q.push(payload(100 + i, 50)).unwrap()).collect();
+    let new_ids: Vec<_> = (0..5)
+        .map(|i| q.push(payload(100 + i, 50)).unwrap())
+        .collect();
     for id in &new_ids {
-        assert!(!first_ids.contains(id), "id {id} reused after the tail was cut");
+        assert!(
+            !first_ids.contains(id),
+            "id {id} reused after the tail was cut"
+        );
         assert!(id > first_ids.last().unwrap(), "ids keep increasing");
     }
 }
@@ -130,10 +167,15 @@ fn a_crash_cut_tail_never_makes_ids_reused() {
 #[test]
 #[ignore = "run as a child process by kill_9_loses_nothing_that_was_acknowledged"]
 fn kill_child() {
-    let Ok(dir) = std::env::var("WHARF_KILL_CHILD_DIR") else { return };
+    let Ok(dir) = std::env::var("WHARF_KILL_CHILD_DIR") else {
+        return;
+    };
     let w = small().open(&dir).unwrap();
     let q = w.queue("q").unwrap();
-    let base: usize = std::env::var("WHARF_KILL_CHILD_BASE").unwrap().parse().unwrap();
+    let base: usize = std::env::var("WHARF_KILL_CHILD_BASE")
+        .unwrap()
+        .parse()
+        .unwrap();
     for i in base.. {
         q.push(payload(i, 80)).unwrap();
         println!("pushed {i}");
@@ -157,7 +199,13 @@ fn kill_9_loses_nothing_that_was_acknowledged() {
     let mut next = 0usize;
     for round in 0..6 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "recovery::kill_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "recovery::kill_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("WHARF_KILL_CHILD_DIR", dir.path())
             .env("WHARF_KILL_CHILD_BASE", next.to_string())
             .stdout(Stdio::piped())
@@ -192,18 +240,26 @@ fn kill_9_loses_nothing_that_was_acknowledged() {
         child.wait().unwrap();
         let w = small().open(dir.path()).unwrap();
         let got = drain_payloads(&w.queue("q").unwrap());
-        let got: std::collections::BTreeSet<usize> =
-            got.iter().map(|p| std::str::from_utf8(&p[8..16]).unwrap().parse().unwrap()).collect();
+        let got: std::collections::BTreeSet<usize> = got
+            .iter()
+            .map(|p| std::str::from_utf8(&p[8..16]).unwrap().parse().unwrap())
+            .collect();
         for i in pushed.difference(&acking) {
             assert!(got.contains(i), "round {round}: acknowledged push {i} lost");
         }
         for i in &acked {
-            assert!(!got.contains(i), "round {round}: durably acked {i} came back");
+            assert!(
+                !got.contains(i),
+                "round {round}: durably acked {i} came back"
+            );
         }
         // Settle what is left so the next round starts from the report's numbers alone.
         let q = w.queue("q").unwrap();
         while let Some(d) = q.try_pop().unwrap() {
-            let i: usize = std::str::from_utf8(&d.payload()[8..16]).unwrap().parse().unwrap();
+            let i: usize = std::str::from_utf8(&d.payload()[8..16])
+                .unwrap()
+                .parse()
+                .unwrap();
             acked.insert(i);
             acking.insert(i);
             pushed.insert(i);
@@ -222,5 +278,8 @@ fn nothing_durable_depends_on_the_lock_file() {
     }
     std::fs::remove_file(dir.path().join("LOCK")).unwrap();
     let w = Wharf::open(dir.path()).unwrap();
-    assert_eq!(drain_payloads(&w.queue("q").unwrap()), vec![b"kept".to_vec()]);
+    assert_eq!(
+        drain_payloads(&w.queue("q").unwrap()),
+        vec![b"kept".to_vec()]
+    );
 }
