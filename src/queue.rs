@@ -129,7 +129,16 @@ impl Wharf {
     }
 
     pub(crate) fn open_with(dir: &Path, opts: Options) -> Result<Wharf> {
-        let core = Core::open(Arc::new(RealFs), dir, opts)?;
+        Wharf::open_on(Arc::new(RealFs), dir, opts)
+    }
+
+    /// Opens the store on any storage (the fault-injecting one in tests).
+    pub(crate) fn open_on(
+        storage: Arc<dyn crate::storage::Storage>,
+        dir: &Path,
+        opts: Options,
+    ) -> Result<Wharf> {
+        let core = Core::open(storage, dir, opts)?;
         Ok(Wharf {
             core: Arc::new(core),
         })

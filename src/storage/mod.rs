@@ -3,6 +3,8 @@
 //! Invariant: nothing outside this module touches `std::fs`, so a simulated disk can stand in
 //! for the real one and see (and fail, or drop) every write, sync and directory change.
 
+#[cfg(test)]
+pub(crate) mod faulty;
 mod mmap;
 mod real;
 
