@@ -93,6 +93,8 @@ pub(crate) struct Wal {
     pub maybe_delete: bool,
     pub epoch: u32,
     seq: u64,
+    /// Cached `preamble().encoded_len()` sum.
+    preamble_bytes: usize,
     /// Queue names by id, restated in every segment's preamble.
     catalog: Vec<Box<[u8]>>,
     pub stats: Stats,
@@ -108,7 +110,7 @@ impl Wal {
         epoch: u32,
         catalog: Vec<Box<[u8]>>,
     ) -> Wal {
-        Wal {
+        let mut wal = Wal {
             log,
             active,
             next_lsn,
@@ -123,11 +125,14 @@ impl Wal {
             sync_due: None,
             write_due: None,
             maybe_delete: true,
+            preamble_bytes: 0,
             epoch,
             seq: 0,
             catalog,
             stats: Stats::default(),
-        }
+        };
+        wal.preamble_bytes = wal.preamble().iter().map(Body::encoded_len).sum();
+        wal
     }
 
     /// The next message id of this epoch.
@@ -153,13 +158,15 @@ impl Wal {
         out
     }
 
+    /// Bytes of a segment preamble as the catalog stands.
     pub(crate) fn preamble_len(&self) -> usize {
-        self.preamble().iter().map(Body::encoded_len).sum()
+        self.preamble_bytes
     }
 
     /// Adds a queue to the catalog that preambles restate.
     pub(crate) fn add_to_catalog(&mut self, name: &str) {
         self.catalog.push(name.as_bytes().into());
+        self.preamble_bytes = self.preamble().iter().map(Body::encoded_len).sum();
     }
 
     /// Whether records of these lengths fit in the active segment and the spares.
@@ -232,36 +239,40 @@ impl Wal {
         }
     }
 
-    fn chunk(&mut self) -> &mut Chunk {
-        let seg = Arc::clone(&self.active);
-        let reuse = self
-            .staged
-            .last()
-            .is_some_and(|c| c.seg.base == seg.base && !c.seal);
-        if !reuse {
-            self.staged.push(Chunk {
-                seg,
-                lsn: self.next_lsn,
-                bytes: Vec::with_capacity(4096),
-                seal: false,
-            });
-        }
-        let last = self.staged.len() - 1;
-        &mut self.staged[last]
+    /// Appends bytes written by `write` to the staged chunk of the active segment, starting a
+    /// new chunk when there is none (or the last one is sealed).
+    fn stage_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let active = self.active.base;
+        let len = match self.staged.last_mut() {
+            Some(c) if c.seg.base == active && !c.seal => {
+                let before = c.bytes.len();
+                write(&mut c.bytes);
+                c.bytes.len() - before
+            }
+            _ => {
+                let mut bytes = Vec::with_capacity(GROUP_BYTES / 16);
+                write(&mut bytes);
+                let len = bytes.len();
+                let seg = Arc::clone(&self.active);
+                self.staged.push(Chunk {
+                    seg,
+                    lsn: self.next_lsn,
+                    bytes,
+                    seal: false,
+                });
+                len
+            }
+        };
+        self.advance(len);
     }
 
     fn stage(&mut self, body: &Body<'_>) {
         let (lsn, durable) = (self.next_lsn, self.durable);
-        let chunk = self.chunk();
-        let before = chunk.bytes.len();
-        record::encode(&mut chunk.bytes, lsn, durable, body);
-        let len = chunk.bytes.len() - before;
-        self.advance(len);
+        self.stage_with(|buf| record::encode(buf, lsn, durable, body));
     }
 
     fn stage_encoded(&mut self, rec: &[u8]) {
-        self.chunk().bytes.extend_from_slice(rec);
-        self.advance(rec.len());
+        self.stage_with(|buf| buf.extend_from_slice(rec));
     }
 
     fn advance(&mut self, len: usize) {
@@ -325,11 +336,10 @@ impl Shared {
         end: u64,
         d: Durability,
     ) -> Result<()> {
-        let now = Instant::now();
         match d {
             Durability::Immediate => return self.wait_durable(g, end),
             Durability::Interval(every) => {
-                let due = now + every;
+                let due = Instant::now() + every;
                 if g.wal.sync_due.is_none_or(|t| due < t) {
                     g.wal.sync_due = Some(due);
                     self.bg_cv.notify_one();
@@ -338,7 +348,7 @@ impl Shared {
             // `Durability` is non-exhaustive only for users; every mode is handled here.
             _ => {
                 if g.wal.write_due.is_none() {
-                    g.wal.write_due = Some(now + WRITE_BEHIND);
+                    g.wal.write_due = Some(Instant::now() + WRITE_BEHIND);
                     self.bg_cv.notify_one();
                 }
             }

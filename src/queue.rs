@@ -311,8 +311,20 @@ impl Queue {
     /// # Errors
     /// As [`Queue::push`].
     pub fn push_with(&self, payload: impl AsRef<[u8]>, opts: PushOptions) -> Result<MessageId> {
-        let mut ids = self.push_many(std::iter::once(payload), opts)?;
-        ids.pop().ok_or(Error::Closed)
+        let payload = payload.as_ref();
+        let shared = &self.core.shared;
+        let len = self.record_len(payload)?;
+        let mut g = shared.state.lock();
+        shared.ensure_room(&mut g, &[len])?;
+        let id = self.stage_push(&mut g, payload)?;
+        self.cv.notify_one();
+        let end = g.wal.next_lsn;
+        shared.commit(
+            &mut g,
+            end,
+            opts.durability.unwrap_or(shared.opts.push_durability),
+        )?;
+        Ok(MessageId(id))
     }
 
     /// Pushes several messages with one group commit. On `Err` none of them was pushed, except
@@ -347,50 +359,56 @@ impl Queue {
     {
         let shared = &self.core.shared;
         let payloads: Vec<I::Item> = payloads.into_iter().collect();
-        let max = shared.opts.max_payload;
-        let mut lens = Vec::with_capacity(payloads.len());
-        for p in &payloads {
-            let len = p.as_ref().len();
-            if len > max {
-                return Err(Error::PayloadTooLarge { len, max });
-            }
-            lens.push(PUSH_OVERHEAD + len);
-        }
-        let durability = opts.durability.unwrap_or(shared.opts.push_durability);
+        let lens = payloads
+            .iter()
+            .map(|p| self.record_len(p.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
         let mut g = shared.state.lock();
         shared.ensure_room(&mut g, &lens)?;
         let mut ids = Vec::with_capacity(payloads.len());
         for p in &payloads {
-            let payload = p.as_ref();
-            let id = g.wal.next_id()?;
-            let lsn = g
-                .wal
-                .append(&Body::Push {
-                    queue: self.id,
-                    id,
-                    payload,
-                })
-                .ok_or(Error::NoSpace)?;
-            g.wal.log.note_push(lsn);
-            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-            g.queues[self.id as usize].index.insert(
-                id,
-                Entry {
-                    lsn,
-                    len,
-                    attempts: 0,
-                },
-            );
-            ids.push(MessageId(id));
+            ids.push(MessageId(self.stage_push(&mut g, p.as_ref())?));
         }
-        if ids.len() == 1 {
-            self.cv.notify_one();
-        } else {
-            self.cv.notify_all();
-        }
+        self.cv.notify_all();
         let end = g.wal.next_lsn;
-        shared.commit(&mut g, end, durability)?;
+        shared.commit(
+            &mut g,
+            end,
+            opts.durability.unwrap_or(shared.opts.push_durability),
+        )?;
         Ok(ids)
+    }
+
+    /// The length of the push record for `payload`, if the payload is not too large.
+    fn record_len(&self, payload: &[u8]) -> Result<usize> {
+        let max = self.core.shared.opts.max_payload;
+        if payload.len() > max {
+            return Err(Error::PayloadTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        Ok(PUSH_OVERHEAD + payload.len())
+    }
+
+    /// Stages one push record (room was made) and makes the message ready; returns its id.
+    fn stage_push(&self, g: &mut MutexGuard<'_, State>, payload: &[u8]) -> Result<u64> {
+        let id = g.wal.next_id()?;
+        let body = Body::Push {
+            queue: self.id,
+            id,
+            payload,
+        };
+        let lsn = g.wal.append(&body).ok_or(Error::NoSpace)?;
+        g.wal.log.note_push(lsn);
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let entry = Entry {
+            lsn,
+            len,
+            attempts: 0,
+        };
+        g.queues[self.id as usize].index.insert(id, entry);
+        Ok(id)
     }
 
     /// Pops the oldest ready message if there is one, without waiting.
@@ -481,12 +499,13 @@ impl Queue {
         drop(g);
         let mut out = Vec::with_capacity(taken.len());
         for t in taken.into_iter().rev() {
-            let payload = load(&t, self.id)?;
+            let (id, attempt) = (t.id, t.entry.attempts);
+            let payload = load(t, self.id)?;
             out.push(Delivery::new(
                 Arc::clone(&self.core),
                 self.id,
-                t.id,
-                t.entry.attempts,
+                id,
+                attempt,
                 payload,
             ));
         }
@@ -513,7 +532,11 @@ impl Queue {
             attempt: 0,
         }
         .encoded_len();
-        shared.ensure_room(g, &vec![deliver_len; n])?;
+        if n == 1 {
+            shared.ensure_room(g, &[deliver_len])?;
+        } else {
+            shared.ensure_room(g, &vec![deliver_len; n])?;
+        }
         let n = n.min(g.queues[q].index.ready_len());
         let visibility = shared.opts.visibility_timeout;
         let mut taken = Vec::with_capacity(n);
@@ -552,7 +575,7 @@ impl Queue {
 }
 
 /// Reads and checks the push record of a taken message, and returns its payload.
-fn load(t: &Taken, queue: u32) -> Result<Payload> {
+fn load(t: Taken, queue: u32) -> Result<Payload> {
     let rec_len = PUSH_OVERHEAD + t.entry.len as usize;
     let lsn = t.entry.lsn;
     let check = |bytes: &[u8], seg: Option<&Segment>| -> Result<()> {
@@ -573,22 +596,22 @@ fn load(t: &Taken, queue: u32) -> Result<Payload> {
             Err(e) => Err(fail(e.describe())),
         }
     };
-    match &t.source {
+    match t.source {
         Source::Segment(seg) => {
             if let Some(mapped) = seg.mapped() {
                 let start = usize::try_from(lsn - seg.base).unwrap_or(usize::MAX);
                 let bytes = mapped
                     .get(start..start.saturating_add(rec_len))
                     .unwrap_or(&[]);
-                check(bytes, Some(seg))?;
+                check(bytes, Some(&seg))?;
                 Ok(Payload::Mapped {
-                    seg: Arc::clone(seg),
+                    seg: Arc::clone(&seg),
                     start: start + PUSH_OVERHEAD,
                     len: t.entry.len as usize,
                 })
             } else {
                 let bytes = seg.read(lsn, rec_len)?;
-                check(&bytes, Some(seg))?;
+                check(&bytes, Some(&seg))?;
                 Ok(Payload::Owned {
                     bytes,
                     start: PUSH_OVERHEAD,
@@ -596,9 +619,9 @@ fn load(t: &Taken, queue: u32) -> Result<Payload> {
             }
         }
         Source::Copied(bytes) => {
-            check(bytes, None)?;
+            check(&bytes, None)?;
             Ok(Payload::Owned {
-                bytes: bytes.clone(),
+                bytes,
                 start: PUSH_OVERHEAD,
             })
         }
