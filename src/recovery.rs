@@ -205,6 +205,21 @@ fn image(seg: &Segment) -> Result<std::borrow::Cow<'_, [u8]>> {
     }
 }
 
+/// Whether a segment's first record is valid (spares made ahead of time have none).
+fn starts_with_record(seg: &Segment) -> Result<bool> {
+    let first = seg.base + HEADER_LEN;
+    if let Some(bytes) = seg.mapped() {
+        let rest = bytes.get(HEADER_LEN as usize..).unwrap_or(&[]);
+        return Ok(record::decode(rest, first).is_ok());
+    }
+    let room = seg.len.saturating_sub(HEADER_LEN);
+    let len_field = seg.read(first, 4.min(room as usize))?;
+    let len = len_field.try_into().map_or(0, u32::from_le_bytes);
+    let len = u64::from(len).min(room);
+    let rec = seg.read(first, usize::try_from(len).unwrap_or(0))?;
+    Ok(record::decode(&rec, first).is_ok())
+}
+
 /// Recovers the log in `log_dir`.
 pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Result<Recovered> {
     let started = Instant::now();
@@ -255,19 +270,17 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         let end = scan(&bytes, seg.base, |lsn, rec| replay.apply(seg, lsn, rec))?;
         let End::Open { at, why } = end else { continue };
         // The log ends here. Anything valid after it means the damage is not a torn tail.
-        let later_has_records = segs.get(i + 1..).unwrap_or(&[]).iter().find_map(|later| {
-            let img = image(later).ok()?;
-            let first = later.base + HEADER_LEN;
-            let rest = img.get(HEADER_LEN as usize..)?;
-            record::decode(rest, first).is_ok().then_some(())
-        });
+        let mut later_has_records = false;
+        for later in segs.get(i + 1..).unwrap_or(&[]) {
+            later_has_records |= starts_with_record(later)?;
+        }
         let from = usize::try_from(at - seg.base).unwrap_or(usize::MAX);
         // Past the last non-zero byte there can be no record, so the search for one stops there
         // (after a clean close or a process crash, right at `at`).
         let dirty = bytes.get(from..).and_then(last_nonzero);
         let proven_durable =
             dirty.and_then(|last| durable_record_after(&bytes, seg.base, at, from + last));
-        if later_has_records.is_some() || proven_durable.is_some() {
+        if later_has_records || proven_durable.is_some() {
             return Err(corrupt(&seg.path, at - seg.base, why.describe()));
         }
         drop(bytes);

@@ -172,11 +172,21 @@ fn pread_mode_reads_the_same_bytes() {
     for i in 0..300 {
         q.push(payload(i, 300)).unwrap();
     }
+    let mut held = Vec::new();
     for i in 0..300 {
         let d = q.try_pop().unwrap().unwrap();
         assert_eq!(d.payload(), payload(i, 300));
-        d.ack().unwrap();
+        if i < 100 {
+            held.push(d);
+        } else {
+            d.ack().unwrap();
+        }
     }
+    w.close().unwrap();
+    // Recovery reads the segments with pread too.
+    let w = small().read_mode(ReadMode::Pread).open(dir.path()).unwrap();
+    let got = drain_payloads(&w.queue("q").unwrap());
+    assert_eq!(got, (0..100).map(|i| payload(i, 300)).collect::<Vec<_>>());
 }
 
 #[test]
