@@ -76,9 +76,7 @@ impl Cfg {
     }
 
     fn tempdir(&self) -> BoxResult<TempDir> {
-        Ok(tempfile::Builder::new()
-            .prefix("wharf-bench-")
-            .tempdir_in(&self.dir)?)
+        Ok(tempfile::Builder::new().prefix("wharf-bench-").tempdir_in(&self.dir)?)
     }
 
     fn deadline(&self) -> Instant {
@@ -105,10 +103,7 @@ fn file_system(dir: &Path) -> (String, bool) {
             best = Some((mp.len(), text, ty == "tmpfs" || ty == "ramfs"));
         }
     }
-    best.map_or_else(
-        || (dir.display().to_string(), false),
-        |(_, text, mem)| (text, mem),
-    )
+    best.map_or_else(|| (dir.display().to_string(), false), |(_, text, mem)| (text, mem))
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -144,12 +139,7 @@ fn lat(mut ns: Vec<u64>, elapsed: Duration) -> Lat {
 // Floors: std only.
 
 fn open_rw(path: &Path) -> BoxResult<File> {
-    Ok(OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?)
+    Ok(OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?)
 }
 
 /// Writes `len` bytes of zeros and syncs them: overwrites later touch no file metadata.
@@ -205,11 +195,7 @@ fn b_dur_file(cfg: &Cfg) -> BoxResult<BwFile> {
     let file = open_rw(&dir.path().join("bandwidth.dat"))?;
     let len: u64 = if cfg.quick { 32 << 20 } else { 256 << 20 };
     fill_zeros(&file, len)?;
-    Ok(BwFile {
-        _dir: dir,
-        file,
-        len,
-    })
+    Ok(BwFile { _dir: dir, file, len })
 }
 
 /// B_dur: 1 MiB `pwrite` + `fdatasync`, sequentially: MiB/s.
@@ -263,11 +249,7 @@ impl Store {
         let dir = cfg.tempdir()?;
         let wharf = builder.open(dir.path())?;
         let queue = wharf.queue("bench")?;
-        Ok(Store {
-            wharf,
-            queue,
-            _dir: dir,
-        })
+        Ok(Store { wharf, queue, _dir: dir })
     }
 
     fn close(self) -> BoxResult<()> {
@@ -279,9 +261,7 @@ impl Store {
 }
 
 fn no_sync() -> wharf::WharfBuilder {
-    Wharf::builder()
-        .push_durability(Durability::None)
-        .ack_durability(Durability::None)
+    Wharf::builder().push_durability(Durability::None).ack_durability(Durability::None)
 }
 
 /// T1: one producer, Immediate, 128 B.
@@ -393,10 +373,7 @@ fn t5_cycle(cfg: &Cfg) -> BoxResult<f64> {
     while Instant::now() < deadline {
         for _ in 0..256 {
             s.queue.push(payload)?;
-            let d = s
-                .queue
-                .try_pop()?
-                .ok_or("try_pop found nothing right after a push")?;
+            let d = s.queue.try_pop()?.ok_or("try_pop found nothing right after a push")?;
             black_box(d.payload().first());
             d.ack()?;
         }
@@ -432,10 +409,7 @@ fn t5_batch(cfg: &Cfg) -> BoxResult<f64> {
 /// Reads every byte of `bytes`.
 fn checksum(bytes: &[u8]) -> u64 {
     let words = bytes.chunks_exact(8);
-    let tail = words
-        .remainder()
-        .iter()
-        .fold(0u64, |a, &b| a.rotate_left(8) ^ u64::from(b));
+    let tail = words.remainder().iter().fold(0u64, |a, &b| a.rotate_left(8) ^ u64::from(b));
     words.fold(tail, |a, w| {
         let mut word = [0u8; 8];
         word.copy_from_slice(w);
@@ -650,11 +624,7 @@ impl Report {
     fn record(&mut self, label: &str, unit: &'static str, value: f64) {
         match self.rows.iter_mut().find(|r| r.label == label) {
             Some(row) => row.vals.push(value),
-            None => self.rows.push(Row {
-                label: label.to_owned(),
-                unit,
-                vals: vec![value],
-            }),
+            None => self.rows.push(Row { label: label.to_owned(), unit, vals: vec![value] }),
         }
     }
     fn record_all(&mut self, sample: Sample) {
@@ -676,12 +646,7 @@ impl Report {
         println!("|---|---:|---:|---|");
         for r in &self.rows {
             let (lo, hi) = (num(r.min()), num(r.max()));
-            println!(
-                "| {} | {} | {lo} – {hi} | {} |",
-                r.label,
-                num(r.median()),
-                r.unit
-            );
+            println!("| {} | {} | {lo} – {hi} | {} |", r.label, num(r.median()), r.unit);
         }
     }
 }
@@ -735,18 +700,12 @@ type Measure<'a> = (String, Box<dyn FnMut() -> BoxResult<Sample> + 'a>);
 /// Every measurement, in the order of a round.
 fn measures<'a>(cfg: &'a Cfg, bw: &'a BwFile) -> Vec<Measure<'a>> {
     let mut m: Vec<Measure<'a>> = vec![
-        (
-            "F_sync".into(),
-            Box::new(|| Ok(lat_sample("F_sync", f_sync(cfg, false)?))),
-        ),
+        ("F_sync".into(), Box::new(|| Ok(lat_sample("F_sync", f_sync(cfg, false)?)))),
         (
             "F_sync sparse".into(),
             Box::new(|| Ok(lat_sample("F_sync sparse (info)", f_sync(cfg, true)?))),
         ),
-        (
-            "B_dur".into(),
-            Box::new(|| Ok(one("B_dur", "MiB/s", b_dur(cfg, bw)?))),
-        ),
+        ("B_dur".into(), Box::new(|| Ok(one("B_dur", "MiB/s", b_dur(cfg, bw)?)))),
         (
             "B_dur sparse".into(),
             Box::new(|| Ok(one("B_dur sparse (info)", "MiB/s", b_dur_sparse(cfg)?))),
@@ -767,26 +726,11 @@ fn measures<'a>(cfg: &'a Cfg, bw: &'a BwFile) -> Vec<Measure<'a>> {
         ));
     }
     m.extend::<[Measure<'a>; 8]>([
-        (
-            "T3".into(),
-            Box::new(|| Ok(one("T3 push_batch 256×4 KiB", "MiB/s", t3(cfg)?))),
-        ),
-        (
-            "T4".into(),
-            Box::new(|| Ok(one("T4 push None", "msgs/s", t4(cfg)?))),
-        ),
-        (
-            "T5 cycle".into(),
-            Box::new(|| Ok(one("T5 push+try_pop+ack", "msgs/s", t5_cycle(cfg)?))),
-        ),
-        (
-            "T5 batch".into(),
-            Box::new(|| Ok(one("T5 batch 64 cycle", "msgs/s", t5_batch(cfg)?))),
-        ),
-        (
-            "T5 large".into(),
-            Box::new(|| Ok(one("T5 pop 64 KiB", "GB/s", t5_large(cfg)?))),
-        ),
+        ("T3".into(), Box::new(|| Ok(one("T3 push_batch 256×4 KiB", "MiB/s", t3(cfg)?)))),
+        ("T4".into(), Box::new(|| Ok(one("T4 push None", "msgs/s", t4(cfg)?)))),
+        ("T5 cycle".into(), Box::new(|| Ok(one("T5 push+try_pop+ack", "msgs/s", t5_cycle(cfg)?)))),
+        ("T5 batch".into(), Box::new(|| Ok(one("T5 batch 64 cycle", "msgs/s", t5_batch(cfg)?)))),
+        ("T5 large".into(), Box::new(|| Ok(one("T5 pop 64 KiB", "GB/s", t5_large(cfg)?)))),
         (
             "T6".into(),
             Box::new(|| {
@@ -798,14 +742,8 @@ fn measures<'a>(cfg: &'a Cfg, bw: &'a BwFile) -> Vec<Measure<'a>> {
                 ])
             }),
         ),
-        (
-            "redb T1".into(),
-            Box::new(|| Ok(lat_sample("redb T1", redb_t1(cfg)?))),
-        ),
-        (
-            "redb T2@16".into(),
-            Box::new(|| Ok(one("redb T2@16 ops/s", "ops/s", redb_t2(cfg, 16)?))),
-        ),
+        ("redb T1".into(), Box::new(|| Ok(lat_sample("redb T1", redb_t1(cfg)?)))),
+        ("redb T2@16".into(), Box::new(|| Ok(one("redb T2@16 ops/s", "ops/s", redb_t2(cfg, 16)?)))),
     ]);
     m
 }
@@ -825,11 +763,7 @@ fn ratio(target: &str, a: f64, b: f64, per: &str, bound: f64, at_most: bool, uni
     let x = a / b;
     Check {
         target: target.into(),
-        ratio: if x < 10.0 {
-            format!("{x:.3} × {per}")
-        } else {
-            format!("{x:.1} × {per}")
-        },
+        ratio: if x < 10.0 { format!("{x:.3} × {per}") } else { format!("{x:.1} × {per}") },
         detail: format!("{} vs {} {unit}", num(a), num(b)),
         pass: if at_most { x <= bound } else { x >= bound },
     }
@@ -861,15 +795,7 @@ fn checks(r: &Report) -> BoxResult<Vec<Check>> {
     for p in [4, 16, 64] {
         let per = r.median(&format!("T2@{p} records/fsync"))?;
         let target = format!("T2@{p} records/fsync ≥ P/3");
-        out.push(ratio(
-            &target,
-            per,
-            p as f64,
-            "P",
-            1.0 / 3.0,
-            false,
-            "records",
-        ));
+        out.push(ratio(&target, per, p as f64, "P", 1.0 / 3.0, false, "records"));
         // Round by round (rounds are interleaved), so a drift of the disk between rounds does
         // not count against the store: the worst round's ratio is reported.
         let fsyncs = &r.row(&format!("T2@{p} fsyncs/s"))?.vals;
@@ -888,25 +814,9 @@ fn checks(r: &Report) -> BoxResult<Vec<Check>> {
     let t6 = r.median("T6 roll max")?;
     let redb = r.median("redb T2@16 ops/s")?;
     out.extend([
-        ratio(
-            "T2@64 ≥ 2.5 × F_sync ops/s",
-            t2_64,
-            f_ops,
-            "F_sync",
-            2.5,
-            false,
-            "ops/s",
-        ),
+        ratio("T2@64 ≥ 2.5 × F_sync ops/s", t2_64, f_ops, "F_sync", 2.5, false, "ops/s"),
         ratio("T3 ≥ 0.6 × B_dur", t3, b_dur, "B_dur", 0.6, false, "MiB/s"),
-        ratio(
-            "T4 ≥ 2,000,000 msgs/s",
-            r.median("T4 push None")?,
-            2e6,
-            "2 M",
-            1.0,
-            false,
-            "/s",
-        ),
+        ratio("T4 ≥ 2,000,000 msgs/s", r.median("T4 push None")?, 2e6, "2 M", 1.0, false, "/s"),
         ratio(
             "T5 cycle ≥ 1,000,000 msgs/s",
             r.median("T5 push+try_pop+ack")?,
@@ -934,24 +844,8 @@ fn checks(r: &Report) -> BoxResult<Vec<Check>> {
             false,
             "GB/s",
         ),
-        ratio(
-            "T6 roll max ≤ 2 × F_sync p99",
-            t6,
-            f_p99,
-            "F_sync p99",
-            2.0,
-            true,
-            "µs",
-        ),
-        ratio(
-            "T2@16 ≥ 6 × redb@16",
-            r.median("T2@16 ops/s")?,
-            redb,
-            "redb",
-            6.0,
-            false,
-            "ops/s",
-        ),
+        ratio("T6 roll max ≤ 2 × F_sync p99", t6, f_p99, "F_sync p99", 2.0, true, "µs"),
+        ratio("T2@16 ≥ 6 × redb@16", r.median("T2@16 ops/s")?, redb, "redb", 6.0, false, "ops/s"),
     ]);
     Ok(out)
 }

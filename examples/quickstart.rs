@@ -66,10 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let status = proc.wait()?;
-    println!(
-        "2. ...which crashed ({status}) after finishing {} jobs.",
-        done.len()
-    );
+    println!("2. ...which crashed ({status}) after finishing {} jobs.", done.len());
 
     let started = Instant::now();
     let wharf = Wharf::open(dir.path())?;
@@ -86,14 +83,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         left.insert(std::str::from_utf8(job.payload())?[4..].parse::<u64>()?);
         job.ack()?;
     }
-    let lost = (0..pushed)
-        .filter(|i| !left.contains(i) && !done.contains(i))
-        .count();
+    let lost = (0..pushed).filter(|i| !left.contains(i) && !done.contains(i)).count();
     let again = left.intersection(&done).count();
-    println!(
-        "4. Finished the remaining {} jobs after the restart.",
-        left.len()
-    );
+    println!("4. Finished the remaining {} jobs after the restart.", left.len());
     println!("   lost: {lost}   done twice (acked less than 10 ms before the crash): {again}");
     wharf.close()?;
     if lost > 0 || pushed != JOBS {

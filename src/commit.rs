@@ -40,9 +40,7 @@ pub(crate) struct Chunk {
 impl Chunk {
     fn copy(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
         let start = usize::try_from(lsn.checked_sub(self.lsn)?).ok()?;
-        self.bytes
-            .get(start..start.checked_add(len)?)
-            .map(<[u8]>::to_vec)
+        self.bytes.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
     }
 }
 
@@ -150,10 +148,7 @@ impl Wal {
     fn preamble(&self) -> Vec<Body<'_>> {
         let mut out = vec![Body::Epoch { epoch: self.epoch }];
         for (q, name) in self.catalog.iter().enumerate() {
-            out.push(Body::Queue {
-                queue: u32::try_from(q).unwrap_or(u32::MAX),
-                name,
-            });
+            out.push(Body::Queue { queue: u32::try_from(q).unwrap_or(u32::MAX), name });
         }
         out
     }
@@ -254,12 +249,7 @@ impl Wal {
                 write(&mut bytes);
                 let len = bytes.len();
                 let seg = Arc::clone(&self.active);
-                self.staged.push(Chunk {
-                    seg,
-                    lsn: self.next_lsn,
-                    bytes,
-                    seal: false,
-                });
+                self.staged.push(Chunk { seg, lsn: self.next_lsn, bytes, seal: false });
                 len
             }
         };
@@ -285,9 +275,7 @@ impl Wal {
     /// A copy of the record bytes at `lsn` that are staged or being written, if they are.
     pub(crate) fn copy_unwritten(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
         let writing = self.writing.iter().flat_map(|w| w.iter());
-        writing
-            .chain(self.staged.iter())
-            .find_map(|c| c.copy(lsn, len))
+        writing.chain(self.staged.iter()).find_map(|c| c.copy(lsn, len))
     }
 }
 
@@ -398,10 +386,7 @@ impl Shared {
         wal.write_due = None;
         let end = wal.next_lsn;
         let to_sync = if sync {
-            chunks
-                .last()
-                .map(|c| Arc::clone(&c.seg))
-                .or_else(|| wal.unsynced.clone())
+            chunks.last().map(|c| Arc::clone(&c.seg)).or_else(|| wal.unsynced.clone())
         } else {
             None
         };
@@ -472,7 +457,7 @@ impl Shared {
 pub(crate) fn background(shared: &Shared) {
     let mut g = shared.state.lock();
     let mut retry_spare_at: Option<Instant> = None;
-    let mut checked_delete_at: Option<u64> = None;
+    let mut checked_delete_at: Option<(u64, u64)> = None;
     loop {
         if g.shutdown {
             return;
@@ -488,16 +473,22 @@ pub(crate) fn background(shared: &Shared) {
             retry_spare_at = made.is_err().then(|| now + Duration::from_secs(1));
             continue;
         }
-        if g.wal.maybe_delete && checked_delete_at != Some(g.wal.durable) {
-            checked_delete_at = Some(g.wal.durable);
+        // Re-checked whenever the durable end or the log moved since the last look.
+        let moment = (g.wal.durable, g.wal.stats.records);
+        if g.wal.maybe_delete && checked_delete_at != Some(moment) {
+            checked_delete_at = Some(moment);
             let durable = g.wal.durable;
             let dead = g.wal.log.take_deletable(durable);
-            let oldest_empty = g
-                .wal
-                .log
-                .segments
-                .first_key_value()
-                .is_some_and(|(_, s)| s.live == 0);
+            if dead.is_empty()
+                && g.wal.log.deletable_after_sync(durable)
+                && g.wal.sync_due.is_none()
+            {
+                // Settled segments must not wait for a sync that `None` durability never asks
+                // for: one sync per segment reclaims them.
+                g.wal.sync_due = Some(now);
+            }
+            let oldest_empty =
+                g.wal.log.segments.first_key_value().is_some_and(|(_, s)| s.live == 0);
             g.wal.maybe_delete = oldest_empty && g.wal.log.segments.len() > 1;
             if !dead.is_empty() {
                 let removed = MutexGuard::unlocked(&mut g, || -> std::io::Result<()> {

@@ -20,13 +20,7 @@ pub struct Corruption {
 
 impl fmt::Display for Corruption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} at offset {} of {}",
-            self.reason,
-            self.offset,
-            self.file.display()
-        )
+        write!(f, "{} at offset {} of {}", self.reason, self.offset, self.file.display())
     }
 }
 
@@ -83,23 +77,13 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::Corrupted(c) => write!(f, "corrupt store: {c}"),
             Error::Poisoned(why) => {
-                write!(
-                    f,
-                    "store is poisoned by an earlier write failure ({why}); reopen it"
-                )
+                write!(f, "store is poisoned by an earlier write failure ({why}); reopen it")
             }
             Error::Locked(dir) => {
-                write!(
-                    f,
-                    "{} is already open in another handle or process",
-                    dir.display()
-                )
+                write!(f, "{} is already open in another handle or process", dir.display())
             }
             Error::PayloadTooLarge { len, max } => {
-                write!(
-                    f,
-                    "payload of {len} bytes is larger than the maximum of {max} bytes"
-                )
+                write!(f, "payload of {len} bytes is larger than the maximum of {max} bytes")
             }
             Error::InvalidName(name) => write!(
                 f,
@@ -110,11 +94,7 @@ impl fmt::Display for Error {
             Error::LeaseExpired => write!(f, "the lease of this delivery has expired"),
             Error::Closed => write!(f, "the store is closed"),
             Error::NoSpace => write!(f, "no space left on device for a new log segment"),
-            Error::UnsupportedVersion {
-                file,
-                found,
-                supported,
-            } => write!(
+            Error::UnsupportedVersion { file, found, supported } => write!(
                 f,
                 "{} has format version {found}, this build reads up to {supported}",
                 file.display()

@@ -5,6 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 /// Where one unsettled message lives, and how often it was delivered.
@@ -25,6 +26,27 @@ struct Lease {
     deadline: Instant,
 }
 
+/// Hashes message ids, which are unique and mostly sequential: one multiplication spreads
+/// them, where the default SipHash would spend most of a lease's bookkeeping time.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Why a settlement was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Expired;
@@ -33,7 +55,7 @@ pub(crate) struct Expired;
 #[derive(Debug, Default)]
 pub(crate) struct QueueIndex {
     ready: BTreeMap<u64, Entry>,
-    leased: HashMap<u64, Lease>,
+    leased: HashMap<u64, Lease, BuildHasherDefault<IdHasher>>,
     /// Lease deadlines, oldest first; entries whose lease has since been settled or renewed are
     /// skipped when they surface.
     deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
@@ -46,6 +68,15 @@ impl QueueIndex {
 
     pub(crate) fn leased_len(&self) -> usize {
         self.leased.len()
+    }
+
+    /// Drops deadline entries of leases that were settled or renewed since, once they
+    /// outnumber the live leases, so the heap stays proportional to what is in flight.
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() > 2 * self.leased.len() + 64 {
+            let live = self.leased.iter().map(|(&id, l)| Reverse((l.deadline, id, l.attempt)));
+            self.deadlines = live.collect();
+        }
     }
 
     /// Adds a newly pushed (or recovered) message as ready.
@@ -62,14 +93,7 @@ impl QueueIndex {
         let (id, mut entry) = self.ready.pop_first()?;
         entry.attempts = entry.attempts.saturating_add(1);
         let deadline = now + visibility;
-        self.leased.insert(
-            id,
-            Lease {
-                entry,
-                attempt: entry.attempts,
-                deadline,
-            },
-        );
+        self.leased.insert(id, Lease { entry, attempt: entry.attempts, deadline });
         self.deadlines.push(Reverse((deadline, id, entry.attempts)));
         Some((id, entry))
     }
@@ -99,10 +123,7 @@ impl QueueIndex {
     /// The earliest deadline of a live lease, if any.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((deadline, id, attempt))) = self.deadlines.peek().copied() {
-            if self
-                .leased
-                .get(&id)
-                .is_some_and(|l| l.attempt == attempt && l.deadline == deadline)
+            if self.leased.get(&id).is_some_and(|l| l.attempt == attempt && l.deadline == deadline)
             {
                 return Some(deadline);
             }
@@ -127,7 +148,9 @@ impl QueueIndex {
     /// Settles a leased message for good (ack); returns its entry.
     pub(crate) fn ack(&mut self, id: u64, attempt: u32, now: Instant) -> Result<Entry, Expired> {
         self.check(id, attempt, now)?;
-        self.leased.remove(&id).map(|l| l.entry).ok_or(Expired)
+        let entry = self.leased.remove(&id).map(|l| l.entry).ok_or(Expired)?;
+        self.compact_deadlines();
+        Ok(entry)
     }
 
     /// Makes a leased message ready again at once (nack, or a dropped delivery).
@@ -135,6 +158,7 @@ impl QueueIndex {
         self.check(id, attempt, now)?;
         let lease = self.leased.remove(&id).ok_or(Expired)?;
         self.ready.insert(id, lease.entry);
+        self.compact_deadlines();
         Ok(())
     }
 
@@ -150,6 +174,7 @@ impl QueueIndex {
         let lease = self.leased.get_mut(&id).ok_or(Expired)?;
         lease.deadline = now + by;
         self.deadlines.push(Reverse((lease.deadline, id, attempt)));
+        self.compact_deadlines();
         Ok(())
     }
 
@@ -176,11 +201,7 @@ mod tests {
     use super::*;
 
     fn entry(lsn: u64) -> Entry {
-        Entry {
-            lsn,
-            len: 1,
-            attempts: 0,
-        }
+        Entry { lsn, len: 1, attempts: 0 }
     }
 
     #[test]
@@ -217,18 +238,33 @@ mod tests {
     }
 
     #[test]
+    fn settled_leases_do_not_pile_up_in_the_deadline_heap() {
+        let mut q = QueueIndex::default();
+        let now = Instant::now();
+        for id in 0..10_000 {
+            q.insert(id, entry(id));
+            q.lease_next(now, Duration::from_secs(30)).unwrap();
+            q.ack(id, 1, now).unwrap();
+        }
+        assert!(q.deadlines.len() <= 64, "{} stale deadlines kept", q.deadlines.len());
+        // Live leases keep their deadlines through a compaction.
+        for id in 10_000..10_200 {
+            q.insert(id, entry(id));
+            q.lease_next(now, Duration::from_millis(5)).unwrap();
+        }
+        for id in 10_000..10_100 {
+            q.ack(id, 1, now).unwrap();
+        }
+        assert_eq!(q.expire(now + Duration::from_millis(6)), 100);
+    }
+
+    #[test]
     fn extend_moves_the_deadline() {
         let mut q = QueueIndex::default();
         let t0 = Instant::now();
         q.insert(1, entry(0));
         q.lease_next(t0, Duration::from_millis(10)).unwrap();
-        q.extend(
-            1,
-            1,
-            t0 + Duration::from_millis(5),
-            Duration::from_millis(100),
-        )
-        .unwrap();
+        q.extend(1, 1, t0 + Duration::from_millis(5), Duration::from_millis(100)).unwrap();
         assert_eq!(q.expire(t0 + Duration::from_millis(50)), 0);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(105)));
         assert_eq!(q.expire(t0 + Duration::from_millis(106)), 1);

@@ -17,11 +17,7 @@ use crate::store::Core;
 /// Where a delivery's payload bytes are.
 pub(crate) enum Payload {
     /// A slice of a segment's read-only map, kept alive by the `Arc`.
-    Mapped {
-        seg: Arc<Segment>,
-        start: usize,
-        len: usize,
-    },
+    Mapped { seg: Arc<Segment>, start: usize, len: usize },
     /// A record copied into memory; the payload starts at `start`.
     Owned { bytes: Vec<u8>, start: usize },
 }
@@ -29,10 +25,9 @@ pub(crate) enum Payload {
 impl Payload {
     fn bytes(&self) -> &[u8] {
         match self {
-            Payload::Mapped { seg, start, len } => seg
-                .mapped()
-                .and_then(|m| m.get(*start..start + len))
-                .unwrap_or(&[]),
+            Payload::Mapped { seg, start, len } => {
+                seg.mapped().and_then(|m| m.get(*start..start + len)).unwrap_or(&[])
+            }
             Payload::Owned { bytes, start } => bytes.get(*start..).unwrap_or(&[]),
         }
     }
@@ -80,14 +75,7 @@ impl Delivery {
         attempt: u32,
         payload: Payload,
     ) -> Self {
-        Delivery {
-            core,
-            queue,
-            id,
-            attempt,
-            payload,
-            settled: false,
-        }
+        Delivery { core, queue, id, attempt, payload, settled: false }
     }
 
     /// The message's id.
@@ -157,14 +145,8 @@ impl Delivery {
         let mut g = shared.state.lock();
         g.check()?;
         let body = match how {
-            Settle::Ack => Body::Ack {
-                queue: self.queue,
-                id: self.id,
-            },
-            Settle::Nack => Body::Nack {
-                queue: self.queue,
-                id: self.id,
-            },
+            Settle::Ack => Body::Ack { queue: self.queue, id: self.id },
+            Settle::Nack => Body::Nack { queue: self.queue, id: self.id },
         };
         shared.ensure_room(&mut g, &[body.encoded_len()])?;
         let now = Instant::now();
@@ -179,6 +161,7 @@ impl Delivery {
                 let end = lsn + body.encoded_len() as u64;
                 if g.wal.log.note_settled(entry.lsn, end) {
                     g.wal.maybe_delete = true;
+                    shared.bg_cv.notify_one();
                 }
             }
             Settle::Nack => {

@@ -37,11 +37,7 @@ impl Log {
 
     /// The segment holding log position `lsn`.
     pub(crate) fn segment_of(&self, lsn: u64) -> Option<&Arc<Segment>> {
-        self.segments
-            .range(..=lsn)
-            .next_back()
-            .map(|(_, s)| &s.seg)
-            .filter(|s| lsn < s.end())
+        self.segments.range(..=lsn).next_back().map(|(_, s)| &s.seg).filter(|s| lsn < s.end())
     }
 
     /// Counts a pushed message against the segment its record is in.
@@ -66,23 +62,12 @@ impl Log {
 
     /// Makes `seg` the active segment, its preamble ending at `preamble_end`.
     pub(crate) fn activate(&mut self, seg: Arc<Segment>, preamble_end: u64) {
-        self.segments.insert(
-            seg.base,
-            SegInfo {
-                seg,
-                live: 0,
-                settled: 0,
-                preamble_end,
-            },
-        );
+        self.segments.insert(seg.base, SegInfo { seg, live: 0, settled: 0, preamble_end });
     }
 
     /// Where the next spare segment starts.
     pub(crate) fn next_spare_base(&self) -> u64 {
-        self.spares
-            .back()
-            .or_else(|| self.active())
-            .map_or(0, |s| s.end())
+        self.spares.back().or_else(|| self.active()).map_or(0, |s| s.end())
     }
 
     /// Removes from the set, oldest first, the segments that may be deleted now that the log is
@@ -103,6 +88,16 @@ impl Log {
             }
         }
         out
+    }
+
+    /// Whether the oldest segment is settled and waits only for the log to become durable
+    /// past `durable` before it may be deleted.
+    pub(crate) fn deletable_after_sync(&self, durable: u64) -> bool {
+        let mut it = self.segments.values();
+        let (Some(oldest), Some(next)) = (it.next(), it.next()) else {
+            return false;
+        };
+        oldest.live == 0 && (oldest.settled > durable || next.preamble_end > durable)
     }
 
     /// Bytes of segment files in use or ready, headers and preallocated space included.

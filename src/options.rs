@@ -92,9 +92,7 @@ impl Options {
             )));
         }
         if self.visibility_timeout.is_zero() {
-            return Err(Error::InvalidOption(
-                "visibility timeout must not be zero".into(),
-            ));
+            return Err(Error::InvalidOption("visibility timeout must not be zero".into()));
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::record::{self, Body, PUSH_OVERHEAD};
 use crate::recovery::RecoveryReport;
 use crate::segment::Segment;
 use crate::storage::RealFs;
-use crate::store::{Core, QueueState, Shared, State};
+use crate::store::{Core, QueueState, State};
 
 /// Longest queue name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -27,9 +27,7 @@ pub const MAX_NAME_LEN: usize = 128;
 /// Whether `name` is a valid queue name: 1 to 128 characters from `A-Z a-z 0-9 . _ -`.
 pub(crate) fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The id of a message: unique within its store for ever (never reused, not even after a crash
@@ -104,9 +102,7 @@ pub struct Wharf {
 
 impl fmt::Debug for Wharf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Wharf")
-            .field("dir", &self.core.shared.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Wharf").field("dir", &self.core.shared.dir).finish_non_exhaustive()
     }
 }
 
@@ -139,9 +135,7 @@ impl Wharf {
         opts: Options,
     ) -> Result<Wharf> {
         let core = Core::open(storage, dir, opts)?;
-        Ok(Wharf {
-            core: Arc::new(core),
-        })
+        Ok(Wharf { core: Arc::new(core) })
     }
 
     /// The queue named `name`, created (durably) if it does not exist yet.
@@ -159,11 +153,7 @@ impl Wharf {
         if let Some(&id) = g.names.get(name) {
             return Ok(self.handle(&g, id));
         }
-        let len = Body::Queue {
-            queue: 0,
-            name: name.as_bytes(),
-        }
-        .encoded_len();
+        let len = Body::Queue { queue: 0, name: name.as_bytes() }.encoded_len();
         if (g.wal.preamble_len() + len) as u64 > shared.opts.segment_bytes / 4 {
             return Err(Error::InvalidOption(format!(
                 "too many queues for segments of {} bytes",
@@ -176,20 +166,11 @@ impl Wharf {
         }
         let id = u32::try_from(g.queues.len())
             .map_err(|_| Error::InvalidOption("too many queues".into()))?;
-        g.wal
-            .append(&Body::Queue {
-                queue: id,
-                name: name.as_bytes(),
-            })
-            .ok_or(Error::NoSpace)?;
+        g.wal.append(&Body::Queue { queue: id, name: name.as_bytes() }).ok_or(Error::NoSpace)?;
         g.wal.add_to_catalog(name);
         let name: Arc<str> = name.into();
         g.names.insert(Arc::clone(&name), id);
-        g.queues.push(QueueState {
-            name,
-            index: Default::default(),
-            cv: Arc::new(Condvar::new()),
-        });
+        g.queues.push(QueueState { name, index: Default::default(), cv: Arc::new(Condvar::new()) });
         let end = g.wal.next_lsn;
         shared.wait_durable(&mut g, end)?;
         Ok(self.handle(&g, id))
@@ -197,12 +178,7 @@ impl Wharf {
 
     fn handle(&self, g: &State, id: u32) -> Queue {
         let q = &g.queues[id as usize];
-        Queue {
-            core: Arc::clone(&self.core),
-            id,
-            name: Arc::clone(&q.name),
-            cv: Arc::clone(&q.cv),
-        }
+        Queue { core: Arc::clone(&self.core), id, name: Arc::clone(&q.name), cv: Arc::clone(&q.cv) }
     }
 
     /// The names of all queues, in creation order.
@@ -264,9 +240,7 @@ pub struct Queue {
 
 impl fmt::Debug for Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -319,11 +293,7 @@ impl Queue {
         let id = self.stage_push(&mut g, payload)?;
         self.cv.notify_one();
         let end = g.wal.next_lsn;
-        shared.commit(
-            &mut g,
-            end,
-            opts.durability.unwrap_or(shared.opts.push_durability),
-        )?;
+        shared.commit(&mut g, end, opts.durability.unwrap_or(shared.opts.push_durability))?;
         Ok(MessageId(id))
     }
 
@@ -359,10 +329,8 @@ impl Queue {
     {
         let shared = &self.core.shared;
         let payloads: Vec<I::Item> = payloads.into_iter().collect();
-        let lens = payloads
-            .iter()
-            .map(|p| self.record_len(p.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
+        let lens =
+            payloads.iter().map(|p| self.record_len(p.as_ref())).collect::<Result<Vec<_>>>()?;
         let mut g = shared.state.lock();
         shared.ensure_room(&mut g, &lens)?;
         let mut ids = Vec::with_capacity(payloads.len());
@@ -371,11 +339,7 @@ impl Queue {
         }
         self.cv.notify_all();
         let end = g.wal.next_lsn;
-        shared.commit(
-            &mut g,
-            end,
-            opts.durability.unwrap_or(shared.opts.push_durability),
-        )?;
+        shared.commit(&mut g, end, opts.durability.unwrap_or(shared.opts.push_durability))?;
         Ok(ids)
     }
 
@@ -383,10 +347,7 @@ impl Queue {
     fn record_len(&self, payload: &[u8]) -> Result<usize> {
         let max = self.core.shared.opts.max_payload;
         if payload.len() > max {
-            return Err(Error::PayloadTooLarge {
-                len: payload.len(),
-                max,
-            });
+            return Err(Error::PayloadTooLarge { len: payload.len(), max });
         }
         Ok(PUSH_OVERHEAD + payload.len())
     }
@@ -394,19 +355,11 @@ impl Queue {
     /// Stages one push record (room was made) and makes the message ready; returns its id.
     fn stage_push(&self, g: &mut MutexGuard<'_, State>, payload: &[u8]) -> Result<u64> {
         let id = g.wal.next_id()?;
-        let body = Body::Push {
-            queue: self.id,
-            id,
-            payload,
-        };
+        let body = Body::Push { queue: self.id, id, payload };
         let lsn = g.wal.append(&body).ok_or(Error::NoSpace)?;
         g.wal.log.note_push(lsn);
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        let entry = Entry {
-            lsn,
-            len,
-            attempts: 0,
-        };
+        let entry = Entry { lsn, len, attempts: 0 };
         g.queues[self.id as usize].index.insert(id, entry);
         Ok(id)
     }
@@ -418,7 +371,7 @@ impl Queue {
     /// and comes back after the visibility timeout); [`Error::Closed`]; [`Error::Poisoned`];
     /// [`Error::NoSpace`]; [`Error::Io`].
     pub fn try_pop(&self) -> Result<Option<Delivery>> {
-        Ok(self.pop_until(Some(Instant::now()), 1)?.pop())
+        self.pop_one_until(Some(Instant::now()))
     }
 
     /// Pops the oldest ready message, waiting as long as it takes. The wait is woken by a
@@ -427,7 +380,7 @@ impl Queue {
     /// # Errors
     /// As [`Queue::try_pop`].
     pub fn pop(&self) -> Result<Delivery> {
-        self.pop_until(None, 1)?.pop().ok_or(Error::Closed)
+        self.pop_one_until(None)?.ok_or(Error::Closed)
     }
 
     /// Pops the oldest ready message, waiting at most `timeout`; `Ok(None)` if none came.
@@ -435,7 +388,7 @@ impl Queue {
     /// # Errors
     /// As [`Queue::try_pop`].
     pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
-        Ok(self.pop_until(Some(Instant::now() + timeout), 1)?.pop())
+        self.pop_one_until(Some(Instant::now() + timeout))
     }
 
     /// Pops up to `max` messages: waits at most `timeout` for the first, then takes whatever
@@ -447,9 +400,7 @@ impl Queue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let mut out = self.pop_until(Some(Instant::now() + timeout), max)?;
-        out.reverse();
-        Ok(out)
+        self.pop_many_until(Some(Instant::now() + timeout), max)
     }
 
     /// How many messages are ready and in flight.
@@ -463,116 +414,110 @@ impl Queue {
         }
         let q = &mut g.queues[self.id as usize].index;
         q.expire(Instant::now());
-        Ok(Depth {
-            ready: q.ready_len(),
-            in_flight: q.leased_len(),
-        })
+        Ok(Depth { ready: q.ready_len(), in_flight: q.leased_len() })
     }
 
-    /// Takes up to `max` messages, waiting until `deadline` (forever if `None`) for the first.
-    /// Returns them newest first.
-    fn pop_until(&self, deadline: Option<Instant>, max: usize) -> Result<Vec<Delivery>> {
-        let shared = &self.core.shared;
-        let mut g = shared.state.lock();
-        let taken = loop {
+    /// Waits until a message is ready or `deadline` passes (forever if `None`); returns the
+    /// time it looked, or `None` when the deadline passed first.
+    fn wait_ready(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Instant>> {
+        loop {
             g.check()?;
             let now = Instant::now();
-            let taken = self.take(shared, &mut g, now, max)?;
-            if !taken.is_empty() {
-                break taken;
+            let index = &mut g.queues[self.id as usize].index;
+            index.expire(now);
+            if index.ready_len() > 0 {
+                return Ok(Some(now));
             }
             if deadline.is_some_and(|d| d <= now) {
-                return Ok(Vec::new());
+                return Ok(None);
             }
-            let lease_end = g.queues[self.id as usize].index.next_deadline();
-            let wake = match (deadline, lease_end) {
+            let wake = match (deadline, index.next_deadline()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             match wake {
                 Some(t) => {
-                    self.cv.wait_until(&mut g, t);
+                    self.cv.wait_until(g, t);
                 }
-                None => self.cv.wait(&mut g),
+                None => self.cv.wait(g),
             }
-        };
-        drop(g);
-        let mut out = Vec::with_capacity(taken.len());
-        for t in taken.into_iter().rev() {
-            let (id, attempt) = (t.id, t.entry.attempts);
-            let payload = load(t, self.id)?;
-            out.push(Delivery::new(
-                Arc::clone(&self.core),
-                self.id,
-                id,
-                attempt,
-                payload,
-            ));
         }
-        Ok(out)
     }
 
-    /// Leases up to `max` ready messages and stages their delivery records.
-    fn take(
-        &self,
-        shared: &Shared,
-        g: &mut MutexGuard<'_, State>,
-        now: Instant,
-        max: usize,
-    ) -> Result<Vec<Taken>> {
-        let q = self.id as usize;
-        g.queues[q].index.expire(now);
-        let n = max.min(g.queues[q].index.ready_len());
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let deliver_len = Body::Deliver {
-            queue: 0,
-            id: 0,
-            attempt: 0,
-        }
-        .encoded_len();
-        if n == 1 {
-            shared.ensure_room(g, &[deliver_len])?;
-        } else {
-            shared.ensure_room(g, &vec![deliver_len; n])?;
-        }
-        let n = n.min(g.queues[q].index.ready_len());
-        let visibility = shared.opts.visibility_timeout;
-        let mut taken = Vec::with_capacity(n);
-        for _ in 0..n {
-            let Some((id, entry)) = g.queues[q].index.lease_next(now, visibility) else {
-                break;
-            };
-            let attempt = entry.attempts;
-            g.wal
-                .append(&Body::Deliver {
-                    queue: self.id,
-                    id,
-                    attempt,
-                })
-                .ok_or(Error::NoSpace)?;
-            let rec_len = PUSH_OVERHEAD + entry.len as usize;
-            let source = if entry.lsn + rec_len as u64 <= g.wal.written {
-                g.wal
-                    .log
-                    .segment_of(entry.lsn)
-                    .map(|s| Source::Segment(Arc::clone(s)))
-            } else {
-                g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
-            };
-            let source = source.ok_or_else(|| {
-                Error::Io(std::io::Error::other(format!(
-                    "message {id:x} has no bytes in the log"
-                )))
-            })?;
-            taken.push(Taken { id, entry, source });
+    /// Pops one message, waiting until `deadline` (forever if `None`).
+    fn pop_one_until(&self, deadline: Option<Instant>) -> Result<Option<Delivery>> {
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
+        let taken = loop {
+            let Some(now) = self.wait_ready(&mut g, deadline)? else { return Ok(None) };
+            shared.ensure_room(&mut g, &[DELIVER_LEN])?;
+            if let Some(t) = self.lease_one(&mut g, now)? {
+                break t;
+            }
+        };
+        let end = g.wal.next_lsn;
+        shared.commit(&mut g, end, shared.opts.ack_durability)?;
+        drop(g);
+        self.deliver(taken).map(Some)
+    }
+
+    /// Pops up to `max` messages, waiting until `deadline` for the first.
+    fn pop_many_until(&self, deadline: Option<Instant>, max: usize) -> Result<Vec<Delivery>> {
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
+        let mut taken = Vec::new();
+        while taken.is_empty() {
+            let Some(now) = self.wait_ready(&mut g, deadline)? else { return Ok(Vec::new()) };
+            let n = max.min(g.queues[self.id as usize].index.ready_len());
+            shared.ensure_room(&mut g, &vec![DELIVER_LEN; n])?;
+            while taken.len() < n {
+                match self.lease_one(&mut g, now)? {
+                    Some(t) => taken.push(t),
+                    None => break,
+                }
+            }
         }
         let end = g.wal.next_lsn;
-        shared.commit(g, end, shared.opts.ack_durability)?;
-        Ok(taken)
+        shared.commit(&mut g, end, shared.opts.ack_durability)?;
+        drop(g);
+        taken.into_iter().map(|t| self.deliver(t)).collect()
+    }
+
+    /// Leases the oldest ready message, if any, and stages its delivery record (room for it
+    /// was made).
+    fn lease_one(&self, g: &mut MutexGuard<'_, State>, now: Instant) -> Result<Option<Taken>> {
+        let visibility = self.core.shared.opts.visibility_timeout;
+        let Some((id, entry)) = g.queues[self.id as usize].index.lease_next(now, visibility) else {
+            return Ok(None);
+        };
+        let body = Body::Deliver { queue: self.id, id, attempt: entry.attempts };
+        g.wal.append(&body).ok_or(Error::NoSpace)?;
+        let rec_len = PUSH_OVERHEAD + entry.len as usize;
+        let source = if entry.lsn + rec_len as u64 <= g.wal.written {
+            g.wal.log.segment_of(entry.lsn).map(|s| Source::Segment(Arc::clone(s)))
+        } else {
+            g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
+        };
+        let source = source.ok_or_else(|| {
+            Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
+        })?;
+        Ok(Some(Taken { id, entry, source }))
+    }
+
+    /// Reads and checks a leased message's payload and wraps it in a `Delivery`.
+    fn deliver(&self, t: Taken) -> Result<Delivery> {
+        let (id, attempt) = (t.id, t.entry.attempts);
+        let payload = load(t, self.id)?;
+        Ok(Delivery::new(Arc::clone(&self.core), self.id, id, attempt, payload))
     }
 }
+
+/// Length of a `Deliver` record.
+const DELIVER_LEN: usize = crate::record::RECORD_HEADER_LEN + 16;
 
 /// Reads and checks the push record of a taken message, and returns its payload.
 fn load(t: Taken, queue: u32) -> Result<Payload> {
@@ -582,11 +527,7 @@ fn load(t: Taken, queue: u32) -> Result<Payload> {
         let fail = |why: &str| {
             let (file, offset) =
                 seg.map_or_else(Default::default, |s| (s.path.clone(), lsn - s.base));
-            Error::Corrupted(crate::error::Corruption {
-                file,
-                offset,
-                reason: why.into(),
-            })
+            Error::Corrupted(crate::error::Corruption { file, offset, reason: why.into() })
         };
         match record::decode(bytes, lsn) {
             Ok(r) if matches!(r.body, Body::Push { queue: q, id, .. } if q == queue && id == t.id) => {
@@ -600,9 +541,7 @@ fn load(t: Taken, queue: u32) -> Result<Payload> {
         Source::Segment(seg) => {
             if let Some(mapped) = seg.mapped() {
                 let start = usize::try_from(lsn - seg.base).unwrap_or(usize::MAX);
-                let bytes = mapped
-                    .get(start..start.saturating_add(rec_len))
-                    .unwrap_or(&[]);
+                let bytes = mapped.get(start..start.saturating_add(rec_len)).unwrap_or(&[]);
                 check(bytes, Some(&seg))?;
                 Ok(Payload::Mapped {
                     seg: Arc::clone(&seg),
@@ -612,18 +551,12 @@ fn load(t: Taken, queue: u32) -> Result<Payload> {
             } else {
                 let bytes = seg.read(lsn, rec_len)?;
                 check(&bytes, Some(&seg))?;
-                Ok(Payload::Owned {
-                    bytes,
-                    start: PUSH_OVERHEAD,
-                })
+                Ok(Payload::Owned { bytes, start: PUSH_OVERHEAD })
             }
         }
         Source::Copied(bytes) => {
             check(&bytes, None)?;
-            Ok(Payload::Owned {
-                bytes,
-                start: PUSH_OVERHEAD,
-            })
+            Ok(Payload::Owned { bytes, start: PUSH_OVERHEAD })
         }
     }
 }

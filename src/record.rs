@@ -57,31 +57,12 @@ impl Kind {
 /// The decoded fields of a record; payloads and names borrow from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Body<'a> {
-    Push {
-        queue: u32,
-        id: u64,
-        payload: &'a [u8],
-    },
-    Ack {
-        queue: u32,
-        id: u64,
-    },
-    Deliver {
-        queue: u32,
-        id: u64,
-        attempt: u32,
-    },
-    Nack {
-        queue: u32,
-        id: u64,
-    },
-    Queue {
-        queue: u32,
-        name: &'a [u8],
-    },
-    Epoch {
-        epoch: u32,
-    },
+    Push { queue: u32, id: u64, payload: &'a [u8] },
+    Ack { queue: u32, id: u64 },
+    Deliver { queue: u32, id: u64, attempt: u32 },
+    Nack { queue: u32, id: u64 },
+    Queue { queue: u32, name: &'a [u8] },
+    Epoch { epoch: u32 },
     Seal,
 }
 
@@ -229,16 +210,9 @@ pub(crate) fn decode(bytes: &[u8], lsn: u64) -> Result<Record<'_>, DecodeError> 
         return Err(DecodeError::WrongPosition);
     }
     let synced_delta = u32_at(rec, 16).ok_or(DecodeError::Truncated)?;
-    let synced = if synced_delta == u32::MAX {
-        0
-    } else {
-        lsn.saturating_sub(u64::from(synced_delta))
-    };
-    let kind = rec
-        .get(20)
-        .copied()
-        .and_then(Kind::from_u8)
-        .ok_or(DecodeError::Malformed)?;
+    let synced =
+        if synced_delta == u32::MAX { 0 } else { lsn.saturating_sub(u64::from(synced_delta)) };
+    let kind = rec.get(20).copied().and_then(Kind::from_u8).ok_or(DecodeError::Malformed)?;
     if rec.get(21..24) != Some(&[0, 0, 0][..]) {
         return Err(DecodeError::Malformed);
     }
@@ -276,9 +250,7 @@ pub(crate) fn decode(bytes: &[u8], lsn: u64) -> Result<Record<'_>, DecodeError> 
             if body.len() != 4 {
                 return Err(DecodeError::Malformed);
             }
-            Body::Epoch {
-                epoch: queue.ok_or(DecodeError::Malformed)?,
-            }
+            Body::Epoch { epoch: queue.ok_or(DecodeError::Malformed)? }
         }
         Kind::Seal => {
             if !body.is_empty() {
@@ -296,27 +268,12 @@ mod tests {
 
     fn samples() -> Vec<Body<'static>> {
         vec![
-            Body::Push {
-                queue: 3,
-                id: 77,
-                payload: b"hello",
-            },
-            Body::Push {
-                queue: 0,
-                id: u64::MAX,
-                payload: b"",
-            },
+            Body::Push { queue: 3, id: 77, payload: b"hello" },
+            Body::Push { queue: 0, id: u64::MAX, payload: b"" },
             Body::Ack { queue: 1, id: 2 },
             Body::Nack { queue: 1, id: 2 },
-            Body::Deliver {
-                queue: 9,
-                id: 5,
-                attempt: 4,
-            },
-            Body::Queue {
-                queue: 2,
-                name: b"emails",
-            },
+            Body::Deliver { queue: 9, id: 5, attempt: 4 },
+            Body::Queue { queue: 2, name: b"emails" },
             Body::Epoch { epoch: 12 },
             Body::Seal,
         ]
@@ -343,10 +300,7 @@ mod tests {
             for bit in 0..buf.len() * 8 {
                 let mut bad = buf.clone();
                 bad[bit / 8] ^= 1 << (bit % 8);
-                assert!(
-                    decode(&bad, 64).is_err(),
-                    "flip of bit {bit} in {body:?} undetected"
-                );
+                assert!(decode(&bad, 64).is_err(), "flip of bit {bit} in {body:?} undetected");
             }
         }
     }
@@ -354,16 +308,7 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         let mut buf = Vec::new();
-        encode(
-            &mut buf,
-            64,
-            0,
-            &Body::Push {
-                queue: 1,
-                id: 1,
-                payload: &[7; 100],
-            },
-        );
+        encode(&mut buf, 64, 0, &Body::Push { queue: 1, id: 1, payload: &[7; 100] });
         for cut in 0..buf.len() {
             assert!(decode(&buf[..cut], 64).is_err(), "cut at {cut}");
         }

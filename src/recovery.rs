@@ -55,11 +55,7 @@ pub(crate) struct Recovered {
 }
 
 fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
-    Error::Corrupted(Corruption {
-        file: file.to_owned(),
-        offset,
-        reason: reason.into(),
-    })
+    Error::Corrupted(Corruption { file: file.to_owned(), offset, reason: reason.into() })
 }
 
 /// Where the records of one segment end.
@@ -107,10 +103,7 @@ fn durable_record_after(bytes: &[u8], base: u64, at: u64, last_start: usize) -> 
         if record::peek_lsn(rest) != Some(lsn) {
             return None;
         }
-        record::decode(rest, lsn)
-            .ok()
-            .filter(|r| r.synced > at)
-            .map(|_| lsn)
+        record::decode(rest, lsn).ok().filter(|r| r.synced > at).map(|_| lsn)
     })
 }
 
@@ -151,14 +144,7 @@ impl Replay {
                     .get_mut(queue as usize)
                     .ok_or_else(|| bad("push to an unknown queue"))?;
                 let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
-                q.insert(
-                    id,
-                    Entry {
-                        lsn,
-                        len,
-                        attempts: 0,
-                    },
-                );
+                q.insert(id, Entry { lsn, len, attempts: 0 });
                 *self.live.entry(seg.base).or_default() += 1;
             }
             Body::Deliver { queue, id, attempt } => {
@@ -251,10 +237,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
                 return Err(corrupt(
                     &seg.path,
                     0,
-                    format!(
-                        "gap in the log: the previous segment ends at {}",
-                        prev.end()
-                    ),
+                    format!("gap in the log: the previous segment ends at {}", prev.end()),
                 ));
             }
         }
@@ -295,43 +278,21 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     }
     report.records = replay.records;
     report.in_flight_at_crash = replay.leased.len() as u64;
-    report.messages = replay
-        .queues
-        .iter()
-        .map(|(_, q)| q.ready_len() as u64)
-        .sum();
+    report.messages = replay.queues.iter().map(|(_, q)| q.ready_len() as u64).sum();
 
     let store_id = store_id.unwrap_or_else(new_store_id);
-    let mut log = Log {
-        store_id,
-        segments: BTreeMap::new(),
-        spares: Default::default(),
-    };
+    let mut log = Log { store_id, segments: BTreeMap::new(), spares: Default::default() };
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
             let live = replay.live.get(&seg.base).copied().unwrap_or(0);
             let first = seg.base + HEADER_LEN;
-            log.segments.insert(
-                seg.base,
-                SegInfo {
-                    seg,
-                    live,
-                    settled: 0,
-                    preamble_end: first,
-                },
-            );
+            log.segments.insert(seg.base, SegInfo { seg, live, settled: 0, preamble_end: first });
         } else {
             log.spares.push_back(seg);
         }
     }
     report.duration = started.elapsed();
-    Ok(Recovered {
-        log,
-        active,
-        max_epoch: replay.max_epoch,
-        queues: replay.queues,
-        report,
-    })
+    Ok(Recovered { log, active, max_epoch: replay.max_epoch, queues: replay.queues, report })
 }
 
 /// The index of the last non-zero byte of `bytes`. Reads whole blocks with an OR-fold, which
@@ -399,10 +360,7 @@ mod tests {
 
     #[test]
     fn scan_stops_at_zeros_and_at_seal() {
-        let (img, lsns) = image_of(
-            &[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }],
-            &[],
-        );
+        let (img, lsns) = image_of(&[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }], &[]);
         let mut seen = Vec::new();
         let end = scan(&img, 0, |lsn, _| {
             seen.push(lsn);
@@ -410,38 +368,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, lsns);
-        assert!(matches!(
-            end,
-            End::Open {
-                why: DecodeError::Zero,
-                ..
-            }
-        ));
-        let (img, _) = image_of(
-            &[
-                Body::Epoch { epoch: 1 },
-                Body::Seal,
-                Body::Epoch { epoch: 2 },
-            ],
-            &[],
-        );
+        assert!(matches!(end, End::Open { why: DecodeError::Zero, .. }));
+        let (img, _) =
+            image_of(&[Body::Epoch { epoch: 1 }, Body::Seal, Body::Epoch { epoch: 2 }], &[]);
         assert_eq!(scan(&img, 0, |_, _| Ok(())).unwrap(), End::Sealed);
     }
 
     #[test]
     fn a_later_record_staged_after_the_damage_was_durable_proves_corruption() {
-        let bodies = [
-            Body::Epoch { epoch: 1 },
-            Body::Epoch { epoch: 2 },
-            Body::Epoch { epoch: 3 },
-        ];
+        let bodies = [Body::Epoch { epoch: 1 }, Body::Epoch { epoch: 2 }, Body::Epoch { epoch: 3 }];
         // Third record was staged when everything up to its own start was durable.
         let (mut img, lsns) = image_of(&bodies, &[0, 0, 64 + 28 * 2]);
         img[lsns[1] as usize + 10] ^= 1;
-        assert_eq!(
-            durable_record_after(&img, 0, lsns[1], usize::MAX),
-            Some(lsns[2])
-        );
+        assert_eq!(durable_record_after(&img, 0, lsns[1], usize::MAX), Some(lsns[2]));
         // Same damage, but the later record was staged before the damaged one was synced:
         // a torn write, which recovery may cut.
         let (mut img, lsns) = image_of(&bodies, &[0, 0, 64]);

@@ -84,22 +84,12 @@ impl Header {
     /// Decodes a header read from `path`, which must not be newer than this build.
     pub(crate) fn decode(h: &[u8; HEADER_LEN as usize], path: &Path) -> Result<Header> {
         let corrupt = |reason: &str| {
-            Error::Corrupted(Corruption {
-                file: path.to_owned(),
-                offset: 0,
-                reason: reason.into(),
-            })
+            Error::Corrupted(Corruption { file: path.to_owned(), offset: 0, reason: reason.into() })
         };
-        let u32_at = |at: usize| {
-            h.get(at..at + 4)
-                .and_then(|s| s.try_into().ok())
-                .map(u32::from_le_bytes)
-        };
-        let u64_at = |at: usize| {
-            h.get(at..at + 8)
-                .and_then(|s| s.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
+        let u32_at =
+            |at: usize| h.get(at..at + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes);
+        let u64_at =
+            |at: usize| h.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
         if h.get(..8) != Some(&MAGIC[..]) {
             return Err(corrupt("bad segment magic"));
         }
@@ -127,11 +117,7 @@ impl Header {
         if len <= HEADER_LEN {
             return Err(corrupt("bad segment length"));
         }
-        Ok(Header {
-            store_id,
-            base,
-            len,
-        })
+        Ok(Header { store_id, base, len })
     }
 }
 
@@ -169,15 +155,7 @@ impl Segment {
         let file = storage.open(&tmp, true)?;
         let done = (|| {
             file.allocate(len)?;
-            file.write_at(
-                &Header {
-                    store_id,
-                    base,
-                    len,
-                }
-                .encode(),
-                0,
-            )?;
+            file.write_at(&Header { store_id, base, len }.encode(), 0)?;
             file.sync_data()?;
             storage.rename(&tmp, &path)?;
             storage.sync_dir(dir)
@@ -187,13 +165,7 @@ impl Segment {
             return Err(e);
         }
         let map = if map { file.map()? } else { None };
-        Ok(Segment {
-            base,
-            len,
-            path,
-            file,
-            map,
-        })
+        Ok(Segment { base, len, path, file, map })
     }
 
     /// Opens an existing segment and checks its header against the name and the store.
@@ -230,16 +202,7 @@ impl Segment {
             }));
         }
         let map = if map { file.map()? } else { None };
-        Ok((
-            Segment {
-                base,
-                len: header.len,
-                path,
-                file,
-                map,
-            },
-            header,
-        ))
+        Ok((Segment { base, len: header.len, path, file, map }, header))
     }
 
     /// The mapped bytes of the whole file, when the segment is mapped.
@@ -280,11 +243,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_flips() {
-        let h = Header {
-            store_id: 0xABCD_u128 << 64 | 7,
-            base: 4096,
-            len: 1 << 20,
-        };
+        let h = Header { store_id: 0xABCD_u128 << 64 | 7, base: 4096, len: 1 << 20 };
         let bytes = h.encode();
         assert_eq!(Header::decode(&bytes, Path::new("x")).unwrap(), h);
         for bit in 0..bytes.len() * 8 {
@@ -296,12 +255,7 @@ mod tests {
 
     #[test]
     fn newer_version_is_a_clear_error() {
-        let mut bytes = Header {
-            store_id: 1,
-            base: 0,
-            len: 1 << 20,
-        }
-        .encode();
+        let mut bytes = Header { store_id: 1, base: 0, len: 1 << 20 }.encode();
         bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());

@@ -88,29 +88,20 @@ impl Core {
     /// Opens the store in `dir` on `storage`: lock, recover, start a new id epoch durably.
     pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, opts: Options) -> Result<Core> {
         storage.create_dir_all(dir)?;
-        let lock = storage
-            .lock(&dir.join("LOCK"))?
-            .ok_or_else(|| Error::Locked(dir.to_owned()))?;
+        let lock = storage.lock(&dir.join("LOCK"))?.ok_or_else(|| Error::Locked(dir.to_owned()))?;
         let log_dir = dir.join("log");
         storage.create_dir_all(&log_dir)?;
         storage.sync_dir(dir)?;
         let map = opts.read_mode == ReadMode::Map;
         let rec = recovery::recover(&*storage, &log_dir, map)?;
-        let epoch = rec
-            .max_epoch
-            .checked_add(1)
-            .filter(|e| *e <= MAX_EPOCH)
-            .ok_or_else(|| {
-                Error::Io(std::io::Error::other("the store has used up its id epochs"))
-            })?;
+        let epoch = rec.max_epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
+            Error::Io(std::io::Error::other("the store has used up its id epochs"))
+        })?;
         let mut log = rec.log;
         let (active, next_lsn) = match rec.active {
             Some((seg, at)) => (seg, at),
             None => {
-                let base = log
-                    .segments
-                    .last_key_value()
-                    .map_or(0, |(_, s)| s.seg.end());
+                let base = log.segments.last_key_value().map_or(0, |(_, s)| s.seg.end());
                 let seg = Segment::create(
                     &*storage,
                     &log_dir,
@@ -126,31 +117,17 @@ impl Core {
             }
         };
         let fresh = next_lsn == first_record(&active);
-        let catalog = rec
-            .queues
-            .iter()
-            .map(|(n, _)| n.as_bytes().into())
-            .collect();
+        let catalog = rec.queues.iter().map(|(n, _)| n.as_bytes().into()).collect();
         let mut names = HashMap::new();
         let mut queues = Vec::new();
         for (i, (name, index)) in rec.queues.into_iter().enumerate() {
             let name: Arc<str> = name.into();
             names.insert(Arc::clone(&name), u32::try_from(i).unwrap_or(u32::MAX));
-            queues.push(QueueState {
-                name,
-                index,
-                cv: Arc::new(Condvar::new()),
-            });
+            queues.push(QueueState { name, index, cv: Arc::new(Condvar::new()) });
         }
         let wal = Wal::new(log, active, next_lsn, epoch, catalog);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                wal,
-                queues,
-                names,
-                closed: false,
-                shutdown: false,
-            }),
+            state: Mutex::new(State { wal, queues, names, closed: false, shutdown: false }),
             durable_cv: Condvar::new(),
             bg_cv: Condvar::new(),
             creating: Mutex::new(()),
@@ -177,11 +154,7 @@ impl Core {
         let bg = std::thread::Builder::new()
             .name("wharf-background".into())
             .spawn(move || commit::background(&bg_shared))?;
-        Ok(Core {
-            shared,
-            bg: Mutex::new(Some(bg)),
-            lock: Mutex::new(Some(lock)),
-        })
+        Ok(Core { shared, bg: Mutex::new(Some(bg)), lock: Mutex::new(Some(lock)) })
     }
 
     /// Flushes and syncs everything staged, stops the background thread, refuses every later
@@ -234,9 +207,7 @@ mod tests {
     use crate::{Durability, Error, Wharf};
 
     fn open(dir: &std::path::Path, faults: &Arc<Faults>) -> Wharf {
-        let fs = Arc::new(FaultyFs {
-            faults: Arc::clone(faults),
-        });
+        let fs = Arc::new(FaultyFs { faults: Arc::clone(faults) });
         let mut opts = crate::options::Options::default();
         opts.segment_bytes = 64 << 10;
         opts.validate().unwrap();
@@ -269,10 +240,7 @@ mod tests {
         if let Some(d) = &second {
             assert_eq!(d.payload(), b"lost?");
         }
-        assert!(
-            q.try_pop().unwrap().is_none(),
-            "nothing after the poisoning was stored"
-        );
+        assert!(q.try_pop().unwrap().is_none(), "nothing after the poisoning was stored");
     }
 
     #[test]

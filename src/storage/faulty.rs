@@ -41,10 +41,7 @@ impl Storage for FaultyFs {
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let inner = RealFs.open(path, create)?;
-        Ok(Arc::new(FaultyFile {
-            inner,
-            faults: Arc::clone(&self.faults),
-        }))
+        Ok(Arc::new(FaultyFile { inner, faults: Arc::clone(&self.faults) }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         RealFs.rename(from, to)

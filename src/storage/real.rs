@@ -30,11 +30,7 @@ impl Storage for RealFs {
     }
 
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(create)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(create).open(path)?;
         Ok(Arc::new(RealFile { file }))
     }
 
@@ -51,12 +47,8 @@ impl Storage for RealFs {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(Box::new(file))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

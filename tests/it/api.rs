@@ -12,10 +12,7 @@ fn push_pop_ack_in_fifo_order() {
     let w = Wharf::open(dir.path()).unwrap();
     let q = w.queue("jobs").unwrap();
     let ids: Vec<_> = (0..10).map(|i| q.push(payload(i, 40)).unwrap()).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "ids increase in push order"
-    );
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase in push order");
     for (i, id) in ids.iter().enumerate() {
         let d = q.try_pop().unwrap().expect("a message is ready");
         assert_eq!(d.id(), *id);
@@ -53,10 +50,7 @@ fn queues_are_independent_and_listed() {
     a.push(b"for a").unwrap();
     assert!(b.try_pop().unwrap().is_none());
     assert_eq!(a.try_pop().unwrap().unwrap().payload(), b"for a");
-    assert_eq!(
-        w.queue_names(),
-        vec!["a".to_string(), "b.2_x-y".to_string()]
-    );
+    assert_eq!(w.queue_names(), vec!["a".to_string(), "b.2_x-y".to_string()]);
     // The same name gives the same queue.
     w.queue("b.2_x-y").unwrap().push(b"x").unwrap();
     assert_eq!(b.depth().unwrap().ready, 1);
@@ -80,16 +74,7 @@ fn payload_too_large_is_refused_and_stores_nothing() {
     let w = small().max_payload(1000).open(dir.path()).unwrap();
     let q = w.queue("q").unwrap();
     let err = q.push(vec![0u8; 1001]).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PayloadTooLarge {
-                len: 1001,
-                max: 1000
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::PayloadTooLarge { len: 1001, max: 1000 }), "{err}");
     let err = q.push_batch([vec![1u8; 10], vec![0u8; 5000]]).unwrap_err();
     assert!(matches!(err, Error::PayloadTooLarge { .. }));
     assert_eq!(q.depth().unwrap().ready, 0);
@@ -100,17 +85,11 @@ fn payload_too_large_is_refused_and_stores_nothing() {
 #[test]
 fn options_out_of_range_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Wharf::builder()
-        .segment_bytes(1000)
-        .open(dir.path())
-        .unwrap_err();
+    let err = Wharf::builder().segment_bytes(1000).open(dir.path()).unwrap_err();
     assert!(matches!(err, Error::InvalidOption(_)), "{err}");
     let err = small().max_payload(1 << 20).open(dir.path()).unwrap_err();
     assert!(matches!(err, Error::InvalidOption(_)), "{err}");
-    let err = Wharf::builder()
-        .visibility_timeout(Duration::ZERO)
-        .open(dir.path())
-        .unwrap_err();
+    let err = Wharf::builder().visibility_timeout(Duration::ZERO).open(dir.path()).unwrap_err();
     assert!(matches!(err, Error::InvalidOption(_)), "{err}");
 }
 
@@ -130,27 +109,17 @@ fn calls_after_close_fail_with_closed() {
 
 #[test]
 fn every_durability_mode_delivers_and_survives_a_clean_close() {
-    for mode in [
-        Durability::Immediate,
-        Durability::Interval(Duration::from_millis(5)),
-        Durability::None,
-    ] {
+    for mode in
+        [Durability::Immediate, Durability::Interval(Duration::from_millis(5)), Durability::None]
+    {
         let dir = tempfile::tempdir().unwrap();
         {
-            let w = small()
-                .push_durability(mode)
-                .ack_durability(mode)
-                .open(dir.path())
-                .unwrap();
+            let w = small().push_durability(mode).ack_durability(mode).open(dir.path()).unwrap();
             let q = w.queue("q").unwrap();
             for i in 0..500 {
                 q.push(payload(i, 64)).unwrap();
             }
-            q.push_with(
-                b"override",
-                PushOptions::new().durability(Durability::Immediate),
-            )
-            .unwrap();
+            q.push_with(b"override", PushOptions::new().durability(Durability::Immediate)).unwrap();
             for _ in 0..100 {
                 q.try_pop().unwrap().unwrap().ack().unwrap();
             }
@@ -192,10 +161,7 @@ fn pread_mode_reads_the_same_bytes() {
 #[test]
 fn big_payloads_round_trip_through_the_map() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Wharf::builder()
-        .segment_bytes(4 << 20)
-        .open(dir.path())
-        .unwrap();
+    let w = Wharf::builder().segment_bytes(4 << 20).open(dir.path()).unwrap();
     let q = w.queue("big").unwrap();
     let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
     for _ in 0..5 {
@@ -215,16 +181,10 @@ fn settled_segments_are_deleted_oldest_first() {
     let w = small().open(dir.path()).unwrap();
     let q = w.queue("q").unwrap();
     for round in 0..20 {
-        let ids = q
-            .push_batch((0..100).map(|i| payload(round * 100 + i, 500)))
-            .unwrap();
+        let ids = q.push_batch((0..100).map(|i| payload(round * 100 + i, 500))).unwrap();
         assert_eq!(ids.len(), 100);
         for _ in 0..100 {
-            q.try_pop()
-                .unwrap()
-                .unwrap()
-                .ack_with(Durability::Immediate)
-                .unwrap();
+            q.try_pop().unwrap().unwrap().ack_with(Durability::Immediate).unwrap();
         }
     }
     // About 1 MB went through 64 KiB segments; settled ones must be gone.
@@ -245,10 +205,7 @@ fn settled_segments_are_deleted_oldest_first() {
     drop(q);
     w.close().unwrap();
     let w = Wharf::open(dir.path()).unwrap();
-    assert_eq!(
-        drain_payloads(&w.queue("q").unwrap()),
-        vec![b"straggler".to_vec()]
-    );
+    assert_eq!(drain_payloads(&w.queue("q").unwrap()), vec![b"straggler".to_vec()]);
 }
 
 #[test]
@@ -265,4 +222,27 @@ fn message_ids_are_never_reused_across_reopens() {
             q.try_pop().unwrap().unwrap().ack().unwrap();
         }
     }
+}
+
+#[test]
+fn settled_segments_are_reclaimed_without_any_durable_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = small()
+        .push_durability(Durability::None)
+        .ack_durability(Durability::None)
+        .open(dir.path())
+        .unwrap();
+    let q = w.queue("q").unwrap();
+    for i in 0..3000 {
+        q.push(payload(i, 500)).unwrap();
+        q.try_pop().unwrap().unwrap().ack().unwrap();
+    }
+    // 1.5 MB went through 64 KiB segments and nothing asked for a sync; the store still
+    // reclaims them (with one sync per segment of its own).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while w.stats().segments > 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(w.stats().segments <= 4, "{:?}", w.stats());
+    assert!(crate::segments(dir.path()).len() <= 4);
 }

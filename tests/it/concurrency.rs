@@ -13,10 +13,7 @@ fn four_producers_four_consumers_deliver_every_message_exactly_once() {
     const CONSUMERS: usize = 4;
     const TOTAL: usize = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let w = Wharf::builder()
-        .segment_bytes(4 << 20)
-        .open(dir.path())
-        .unwrap();
+    let w = Wharf::builder().segment_bytes(4 << 20).open(dir.path()).unwrap();
     let q = w.queue("work").unwrap();
     let seen = Arc::new(Mutex::new(HashSet::with_capacity(TOTAL)));
     let acked = Arc::new(AtomicUsize::new(0));
@@ -27,10 +24,7 @@ fn four_producers_four_consumers_deliver_every_message_exactly_once() {
                 while acked.load(Ordering::SeqCst) < TOTAL {
                     for d in q.pop_batch(64, Duration::from_millis(50)).unwrap() {
                         let n = u64::from_le_bytes(d.payload()[..8].try_into().unwrap());
-                        assert!(
-                            seen.lock().unwrap().insert(n),
-                            "message {n} delivered twice"
-                        );
+                        assert!(seen.lock().unwrap().insert(n), "message {n} delivered twice");
                         d.ack().unwrap();
                         acked.fetch_add(1, Ordering::SeqCst);
                     }
@@ -58,10 +52,7 @@ fn four_producers_four_consumers_deliver_every_message_exactly_once() {
     assert!((0..TOTAL as u64).all(|n| seen.contains(&n)), "none lost");
     assert!(q.try_pop().unwrap().is_none());
     let stats = w.stats();
-    assert!(
-        stats.fsyncs < TOTAL as u64,
-        "group commit shared fsyncs: {stats:?}"
-    );
+    assert!(stats.fsyncs < TOTAL as u64, "group commit shared fsyncs: {stats:?}");
 }
 
 #[test]
@@ -74,10 +65,7 @@ fn a_second_open_is_locked_and_a_dropped_handle_releases_the_lock() {
     assert!(err.to_string().contains("already open"));
     drop(w);
     // The queue handle still holds the store open.
-    assert!(matches!(
-        Wharf::open(dir.path()),
-        Err(wharf::Error::Locked(_))
-    ));
+    assert!(matches!(Wharf::open(dir.path()), Err(wharf::Error::Locked(_))));
     drop(q);
     Wharf::open(dir.path()).unwrap();
 }
@@ -99,12 +87,7 @@ fn a_lock_held_by_another_process_blocks_until_it_dies() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "concurrency::lock_child",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", "concurrency::lock_child", "--ignored", "--nocapture"])
         .env("WHARF_LOCK_CHILD_DIR", dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -116,10 +99,7 @@ fn a_lock_held_by_another_process_blocks_until_it_dies() {
             break;
         }
     }
-    assert!(matches!(
-        Wharf::open(dir.path()),
-        Err(wharf::Error::Locked(_))
-    ));
+    assert!(matches!(Wharf::open(dir.path()), Err(wharf::Error::Locked(_))));
     child.kill().unwrap();
     child.wait().unwrap();
     // The dead process's lock is gone with it: no stale lock blocks the next open.

@@ -34,11 +34,7 @@ fn a_flipped_byte_in_a_sealed_segment_fails_the_open_naming_the_file() {
         match Wharf::open(dir.path()) {
             Err(Error::Corrupted(c)) => {
                 assert_eq!(c.file, seg, "offset {off}");
-                assert!(
-                    c.offset <= off as u64,
-                    "reported {} for damage at {off}",
-                    c.offset
-                );
+                assert!(c.offset <= off as u64, "reported {} for damage at {off}", c.offset);
                 assert!(Error::Corrupted(c).to_string().contains("offset"));
             }
             Err(e) => panic!("offset {off}: unexpected error {e}"),
@@ -59,10 +55,7 @@ fn damage_under_a_later_durable_record_of_the_active_segment_is_corruption() {
     }
     let seg = segments(dir.path())[0].clone();
     let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes
-        .windows(16)
-        .position(|w| w == &payload(4, 100)[..16])
-        .unwrap();
+    let at = bytes.windows(16).position(|w| w == &payload(4, 100)[..16]).unwrap();
     bytes[at + 20] ^= 1;
     std::fs::write(&seg, &bytes).unwrap();
     match Wharf::open(dir.path()) {
@@ -76,10 +69,7 @@ fn a_gap_in_the_segments_is_corruption() {
     let dir = multi_segment_store();
     std::fs::remove_file(&segments(dir.path())[1]).unwrap();
     let err = Wharf::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(&err, Error::Corrupted(c) if c.reason.contains("gap")),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Corrupted(c) if c.reason.contains("gap")), "{err}");
 }
 
 #[test]
@@ -104,17 +94,7 @@ fn a_newer_format_version_is_a_clear_error() {
     bytes[60..64].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&seg, &bytes).unwrap();
     let err = Wharf::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::UnsupportedVersion {
-                found: 9,
-                supported: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::UnsupportedVersion { found: 9, supported: 1, .. }), "{err}");
 }
 
 /// CRC-32C (Castagnoli), bitwise: the tests do not depend on the crate's implementation.
@@ -123,11 +103,7 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
         }
     }
     !crc
@@ -137,18 +113,12 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
 fn foreign_and_temporary_files_are_reported_not_fatal() {
     let dir = multi_segment_store();
     std::fs::write(dir.path().join("log").join("README.txt"), b"hello").unwrap();
-    std::fs::write(
-        dir.path().join("log").join("00000000000099999999.seg.tmp"),
-        b"partial",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("log").join("00000000000099999999.seg.tmp"), b"partial")
+        .unwrap();
     let w = Wharf::open(dir.path()).unwrap();
     let r = w.recovery_report();
     assert_eq!(r.ignored_files, vec!["README.txt".to_string()]);
-    assert_eq!(
-        r.removed_files,
-        vec!["00000000000099999999.seg.tmp".to_string()]
-    );
+    assert_eq!(r.removed_files, vec!["00000000000099999999.seg.tmp".to_string()]);
     assert_eq!(w.queue("q").unwrap().depth().unwrap().ready, 600);
 }
 
@@ -160,12 +130,7 @@ fn truncated_and_empty_segment_files_are_errors_not_panics() {
     for cut in [0, 10, 63, 64, 65, 1000, len / 2, len - 1] {
         let dir = copy_store(pristine.path());
         let seg = dir.path().join("log").join(first.file_name().unwrap());
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
         let err = Wharf::open(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Corrupted(_)), "cut {cut}: {err}");
     }

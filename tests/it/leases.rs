@@ -25,10 +25,7 @@ fn an_unsettled_delivery_becomes_visible_again_after_its_timeout() {
     let first = q.try_pop().unwrap().unwrap();
     assert!(q.try_pop().unwrap().is_none(), "hidden while leased");
     // A blocked pop is woken by the expiring lease, not by polling.
-    let second = q
-        .pop_timeout(LONG)
-        .unwrap()
-        .expect("redelivered after the lease ran out");
+    let second = q.pop_timeout(LONG).unwrap().expect("redelivered after the lease ran out");
     assert_eq!((second.payload(), second.attempt()), (&b"job"[..], 2));
     assert_eq!(first.id(), second.id());
     // The stale holder can no longer settle; the current one can.
@@ -59,16 +56,10 @@ fn a_stale_holder_cannot_nack_or_extend_either() {
     q.push(b"x").unwrap();
     let stale = q.try_pop().unwrap().unwrap();
     let current = q.pop_timeout(LONG).unwrap().unwrap();
-    assert!(matches!(
-        stale.extend(Duration::from_secs(10)),
-        Err(Error::LeaseExpired)
-    ));
+    assert!(matches!(stale.extend(Duration::from_secs(10)), Err(Error::LeaseExpired)));
     assert!(matches!(stale.nack(), Err(Error::LeaseExpired)));
     current.extend(Duration::from_secs(10)).unwrap();
-    assert!(
-        q.try_pop().unwrap().is_none(),
-        "the stale nack released nothing"
-    );
+    assert!(q.try_pop().unwrap().is_none(), "the stale nack released nothing");
     current.ack().unwrap();
 }
 
@@ -86,10 +77,7 @@ fn a_blocked_pop_is_woken_by_a_push_from_another_thread() {
         })
     };
     std::thread::sleep(Duration::from_millis(50));
-    assert!(
-        !woken.load(Ordering::SeqCst),
-        "the consumer is blocked while the queue is empty"
-    );
+    assert!(!woken.load(Ordering::SeqCst), "the consumer is blocked while the queue is empty");
     q.push(b"wake up").unwrap();
     assert_eq!(consumer.join().unwrap().as_deref(), Some(&b"wake up"[..]));
 }
@@ -98,10 +86,7 @@ fn a_blocked_pop_is_woken_by_a_push_from_another_thread() {
 fn pop_batch_takes_what_is_ready_and_times_out_empty() {
     let (_dir, w) = store(30_000);
     let q = w.queue("q").unwrap();
-    assert!(q
-        .pop_batch(10, Duration::from_millis(20))
-        .unwrap()
-        .is_empty());
+    assert!(q.pop_batch(10, Duration::from_millis(20)).unwrap().is_empty());
     q.push_batch((0..25).map(|i| vec![i as u8])).unwrap();
     let batch = q.pop_batch(10, LONG).unwrap();
     assert_eq!(

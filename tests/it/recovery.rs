@@ -18,11 +18,7 @@ fn messages_survive_reopen_across_queues_and_segments() {
             q.push_batch((0..400).map(|i| payload(i, 200))).unwrap();
             // Ack the first 100 durably, hold 10 in flight, leave the rest ready.
             for _ in 0..100 {
-                q.try_pop()
-                    .unwrap()
-                    .unwrap()
-                    .ack_with(Durability::Immediate)
-                    .unwrap();
+                q.try_pop().unwrap().unwrap().ack_with(Durability::Immediate).unwrap();
             }
             held.extend((0..10).map(|_| q.try_pop().unwrap().unwrap()));
         }
@@ -30,10 +26,7 @@ fn messages_survive_reopen_across_queues_and_segments() {
         w.close().unwrap();
         drop(held);
     }
-    assert!(
-        segments(dir.path()).len() > 3,
-        "the workload spans several segments"
-    );
+    assert!(segments(dir.path()).len() > 3, "the workload spans several segments");
     let w = small().open(dir.path()).unwrap();
     let report = w.recovery_report().clone();
     assert_eq!(report.messages, 3 * 300);
@@ -43,10 +36,7 @@ fn messages_survive_reopen_across_queues_and_segments() {
         let q = w.queue(name).unwrap();
         let got = drain_payloads(&q);
         let want: Vec<_> = (100..400).map(|i| payload(i, 200)).collect();
-        assert_eq!(
-            got, want,
-            "queue {name}: acked gone, unacked back, in order"
-        );
+        assert_eq!(got, want, "queue {name}: acked gone, unacked back, in order");
         let first = q.try_pop().unwrap().unwrap();
         // Delivered once before the reopen (held in flight), released once by drain, so the
         // attempt count remembers both.
@@ -56,10 +46,7 @@ fn messages_survive_reopen_across_queues_and_segments() {
 
 /// Byte range of the record whose payload is the unique `marker`, in `file`.
 fn record_range(file: &[u8], marker: &[u8]) -> (usize, usize) {
-    let at = file
-        .windows(marker.len())
-        .rposition(|w| w == marker)
-        .expect("marker in the segment");
+    let at = file.windows(marker.len()).rposition(|w| w == marker).expect("marker in the segment");
     // A push record is a 24-byte header and 12 bytes of queue and id before its payload.
     (at - 36, at + marker.len())
 }
@@ -86,11 +73,7 @@ fn a_torn_last_record_is_cut_at_every_offset_and_nothing_else_is_lost() {
             let mut bytes = original.clone();
             let fill_end = if garbage { end + 64 } else { end };
             for (k, b) in bytes[cut..fill_end].iter_mut().enumerate() {
-                *b = if garbage {
-                    (k as u8).wrapping_mul(31) | 1
-                } else {
-                    0
-                };
+                *b = if garbage { (k as u8).wrapping_mul(31) | 1 } else { 0 };
             }
             std::fs::write(&seg, &bytes).unwrap();
             let w = small()
@@ -98,11 +81,7 @@ fn a_torn_last_record_is_cut_at_every_offset_and_nothing_else_is_lost() {
                 .unwrap_or_else(|e| panic!("cut {cut} garbage {garbage}: {e}"));
             let report = w.recovery_report();
             if garbage {
-                assert_eq!(
-                    report.bytes_truncated as usize,
-                    fill_end - start,
-                    "cut {cut}"
-                );
+                assert_eq!(report.bytes_truncated as usize, fill_end - start, "cut {cut}");
             } else {
                 assert!(report.bytes_truncated as usize <= cut - start, "cut {cut}");
                 assert_eq!(
@@ -125,10 +104,7 @@ fn a_torn_last_record_is_cut_at_every_offset_and_nothing_else_is_lost() {
             drop(w);
             let w = small().open(dir.path()).unwrap();
             assert_eq!(w.recovery_report().bytes_truncated, 0);
-            assert_eq!(
-                drain_payloads(&w.queue("q").unwrap()).last().unwrap(),
-                b"after"
-            );
+            assert_eq!(drain_payloads(&w.queue("q").unwrap()).last().unwrap(), b"after");
         }
     }
 }
@@ -151,14 +127,9 @@ fn a_crash_cut_tail_never_makes_ids_reused() {
     std::fs::write(&seg, &bytes).unwrap();
     let w = small().open(pristine.path()).unwrap();
     let q = w.queue("q").unwrap();
-    let new_ids: Vec<_> = (0..5)
-        .map(|i| q.push(payload(100 + i, 50)).unwrap())
-        .collect();
+    let new_ids: Vec<_> = (0..5).map(|i| q.push(payload(100 + i, 50)).unwrap()).collect();
     for id in &new_ids {
-        assert!(
-            !first_ids.contains(id),
-            "id {id} reused after the tail was cut"
-        );
+        assert!(!first_ids.contains(id), "id {id} reused after the tail was cut");
         assert!(id > first_ids.last().unwrap(), "ids keep increasing");
     }
 }
@@ -172,10 +143,7 @@ fn kill_child() {
     };
     let w = small().open(&dir).unwrap();
     let q = w.queue("q").unwrap();
-    let base: usize = std::env::var("WHARF_KILL_CHILD_BASE")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let base: usize = std::env::var("WHARF_KILL_CHILD_BASE").unwrap().parse().unwrap();
     for i in base.. {
         q.push(payload(i, 80)).unwrap();
         println!("pushed {i}");
@@ -240,26 +208,18 @@ fn kill_9_loses_nothing_that_was_acknowledged() {
         child.wait().unwrap();
         let w = small().open(dir.path()).unwrap();
         let got = drain_payloads(&w.queue("q").unwrap());
-        let got: std::collections::BTreeSet<usize> = got
-            .iter()
-            .map(|p| std::str::from_utf8(&p[8..16]).unwrap().parse().unwrap())
-            .collect();
+        let got: std::collections::BTreeSet<usize> =
+            got.iter().map(|p| std::str::from_utf8(&p[8..16]).unwrap().parse().unwrap()).collect();
         for i in pushed.difference(&acking) {
             assert!(got.contains(i), "round {round}: acknowledged push {i} lost");
         }
         for i in &acked {
-            assert!(
-                !got.contains(i),
-                "round {round}: durably acked {i} came back"
-            );
+            assert!(!got.contains(i), "round {round}: durably acked {i} came back");
         }
         // Settle what is left so the next round starts from the report's numbers alone.
         let q = w.queue("q").unwrap();
         while let Some(d) = q.try_pop().unwrap() {
-            let i: usize = std::str::from_utf8(&d.payload()[8..16])
-                .unwrap()
-                .parse()
-                .unwrap();
+            let i: usize = std::str::from_utf8(&d.payload()[8..16]).unwrap().parse().unwrap();
             acked.insert(i);
             acking.insert(i);
             pushed.insert(i);
@@ -278,8 +238,5 @@ fn nothing_durable_depends_on_the_lock_file() {
     }
     std::fs::remove_file(dir.path().join("LOCK")).unwrap();
     let w = Wharf::open(dir.path()).unwrap();
-    assert_eq!(
-        drain_payloads(&w.queue("q").unwrap()),
-        vec![b"kept".to_vec()]
-    );
+    assert_eq!(drain_payloads(&w.queue("q").unwrap()), vec![b"kept".to_vec()]);
 }
