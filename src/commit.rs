@@ -87,6 +87,8 @@ pub(crate) struct Wal {
     pub sync_due: Option<Instant>,
     /// Staged bytes want to be written by then.
     pub write_due: Option<Instant>,
+    /// The background thread was asked to write a full group now.
+    write_kicked: bool,
     /// A segment may have become deletable.
     pub maybe_delete: bool,
     pub epoch: u32,
@@ -122,6 +124,7 @@ impl Wal {
             poisoned: None,
             sync_due: None,
             write_due: None,
+            write_kicked: false,
             maybe_delete: true,
             preamble_bytes: 0,
             epoch,
@@ -205,6 +208,8 @@ impl Wal {
         }
         self.next_lsn = first_record(&next);
         self.log.activate(Arc::clone(&next), 0);
+        // The segment just sealed may already be settled; the next flush tells the background.
+        self.maybe_delete = true;
         self.active = next;
         self.stage_preamble();
         Some(())
@@ -341,7 +346,14 @@ impl Shared {
                 }
             }
         }
-        if g.wal.staged_bytes >= GROUP_BYTES && !g.wal.flushing {
+        // A full group is handed to the background thread; a caller writes it itself only when
+        // the background falls behind, which bounds the staged bytes.
+        if g.wal.staged_bytes >= GROUP_BYTES && !g.wal.write_kicked {
+            g.wal.write_kicked = true;
+            g.wal.write_due = Some(Instant::now());
+            self.bg_cv.notify_one();
+        }
+        if g.wal.staged_bytes >= 4 * GROUP_BYTES && !g.wal.flushing {
             self.flush(g, false)?;
         }
         Ok(())
@@ -384,6 +396,7 @@ impl Shared {
         let chunks = std::mem::take(&mut wal.staged);
         wal.staged_bytes = 0;
         wal.write_due = None;
+        wal.write_kicked = false;
         let end = wal.next_lsn;
         let to_sync = if sync {
             chunks.last().map(|c| Arc::clone(&c.seg)).or_else(|| wal.unsynced.clone())
@@ -435,6 +448,9 @@ impl Shared {
                     }
                 } else if last_seg.is_some() {
                     wal.unsynced = last_seg;
+                }
+                if wal.maybe_delete && !sync {
+                    self.bg_cv.notify_one();
                 }
                 Ok(())
             }

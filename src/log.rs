@@ -48,13 +48,14 @@ impl Log {
     }
 
     /// A message whose push record is at `push_lsn` was settled by a record ending at `end`.
-    /// Returns true when its segment has nothing unsettled left.
+    /// Returns true when that left an older (not active) segment with nothing unsettled.
     pub(crate) fn note_settled(&mut self, push_lsn: u64, end: u64) -> bool {
+        let active = self.segments.last_key_value().map(|(&base, _)| base);
         match self.segments.range_mut(..=push_lsn).next_back() {
-            Some((_, s)) => {
+            Some((&base, s)) => {
                 s.live = s.live.saturating_sub(1);
                 s.settled = s.settled.max(end);
-                s.live == 0
+                s.live == 0 && Some(base) != active
             }
             None => false,
         }
