@@ -246,3 +246,19 @@ fn settled_segments_are_reclaimed_without_any_durable_call() {
     assert!(w.stats().segments <= 4, "{:?}", w.stats());
     assert!(crate::segments(dir.path()).len() <= 4);
 }
+
+#[test]
+fn handles_are_send_sync_and_clone() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Wharf>();
+    check::<wharf::Queue>();
+    check::<wharf::Delivery>();
+    check::<wharf::Error>();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::open(dir.path()).unwrap();
+    let q = w.clone().queue("q").unwrap();
+    let q2 = q.clone();
+    q.push(b"x").unwrap();
+    assert_eq!(q2.name(), "q");
+    assert_eq!(q2.try_pop().unwrap().unwrap().payload(), b"x");
+}
