@@ -519,6 +519,8 @@ pub(crate) fn background(shared: &Shared) {
                     g.wal.poisoned = Some(format!("deleting a settled segment failed: {e}"));
                     shared.durable_cv.notify_all();
                 }
+                // The next oldest may be deletable now, or after one more sync: look again.
+                checked_delete_at = None;
                 continue;
             }
         }
