@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::MutexGuard;
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::log::{first_record, Log};
 use crate::options::Durability;
 use crate::record::{self, Body, SEAL_LEN};
@@ -427,8 +428,10 @@ impl Shared {
                 }
             }
             if let Some(seg) = &to_sync {
+                failpoint::hit("after-write-before-sync");
                 seg.sync()?;
                 counts.1 += 1;
+                failpoint::hit("after-sync-before-wake");
             }
             Ok(())
         });
@@ -511,6 +514,7 @@ pub(crate) fn background(shared: &Shared) {
                     // One at a time, each made durable, so a crash never leaves a gap.
                     for seg in &dead {
                         shared.storage.remove(&seg.path)?;
+                        failpoint::hit("segment-removed-before-dir-sync");
                         shared.storage.sync_dir(&shared.log_dir)?;
                     }
                     Ok(())

@@ -44,6 +44,7 @@
 
 mod commit;
 mod error;
+mod failpoint;
 mod index;
 mod lease;
 mod log;
@@ -54,6 +55,8 @@ mod recovery;
 mod segment;
 mod storage;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use commit::Stats;
 pub use error::{Corruption, Error, Result};

@@ -50,6 +50,9 @@ pub(crate) struct Options {
     max_payload_set: bool,
     pub visibility_timeout: Duration,
     pub read_mode: ReadMode,
+    /// Run the background thread (tests on the simulated disk turn it off and call
+    /// `Shared::maintain` instead, so that every run issues the same operations).
+    pub background: bool,
 }
 
 /// Default size of a log segment file: 64 MiB.
@@ -69,6 +72,7 @@ impl Default for Options {
             max_payload_set: false,
             visibility_timeout: Duration::from_secs(30),
             read_mode: ReadMode::Map,
+            background: true,
         }
     }
 }
@@ -165,6 +169,13 @@ impl WharfBuilder {
     pub fn read_mode(mut self, mode: ReadMode) -> Self {
         self.opts.read_mode = mode;
         self
+    }
+
+    /// The options, checked.
+    #[cfg(feature = "testing")]
+    pub(crate) fn into_options(mut self) -> Result<Options> {
+        self.opts.validate()?;
+        Ok(self.opts)
     }
 
     /// Opens (or creates) the store in `dir`, recovering it from its log.

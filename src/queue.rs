@@ -19,6 +19,8 @@ use crate::record::{self, Body, PUSH_OVERHEAD};
 use crate::recovery::RecoveryReport;
 use crate::segment::Segment;
 use crate::storage::RealFs;
+#[cfg(any(test, feature = "testing"))]
+use crate::store::Shared;
 use crate::store::{Core, QueueState, State};
 
 /// Longest queue name, in bytes.
@@ -174,6 +176,11 @@ impl Wharf {
         let end = g.wal.next_lsn;
         shared.wait_durable(&mut g, end)?;
         Ok(self.handle(&g, id))
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.core.shared
     }
 
     fn handle(&self, g: &State, id: u32) -> Queue {

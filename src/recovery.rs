@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Corruption, Error, Result};
+use crate::failpoint;
 use crate::index::{Entry, QueueIndex};
 use crate::log::{Log, SegInfo};
 use crate::queue::valid_name;
@@ -249,6 +250,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     let mut active = None;
     let mut tail_index = segs.len();
     for (i, seg) in segs.iter().enumerate() {
+        failpoint::hit("recovery-replay");
         let bytes = image(seg)?;
         let end = scan(&bytes, seg.base, |lsn, rec| replay.apply(seg, lsn, rec))?;
         let End::Open { at, why } = end else { continue };
@@ -321,6 +323,7 @@ fn zero(seg: &Segment, at: u64, len: u64) -> Result<()> {
         seg.write(at + done, zeros.get(..n as usize).unwrap_or(&[]))?;
         done += n;
     }
+    failpoint::hit("recovery-after-zero-before-sync");
     seg.sync()?;
     Ok(())
 }

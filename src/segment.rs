@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Corruption, Error, Result};
+use crate::failpoint;
 use crate::storage::{MapView, Storage, StorageFile};
 
 /// Magic bytes at the start of every segment.
@@ -150,7 +151,7 @@ impl Segment {
     ) -> io::Result<Segment> {
         let path = dir.join(file_name(base));
         let tmp = dir.join(format!("{base:020}{TMP_SUFFIX}"));
-        // A leftover temporary file from a crash is ours to replace.
+        // A leftover temporary file from a crash or a failed creation is ours to replace.
         let _ = storage.remove(&tmp);
         let file = storage.open(&tmp, true)?;
         let done = (|| {
@@ -158,12 +159,11 @@ impl Segment {
             file.write_at(&Header { store_id, base, len }.encode(), 0)?;
             file.sync_data()?;
             storage.rename(&tmp, &path)?;
+            failpoint::hit("segment-created-before-dir-sync");
             storage.sync_dir(dir)
         })();
-        if let Err(e) = done {
-            let _ = storage.remove(&tmp);
-            return Err(e);
-        }
+        // On failure the temporary file stays; the next creation or open removes it.
+        done?;
         let map = if map { file.map()? } else { None };
         Ok(Segment { base, len, path, file, map })
     }
@@ -211,6 +211,7 @@ impl Segment {
     }
 
     /// Reads `len` bytes at log position `lsn` into a new buffer.
+    #[track_caller]
     pub(crate) fn read(&self, lsn: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         self.file.read_at(&mut buf, lsn - self.base)?;
@@ -218,10 +219,12 @@ impl Segment {
     }
 
     /// Writes `bytes` at log position `lsn`.
+    #[track_caller]
     pub(crate) fn write(&self, lsn: u64, bytes: &[u8]) -> io::Result<()> {
         self.file.write_at(bytes, lsn - self.base)
     }
 
+    #[track_caller]
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }

@@ -150,11 +150,16 @@ impl Core {
             let end = g.wal.next_lsn;
             shared.wait_durable(&mut g, end)?;
         }
-        let bg_shared = Arc::clone(&shared);
-        let bg = std::thread::Builder::new()
-            .name("wharf-background".into())
-            .spawn(move || commit::background(&bg_shared))?;
-        Ok(Core { shared, bg: Mutex::new(Some(bg)), lock: Mutex::new(Some(lock)) })
+        let bg = if shared.opts.background {
+            let bg_shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name("wharf-background".into())
+                .spawn(move || commit::background(&bg_shared))?;
+            Some(thread)
+        } else {
+            None
+        };
+        Ok(Core { shared, bg: Mutex::new(bg), lock: Mutex::new(Some(lock)) })
     }
 
     /// Flushes and syncs everything staged, stops the background thread, refuses every later
@@ -188,6 +193,29 @@ impl Core {
         // (which now fail with `Closed`) are still around.
         self.lock.lock().take();
         result.and(joined)
+    }
+}
+
+impl Shared {
+    /// Does at once, on the calling thread, what the background thread does over time: makes
+    /// a spare segment, writes and syncs whatever is staged, and deletes settled segments. For
+    /// deterministic tests on the simulated disk, where the background thread is off.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn maintain(&self) -> Result<()> {
+        if self.state.lock().wal.log.spares.is_empty() {
+            self.create_spare(1)?;
+        }
+        let mut g = self.state.lock();
+        g.check()?;
+        self.flush_now(&mut g, true)?;
+        let durable = g.wal.durable;
+        let dead = g.wal.log.take_deletable(durable);
+        drop(g);
+        for seg in &dead {
+            self.storage.remove(&seg.path)?;
+            self.storage.sync_dir(&self.log_dir)?;
+        }
+        Ok(())
     }
 }
 

@@ -7,6 +7,8 @@
 pub(crate) mod faulty;
 mod mmap;
 mod real;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod sim;
 
 use std::any::Any;
 use std::io;
@@ -26,35 +28,47 @@ pub(crate) type LockGuard = Box<dyn Any + Send + Sync>;
 /// The directory-level operations.
 pub(crate) trait Storage: Send + Sync + 'static {
     /// Creates `dir` and its parents if missing.
+    #[track_caller]
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names of the entries in `dir`.
+    #[track_caller]
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens an existing file for reading and writing, or creates a new one (`create`: fail if
     /// it exists).
+    #[track_caller]
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
     /// Renames `from` to `to`, replacing `to`.
+    #[track_caller]
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
+    #[track_caller]
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` (creations, renames, removals) durable.
+    #[track_caller]
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on the file at `path` (created if missing). `Ok(None)` when some
     /// other handle holds it.
+    #[track_caller]
     fn lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
 }
 
 /// One open file.
 pub(crate) trait StorageFile: Send + Sync {
     /// The file's length in bytes.
+    #[track_caller]
     fn len(&self) -> io::Result<u64>;
     /// Fills `buf` from `offset`; fails if the file ends first.
+    #[track_caller]
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`.
+    #[track_caller]
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// `fdatasync`: makes the written bytes (and the size) durable.
+    #[track_caller]
     fn sync_data(&self) -> io::Result<()>;
     /// Reserves disk space for `[0, len)` and sets the length to `len`; fails with
     /// `StorageFull` when the disk has no room.
+    #[track_caller]
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// A read-only view of the whole file, or `None` where this storage cannot map.
     fn map(&self) -> io::Result<Option<MapView>>;
