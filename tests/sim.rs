@@ -424,7 +424,9 @@ fn run(builder: &WharfBuilder, f: Scenario, sim: &SimFs, crash_at: Option<u64>) 
 /// Opens `image`, checks the invariants, and returns how many disk operations that took.
 fn recover_and_check(builder: &WharfBuilder, image: &SimFs, msgs: &[Msg], what: &str) -> u64 {
     let before = image.ops();
-    let w = testing::open(builder.clone(), image, Path::new(DIR))
+    // Leases must outlast the check, however slow the build (leases are not persisted).
+    let builder = builder.clone().visibility_timeout(Duration::from_secs(3600));
+    let w = testing::open(builder, image, Path::new(DIR))
         .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
     check(&w, msgs, what);
     drop(w);
