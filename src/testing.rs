@@ -26,3 +26,29 @@ pub fn open(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<Wharf> {
 pub fn maintain(wharf: &Wharf) -> Result<()> {
     wharf.shared().maintain()
 }
+
+/// Decodes the record at the start of `bytes`, which sits at log position `lsn`: its length,
+/// or why it is not a valid record. Never panics (the decoder fuzz target checks it).
+///
+/// # Errors
+/// A short reason when the bytes are not a valid record.
+pub fn decode_record(bytes: &[u8], lsn: u64) -> std::result::Result<usize, &'static str> {
+    crate::record::decode(bytes, lsn).map(|r| r.len).map_err(crate::record::DecodeError::describe)
+}
+
+/// Encodes a push record at `lsn` (for seed corpora and round-trip checks).
+pub fn encode_push(lsn: u64, queue: u32, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::record::encode(&mut out, lsn, lsn, &crate::record::Body::Push { queue, id, payload });
+    out
+}
+
+/// The 64-byte header of a segment of `len` bytes at log position `base` of store `store_id`.
+pub fn segment_header(store_id: u128, base: u64, len: u64) -> Vec<u8> {
+    crate::segment::Header { store_id, base, len }.encode().to_vec()
+}
+
+/// The file name of the segment at log position `base` (`<base:020>.seg`).
+pub fn segment_file_name(base: u64) -> String {
+    crate::segment::file_name(base)
+}

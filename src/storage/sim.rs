@@ -378,6 +378,24 @@ impl SimFs {
         Ok(())
     }
 
+    /// Creates (or replaces) a file with these bytes, durably, creating its directory too:
+    /// for tests that build a directory by hand.
+    pub fn create_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let (dir, name) = split(path)?;
+        let mut s = self.sim.lock();
+        let mut p = PathBuf::new();
+        for c in dir.components() {
+            p.push(c);
+            s.dirs.entry(p.clone()).or_default();
+        }
+        let ino = s.inodes.len();
+        s.inodes.push(Inode { data: bytes.to_vec(), durable: bytes.to_vec(), ..Inode::default() });
+        let d = s.dir_mut(&dir)?;
+        d.visible.insert(name.clone(), ino);
+        d.durable.insert(name, ino);
+        Ok(())
+    }
+
     /// The names in a directory.
     pub fn names(&self, dir: &Path) -> Vec<String> {
         self.sim
