@@ -1,0 +1,7 @@
+//! Tests on the simulated disk (feature `testing`): deterministic crash-point enumeration,
+//! fault sweeps with call-site coverage, and a model-based test of random operations.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+mod crash_points;
+mod model;
+mod oracle;

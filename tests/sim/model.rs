@@ -1,0 +1,197 @@
+//! Model-based test: random sequences of operations, crashes and reopens, on the simulated
+//! disk (and a smaller run on the real file system), checked against a model after every step.
+//! Without a crash the store must match the model exactly (FIFO head, acked gone); after a
+//! crash it must be in an allowed state, and the model collapses to what was observed.
+//!
+//! `PROPTEST_CASES` sets the number of cases (the long tier uses 100000).
+
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use wharf::testing::{CrashPolicy, SimFs};
+use wharf::{Durability, Wharf};
+
+use crate::oracle::{check, observe, Ctx, St};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Push {
+        queue: u8,
+        len: u16,
+        durable: bool,
+    },
+    Batch {
+        queue: u8,
+        n: u8,
+    },
+    Pop {
+        queue: u8,
+    },
+    Ack {
+        durable: bool,
+    },
+    Nack,
+    Drop,
+    Sync,
+    Maintain,
+    Reopen,
+    /// Power loss after `after` more disk operations (those of closing, say), under `policy`.
+    Crash {
+        after: u8,
+        policy: u8,
+        seed: u64,
+    },
+}
+
+fn op(crashes: bool) -> impl Strategy<Value = Op> {
+    let queue = 0u8..3;
+    let mut ops = vec![
+        (
+            6,
+            (queue.clone(), prop_oneof![0u16..64, 0u16..3000], any::<bool>())
+                .prop_map(|(queue, len, durable)| Op::Push { queue, len, durable })
+                .boxed(),
+        ),
+        (1, (queue.clone(), 1u8..6).prop_map(|(queue, n)| Op::Batch { queue, n }).boxed()),
+        (5, queue.prop_map(|queue| Op::Pop { queue }).boxed()),
+        (3, any::<bool>().prop_map(|durable| Op::Ack { durable }).boxed()),
+        (1, Just(Op::Nack).boxed()),
+        (1, Just(Op::Drop).boxed()),
+        (1, Just(Op::Sync).boxed()),
+        (1, Just(Op::Maintain).boxed()),
+        (1, Just(Op::Reopen).boxed()),
+    ];
+    if crashes {
+        ops.push((
+            1,
+            (0u8..8, 0u8..5, any::<u64>())
+                .prop_map(|(after, policy, seed)| Op::Crash { after, policy, seed })
+                .boxed(),
+        ));
+    }
+    proptest::strategy::Union::new_weighted(ops)
+}
+
+const QUEUES: [&str; 3] = ["a", "b", "c"];
+
+/// The message the model says a pop of `queue` must return: the oldest ready one.
+fn expected_head(c: &Ctx, queue: &str) -> Option<usize> {
+    c.msgs
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| {
+            m.queue == queue
+                && matches!(m.push, St::Volatile | St::Durable)
+                && m.ack == St::No
+                && !c.held.iter().any(|(h, _)| h == i)
+        })
+        .min_by_key(|(_, m)| m.id)
+        .map(|(i, _)| i)
+}
+
+/// After a crash: the model becomes what the recovered store holds.
+fn collapse(c: &mut Ctx) {
+    let seen = observe(c.wharf.as_ref().unwrap());
+    for m in &mut c.msgs {
+        let found = seen.get(&m.queue).and_then(|l| l.iter().find(|(_, p)| *p == m.payload));
+        match found {
+            Some((id, _)) => {
+                m.id = Some(*id);
+                m.push = St::Durable;
+                m.ack = St::No;
+            }
+            None => {
+                // Acked, or lost with the tail: gone for good either way.
+                m.push = St::Durable;
+                m.ack = St::Durable;
+            }
+        }
+    }
+}
+
+fn apply(c: &mut Ctx, op: &Op) {
+    let d = |durable: bool| if durable { Durability::Immediate } else { Durability::None };
+    match *op {
+        Op::Push { queue, len, durable } => {
+            c.push(QUEUES[queue as usize], len as usize, d(durable)).unwrap();
+        }
+        Op::Batch { queue, n } => c.push_batch(QUEUES[queue as usize], n as usize).unwrap(),
+        Op::Pop { queue } => {
+            let q = QUEUES[queue as usize];
+            let want = expected_head(c, q);
+            let before = c.held.len();
+            c.pop(q).unwrap();
+            let got = (c.held.len() > before).then(|| c.held[before].0);
+            assert_eq!(got, want, "pop of {q} returned message {got:?}, the model says {want:?}");
+        }
+        Op::Ack { durable } => c.ack(d(durable)).unwrap(),
+        Op::Nack => c.nack().unwrap(),
+        Op::Drop => {
+            if !c.held.is_empty() {
+                c.held.remove(0);
+            }
+        }
+        Op::Sync => c.sync().unwrap(),
+        Op::Maintain => {
+            if c.real.is_none() {
+                c.maintain().unwrap();
+            }
+        }
+        Op::Reopen => {
+            c.close().unwrap();
+            c.open().unwrap();
+        }
+        Op::Crash { after, policy, seed } => {
+            let policy = match policy {
+                0 => CrashPolicy::KeepAll,
+                1 => CrashPolicy::DropAllUnsynced,
+                2 => CrashPolicy::DropUnsyncedDirOps,
+                3 => CrashPolicy::GrowWithGarbage,
+                _ => CrashPolicy::RandomSubset,
+            };
+            c.sim.crash_at(c.sim.ops() + u64::from(after) + 1);
+            c.held.clear();
+            c.wharf = None; // closing runs into the crash
+            c.sim = c.sim.crash_image(policy, seed);
+            c.open().unwrap_or_else(|e| panic!("open after {op:?} failed: {e}"));
+            check(c.wharf.as_ref().unwrap(), &c.msgs, &format!("after {op:?}"));
+            collapse(c);
+        }
+    }
+}
+
+fn run(ops: &[Op], real: Option<&Path>) {
+    let builder =
+        Wharf::builder().segment_bytes(64 << 10).visibility_timeout(Duration::from_secs(3600));
+    let mut c = Ctx::new(SimFs::new(), builder);
+    c.real = real.map(Path::to_path_buf);
+    c.open().unwrap();
+    for op in ops {
+        apply(&mut c, op);
+    }
+    // The end state survives a clean reopen as the model says.
+    c.close().unwrap();
+    c.open().unwrap();
+    check(c.wharf.as_ref().unwrap(), &c.msgs, "final reopen");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_and_crashes_on_the_simulated_disk_match_the_model(ops in vec(op(true), 1..100)) {
+        run(&ops, None);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_on_the_real_file_system_match_the_model(ops in vec(op(false), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        run(&ops, Some(dir.path()));
+    }
+}
