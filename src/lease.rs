@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::options::Durability;
@@ -134,7 +134,7 @@ impl Delivery {
         g.check()?;
         let q = &mut g.queues[self.queue as usize];
         q.index
-            .extend(self.id, self.attempt, Instant::now(), by)
+            .extend(self.id, self.attempt, self.core.shared.opts.clock.now(), by)
             .map_err(|_| Error::LeaseExpired)?;
         Ok(())
     }
@@ -149,7 +149,7 @@ impl Delivery {
             Settle::Nack => Body::Nack { queue: self.queue, id: self.id },
         };
         shared.ensure_room(&mut g, &[body.encoded_len()])?;
-        let now = Instant::now();
+        let now = shared.opts.clock.now();
         let q = self.queue as usize;
         match how {
             Settle::Ack => {

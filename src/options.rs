@@ -1,7 +1,7 @@
 //! Options of a store: plain data and the builder that opens a store with them.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::record::{PUSH_OVERHEAD, SEAL_LEN};
@@ -40,6 +40,38 @@ pub enum ReadMode {
     Pread,
 }
 
+/// Where lease deadlines read the time: the monotonic clock, or a test's hand-moved one.
+#[derive(Clone, Default)]
+pub(crate) enum Clock {
+    #[default]
+    Real,
+    /// `base` plus the nanoseconds in the counter, moved only by the test.
+    #[cfg(feature = "testing")]
+    Manual { base: Instant, offset: std::sync::Arc<std::sync::atomic::AtomicU64> },
+}
+
+impl Clock {
+    pub(crate) fn now(&self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            #[cfg(feature = "testing")]
+            Clock::Manual { base, offset } => {
+                *base + Duration::from_nanos(offset.load(std::sync::atomic::Ordering::SeqCst))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Clock::Real => f.write_str("Real"),
+            #[cfg(feature = "testing")]
+            Clock::Manual { .. } => f.write_str("Manual"),
+        }
+    }
+}
+
 /// The options a store is opened with; see [`WharfBuilder`] for each one and its default.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -53,6 +85,8 @@ pub(crate) struct Options {
     /// Run the background thread (tests on the simulated disk turn it off and call
     /// `Shared::maintain` instead, so that every run issues the same operations).
     pub background: bool,
+    /// The clock of lease deadlines.
+    pub clock: Clock,
 }
 
 /// Default size of a log segment file: 64 MiB.
@@ -73,6 +107,7 @@ impl Default for Options {
             visibility_timeout: Duration::from_secs(30),
             read_mode: ReadMode::Map,
             background: true,
+            clock: Clock::Real,
         }
     }
 }
@@ -111,7 +146,7 @@ impl Options {
 /// Opens a [`Wharf`] with options other than the defaults.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use wharf::{Durability, Wharf};
 /// # let dir = tempfile::tempdir()?;
 /// let wharf = Wharf::builder()
@@ -168,6 +203,13 @@ impl WharfBuilder {
     /// How payloads are read (default [`ReadMode::Map`]).
     pub fn read_mode(mut self, mode: ReadMode) -> Self {
         self.opts.read_mode = mode;
+        self
+    }
+
+    /// Lease deadlines read this clock (tests move it by hand).
+    #[cfg(feature = "testing")]
+    pub(crate) fn clock(mut self, clock: Clock) -> Self {
+        self.opts.clock = clock;
         self
     }
 

@@ -378,7 +378,7 @@ impl Queue {
     /// and comes back after the visibility timeout); [`Error::Closed`]; [`Error::Poisoned`];
     /// [`Error::NoSpace`]; [`Error::Io`].
     pub fn try_pop(&self) -> Result<Option<Delivery>> {
-        self.pop_one_until(Some(Instant::now()))
+        self.pop_one_until(Some(self.core.shared.opts.clock.now()))
     }
 
     /// Pops the oldest ready message, waiting as long as it takes. The wait is woken by a
@@ -395,7 +395,7 @@ impl Queue {
     /// # Errors
     /// As [`Queue::try_pop`].
     pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
-        self.pop_one_until(Some(Instant::now() + timeout))
+        self.pop_one_until(Some(self.core.shared.opts.clock.now() + timeout))
     }
 
     /// Pops up to `max` messages: waits at most `timeout` for the first, then takes whatever
@@ -407,7 +407,7 @@ impl Queue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.pop_many_until(Some(Instant::now() + timeout), max)
+        self.pop_many_until(Some(self.core.shared.opts.clock.now() + timeout), max)
     }
 
     /// How many messages are ready and in flight.
@@ -420,7 +420,7 @@ impl Queue {
             return Err(Error::Closed);
         }
         let q = &mut g.queues[self.id as usize].index;
-        q.expire(Instant::now());
+        q.expire(self.core.shared.opts.clock.now());
         Ok(Depth { ready: q.ready_len(), in_flight: q.leased_len() })
     }
 
@@ -433,7 +433,7 @@ impl Queue {
     ) -> Result<Option<Instant>> {
         loop {
             g.check()?;
-            let now = Instant::now();
+            let now = self.core.shared.opts.clock.now();
             let index = &mut g.queues[self.id as usize].index;
             index.expire(now);
             if index.ready_len() > 0 {

@@ -37,6 +37,8 @@ pub struct Msg {
 /// The oracle's record of a run, and the live handles.
 pub struct Ctx {
     pub sim: SimFs,
+    /// The clock of lease deadlines, moved by the scenario.
+    pub clock: testing::ManualClock,
     /// A real directory instead of the simulated disk.
     pub real: Option<std::path::PathBuf>,
     pub builder: WharfBuilder,
@@ -53,6 +55,7 @@ impl Ctx {
     pub fn new(sim: SimFs, builder: WharfBuilder) -> Ctx {
         Ctx {
             sim,
+            clock: testing::ManualClock::new(),
             real: None,
             builder,
             wharf: None,
@@ -67,7 +70,9 @@ impl Ctx {
         self.wharf = None;
         self.wharf = Some(match &self.real {
             Some(dir) => self.builder.clone().open(dir)?,
-            None => testing::open(self.builder.clone(), &self.sim, Path::new(DIR))?,
+            None => {
+                testing::open(self.clock.apply(self.builder.clone()), &self.sim, Path::new(DIR))?
+            }
         });
         Ok(())
     }
