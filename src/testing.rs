@@ -86,3 +86,35 @@ pub fn segment_header(store_id: u128, base: u64, len: u64) -> Vec<u8> {
 pub fn segment_file_name(base: u64) -> String {
     crate::segment::file_name(base)
 }
+
+/// A redb database in a file of the simulated disk, so that tests crash redb and the log in
+/// one order. A missing file is created the way the state database must be: initialised under
+/// a temporary name, synced, renamed into place and the directory synced (redb's own creation
+/// is not atomic: a crash during it leaves a file redb refuses).
+///
+/// # Errors
+/// The file cannot be opened or created, or redb refuses it.
+pub fn redb_on_sim(sim: &SimFs, path: &Path) -> std::result::Result<redb::Database, String> {
+    use crate::storage::redb_backend::RedbBackend;
+    use crate::storage::Storage;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let file = match sim.open(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            let tmp = path.with_extension("redb.tmp");
+            sim.create_dir_all(dir).map_err(|e| err(&e))?;
+            let _ = sim.remove(&tmp);
+            let file = sim.open(&tmp, true).map_err(|e| err(&e))?;
+            let db = redb::Database::builder()
+                .create_with_backend(RedbBackend::new(file))
+                .map_err(|e| err(&e))?;
+            drop(db);
+            sim.rename(&tmp, path).map_err(|e| err(&e))?;
+            sim.sync_dir(dir).map_err(|e| err(&e))?;
+            sim.open(path, false).map_err(|e| err(&e))?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    redb::Database::builder().create_with_backend(RedbBackend::new(file)).map_err(|e| err(&e))
+}

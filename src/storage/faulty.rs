@@ -76,6 +76,9 @@ impl StorageFile for FaultyFile {
         fail(&self.faults.allocate, io::ErrorKind::StorageFull)?;
         self.inner.allocate(len)
     }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
     fn map(&self) -> io::Result<Option<MapView>> {
         self.inner.map()
     }

@@ -8,6 +8,8 @@ pub(crate) mod faulty;
 mod mmap;
 mod real;
 #[cfg(any(test, feature = "testing"))]
+pub(crate) mod redb_backend;
+#[cfg(any(test, feature = "testing"))]
 pub(crate) mod sim;
 
 use std::any::Any;
@@ -70,6 +72,9 @@ pub(crate) trait StorageFile: Send + Sync {
     /// `StorageFull` when the disk has no room.
     #[track_caller]
     fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Sets the length to `len`, cutting or extending with zeros (redb's files grow and shrink).
+    #[track_caller]
+    fn set_len(&self, len: u64) -> io::Result<()>;
     /// A read-only view of the whole file, or `None` where this storage cannot map.
     fn map(&self) -> io::Result<Option<MapView>>;
 }

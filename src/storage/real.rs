@@ -84,6 +84,10 @@ impl StorageFile for RealFile {
         }
     }
 
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
     fn map(&self) -> io::Result<Option<MapView>> {
         if self.len()? == 0 {
             return Ok(None);

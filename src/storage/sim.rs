@@ -51,11 +51,13 @@ pub enum OpKind {
     Sync,
     /// `allocate`
     Allocate,
+    /// `set_len`
+    SetLen,
 }
 
 impl OpKind {
     /// Every kind.
-    pub const ALL: [OpKind; 13] = [
+    pub const ALL: [OpKind; 14] = [
         OpKind::Mkdir,
         OpKind::List,
         OpKind::Open,
@@ -69,6 +71,7 @@ impl OpKind {
         OpKind::Write,
         OpKind::Sync,
         OpKind::Allocate,
+        OpKind::SetLen,
     ];
 }
 
@@ -82,8 +85,9 @@ pub enum CrashPolicy {
     /// File contents survive, directory changes not covered by a directory sync do not.
     DropUnsyncedDirOps,
     /// Each unsynced write independently survives, vanishes, is torn at a sector boundary or
-    /// has its sectors replaced by garbage; each unsynced directory entry change survives or
-    /// not. Later writes may survive where earlier ones did not.
+    /// has some sectors replaced by garbage (where the disk held only zeros) or left as they
+    /// were; each unsynced directory entry change survives or not. Later writes may survive
+    /// where earlier ones did not.
     RandomSubset,
     /// Size changes survive but unsynced data does not: files grow with garbage.
     GrowWithGarbage,
@@ -428,12 +432,22 @@ fn random_subset(ino: &Inode, rng: &mut Rng) -> Vec<u8> {
                         data.truncate(keep.min(data.len()));
                     }
                     2 => {
-                        // Some sectors hold garbage.
-                        for chunk in data.chunks_mut(SECTOR) {
-                            if rng.below(3) == 0 {
-                                for b in chunk {
+                        // Some sectors hold garbage where nothing was ever written (all zeros
+                        // on disk); a sector that held data keeps its old bytes or gets the new
+                        // ones, never garbage (powersafe overwrite, as SQLite assumes).
+                        for (k, chunk) in data.chunks_mut(SECTOR).enumerate() {
+                            if rng.below(3) != 0 {
+                                continue;
+                            }
+                            let at = off + k * SECTOR;
+                            let old = d.get(at..(at + chunk.len()).min(d.len())).unwrap_or(&[]);
+                            if old.iter().all(|&b| b == 0) {
+                                for b in chunk.iter_mut() {
                                     *b = rng.next_u64() as u8;
                                 }
+                            } else {
+                                let n = old.len();
+                                chunk[..n].copy_from_slice(old);
                             }
                         }
                     }
@@ -642,6 +656,17 @@ impl StorageFile for SimFile {
             ino.data.resize(len, 0);
             ino.pending.push(Pending::SetLen(len));
         }
+        Ok(())
+    }
+
+    #[track_caller]
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut s = self.sim.lock();
+        s.op(OpKind::SetLen, Location::caller())?;
+        let len = usize::try_from(len).map_err(|_| eio("length"))?;
+        let ino = s.inode(self.ino)?;
+        ino.data.resize(len, 0);
+        ino.pending.push(Pending::SetLen(len));
         Ok(())
     }
 

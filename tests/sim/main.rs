@@ -5,3 +5,4 @@
 mod crash_points;
 mod model;
 mod oracle;
+mod redb_crash;
