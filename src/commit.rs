@@ -510,19 +510,8 @@ pub(crate) fn background(shared: &Shared) {
                 g.wal.log.segments.first_key_value().is_some_and(|(_, s)| s.live == 0);
             g.wal.maybe_delete = oldest_empty && g.wal.log.segments.len() > 1;
             if !dead.is_empty() {
-                let removed = MutexGuard::unlocked(&mut g, || -> std::io::Result<()> {
-                    // One at a time, each made durable, so a crash never leaves a gap.
-                    for seg in &dead {
-                        shared.storage.remove(&seg.path)?;
-                        failpoint::hit("segment-removed-before-dir-sync");
-                        shared.storage.sync_dir(&shared.log_dir)?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = removed {
-                    g.wal.poisoned = Some(format!("deleting a settled segment failed: {e}"));
-                    shared.durable_cv.notify_all();
-                }
+                // A failure poisons the store and is reported to every later call.
+                let _ = shared.delete_segments(&mut g, &dead);
                 // The next oldest may be deletable now, or after one more sync: look again.
                 checked_delete_at = None;
                 continue;

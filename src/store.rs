@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::commit::{self, Wal, MAX_EPOCH};
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::index::QueueIndex;
 use crate::log::first_record;
 use crate::options::{Options, ReadMode};
@@ -210,10 +211,30 @@ impl Shared {
         self.flush_now(&mut g, true)?;
         let durable = g.wal.durable;
         let dead = g.wal.log.take_deletable(durable);
-        drop(g);
-        for seg in &dead {
-            self.storage.remove(&seg.path)?;
-            self.storage.sync_dir(&self.log_dir)?;
+        self.delete_segments(&mut g, &dead)
+    }
+
+    /// Deletes the files of settled segments (already taken out of the log), oldest first,
+    /// each removal made durable before the next, so that a crash never leaves a gap. A
+    /// failure poisons the store.
+    pub(crate) fn delete_segments(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        dead: &[Arc<Segment>],
+    ) -> Result<()> {
+        let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
+            for seg in dead {
+                self.storage.remove(&seg.path)?;
+                failpoint::hit("segment-removed-before-dir-sync");
+                self.storage.sync_dir(&self.log_dir)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = removed {
+            let why = format!("deleting a settled segment failed: {e}");
+            g.wal.poisoned = Some(why.clone());
+            self.durable_cv.notify_all();
+            return Err(Error::Poisoned(why));
         }
         Ok(())
     }
