@@ -26,11 +26,13 @@ const CHILD_ENV: &str = "WHARF_CRASH_CHILD";
 const GEN_ENV: &str = "WHARF_CRASH_GEN";
 const CHILD_SEED_ENV: &str = "WHARF_CRASH_CHILD_SEED";
 const RUN_MS_ENV: &str = "WHARF_CRASH_RUN_MS";
+const CONSUMERS_ENV: &str = "WHARF_CRASH_CONSUMERS";
 const FAILPOINT_ENV: &str = "WHARF_FAILPOINT";
 const QUEUES: [&str; 2] = ["q0", "q1"];
 const PUSHERS: u64 = 3;
 const CONSUMERS: u64 = 4;
 const SEQ_BITS: u32 = 40;
+#[cfg(feature = "failpoints")]
 const SIGABRT: i32 = 6;
 const SIGKILL: i32 = 9;
 /// More pending messages than this, and the parent acks the oldest down to `PENDING_LOW`.
@@ -170,7 +172,7 @@ mod child {
                 let (queues, blocks) = (&queues, &blocks);
                 sc.spawn(move || pusher(g, seed ^ (t + 1) << 48, queues, blocks, deadline));
             }
-            for t in 0..CONSUMERS {
+            for t in 0..env_u64(CONSUMERS_ENV, CONSUMERS) {
                 let q = &queues[t as usize % QUEUES.len()];
                 let qi = t as usize % QUEUES.len();
                 sc.spawn(move || consumer(seed ^ (t + 17) << 48, q, qi, deadline));
@@ -276,10 +278,13 @@ impl Journal {
         j
     }
 
-    /// Whether a push or an ack was between its `BEGIN` and its `Ok`: inside a group commit.
-    fn in_commit(&self) -> bool {
-        self.begun_push.iter().any(|k| !self.pushed.contains_key(k))
-            || self.begun_ack.keys().any(|id| !self.acked.contains_key(id))
+    /// Whether a push, and whether an ack, was between its `BEGIN` and its `Ok`: inside a
+    /// group commit.
+    fn in_commit(&self) -> (bool, bool) {
+        (
+            self.begun_push.iter().any(|k| !self.pushed.contains_key(k)),
+            self.begun_ack.keys().any(|id| !self.acked.contains_key(id)),
+        )
     }
 }
 
@@ -409,14 +414,18 @@ impl Model {
                 return Err(format!("I1: id {id:#x} (push {k:?}) is durable, not acked, and lost"));
             }
         }
-        // I4, no holes: ids of one open are dense and the log is durable as a prefix, so the ids
-        // of the child's epoch that survived (or were acked) are exactly 1..=max.
+        // I4, no holes: ids of one open are dense and the log is durable as a prefix, so below
+        // the newest id known durable (found, pushed, or durably acked) every id of the child's
+        // epoch survived or was acked. (A message whose push was not yet durable may have been
+        // popped and begun to be acked: that proves nothing.)
         let epochs: BTreeSet<u64> = new.iter().map(|&id| epoch(id)).collect();
         if epochs.len() > 1 {
             return Err(format!("I5: one open handed out ids of epochs {epochs:?}"));
         }
         if let Some(&e) = epochs.first() {
-            let max = new.iter().map(|&id| id & ((1 << SEQ_BITS) - 1)).max().unwrap_or(0);
+            let durable = found.keys().chain(j.pushed.values()).chain(j.acked.keys());
+            let of_e = durable.filter(|&&id| epoch(id) == e);
+            let max = of_e.map(|&id| id & ((1 << SEQ_BITS) - 1)).max().unwrap_or(0);
             for seq in 1..=max {
                 let id = e << SEQ_BITS | seq;
                 if !found.contains_key(&id)
@@ -455,6 +464,7 @@ impl Model {
 /// A finished child: how it ended, its stdout lines and its stderr.
 struct Outcome {
     status: ExitStatus,
+    lines: Vec<String>,
     journal: Journal,
     stderr: String,
 }
@@ -520,7 +530,7 @@ fn run_child(
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     let stderr = err_reader.join().unwrap();
-    Outcome { status, journal: Journal::parse(&lines), stderr }
+    Outcome { status, journal: Journal::parse(&lines), lines, stderr }
 }
 
 mod parent {
@@ -542,6 +552,10 @@ mod parent {
             eprintln!("crash: VIOLATION in {what} (seed {}): {why}", self.seed);
             if let Some(o) = out {
                 eprintln!("crash: the child ended with {:?}; its stderr:\n{}", o.status, o.stderr);
+                let journal = self.dir.join("crash-journal.txt");
+                if std::fs::write(&journal, o.lines.join("\n") + "\n").is_ok() {
+                    eprintln!("crash: the child's journal is in {}", journal.display());
+                }
             }
             eprintln!(
                 "crash: directory kept at {}; replay with WHARF_CRASH_SEED={}",
@@ -582,26 +596,36 @@ mod parent {
         println!("crash: seed {seed} (replay with WHARF_CRASH_SEED={seed}), {cycles} cycles");
         let mut run = Run { seed, dir, temp, model: Model::default(), rng: Rng::new(seed) };
 
-        let mut in_commit = 0u64;
+        let (mut in_commit, mut push_in_flight, mut ack_in_flight) = (0u64, 0u64, 0u64);
         for cycle in 0..cycles {
             let delay = Duration::from_micros(run.rng.below(100_001));
             let child_seed = run.rng.next();
             let out = run_child(&run.dir.clone(), cycle, child_seed, Some(delay), &[]);
             let what = format!("cycle {cycle}");
+            if let Some(p) = out.journal.problems.first() {
+                run.fail(&what, &format!("the child reported: {p}"), Some(&out));
+            }
             if !out.journal.ready || out.status.signal() != Some(SIGKILL) {
                 let why = "the child did not reach READY or ended before the kill".to_owned();
                 run.fail(&what, &why, Some(&out));
             }
-            in_commit += u64::from(out.journal.in_commit());
+            let (push, ack) = out.journal.in_commit();
+            in_commit += u64::from(push || ack);
+            push_in_flight += u64::from(push);
+            ack_in_flight += u64::from(ack);
             run.check(&what, &out);
+            if (cycle + 1) % 1000 == 0 && cycle + 1 < cycles {
+                println!("crash: {} cycles in {:.0} s", cycle + 1, started.elapsed().as_secs_f64());
+            }
         }
         let m = &run.model;
+        let share = in_commit as f64 / cycles.max(1) as f64;
         println!(
             "crash: {cycles} kill -9 cycles in {:.1} s: {in_commit} kills inside a group commit \
-             ({:.0}%); {} torn tails cut ({} bytes); {} messages seen, {} pending, {} acked \
-             ({} by the parent)",
+             ({:.0}%; a push in flight {push_in_flight}, an ack {ack_in_flight}); {} torn tails \
+             cut ({} bytes); {} messages seen, {} pending, {} acked ({} by the parent)",
             started.elapsed().as_secs_f64(),
-            100.0 * in_commit as f64 / cycles.max(1) as f64,
+            100.0 * share,
             m.torn_tails,
             m.bytes_truncated,
             m.ids.len(),
@@ -609,6 +633,11 @@ mod parent {
             m.gone.len(),
             m.parent_acks,
         );
+        if cycles >= 50 && share < 0.3 {
+            let why =
+                format!("only {:.0}% of the kills landed inside a group commit", 100.0 * share);
+            run.fail("the kill loop", &why, None);
+        }
         #[cfg(feature = "failpoints")]
         failpoints::run(&mut run, cycles);
         println!("crash: passed in {:.1} s", started.elapsed().as_secs_f64());
@@ -625,7 +654,8 @@ mod parent {
             ("segment-created-before-dir-sync", &[1, 2, 5]),
             ("segment-removed-before-dir-sync", &[1, 2, 4]),
             ("recovery-after-zero-before-sync", &[1, 1, 1]),
-            // Replaced by 1 and the number of segments with records.
+            // Replaced by 1, 2 and the number of segments with records, after a run without
+            // consumers has filled several segments.
             ("recovery-replay", &[]),
         ];
 
@@ -682,17 +712,27 @@ mod parent {
         pub fn run(run: &mut Run, first_gen: u64) {
             let started = Instant::now();
             let mut gen = first_gen;
-            let mut hits: Vec<(&str, u64)> = Vec::new();
+            let mut hits: Vec<(&str, Vec<u64>)> = Vec::new();
             for (name, ns) in POINTS {
                 let ns: Vec<u64> = if ns.is_empty() {
+                    let what = format!("generation {gen}, pushes only");
+                    let env = [(CONSUMERS_ENV, "0".to_owned())];
+                    let delay = Some(Duration::from_millis(150));
+                    let out = run_child(&run.dir.clone(), gen, run.rng.next(), delay, &env);
+                    gen += 1;
+                    if out.status.signal() != Some(SIGKILL) {
+                        run.fail(&what, "the child ended before the kill", Some(&out));
+                    }
+                    run.check(&what, &out);
                     let with_records = segments(&run.dir).iter().filter(|(_, has)| *has).count();
-                    let mut v = vec![1, with_records as u64];
+                    let mut v = vec![1, 2, with_records as u64];
+                    v.retain(|&n| n <= with_records as u64);
                     v.dedup();
                     v
                 } else {
                     ns.to_vec()
                 };
-                let mut hit = 0;
+                let mut hit = Vec::new();
                 for n in ns {
                     let spec = format!("{name}:{n}");
                     let what = format!("fail point {spec} (generation {gen})");
@@ -710,12 +750,13 @@ mod parent {
                     if !reached {
                         run.fail(&what, "the child did not abort at the fail point", Some(&out));
                     }
-                    hit += 1;
+                    hit.push(n);
                     run.check(&what, &out);
                 }
                 hits.push((name, hit));
             }
-            let list: Vec<String> = hits.iter().map(|(n, h)| format!("{n} ×{h}")).collect();
+            let list: Vec<String> =
+                hits.iter().map(|(p, ns)| format!("{p} ×{} (n = {ns:?})", ns.len())).collect();
             println!(
                 "crash: fail points hit in {:.1} s: {}",
                 started.elapsed().as_secs_f64(),
