@@ -4,8 +4,10 @@
 mod api;
 mod concurrency;
 mod corruption;
+mod enospc;
 mod leases;
 mod recovery;
+mod sweeps;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
