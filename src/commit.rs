@@ -24,6 +24,20 @@ use crate::store::{Shared, State};
 pub(crate) const GROUP_BYTES: usize = 1 << 20;
 /// How soon bytes staged with `Durability::None` are handed to the OS.
 pub(crate) const WRITE_BEHIND: Duration = Duration::from_millis(5);
+/// Spare segments that only settlements (deliveries, acks, nacks) and the epoch record of an
+/// open may fill: when the disk is full, pushes fail with `NoSpace` while pops and acks go on,
+/// so a full store can still be drained and reopened.
+pub(crate) const RESERVE_SPARES: usize = 1;
+/// Spare segments the background thread keeps ready: one to roll into, plus the reserve.
+pub(crate) const READY_SPARES: usize = 1 + RESERVE_SPARES;
+
+/// Who asks for room in the log: pushes may not use the reserve, settlements may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Room {
+    Push,
+    Settle,
+}
+
 /// Bits of a message id that count messages within one epoch (one open of the store).
 pub(crate) const SEQ_BITS: u32 = 40;
 /// The largest epoch: an id is `epoch << SEQ_BITS | seq` and fits in a u64.
@@ -168,12 +182,17 @@ impl Wal {
         self.preamble_bytes = self.preamble().iter().map(Body::encoded_len).sum();
     }
 
-    /// Whether records of these lengths fit in the active segment and the spares.
-    pub(crate) fn fits(&self, lens: &[usize]) -> bool {
+    /// Whether records of these lengths fit in the active segment and the spares `room` may
+    /// use.
+    pub(crate) fn fits(&self, lens: &[usize], room: Room) -> bool {
         let active = &self.active;
         let pre = self.preamble_len() as u64;
         let (mut pos, mut end) = (self.next_lsn, active.end());
-        let mut spares = self.log.spares.iter();
+        let usable = match room {
+            Room::Push => self.log.spares.len().saturating_sub(RESERVE_SPARES),
+            Room::Settle => self.log.spares.len(),
+        };
+        let mut spares = self.log.spares.iter().take(usable);
         for &len in lens {
             let len = len as u64 + SEAL_LEN as u64;
             if pos + len > end {
@@ -289,10 +308,15 @@ impl Shared {
     /// Makes room for records of these lengths, creating spare segments as needed (the lock
     /// is released meanwhile). Fails with `NoSpace` when the disk has no room: nothing is
     /// staged then.
-    pub(crate) fn ensure_room(&self, g: &mut MutexGuard<'_, State>, lens: &[usize]) -> Result<()> {
+    pub(crate) fn ensure_room(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        lens: &[usize],
+        room: Room,
+    ) -> Result<()> {
         loop {
             g.check()?;
-            if g.wal.fits(lens) {
+            if g.wal.fits(lens, room) {
                 return Ok(());
             }
             let have = g.wal.log.spares.len();
@@ -486,8 +510,8 @@ pub(crate) fn background(shared: &Shared) {
             shared.bg_cv.wait(&mut g);
             continue;
         }
-        if g.wal.log.spares.is_empty() && retry_spare_at.is_none_or(|t| now >= t) {
-            let made = MutexGuard::unlocked(&mut g, || shared.create_spare(1));
+        if g.wal.log.spares.len() < READY_SPARES && retry_spare_at.is_none_or(|t| now >= t) {
+            let made = MutexGuard::unlocked(&mut g, || shared.create_spare(READY_SPARES));
             // A full disk is reported to pushes that need the segment; retry later.
             retry_spare_at = made.is_err().then(|| now + Duration::from_secs(1));
             continue;
@@ -533,7 +557,7 @@ pub(crate) fn background(shared: &Shared) {
                 continue;
             }
         }
-        let wake = match (due, retry_spare_at.filter(|_| g.wal.log.spares.is_empty())) {
+        let wake = match (due, retry_spare_at.filter(|_| g.wal.log.spares.len() < READY_SPARES)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

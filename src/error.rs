@@ -55,8 +55,9 @@ pub enum Error {
     LeaseExpired,
     /// The store was closed.
     Closed,
-    /// There is no space left on the device for a new segment; nothing was written and the
-    /// store stays usable once space is freed.
+    /// There is no space left on the device for a new segment: the push wrote nothing. Pops,
+    /// acks and nacks go on in a segment kept in reserve for them, so the store can be drained,
+    /// and pushes work again once settled segments are deleted.
     NoSpace,
     /// The directory was written by a newer version of wharf.
     UnsupportedVersion {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::commit::Room;
 use crate::error::{Error, Result};
 use crate::options::Durability;
 use crate::queue::MessageId;
@@ -148,7 +149,7 @@ impl Delivery {
             Settle::Ack => Body::Ack { queue: self.queue, id: self.id },
             Settle::Nack => Body::Nack { queue: self.queue, id: self.id },
         };
-        shared.ensure_room(&mut g, &[body.encoded_len()])?;
+        shared.ensure_room(&mut g, &[body.encoded_len()], Room::Settle)?;
         let now = shared.opts.clock.now();
         let q = self.queue as usize;
         match how {

@@ -164,8 +164,8 @@ pub struct WharfBuilder {
 
 impl WharfBuilder {
     /// Size of each preallocated log segment file (default 64 MiB, at least 64 KiB). A store
-    /// keeps one segment ready ahead of the active one, so an empty store takes two segments of
-    /// disk. Changing it between opens is allowed: it applies to new segments.
+    /// keeps one segment ready ahead of the active one and one in reserve for acks, so an empty
+    /// store takes three segments of disk. Changing it between opens is allowed: it applies to new segments.
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.opts.segment_bytes = bytes;
         self

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, MutexGuard};
 
-use crate::commit::Stats;
+use crate::commit::{Room, Stats};
 use crate::error::{Error, Result};
 use crate::index::Entry;
 use crate::lease::{Delivery, Payload};
@@ -162,7 +162,7 @@ impl Wharf {
                 shared.opts.segment_bytes
             )));
         }
-        shared.ensure_room(&mut g, &[len])?;
+        shared.ensure_room(&mut g, &[len], Room::Push)?;
         if let Some(&id) = g.names.get(name) {
             return Ok(self.handle(&g, id));
         }
@@ -296,7 +296,7 @@ impl Queue {
         let shared = &self.core.shared;
         let len = self.record_len(payload)?;
         let mut g = shared.state.lock();
-        shared.ensure_room(&mut g, &[len])?;
+        shared.ensure_room(&mut g, &[len], Room::Push)?;
         let id = self.stage_push(&mut g, payload)?;
         self.cv.notify_one();
         let end = g.wal.next_lsn;
@@ -339,7 +339,7 @@ impl Queue {
         let lens =
             payloads.iter().map(|p| self.record_len(p.as_ref())).collect::<Result<Vec<_>>>()?;
         let mut g = shared.state.lock();
-        shared.ensure_room(&mut g, &lens)?;
+        shared.ensure_room(&mut g, &lens, Room::Push)?;
         let mut ids = Vec::with_capacity(payloads.len());
         for p in &payloads {
             ids.push(MessageId(self.stage_push(&mut g, p.as_ref())?));
@@ -461,7 +461,7 @@ impl Queue {
         let mut g = shared.state.lock();
         let taken = loop {
             let Some(now) = self.wait_ready(&mut g, deadline)? else { return Ok(None) };
-            shared.ensure_room(&mut g, &[DELIVER_LEN])?;
+            shared.ensure_room(&mut g, &[DELIVER_LEN], Room::Settle)?;
             if let Some(t) = self.lease_one(&mut g, now)? {
                 break t;
             }
@@ -480,7 +480,7 @@ impl Queue {
         while taken.is_empty() {
             let Some(now) = self.wait_ready(&mut g, deadline)? else { return Ok(Vec::new()) };
             let n = max.min(g.queues[self.id as usize].index.ready_len());
-            shared.ensure_room(&mut g, &vec![DELIVER_LEN; n])?;
+            shared.ensure_room(&mut g, &vec![DELIVER_LEN; n], Room::Settle)?;
             while taken.len() < n {
                 match self.lease_one(&mut g, now)? {
                     Some(t) => taken.push(t),

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::commit::{self, Wal, MAX_EPOCH};
+use crate::commit::{self, Room, Wal, MAX_EPOCH, READY_SPARES};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::QueueIndex;
@@ -89,7 +89,7 @@ impl Core {
     /// Opens the store in `dir` on `storage`: lock, recover, start a new id epoch durably.
     pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, opts: Options) -> Result<Core> {
         storage.create_dir_all(dir)?;
-        let lock = storage.lock(&dir.join("LOCK"))?.ok_or_else(|| Error::Locked(dir.to_owned()))?;
+        let lock = take_lock(&*storage, dir)?;
         let log_dir = dir.join("log");
         storage.create_dir_all(&log_dir)?;
         storage.sync_dir(dir)?;
@@ -145,7 +145,7 @@ impl Core {
             if fresh {
                 g.wal.stage_preamble();
             } else {
-                shared.ensure_room(&mut g, &[Body::Epoch { epoch }.encoded_len()])?;
+                shared.ensure_room(&mut g, &[Body::Epoch { epoch }.encoded_len()], Room::Settle)?;
                 g.wal.append(&Body::Epoch { epoch }).ok_or(Error::NoSpace)?;
             }
             let end = g.wal.next_lsn;
@@ -203,8 +203,8 @@ impl Shared {
     /// deterministic tests on the simulated disk, where the background thread is off.
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn maintain(&self) -> Result<()> {
-        if self.state.lock().wal.log.spares.is_empty() {
-            self.create_spare(1)?;
+        while self.state.lock().wal.log.spares.len() < READY_SPARES {
+            self.create_spare(READY_SPARES)?;
         }
         let mut g = self.state.lock();
         g.check()?;
@@ -237,6 +237,22 @@ impl Shared {
             return Err(Error::Poisoned(why));
         }
         Ok(())
+    }
+}
+
+/// Takes the directory lock. A lock that a handle of this process just released can still be
+/// held for a moment by a child process forked meanwhile (it keeps the descriptor until it
+/// execs), so a busy lock is tried again for up to 50 ms before the open fails with `Locked`.
+fn take_lock(storage: &dyn Storage, dir: &Path) -> Result<LockGuard> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(50);
+    loop {
+        if let Some(guard) = storage.lock(&dir.join("LOCK"))? {
+            return Ok(guard);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Locked(dir.to_owned()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
