@@ -255,18 +255,20 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         let end = scan(&bytes, seg.base, |lsn, rec| replay.apply(seg, lsn, rec))?;
         let End::Open { at, why } = end else { continue };
         // The log ends here. Anything valid after it means the damage is not a torn tail.
-        let mut later_has_records = false;
+        let damaged = || corrupt(&seg.path, at - seg.base, why.describe());
         for later in segs.get(i + 1..).unwrap_or(&[]) {
-            later_has_records |= starts_with_record(later)?;
+            if starts_with_record(later)? {
+                return Err(damaged());
+            }
         }
         let from = usize::try_from(at - seg.base).unwrap_or(usize::MAX);
         // Past the last non-zero byte there can be no record, so the search for one stops there
         // (after a clean close or a process crash, right at `at`).
         let dirty = bytes.get(from..).and_then(last_nonzero);
-        let proven_durable =
-            dirty.and_then(|last| durable_record_after(&bytes, seg.base, at, from + last));
-        if later_has_records || proven_durable.is_some() {
-            return Err(corrupt(&seg.path, at - seg.base, why.describe()));
+        if dirty
+            .is_some_and(|last| durable_record_after(&bytes, seg.base, at, from + last).is_some())
+        {
+            return Err(damaged());
         }
         drop(bytes);
         if let Some(last) = dirty {
