@@ -598,17 +598,23 @@ impl StorageFile for SimFile {
     #[track_caller]
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut s = self.sim.lock();
-        s.op(OpKind::Write, Location::caller())?;
+        let result = s.op(OpKind::Write, Location::caller());
+        let crashed = s.crashed;
         let off = usize::try_from(offset).map_err(|_| eio("offset"))?;
+        // An injected write failure is a short write: the first half of the bytes land in the
+        // page cache (and may or may not reach the disk) before the error.
+        let buf = match result {
+            Ok(()) => buf,
+            Err(e) if crashed => return Err(e),
+            Err(e) => {
+                let half = buf.get(..buf.len() / 2).unwrap_or(&[]);
+                let ino = s.inode(self.ino)?;
+                apply_write(ino, off, half);
+                return Err(e);
+            }
+        };
         let ino = s.inode(self.ino)?;
-        let end = off + buf.len();
-        if ino.data.len() < end {
-            ino.data.resize(end, 0);
-        }
-        if let Some(dst) = ino.data.get_mut(off..end) {
-            dst.copy_from_slice(buf);
-        }
-        ino.pending.push(Pending::Write { off, data: buf.to_vec() });
+        apply_write(ino, off, buf);
         Ok(())
     }
 
@@ -673,4 +679,16 @@ impl StorageFile for SimFile {
     fn map(&self) -> io::Result<Option<MapView>> {
         Ok(None)
     }
+}
+
+/// Writes `buf` at `off` into the visible bytes and records it as pending.
+fn apply_write(ino: &mut Inode, off: usize, buf: &[u8]) {
+    let end = off + buf.len();
+    if ino.data.len() < end {
+        ino.data.resize(end, 0);
+    }
+    if let Some(dst) = ino.data.get_mut(off..end) {
+        dst.copy_from_slice(buf);
+    }
+    ino.pending.push(Pending::Write { off, data: buf.to_vec() });
 }
