@@ -484,6 +484,9 @@ impl Shared {
             Err(e) => {
                 let why = format!("log write or fdatasync failed: {e}");
                 wal.poisoned = Some(why.clone());
+                // What this process wrote past the durable end may sit in the page cache without
+                // ever reaching the disk: a reopen in this process must cut it, not trust it.
+                self.storage.set_suspect(&self.log_dir, Some(wal.durable));
                 for q in &g.queues {
                     q.cv.notify_all();
                 }

@@ -73,11 +73,16 @@ enum End {
 fn scan(
     bytes: &[u8],
     base: u64,
+    until: u64,
     mut apply: impl FnMut(u64, &record::Record<'_>) -> Result<()>,
 ) -> Result<End> {
     let mut off = HEADER_LEN as usize;
     loop {
         let lsn = base + off as u64;
+        if lsn >= until {
+            // Past what this process knows to be durable after a failed sync: cut as torn.
+            return Ok(End::Open { at: lsn, why: DecodeError::Zero });
+        }
         let rest = bytes.get(off..).unwrap_or(&[]);
         match record::decode(rest, lsn) {
             Ok(rec) => {
@@ -209,6 +214,7 @@ fn starts_with_record(seg: &Segment) -> Result<bool> {
 
 /// Recovers the log in `log_dir`.
 pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Result<Recovered> {
+    let until = storage.suspect(log_dir).unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut report = RecoveryReport::default();
     let mut bases = Vec::new();
@@ -252,7 +258,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     for (i, seg) in segs.iter().enumerate() {
         failpoint::hit("recovery-replay");
         let bytes = image(seg)?;
-        let end = scan(&bytes, seg.base, |lsn, rec| replay.apply(seg, lsn, rec))?;
+        let end = scan(&bytes, seg.base, until, |lsn, rec| replay.apply(seg, lsn, rec))?;
         let End::Open { at, why } = end else { continue };
         // The log ends here. Anything valid after it means the damage is not a torn tail.
         let damaged = || corrupt(&seg.path, at - seg.base, why.describe());
@@ -367,7 +373,7 @@ mod tests {
     fn scan_stops_at_zeros_and_at_seal() {
         let (img, lsns) = image_of(&[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }], &[]);
         let mut seen = Vec::new();
-        let end = scan(&img, 0, |lsn, _| {
+        let end = scan(&img, 0, u64::MAX, |lsn, _| {
             seen.push(lsn);
             Ok(())
         })
@@ -376,7 +382,7 @@ mod tests {
         assert!(matches!(end, End::Open { why: DecodeError::Zero, .. }));
         let (img, _) =
             image_of(&[Body::Epoch { epoch: 1 }, Body::Seal, Body::Epoch { epoch: 2 }], &[]);
-        assert_eq!(scan(&img, 0, |_, _| Ok(())).unwrap(), End::Sealed);
+        assert_eq!(scan(&img, 0, u64::MAX, |_, _| Ok(())).unwrap(), End::Sealed);
     }
 
     #[test]

@@ -115,8 +115,10 @@ impl Header {
             .ok_or_else(|| corrupt("bad segment header fields"))?;
         let base = u64_at(32).ok_or_else(|| corrupt("bad segment header fields"))?;
         let len = u64_at(40).ok_or_else(|| corrupt("bad segment header fields"))?;
-        if len <= HEADER_LEN {
-            return Err(corrupt("bad segment length"));
+        // wharf never makes a smaller segment, and a smaller one might not hold a preamble and
+        // a seal: appending to it would overrun its end.
+        if len < crate::options::MIN_SEGMENT_BYTES || len > u64::from(u32::MAX) {
+            return Err(corrupt("segment length outside 64 KiB..=4 GiB"));
         }
         Ok(Header { store_id, base, len })
     }
@@ -246,6 +248,8 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_flips() {
+        let tiny = Header { store_id: 1, base: 0, len: 65 }.encode();
+        assert!(Header::decode(&tiny, Path::new("x")).is_err(), "a segment too small to append to");
         let h = Header { store_id: 0xABCD_u128 << 64 | 7, base: 4096, len: 1 << 20 };
         let bytes = h.encode();
         assert_eq!(Header::decode(&bytes, Path::new("x")).unwrap(), h);

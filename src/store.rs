@@ -151,6 +151,8 @@ impl Core {
             let end = g.wal.next_lsn;
             shared.wait_durable(&mut g, end)?;
         }
+        // Recovery cut whatever an earlier failed sync left in doubt, and the cut is durable.
+        shared.storage.set_suspect(&shared.log_dir, None);
         let bg = if shared.opts.background {
             let bg_shared = Arc::clone(&shared);
             let thread = std::thread::Builder::new()

@@ -55,6 +55,12 @@ impl Storage for FaultyFs {
     fn lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
         RealFs.lock(path)
     }
+    fn set_suspect(&self, dir: &Path, lsn: Option<u64>) {
+        RealFs.set_suspect(dir, lsn);
+    }
+    fn suspect(&self, dir: &Path) -> Option<u64> {
+        RealFs.suspect(dir)
+    }
 }
 
 impl StorageFile for FaultyFile {

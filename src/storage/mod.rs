@@ -52,6 +52,13 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// other handle holds it.
     #[track_caller]
     fn lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
+    /// Remembers for as long as this process (or simulated machine) lives that the log in
+    /// `dir` is durable only below `lsn` (`None` forgets it). After a failed `fdatasync` the
+    /// page cache may hold records that never reach the disk and that no later sync will write
+    /// (fsyncgate); a reopen in the same process must not build on them.
+    fn set_suspect(&self, dir: &Path, lsn: Option<u64>);
+    /// What `set_suspect` remembered for `dir`.
+    fn suspect(&self, dir: &Path) -> Option<u64>;
 }
 
 /// One open file.

@@ -16,7 +16,27 @@ struct RealFile {
     file: File,
 }
 
+/// `set_suspect` for the real file system: one table for the process, by canonical directory.
+static SUSPECT: parking_lot::Mutex<std::collections::BTreeMap<std::path::PathBuf, u64>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
+fn canonical(dir: &Path) -> std::path::PathBuf {
+    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
 impl Storage for RealFs {
+    fn set_suspect(&self, dir: &Path, lsn: Option<u64>) {
+        let mut table = SUSPECT.lock();
+        match lsn {
+            Some(lsn) => table.insert(canonical(dir), lsn),
+            None => table.remove(&canonical(dir)),
+        };
+    }
+
+    fn suspect(&self, dir: &Path) -> Option<u64> {
+        SUSPECT.lock().get(&canonical(dir)).copied()
+    }
+
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
     }

@@ -151,6 +151,8 @@ struct Sim {
     inodes: Vec<Inode>,
     dirs: BTreeMap<PathBuf, Dir>,
     locks: BTreeSet<PathBuf>,
+    /// `set_suspect` entries: they live as long as the simulated machine, not in its images.
+    suspect: BTreeMap<PathBuf, u64>,
     ops: u64,
     crash_at: Option<u64>,
     crashed: bool,
@@ -483,6 +485,18 @@ impl Drop for SimLock {
 }
 
 impl Storage for SimFs {
+    fn set_suspect(&self, dir: &Path, lsn: Option<u64>) {
+        let mut s = self.sim.lock();
+        match lsn {
+            Some(lsn) => s.suspect.insert(dir.to_path_buf(), lsn),
+            None => s.suspect.remove(dir),
+        };
+    }
+
+    fn suspect(&self, dir: &Path) -> Option<u64> {
+        self.sim.lock().suspect.get(dir).copied()
+    }
+
     #[track_caller]
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         // Directories are made durably at once: the store creates them only on first open.

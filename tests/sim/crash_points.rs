@@ -354,3 +354,32 @@ fn a_failed_sync_poisons_and_no_waiter_of_its_group_gets_ok() {
     let got: Vec<_> = observe(&w).remove("q").unwrap().into_iter().map(|(_, p)| p).collect();
     assert_eq!(got, vec![b"before".to_vec()]);
 }
+
+/// Found by the `ops_faults` fuzz target: after a failed sync, a reopen in the same process
+/// read the records the failed sync left in the page cache (never to reach the disk), wrote a
+/// durable epoch after them, and a later power loss left a hole below durable records, which
+/// failed the next open as corruption. The reopen now cuts the log where it was last durable.
+#[test]
+fn a_reopen_in_the_same_process_after_a_failed_sync_survives_a_later_power_loss() {
+    let sim = SimFs::new();
+    let w = testing::open(small(), &sim, Path::new(DIR)).unwrap();
+    let q = w.queue("q").unwrap();
+    q.push(b"before").unwrap();
+    sim.set_fault(Some(Fault { kind: OpKind::Sync, nth: 1, no_space: false, persistent: false }));
+    assert!(matches!(q.push(b"in doubt"), Err(Error::Poisoned(_))));
+    sim.set_fault(None);
+    drop((q, w));
+    // Same process, same (simulated) page cache: reopen as the error advises, push more.
+    let w = testing::open(small(), &sim, Path::new(DIR)).unwrap();
+    let q = w.queue("q").unwrap();
+    q.push(b"after").unwrap();
+    drop((q, w));
+    // Now the power goes: what the failed sync left is gone, and nothing may depend on it.
+    for policy in CrashPolicy::DETERMINISTIC {
+        let image = sim.crash_image(policy, 0);
+        let w = testing::open(small(), &image, Path::new(DIR))
+            .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        let got: Vec<_> = observe(&w).remove("q").unwrap().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(got, vec![b"before".to_vec(), b"after".to_vec()], "{policy:?}");
+    }
+}
