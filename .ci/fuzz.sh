@@ -46,8 +46,8 @@ else
     what="$(cargo --version), no sanitizer (-s none)"
 fi
 echo "fuzz: $(cargo fuzz --version); $what; ${secs}s per target"
-if [ "$WHARF_FUZZ_SKIP_KNOWN" = 1 ]; then
-    known=$(grep -cE '^[0-9]+\. \*\*' fuzz/README.md || true)
+known=$(grep -cE '^[0-9]+\. \*\*' fuzz/README.md || true)
+if [ "$WHARF_FUZZ_SKIP_KNOWN" = 1 ] && [ "${known:-0}" -gt 0 ]; then
     echo "fuzz: skipping the $known known open findings of fuzz/README.md (WHARF_FUZZ_SKIP_KNOWN=0 includes them)"
 fi
 
