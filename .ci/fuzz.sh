@@ -66,12 +66,14 @@ for t in $targets; do
     fi
     log="$work/$t.log"
     echo "fuzz: running $t for ${secs}s"
+    t_started=$(date +%s)
     set +e
     cargo "${toolchain[@]}" fuzz run "${sanitizer[@]}" "$t" "$corpus" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
         -print_final_stats=1 -dict="$PWD/fuzz/dict" >"$log" 2>&1
     rc=$?
     set -e
+    t_secs=$(( $(date +%s) - t_started ))
     execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -n 1 || true)
     if [ -z "$execs" ]; then
         execs=$(grep -oE '^#[0-9]+' "$log" | tr -d '#' | tail -n 1 || true)
@@ -83,13 +85,16 @@ for t in $targets; do
     else
         status="FAILED (exit $rc)"
         failed+=("$t")
-        echo "---- $t: last lines of the libFuzzer log"
-        grep -vE '^\s+(at |[0-9]+: )' "$log" | tail -n 40
-        echo "---- reproducer: $(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | cut -d' ' -f5-)"
-        echo "---- replay it: cargo fuzz run ${sanitizer[*]} $t <that file>; or see fuzz/README.md"
+        echo "---- $t: what failed (full log: rerun with the reproducer below)"
+        grep -E -A3 "panicked at|ERROR: |SUMMARY: |ALARM: |out-of-memory|==[0-9]+==" "$log" \
+            | grep -vE '^\s+(at |#?[0-9]+:? )' | head -n 40
+        artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | cut -d' ' -f5-)
+        echo "---- reproducer: ${artifact:-none written (see the build output above)}"
+        echo "---- replay it: cargo ${toolchain[*]} fuzz run ${sanitizer[*]:+${sanitizer[*]} }$t <reproducer>"
+        echo "---- or read it: cd fuzz && cargo run --example explain -- $t <reproducer> (fuzz/README.md)"
     fi
     line=$(printf '%-22s %-18s execs %10s  (%s/s)  cov %6s  corpus %5s' "$t" "$status" \
-        "${execs:-?}" "$(( ${execs:-0} / secs ))" "${cov:-?}" "$corpus_n")
+        "${execs:-?}" "$(( ${execs:-0} / (t_secs > 0 ? t_secs : 1) ))" "${cov:-?}" "$corpus_n")
     summary+=("$line")
     echo "fuzz: $line"
 done
