@@ -17,7 +17,7 @@ use crate::failpoint;
 use crate::log::{first_record, Log};
 use crate::options::Durability;
 use crate::record::{self, Body, SEAL_LEN};
-use crate::segment::Segment;
+use crate::segment::{Segment, HEADER_LEN};
 use crate::store::{Shared, State};
 
 /// Staged bytes past which a non-waiting write hands them to the OS at once.
@@ -318,6 +318,18 @@ impl Shared {
             g.check()?;
             if g.wal.fits(lens, room) {
                 return Ok(());
+            }
+            // A new segment must be able to hold its preamble and each record, or no number
+            // of new segments would ever make room.
+            let empty = HEADER_LEN + (g.wal.preamble_len() + SEAL_LEN) as u64;
+            let largest = lens.iter().copied().max().unwrap_or(0) as u64;
+            if empty + largest > self.opts.segment_bytes {
+                return Err(Error::InvalidOption(format!(
+                    "a segment of {} bytes cannot hold the queue catalog ({} bytes) and a record \
+                     of {largest} bytes: open the store with larger segments",
+                    self.opts.segment_bytes,
+                    g.wal.preamble_len()
+                )));
             }
             let have = g.wal.log.spares.len();
             MutexGuard::unlocked(g, || self.create_spare(have + 1))?;

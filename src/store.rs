@@ -171,8 +171,11 @@ impl Core {
         let shared = &self.shared;
         let result = {
             let mut g = shared.state.lock();
-            let result = if g.closed || g.wal.poisoned.is_some() {
+            let result = if g.closed {
                 Ok(())
+            } else if let Some(why) = &g.wal.poisoned {
+                // Nothing more can be made durable: say so rather than pretend.
+                Err(Error::Poisoned(why.clone()))
             } else {
                 shared.flush_now(&mut g, true)
             };

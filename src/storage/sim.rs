@@ -648,7 +648,6 @@ impl StorageFile for SimFile {
                 }
                 ino.durable = durable;
                 ino.pending.clear();
-                ino.lost.clear();
                 Ok(())
             }
             Err(e) => {
@@ -695,9 +694,11 @@ impl StorageFile for SimFile {
     }
 }
 
-/// Writes `buf` at `off` into the visible bytes and records it as pending.
+/// Writes `buf` at `off` into the visible bytes and records it as pending. A lost range it
+/// touches is dirty again, so a later sync writes it (as the kernel writes a redirtied page).
 fn apply_write(ino: &mut Inode, off: usize, buf: &[u8]) {
     let end = off + buf.len();
+    ino.lost.retain(|&(lo, len)| lo + len <= off || end <= lo);
     if ino.data.len() < end {
         ino.data.resize(end, 0);
     }

@@ -383,3 +383,25 @@ fn a_reopen_in_the_same_process_after_a_failed_sync_survives_a_later_power_loss(
         assert_eq!(got, vec![b"before".to_vec(), b"after".to_vec()], "{policy:?}");
     }
 }
+
+/// Found by reading the code while writing the fuzz targets: a store reopened with segments too
+/// small for its queue catalog made `ensure_room` create segments for ever. Now the push fails
+/// with a clear error and nothing else changes.
+#[test]
+fn a_catalog_too_large_for_new_segments_fails_pushes_instead_of_looping() {
+    let sim = SimFs::new();
+    let dir = Path::new(DIR);
+    let w = testing::open(Wharf::builder().segment_bytes(1 << 20), &sim, dir).unwrap();
+    let mut n = 0;
+    while w.queue(&format!("{n:0>120}")).is_ok() {
+        n += 1;
+    }
+    w.close().unwrap();
+    let w = testing::open(small(), &sim, dir).unwrap(); // 64 KiB segments from now on
+    let q = w.queue(&format!("{:0>120}", 0)).unwrap();
+    let err = (0..100).find_map(|_| q.push(vec![7u8; 20_000]).err()).expect("pushes must fail");
+    assert!(matches!(&err, Error::InvalidOption(m) if m.contains("larger segments")), "{err}");
+    assert!(sim.names(&dir.join("log")).len() < 10, "segments were created in a loop");
+    // What is stored is intact and still served.
+    assert!(q.try_pop().unwrap().is_some());
+}
