@@ -546,9 +546,9 @@ fn load(t: Taken, queue: u32) -> Result<Payload> {
     };
     match t.source {
         Source::Segment(seg) => {
-            if let Some(mapped) = seg.mapped() {
-                let start = usize::try_from(lsn - seg.base).unwrap_or(usize::MAX);
-                let bytes = mapped.get(start..start.saturating_add(rec_len)).unwrap_or(&[]);
+            let start = usize::try_from(lsn - seg.base).unwrap_or(usize::MAX);
+            let in_map = seg.mapped().and_then(|m| m.get(start..start.saturating_add(rec_len)));
+            if let Some(bytes) = in_map {
                 check(bytes, Some(&seg))?;
                 Ok(Payload::Mapped {
                     seg: Arc::clone(&seg),

@@ -207,9 +207,14 @@ impl Segment {
         Ok((Segment { base, len: header.len, path, file, map }, header))
     }
 
-    /// The mapped bytes of the whole file, when the segment is mapped.
+    /// The mapped bytes of the file that are current, when the segment is mapped (all of it
+    /// with a real mapping; a simulated disk's snapshot only up to its first later write).
     pub(crate) fn mapped(&self) -> Option<&[u8]> {
-        self.map.as_ref().map(|m| (**m).as_ref())
+        self.map.as_ref().map(|m| {
+            let bytes = m.bytes();
+            let current = usize::try_from(m.current_below()).unwrap_or(usize::MAX);
+            bytes.get(..current.min(bytes.len())).unwrap_or(bytes)
+        })
     }
 
     /// Reads `len` bytes at log position `lsn` into a new buffer.

@@ -19,10 +19,26 @@ use std::sync::Arc;
 
 pub(crate) use real::RealFs;
 
-/// A read-only view of a whole file, made once; for a segment it reflects later writes made
-/// through the file's handle (as a shared mapping does), and bytes past the written end read as
-/// whatever the file holds there (zeros in a preallocated segment).
-pub(crate) type MapView = Box<dyn AsRef<[u8]> + Send + Sync>;
+/// A read-only view of a whole file, made once.
+pub(crate) trait View: Send + Sync {
+    /// The file's bytes. A shared mapping reflects later writes made through the file's handle;
+    /// a snapshot (the simulated disk's) does not, see `current_below`.
+    fn bytes(&self) -> &[u8];
+    /// Bytes below this offset are what the file holds now; above it the file may have been
+    /// written since the view was made. A real mapping is always current.
+    fn current_below(&self) -> u64 {
+        u64::MAX
+    }
+}
+
+impl View for memmap2::Mmap {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// A view of a file, as `StorageFile::map` makes it.
+pub(crate) type MapView = Box<dyn View>;
 
 /// A held directory lock; dropping it releases the lock.
 pub(crate) type LockGuard = Box<dyn Any + Send + Sync>;

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::panic::Location;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -129,6 +130,37 @@ struct Inode {
     pending: Vec<Pending>,
     /// Ranges whose writes a failed sync dropped: no later sync makes them durable.
     lost: Vec<(usize, usize)>,
+    /// Live views of the file: each learns the lowest offset written after it was made.
+    views: Vec<std::sync::Weak<AtomicU64>>,
+}
+
+impl Inode {
+    /// Tells the live views that the file changed from `off` on.
+    fn changed_from(&mut self, off: usize) {
+        self.views.retain(|v| match v.upgrade() {
+            Some(v) => {
+                v.fetch_min(off as u64, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+/// The simulated disk's "map": a snapshot of the file that knows from where it went stale.
+struct SimView {
+    bytes: Vec<u8>,
+    current_below: Arc<AtomicU64>,
+}
+
+impl super::View for SimView {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn current_below(&self) -> u64 {
+        self.current_below.load(Ordering::SeqCst)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -672,6 +704,7 @@ impl StorageFile for SimFile {
         let len = usize::try_from(len).map_err(|_| eio("length"))?;
         let ino = s.inode(self.ino)?;
         if ino.data.len() < len {
+            ino.changed_from(ino.data.len());
             ino.data.resize(len, 0);
             ino.pending.push(Pending::SetLen(len));
         }
@@ -684,13 +717,18 @@ impl StorageFile for SimFile {
         s.op(OpKind::SetLen, Location::caller())?;
         let len = usize::try_from(len).map_err(|_| eio("length"))?;
         let ino = s.inode(self.ino)?;
+        ino.changed_from(len.min(ino.data.len()));
         ino.data.resize(len, 0);
         ino.pending.push(Pending::SetLen(len));
         Ok(())
     }
 
     fn map(&self) -> io::Result<Option<MapView>> {
-        Ok(None)
+        let mut s = self.sim.lock();
+        let ino = s.inode(self.ino)?;
+        let current_below = Arc::new(AtomicU64::new(u64::MAX));
+        ino.views.push(Arc::downgrade(&current_below));
+        Ok(Some(Box::new(SimView { bytes: ino.data.clone(), current_below })))
     }
 }
 
@@ -698,6 +736,7 @@ impl StorageFile for SimFile {
 /// touches is dirty again, so a later sync writes it (as the kernel writes a redirtied page).
 fn apply_write(ino: &mut Inode, off: usize, buf: &[u8]) {
     let end = off + buf.len();
+    ino.changed_from(off);
     ino.lost.retain(|&(lo, len)| lo + len <= off || end <= lo);
     if ino.data.len() < end {
         ino.data.resize(end, 0);

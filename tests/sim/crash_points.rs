@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use wharf::testing::{self, CrashPolicy, Fault, OpKind, SimFs};
-use wharf::{Durability, Error, PushOptions, Wharf, WharfBuilder};
+use wharf::{Durability, Error, PushOptions, ReadMode, Wharf, WharfBuilder};
 
 use crate::oracle::{observe, recover_and_check, Ctx, Msg, Step, DIR};
 
@@ -218,7 +218,7 @@ fn every_crash_point_of_every_scenario_recovers_to_an_allowed_state() {
                 let points: Vec<u64> = if policy == CrashPolicy::RandomSubset {
                     vec![1 + (seed % rec_ops.max(1))]
                 } else {
-                    (1..=rec_ops).step_by(3).collect()
+                    (1..=rec_ops).step_by(2).collect()
                 };
                 for j in points {
                     let again = pristine.crash_image(CrashPolicy::KeepAll, 0);
@@ -301,7 +301,13 @@ fn every_storage_call_site_receives_an_injected_error_and_the_store_stays_safe()
                         );
                         // Under the fault the open may fail (cleanly); the fault-free open
                         // below judges what it left on the disk.
-                        let _ = testing::open(builder.clone(), &copy, Path::new(DIR));
+                        // Both read modes: the map, and `pread` (its own call sites).
+                        let mode = match policy {
+                            CrashPolicy::GrowWithGarbage => ReadMode::Pread,
+                            _ => ReadMode::Map,
+                        };
+                        let _ =
+                            testing::open(builder.clone().read_mode(mode), &copy, Path::new(DIR));
                         let fired = copy.fault_fired();
                         all_sites.merge_sites(&copy.sites());
                         trials += 1;
