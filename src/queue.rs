@@ -19,7 +19,7 @@ use crate::record::{self, Body, PUSH_OVERHEAD};
 use crate::recovery::RecoveryReport;
 use crate::segment::Segment;
 use crate::storage::RealFs;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 use crate::store::Shared;
 use crate::store::{Core, QueueState, State};
 
@@ -178,7 +178,7 @@ impl Wharf {
         Ok(self.handle(&g, id))
     }
 
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(feature = "testing")]
     pub(crate) fn shared(&self) -> &Shared {
         &self.core.shared
     }

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::commit::{self, Room, Wal, MAX_EPOCH, READY_SPARES};
+use crate::commit::{self, Room, Wal, MAX_EPOCH};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::QueueIndex;
@@ -206,8 +206,9 @@ impl Shared {
     /// Does at once, on the calling thread, what the background thread does over time: makes
     /// a spare segment, writes and syncs whatever is staged, and deletes settled segments. For
     /// deterministic tests on the simulated disk, where the background thread is off.
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(feature = "testing")]
     pub(crate) fn maintain(&self) -> Result<()> {
+        use crate::commit::READY_SPARES;
         while self.state.lock().wal.log.spares.len() < READY_SPARES {
             self.create_spare(READY_SPARES)?;
         }

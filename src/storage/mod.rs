@@ -7,9 +7,9 @@
 pub(crate) mod faulty;
 mod mmap;
 mod real;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 pub(crate) mod redb_backend;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 pub(crate) mod sim;
 
 use std::any::Any;
@@ -97,7 +97,7 @@ pub(crate) trait StorageFile: Send + Sync {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Sets the length to `len`, cutting or extending with zeros (redb's files grow and shrink).
     #[track_caller]
-    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))] // the redb backend's
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))] // the redb backend's
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// A read-only view of the whole file, or `None` where this storage cannot map.
     fn map(&self) -> io::Result<Option<MapView>>;
