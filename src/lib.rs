@@ -48,6 +48,7 @@ mod failpoint;
 mod index;
 mod lease;
 mod log;
+mod mark;
 mod options;
 mod queue;
 mod record;

@@ -15,6 +15,7 @@ use crate::error::{Corruption, Error, Result};
 use crate::failpoint;
 use crate::index::{Entry, QueueIndex};
 use crate::log::{Log, SegInfo};
+use crate::mark::{self, Mark};
 use crate::queue::valid_name;
 use crate::record::{self, Body, DecodeError, RECORD_HEADER_LEN};
 use crate::segment::{self, Name, Segment, HEADER_LEN};
@@ -52,6 +53,8 @@ pub(crate) struct Recovered {
     pub active: Option<(Arc<Segment>, u64)>,
     pub max_epoch: u32,
     pub queues: Vec<(String, QueueIndex)>,
+    /// The durable mark of the last clean close, if any.
+    pub mark: Option<Mark>,
     pub report: RecoveryReport,
 }
 
@@ -219,6 +222,14 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     let mut report = RecoveryReport::default();
     let mut bases = Vec::new();
     for name in storage.list(log_dir)? {
+        if name == mark::FILE {
+            continue;
+        }
+        if name == mark::TMP_FILE {
+            storage.remove(&log_dir.join(&name))?;
+            report.removed_files.push(name);
+            continue;
+        }
         match segment::parse_name(&name) {
             Name::Segment(base) => bases.push(base),
             Name::Temporary => {
@@ -251,6 +262,18 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         segs.push(Arc::new(seg));
     }
     report.segments = segs.len();
+    let mark = mark::read(storage, log_dir, store_id)?;
+    let mark_end = mark.map_or(0, |m| m.end);
+    let below_mark = |file: &Path, offset: u64, at: u64| {
+        corrupt(
+            file,
+            offset,
+            format!(
+                "the log ends at position {at}, but it was durable up to {mark_end} when the \
+                 store was last closed"
+            ),
+        )
+    };
 
     let mut replay = Replay::default();
     let mut active = None;
@@ -260,6 +283,9 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         let bytes = image(seg)?;
         let end = scan(&bytes, seg.base, until, |lsn, rec| replay.apply(seg, lsn, rec))?;
         let End::Open { at, why } = end else { continue };
+        if at < mark_end {
+            return Err(below_mark(&seg.path, at - seg.base, at));
+        }
         // The log ends here. Anything valid after it means the damage is not a torn tail.
         let damaged = || corrupt(&seg.path, at - seg.base, why.describe());
         for later in segs.get(i + 1..).unwrap_or(&[]) {
@@ -286,6 +312,11 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         tail_index = i;
         break;
     }
+    let log_end = active.as_ref().map(|(_, at)| *at).or_else(|| segs.last().map(|s| s.end()));
+    if log_end.unwrap_or(0) < mark_end {
+        let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
+        return Err(below_mark(&file, 0, log_end.unwrap_or(0)));
+    }
     report.records = replay.records;
     report.in_flight_at_crash = replay.leased.len() as u64;
     report.messages = replay.queues.iter().map(|(_, q)| q.ready_len() as u64).sum();
@@ -302,7 +333,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         }
     }
     report.duration = started.elapsed();
-    Ok(Recovered { log, active, max_epoch: replay.max_epoch, queues: replay.queues, report })
+    Ok(Recovered { log, active, max_epoch: replay.max_epoch, queues: replay.queues, mark, report })
 }
 
 /// The index of the last non-zero byte of `bytes`. Reads whole blocks with an OR-fold, which

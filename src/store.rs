@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::QueueIndex;
 use crate::log::first_record;
+use crate::mark::{self, Mark};
 use crate::options::{Options, ReadMode};
 use crate::record::Body;
 use crate::recovery::{self, RecoveryReport};
@@ -37,6 +38,8 @@ pub(crate) struct State {
     pub queues: Vec<QueueState>,
     pub names: HashMap<Arc<str>, u32>,
     pub closed: bool,
+    /// The durable mark last written (`log/mark`), if the store has one.
+    pub mark: Option<Mark>,
     /// Tells the background thread to stop.
     pub shutdown: bool,
 }
@@ -126,9 +129,10 @@ impl Core {
             names.insert(Arc::clone(&name), u32::try_from(i).unwrap_or(u32::MAX));
             queues.push(QueueState { name, index, cv: Arc::new(Condvar::new()) });
         }
+        let mark = rec.mark;
         let wal = Wal::new(log, active, next_lsn, epoch, catalog);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { wal, queues, names, closed: false, shutdown: false }),
+            state: Mutex::new(State { wal, queues, names, closed: false, mark, shutdown: false }),
             durable_cv: Condvar::new(),
             bg_cv: Condvar::new(),
             creating: Mutex::new(()),
@@ -171,7 +175,8 @@ impl Core {
         let shared = &self.shared;
         let result = {
             let mut g = shared.state.lock();
-            let result = if g.closed {
+            let was_open = !g.closed;
+            let mut result = if g.closed {
                 Ok(())
             } else if let Some(why) = &g.wal.poisoned {
                 // Nothing more can be made durable: say so rather than pretend.
@@ -186,6 +191,18 @@ impl Core {
             }
             shared.bg_cv.notify_all();
             shared.durable_cv.notify_all();
+            if was_open && result.is_ok() {
+                // Everything is durable and nothing more is logged: record where the log ends,
+                // so that damage erasing its last records is not taken for a torn tail.
+                let (id, prev, end) = (g.wal.log.store_id, g.mark, g.wal.durable);
+                let written = MutexGuard::unlocked(&mut g, || {
+                    mark::write(&*shared.storage, &shared.log_dir, id, prev, end)
+                });
+                match written {
+                    Ok(m) => g.mark = Some(m),
+                    Err(e) => result = Err(e.into()),
+                }
+            }
             result
         };
         let joined = match self.bg.lock().take() {

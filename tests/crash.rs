@@ -648,12 +648,15 @@ mod parent {
         use super::*;
 
         /// Every fail point of the library, with the hit counts to abort at.
-        const POINTS: [(&str, &[u64]); 6] = [
+        const POINTS: [(&str, &[u64]); 7] = [
             ("after-write-before-sync", &[1, 7, 40]),
             ("after-sync-before-wake", &[1, 7, 40]),
             ("segment-created-before-dir-sync", &[1, 2, 5]),
             ("segment-removed-before-dir-sync", &[1, 2, 4]),
             ("recovery-after-zero-before-sync", &[1, 1, 1]),
+            // The child's clean close rewrites the durable mark (the parent's first check made
+            // it): a short run, then an abort with the new slot written but not synced.
+            ("mark-written-before-sync", &[1, 1]),
             // Replaced by 1, 2 and the number of segments with records, after a run without
             // consumers has filled several segments.
             ("recovery-replay", &[]),
@@ -742,7 +745,8 @@ mod parent {
                         }
                     }
                     let child_seed = run.rng.next();
-                    let env = [(FAILPOINT_ENV, spec.clone()), (RUN_MS_ENV, "10000".to_owned())];
+                    let run_ms = if name.starts_with("mark-") { "300" } else { "10000" };
+                    let env = [(FAILPOINT_ENV, spec.clone()), (RUN_MS_ENV, run_ms.to_owned())];
                     let out = run_child(&run.dir.clone(), gen, child_seed, None, &env);
                     gen += 1;
                     let reached = out.status.signal() == Some(SIGABRT)

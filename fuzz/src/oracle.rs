@@ -319,10 +319,11 @@ impl Ctx {
             Op::Pop { queue } => {
                 let name = ops::queue_name(queue);
                 let q = self.queue(name)?;
+                // Only a pop that leased something logged (and, with `Immediate`, synced) it.
                 if let Some(d) = q.try_pop()? {
                     self.take(name, d);
+                    self.after_lease_record();
                 }
-                self.after_lease_record();
                 Ok(true)
             }
             Op::PopBatch { queue, max } => {
@@ -331,10 +332,11 @@ impl Ctx {
                 let max = usize::from(max % 5);
                 let got = q.pop_batch(max, Duration::ZERO)?;
                 assert!(got.len() <= max, "pop_batch returned more than asked");
+                let leased = !got.is_empty();
                 for d in got {
                     self.take(name, d);
                 }
-                if max > 0 {
+                if leased {
                     self.after_lease_record();
                 }
                 Ok(max > 0)
@@ -421,7 +423,8 @@ impl Ctx {
         self.held.push((i, d));
     }
 
-    /// Pops and nacks stage records with the ack durability: `Immediate` syncs everything.
+    /// Pops that lease something and nacks stage records with the ack durability: `Immediate`
+    /// syncs everything.
     fn after_lease_record(&mut self) {
         if self.cfg.ack_default() == Durability::Immediate {
             self.o.all_durable_now();

@@ -2,7 +2,7 @@
 //! pass its target. File inputs live in `regressions/<target>/` and are replayed by `replay.rs`.
 
 use wharf_fuzz::ops::{Config, Dur, FaultSpec, Len, Op, Policy};
-use wharf_fuzz::targets::{run_ops_faults, End, FaultInput};
+use wharf_fuzz::targets::{run_ops_crash, run_ops_faults, CrashInput, CrashPoint, End, FaultInput};
 
 /// A log fsync fails (the store is poisoned), the store is reopened in the same process, then
 /// the power fails. The reopened store must not have built on the records whose fsync failed
@@ -26,5 +26,34 @@ fn a_reopen_after_a_failed_fsync_survives_a_power_loss() {
             ],
         };
         run_ops_faults(&input);
+    }
+}
+
+/// A pop that finds its queue empty logs nothing, so (with `Immediate` ack durability) it makes
+/// nothing durable either. The oracle once assumed it synced everything staged, and reported
+/// an `Interval` push lost by a crash before its sync as a durable message lost (found by
+/// `ops_crash` in CI; the input is `regressions/ops_crash/an-empty-pop-syncs-nothing`). Every
+/// crash point of the sequence, under the policy that drops all unsynced data.
+#[test]
+fn an_empty_pop_makes_nothing_durable() {
+    for after in 0..40 {
+        let input = CrashInput {
+            cfg: Config { push: Dur::Default, ack: Dur::Immediate },
+            crashes: vec![CrashPoint {
+                after,
+                policy: Policy::DropAllUnsynced,
+                seed: 0,
+                recovery: None,
+            }],
+            ops: vec![
+                Op::Pop { queue: 2 },
+                Op::Push { queue: 1, len: Len::Large(87), durability: Dur::Interval },
+                Op::PopBatch { queue: 2, max: 1 },
+                Op::Pop { queue: 2 },
+                Op::Push { queue: 2, len: Len::Small(9), durability: Dur::Interval },
+                Op::Maintain,
+            ],
+        };
+        run_ops_crash(&input);
     }
 }

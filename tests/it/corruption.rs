@@ -135,3 +135,61 @@ fn truncated_and_empty_segment_files_are_errors_not_panics() {
         assert!(matches!(err, Error::Corrupted(_)), "cut {cut}: {err}");
     }
 }
+
+/// The last records of a cleanly closed store, zeroed (a lost or misdirected write): without
+/// the durable mark this looks exactly like a torn tail, and the messages would vanish quietly.
+#[test]
+fn erasing_the_last_records_of_a_closed_store_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let w = Wharf::open(dir.path()).unwrap();
+        let q = w.queue("q").unwrap();
+        for i in 0..10 {
+            q.push(payload(i, 100)).unwrap();
+        }
+        w.close().unwrap();
+    }
+    let seg = segments(dir.path())[0].clone();
+    let pristine = std::fs::read(&seg).unwrap();
+    let last = pristine.windows(16).position(|w| w == &payload(9, 100)[..16]).unwrap();
+    let end = pristine.iter().rposition(|&b| b != 0).unwrap() + 1;
+    // Zero from inside the last push to the end, and from the start of the one before it.
+    for from in [last, last - 24 - 100 - 12] {
+        let mut bytes = pristine.clone();
+        bytes[from..end].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
+        match Wharf::open(dir.path()) {
+            Err(Error::Corrupted(c)) => {
+                assert_eq!(c.file, seg);
+                assert!(c.reason.contains("durable up to"), "{}", c.reason);
+            }
+            Err(e) => panic!("zeroed from {from}: unexpected error {e}"),
+            Ok(_) => panic!("zeroed from {from}: the loss went unnoticed"),
+        }
+    }
+    // Undamaged, it opens with all ten messages; a damaged slot of the mark falls back to the
+    // other one, both damaged is corruption.
+    std::fs::write(&seg, &pristine).unwrap();
+    let mark = dir.path().join("log").join("mark");
+    let good = std::fs::read(&mark).unwrap();
+    assert_eq!(good.len(), 128);
+    for (flip, opens) in [(vec![3], true), (vec![64 + 3], true), (vec![3, 64 + 3], false)] {
+        let mut bytes = good.clone();
+        for &at in &flip {
+            bytes[at] ^= 1;
+        }
+        std::fs::write(&mark, &bytes).unwrap();
+        match Wharf::open(dir.path()) {
+            Ok(w) => {
+                assert!(opens, "flips {flip:?}: opened");
+                assert_eq!(w.queue("q").unwrap().depth().unwrap().ready, 10);
+            }
+            Err(Error::Corrupted(c)) => {
+                assert!(!opens, "flips {flip:?}: {c}");
+                assert_eq!(c.file, mark);
+            }
+            Err(e) => panic!("flips {flip:?}: unexpected error {e}"),
+        }
+        std::fs::write(&mark, &good).unwrap();
+    }
+}

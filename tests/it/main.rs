@@ -66,3 +66,10 @@ pub fn copy_store(from: &Path) -> tempfile::TempDir {
 
 /// A wait long enough that only a bug reaches it.
 pub const LONG: Duration = Duration::from_secs(10);
+
+/// Makes a cleanly closed store look as if its process had died before the close: removes the
+/// durable mark the close wrote (`log/mark`), so that edits simulating a torn tail are judged
+/// as a crash would leave them rather than as damage below a known durable end.
+pub fn as_if_crashed(dir: &Path) {
+    std::fs::remove_file(dir.join("log").join("mark")).unwrap();
+}

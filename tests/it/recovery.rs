@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use wharf::{Durability, Wharf};
 
-use crate::{copy_store, drain_payloads, payload, segments, small};
+use crate::{as_if_crashed, copy_store, drain_payloads, payload, segments, small};
 
 #[test]
 fn messages_survive_reopen_across_queues_and_segments() {
@@ -63,6 +63,7 @@ fn a_torn_last_record_is_cut_at_every_offset_and_nothing_else_is_lost() {
         }
         w.close().unwrap();
     }
+    as_if_crashed(pristine.path());
     let seg_name = segments(pristine.path())[0].file_name().unwrap().to_owned();
     let original = std::fs::read(segments(pristine.path())[0].clone()).unwrap();
     let (start, end) = record_range(&original, &payload(n - 1, 100));
@@ -119,6 +120,7 @@ fn a_crash_cut_tail_never_makes_ids_reused() {
         w.close().unwrap();
         ids
     };
+    as_if_crashed(pristine.path());
     // Cut the last two records, as a power loss might.
     let seg = segments(pristine.path())[0].clone();
     let mut bytes = std::fs::read(&seg).unwrap();
