@@ -481,7 +481,7 @@ fn t6(cfg: &Cfg) -> BoxResult<Roll> {
         let mut fill = room.saturating_sub(WINDOW);
         while fill > 0 {
             let k = fill.min(filler.len() as u64);
-            q.push_batch_with(filler.iter().take(k as usize), lazy)?;
+            q.push_batch_with(filler.iter().take(k as usize), lazy.clone())?;
             fill -= k;
         }
         w.sync()?;

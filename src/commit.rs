@@ -78,6 +78,12 @@ pub struct Stats {
     pub disk_bytes: u64,
 }
 
+/// One queue as every segment's preamble restates it.
+pub(crate) struct CatalogEntry {
+    pub name: Box<[u8]>,
+    pub config: Option<Box<[u8]>>,
+}
+
 /// The log's write state; lives inside the store's one mutex.
 pub(crate) struct Wal {
     pub log: Log,
@@ -110,8 +116,9 @@ pub(crate) struct Wal {
     seq: u64,
     /// Cached `preamble().encoded_len()` sum.
     preamble_bytes: usize,
-    /// Queue names by id, restated in every segment's preamble.
-    catalog: Vec<Box<[u8]>>,
+    /// Queue names and encoded configs (if not the default) by id, restated in every
+    /// segment's preamble.
+    catalog: Vec<CatalogEntry>,
     pub stats: Stats,
 }
 
@@ -123,7 +130,7 @@ impl Wal {
         active: Arc<Segment>,
         next_lsn: u64,
         epoch: u32,
-        catalog: Vec<Box<[u8]>>,
+        catalog: Vec<CatalogEntry>,
     ) -> Wal {
         let mut wal = Wal {
             log,
@@ -162,11 +169,16 @@ impl Wal {
         Ok(u64::from(self.epoch) << SEQ_BITS | self.seq)
     }
 
-    /// Records that must open every segment: the epoch and the whole queue catalog.
+    /// Records that must open every segment: the epoch and the whole queue catalog, with
+    /// each queue's configuration.
     fn preamble(&self) -> Vec<Body<'_>> {
         let mut out = vec![Body::Epoch { epoch: self.epoch }];
-        for (q, name) in self.catalog.iter().enumerate() {
-            out.push(Body::Queue { queue: u32::try_from(q).unwrap_or(u32::MAX), name });
+        for (q, c) in self.catalog.iter().enumerate() {
+            let queue = u32::try_from(q).unwrap_or(u32::MAX);
+            out.push(Body::Queue { queue, name: &c.name });
+            if let Some(config) = &c.config {
+                out.push(Body::Config { queue, config });
+            }
         }
         out
     }
@@ -178,7 +190,15 @@ impl Wal {
 
     /// Adds a queue to the catalog that preambles restate.
     pub(crate) fn add_to_catalog(&mut self, name: &str) {
-        self.catalog.push(name.as_bytes().into());
+        self.catalog.push(CatalogEntry { name: name.as_bytes().into(), config: None });
+        self.preamble_bytes = self.preamble().iter().map(Body::encoded_len).sum();
+    }
+
+    /// Sets the configuration later preambles restate for queue `q`.
+    pub(crate) fn set_catalog_config(&mut self, q: u32, config: Option<Box<[u8]>>) {
+        if let Some(c) = self.catalog.get_mut(q as usize) {
+            c.config = config;
+        }
         self.preamble_bytes = self.preamble().iter().map(Body::encoded_len).sum();
     }
 
@@ -414,6 +434,24 @@ impl Shared {
         }
     }
 
+    /// Waits until the log is written to the OS (not necessarily synced) up to `target`,
+    /// leading a write when no other caller is: what a process crash cannot take back.
+    pub(crate) fn wait_written(&self, g: &mut MutexGuard<'_, State>, target: u64) -> Result<()> {
+        loop {
+            if let Some(why) = &g.wal.poisoned {
+                return Err(Error::Poisoned(why.clone()));
+            }
+            if g.wal.written >= target {
+                return Ok(());
+            }
+            if g.wal.flushing {
+                self.durable_cv.wait(g);
+            } else {
+                self.flush(g, false)?;
+            }
+        }
+    }
+
     /// Waits until no leader is writing and then writes (and with `sync`, syncs) everything
     /// staged.
     pub(crate) fn flush_now(&self, g: &mut MutexGuard<'_, State>, sync: bool) -> Result<()> {
@@ -454,6 +492,9 @@ impl Shared {
         wal.writing = Some(Arc::clone(&chunks));
         wal.flushing = true;
         let mut counts = (0u64, 0u64);
+        // A synced seal makes the log durable up to its end (every earlier segment was sealed
+        // and synced before it), even if this flush fails later or does not sync at its end.
+        let mut sealed_to = 0;
         let done = MutexGuard::unlocked(g, || -> std::io::Result<()> {
             for c in chunks.iter() {
                 c.seg.write(c.lsn, &c.bytes)?;
@@ -461,6 +502,7 @@ impl Shared {
                 if c.seal {
                     c.seg.sync()?;
                     counts.1 += 1;
+                    sealed_to = c.lsn + c.bytes.len() as u64;
                 }
             }
             if let Some(seg) = &to_sync {
@@ -476,6 +518,7 @@ impl Shared {
         wal.writing = None;
         wal.stats.writes += counts.0;
         wal.stats.fsyncs += counts.1;
+        wal.durable = wal.durable.max(sealed_to);
         let result = match done {
             Ok(()) => {
                 wal.written = end;
@@ -499,8 +542,8 @@ impl Shared {
                 // What this process wrote past the durable end may sit in the page cache without
                 // ever reaching the disk: a reopen in this process must cut it, not trust it.
                 self.storage.set_suspect(&self.log_dir, Some(wal.durable));
-                for q in &g.queues {
-                    q.cv.notify_all();
+                for q in &mut g.queues {
+                    q.notify_all();
                 }
                 self.bg_cv.notify_one();
                 Err(Error::Poisoned(why))

@@ -70,6 +70,17 @@ pub enum Error {
     },
     /// The directory holds a segment that belongs to another store.
     ForeignSegment(PathBuf),
+    /// The queue holds its configured maximum of waiting messages and its overflow policy is
+    /// [`Overflow::Reject`](crate::Overflow::Reject): nothing was stored.
+    QueueFull {
+        /// The queue's name.
+        queue: String,
+        /// Its limit.
+        max_len: u64,
+    },
+    /// A typed payload could not be encoded or decoded (wrong type, or bytes from another
+    /// producer); the message is untouched and can be dead-lettered.
+    Codec(String),
 }
 
 impl fmt::Display for Error {
@@ -103,6 +114,10 @@ impl fmt::Display for Error {
             Error::ForeignSegment(file) => {
                 write!(f, "{} belongs to another store", file.display())
             }
+            Error::QueueFull { queue, max_len } => {
+                write!(f, "queue {queue:?} is full: it holds its maximum of {max_len} messages")
+            }
+            Error::Codec(why) => write!(f, "payload codec: {why}"),
         }
     }
 }

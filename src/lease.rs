@@ -7,11 +7,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::millis;
 use crate::commit::Room;
 use crate::error::{Error, Result};
+use crate::jobs::{self, DeadReason};
 use crate::options::Durability;
 use crate::queue::MessageId;
-use crate::record::Body;
+use crate::record::{Body, RECORD_HEADER_LEN};
 use crate::segment::Segment;
 use crate::store::Core;
 
@@ -24,7 +26,7 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Payload::Mapped { seg, start, len } => {
                 seg.mapped().and_then(|m| m.get(*start..start + len)).unwrap_or(&[])
@@ -37,9 +39,11 @@ impl Payload {
 /// A message popped from a queue, leased to its holder until it is settled or its lease (the
 /// queue's visibility timeout) runs out, whichever comes first.
 ///
-/// Settle it with [`Delivery::ack`] (done: never delivered again) or [`Delivery::nack`] (ready
-/// again at once). A lease that runs out makes the message ready for another consumer, and the
-/// old holder's settlement then fails with [`Error::LeaseExpired`].
+/// Settle it with [`Delivery::ack`] (done: never delivered again), [`Delivery::nack`] (failed:
+/// retried after the queue's backoff, or dead-lettered after its last attempt),
+/// [`Delivery::dead_letter`] or [`Delivery::release`] (ready again at once). A lease that runs
+/// out makes the message ready for another consumer, and the old holder's settlement then
+/// fails with [`Error::LeaseExpired`].
 ///
 /// **Dropping** an unsettled delivery releases it like a `nack` (ready again at once); it does
 /// no I/O and never blocks.
@@ -62,10 +66,41 @@ impl fmt::Debug for Delivery {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Settle {
+/// How a failed delivery is retried: see [`Delivery::nack_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct NackOptions {
+    delay: Option<Duration>,
+    error: Option<String>,
+}
+
+impl NackOptions {
+    /// The queue's backoff, no error text.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Retry after this delay instead of the queue's backoff.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+
+    /// Why it failed: kept with the message (up to 4 KiB), shown by
+    /// [`Queue::peek`](crate::Queue::peek) once it is dead-lettered.
+    pub fn error(mut self, text: impl Into<String>) -> Self {
+        self.error = Some(text.into());
+        self
+    }
+}
+
+enum Settle<'a> {
     Ack,
-    Nack,
+    /// Ready again at once, not a failure (release, drop).
+    Release,
+    /// A failed attempt.
+    Nack(&'a NackOptions),
+    DeadLetter(&'a str),
 }
 
 impl Delivery {
@@ -115,14 +150,59 @@ impl Delivery {
         self.settle(Settle::Ack, Some(d))
     }
 
-    /// Makes the message ready again at once, for this or another consumer.
+    /// Marks this attempt failed: the message is delivered again after the queue's
+    /// [`Backoff`](crate::Backoff) for this attempt number, or, if this was its last allowed
+    /// attempt (the queue's `max_attempts`), moves to the dead-letter queue.
     ///
     /// # Errors
     /// As [`Delivery::ack`].
-    pub fn nack(mut self) -> Result<()> {
+    pub fn nack(self) -> Result<()> {
+        self.nack_with(NackOptions::new())
+    }
+
+    /// [`Delivery::nack`] with an explicit delay and/or an error text.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use wharf::NackOptions;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = wharf::Wharf::open(dir.path())?.queue("mail")?;
+    /// # q.push(b"to: ada")?;
+    /// let job = q.pop()?;
+    /// job.nack_with(NackOptions::new().delay(Duration::from_secs(5)).error("smtp: 421"))?;
+    /// assert_eq!(q.depth()?.delayed, 1);
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Delivery::ack`].
+    pub fn nack_with(mut self, opts: NackOptions) -> Result<()> {
         self.settled = true;
         let d = self.core.shared.opts.ack_durability;
-        self.settle(Settle::Nack, Some(d))
+        self.settle(Settle::Nack(&opts), Some(d))
+    }
+
+    /// Moves the message to the queue's dead-letter queue now, with `reason` as its error
+    /// text (dropped if the queue has no dead-letter queue).
+    ///
+    /// # Errors
+    /// As [`Delivery::ack`].
+    pub fn dead_letter(mut self, reason: &str) -> Result<()> {
+        self.settled = true;
+        let d = self.core.shared.opts.ack_durability;
+        self.settle(Settle::DeadLetter(reason), Some(d))
+    }
+
+    /// Gives the message back, ready again at once, for this or another consumer; not counted
+    /// as a failure (its delivery still counts as an attempt). Dropping a delivery does the
+    /// same.
+    ///
+    /// # Errors
+    /// As [`Delivery::ack`].
+    pub fn release(mut self) -> Result<()> {
+        self.settled = true;
+        let d = self.core.shared.opts.ack_durability;
+        self.settle(Settle::Release, Some(d))
     }
 
     /// Extends the lease to `by` from now.
@@ -141,38 +221,92 @@ impl Delivery {
     }
 
     /// Stages the settlement record; `None` durability means "drop": no waiting at all.
-    fn settle(&self, how: Settle, d: Option<Durability>) -> Result<()> {
+    fn settle(&self, how: Settle<'_>, d: Option<Durability>) -> Result<()> {
         let shared = &self.core.shared;
-        let mut g = shared.state.lock();
-        g.check()?;
-        let body = match how {
-            Settle::Ack => Body::Ack { queue: self.queue, id: self.id },
-            Settle::Nack => Body::Nack { queue: self.queue, id: self.id },
-        };
-        shared.ensure_room(&mut g, &[body.encoded_len()], Room::Settle)?;
-        let now = shared.opts.clock.now();
         let q = self.queue as usize;
-        match how {
-            Settle::Ack => {
-                let entry = g.queues[q]
-                    .index
-                    .ack(self.id, self.attempt, now)
-                    .map_err(|_| Error::LeaseExpired)?;
-                let lsn = g.wal.append(&body).ok_or(Error::NoSpace)?;
-                let end = lsn + body.encoded_len() as u64;
-                if g.wal.log.note_settled(entry.lsn, end) {
-                    g.wal.maybe_delete = true;
-                    shared.bg_cv.notify_one();
+        let (id, attempt) = (self.id, self.attempt);
+        let mut g = shared.state.lock();
+        loop {
+            g.check()?;
+            let now = shared.opts.clock.now();
+            g.queues[q].index.holds(id, attempt, now).map_err(|_| Error::LeaseExpired)?;
+            let cfg = &g.queues[q].config;
+            // A failed last attempt is a dead letter.
+            let last = cfg.max_attempts.is_some_and(|m| attempt >= m);
+            let error = match &how {
+                Settle::Nack(o) => jobs::clip(o.error.as_deref().unwrap_or("")),
+                Settle::DeadLetter(r) => jobs::clip(r),
+                _ => "",
+            };
+            let dead = match &how {
+                Settle::DeadLetter(_) => Some(DeadReason::Explicit),
+                Settle::Nack(_) if last => Some(DeadReason::MaxAttempts),
+                _ => None,
+            };
+            let due = match &how {
+                Settle::Nack(o) => {
+                    let delay = o.delay.unwrap_or_else(|| cfg.backoff.delay(attempt, id));
+                    if delay.is_zero() {
+                        0
+                    } else {
+                        jobs::now_ms(shared).saturating_add(millis(delay)).max(1)
+                    }
+                }
+                _ => 0,
+            };
+            let lens = match (&how, dead) {
+                (_, Some(_)) => jobs::dead_letter_lens(&g, self.queue, error),
+                (Settle::Ack | Settle::Release, _) => vec![RECORD_HEADER_LEN + 12],
+                _ => vec![RECORD_HEADER_LEN + 20 + error.len()],
+            };
+            if !jobs::room(shared, &mut g, &lens, Room::Settle)? {
+                continue;
+            }
+            match (&how, dead) {
+                (_, Some(why)) => {
+                    let entry = g.queues[q]
+                        .index
+                        .take(id, attempt, now)
+                        .map_err(|_| Error::LeaseExpired)?;
+                    if matches!(how, Settle::Nack(_)) {
+                        g.queues[q].counters.failed += 1;
+                    }
+                    jobs::dead_letter(shared, &mut g, self.queue, id, entry, why, error)?;
+                }
+                (Settle::Ack, _) => {
+                    let entry = g.queues[q]
+                        .index
+                        .take(id, attempt, now)
+                        .map_err(|_| Error::LeaseExpired)?;
+                    g.queues[q].counters.processed += 1;
+                    jobs::drop_message(shared, &mut g, self.queue, id, entry)?;
+                }
+                (Settle::Release, _) => {
+                    g.queues[q]
+                        .index
+                        .put_back(id, attempt, now, 0)
+                        .map_err(|_| Error::LeaseExpired)?;
+                    g.wal.append(&Body::Nack { queue: self.queue, id }).ok_or(Error::NoSpace)?;
+                    g.queues[q].notify_one();
+                }
+                (_, None) => {
+                    g.queues[q]
+                        .index
+                        .put_back(id, attempt, now, due)
+                        .map_err(|_| Error::LeaseExpired)?;
+                    let body = Body::Retry { queue: self.queue, id, due, error: error.as_bytes() };
+                    g.wal.append(&body).ok_or(Error::NoSpace)?;
+                    let qs = &mut g.queues[q];
+                    qs.counters.failed += 1;
+                    qs.index.set_error(id, error);
+                    if due == 0 {
+                        qs.notify_one();
+                    } else {
+                        qs.notify_all();
+                    }
                 }
             }
-            Settle::Nack => {
-                g.queues[q]
-                    .index
-                    .release(self.id, self.attempt, now)
-                    .map_err(|_| Error::LeaseExpired)?;
-                g.wal.append(&body).ok_or(Error::NoSpace)?;
-                g.queues[q].cv.notify_one();
-            }
+            break;
         }
         let end = g.wal.next_lsn;
         match d {
@@ -187,7 +321,7 @@ impl Drop for Delivery {
         if !self.settled {
             // Releasing is best effort: if the store is closed or poisoned the lease simply
             // lapses, and recovery makes the message ready again anyway.
-            let _ = self.settle(Settle::Nack, None);
+            let _ = self.settle(Settle::Release, None);
         }
     }
 }

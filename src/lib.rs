@@ -42,10 +42,13 @@
 //! - exactly-once: handlers must tolerate a redelivery;
 //! - an ordered log for replay: acked messages are gone.
 
+mod clock;
 mod commit;
+mod config;
 mod error;
 mod failpoint;
 mod index;
+mod jobs;
 mod lease;
 mod log;
 mod mark;
@@ -59,12 +62,17 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use commit::Stats;
+pub use config::{Backoff, DeadLetters, OnExpiry, Overflow, QueueConfig};
 pub use error::{Corruption, Error, Result};
-pub use lease::Delivery;
+pub use jobs::DeadReason;
+pub use lease::{Delivery, NackOptions};
 pub use options::{
     Durability, ReadMode, WharfBuilder, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES,
     MIN_SEGMENT_BYTES,
 };
-pub use queue::{Depth, MessageId, PushOptions, Queue, Wharf, MAX_NAME_LEN};
+pub use queue::{
+    Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf, MAX_NAME_LEN, MAX_PRIORITY,
+};
 pub use recovery::RecoveryReport;

@@ -1,8 +1,10 @@
 //! Options of a store: plain data and the builder that opens a store with them.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::record::{PUSH_OVERHEAD, SEAL_LEN};
 use crate::segment::HEADER_LEN;
@@ -40,38 +42,6 @@ pub enum ReadMode {
     Pread,
 }
 
-/// Where lease deadlines read the time: the monotonic clock, or a test's hand-moved one.
-#[derive(Clone, Default)]
-pub(crate) enum Clock {
-    #[default]
-    Real,
-    /// `base` plus the nanoseconds in the counter, moved only by the test.
-    #[cfg(feature = "testing")]
-    Manual { base: Instant, offset: std::sync::Arc<std::sync::atomic::AtomicU64> },
-}
-
-impl Clock {
-    pub(crate) fn now(&self) -> Instant {
-        match self {
-            Clock::Real => Instant::now(),
-            #[cfg(feature = "testing")]
-            Clock::Manual { base, offset } => {
-                *base + Duration::from_nanos(offset.load(std::sync::atomic::Ordering::SeqCst))
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Clock::Real => f.write_str("Real"),
-            #[cfg(feature = "testing")]
-            Clock::Manual { .. } => f.write_str("Manual"),
-        }
-    }
-}
-
 /// The options a store is opened with; see [`WharfBuilder`] for each one and its default.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -85,8 +55,10 @@ pub(crate) struct Options {
     /// Run the background thread (tests on the simulated disk turn it off and call
     /// `Shared::maintain` instead, so that every run issues the same operations).
     pub background: bool,
-    /// The clock of lease deadlines.
-    pub clock: Clock,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Write each delivery record to the OS before its payload is handed out.
+    pub count_crashed_attempts: bool,
 }
 
 /// Default size of a log segment file: 64 MiB.
@@ -107,7 +79,8 @@ impl Default for Options {
             visibility_timeout: Duration::from_secs(30),
             read_mode: ReadMode::Map,
             background: true,
-            clock: Clock::Real,
+            clock: Arc::new(SystemClock),
+            count_crashed_attempts: true,
         }
     }
 }
@@ -206,10 +179,21 @@ impl WharfBuilder {
         self
     }
 
-    /// Lease deadlines read this clock (tests move it by hand).
-    #[cfg(feature = "testing")]
-    pub(crate) fn clock(mut self, clock: Clock) -> Self {
+    /// Where the store reads the time (default [`SystemClock`]): lease deadlines, delays,
+    /// retries and TTLs. Tests pass a [`ManualClock`](crate::ManualClock) and never sleep.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.opts.clock = clock;
+        self
+    }
+
+    /// Whether a delivery is counted even if the process dies while handling it (default
+    /// `true`): its delivery record reaches the OS (one `pwrite`, shared by concurrent pops, no
+    /// `fdatasync`) before the payload is handed out, so a message that crashes its consumer
+    /// every time reaches its queue's `max_attempts` and is dead-lettered instead of
+    /// crash-looping for ever. `false` stages the record like an ack: cheaper, but attempts of
+    /// deliveries lost in a crash are not counted.
+    pub fn count_crashed_attempts(mut self, on: bool) -> Self {
+        self.opts.count_crashed_attempts = on;
         self
     }
 

@@ -6,22 +6,25 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, MutexGuard};
 
+use crate::clock::{from_unix_ms, millis, unix_ms};
 use crate::commit::{Room, Stats};
+use crate::config::{OnExpiry, Overflow, QueueConfig};
 use crate::error::{Error, Result};
 use crate::index::Entry;
+use crate::jobs::{self, DeadReason};
 use crate::lease::{Delivery, Payload};
 use crate::options::{Durability, Options, WharfBuilder};
-use crate::record::{self, Body, PUSH_OVERHEAD};
+use crate::record::{self, Body, PUSH_EX_OVERHEAD, PUSH_OVERHEAD};
 use crate::recovery::RecoveryReport;
 use crate::segment::Segment;
 use crate::storage::RealFs;
 #[cfg(feature = "testing")]
 use crate::store::Shared;
-use crate::store::{Core, QueueState, State};
+use crate::store::{Core, State};
 
 /// Longest queue name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -50,11 +53,37 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// Options of one push.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The highest priority; [`PushOptions::priority`] takes `0..=MAX_PRIORITY`.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// Longest dedup key, in bytes.
+pub const MAX_DEDUP_KEY: usize = 1024;
+
+/// Options of one push: durability, delay, priority, time-to-live, dedup key.
+///
+/// ```
+/// use std::time::Duration;
+/// use wharf::PushOptions;
+/// # let dir = tempfile::tempdir()?;
+/// # let q = wharf::Wharf::open(dir.path())?.queue("jobs")?;
+/// let opts = PushOptions::new()
+///     .delay(Duration::from_secs(30)) // invisible for 30 s, across restarts too
+///     .priority(7)                    // delivered before lower priorities
+///     .ttl(Duration::from_secs(600))  // never delivered after 10 minutes
+///     .dedup_key("invoice-2291");     // a second push with this key stores nothing
+/// let first = q.push_with(b"send invoice 2291", opts.clone())?;
+/// assert_eq!(q.push_with(b"send invoice 2291", opts)?, first);
+/// # Ok::<(), wharf::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use]
 pub struct PushOptions {
     durability: Option<Durability>,
+    delay: Option<Duration>,
+    not_before: Option<SystemTime>,
+    priority: u8,
+    ttl: Option<Duration>,
+    dedup_key: Option<Box<[u8]>>,
 }
 
 impl PushOptions {
@@ -68,6 +97,57 @@ impl PushOptions {
         self.durability = Some(d);
         self
     }
+
+    /// Invisible until this long from now (by the store's wall clock; the due time is stored,
+    /// so it holds across restarts).
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self.not_before = None;
+        self
+    }
+
+    /// Invisible until this wall-clock time.
+    pub fn not_before(mut self, t: SystemTime) -> Self {
+        self.not_before = Some(t);
+        self.delay = None;
+        self
+    }
+
+    /// Delivered before every message of a lower priority (`0..=9`, default 0); first in,
+    /// first out within one priority.
+    pub fn priority(mut self, p: u8) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// Never delivered once this long has passed since the push: it is dropped or
+    /// dead-lettered instead, as the queue's [`OnExpiry`] says. Overrides the queue's TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// A second push with the same key, while the first message is unsettled (or within the
+    /// queue's [`dedup_window`](QueueConfig::dedup_window) of its push), stores nothing and
+    /// returns the first message's id. At most 1024 bytes; single pushes only.
+    pub fn dedup_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.dedup_key = Some(key.as_ref().into());
+        self
+    }
+}
+
+/// One push, resolved against the clock and the queue's config.
+struct Planned {
+    priority: u8,
+    not_before: u64,
+    expires: u64,
+    pushed: u64,
+}
+
+impl Planned {
+    fn plain(&self, key: &[u8]) -> bool {
+        self.priority == 0 && self.not_before == 0 && self.expires == 0 && key.is_empty()
+    }
 }
 
 /// How many messages a queue holds.
@@ -78,6 +158,51 @@ pub struct Depth {
     pub ready: usize,
     /// Messages popped and not yet settled, whose lease has not run out.
     pub in_flight: usize,
+    /// Messages waiting for their delay or retry backoff to pass.
+    pub delayed: usize,
+}
+
+/// A queue's depth and its counters since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Messages that can be popped now.
+    pub ready: usize,
+    /// Messages waiting for their delay or retry backoff.
+    pub delayed: usize,
+    /// Messages leased to consumers.
+    pub in_flight: usize,
+    /// Messages acked.
+    pub processed: u64,
+    /// Failed attempts (nacks and retries, including those that ended in a dead letter).
+    pub failed: u64,
+    /// Messages moved to the dead-letter queue (or dropped, if the queue has none).
+    pub dead_lettered: u64,
+    /// Messages whose time-to-live ran out before delivery.
+    pub expired: u64,
+    /// Times a blocked `pop` on this queue woke up: by a push, a due message, an expiring
+    /// lease or its own timeout. Never by a periodic tick: an idle wait does not wake.
+    pub wakeups: u64,
+}
+
+/// A waiting message as [`Queue::peek`] shows it, without leasing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Peeked {
+    /// The message's id.
+    pub id: MessageId,
+    /// A copy of its payload.
+    pub payload: Vec<u8>,
+    /// Deliveries so far.
+    pub attempts: u32,
+    /// Its priority.
+    pub priority: u8,
+    /// When it becomes ready, if it is delayed.
+    pub due: Option<SystemTime>,
+    /// The queue it was dead-lettered from, and why, if it was.
+    pub dead_lettered_from: Option<(String, DeadReason)>,
+    /// The last error text a consumer gave, if any.
+    pub last_error: Option<String>,
 }
 
 /// An open store: a directory holding any number of named queues.
@@ -162,17 +287,8 @@ impl Wharf {
                 shared.opts.segment_bytes
             )));
         }
-        shared.ensure_room(&mut g, &[len], Room::Push)?;
-        if let Some(&id) = g.names.get(name) {
-            return Ok(self.handle(&g, id));
-        }
-        let id = u32::try_from(g.queues.len())
-            .map_err(|_| Error::InvalidOption("too many queues".into()))?;
-        g.wal.append(&Body::Queue { queue: id, name: name.as_bytes() }).ok_or(Error::NoSpace)?;
-        g.wal.add_to_catalog(name);
-        let name: Arc<str> = name.into();
-        g.names.insert(Arc::clone(&name), id);
-        g.queues.push(QueueState { name, index: Default::default(), cv: Arc::new(Condvar::new()) });
+        shared.ensure_room(&mut g, &[len, len], Room::Push)?;
+        let id = jobs::create_queue(&mut g, name)?;
         let end = g.wal.next_lsn;
         shared.wait_durable(&mut g, end)?;
         Ok(self.handle(&g, id))
@@ -239,8 +355,8 @@ impl Wharf {
 /// A handle to one named queue. Cheap to clone, `Send + Sync`.
 #[derive(Clone)]
 pub struct Queue {
-    core: Arc<Core>,
-    id: u32,
+    pub(crate) core: Arc<Core>,
+    pub(crate) id: u32,
     name: Arc<str>,
     cv: Arc<Condvar>,
 }
@@ -252,13 +368,13 @@ impl fmt::Debug for Queue {
 }
 
 /// A leased message taken under the lock, before its payload is read.
-struct Taken {
+pub(crate) struct Taken {
     id: u64,
     entry: Entry,
     source: Source,
 }
 
-enum Source {
+pub(crate) enum Source {
     Segment(Arc<Segment>),
     Copied(Vec<u8>),
 }
@@ -273,13 +389,13 @@ impl Queue {
     /// when this returns).
     ///
     /// # Errors
-    /// [`Error::PayloadTooLarge`]; [`Error::NoSpace`] (nothing was stored); [`Error::Closed`];
-    /// [`Error::Poisoned`] (the message may or may not be stored).
+    /// [`Error::PayloadTooLarge`]; [`Error::QueueFull`]; [`Error::NoSpace`] (nothing was
+    /// stored); [`Error::Closed`]; [`Error::Poisoned`] (the message may or may not be stored).
     pub fn push(&self, payload: impl AsRef<[u8]>) -> Result<MessageId> {
         self.push_with(payload, PushOptions::new())
     }
 
-    /// Pushes one message with options.
+    /// Pushes one message with options (see [`PushOptions`]).
     ///
     /// ```
     /// use wharf::{Durability, PushOptions};
@@ -290,18 +406,11 @@ impl Queue {
     /// ```
     ///
     /// # Errors
-    /// As [`Queue::push`].
+    /// As [`Queue::push`], plus [`Error::InvalidOption`] for a priority above
+    /// [`MAX_PRIORITY`] or a dedup key over 1024 bytes.
     pub fn push_with(&self, payload: impl AsRef<[u8]>, opts: PushOptions) -> Result<MessageId> {
-        let payload = payload.as_ref();
-        let shared = &self.core.shared;
-        let len = self.record_len(payload)?;
-        let mut g = shared.state.lock();
-        shared.ensure_room(&mut g, &[len], Room::Push)?;
-        let id = self.stage_push(&mut g, payload)?;
-        self.cv.notify_one();
-        let end = g.wal.next_lsn;
-        shared.commit(&mut g, end, opts.durability.unwrap_or(shared.opts.push_durability))?;
-        Ok(MessageId(id))
+        let ids = self.push_many([payload], opts)?;
+        ids.into_iter().next().ok_or(Error::Closed)
     }
 
     /// Pushes several messages with one group commit. On `Err` none of them was pushed, except
@@ -317,10 +426,11 @@ impl Queue {
         self.push_many(payloads, PushOptions::new())
     }
 
-    /// [`Queue::push_batch`] with options.
+    /// [`Queue::push_batch`] with options, the same for every message (a dedup key is refused:
+    /// it names one message).
     ///
     /// # Errors
-    /// As [`Queue::push`].
+    /// As [`Queue::push_with`].
     pub fn push_batch_with<I>(&self, payloads: I, opts: PushOptions) -> Result<Vec<MessageId>>
     where
         I: IntoIterator,
@@ -336,42 +446,160 @@ impl Queue {
     {
         let shared = &self.core.shared;
         let payloads: Vec<I::Item> = payloads.into_iter().collect();
-        let lens =
-            payloads.iter().map(|p| self.record_len(p.as_ref())).collect::<Result<Vec<_>>>()?;
-        let mut g = shared.state.lock();
-        shared.ensure_room(&mut g, &lens, Room::Push)?;
-        let mut ids = Vec::with_capacity(payloads.len());
-        for p in &payloads {
-            ids.push(MessageId(self.stage_push(&mut g, p.as_ref())?));
+        if opts.priority > MAX_PRIORITY {
+            return Err(Error::InvalidOption(format!(
+                "priority {} is above the maximum of {MAX_PRIORITY}",
+                opts.priority
+            )));
         }
-        self.cv.notify_all();
+        let key: &[u8] = opts.dedup_key.as_deref().unwrap_or(&[]);
+        if key.len() > MAX_DEDUP_KEY {
+            return Err(Error::InvalidOption(format!(
+                "dedup key of {} bytes is longer than {MAX_DEDUP_KEY}",
+                key.len()
+            )));
+        }
+        if opts.dedup_key.is_some() && payloads.len() != 1 {
+            return Err(Error::InvalidOption(
+                "a dedup key names one message: push it alone".into(),
+            ));
+        }
+        let max = shared.opts.max_payload;
+        if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > max) {
+            return Err(Error::PayloadTooLarge { len: p.as_ref().len(), max });
+        }
+        let durability = opts.durability.unwrap_or(shared.opts.push_durability);
+        let q = self.id as usize;
+        let mut g = shared.state.lock();
+        let ids = loop {
+            g.check()?;
+            let now_ms = jobs::now_ms(shared);
+            let cfg = &g.queues[q].config;
+            let plan = Planned {
+                priority: opts.priority,
+                not_before: match (opts.not_before, opts.delay) {
+                    (Some(t), _) => unix_ms(t),
+                    (None, Some(d)) if !d.is_zero() => now_ms.saturating_add(millis(d)),
+                    _ => 0,
+                },
+                expires: opts.ttl.or(cfg.ttl).map_or(0, |t| now_ms.saturating_add(millis(t))),
+                pushed: now_ms,
+            };
+            let plan = Planned {
+                not_before: plan.not_before * u64::from(plan.not_before > now_ms),
+                ..plan
+            };
+            let window = millis(cfg.dedup_window);
+            if !key.is_empty() {
+                if let Some(id) = g.queues[q].index.dedup_hit(key, now_ms) {
+                    // Nothing is stored; the caller still gets the durability it asked for.
+                    let end = g.wal.next_lsn;
+                    shared.commit(&mut g, end, durability)?;
+                    return Ok(vec![MessageId(id)]);
+                }
+            }
+            // Overflow: reject, or make room by dead-lettering the oldest waiting messages.
+            let cfg = &g.queues[q].config;
+            let mut victims = 0;
+            if let Some(limit) = cfg.max_len {
+                let waiting = g.queues[q].index.waiting_len() as u64;
+                let excess = (waiting + payloads.len() as u64).saturating_sub(limit);
+                if excess > 0 {
+                    if cfg.overflow == Overflow::Reject || payloads.len() as u64 > limit {
+                        return Err(Error::QueueFull {
+                            queue: self.name.to_string(),
+                            max_len: limit,
+                        });
+                    }
+                    victims = excess as usize;
+                }
+            }
+            let plain = plan.plain(key);
+            let mut lens: Vec<usize> = payloads
+                .iter()
+                .map(|p| {
+                    let fixed = if plain { PUSH_OVERHEAD } else { PUSH_EX_OVERHEAD + key.len() };
+                    fixed + p.as_ref().len()
+                })
+                .collect();
+            for _ in 0..victims {
+                lens.extend(jobs::dead_letter_lens(&g, self.id, ""));
+            }
+            if !jobs::room(shared, &mut g, &lens, Room::Push)? {
+                continue;
+            }
+            for _ in 0..victims {
+                let Some(victim) = g.queues[q].index.oldest_waiting() else { break };
+                if let Some(entry) = g.queues[q].index.remove(victim) {
+                    jobs::dead_letter(
+                        shared,
+                        &mut g,
+                        self.id,
+                        victim,
+                        entry,
+                        DeadReason::Overflow,
+                        "",
+                    )?;
+                }
+            }
+            let mut ids = Vec::with_capacity(payloads.len());
+            for p in &payloads {
+                ids.push(MessageId(self.stage_push(&mut g, p.as_ref(), &plan, key)?));
+            }
+            if !key.is_empty() {
+                if let Some(id) = ids.first() {
+                    let until = now_ms.saturating_add(window);
+                    g.queues[q].index.dedup_insert(key, id.0, until, now_ms);
+                }
+            }
+            if plan.not_before == 0 && ids.len() == 1 {
+                g.queues[q].notify_one();
+            } else {
+                // Delayed: blocked pops must look at the new earliest due time.
+                g.queues[q].notify_all();
+            }
+            break ids;
+        };
         let end = g.wal.next_lsn;
-        shared.commit(&mut g, end, opts.durability.unwrap_or(shared.opts.push_durability))?;
+        shared.commit(&mut g, end, durability)?;
         Ok(ids)
     }
 
-    /// The length of the push record for `payload`, if the payload is not too large.
-    fn record_len(&self, payload: &[u8]) -> Result<usize> {
-        let max = self.core.shared.opts.max_payload;
-        if payload.len() > max {
-            return Err(Error::PayloadTooLarge { len: payload.len(), max });
-        }
-        Ok(PUSH_OVERHEAD + payload.len())
-    }
-
-    /// Stages one push record (room was made) and makes the message ready; returns its id.
-    fn stage_push(&self, g: &mut MutexGuard<'_, State>, payload: &[u8]) -> Result<u64> {
+    /// Stages one push record (room was made) and indexes the message; returns its id.
+    fn stage_push(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        payload: &[u8],
+        plan: &Planned,
+        key: &[u8],
+    ) -> Result<u64> {
         let id = g.wal.next_id()?;
-        let body = Body::Push { queue: self.id, id, payload };
+        let body = if plan.plain(key) {
+            Body::Push { queue: self.id, id, payload }
+        } else {
+            Body::PushEx {
+                queue: self.id,
+                id,
+                priority: plan.priority,
+                not_before: plan.not_before,
+                expires: plan.expires,
+                pushed: plan.pushed,
+                key,
+                payload,
+            }
+        };
         let lsn = g.wal.append(&body).ok_or(Error::NoSpace)?;
         g.wal.log.note_push(lsn);
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        let entry = Entry { lsn, len, attempts: 0 };
-        g.queues[self.id as usize].index.insert(id, entry);
+        let off = u32::try_from(body.payload_offset()).unwrap_or(u32::MAX);
+        let entry =
+            Entry { lsn, len, off, attempts: 0, priority: plan.priority, expires: plan.expires };
+        g.queues[self.id as usize].index.insert(id, entry, plan.not_before);
         Ok(id)
     }
 
-    /// Pops the oldest ready message if there is one, without waiting.
+    /// Pops the next ready message if there is one, without waiting: the highest priority
+    /// first, the oldest first within a priority.
     ///
     /// # Errors
     /// [`Error::Corrupted`] if the message's bytes on disk fail their checksum (it stays leased
@@ -381,8 +609,8 @@ impl Queue {
         self.pop_one_until(Some(self.core.shared.opts.clock.now()))
     }
 
-    /// Pops the oldest ready message, waiting as long as it takes. The wait is woken by a
-    /// push, a nack or an expiring lease; it never polls.
+    /// Pops the next ready message, waiting as long as it takes. The wait is woken by a push,
+    /// a nack, a delayed message becoming due or an expiring lease; it never polls.
     ///
     /// # Errors
     /// As [`Queue::try_pop`].
@@ -390,7 +618,7 @@ impl Queue {
         self.pop_one_until(None)?.ok_or(Error::Closed)
     }
 
-    /// Pops the oldest ready message, waiting at most `timeout`; `Ok(None)` if none came.
+    /// Pops the next ready message, waiting at most `timeout`; `Ok(None)` if none came.
     ///
     /// # Errors
     /// As [`Queue::try_pop`].
@@ -410,48 +638,235 @@ impl Queue {
         self.pop_many_until(Some(self.core.shared.opts.clock.now() + timeout), max)
     }
 
-    /// How many messages are ready and in flight.
+    /// How many messages are ready, delayed and in flight.
     ///
     /// # Errors
     /// [`Error::Closed`].
     pub fn depth(&self) -> Result<Depth> {
-        let mut g = self.core.shared.state.lock();
+        let s = self.stats()?;
+        Ok(Depth { ready: s.ready, in_flight: s.in_flight, delayed: s.delayed })
+    }
+
+    /// The queue's depth and its counters since the store was opened.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn stats(&self) -> Result<QueueStats> {
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
         if g.closed {
             return Err(Error::Closed);
         }
-        let q = &mut g.queues[self.id as usize].index;
-        q.expire(self.core.shared.opts.clock.now());
-        Ok(Depth { ready: q.ready_len(), in_flight: q.leased_len() })
+        let now_ms = jobs::now_ms(shared);
+        let qs = &mut g.queues[self.id as usize];
+        qs.index.expire(shared.opts.clock.now());
+        qs.index.promote(now_ms);
+        let c = qs.counters;
+        Ok(QueueStats {
+            ready: qs.index.ready_len(),
+            delayed: qs.index.delayed_len(),
+            in_flight: qs.index.leased_len(),
+            processed: c.processed,
+            failed: c.failed,
+            dead_lettered: c.dead_lettered,
+            expired: c.expired,
+            wakeups: c.wakeups,
+        })
+    }
+
+    /// The queue's configuration.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn config(&self) -> Result<QueueConfig> {
+        let g = self.core.shared.state.lock();
+        if g.closed {
+            return Err(Error::Closed);
+        }
+        Ok(g.queues[self.id as usize].config.clone())
+    }
+
+    /// Replaces the queue's configuration, durably (a log record, synced before this returns).
+    /// It applies to messages already in the queue too, except TTLs, which are fixed at push.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`], [`Error::InvalidName`] for a bad dead-letter queue name;
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`].
+    pub fn set_config(&self, config: &QueueConfig) -> Result<()> {
+        config.validate()?;
+        let shared = &self.core.shared;
+        let bytes = config.encode();
+        let body = Body::Config { queue: self.id, config: &bytes };
+        let len = body.encoded_len();
+        let mut g = shared.state.lock();
+        g.check()?;
+        shared.ensure_room(&mut g, &[len, len], Room::Push)?;
+        g.wal.append(&body).ok_or(Error::NoSpace)?;
+        g.wal.set_catalog_config(self.id, Some(bytes.into()));
+        g.queues[self.id as usize].config = config.clone();
+        g.queues[self.id as usize].notify_all();
+        let end = g.wal.next_lsn;
+        shared.wait_durable(&mut g, end)
+    }
+
+    /// The queue this queue's dead letters go to (created if it does not exist yet), or `None`
+    /// if its config drops them.
+    ///
+    /// # Errors
+    /// As [`Wharf::queue`].
+    pub fn dead_letter_queue(&self) -> Result<Option<Queue>> {
+        let name = {
+            let g = self.core.shared.state.lock();
+            g.check()?;
+            jobs::dlq_target(&g, self.id).map(|(name, _)| name)
+        };
+        match name {
+            Some(name) => Wharf { core: Arc::clone(&self.core) }.queue(&name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `max` waiting messages (ready, then delayed) in the order they would be
+    /// delivered, with copies of their payloads, without leasing them. Leased messages are not
+    /// listed.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if a payload fails its checksum; [`Error::Closed`]; [`Error::Io`].
+    pub fn peek(&self, max: usize) -> Result<Vec<Peeked>> {
+        let shared = &self.core.shared;
+        let mut found = Vec::new();
+        {
+            let mut g = shared.state.lock();
+            g.check()?;
+            let now_ms = jobs::now_ms(shared);
+            g.queues[self.id as usize].index.promote(now_ms);
+            let waiting = g.queues[self.id as usize].index.waiting(max);
+            for w in waiting {
+                let source = source_of(&g, w.id, &w.entry)?;
+                let index = &g.queues[self.id as usize].index;
+                let note = index.note(w.id).cloned().unwrap_or_default();
+                let from = note.origin.and_then(|o| {
+                    let name = g.queues.get(o as usize)?.name.to_string();
+                    Some((name, DeadReason::from_code(note.reason)?))
+                });
+                let error = (!note.error.is_empty()).then(|| note.error.to_string());
+                found.push((Taken { id: w.id, entry: w.entry, source }, w.due, from, error));
+            }
+        }
+        found
+            .into_iter()
+            .map(|(t, due, from, last_error)| {
+                let (id, entry) = (t.id, t.entry);
+                let payload = load(t)?;
+                Ok(Peeked {
+                    id: MessageId(id),
+                    payload: payload.bytes().to_vec(),
+                    attempts: entry.attempts,
+                    priority: entry.priority,
+                    due: due.map(from_unix_ms),
+                    dead_lettered_from: from,
+                    last_error,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves a dead letter of this queue back to the queue it came from, ready at once with
+    /// its attempts counted from zero. `Ok(false)` if `id` is not a waiting dead letter here.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`].
+    pub fn requeue(&self, id: MessageId) -> Result<bool> {
+        Ok(self.requeue_where(|m| m == id.0, 1)? == 1)
+    }
+
+    /// Moves every waiting dead letter of this queue back to where it came from; returns how
+    /// many.
+    ///
+    /// # Errors
+    /// As [`Queue::requeue`].
+    pub fn requeue_all(&self) -> Result<usize> {
+        self.requeue_where(|_| true, usize::MAX)
+    }
+
+    fn requeue_where(&self, want: impl Fn(u64) -> bool, max: usize) -> Result<usize> {
+        let shared = &self.core.shared;
+        let q = self.id as usize;
+        let mut g = shared.state.lock();
+        let mut moved = 0;
+        loop {
+            g.check()?;
+            let candidates: Vec<(u64, u32)> = g.queues[q]
+                .index
+                .waiting(usize::MAX)
+                .iter()
+                .filter(|w| want(w.id))
+                .filter_map(|w| Some((w.id, g.queues[q].index.note(w.id)?.origin?)))
+                .take(max - moved)
+                .collect();
+            if candidates.is_empty() {
+                break;
+            }
+            let len = Body::Requeue { queue: 0, id: 0, to: 0 }.encoded_len();
+            if !jobs::room(shared, &mut g, &vec![len; candidates.len()], Room::Settle)? {
+                continue;
+            }
+            for (id, to) in candidates {
+                if g.queues.get(to as usize).is_none() {
+                    continue;
+                }
+                let Some(entry) = g.queues[q].index.remove(id) else { continue };
+                g.wal.append(&Body::Requeue { queue: self.id, id, to }).ok_or(Error::NoSpace)?;
+                g.queues[q].index.take_note(id);
+                let dst = &mut g.queues[to as usize];
+                dst.index.insert(id, Entry { attempts: 0, ..entry }, 0);
+                dst.notify_one();
+                moved += 1;
+            }
+            if moved >= max {
+                break;
+            }
+        }
+        if moved > 0 {
+            let end = g.wal.next_lsn;
+            shared.wait_durable(&mut g, end)?;
+        }
+        Ok(moved)
     }
 
     /// Waits until a message is ready or `deadline` passes (forever if `None`); returns the
-    /// time it looked, or `None` when the deadline passed first.
+    /// time it looked, or `None` when the deadline passed first. Sleeps until the earliest of
+    /// the deadline, the next lease expiry and the next due time: never on a fixed tick.
     fn wait_ready(
         &self,
         g: &mut MutexGuard<'_, State>,
         deadline: Option<Instant>,
     ) -> Result<Option<Instant>> {
+        let shared = &self.core.shared;
         loop {
             g.check()?;
-            let now = self.core.shared.opts.clock.now();
+            let now = shared.opts.clock.now();
+            let now_ms = jobs::now_ms(shared);
             let index = &mut g.queues[self.id as usize].index;
             index.expire(now);
+            index.promote(now_ms);
             if index.ready_len() > 0 {
                 return Ok(Some(now));
             }
             if deadline.is_some_and(|d| d <= now) {
                 return Ok(None);
             }
-            let wake = match (deadline, index.next_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let due = index
+                .next_due()
+                .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
+            let wake = [deadline, index.next_deadline(), due].into_iter().flatten().min();
             match wake {
                 Some(t) => {
                     self.cv.wait_until(g, t);
                 }
                 None => self.cv.wait(g),
             }
+            g.queues[self.id as usize].counters.wakeups += 1;
         }
     }
 
@@ -461,13 +876,11 @@ impl Queue {
         let mut g = shared.state.lock();
         let taken = loop {
             let Some(now) = self.wait_ready(&mut g, deadline)? else { return Ok(None) };
-            shared.ensure_room(&mut g, &[DELIVER_LEN], Room::Settle)?;
             if let Some(t) = self.lease_one(&mut g, now)? {
                 break t;
             }
         };
-        let end = g.wal.next_lsn;
-        shared.commit(&mut g, end, shared.opts.ack_durability)?;
+        self.record_deliveries(&mut g)?;
         drop(g);
         self.deliver(taken).map(Some)
     }
@@ -479,56 +892,113 @@ impl Queue {
         let mut taken = Vec::new();
         while taken.is_empty() {
             let Some(now) = self.wait_ready(&mut g, deadline)? else { return Ok(Vec::new()) };
-            let n = max.min(g.queues[self.id as usize].index.ready_len());
-            shared.ensure_room(&mut g, &vec![DELIVER_LEN; n], Room::Settle)?;
-            while taken.len() < n {
+            while taken.len() < max {
                 match self.lease_one(&mut g, now)? {
                     Some(t) => taken.push(t),
                     None => break,
                 }
             }
         }
-        let end = g.wal.next_lsn;
-        shared.commit(&mut g, end, shared.opts.ack_durability)?;
+        self.record_deliveries(&mut g)?;
         drop(g);
         taken.into_iter().map(|t| self.deliver(t)).collect()
     }
 
-    /// Leases the oldest ready message, if any, and stages its delivery record (room for it
-    /// was made).
-    fn lease_one(&self, g: &mut MutexGuard<'_, State>, now: Instant) -> Result<Option<Taken>> {
-        let visibility = self.core.shared.opts.visibility_timeout;
-        let Some((id, entry)) = g.queues[self.id as usize].index.lease_next(now, visibility) else {
-            return Ok(None);
-        };
-        let body = Body::Deliver { queue: self.id, id, attempt: entry.attempts };
-        g.wal.append(&body).ok_or(Error::NoSpace)?;
-        let rec_len = PUSH_OVERHEAD + entry.len as usize;
-        let source = if entry.lsn + rec_len as u64 <= g.wal.written {
-            g.wal.log.segment_of(entry.lsn).map(|s| Source::Segment(Arc::clone(s)))
-        } else {
-            g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
-        };
-        let source = source.ok_or_else(|| {
-            Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
-        })?;
-        Ok(Some(Taken { id, entry, source }))
+    /// Applies the durability of the delivery records just staged: with
+    /// `count_crashed_attempts`, they reach the OS before any payload is handed out.
+    pub(crate) fn record_deliveries(&self, g: &mut MutexGuard<'_, State>) -> Result<()> {
+        let shared = &self.core.shared;
+        let end = g.wal.next_lsn;
+        let d = shared.opts.ack_durability;
+        if shared.opts.count_crashed_attempts && d != Durability::Immediate {
+            shared.wait_written(g, end)?;
+        }
+        shared.commit(g, end, d)
+    }
+
+    /// Leases the next ready message, if any, and stages its delivery record. Expired messages
+    /// and messages out of attempts met on the way are dropped or dead-lettered (each with its
+    /// record) instead.
+    pub(crate) fn lease_one(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        now: Instant,
+    ) -> Result<Option<Taken>> {
+        let shared = &self.core.shared;
+        let q = self.id as usize;
+        loop {
+            g.check()?;
+            let now_ms = jobs::now_ms(shared);
+            g.queues[q].index.promote(now_ms);
+            let Some((id, entry)) = g.queues[q].index.head() else { return Ok(None) };
+            let cfg = &g.queues[q].config;
+            let expired = entry.expires != 0 && entry.expires <= now_ms;
+            let exhausted = cfg.max_attempts.is_some_and(|m| entry.attempts >= m);
+            if expired || exhausted {
+                let to_dlq = !expired || cfg.on_expiry == OnExpiry::DeadLetter;
+                let error =
+                    g.queues[q].index.note(id).map(|n| n.error.to_string()).unwrap_or_default();
+                let lens = if to_dlq {
+                    jobs::dead_letter_lens(g, self.id, &error)
+                } else {
+                    vec![Body::Ack { queue: 0, id: 0 }.encoded_len()]
+                };
+                if !jobs::room(shared, g, &lens, Room::Settle)? {
+                    continue;
+                }
+                let Some(entry) = g.queues[q].index.remove(id) else { continue };
+                if expired {
+                    g.queues[q].counters.expired += 1;
+                }
+                if to_dlq {
+                    let why = if expired { DeadReason::Expired } else { DeadReason::MaxAttempts };
+                    jobs::dead_letter(shared, g, self.id, id, entry, why, &error)?;
+                } else {
+                    jobs::drop_message(shared, g, self.id, id, entry)?;
+                }
+                continue;
+            }
+            let visibility = cfg.visibility_timeout.unwrap_or(shared.opts.visibility_timeout);
+            if !jobs::room(shared, g, &[DELIVER_LEN], Room::Settle)? {
+                continue;
+            }
+            let Some(entry) = g.queues[q].index.lease(id, now, visibility) else { continue };
+            let body = Body::Deliver { queue: self.id, id, attempt: entry.attempts };
+            g.wal.append(&body).ok_or(Error::NoSpace)?;
+            let source = source_of(g, id, &entry)?;
+            return Ok(Some(Taken { id, entry, source }));
+        }
     }
 
     /// Reads and checks a leased message's payload and wraps it in a `Delivery`.
-    fn deliver(&self, t: Taken) -> Result<Delivery> {
-        let (id, attempt) = (t.id, t.entry.attempts);
-        let payload = load(t, self.id)?;
-        Ok(Delivery::new(Arc::clone(&self.core), self.id, id, attempt, payload))
+    pub(crate) fn deliver(&self, t: Taken) -> Result<Delivery> {
+        let (id, entry) = (t.id, t.entry);
+        let payload = load(t)?;
+        Ok(Delivery::new(Arc::clone(&self.core), self.id, id, entry.attempts, payload))
     }
+}
+
+/// Where the bytes of a message's push record are: its segment, or a copy of bytes not yet
+/// written.
+fn source_of(g: &State, id: u64, entry: &Entry) -> Result<Source> {
+    let rec_len = entry.record_len();
+    let source = if entry.lsn + rec_len as u64 <= g.wal.written {
+        g.wal.log.segment_of(entry.lsn).map(|s| Source::Segment(Arc::clone(s)))
+    } else {
+        g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
+    };
+    source.ok_or_else(|| {
+        Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
+    })
 }
 
 /// Length of a `Deliver` record.
 const DELIVER_LEN: usize = crate::record::RECORD_HEADER_LEN + 16;
 
 /// Reads and checks the push record of a taken message, and returns its payload.
-fn load(t: Taken, queue: u32) -> Result<Payload> {
-    let rec_len = PUSH_OVERHEAD + t.entry.len as usize;
+fn load(t: Taken) -> Result<Payload> {
+    let rec_len = t.entry.record_len();
+    let off = t.entry.off as usize;
     let lsn = t.entry.lsn;
     let check = |bytes: &[u8], seg: Option<&Segment>| -> Result<()> {
         let fail = |why: &str| {
@@ -537,7 +1007,8 @@ fn load(t: Taken, queue: u32) -> Result<Payload> {
             Error::Corrupted(crate::error::Corruption { file, offset, reason: why.into() })
         };
         match record::decode(bytes, lsn) {
-            Ok(r) if matches!(r.body, Body::Push { queue: q, id, .. } if q == queue && id == t.id) => {
+            // Ids are unique in the store; a dead letter's record names the queue it was pushed to.
+            Ok(r) if matches!(r.body, Body::Push { id, .. } | Body::PushEx { id, .. } if id == t.id) => {
                 Ok(())
             }
             Ok(_) => Err(fail("a different record where a message was expected")),
@@ -552,18 +1023,18 @@ fn load(t: Taken, queue: u32) -> Result<Payload> {
                 check(bytes, Some(&seg))?;
                 Ok(Payload::Mapped {
                     seg: Arc::clone(&seg),
-                    start: start + PUSH_OVERHEAD,
+                    start: start + off,
                     len: t.entry.len as usize,
                 })
             } else {
                 let bytes = seg.read(lsn, rec_len)?;
                 check(&bytes, Some(&seg))?;
-                Ok(Payload::Owned { bytes, start: PUSH_OVERHEAD })
+                Ok(Payload::Owned { bytes, start: off })
             }
         }
         Source::Copied(bytes) => {
             check(&bytes, None)?;
-            Ok(Payload::Owned { bytes, start: PUSH_OVERHEAD })
+            Ok(Payload::Owned { bytes, start: off })
         }
     }
 }

@@ -18,12 +18,18 @@
 //!
 //! Bodies: `Push` = queue u32, id u64, payload; `Ack`, `Nack` = queue u32, id u64;
 //! `Deliver` = queue u32, id u64, attempt u32; `Queue` = queue u32, name bytes;
-//! `Epoch` = epoch u32; `Seal` = nothing.
+//! `Epoch` = epoch u32; `Seal` = nothing; `PushEx` = queue u32, id u64, priority u8, zero u8,
+//! key length u16, not-before u64, expires u64, pushed u64 (Unix ms, 0 = none), key, payload;
+//! `Retry` = queue u32, id u64, due u64 (Unix ms), error text; `DeadLetter` = queue u32, id u64,
+//! to u32, reason u8, zero ×3, error text; `Requeue` = queue u32, id u64, to u32; `Config` =
+//! queue u32, config bytes (`config.rs`).
 
 /// Bytes of the fixed record header.
 pub(crate) const RECORD_HEADER_LEN: usize = 24;
 /// Bytes of a `Push` record before its payload.
 pub(crate) const PUSH_OVERHEAD: usize = RECORD_HEADER_LEN + 12;
+/// Bytes of a `PushEx` record before its key.
+pub(crate) const PUSH_EX_OVERHEAD: usize = RECORD_HEADER_LEN + 40;
 /// Bytes of a `Seal` record.
 pub(crate) const SEAL_LEN: usize = RECORD_HEADER_LEN;
 
@@ -37,6 +43,11 @@ pub(crate) enum Kind {
     Queue = 5,
     Epoch = 6,
     Seal = 7,
+    PushEx = 8,
+    Retry = 9,
+    DeadLetter = 10,
+    Requeue = 11,
+    Config = 12,
 }
 
 impl Kind {
@@ -49,6 +60,11 @@ impl Kind {
             5 => Kind::Queue,
             6 => Kind::Epoch,
             7 => Kind::Seal,
+            8 => Kind::PushEx,
+            9 => Kind::Retry,
+            10 => Kind::DeadLetter,
+            11 => Kind::Requeue,
+            12 => Kind::Config,
             _ => return None,
         })
     }
@@ -57,13 +73,69 @@ impl Kind {
 /// The decoded fields of a record; payloads and names borrow from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Body<'a> {
-    Push { queue: u32, id: u64, payload: &'a [u8] },
-    Ack { queue: u32, id: u64 },
-    Deliver { queue: u32, id: u64, attempt: u32 },
-    Nack { queue: u32, id: u64 },
-    Queue { queue: u32, name: &'a [u8] },
-    Epoch { epoch: u32 },
+    Push {
+        queue: u32,
+        id: u64,
+        payload: &'a [u8],
+    },
+    Ack {
+        queue: u32,
+        id: u64,
+    },
+    Deliver {
+        queue: u32,
+        id: u64,
+        attempt: u32,
+    },
+    Nack {
+        queue: u32,
+        id: u64,
+    },
+    Queue {
+        queue: u32,
+        name: &'a [u8],
+    },
+    Epoch {
+        epoch: u32,
+    },
     Seal,
+    /// A push with options: `priority` (higher first), wall-clock times in Unix ms (0: none).
+    PushEx {
+        queue: u32,
+        id: u64,
+        priority: u8,
+        not_before: u64,
+        expires: u64,
+        pushed: u64,
+        key: &'a [u8],
+        payload: &'a [u8],
+    },
+    /// A failed delivery: the message waits until `due` (Unix ms; 0: ready at once).
+    Retry {
+        queue: u32,
+        id: u64,
+        due: u64,
+        error: &'a [u8],
+    },
+    /// The message moves from `queue` to queue `to` (the same message, the same payload).
+    DeadLetter {
+        queue: u32,
+        id: u64,
+        to: u32,
+        reason: u8,
+        error: &'a [u8],
+    },
+    /// A dead letter moves back from `queue` to `to`, its attempts counted from zero again.
+    Requeue {
+        queue: u32,
+        id: u64,
+        to: u32,
+    },
+    /// The queue's configuration from now on.
+    Config {
+        queue: u32,
+        config: &'a [u8],
+    },
 }
 
 impl Body<'_> {
@@ -76,6 +148,19 @@ impl Body<'_> {
             Body::Queue { .. } => Kind::Queue,
             Body::Epoch { .. } => Kind::Epoch,
             Body::Seal => Kind::Seal,
+            Body::PushEx { .. } => Kind::PushEx,
+            Body::Retry { .. } => Kind::Retry,
+            Body::DeadLetter { .. } => Kind::DeadLetter,
+            Body::Requeue { .. } => Kind::Requeue,
+            Body::Config { .. } => Kind::Config,
+        }
+    }
+
+    /// Where the payload starts in a push record (either kind) of this body.
+    pub(crate) fn payload_offset(&self) -> usize {
+        match self {
+            Body::PushEx { key, .. } => PUSH_EX_OVERHEAD + key.len(),
+            _ => PUSH_OVERHEAD,
         }
     }
 
@@ -89,6 +174,11 @@ impl Body<'_> {
                 Body::Queue { name, .. } => 4 + name.len(),
                 Body::Epoch { .. } => 4,
                 Body::Seal => 0,
+                Body::PushEx { key, payload, .. } => 40 + key.len() + payload.len(),
+                Body::Retry { error, .. } => 20 + error.len(),
+                Body::DeadLetter { error, .. } => 20 + error.len(),
+                Body::Requeue { .. } => 16,
+                Body::Config { config, .. } => 4 + config.len(),
             }
     }
 }
@@ -163,6 +253,40 @@ pub(crate) fn encode(out: &mut Vec<u8>, lsn: u64, durable: u64, body: &Body<'_>)
         }
         Body::Epoch { epoch } => out.extend_from_slice(&epoch.to_le_bytes()),
         Body::Seal => {}
+        Body::PushEx { queue, id, priority, not_before, expires, pushed, key, payload } => {
+            out.extend_from_slice(&queue.to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+            out.push(priority);
+            out.push(0);
+            out.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes());
+            out.extend_from_slice(&not_before.to_le_bytes());
+            out.extend_from_slice(&expires.to_le_bytes());
+            out.extend_from_slice(&pushed.to_le_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(payload);
+        }
+        Body::Retry { queue, id, due, error } => {
+            out.extend_from_slice(&queue.to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&due.to_le_bytes());
+            out.extend_from_slice(error);
+        }
+        Body::DeadLetter { queue, id, to, reason, error } => {
+            out.extend_from_slice(&queue.to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&to.to_le_bytes());
+            out.extend_from_slice(&[reason, 0, 0, 0]);
+            out.extend_from_slice(error);
+        }
+        Body::Requeue { queue, id, to } => {
+            out.extend_from_slice(&queue.to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&to.to_le_bytes());
+        }
+        Body::Config { queue, config } => {
+            out.extend_from_slice(&queue.to_le_bytes());
+            out.extend_from_slice(config);
+        }
     }
     let rec = &mut out[start..];
     let crc = checksum(rec);
@@ -258,6 +382,61 @@ pub(crate) fn decode(bytes: &[u8], lsn: u64) -> Result<Record<'_>, DecodeError> 
             }
             Body::Seal
         }
+        Kind::PushEx => {
+            let m = DecodeError::Malformed;
+            let key_len = body.get(14..16).ok_or(m)?;
+            let key_len = usize::from(u16::from_le_bytes([key_len[0], key_len[1]]));
+            if body.get(13) != Some(&0) {
+                return Err(m);
+            }
+            Body::PushEx {
+                queue: queue.ok_or(m)?,
+                id: id.ok_or(m)?,
+                priority: body.get(12).copied().ok_or(m)?,
+                not_before: u64_at(body, 16).ok_or(m)?,
+                expires: u64_at(body, 24).ok_or(m)?,
+                pushed: u64_at(body, 32).ok_or(m)?,
+                key: body.get(40..40 + key_len).ok_or(m)?,
+                payload: body.get(40 + key_len..).ok_or(m)?,
+            }
+        }
+        Kind::Retry => {
+            let m = DecodeError::Malformed;
+            Body::Retry {
+                queue: queue.ok_or(m)?,
+                id: id.ok_or(m)?,
+                due: u64_at(body, 12).ok_or(m)?,
+                error: body.get(20..).ok_or(m)?,
+            }
+        }
+        Kind::DeadLetter => {
+            let m = DecodeError::Malformed;
+            if body.get(17..20) != Some(&[0, 0, 0][..]) {
+                return Err(m);
+            }
+            Body::DeadLetter {
+                queue: queue.ok_or(m)?,
+                id: id.ok_or(m)?,
+                to: u32_at(body, 12).ok_or(m)?,
+                reason: body.get(16).copied().ok_or(m)?,
+                error: body.get(20..).ok_or(m)?,
+            }
+        }
+        Kind::Requeue => {
+            let m = DecodeError::Malformed;
+            if body.len() != 16 {
+                return Err(m);
+            }
+            Body::Requeue {
+                queue: queue.ok_or(m)?,
+                id: id.ok_or(m)?,
+                to: u32_at(body, 12).ok_or(m)?,
+            }
+        }
+        Kind::Config => Body::Config {
+            queue: queue.ok_or(DecodeError::Malformed)?,
+            config: body.get(4..).ok_or(DecodeError::Malformed)?,
+        },
     };
     Ok(Record { len, synced, body })
 }
@@ -276,6 +455,31 @@ mod tests {
             Body::Queue { queue: 2, name: b"emails" },
             Body::Epoch { epoch: 12 },
             Body::Seal,
+            Body::PushEx {
+                queue: 1,
+                id: 9,
+                priority: 7,
+                not_before: 1_700_000_000_000,
+                expires: 0,
+                pushed: 1_699_999_999_000,
+                key: b"order-17",
+                payload: b"ship it",
+            },
+            Body::PushEx {
+                queue: 0,
+                id: 1,
+                priority: 0,
+                not_before: 0,
+                expires: 5,
+                pushed: 0,
+                key: b"",
+                payload: b"",
+            },
+            Body::Retry { queue: 2, id: 3, due: 99, error: b"timeout talking to smtp" },
+            Body::Retry { queue: 2, id: 3, due: 0, error: b"" },
+            Body::DeadLetter { queue: 2, id: 3, to: 4, reason: 2, error: b"boom" },
+            Body::Requeue { queue: 4, id: 3, to: 2 },
+            Body::Config { queue: 1, config: b"\x01abc" },
         ]
     }
 

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::QueueConfig;
 use crate::error::{Corruption, Error, Result};
 use crate::failpoint;
-use crate::index::{Entry, QueueIndex};
+use crate::index::{Entry, Note, QueueIndex};
 use crate::log::{Log, SegInfo};
 use crate::mark::{self, Mark};
 use crate::queue::valid_name;
@@ -53,6 +54,8 @@ pub(crate) struct Recovered {
     pub active: Option<(Arc<Segment>, u64)>,
     pub max_epoch: u32,
     pub queues: Vec<(String, QueueIndex)>,
+    /// Each queue's configuration, if it was ever set.
+    pub configs: Vec<Option<QueueConfig>>,
     /// The durable mark of the last clean close, if any.
     pub mark: Option<Mark>,
     pub report: RecoveryReport,
@@ -120,6 +123,7 @@ fn durable_record_after(bytes: &[u8], base: u64, at: u64, last_start: usize) -> 
 #[derive(Default)]
 struct Replay {
     queues: Vec<(String, QueueIndex)>,
+    configs: Vec<Option<QueueConfig>>,
     leased: HashSet<(u32, u64)>,
     max_epoch: u32,
     /// Unsettled messages per segment base.
@@ -143,17 +147,35 @@ impl Replay {
                     Some((existing, _)) if existing == name => {}
                     None if queue as usize == self.queues.len() => {
                         self.queues.push((name.to_owned(), QueueIndex::default()));
+                        self.configs.push(None);
                     }
                     _ => return Err(bad("queue catalog record out of order")),
                 }
             }
             Body::Push { queue, id, payload } => {
+                let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
+                let off = record::PUSH_OVERHEAD as u32;
+                let entry = Entry { lsn, len, off, attempts: 0, priority: 0, expires: 0 };
                 let (_, q) = self
                     .queues
                     .get_mut(queue as usize)
                     .ok_or_else(|| bad("push to an unknown queue"))?;
+                q.insert(id, entry, 0);
+                *self.live.entry(seg.base).or_default() += 1;
+            }
+            Body::PushEx { queue, id, priority, not_before, expires, pushed, key, payload } => {
                 let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
-                q.insert(id, Entry { lsn, len, attempts: 0 });
+                let off = u32::try_from(rec.body.payload_offset()).unwrap_or(u32::MAX);
+                let entry = Entry { lsn, len, off, attempts: 0, priority, expires };
+                let window = self.window(queue);
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("push to an unknown queue"))?;
+                q.insert(id, entry, not_before);
+                if !key.is_empty() {
+                    q.dedup_insert(key, id, pushed.saturating_add(window), 0);
+                }
                 *self.live.entry(seg.base).or_default() += 1;
             }
             Body::Deliver { queue, id, attempt } => {
@@ -171,7 +193,8 @@ impl Replay {
                     .queues
                     .get_mut(queue as usize)
                     .ok_or_else(|| bad("ack in an unknown queue"))?;
-                if let Some(e) = q.replay_ack(id) {
+                if let Some(e) = q.remove(id) {
+                    q.forget(id);
                     if let Some((_, n)) = self.live.range_mut(..=e.lsn).next_back() {
                         *n = n.saturating_sub(1);
                     }
@@ -184,9 +207,67 @@ impl Replay {
                 }
                 self.leased.remove(&(queue, id));
             }
+            Body::Retry { queue, id, due, error } => {
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("retry in an unknown queue"))?;
+                if q.replay_retry(id, due) {
+                    q.set_error(id, &String::from_utf8_lossy(error));
+                }
+                self.leased.remove(&(queue, id));
+            }
+            Body::DeadLetter { queue, id, to, reason, error } => {
+                if !known(queue, &self.queues) || !known(to, &self.queues) || queue == to {
+                    return Err(bad("dead letter between unknown queues"));
+                }
+                self.leased.remove(&(queue, id));
+                let moved = self.queues.get_mut(queue as usize).and_then(|(_, q)| {
+                    let e = q.remove(id)?;
+                    q.forget(id);
+                    Some(e)
+                });
+                if let (Some(e), Some((_, dst))) = (moved, self.queues.get_mut(to as usize)) {
+                    dst.insert(id, Entry { expires: 0, priority: 0, ..e }, 0);
+                    let error = String::from_utf8_lossy(error).into();
+                    dst.set_note(id, Note { origin: Some(queue), reason, error });
+                }
+            }
+            Body::Requeue { queue, id, to } => {
+                if !known(queue, &self.queues) || !known(to, &self.queues) || queue == to {
+                    return Err(bad("requeue between unknown queues"));
+                }
+                self.leased.remove(&(queue, id));
+                let moved = self.queues.get_mut(queue as usize).and_then(|(_, q)| {
+                    let e = q.remove(id)?;
+                    q.forget(id);
+                    Some(e)
+                });
+                if let (Some(e), Some((_, dst))) = (moved, self.queues.get_mut(to as usize)) {
+                    dst.insert(id, Entry { attempts: 0, ..e }, 0);
+                }
+            }
+            Body::Config { queue, config } => {
+                if !known(queue, &self.queues) {
+                    return Err(bad("config of an unknown queue"));
+                }
+                let config =
+                    QueueConfig::decode(config).ok_or_else(|| bad("invalid queue config"))?;
+                if let Some(c) = self.configs.get_mut(queue as usize) {
+                    *c = Some(config);
+                }
+            }
             Body::Seal => {}
         }
         Ok(())
+    }
+}
+
+impl Replay {
+    /// The dedup window of queue `q` as configured so far.
+    fn window(&self, q: u32) -> u64 {
+        let cfg = self.configs.get(q as usize).and_then(Option::as_ref);
+        cfg.map_or(0, |c| crate::clock::millis(c.dedup_window))
     }
 }
 
@@ -319,7 +400,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     }
     report.records = replay.records;
     report.in_flight_at_crash = replay.leased.len() as u64;
-    report.messages = replay.queues.iter().map(|(_, q)| q.ready_len() as u64).sum();
+    report.messages = replay.queues.iter().map(|(_, q)| q.waiting_len() as u64).sum();
 
     let store_id = store_id.unwrap_or_else(new_store_id);
     let mut log = Log { store_id, segments: BTreeMap::new(), spares: Default::default() };
@@ -333,7 +414,15 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         }
     }
     report.duration = started.elapsed();
-    Ok(Recovered { log, active, max_epoch: replay.max_epoch, queues: replay.queues, mark, report })
+    Ok(Recovered {
+        log,
+        active,
+        max_epoch: replay.max_epoch,
+        queues: replay.queues,
+        configs: replay.configs,
+        mark,
+        report,
+    })
 }
 
 /// The index of the last non-zero byte of `bytes`. Reads whole blocks with an OR-fold, which

@@ -16,7 +16,7 @@ use crate::storage::{MapView, Storage, StorageFile};
 /// Magic bytes at the start of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
 /// The on-disk format version this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Bytes of the segment header; the first record starts here.
 pub(crate) const HEADER_LEN: u64 = 64;
 const SUFFIX: &str = ".seg";
@@ -268,12 +268,12 @@ mod tests {
     #[test]
     fn newer_version_is_a_clear_error() {
         let mut bytes = Header { store_id: 1, base: 0, len: 1 << 20 }.encode();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             Header::decode(&bytes, Path::new("x")),
-            Err(Error::UnsupportedVersion { found: 2, .. })
+            Err(Error::UnsupportedVersion { found: 3, .. })
         ));
     }
 }

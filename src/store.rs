@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::commit::{self, Room, Wal, MAX_EPOCH};
+use crate::commit::{self, CatalogEntry, Room, Wal, MAX_EPOCH};
+use crate::config::QueueConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::QueueIndex;
@@ -24,12 +25,56 @@ use crate::recovery::{self, RecoveryReport};
 use crate::segment::Segment;
 use crate::storage::{LockGuard, Storage};
 
+/// Counters of one queue since the store was opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    pub processed: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub expired: u64,
+    /// Wake-ups of blocked pops on this queue (for the no-polling test and operators).
+    pub wakeups: u64,
+}
+
 /// One queue's in-memory state.
 pub(crate) struct QueueState {
     pub name: Arc<str>,
     pub index: QueueIndex,
+    pub config: QueueConfig,
+    pub counters: Counters,
     /// Waiters of `pop` on this queue.
     pub cv: Arc<Condvar>,
+    /// Wakers of `pop_async` futures waiting on this queue.
+    pub wakers: Vec<std::task::Waker>,
+}
+
+impl QueueState {
+    pub(crate) fn new(name: Arc<str>, index: QueueIndex, config: QueueConfig) -> QueueState {
+        QueueState {
+            name,
+            index,
+            config,
+            counters: Counters::default(),
+            cv: Arc::new(Condvar::new()),
+            wakers: Vec::new(),
+        }
+    }
+
+    /// Wakes one blocked pop and every async one (a woken future that finds nothing re-arms).
+    pub(crate) fn notify_one(&mut self) {
+        self.cv.notify_one();
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Wakes every blocked and async pop (their wait times must be recomputed).
+    pub(crate) fn notify_all(&mut self) {
+        self.cv.notify_all();
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
 }
 
 /// Everything guarded by the store's mutex.
@@ -121,13 +166,21 @@ impl Core {
             }
         };
         let fresh = next_lsn == first_record(&active);
-        let catalog = rec.queues.iter().map(|(n, _)| n.as_bytes().into()).collect();
+        let catalog = rec
+            .queues
+            .iter()
+            .zip(&rec.configs)
+            .map(|((n, _), c)| CatalogEntry {
+                name: n.as_bytes().into(),
+                config: c.as_ref().map(|c| c.encode().into()),
+            })
+            .collect();
         let mut names = HashMap::new();
         let mut queues = Vec::new();
-        for (i, (name, index)) in rec.queues.into_iter().enumerate() {
+        for (i, ((name, index), config)) in rec.queues.into_iter().zip(rec.configs).enumerate() {
             let name: Arc<str> = name.into();
             names.insert(Arc::clone(&name), u32::try_from(i).unwrap_or(u32::MAX));
-            queues.push(QueueState { name, index, cv: Arc::new(Condvar::new()) });
+            queues.push(QueueState::new(name, index, config.unwrap_or_default()));
         }
         let mark = rec.mark;
         let wal = Wal::new(log, active, next_lsn, epoch, catalog);
@@ -186,8 +239,8 @@ impl Core {
             };
             g.closed = true;
             g.shutdown = true;
-            for q in &g.queues {
-                q.cv.notify_all();
+            for q in &mut g.queues {
+                q.notify_all();
             }
             shared.bg_cv.notify_all();
             shared.durable_cv.notify_all();

@@ -18,39 +18,7 @@ pub fn open(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<Wharf> {
     Wharf::open_on(Arc::new(sim.clone()), dir, opts)
 }
 
-/// A clock for lease deadlines that moves only when told: leases expire deterministically.
-/// Use it with `try_pop` (a blocking pop waits on the real clock).
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    base: std::time::Instant,
-    offset: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        ManualClock { base: std::time::Instant::now(), offset: Arc::default() }
-    }
-}
-
-impl ManualClock {
-    /// A clock standing still at the moment of its making.
-    pub fn new() -> ManualClock {
-        ManualClock::default()
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: std::time::Duration) {
-        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.offset.fetch_add(nanos, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The builder with lease deadlines on this clock.
-    pub fn apply(&self, builder: WharfBuilder) -> WharfBuilder {
-        let clock =
-            crate::options::Clock::Manual { base: self.base, offset: Arc::clone(&self.offset) };
-        builder.clock(clock)
-    }
-}
+pub use crate::clock::ManualClock;
 
 /// Runs the background thread's duties once, now: a spare segment, a sync of everything
 /// staged, deletion of settled segments.

@@ -70,9 +70,11 @@ impl Ctx {
         self.wharf = None;
         self.wharf = Some(match &self.real {
             Some(dir) => self.builder.clone().open(dir)?,
-            None => {
-                testing::open(self.clock.apply(self.builder.clone()), &self.sim, Path::new(DIR))?
-            }
+            None => testing::open(
+                self.builder.clone().clock(std::sync::Arc::new(self.clock.clone())),
+                &self.sim,
+                Path::new(DIR),
+            )?,
         });
         Ok(())
     }
