@@ -5,7 +5,9 @@ mod api;
 mod concurrency;
 mod corruption;
 mod enospc;
+mod jobs;
 mod leases;
+mod poison;
 mod recovery;
 mod sweeps;
 
