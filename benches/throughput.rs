@@ -368,7 +368,18 @@ fn t4(cfg: &Cfg) -> BoxResult<f64> {
 
 /// T5: push, `try_pop`, ack, one at a time, all with durability `None`: msgs/s.
 fn t5_cycle(cfg: &Cfg) -> BoxResult<f64> {
-    let s = Store::open(cfg, no_sync())?;
+    cycle(cfg, no_sync())
+}
+
+/// T7: the T5 cycle with delivery records staged like acks instead of written before the
+/// payload is handed out (`count_crashed_attempts(false)`): what recording deliveries costs.
+fn t7_cycle(cfg: &Cfg) -> BoxResult<f64> {
+    cycle(cfg, no_sync().count_crashed_attempts(false))
+}
+
+/// Push, `try_pop`, ack, one at a time, on a store opened with `builder`: msgs/s.
+fn cycle(cfg: &Cfg, builder: wharf::WharfBuilder) -> BoxResult<f64> {
+    let s = Store::open(cfg, builder)?;
     let payload = [0x42u8; SMALL];
     let (mut n, deadline, start) = (0u64, cfg.deadline(), Instant::now());
     while Instant::now() < deadline {
@@ -726,11 +737,15 @@ fn measures<'a>(cfg: &'a Cfg, bw: &'a BwFile) -> Vec<Measure<'a>> {
             }),
         ));
     }
-    m.extend::<[Measure<'a>; 8]>([
+    m.extend::<[Measure<'a>; 9]>([
         ("T3".into(), Box::new(|| Ok(one("T3 push_batch 256×4 KiB", "MiB/s", t3(cfg)?)))),
         ("T4".into(), Box::new(|| Ok(one("T4 push None", "msgs/s", t4(cfg)?)))),
         ("T5 cycle".into(), Box::new(|| Ok(one("T5 push+try_pop+ack", "msgs/s", t5_cycle(cfg)?)))),
         ("T5 batch".into(), Box::new(|| Ok(one("T5 batch 64 cycle", "msgs/s", t5_batch(cfg)?)))),
+        (
+            "T7 cycle".into(),
+            Box::new(|| Ok(one("T7 cycle, deliveries staged", "msgs/s", t7_cycle(cfg)?))),
+        ),
         ("T5 large".into(), Box::new(|| Ok(one("T5 pop 64 KiB", "GB/s", t5_large(cfg)?)))),
         (
             "T6".into(),
@@ -847,6 +862,16 @@ fn checks(r: &Report) -> BoxResult<Vec<Check>> {
         ),
         ratio("T6 roll max ≤ 2 × F_sync p99", t6, f_p99, "F_sync p99", 2.0, true, "µs"),
         ratio("T2@16 ≥ 6 × redb@16", r.median("T2@16 ops/s")?, redb, "redb", 6.0, false, "ops/s"),
+        // Information, no bound: what writing each delivery record before the hand-out costs.
+        ratio(
+            "T5 / T7: cycle with deliveries recorded first (info)",
+            r.median("T5 push+try_pop+ack")?,
+            r.median("T7 cycle, deliveries staged")?,
+            "T7",
+            0.0,
+            false,
+            "msgs/s",
+        ),
     ]);
     Ok(out)
 }
@@ -864,6 +889,14 @@ fn main() -> BoxResult<()> {
     // run (common on shared cloud disks) touches the floors and wharf alike.
     let bw = b_dur_file(&cfg)?;
     let mut all = measures(&cfg, &bw);
+    // `WHARF_BENCH_ONLY=T5,T7` runs only the measurements whose names start with one of these
+    // (no targets are judged then).
+    let only: Vec<String> = std::env::var("WHARF_BENCH_ONLY")
+        .map(|v| v.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if !only.is_empty() {
+        all.retain(|(name, _)| only.iter().any(|p| name.starts_with(p.as_str())));
+    }
     for round in 1..=ROUNDS {
         for (name, run) in &mut all {
             eprintln!("round {round}/{ROUNDS}: {name}");
@@ -884,6 +917,9 @@ fn main() -> BoxResult<()> {
     println!();
     r.print();
     println!();
+    if !only.is_empty() {
+        return Ok(());
+    }
     println!("| target | measured ratio | from | result |");
     println!("|---|---:|---|---|");
     for c in checks(&r)? {
