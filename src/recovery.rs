@@ -30,7 +30,8 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Records replayed from the log.
     pub records: u64,
-    /// Unsettled messages found, all of them ready now.
+    /// Unsettled messages found, all of them waiting now (ready, or delayed by a push option
+    /// or a retry backoff).
     pub messages: u64,
     /// Of those, messages that were leased (in flight) when the store was last closed or
     /// crashed; they are ready again.
