@@ -61,6 +61,7 @@ mod storage;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod typed;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commit::Stats;
@@ -76,3 +77,4 @@ pub use queue::{
     Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf, MAX_NAME_LEN, MAX_PRIORITY,
 };
 pub use recovery::RecoveryReport;
+pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};

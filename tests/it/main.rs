@@ -10,6 +10,7 @@ mod leases;
 mod poison;
 mod recovery;
 mod sweeps;
+mod typed;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
