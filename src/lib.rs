@@ -62,6 +62,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod typed;
+mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commit::Stats;
@@ -78,3 +79,7 @@ pub use queue::{
 };
 pub use recovery::RecoveryReport;
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
+pub use worker::{
+    ShutdownReport, ShutdownSignal, TypedWorkerBuilder, Worker, WorkerBuilder, WorkerStats,
+    DEFAULT_DROP_DEADLINE, DEFAULT_POLL_TIMEOUT,
+};

@@ -11,6 +11,7 @@ mod poison;
 mod recovery;
 mod sweeps;
 mod typed;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
