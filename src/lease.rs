@@ -217,6 +217,8 @@ impl Delivery {
         q.index
             .extend(self.id, self.attempt, self.core.shared.opts.clock.now(), by)
             .map_err(|_| Error::LeaseExpired)?;
+        // A shorter lease may end before the wake time of blocked pops: let them look again.
+        q.notify_all();
         Ok(())
     }
 

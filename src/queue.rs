@@ -861,8 +861,10 @@ impl Queue {
                 .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
             let wake = [deadline, index.next_deadline(), due].into_iter().flatten().min();
             match wake {
+                // A duration on the store's clock, slept in real time: a manual clock that
+                // stands still makes the wait last, never spin.
                 Some(t) => {
-                    self.cv.wait_until(g, t);
+                    self.cv.wait_for(g, t.saturating_duration_since(now).max(MIN_WAIT));
                 }
                 None => self.cv.wait(g),
             }
@@ -991,6 +993,9 @@ fn source_of(g: &State, id: u64, entry: &Entry) -> Result<Source> {
         Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
     })
 }
+
+/// The shortest sleep of a blocked pop, so that a wake time that is due now cannot spin.
+const MIN_WAIT: Duration = Duration::from_micros(100);
 
 /// Length of a `Deliver` record.
 const DELIVER_LEN: usize = crate::record::RECORD_HEADER_LEN + 16;
