@@ -18,6 +18,11 @@
 //! - **T5** push + `try_pop` + ack with push and ack durability `None`, 128 B, one thread
 //!   (and a variant with batches of 64): msgs/s; and `pop_batch` of 64 KiB payloads already in
 //!   the page cache, every byte read: GB/s.
+//! - **T7** the T5 cycle with delivery records staged instead of written before the hand-out
+//!   (`count_crashed_attempts(false)`): T5 / T7 is what poison-message safety costs.
+//! - **T8** the job cycle with four consumers (one producer, batches of 64): a `Worker` with a
+//!   no-op handler against four plain threads calling `pop_timeout` + `ack`, with durability
+//!   `None` and `Immediate`.
 //! - **T6** push latency across segment rolls (4 MiB segments): each roll is approached with
 //!   fast `Durability::None` filler, then crossed by 128 B Immediate pushes; the worst latency
 //!   of a push that crossed a roll, and the p99 of all those Immediate pushes.
@@ -418,6 +423,77 @@ fn t5_batch(cfg: &Cfg) -> BoxResult<f64> {
     Ok(rate)
 }
 
+/// T8: the full job cycle with four consumers. One producer pushes 128 B messages in batches
+/// of 64 (keeping about 20,000 waiting); four threads pop one message at a time and ack it,
+/// push and ack durability `d`. With `worker`, the four threads are a `Worker` with a no-op
+/// handler; without, plain threads calling `pop_timeout` and `ack` (the raw cycle). Acked
+/// msgs/s.
+fn t8(cfg: &Cfg, d: Durability, worker: bool) -> BoxResult<f64> {
+    use std::sync::atomic::AtomicBool;
+    let s = Store::open(cfg, Wharf::builder().push_durability(d).ack_durability(d))?;
+    let batch = vec![[0x42u8; SMALL]; 64];
+    for _ in 0..(20_000 / batch.len()) {
+        s.queue.push_batch(&batch)?;
+    }
+    let stop = AtomicBool::new(false);
+    let acked = AtomicU64::new(0);
+    let rate = std::thread::scope(|sc| -> BoxResult<f64> {
+        let producer = sc.spawn(|| -> BoxResult<()> {
+            while !stop.load(Ordering::Relaxed) {
+                if s.queue.depth()?.ready > 20_000 {
+                    std::thread::yield_now();
+                    continue;
+                }
+                s.queue.push_batch(&batch)?;
+            }
+            Ok(())
+        });
+        let rate = if worker {
+            let w = wharf::Worker::builder(&s.queue).threads(4).run(
+                |d: &wharf::Delivery| -> Result<(), String> {
+                    black_box(d.payload().first());
+                    Ok(())
+                },
+            )?;
+            let (before, start) = (w.stats().processed, Instant::now());
+            std::thread::sleep(cfg.secs);
+            let n = w.stats().processed - before;
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            w.shutdown(Duration::from_secs(10))?;
+            rate
+        } else {
+            let consumers: Vec<_> = (0..4)
+                .map(|_| {
+                    sc.spawn(|| -> BoxResult<()> {
+                        while !stop.load(Ordering::Relaxed) {
+                            if let Some(job) = s.queue.pop_timeout(Duration::from_millis(100))? {
+                                black_box(job.payload().first());
+                                job.ack()?;
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let (before, start) = (acked.load(Ordering::Relaxed), Instant::now());
+            std::thread::sleep(cfg.secs);
+            let n = acked.load(Ordering::Relaxed) - before;
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            for c in consumers {
+                c.join().map_err(|_| "a consumer panicked")??;
+            }
+            rate
+        };
+        producer.join().map_err(|_| "the producer panicked")??;
+        Ok(rate)
+    })?;
+    s.close()?;
+    Ok(rate)
+}
+
 /// Reads every byte of `bytes`.
 fn checksum(bytes: &[u8]) -> u64 {
     let words = bytes.chunks_exact(8);
@@ -737,11 +813,37 @@ fn measures<'a>(cfg: &'a Cfg, bw: &'a BwFile) -> Vec<Measure<'a>> {
             }),
         ));
     }
-    m.extend::<[Measure<'a>; 9]>([
+    m.extend::<[Measure<'a>; 13]>([
         ("T3".into(), Box::new(|| Ok(one("T3 push_batch 256×4 KiB", "MiB/s", t3(cfg)?)))),
         ("T4".into(), Box::new(|| Ok(one("T4 push None", "msgs/s", t4(cfg)?)))),
         ("T5 cycle".into(), Box::new(|| Ok(one("T5 push+try_pop+ack", "msgs/s", t5_cycle(cfg)?)))),
         ("T5 batch".into(), Box::new(|| Ok(one("T5 batch 64 cycle", "msgs/s", t5_batch(cfg)?)))),
+        (
+            "T8 raw None".into(),
+            Box::new(|| {
+                Ok(one("T8 raw 4 consumers, None", "msgs/s", t8(cfg, Durability::None, false)?))
+            }),
+        ),
+        (
+            "T8 worker None".into(),
+            Box::new(|| Ok(one("T8 Worker ×4, None", "msgs/s", t8(cfg, Durability::None, true)?))),
+        ),
+        (
+            "T8 raw Immediate".into(),
+            Box::new(|| {
+                Ok(one(
+                    "T8 raw 4 consumers, Immediate",
+                    "msgs/s",
+                    t8(cfg, Durability::Immediate, false)?,
+                ))
+            }),
+        ),
+        (
+            "T8 worker Immediate".into(),
+            Box::new(|| {
+                Ok(one("T8 Worker ×4, Immediate", "msgs/s", t8(cfg, Durability::Immediate, true)?))
+            }),
+        ),
         (
             "T7 cycle".into(),
             Box::new(|| Ok(one("T7 cycle, deliveries staged", "msgs/s", t7_cycle(cfg)?))),
@@ -862,6 +964,33 @@ fn checks(r: &Report) -> BoxResult<Vec<Check>> {
         ),
         ratio("T6 roll max ≤ 2 × F_sync p99", t6, f_p99, "F_sync p99", 2.0, true, "µs"),
         ratio("T2@16 ≥ 6 × redb@16", r.median("T2@16 ops/s")?, redb, "redb", 6.0, false, "ops/s"),
+        ratio(
+            "T8 Worker ≥ 0.7 × raw cycle, None",
+            r.median("T8 Worker ×4, None")?,
+            r.median("T8 raw 4 consumers, None")?,
+            "raw",
+            0.7,
+            false,
+            "msgs/s",
+        ),
+        ratio(
+            "T8 Worker ≥ 0.7 × raw cycle, Immediate",
+            r.median("T8 Worker ×4, Immediate")?,
+            r.median("T8 raw 4 consumers, Immediate")?,
+            "raw",
+            0.7,
+            false,
+            "msgs/s",
+        ),
+        ratio(
+            "T8 Worker, None, vs T5 one-thread cycle (info)",
+            r.median("T8 Worker ×4, None")?,
+            r.median("T5 push+try_pop+ack")?,
+            "T5",
+            0.0,
+            false,
+            "msgs/s",
+        ),
         // Information, no bound: what writing each delivery record before the hand-out costs.
         ratio(
             "T5 / T7: cycle with deliveries recorded first (info)",
