@@ -6,6 +6,7 @@ mod concurrency;
 mod corruption;
 mod enospc;
 mod jobs;
+mod jobs_model;
 mod leases;
 mod poison;
 mod recovery;
