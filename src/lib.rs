@@ -42,6 +42,7 @@
 //! - exactly-once: handlers must tolerate a redelivery;
 //! - an ordered log for replay: acked messages are gone.
 
+mod async_pop;
 mod clock;
 mod commit;
 mod config;
@@ -64,6 +65,7 @@ pub mod testing;
 mod typed;
 mod worker;
 
+pub use async_pop::{PopBatchFuture, PopFuture};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commit::Stats;
 pub use config::{Backoff, DeadLetters, OnExpiry, Overflow, QueueConfig};

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::Waker;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -44,8 +46,14 @@ pub(crate) struct QueueState {
     pub counters: Counters,
     /// Waiters of `pop` on this queue.
     pub cv: Arc<Condvar>,
-    /// Wakers of `pop_async` futures waiting on this queue.
-    pub wakers: Vec<std::task::Waker>,
+    /// Wakers of `pop_async` futures waiting on this queue: one per pending future, keyed by
+    /// the future's own number, so that a future re-polled by another task replaces its entry
+    /// and a dropped future removes exactly its own.
+    pub wakers: Vec<(u64, Waker)>,
+    /// The store-clock time at which the background thread will next look at this queue for
+    /// its wakers (a delayed message due, a lease expiring); `None` if it will not. A future
+    /// that needs an earlier look sets it and wakes the background thread.
+    pub waker_timer: Option<Instant>,
 }
 
 impl QueueState {
@@ -57,23 +65,39 @@ impl QueueState {
             counters: Counters::default(),
             cv: Arc::new(Condvar::new()),
             wakers: Vec::new(),
+            waker_timer: None,
         }
     }
 
     /// Wakes one blocked pop and every async one (a woken future that finds nothing re-arms).
     pub(crate) fn notify_one(&mut self) {
         self.cv.notify_one();
-        for w in self.wakers.drain(..) {
-            w.wake();
-        }
+        self.wake_async();
     }
 
     /// Wakes every blocked and async pop (their wait times must be recomputed).
     pub(crate) fn notify_all(&mut self) {
         self.cv.notify_all();
-        for w in self.wakers.drain(..) {
+        self.wake_async();
+    }
+
+    /// Wakes every async pop of this queue. All of them, not one: a woken future may be
+    /// dropped before it is polled again, and the message must not wait for it.
+    pub(crate) fn wake_async(&mut self) {
+        for (_, w) in self.wakers.drain(..) {
             w.wake();
         }
+    }
+
+    /// When, on the store clock, a message of this queue may next become ready without a log
+    /// record saying so: the earliest lease deadline or delayed message's due time (`now` and
+    /// `now_ms` are the same moment on the store's two clocks).
+    pub(crate) fn next_timer(&mut self, now: Instant, now_ms: u64) -> Option<Instant> {
+        let due = self
+            .index
+            .next_due()
+            .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
+        [self.index.next_deadline(), due].into_iter().flatten().min()
     }
 }
 
