@@ -554,11 +554,16 @@ impl Shared {
     }
 }
 
-/// The background thread: spare segments, interval syncs, write-behind, segment deletion.
+/// The background thread: spare segments, interval syncs, write-behind, segment deletion, and
+/// the timers of async pops (see [`wake_async_pops`]). It sleeps until the earliest thing it
+/// has to do, or until signalled; never on a fixed tick.
 pub(crate) fn background(shared: &Shared) {
     let mut g = shared.state.lock();
     let mut retry_spare_at: Option<Instant> = None;
     let mut checked_delete_at: Option<(u64, u64)> = None;
+    // A store-clock reading that stood still through a real sleep (a manual clock): async-pop
+    // timers are not armed again until the clock reads otherwise.
+    let mut stalled_clock: Option<Instant> = None;
     loop {
         if g.shutdown {
             return;
@@ -615,15 +620,53 @@ pub(crate) fn background(shared: &Shared) {
                 continue;
             }
         }
-        let wake = match (due, retry_spare_at.filter(|_| g.wal.log.spares.len() < READY_SPARES)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let clock_now = shared.opts.clock.now();
+        let timers = wake_async_pops(shared, &mut g, clock_now)
+            .filter(|_| stalled_clock != Some(clock_now))
+            // At least 1 ms of real time, so that a system clock has always moved on after it.
+            .map(|d| Instant::now() + d.max(Duration::from_millis(1)));
+        let spare = retry_spare_at.filter(|_| g.wal.log.spares.len() < READY_SPARES);
+        let wake = [due, spare, timers].into_iter().flatten().min();
         match wake {
             Some(t) => {
-                shared.bg_cv.wait_until(&mut g, t);
+                let timed_out = shared.bg_cv.wait_until(&mut g, t).timed_out();
+                // A store clock that stood still through a real sleep is a manual one: leave
+                // its timers until it moves (or something else wakes this thread) instead of
+                // sleeping the same interval over and over.
+                if timed_out && Some(t) == timers && shared.opts.clock.now() == clock_now {
+                    stalled_clock = Some(clock_now);
+                }
             }
             None => shared.bg_cv.wait(&mut g),
         }
     }
+}
+
+/// The timers of async pops: a delayed message becoming due or a lease running out makes a
+/// message ready without any call that would wake the futures waiting for it, so the background
+/// thread does. For every queue with pending futures: promote due messages, expire leases, wake
+/// the futures if something is ready now, else note when to look again (`waker_timer`). Returns
+/// how long (on the store clock, from `now`) until the earliest such look, if any future waits.
+///
+/// Only queues with wakers count: an idle store, or one whose waiters are all blocking pops
+/// (which keep their own timers), never wakes this thread for them.
+fn wake_async_pops(shared: &Shared, g: &mut State, now: Instant) -> Option<Duration> {
+    let now_ms = crate::jobs::now_ms(shared);
+    let mut next: Option<Instant> = None;
+    for qs in &mut g.queues {
+        if qs.wakers.is_empty() {
+            qs.waker_timer = None;
+            continue;
+        }
+        qs.index.expire(now);
+        qs.index.promote(now_ms);
+        if qs.index.ready_len() > 0 {
+            qs.waker_timer = None;
+            qs.wake_async();
+            continue;
+        }
+        qs.waker_timer = qs.next_timer(now, now_ms);
+        next = [next, qs.waker_timer].into_iter().flatten().min();
+    }
+    next.map(|t| t.saturating_duration_since(now))
 }
