@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod api;
+mod asyncpop;
 mod concurrency;
 mod corruption;
 mod enospc;
