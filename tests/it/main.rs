@@ -13,6 +13,7 @@ mod poison;
 mod recovery;
 mod sweeps;
 mod typed;
+mod wakeups;
 mod worker;
 
 use std::path::{Path, PathBuf};
