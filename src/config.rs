@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use crate::clock::millis;
 
+/// Milliseconds in `d`, rounded up: configs keep whole milliseconds, and a nonzero duration
+/// must not become zero ("not set").
+fn ceil_ms(d: Duration) -> u64 {
+    millis(d).saturating_add(u64::from(d.subsec_nanos() % 1_000_000 != 0))
+}
+
 /// How long a failed message waits before it is delivered again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -100,7 +106,7 @@ pub enum DeadLetters {
 }
 
 /// The configuration of one queue: set with [`Queue::set_config`](crate::Queue::set_config),
-/// stored durably with the queue.
+/// stored durably with the queue. Durations are kept to the millisecond (rounded up).
 ///
 /// ```
 /// use std::time::Duration;
@@ -235,10 +241,20 @@ impl QueueConfig {
         self.dedup_window
     }
 
+    /// The config as it is stored: durations rounded up to whole milliseconds.
+    pub(crate) fn stored(&self) -> crate::Result<QueueConfig> {
+        self.validate()?;
+        QueueConfig::decode(&self.encode())
+            .ok_or_else(|| crate::Error::InvalidOption("config does not round-trip".into()))
+    }
+
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let bad = |what: &str| Err(crate::Error::InvalidOption(what.into()));
         if self.visibility_timeout.is_some_and(|d| d.is_zero()) {
             return bad("visibility timeout must not be zero");
+        }
+        if self.ttl.is_some_and(|d| d.is_zero()) {
+            return bad("a TTL must not be zero");
         }
         if self.max_attempts == Some(0) {
             return bad("max_attempts must be at least 1");
@@ -276,13 +292,13 @@ impl QueueConfig {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(64);
         v.push(1u8);
-        v.extend_from_slice(&self.visibility_timeout.map_or(0, millis).to_le_bytes());
+        v.extend_from_slice(&self.visibility_timeout.map_or(0, ceil_ms).to_le_bytes());
         v.extend_from_slice(&self.max_attempts.unwrap_or(0).to_le_bytes());
         let (kind, base, cap) = match self.backoff {
             Backoff::None => (0u8, 0, 0),
-            Backoff::Fixed(d) => (1, millis(d), 0),
+            Backoff::Fixed(d) => (1, ceil_ms(d), 0),
             Backoff::Exponential { base, cap, jitter } => {
-                (if jitter { 3 } else { 2 }, millis(base), millis(cap))
+                (if jitter { 3 } else { 2 }, ceil_ms(base), ceil_ms(cap))
             }
         };
         v.push(kind);
@@ -293,12 +309,12 @@ impl QueueConfig {
             Overflow::Reject => 0,
             Overflow::DeadLetterOldest => 1,
         });
-        v.extend_from_slice(&self.ttl.map_or(0, millis).to_le_bytes());
+        v.extend_from_slice(&self.ttl.map_or(0, ceil_ms).to_le_bytes());
         v.push(match self.on_expiry {
             OnExpiry::Drop => 0,
             OnExpiry::DeadLetter => 1,
         });
-        v.extend_from_slice(&millis(self.dedup_window).to_le_bytes());
+        v.extend_from_slice(&ceil_ms(self.dedup_window).to_le_bytes());
         match &self.dead_letters {
             DeadLetters::Default => v.push(0),
             DeadLetters::To(name) => {

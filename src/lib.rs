@@ -85,3 +85,8 @@ pub use worker::{
     ShutdownReport, ShutdownSignal, TypedWorkerBuilder, Worker, WorkerBuilder, WorkerStats,
     DEFAULT_DROP_DEADLINE, DEFAULT_POLL_TIMEOUT,
 };
+
+/// The README's code blocks, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

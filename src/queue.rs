@@ -498,7 +498,9 @@ impl Queue {
                     return Ok(vec![MessageId(id)]);
                 }
             }
-            // Overflow: reject, or make room by dead-lettering the oldest waiting messages.
+            // Overflow: reject, or make room by dead-lettering the oldest waiting messages (due
+            // ones made ready first, so the victim is the message a pop would take next).
+            g.queues[q].index.promote(now_ms);
             let cfg = &g.queues[q].config;
             let mut victims = 0;
             if let Some(limit) = cfg.max_len {
@@ -688,12 +690,13 @@ impl Queue {
 
     /// Replaces the queue's configuration, durably (a log record, synced before this returns).
     /// It applies to messages already in the queue too, except TTLs, which are fixed at push.
+    /// Durations are kept to the millisecond, rounded up; [`Queue::config`] returns them so.
     ///
     /// # Errors
     /// [`Error::InvalidOption`], [`Error::InvalidName`] for a bad dead-letter queue name;
     /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`].
     pub fn set_config(&self, config: &QueueConfig) -> Result<()> {
-        config.validate()?;
+        let config = &config.stored()?;
         let shared = &self.core.shared;
         let bytes = config.encode();
         let body = Body::Config { queue: self.id, config: &bytes };
