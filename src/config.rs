@@ -11,7 +11,7 @@ use crate::clock::millis;
 /// Milliseconds in `d`, rounded up: configs keep whole milliseconds, and a nonzero duration
 /// must not become zero ("not set").
 fn ceil_ms(d: Duration) -> u64 {
-    millis(d).saturating_add(u64::from(d.subsec_nanos() % 1_000_000 != 0))
+    millis(d).saturating_add(u64::from(!d.subsec_nanos().is_multiple_of(1_000_000)))
 }
 
 /// How long a failed message waits before it is delivered again.
