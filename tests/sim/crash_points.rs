@@ -7,15 +7,16 @@
 //! Set `WHARF_SIM_SEEDS` for more random images per crash point (the long tier).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wharf::testing::{self, CrashPolicy, Fault, OpKind, SimFs};
 use wharf::{Durability, Error, PushOptions, ReadMode, Wharf, WharfBuilder};
 
-use crate::oracle::{observe, recover_and_check, Ctx, Msg, Step, DIR};
+use crate::oracle::{observe, recover_and_check, Ctx, Record, Step, DIR};
 
 /// Every ok-or-crash outcome is fine while running: the oracle judges the recovered state.
-type Scenario = fn(&mut Ctx) -> Step;
+pub type Scenario = fn(&mut Ctx) -> Step;
 
 fn small() -> WharfBuilder {
     Wharf::builder().segment_bytes(64 << 10)
@@ -169,87 +170,105 @@ fn scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {
 }
 
 /// Runs a scenario on `sim`, crashing at `crash_at` if given; returns the oracle's record.
-fn run(builder: &WharfBuilder, f: Scenario, sim: &SimFs, crash_at: Option<u64>) -> Vec<Msg> {
+fn run(builder: &WharfBuilder, f: Scenario, sim: &SimFs, crash_at: Option<u64>) -> Record {
     if let Some(k) = crash_at {
         sim.crash_at(k);
     }
     let mut c = Ctx::new(sim.clone(), builder.clone());
     let _ = f(&mut c); // an error is the crash (or a fault): the outcome is judged after
-    let msgs = c.msgs.clone();
+    let record = c.record();
     drop(c);
-    msgs
+    record
 }
 
 fn seeds() -> u64 {
     std::env::var("WHARF_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2)
 }
 
-#[test]
-fn every_crash_point_of_every_scenario_recovers_to_an_allowed_state() {
+/// Crashes every scenario at every disk operation and checks every crash image (and crashes
+/// of its recovery); returns (crash points, recoveries checked).
+pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> (u64, u64) {
     let mut total_points = 0u64;
     let mut recoveries = 0u64;
-    let scenarios = scenarios();
-    assert!(scenarios.len() >= 15);
-    for (name, builder, f) in &scenarios {
+    for (name, builder, f) in scenarios {
         let probe = SimFs::new();
-        run(builder, *f, &probe, None);
+        let record = run(builder, *f, &probe, None);
         let ops = probe.ops();
         // The scenario's own end state must pass too.
         let image = probe.crash_image(CrashPolicy::KeepAll, 0);
-        let msgs = run(builder, *f, &SimFs::new(), None);
-        recover_and_check(builder, &image, &msgs, &format!("{name}: no crash"));
+        recover_and_check(builder, &image, &record, true, &format!("{name}: no crash"));
         for k in 1..=ops {
             total_points += 1;
             let sim = SimFs::new();
-            let msgs = run(builder, *f, &sim, Some(k));
+            let record = run(builder, *f, &sim, Some(k));
+            let clocked = builder.clone().clock(Arc::new(record.clock.clone()));
             let mut images: Vec<(CrashPolicy, u64)> =
                 CrashPolicy::DETERMINISTIC.iter().map(|&p| (p, 0)).collect();
             images.extend((0..seeds()).map(|s| (CrashPolicy::RandomSubset, k * 1000 + s)));
             for (policy, seed) in images {
                 let what = format!("{name}: crash at op {k}/{ops}, {policy:?}, seed {seed}");
+                let keep_all = policy == CrashPolicy::KeepAll;
                 let image = sim.crash_image(policy, seed);
                 // A copy to crash during recovery, from the same image.
                 let pristine = image.crash_image(CrashPolicy::KeepAll, 0);
-                let rec_ops = recover_and_check(builder, &image, &msgs, &what);
+                recover_and_check(builder, &image, &record, keep_all, &what);
                 recoveries += 1;
-                // I8: crash recovery itself at one of its operations (all of them for the
-                // deterministic images, spread over the seeds for random ones), then recover
-                // again from what a power loss would leave.
+                // The disk operations of recovery and of closing the recovered store (without
+                // the checks, which `again` below does not run).
+                let count = pristine.crash_image(CrashPolicy::KeepAll, 0);
+                drop(testing::open(clocked.clone(), &count, Path::new(DIR)));
+                let rec_ops = count.ops();
+                // I8: crash recovery (or the close of the recovered store) itself at one of
+                // its operations (every other one for the deterministic images, starting at
+                // `k % 2` so that the crash points of a scenario together cover them all;
+                // spread over the seeds for random ones), then recover again from what a
+                // power loss would leave.
                 let points: Vec<u64> = if policy == CrashPolicy::RandomSubset {
                     vec![1 + (seed % rec_ops.max(1))]
                 } else {
-                    (1..=rec_ops).step_by(2).collect()
+                    (1 + k % 2..=rec_ops).step_by(2).collect()
                 };
                 for j in points {
                     let again = pristine.crash_image(CrashPolicy::KeepAll, 0);
                     again.crash_at(j);
-                    let _ = testing::open(builder.clone(), &again, Path::new(DIR));
+                    let _ = testing::open(clocked.clone(), &again, Path::new(DIR));
                     for p2 in [CrashPolicy::DropAllUnsynced, CrashPolicy::KeepAll] {
                         let img2 = again.crash_image(p2, j);
                         let what2 = format!("{what}; recovery crashed at op {j}, {p2:?}");
-                        recover_and_check(builder, &img2, &msgs, &what2);
+                        recover_and_check(builder, &img2, &record, keep_all, &what2);
                         recoveries += 1;
                     }
                 }
             }
         }
     }
-    println!("crash points: {total_points}, recoveries checked: {recoveries}");
-    assert!(recoveries >= 50_000, "only {recoveries} recoveries");
+    (total_points, recoveries)
 }
 
 #[test]
-fn every_storage_call_site_receives_an_injected_error_and_the_store_stays_safe() {
-    let all_sites = SimFs::new();
+fn every_crash_point_of_every_scenario_recovers_to_an_allowed_state() {
+    let scenarios = scenarios();
+    assert!(scenarios.len() >= 15);
+    let (points, recoveries) = enumerate(&scenarios);
+    println!("crash points: {points}, recoveries checked: {recoveries}");
+    assert!(recoveries >= 50_000, "only {recoveries} recoveries");
+}
+
+/// Runs every scenario with each kind of disk operation failing in turn (once or for good,
+/// EIO or ENOSPC), then recovers and checks; then crashes each scenario and fails each kind of
+/// operation of its recovery in turn. Adds the call sites reached to `all_sites`; returns the
+/// number of trials.
+pub fn sweep(scenarios: &[(&'static str, WharfBuilder, Scenario)], all_sites: &SimFs) -> u64 {
     let mut trials = 0u64;
-    for (name, builder, f) in scenarios() {
+    for (name, builder, f) in scenarios {
+        let (name, builder, f) = (*name, builder.clone(), *f);
         for kind in OpKind::ALL {
             for no_space in [false, true] {
                 for persistent in [false, true] {
                     for nth in 1.. {
                         let sim = SimFs::new();
                         sim.set_fault(Some(Fault { kind, nth, no_space, persistent }));
-                        let msgs = run(&builder, f, &sim, None);
+                        let record = run(&builder, f, &sim, None);
                         let fired = sim.fault_fired();
                         all_sites.merge_sites(&sim.sites());
                         trials += 1;
@@ -259,12 +278,9 @@ fn every_storage_call_site_receives_an_injected_error_and_the_store_stays_safe()
                         let what = format!("{name}: {kind:?} #{nth} fails (enospc {no_space}, persistent {persistent})");
                         for policy in [CrashPolicy::KeepAll, CrashPolicy::DropAllUnsynced] {
                             let image = sim.crash_image(policy, nth);
-                            recover_and_check(
-                                &builder,
-                                &image,
-                                &msgs,
-                                &format!("{what}, {policy:?}"),
-                            );
+                            let keep_all = policy == CrashPolicy::KeepAll;
+                            let what = format!("{what}, {policy:?}");
+                            recover_and_check(&builder, &image, &record, keep_all, &what);
                         }
                         if !fired {
                             break;
@@ -277,12 +293,13 @@ fn every_storage_call_site_receives_an_injected_error_and_the_store_stays_safe()
     // Faults during recovery: images with torn tails, leftover temporary files and spares,
     // opened with each kind of operation failing in turn; a failed recovery must leave a disk
     // that the next, fault-free recovery still brings to an allowed state.
-    for (name, builder, f) in scenarios() {
+    for (name, builder, f) in scenarios {
+        let (name, builder, f) = (*name, builder.clone(), *f);
         let probe = SimFs::new();
         run(&builder, f, &probe, None);
         for k in (1..=probe.ops()).step_by(7) {
             let sim = SimFs::new();
-            let msgs = run(&builder, f, &sim, Some(k));
+            let record = run(&builder, f, &sim, Some(k));
             for (policy, seed) in
                 [(CrashPolicy::RandomSubset, k), (CrashPolicy::GrowWithGarbage, 0)]
             {
@@ -313,7 +330,8 @@ fn every_storage_call_site_receives_an_injected_error_and_the_store_stays_safe()
                         trials += 1;
                         copy.set_fault(None);
                         let after = copy.crash_image(CrashPolicy::KeepAll, 0);
-                        recover_and_check(&builder, &after, &msgs, &format!("{what}, then again"));
+                        let what = format!("{what}, then again");
+                        recover_and_check(&builder, &after, &record, false, &what);
                         if !fired {
                             break;
                         }
@@ -322,6 +340,13 @@ fn every_storage_call_site_receives_an_injected_error_and_the_store_stays_safe()
             }
         }
     }
+    trials
+}
+
+#[test]
+fn every_storage_call_site_receives_an_injected_error_and_the_store_stays_safe() {
+    let all_sites = SimFs::new();
+    let trials = sweep(&scenarios(), &all_sites);
     let sites = all_sites.sites();
     let missed: Vec<_> =
         sites.iter().filter(|(_, c)| c.injected == 0).map(|(s, _)| s.clone()).collect();

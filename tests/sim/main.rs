@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod crash_points;
+mod jobs;
 mod model;
 mod oracle;
 mod redb_crash;
