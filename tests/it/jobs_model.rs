@@ -403,12 +403,6 @@ fn apply(s: &mut Sut, m: &mut Model, op: &Op) {
             if let Some(k) = key {
                 opts = opts.dedup_key(format!("key-{k}"));
             }
-            if m.cfg.get_max_len().is_some() {
-                // Works around the bug of `overflow_victim_is_the_next_message_a_pop_would_take`
-                // (a push picks its victim before due messages are made ready): `depth` makes
-                // them ready first. Remove once that test passes.
-                s.main().depth().unwrap();
-            }
             let got = s.main().push_with(&p, opts);
             // A live dedup key: nothing is stored, the first id comes back.
             if let Some(k) = key {
@@ -706,12 +700,10 @@ proptest! {
     }
 }
 
-/// Bug in `Queue::push_many` (src/queue.rs): an overflowing push with
-/// `Overflow::DeadLetterOldest` takes its victims from the ready set as it was last updated,
-/// before making due messages ready (`QueueIndex::promote` is not called on the push path). A
-/// delayed message that became due since the last pop, peek or stats call is therefore skipped,
-/// and a younger ready message is dead-lettered instead, contrary to `Overflow::DeadLetterOldest`
-/// ("the next one that would be delivered"). Found by `job_semantics_match_the_model`.
+/// An overflowing push with `Overflow::DeadLetterOldest` dead-letters the next message a pop
+/// would take, also a delayed one that became due since the last pop, peek or stats call (found
+/// by `job_semantics_match_the_model`: the victim used to be picked before due messages were
+/// made ready, so a younger ready message was dead-lettered instead).
 #[test]
 fn overflow_victim_is_the_next_message_a_pop_would_take() {
     let dir = tempfile::tempdir().unwrap();
