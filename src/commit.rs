@@ -364,6 +364,11 @@ impl Shared {
             if g.wal.log.spares.len() >= want {
                 return Ok(());
             }
+            if let Some(max) = self.opts.max_disk_bytes {
+                if g.wal.log.disk_bytes() + self.opts.segment_bytes > max {
+                    return Err(Error::Full { max_disk_bytes: max });
+                }
+            }
             (g.wal.log.next_spare_base(), g.wal.log.store_id)
         };
         let map = self.map_reads();
@@ -576,7 +581,12 @@ pub(crate) fn background(shared: &Shared) {
         if g.wal.log.spares.len() < READY_SPARES && retry_spare_at.is_none_or(|t| now >= t) {
             let made = MutexGuard::unlocked(&mut g, || shared.create_spare(READY_SPARES));
             // A full disk is reported to pushes that need the segment; retry later.
-            retry_spare_at = made.is_err().then(|| now + Duration::from_secs(1));
+            // Past the quota, only a deletion can make room: it clears this (below).
+            retry_spare_at = match made {
+                Ok(()) => None,
+                Err(Error::Full { .. }) => Some(now + Duration::from_secs(3600)),
+                Err(_) => Some(now + Duration::from_secs(1)),
+            };
             continue;
         }
         // Re-checked whenever the durable end or the log moved since the last look.
@@ -599,6 +609,7 @@ pub(crate) fn background(shared: &Shared) {
             if !dead.is_empty() {
                 // A failure poisons the store and is reported to every later call.
                 let _ = shared.delete_segments(&mut g, &dead);
+                retry_spare_at = None;
                 // The next oldest may be deletable now, or after one more sync: look again.
                 checked_delete_at = None;
                 continue;

@@ -70,6 +70,13 @@ pub enum Error {
     },
     /// The directory holds a segment that belongs to another store.
     ForeignSegment(PathBuf),
+    /// The store holds its configured maximum of disk
+    /// ([`WharfBuilder::max_disk_bytes`](crate::WharfBuilder::max_disk_bytes)): the push wrote
+    /// nothing. Pops and acks go on, and pushes work again once acked segments are deleted.
+    Full {
+        /// The limit in bytes.
+        max_disk_bytes: u64,
+    },
     /// The queue holds its configured maximum of waiting messages and its overflow policy is
     /// [`Overflow::Reject`](crate::Overflow::Reject): nothing was stored.
     QueueFull {
@@ -113,6 +120,9 @@ impl fmt::Display for Error {
             ),
             Error::ForeignSegment(file) => {
                 write!(f, "{} belongs to another store", file.display())
+            }
+            Error::Full { max_disk_bytes } => {
+                write!(f, "the store is full: its files may take at most {max_disk_bytes} bytes")
             }
             Error::QueueFull { queue, max_len } => {
                 write!(f, "queue {queue:?} is full: it holds its maximum of {max_len} messages")

@@ -59,6 +59,8 @@ pub(crate) struct Options {
     pub clock: Arc<dyn Clock>,
     /// Write each delivery record to the OS before its payload is handed out.
     pub count_crashed_attempts: bool,
+    /// The most bytes the store's files may take.
+    pub max_disk_bytes: Option<u64>,
 }
 
 /// Default size of a log segment file: 64 MiB.
@@ -81,6 +83,7 @@ impl Default for Options {
             background: true,
             clock: Arc::new(SystemClock),
             count_crashed_attempts: true,
+            max_disk_bytes: None,
         }
     }
 }
@@ -102,6 +105,15 @@ impl Options {
                 "max payload {} does not fit in half a segment of {} bytes",
                 self.max_payload, self.segment_bytes
             )));
+        }
+        if let Some(max) = self.max_disk_bytes {
+            // The active segment, one ready ahead and one in reserve for acks.
+            let least = 3 * self.segment_bytes;
+            if max < least {
+                return Err(Error::InvalidOption(format!(
+                    "max disk size {max} is below the {least} bytes of three segments"
+                )));
+            }
         }
         if self.visibility_timeout.is_zero() {
             return Err(Error::InvalidOption("visibility timeout must not be zero".into()));
@@ -183,6 +195,17 @@ impl WharfBuilder {
     /// retries and TTLs. Tests pass a [`ManualClock`](crate::ManualClock) and never sleep.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.opts.clock = clock;
+        self
+    }
+
+    /// The most bytes the store's segment files may take (default: no limit but the disk's).
+    /// A push that would need a new segment past it fails with
+    /// [`Error::Full`](crate::Error::Full) (or waits, see
+    /// [`PushOptions::wait_for_space`](crate::PushOptions::wait_for_space)) and stores
+    /// nothing; pops and acks go on in the segment kept in reserve, and acked segments are
+    /// deleted, which makes room again. At least three segments.
+    pub fn max_disk_bytes(mut self, bytes: u64) -> Self {
+        self.opts.max_disk_bytes = Some(bytes);
         self
     }
 

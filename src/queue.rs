@@ -84,6 +84,7 @@ pub struct PushOptions {
     priority: u8,
     ttl: Option<Duration>,
     dedup_key: Option<Box<[u8]>>,
+    wait_for_space: Option<Duration>,
 }
 
 impl PushOptions {
@@ -124,6 +125,14 @@ impl PushOptions {
     /// dead-lettered instead, as the queue's [`OnExpiry`] says. Overrides the queue's TTL.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// When the store is full ([`Error::Full`] past its quota, or [`Error::NoSpace`] from the
+    /// disk), wait up to `timeout` for room (acked segments being deleted) instead of failing
+    /// at once.
+    pub fn wait_for_space(mut self, timeout: Duration) -> Self {
+        self.wait_for_space = Some(timeout);
         self
     }
 
@@ -389,8 +398,8 @@ impl Queue {
     /// when this returns).
     ///
     /// # Errors
-    /// [`Error::PayloadTooLarge`]; [`Error::QueueFull`]; [`Error::NoSpace`] (nothing was
-    /// stored); [`Error::Closed`]; [`Error::Poisoned`] (the message may or may not be stored).
+    /// [`Error::PayloadTooLarge`]; [`Error::QueueFull`]; [`Error::Full`] and [`Error::NoSpace`]
+    /// (nothing was stored); [`Error::Closed`]; [`Error::Poisoned`] (the message may or may not be stored).
     pub fn push(&self, payload: impl AsRef<[u8]>) -> Result<MessageId> {
         self.push_with(payload, PushOptions::new())
     }
@@ -469,6 +478,7 @@ impl Queue {
             return Err(Error::PayloadTooLarge { len: p.as_ref().len(), max });
         }
         let durability = opts.durability.unwrap_or(shared.opts.push_durability);
+        let space_deadline = opts.wait_for_space.and_then(|d| Instant::now().checked_add(d));
         let q = self.id as usize;
         let mut g = shared.state.lock();
         let ids = loop {
@@ -527,8 +537,27 @@ impl Queue {
             for _ in 0..victims {
                 lens.extend(jobs::dead_letter_lens(&g, self.id, ""));
             }
-            if !jobs::room(shared, &mut g, &lens, Room::Push)? {
-                continue;
+            match jobs::room(shared, &mut g, &lens, Room::Push) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e @ (Error::Full { .. } | Error::NoSpace)) => {
+                    let now = Instant::now();
+                    match space_deadline.filter(|t| *t > now) {
+                        // A deletion wakes the wait; the disk's own ENOSPC is looked at again
+                        // every 100 ms, as nothing here learns when it clears.
+                        Some(t) => {
+                            let t = if matches!(e, Error::NoSpace) {
+                                t.min(now + Duration::from_millis(100))
+                            } else {
+                                t
+                            };
+                            shared.space_cv.wait_until(&mut g, t);
+                            continue;
+                        }
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
             }
             for _ in 0..victims {
                 let Some(victim) = g.queues[q].index.oldest_waiting() else { break };

@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     pub bg_cv: Condvar,
     /// Serialises segment creation.
     pub creating: Mutex<()>,
+    /// Signalled when segments were deleted (pushes waiting for space).
+    pub space_cv: Condvar,
     pub storage: Arc<dyn Storage>,
     pub opts: Options,
     pub dir: PathBuf,
@@ -213,6 +215,7 @@ impl Core {
             durable_cv: Condvar::new(),
             bg_cv: Condvar::new(),
             creating: Mutex::new(()),
+            space_cv: Condvar::new(),
             storage,
             opts,
             dir: dir.to_owned(),
@@ -330,6 +333,9 @@ impl Shared {
             }
             Ok(())
         });
+        if !dead.is_empty() {
+            self.space_cv.notify_all();
+        }
         if let Err(e) = removed {
             let why = format!("deleting a settled segment failed: {e}");
             g.wal.poisoned = Some(why.clone());

@@ -10,6 +10,7 @@ mod jobs;
 mod jobs_model;
 mod leases;
 mod poison;
+mod quota;
 mod recovery;
 mod sweeps;
 mod typed;
