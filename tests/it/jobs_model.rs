@@ -784,3 +784,30 @@ fn a_config_with_durations_under_a_millisecond_survives_a_reopen() {
     let w = crate::small().open(dir.path()).unwrap();
     assert_eq!(w.queue(MAIN).unwrap().config().unwrap(), rounded);
 }
+
+/// Bug (src/recovery.rs, `Replay::leased`): `RecoveryReport::in_flight_at_crash` counts every
+/// message whose last delivery record is not followed by a settlement record, so a message
+/// that was in flight at one close (ready again after the reopen, and never delivered since)
+/// is reported as in flight at every later open too. Its doc says: leased when the store was
+/// last closed or crashed. Found by the `ops_model` fuzz target (fuzz/tests/known.rs).
+#[test]
+#[ignore = "bug: in_flight_at_crash counts leases of earlier runs that were never settled"]
+fn in_flight_at_crash_counts_only_the_last_run() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let w = crate::small().open(dir.path()).unwrap();
+        let q = w.queue(MAIN).unwrap();
+        q.push(b"job").unwrap();
+        let d = q.try_pop().unwrap().unwrap();
+        w.close().unwrap(); // in flight at the close
+        drop(d);
+    }
+    {
+        let w = crate::small().open(dir.path()).unwrap();
+        assert_eq!(w.recovery_report().in_flight_at_crash, 1);
+        assert_eq!(w.queue(MAIN).unwrap().depth().unwrap().ready, 1, "ready again");
+        w.close().unwrap(); // nothing in flight this time
+    }
+    let w = crate::small().open(dir.path()).unwrap();
+    assert_eq!(w.recovery_report().in_flight_at_crash, 0, "nothing was in flight at the close");
+}
