@@ -7,6 +7,7 @@
 //! regression inputs through the same functions (`tests/replay.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check must abort
 
+pub mod model;
 pub mod ops;
 pub mod oracle;
 pub mod scan;

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use wharf::testing::{CrashPolicy, Fault, OpKind};
-use wharf::{Durability, Wharf, WharfBuilder};
+use wharf::{
+    Backoff, DeadLetters, Durability, OnExpiry, Overflow, PushOptions, QueueConfig, Wharf,
+    WharfBuilder,
+};
 
 /// Most operations run per input (each is a handful of disk operations).
 pub const MAX_OPS: usize = 48;
@@ -99,11 +102,148 @@ pub enum Op {
     BadQueue {
         pick: u8,
     },
+    /// A push with job options.
+    PushJob {
+        queue: u8,
+        len: Len,
+        durability: Dur,
+        opts: JobOpts,
+    },
+    /// Nacks one of the held deliveries with an explicit delay (× 100 ms) and/or an error text.
+    NackWith {
+        pick: u8,
+        delay: Option<u8>,
+        error: bool,
+    },
+    /// Dead-letters one of the held deliveries (one popped from a queue, not from a DLQ).
+    DeadLetter {
+        pick: u8,
+    },
+    /// Moves dead letters of a queue back: all of them, or the `pick`-th waiting one.
+    Requeue {
+        queue: u8,
+        all: bool,
+        pick: u8,
+    },
+    /// Pops from a queue's dead-letter queue.
+    PopDead {
+        queue: u8,
+    },
+    /// Moves the store's clock forward by `by` × 100 ms.
+    Advance {
+        by: u8,
+    },
+    /// Sets a queue's config.
+    SetConfig {
+        queue: u8,
+        cfg: QueueCfg,
+    },
+}
+
+/// One step of the clock and of the durations below: 100 ms.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// `n` ticks.
+pub fn ticks(n: u8) -> Duration {
+    TICK * u32::from(n)
+}
+
+/// The options of a `PushJob`, in ticks; 0 means none.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct JobOpts {
+    pub delay: u8,
+    /// Taken modulo 10.
+    pub priority: u8,
+    pub ttl: u8,
+    /// One of four keys.
+    pub key: Option<u8>,
+}
+
+impl JobOpts {
+    pub fn priority(&self) -> u8 {
+        self.priority % (wharf::MAX_PRIORITY + 1)
+    }
+
+    pub fn key(&self) -> Option<String> {
+        self.key.map(|k| format!("key-{}", k % 4))
+    }
+
+    /// The push options, with `d` as durability.
+    pub fn get(&self, d: Durability) -> PushOptions {
+        let mut o = PushOptions::new().durability(d).priority(self.priority());
+        if self.delay > 0 {
+            o = o.delay(ticks(self.delay));
+        }
+        if self.ttl > 0 {
+            o = o.ttl(ticks(self.ttl));
+        }
+        if let Some(k) = self.key() {
+            o = o.dedup_key(k);
+        }
+        o
+    }
+}
+
+/// A backoff, in ticks.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum BackoffSpec {
+    None,
+    Fixed(u8),
+    Exponential { base: u8, extra: u8, jitter: bool },
+}
+
+/// A queue config chosen by the input (durations in ticks, at least one where 0 means none).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct QueueCfg {
+    /// Modulo 5; 0: unlimited.
+    pub max_attempts: u8,
+    pub backoff: BackoffSpec,
+    /// Limit (modulo 5) and whether the oldest is dead-lettered (else the push is refused).
+    pub max_len: Option<(u8, bool)>,
+    /// TTL (at least one tick) and whether expired messages are dead-lettered.
+    pub ttl: Option<(u8, bool)>,
+    pub expiry_dead_letter: bool,
+    pub dedup_window: u8,
+    pub drop_dead_letters: bool,
+}
+
+impl QueueCfg {
+    pub fn get(&self) -> QueueConfig {
+        let expiry = |dl: bool| if dl { OnExpiry::DeadLetter } else { OnExpiry::Drop };
+        let mut c = QueueConfig::new().on_expiry(expiry(self.expiry_dead_letter));
+        if !self.max_attempts.is_multiple_of(5) {
+            c = c.max_attempts(u32::from(self.max_attempts % 5));
+        }
+        c = c.backoff(match self.backoff {
+            BackoffSpec::None => Backoff::None,
+            BackoffSpec::Fixed(n) => Backoff::Fixed(ticks(n)),
+            BackoffSpec::Exponential { base, extra, jitter } => {
+                let base = ticks(base.max(1));
+                Backoff::Exponential { base, cap: base + ticks(extra), jitter }
+            }
+        });
+        if let Some((n, dl)) = self.max_len {
+            let overflow = if dl { Overflow::DeadLetterOldest } else { Overflow::Reject };
+            c = c.max_len(u64::from(n % 5), overflow);
+        }
+        if let Some((t, dl)) = self.ttl {
+            c = c.ttl(ticks(t.max(1)), expiry(dl));
+        }
+        if self.drop_dead_letters {
+            c = c.dead_letters(DeadLetters::Drop);
+        }
+        c.dedup_window(ticks(self.dedup_window))
+    }
 }
 
 /// The queue an operation names.
 pub fn queue_name(q: u8) -> &'static str {
     QUEUES[usize::from(q) % QUEUES.len()]
+}
+
+/// The dead-letter queue of a queue an operation names.
+pub fn dlq_name(q: u8) -> String {
+    format!("{}.dlq", queue_name(q))
 }
 
 /// At most `n` payloads in a batch.
@@ -127,11 +267,12 @@ impl Config {
         self.ack.resolve(Durability::Interval(Duration::from_millis(10)))
     }
 
-    /// Small segments, and leases that never run out during a run (they are wall-clock).
+    /// Small segments, and leases that never run out during a run (at most `MAX_OPS` clock
+    /// advances of at most 25.5 s each).
     pub fn builder(&self) -> WharfBuilder {
         Wharf::builder()
             .segment_bytes(64 << 10)
-            .visibility_timeout(Duration::from_secs(3600))
+            .visibility_timeout(Duration::from_secs(24 * 3600))
             .push_durability(self.push_default())
             .ack_durability(self.ack_default())
     }

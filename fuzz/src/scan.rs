@@ -14,13 +14,63 @@ pub const RECORD_HEADER_LEN: usize = 24;
 /// One record's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rec {
-    Push { queue: u32, id: u64, payload: Vec<u8> },
-    Ack { queue: u32, id: u64 },
-    Deliver { queue: u32, id: u64, attempt: u32 },
-    Nack { queue: u32, id: u64 },
-    Queue { queue: u32, name: Vec<u8> },
-    Epoch { epoch: u32 },
+    Push {
+        queue: u32,
+        id: u64,
+        payload: Vec<u8>,
+    },
+    Ack {
+        queue: u32,
+        id: u64,
+    },
+    Deliver {
+        queue: u32,
+        id: u64,
+        attempt: u32,
+    },
+    Nack {
+        queue: u32,
+        id: u64,
+    },
+    Queue {
+        queue: u32,
+        name: Vec<u8>,
+    },
+    Epoch {
+        epoch: u32,
+    },
     Seal,
+    /// A push with options (times in Unix ms, 0: none).
+    PushEx {
+        queue: u32,
+        id: u64,
+        priority: u8,
+        not_before: u64,
+        expires: u64,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+    },
+    Retry {
+        queue: u32,
+        id: u64,
+        due: u64,
+    },
+    /// The message moves from `queue` to queue `to`.
+    DeadLetter {
+        queue: u32,
+        id: u64,
+        to: u32,
+        reason: u8,
+    },
+    /// A dead letter moves back from `queue` to `to`.
+    Requeue {
+        queue: u32,
+        id: u64,
+        to: u32,
+    },
+    Config {
+        queue: u32,
+    },
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -75,6 +125,38 @@ pub fn parse(rec: &[u8]) -> Rec {
             assert!(body.is_empty(), "accepted seal with a body");
             Rec::Seal
         }
+        8 => {
+            assert!(body.len() >= 40, "accepted push with options without its fields");
+            assert_eq!(body[13], 0, "accepted push with options with its zero byte set");
+            let key_len = usize::from(u16::from_le_bytes([body[14], body[15]]));
+            assert!(40 + key_len <= body.len(), "accepted push with a key past its end");
+            Rec::PushEx {
+                queue: queue(),
+                id: id(),
+                priority: body[12],
+                not_before: u64_at(body, 16),
+                expires: u64_at(body, 24),
+                key: body[40..40 + key_len].to_vec(),
+                payload: body[40 + key_len..].to_vec(),
+            }
+        }
+        9 => {
+            assert!(body.len() >= 20, "accepted retry without its fields");
+            Rec::Retry { queue: queue(), id: id(), due: u64_at(body, 12) }
+        }
+        10 => {
+            assert!(body.len() >= 20, "accepted dead letter without its fields");
+            assert_eq!(&body[17..20], &[0, 0, 0], "accepted dead letter with reserved bytes set");
+            Rec::DeadLetter { queue: queue(), id: id(), to: u32_at(body, 12), reason: body[16] }
+        }
+        11 => {
+            assert_eq!(body.len(), 16, "accepted requeue of the wrong length");
+            Rec::Requeue { queue: queue(), id: id(), to: u32_at(body, 12) }
+        }
+        12 => {
+            assert!(body.len() >= 4, "accepted config without its queue");
+            Rec::Config { queue: queue() }
+        }
         k => panic!("accepted record of unknown kind {k}"),
     }
 }
@@ -114,11 +196,24 @@ pub fn replay(records: &[(usize, Rec)]) -> Option<BTreeMap<(u32, u64), Vec<u8>>>
                 None if *queue as usize == queues.len() => queues.push(name.clone()),
                 _ => return None,
             },
-            Rec::Push { queue, id, payload } => {
+            Rec::Push { queue, id, payload } | Rec::PushEx { queue, id, payload, .. } => {
                 if !known(*queue, &queues) {
                     return None;
                 }
                 live.insert((*queue, *id), payload.clone());
+            }
+            Rec::DeadLetter { queue, id, to, .. } | Rec::Requeue { queue, id, to } => {
+                if !known(*queue, &queues) || !known(*to, &queues) || queue == to {
+                    return None;
+                }
+                if let Some(p) = live.remove(&(*queue, *id)) {
+                    live.insert((*to, *id), p);
+                }
+            }
+            Rec::Retry { queue, .. } | Rec::Config { queue } => {
+                if !known(*queue, &queues) {
+                    return None;
+                }
             }
             Rec::Ack { queue, id } => {
                 if !known(*queue, &queues) {

@@ -32,7 +32,8 @@ fn a_reopen_after_a_failed_fsync_survives_a_power_loss() {
 /// A pop that finds its queue empty logs nothing, so (with `Immediate` ack durability) it makes
 /// nothing durable either. The oracle once assumed it synced everything staged, and reported
 /// an `Interval` push lost by a crash before its sync as a durable message lost (found by
-/// `ops_crash` in CI; the input is `regressions/ops_crash/an-empty-pop-syncs-nothing`). Every
+/// `ops_crash` in CI; the input was `regressions/ops_crash/an-empty-pop-syncs-nothing`, now
+/// `an_empty_pop_syncs_nothing_as_found` below, since the operation language grew). Every
 /// crash point of the sequence, under the policy that drops all unsynced data.
 #[test]
 fn an_empty_pop_makes_nothing_durable() {
@@ -56,4 +57,85 @@ fn an_empty_pop_makes_nothing_durable() {
         };
         run_ops_crash(&input);
     }
+}
+
+/// The input `ops_crash` found for the finding above, as it decoded before the operation
+/// language grew the job operations (its raw bytes now decode into other operations).
+#[test]
+fn an_empty_pop_syncs_nothing_as_found() {
+    let input = CrashInput {
+        cfg: Config { push: Dur::Default, ack: Dur::Immediate },
+        crashes: vec![CrashPoint { after: 18, policy: Policy::KeepAll, seed: 30, recovery: None }],
+        ops: vec![
+            Op::Pop { queue: 89 },
+            Op::Ack { pick: 220, durability: Dur::Default },
+            Op::Extend { pick: 3 },
+            Op::Ack { pick: 6, durability: Dur::Immediate },
+            Op::PushBatch { queue: 199, n: 148, len: Len::Large(87), durability: Dur::Interval },
+            Op::PopBatch { queue: 71, max: 71 },
+            Op::PopBatch { queue: 71, max: 71 },
+            Op::Ack { pick: 71, durability: Dur::Immediate },
+            Op::PopBatch { queue: 71, max: 71 },
+            Op::Ack { pick: 6, durability: Dur::Immediate },
+            Op::PushBatch { queue: 86, n: 148, len: Len::Large(87), durability: Dur::Interval },
+            Op::Maintain,
+        ],
+    };
+    run_ops_crash(&input);
+}
+
+/// Found by `ops_faults` (fixed in 9656d23): a seal record that was synced makes the log
+/// durable up to its end; a reopen in the same process after a later failed sync cut the log
+/// below it. A persistent ENOSPC on the 39th operation of one kind, with pushes that roll
+/// segments. The input as it decoded before the operation language grew the job operations
+/// (it was `regressions/ops_faults/a-synced-seal-advances-the-durable-end`).
+#[test]
+fn a_synced_seal_advances_the_durable_end() {
+    let input = FaultInput {
+        cfg: Config { push: Dur::Interval, ack: Dur::Default },
+        fault: FaultSpec { kind: 39, nth: 39, no_space: true, persistent: true },
+        arm_at: 39,
+        end: End::SameDisk,
+        ops: vec![
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Large(255), durability: Dur::None },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 221 },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::Push { queue: 0, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Small(39), durability: Dur::Default },
+            Op::PushBatch { queue: 39, n: 39, len: Len::Large(255), durability: Dur::None },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::BadQueue { pick: 255 },
+            Op::Maintain,
+            Op::PopBatch { queue: 4, max: 72 },
+            Op::PopBatch { queue: 246, max: 35 },
+            Op::Push { queue: 0, len: Len::Small(0), durability: Dur::Default },
+        ],
+    };
+    run_ops_faults(&input);
 }
