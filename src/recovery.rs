@@ -68,17 +68,51 @@ fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
 
 /// Where the records of one segment end.
 #[derive(Debug, PartialEq, Eq)]
-enum End {
+pub(crate) enum End {
     /// A seal record: the segment is complete.
     Sealed,
     /// The first position holding no valid record, and why.
     Open { at: u64, why: DecodeError },
 }
 
-/// Walks the records of a segment image `bytes` whose first byte is log position `base`,
-/// handing each to `apply` with its position.
-fn scan(
-    bytes: &[u8],
+/// The bytes of one segment file, read by offset: the whole image at once (a map or a `pread`
+/// copy) in recovery; a window read on demand in `verify`, which keeps its memory small.
+pub(crate) trait Image {
+    /// The image's length in bytes.
+    fn len(&self) -> usize;
+    /// The image from `off` on: at least `want` bytes when the image has them. When it ends
+    /// first, all that is left or any shorter slice (a record cut by the end is truncated
+    /// either way).
+    fn at(&mut self, off: usize, want: usize) -> Result<&[u8]>;
+    /// The index, counted from `from`, of the last non-zero byte at or after `from`.
+    fn last_nonzero_from(&mut self, from: usize) -> Result<Option<usize>>;
+}
+
+impl Image for &[u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn at(&mut self, off: usize, _want: usize) -> Result<&[u8]> {
+        Ok(self.get(off..).unwrap_or(&[]))
+    }
+
+    fn last_nonzero_from(&mut self, from: usize) -> Result<Option<usize>> {
+        Ok(self.get(from..).and_then(last_nonzero))
+    }
+}
+
+/// The bytes of the record that would start at `off`: as many as its length field says.
+pub(crate) fn record_at(img: &mut impl Image, off: usize) -> Result<&[u8]> {
+    let len =
+        img.at(off, 4)?.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
+    img.at(off, (len as usize).max(RECORD_HEADER_LEN))
+}
+
+/// Walks the records of a segment image whose first byte is log position `base`, handing each
+/// to `apply` with its position.
+pub(crate) fn scan(
+    img: &mut impl Image,
     base: u64,
     until: u64,
     mut apply: impl FnMut(u64, &record::Record<'_>) -> Result<()>,
@@ -90,7 +124,7 @@ fn scan(
             // Past what this process knows to be durable after a failed sync: cut as torn.
             return Ok(End::Open { at: lsn, why: DecodeError::Zero });
         }
-        let rest = bytes.get(off..).unwrap_or(&[]);
+        let rest = record_at(img, off)?;
         match record::decode(rest, lsn) {
             Ok(rec) => {
                 apply(lsn, &rec)?;
@@ -106,26 +140,82 @@ fn scan(
 
 /// A valid record past `at` that was staged after `at` was already durable: proof that the
 /// bytes at `at` were damaged after they were synced, not torn by a crash.
-/// Records can only start up to `last_start` (an offset into `bytes`).
-fn durable_record_after(bytes: &[u8], base: u64, at: u64, last_start: usize) -> Option<u64> {
-    let start = usize::try_from(at - base).ok()? + 1;
-    let last = bytes.len().checked_sub(RECORD_HEADER_LEN)?.min(last_start);
-    (start..=last).find_map(|off| {
-        let rest = bytes.get(off..)?;
+/// Records can only start up to `last_start` (an offset into the image).
+fn durable_record_after(
+    img: &mut impl Image,
+    base: u64,
+    at: u64,
+    last_start: usize,
+) -> Result<Option<u64>> {
+    let Some(start) = usize::try_from(at - base).ok() else { return Ok(None) };
+    let Some(last) = img.len().checked_sub(RECORD_HEADER_LEN) else { return Ok(None) };
+    for off in start + 1..=last.min(last_start) {
         let lsn = base + off as u64;
-        if record::peek_lsn(rest) != Some(lsn) {
-            return None;
+        if record::peek_lsn(img.at(off, RECORD_HEADER_LEN)?) != Some(lsn) {
+            continue;
         }
-        record::decode(rest, lsn).ok().filter(|r| r.synced > at).map(|_| lsn)
-    })
+        if record::decode(record_at(img, off)?, lsn).is_ok_and(|r| r.synced > at) {
+            return Ok(Some(lsn));
+        }
+    }
+    Ok(None)
 }
 
-/// Replay state.
+/// What the end of a segment's records (not at a seal) is, by the recovery rules of
+/// `docs/format.md`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Below the durable mark of the last clean close: records were lost.
+    BelowMark,
+    /// Damage: valid records follow, in a later segment or staged after it was durable.
+    Damaged,
+    /// A torn tail, `dirty` bytes long up to its last non-zero byte (`None`: all zeros).
+    Torn { dirty: Option<u64> },
+}
+
+/// Judges the position `at` of a segment image based at `base` where its records end without
+/// a seal. `later_records` tells whether a later segment starts with a valid record; it is
+/// asked only when the mark does not already decide.
+pub(crate) fn judge_end(
+    img: &mut impl Image,
+    base: u64,
+    at: u64,
+    mark_end: u64,
+    later_records: impl FnOnce() -> Result<bool>,
+) -> Result<Ending> {
+    if at < mark_end {
+        return Ok(Ending::BelowMark);
+    }
+    if later_records()? {
+        return Ok(Ending::Damaged);
+    }
+    let from = usize::try_from(at - base).unwrap_or(usize::MAX);
+    // Past the last non-zero byte there can be no record, so the search for one stops there
+    // (after a clean close or a process crash, right at `at`).
+    let dirty = img.last_nonzero_from(from)?;
+    if let Some(last) = dirty {
+        if durable_record_after(img, base, at, from + last)?.is_some() {
+            return Ok(Ending::Damaged);
+        }
+    }
+    Ok(Ending::Torn { dirty: dirty.map(|last| last as u64 + 1) })
+}
+
+/// Why a log that ends at `at` is damaged when a clean close found it durable up to `mark_end`.
+pub(crate) fn below_mark(at: u64, mark_end: u64) -> String {
+    format!(
+        "the log ends at position {at}, but it was durable up to {mark_end} when the store was \
+         last closed"
+    )
+}
+
+/// Replay state: the index rebuilt from the log, record by record.
 #[derive(Default)]
-struct Replay {
-    queues: Vec<(String, QueueIndex)>,
+pub(crate) struct Replay {
+    pub queues: Vec<(String, QueueIndex)>,
     configs: Vec<Option<QueueConfig>>,
-    leased: HashSet<(u32, u64)>,
+    /// Messages delivered and not settled since: in flight when the log ends.
+    pub leased: HashSet<(u32, u64)>,
     max_epoch: u32,
     /// Unsettled messages per segment base.
     live: BTreeMap<u64, u64>,
@@ -133,12 +223,27 @@ struct Replay {
 }
 
 impl Replay {
-    fn apply(&mut self, seg: &Segment, lsn: u64, rec: &record::Record<'_>) -> Result<()> {
+    /// Applies the record at `lsn` of the segment `file` based at `base`. A record the index
+    /// cannot take (an unknown queue, a bad name or config) is corruption and changes nothing.
+    pub(crate) fn apply(
+        &mut self,
+        file: &Path,
+        base: u64,
+        lsn: u64,
+        rec: &record::Record<'_>,
+    ) -> Result<()> {
         self.records += 1;
-        let bad = |why: &str| corrupt(&seg.path, lsn - seg.base, why);
+        let bad = |why: &str| corrupt(file, lsn - base, why);
         let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
         match rec.body {
-            Body::Epoch { epoch } => self.max_epoch = self.max_epoch.max(epoch),
+            Body::Epoch { epoch } => {
+                // A new epoch is a new run of the store: the leases of earlier runs ended with
+                // them (a preamble restates the current epoch, which changes nothing).
+                if epoch > self.max_epoch {
+                    self.leased.clear();
+                }
+                self.max_epoch = self.max_epoch.max(epoch);
+            }
             Body::Queue { queue, name } => {
                 let name = std::str::from_utf8(name)
                     .ok()
@@ -162,7 +267,7 @@ impl Replay {
                     .get_mut(queue as usize)
                     .ok_or_else(|| bad("push to an unknown queue"))?;
                 q.insert(id, entry, 0);
-                *self.live.entry(seg.base).or_default() += 1;
+                *self.live.entry(base).or_default() += 1;
             }
             Body::PushEx { queue, id, priority, not_before, expires, pushed, key, payload } => {
                 let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
@@ -177,7 +282,7 @@ impl Replay {
                 if !key.is_empty() {
                     q.dedup_insert(key, id, pushed.saturating_add(window), 0);
                 }
-                *self.live.entry(seg.base).or_default() += 1;
+                *self.live.entry(base).or_default() += 1;
             }
             Body::Deliver { queue, id, attempt } => {
                 if !known(queue, &self.queues) {
@@ -346,16 +451,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     report.segments = segs.len();
     let mark = mark::read(storage, log_dir, store_id)?;
     let mark_end = mark.map_or(0, |m| m.end);
-    let below_mark = |file: &Path, offset: u64, at: u64| {
-        corrupt(
-            file,
-            offset,
-            format!(
-                "the log ends at position {at}, but it was durable up to {mark_end} when the \
-                 store was last closed"
-            ),
-        )
-    };
+    let below = |file: &Path, offset: u64, at: u64| corrupt(file, offset, below_mark(at, mark_end));
 
     let mut replay = Replay::default();
     let mut active = None;
@@ -363,31 +459,29 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     for (i, seg) in segs.iter().enumerate() {
         failpoint::hit("recovery-replay");
         let bytes = image(seg)?;
-        let end = scan(&bytes, seg.base, until, |lsn, rec| replay.apply(seg, lsn, rec))?;
+        let mut img: &[u8] = &bytes;
+        let end = scan(&mut img, seg.base, until, |lsn, rec| {
+            replay.apply(&seg.path, seg.base, lsn, rec)
+        })?;
         let End::Open { at, why } = end else { continue };
-        if at < mark_end {
-            return Err(below_mark(&seg.path, at - seg.base, at));
-        }
         // The log ends here. Anything valid after it means the damage is not a torn tail.
-        let damaged = || corrupt(&seg.path, at - seg.base, why.describe());
-        for later in segs.get(i + 1..).unwrap_or(&[]) {
-            if starts_with_record(later)? {
-                return Err(damaged());
+        let later = || {
+            for later in segs.get(i + 1..).unwrap_or(&[]) {
+                if starts_with_record(later)? {
+                    return Ok(true);
+                }
             }
-        }
-        let from = usize::try_from(at - seg.base).unwrap_or(usize::MAX);
-        // Past the last non-zero byte there can be no record, so the search for one stops there
-        // (after a clean close or a process crash, right at `at`).
-        let dirty = bytes.get(from..).and_then(last_nonzero);
-        if dirty
-            .is_some_and(|last| durable_record_after(&bytes, seg.base, at, from + last).is_some())
-        {
-            return Err(damaged());
-        }
+            Ok(false)
+        };
+        let dirty = match judge_end(&mut img, seg.base, at, mark_end, later)? {
+            Ending::BelowMark => return Err(below(&seg.path, at - seg.base, at)),
+            Ending::Damaged => return Err(corrupt(&seg.path, at - seg.base, why.describe())),
+            Ending::Torn { dirty } => dirty,
+        };
         drop(bytes);
-        if let Some(last) = dirty {
-            zero(seg, at, last as u64 + 1)?;
-            report.bytes_truncated = last as u64 + 1;
+        if let Some(len) = dirty {
+            zero(seg, at, len)?;
+            report.bytes_truncated = len;
             report.truncated_at = Some((seg.path.clone(), at - seg.base));
         }
         active = Some((Arc::clone(seg), at));
@@ -397,7 +491,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
     let log_end = active.as_ref().map(|(_, at)| *at).or_else(|| segs.last().map(|s| s.end()));
     if log_end.unwrap_or(0) < mark_end {
         let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
-        return Err(below_mark(&file, 0, log_end.unwrap_or(0)));
+        return Err(below(&file, 0, log_end.unwrap_or(0)));
     }
     report.records = replay.records;
     report.in_flight_at_crash = replay.leased.len() as u64;
@@ -428,7 +522,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
 
 /// The index of the last non-zero byte of `bytes`. Reads whole blocks with an OR-fold, which
 /// vectorises, so a 64 MiB preallocated tail takes milliseconds.
-fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn last_nonzero(bytes: &[u8]) -> Option<usize> {
     const BLOCK: usize = 4096;
     let mut end = bytes.len();
     while end > 0 {
@@ -494,7 +588,7 @@ mod tests {
     fn scan_stops_at_zeros_and_at_seal() {
         let (img, lsns) = image_of(&[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }], &[]);
         let mut seen = Vec::new();
-        let end = scan(&img, 0, u64::MAX, |lsn, _| {
+        let end = scan(&mut &img[..], 0, u64::MAX, |lsn, _| {
             seen.push(lsn);
             Ok(())
         })
@@ -503,7 +597,7 @@ mod tests {
         assert!(matches!(end, End::Open { why: DecodeError::Zero, .. }));
         let (img, _) =
             image_of(&[Body::Epoch { epoch: 1 }, Body::Seal, Body::Epoch { epoch: 2 }], &[]);
-        assert_eq!(scan(&img, 0, u64::MAX, |_, _| Ok(())).unwrap(), End::Sealed);
+        assert_eq!(scan(&mut &img[..], 0, u64::MAX, |_, _| Ok(())).unwrap(), End::Sealed);
     }
 
     #[test]
@@ -512,11 +606,13 @@ mod tests {
         // Third record was staged when everything up to its own start was durable.
         let (mut img, lsns) = image_of(&bodies, &[0, 0, 64 + 28 * 2]);
         img[lsns[1] as usize + 10] ^= 1;
-        assert_eq!(durable_record_after(&img, 0, lsns[1], usize::MAX), Some(lsns[2]));
+        let found = durable_record_after(&mut &img[..], 0, lsns[1], usize::MAX).unwrap();
+        assert_eq!(found, Some(lsns[2]));
         // Same damage, but the later record was staged before the damaged one was synced:
         // a torn write, which recovery may cut.
         let (mut img, lsns) = image_of(&bodies, &[0, 0, 64]);
         img[lsns[1] as usize + 10] ^= 1;
-        assert_eq!(durable_record_after(&img, 0, lsns[1], usize::MAX), None);
+        let found = durable_record_after(&mut &img[..], 0, lsns[1], usize::MAX).unwrap();
+        assert_eq!(found, None);
     }
 }

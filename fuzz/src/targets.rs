@@ -622,10 +622,7 @@ pub fn run_ops_model(input: &ModelInput) {
                 m.reopened();
                 let report = w.recovery_report();
                 assert_eq!(report.messages, m.unsettled() as u64, "recovered message count");
-                // Known finding 1 (README): leases of earlier runs are counted again.
-                if !skip_known() {
-                    assert_eq!(report.in_flight_at_crash, in_flight, "recovered in-flight count");
-                }
+                assert_eq!(report.in_flight_at_crash, in_flight, "recovered in-flight count");
                 assert_eq!(report.bytes_truncated, 0, "a clean close left a tail to cut");
                 assert!(report.removed_files.is_empty(), "a clean close left temporary files");
             }

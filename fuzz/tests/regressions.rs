@@ -139,3 +139,21 @@ fn a_synced_seal_advances_the_durable_end() {
     };
     run_ops_faults(&input);
 }
+
+/// `RecoveryReport::in_flight_at_crash` counted a message that was in flight at an earlier
+/// close, ready since and never delivered again, at every later open too (was open finding 1,
+/// found by `ops_model`; fixed: a new epoch record ends the leases of earlier runs).
+#[test]
+fn in_flight_at_crash_counts_only_the_last_run() {
+    use wharf_fuzz::targets::{run_ops_model, ModelInput};
+    let input = ModelInput {
+        cfg: Config { push: Dur::Default, ack: Dur::Default },
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(3), durability: Dur::Default },
+            Op::Pop { queue: 0 },
+            Op::Reopen { release_first: false }, // in flight at the close: counted
+            Op::Reopen { release_first: false }, // nothing in flight: not counted
+        ],
+    };
+    run_ops_model(&input);
+}

@@ -791,7 +791,6 @@ fn a_config_with_durations_under_a_millisecond_survives_a_reopen() {
 /// is reported as in flight at every later open too. Its doc says: leased when the store was
 /// last closed or crashed. Found by the `ops_model` fuzz target (fuzz/tests/known.rs).
 #[test]
-#[ignore = "bug: in_flight_at_crash counts leases of earlier runs that were never settled"]
 fn in_flight_at_crash_counts_only_the_last_run() {
     let dir = tempfile::tempdir().unwrap();
     {
