@@ -136,9 +136,11 @@ impl PushOptions {
         self
     }
 
-    /// A second push with the same key, while the first message is unsettled (or within the
-    /// queue's [`dedup_window`](QueueConfig::dedup_window) of its push), stores nothing and
-    /// returns the first message's id. At most 1024 bytes; single pushes only.
+    /// A second push with the same key, while the first message is unsettled in this queue
+    /// (or within the queue's [`dedup_window`](QueueConfig::dedup_window) of its push), stores
+    /// nothing and returns the first message's id. A message that was acked, dropped or
+    /// dead-lettered no longer holds its key past the window. At most 1024 bytes; single
+    /// pushes only.
     pub fn dedup_key(mut self, key: impl AsRef<[u8]>) -> Self {
         self.dedup_key = Some(key.as_ref().into());
         self
@@ -804,7 +806,8 @@ impl Queue {
     }
 
     /// Moves a dead letter of this queue back to the queue it came from, ready at once with
-    /// its attempts counted from zero. `Ok(false)` if `id` is not a waiting dead letter here.
+    /// its attempts counted from zero, priority 0 and no TTL (its error text stays behind).
+    /// `Ok(false)` if `id` is not a waiting dead letter here.
     ///
     /// # Errors
     /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`].
