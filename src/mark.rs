@@ -103,13 +103,29 @@ pub(crate) fn read(
     }
     let file = storage.open(&path, false)?;
     let len = file.len()?;
-    if len != 2 * SLOT as u64 {
-        return Err(corrupt(&path, 0, format!("mark file of {len} bytes, not {}", 2 * SLOT)));
+    if len != LEN {
+        return Err(wrong_len(&path, len));
     }
     let mut bytes = [0u8; 2 * SLOT];
     file.read_at(&mut bytes, 0)?;
+    parse(&bytes, &path, store_id).map(Some)
+}
+
+/// The length of a mark file: two slots.
+pub(crate) const LEN: u64 = 2 * SLOT as u64;
+
+pub(crate) fn wrong_len(path: &Path, len: u64) -> Error {
+    corrupt(path, 0, format!("mark file of {len} bytes, not {LEN}"))
+}
+
+/// The newest valid slot of the mark file `bytes` read from `path`, which must belong to
+/// `store_id` when it is known.
+pub(crate) fn parse(bytes: &[u8], path: &Path, store_id: Option<u128>) -> Result<Mark> {
+    if bytes.len() as u64 != LEN {
+        return Err(wrong_len(path, bytes.len() as u64));
+    }
     let (a, b) = bytes.split_at(SLOT);
-    let newest = match (Mark::decode(a, &path)?, Mark::decode(b, &path)?) {
+    let newest = match (Mark::decode(a, path)?, Mark::decode(b, path)?) {
         (Some(a), Some(b)) => {
             if a.generation >= b.generation {
                 a
@@ -118,12 +134,12 @@ pub(crate) fn read(
             }
         }
         (Some(m), None) | (None, Some(m)) => m,
-        (None, None) => return Err(corrupt(&path, 0, "both slots of the mark are damaged")),
+        (None, None) => return Err(corrupt(path, 0, "both slots of the mark are damaged")),
     };
     if store_id.is_some_and(|id| id != newest.store_id) {
-        return Err(corrupt(&path, 0, "the mark belongs to another store"));
+        return Err(corrupt(path, 0, "the mark belongs to another store"));
     }
-    Ok(Some(newest))
+    Ok(newest)
 }
 
 /// Records that the log was durable up to `end`, after `prev` (the store's current mark, if it

@@ -124,6 +124,41 @@ impl Header {
     }
 }
 
+/// Reads and checks the header of the segment `file` at `path`, named for `base`: its own
+/// fields, the file's length and, when it is known, the store id.
+pub(crate) fn read_header(
+    file: &dyn StorageFile,
+    path: &Path,
+    base: u64,
+    store_id: Option<u128>,
+) -> Result<Header> {
+    let mut h = [0u8; HEADER_LEN as usize];
+    let file_len = file.len()?;
+    if file_len < HEADER_LEN {
+        return Err(Error::Corrupted(Corruption {
+            file: path.to_owned(),
+            offset: 0,
+            reason: format!("segment of {file_len} bytes is shorter than its header"),
+        }));
+    }
+    file.read_at(&mut h, 0)?;
+    let header = Header::decode(&h, path)?;
+    if store_id.is_some_and(|id| id != header.store_id) {
+        return Err(Error::ForeignSegment(path.to_owned()));
+    }
+    if header.base != base || header.len != file_len {
+        return Err(Error::Corrupted(Corruption {
+            file: path.to_owned(),
+            offset: 0,
+            reason: format!(
+                "segment header says base {} and length {}, file is named {base} and has {file_len} bytes",
+                header.base, header.len
+            ),
+        }));
+    }
+    Ok(header)
+}
+
 /// One segment file, open for reads and (while it is active) appends.
 pub(crate) struct Segment {
     /// Log position of the file's first byte (its header).
@@ -179,30 +214,7 @@ impl Segment {
         map: bool,
     ) -> Result<(Segment, Header)> {
         let file = storage.open(&path, false)?;
-        let mut h = [0u8; HEADER_LEN as usize];
-        let file_len = file.len()?;
-        if file_len < HEADER_LEN {
-            return Err(Error::Corrupted(Corruption {
-                file: path,
-                offset: 0,
-                reason: format!("segment of {file_len} bytes is shorter than its header"),
-            }));
-        }
-        file.read_at(&mut h, 0)?;
-        let header = Header::decode(&h, &path)?;
-        if store_id.is_some_and(|id| id != header.store_id) {
-            return Err(Error::ForeignSegment(path));
-        }
-        if header.base != base || header.len != file_len {
-            return Err(Error::Corrupted(Corruption {
-                file: path,
-                offset: 0,
-                reason: format!(
-                    "segment header says base {} and length {}, file is named {base} and has {file_len} bytes",
-                    header.base, header.len
-                ),
-            }));
-        }
+        let header = read_header(&*file, &path, base, store_id)?;
         let map = if map { file.map()? } else { None };
         Ok((Segment { base, len: header.len, path, file, map }, header))
     }
