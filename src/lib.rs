@@ -63,6 +63,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod typed;
+mod verify;
 mod worker;
 
 pub use async_pop::{PopBatchFuture, PopFuture};
@@ -81,6 +82,7 @@ pub use queue::{
 };
 pub use recovery::RecoveryReport;
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
+pub use verify::{QueueSummary, RecordCounts, StateDb, VerifyReport};
 pub use worker::{
     ShutdownReport, ShutdownSignal, TypedWorkerBuilder, Worker, WorkerBuilder, WorkerStats,
     DEFAULT_DROP_DEADLINE, DEFAULT_POLL_TIMEOUT,

@@ -20,6 +20,14 @@ pub fn open(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<Wharf> {
 
 pub use crate::clock::ManualClock;
 
+/// [`Wharf::verify`] on the simulated disk; `state.redb`, if present, is not opened there.
+///
+/// # Errors
+/// As [`Wharf::verify`].
+pub fn verify(sim: &SimFs, dir: &Path) -> Result<crate::VerifyReport> {
+    crate::verify::verify_on(sim, dir, false)
+}
+
 /// Runs the background thread's duties once, now: a spare segment, a sync of everything
 /// staged, deletion of settled segments.
 ///

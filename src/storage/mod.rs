@@ -55,6 +55,13 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// it exists).
     #[track_caller]
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    /// Opens an existing file for reading only: its writes fail. `verify` reads a store that
+    /// may be open elsewhere through it. The default opens it as `open` does (a simulated
+    /// disk's file is only read by a caller that does not write).
+    #[track_caller]
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        self.open(path, false)
+    }
     /// Renames `from` to `to`, replacing `to`.
     #[track_caller]
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;

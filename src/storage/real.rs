@@ -54,6 +54,11 @@ impl Storage for RealFs {
         Ok(Arc::new(RealFile { file }))
     }
 
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).open(path)?;
+        Ok(Arc::new(RealFile { file }))
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }

@@ -14,6 +14,7 @@ mod quota;
 mod recovery;
 mod sweeps;
 mod typed;
+mod verify;
 mod wakeups;
 mod worker;
 

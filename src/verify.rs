@@ -1,0 +1,633 @@
+//! `Wharf::verify`: a read-only check of a store directory. It reads every segment, checks
+//! every header and record against its checksum, the chain of segments, the durable mark and
+//! the index the log rebuilds, and lists every problem it finds instead of failing on the first.
+//!
+//! Invariants: never writes, creates or removes a file and never takes the directory lock, so
+//! it may run beside an open store; never panics on any bytes; holds one read window (or one
+//! record, when larger) and the rebuilt index in memory, never the payloads. It judges the end
+//! of the log by the same code as recovery (`recovery::judge_end`), so a torn tail it reports
+//! is one an open would cut, and damage it reports is damage an open would refuse.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::clock::unix_ms;
+use crate::error::{Corruption, Error, Result};
+use crate::mark;
+use crate::queue::Wharf;
+use crate::record::{self, Body, Record, RECORD_HEADER_LEN};
+use crate::recovery::{self, End, Ending, Image, Replay};
+use crate::segment::{self, Name, HEADER_LEN};
+use crate::storage::{RealFs, Storage, StorageFile};
+
+/// The state database's file name in the store directory.
+const STATE_FILE: &str = "state.redb";
+/// Problems listed in a report; later ones are only counted.
+const MAX_PROBLEMS: usize = 1000;
+/// Bytes read from a segment at a time.
+const CHUNK: usize = 1 << 20;
+
+/// What [`Wharf::verify`] found in a store directory.
+///
+/// The store is healthy when [`problems`](Self::problems) is empty (see
+/// [`is_healthy`](Self::is_healthy)); a torn tail is not a problem: the next open cuts it.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Segment files read, spares made ahead of time included.
+    pub segments: usize,
+    /// The valid records of the log, by kind.
+    pub records: RecordCounts,
+    /// The queues of the catalog in creation order, with their unsettled messages when the log
+    /// ends.
+    pub queues: Vec<QueueSummary>,
+    /// Bytes of a torn write at the end of the log, up to its last non-zero byte: what the next
+    /// open cuts off (see [`RecoveryReport::bytes_truncated`](crate::RecoveryReport)).
+    pub torn_tail_bytes: u64,
+    /// The segment file and the offset in it where the torn tail starts, if there is one.
+    pub torn_tail_at: Option<(PathBuf, u64)>,
+    /// The durable end recorded by the last clean close (`log/mark`), if there is a valid mark.
+    pub mark_end: Option<u64>,
+    /// What became of `state.redb`.
+    pub state: StateDb,
+    /// Files in `log/` that are not wharf's; an open leaves them alone.
+    pub ignored_files: Vec<String>,
+    /// Temporary files of an interrupted segment or mark creation; the next open removes them.
+    pub temporary_files: Vec<String>,
+    /// Everything wrong, each with its file and the offset in it; empty when the store is
+    /// healthy. At most the first 1000 are listed.
+    pub problems: Vec<Corruption>,
+    /// Problems found past the first 1000: counted, not listed.
+    pub more_problems: u64,
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty() && self.more_problems == 0
+    }
+}
+
+/// Valid records of the log, by kind (see `docs/format.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordCounts {
+    /// Plain pushes.
+    pub push: u64,
+    /// Pushes with options (priority, delay, TTL, dedup key).
+    pub push_ex: u64,
+    /// Deliveries (a pop's lease).
+    pub deliver: u64,
+    /// Acks, including messages dropped on expiry.
+    pub ack: u64,
+    /// Releases: ready again at once.
+    pub nack: u64,
+    /// Failed attempts, waiting for a retry.
+    pub retry: u64,
+    /// Moves to a dead-letter queue.
+    pub dead_letter: u64,
+    /// Moves back from a dead-letter queue.
+    pub requeue: u64,
+    /// Queue catalog records (each segment repeats the catalog).
+    pub queue: u64,
+    /// Queue configurations.
+    pub config: u64,
+    /// Epoch records, one per open and per segment.
+    pub epoch: u64,
+    /// Seals, one per complete segment.
+    pub seal: u64,
+}
+
+impl RecordCounts {
+    /// All records.
+    pub fn total(&self) -> u64 {
+        self.push
+            + self.push_ex
+            + self.deliver
+            + self.ack
+            + self.nack
+            + self.retry
+            + self.dead_letter
+            + self.requeue
+            + self.queue
+            + self.config
+            + self.epoch
+            + self.seal
+    }
+
+    fn add(&mut self, body: &Body<'_>) {
+        let n = match body {
+            Body::Push { .. } => &mut self.push,
+            Body::PushEx { .. } => &mut self.push_ex,
+            Body::Deliver { .. } => &mut self.deliver,
+            Body::Ack { .. } => &mut self.ack,
+            Body::Nack { .. } => &mut self.nack,
+            Body::Retry { .. } => &mut self.retry,
+            Body::DeadLetter { .. } => &mut self.dead_letter,
+            Body::Requeue { .. } => &mut self.requeue,
+            Body::Queue { .. } => &mut self.queue,
+            Body::Config { .. } => &mut self.config,
+            Body::Epoch { .. } => &mut self.epoch,
+            Body::Seal => &mut self.seal,
+        };
+        *n += 1;
+    }
+}
+
+/// One queue's unsettled messages where the log ends, as the next open would find them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueSummary {
+    /// The queue's name.
+    pub name: String,
+    /// Messages ready for delivery now.
+    pub ready: u64,
+    /// Messages waiting for a due time (a delay or a retry backoff) still ahead.
+    pub delayed: u64,
+    /// Of the ready and delayed ones, messages delivered and not settled since (in flight, or
+    /// leased when the store last stopped).
+    pub in_flight: u64,
+}
+
+impl QueueSummary {
+    /// Unsettled messages: ready or delayed.
+    pub fn unsettled(&self) -> u64 {
+        self.ready + self.delayed
+    }
+}
+
+/// What became of the state database, `state.redb`, which this version of wharf does not write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateDb {
+    /// There is none.
+    #[default]
+    Absent,
+    /// It opened read-only.
+    Opened,
+    /// It did not open, for this reason. When the reason is damage it is listed among the
+    /// problems too; a database open for writing elsewhere or needing the repair of an unclean
+    /// shutdown is not a problem.
+    NotOpened(String),
+}
+
+impl Wharf {
+    /// Checks the store in `dir` without changing it, and reports what it holds and every
+    /// problem found.
+    ///
+    /// It reads every segment and checks every header and record checksum, the chain of
+    /// segments (contiguous, one store, a known format version), the durable mark, and the
+    /// index the log rebuilds (every delivery, ack, retry, dead letter and requeue names a
+    /// queue of the catalog, message ids are unique, no record follows a seal). A torn tail
+    /// is reported as such, in [`VerifyReport::torn_tail_bytes`], not as a problem: the next
+    /// open cuts it. `state.redb`, if present, is opened read-only with redb.
+    ///
+    /// It never writes, creates or removes a file and does not take the directory lock, so it
+    /// may run while the store is open, here or in another process; records written while it
+    /// runs may or may not be counted. Memory stays at one read buffer (1 MiB, or one record if
+    /// larger) and the index the log rebuilds, never the payloads.
+    ///
+    /// ```
+    /// use wharf::Wharf;
+    /// # let dir = tempfile::tempdir()?;
+    /// let wharf = Wharf::open(dir.path())?;
+    /// wharf.queue("jobs")?.push(b"resize photo 17")?;
+    ///
+    /// // While it is open, and after it is closed.
+    /// let report = Wharf::verify(dir.path())?;
+    /// assert!(report.is_healthy(), "{:?}", report.problems);
+    /// assert_eq!(report.queues[0].name, "jobs");
+    /// assert_eq!(report.queues[0].unsettled(), 1);
+    /// wharf.close()?;
+    /// assert!(Wharf::verify(dir.path())?.is_healthy());
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `dir` cannot be listed. Everything found inside it, a missing or
+    /// unreadable file included, is reported in [`VerifyReport::problems`].
+    pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
+        verify_on(&RealFs, dir.as_ref(), true)
+    }
+}
+
+/// Verifies the store in `dir` on `storage`; `state_db` opens `state.redb` (with redb, on the
+/// real file system) when it is present.
+pub(crate) fn verify_on(storage: &dyn Storage, dir: &Path, state_db: bool) -> Result<VerifyReport> {
+    let top = storage.list(dir)?;
+    let mut v = Verifier::default();
+    if top.iter().any(|n| n == STATE_FILE) {
+        v.report.state = if state_db {
+            check_state(&dir.join(STATE_FILE), &mut v)
+        } else {
+            StateDb::NotOpened("not checked on this storage".into())
+        };
+    }
+    let log_dir = dir.join("log");
+    match storage.list(&log_dir) {
+        Ok(names) => v.log(storage, &log_dir, names),
+        Err(e) => v.problem(&log_dir, 0, format!("no readable log directory: {e}")),
+    }
+    Ok(v.report)
+}
+
+/// One segment whose header passed its checks.
+struct Seg {
+    path: PathBuf,
+    base: u64,
+    len: u64,
+    file: Arc<dyn StorageFile>,
+}
+
+#[derive(Default)]
+struct Verifier {
+    report: VerifyReport,
+    replay: Replay,
+    /// The id of the latest push: ids only grow in log order.
+    last_push: Option<u64>,
+    /// Where the seal of the segment being scanned is.
+    seal_at: Option<u64>,
+}
+
+impl Verifier {
+    fn problem(&mut self, file: &Path, offset: u64, reason: impl Into<String>) {
+        self.push(Corruption { file: file.to_owned(), offset, reason: reason.into() });
+    }
+
+    fn push(&mut self, c: Corruption) {
+        if self.report.problems.len() < MAX_PROBLEMS {
+            self.report.problems.push(c);
+        } else {
+            self.report.more_problems += 1;
+        }
+    }
+
+    /// Records an error of a check as a problem of `file`.
+    fn error(&mut self, file: &Path, e: Error) {
+        let c = match e {
+            Error::Corrupted(c) => c,
+            Error::UnsupportedVersion { file, found, supported } => Corruption {
+                file,
+                offset: 0,
+                reason: format!(
+                    "format version {found}, newer than the {supported} this build reads"
+                ),
+            },
+            Error::ForeignSegment(file) => {
+                Corruption { file, offset: 0, reason: "segment of another store".into() }
+            }
+            Error::Io(e) => {
+                Corruption { file: file.to_owned(), offset: 0, reason: format!("read error: {e}") }
+            }
+            e => Corruption { file: file.to_owned(), offset: 0, reason: e.to_string() },
+        };
+        self.push(c);
+    }
+
+    /// Checks the log directory holding `names`.
+    fn log(&mut self, storage: &dyn Storage, log_dir: &Path, names: Vec<String>) {
+        let mut bases = Vec::new();
+        let mut has_mark = false;
+        for name in names {
+            if name == mark::FILE {
+                has_mark = true;
+                continue;
+            }
+            if name == mark::TMP_FILE {
+                self.report.temporary_files.push(name);
+                continue;
+            }
+            match segment::parse_name(&name) {
+                Name::Segment(base) => bases.push(base),
+                Name::Temporary => self.report.temporary_files.push(name),
+                Name::Foreign => self.report.ignored_files.push(name),
+            }
+        }
+        bases.sort_unstable();
+        self.report.temporary_files.sort_unstable();
+        self.report.ignored_files.sort_unstable();
+
+        let (segs, store_id) = self.open_segments(storage, log_dir, &bases);
+        let mark_end = if has_mark { self.mark(storage, log_dir, store_id) } else { 0 };
+        // Which segments start with a record, read before any is scanned: a store open
+        // elsewhere writes a segment only after it sealed the one before, so a later segment
+        // seen with records here means the earlier one was sealed when it is read.
+        let starts: Vec<bool> = segs.iter().map(|s| self.starts_with_record(s)).collect();
+
+        let mut log_end = None;
+        for (i, seg) in segs.iter().enumerate() {
+            let past_end = log_end.is_some();
+            if past_end && !starts.get(i).copied().unwrap_or(false) {
+                continue; // a spare past the end of the log
+            }
+            let later = starts.get(i + 1..).is_some_and(|s| s.contains(&true));
+            if let Some(at) = self.segment(seg, mark_end, later) {
+                log_end.get_or_insert(at);
+            }
+        }
+        let log_end = log_end.or_else(|| segs.last().map(|s| s.base + s.len)).unwrap_or(0);
+        if log_end < mark_end {
+            let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
+            self.problem(&file, 0, recovery::below_mark(log_end, mark_end));
+        }
+        self.summarise();
+    }
+
+    /// Opens the segments at `bases` and checks their headers and their chain; returns those
+    /// that passed, and the store id (of the first).
+    fn open_segments(
+        &mut self,
+        storage: &dyn Storage,
+        log_dir: &Path,
+        bases: &[u64],
+    ) -> (Vec<Seg>, Option<u128>) {
+        let mut segs: Vec<Seg> = Vec::new();
+        let mut store_id = None;
+        let mut prev_end = None;
+        for &base in bases {
+            let path = log_dir.join(segment::file_name(base));
+            let file = match storage.open_read(&path) {
+                Ok(f) => f,
+                // Deleted since the listing, by a store open elsewhere: it was settled.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.error(&path, e.into());
+                    prev_end = None;
+                    continue;
+                }
+            };
+            self.report.segments += 1;
+            let header = match segment::read_header(&*file, &path, base, store_id) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.error(&path, e);
+                    prev_end = None;
+                    continue;
+                }
+            };
+            store_id.get_or_insert(header.store_id);
+            if let Some(end) = prev_end.filter(|&end| end != base) {
+                self.problem(
+                    &path,
+                    0,
+                    format!("gap in the log: the previous segment ends at {end}"),
+                );
+            }
+            prev_end = Some(base + header.len);
+            segs.push(Seg { path, base, len: header.len, file });
+        }
+        (segs, store_id)
+    }
+
+    /// Checks the durable mark; returns its end (0 when it is damaged).
+    fn mark(&mut self, storage: &dyn Storage, log_dir: &Path, store_id: Option<u128>) -> u64 {
+        let path = log_dir.join(mark::FILE);
+        let read = || -> Result<mark::Mark> {
+            let file = storage.open_read(&path)?;
+            let len = file.len()?;
+            if len != mark::LEN {
+                return Err(mark::wrong_len(&path, len));
+            }
+            let mut bytes = [0u8; mark::LEN as usize];
+            file.read_at(&mut bytes, 0)?;
+            mark::parse(&bytes, &path, store_id)
+        };
+        match read() {
+            Ok(m) => {
+                self.report.mark_end = Some(m.end);
+                m.end
+            }
+            Err(e) => {
+                self.error(&path, e);
+                0
+            }
+        }
+    }
+
+    fn starts_with_record(&mut self, seg: &Seg) -> bool {
+        let mut img = Window::new(&*seg.file, seg.len);
+        let first = HEADER_LEN as usize;
+        match recovery::record_at(&mut img, first) {
+            Ok(rec) => record::decode(rec, seg.base + HEADER_LEN).is_ok(),
+            Err(e) => {
+                self.error(&seg.path, e);
+                false
+            }
+        }
+    }
+
+    /// Scans one segment; returns where its records end when it is not sealed. `later`: a later
+    /// segment starts with a record.
+    fn segment(&mut self, seg: &Seg, mark_end: u64, later: bool) -> Option<u64> {
+        let mut img = Window::new(&*seg.file, seg.len);
+        self.seal_at = None;
+        let end = recovery::scan(&mut img, seg.base, u64::MAX, |lsn, rec| {
+            self.record(seg, lsn, rec);
+            Ok(())
+        });
+        let (at, why) = match end {
+            Ok(End::Open { at, why }) => (at, why),
+            Ok(End::Sealed) => {
+                let after = self.seal_at.map_or(0, |s| s + record::SEAL_LEN as u64 - seg.base);
+                let after = usize::try_from(after).unwrap_or(usize::MAX);
+                match after_seal(&mut img, seg.base, after) {
+                    Ok(Some((off, what))) => self.problem(&seg.path, off as u64, what),
+                    Ok(None) => {}
+                    Err(e) => self.error(&seg.path, e),
+                }
+                return None;
+            }
+            Err(e) => {
+                self.error(&seg.path, e);
+                return None;
+            }
+        };
+        let off = at - seg.base;
+        match recovery::judge_end(&mut img, seg.base, at, mark_end, || Ok(later)) {
+            Ok(Ending::BelowMark) => {
+                self.problem(&seg.path, off, recovery::below_mark(at, mark_end));
+            }
+            Ok(Ending::Damaged) => {
+                if !written_since(&mut img, seg.base, at) {
+                    self.problem(&seg.path, off, why.describe());
+                }
+            }
+            Ok(Ending::Torn { dirty: Some(len) }) => {
+                self.report.torn_tail_bytes = len;
+                self.report.torn_tail_at = Some((seg.path.clone(), off));
+            }
+            Ok(Ending::Torn { dirty: None }) => {}
+            Err(e) => self.error(&seg.path, e),
+        }
+        Some(at)
+    }
+
+    /// One valid record, at `lsn` of `seg`.
+    fn record(&mut self, seg: &Seg, lsn: u64, rec: &Record<'_>) {
+        self.report.records.add(&rec.body);
+        match rec.body {
+            Body::Push { id, .. } | Body::PushEx { id, .. } => {
+                if let Some(prev) = self.last_push.filter(|&prev| id <= prev) {
+                    let what = format!(
+                        "message id {id:016x} is not above the id {prev:016x} of an earlier push"
+                    );
+                    self.problem(&seg.path, lsn - seg.base, what);
+                }
+                self.last_push = Some(self.last_push.map_or(id, |prev| prev.max(id)));
+            }
+            Body::Seal => self.seal_at = Some(lsn),
+            _ => {}
+        }
+        if let Err(e) = self.replay.apply(&seg.path, seg.base, lsn, rec) {
+            self.error(&seg.path, e);
+        }
+    }
+
+    /// Fills in the queues from the rebuilt index.
+    fn summarise(&mut self) {
+        let now = unix_ms(SystemTime::now());
+        let mut in_flight: HashMap<u32, u64> = HashMap::new();
+        for &(q, _) in &self.replay.leased {
+            *in_flight.entry(q).or_default() += 1;
+        }
+        let queues = std::mem::take(&mut self.replay.queues);
+        for (i, (name, mut index)) in queues.into_iter().enumerate() {
+            index.promote(now);
+            let q = u32::try_from(i).unwrap_or(u32::MAX);
+            self.report.queues.push(QueueSummary {
+                name,
+                ready: index.ready_len() as u64,
+                delayed: index.delayed_len() as u64,
+                in_flight: in_flight.get(&q).copied().unwrap_or(0),
+            });
+        }
+    }
+}
+
+/// After the seal of a segment (its bytes from `from` on): the offset and description of the
+/// first thing that is not zeros, if any.
+fn after_seal(
+    img: &mut Window<'_>,
+    base: u64,
+    from: usize,
+) -> Result<Option<(usize, &'static str)>> {
+    let Some(first) = img.first_nonzero_from(from)? else { return Ok(None) };
+    // A record starts at or before the last non-zero byte.
+    let last_nonzero = img.last_nonzero_from(first)?.map_or(first, |i| first + i);
+    let last = img.len().saturating_sub(RECORD_HEADER_LEN).min(last_nonzero);
+    for off in first..=last {
+        let lsn = base + off as u64;
+        if record::peek_lsn(img.at(off, RECORD_HEADER_LEN)?) == Some(lsn)
+            && record::decode(recovery::record_at(img, off)?, lsn).is_ok()
+        {
+            return Ok(Some((off, "a record after the seal of its segment")));
+        }
+    }
+    Ok(Some((first, "non-zero bytes after the seal of the segment")))
+}
+
+/// Whether the record at `at`, found invalid, is valid when read again: a store open elsewhere
+/// wrote it while it was being read, and the log simply ended there when it was read.
+fn written_since(img: &mut Window<'_>, base: u64, at: u64) -> bool {
+    img.forget();
+    let off = usize::try_from(at - base).unwrap_or(usize::MAX);
+    recovery::record_at(img, off).is_ok_and(|rec| record::decode(rec, at).is_ok())
+}
+
+/// A segment file read through `pread`, one chunk at a time: the image `scan` walks without
+/// holding the file in memory.
+struct Window<'a> {
+    file: &'a dyn StorageFile,
+    len: usize,
+    /// The file offset of `buf[0]`.
+    start: usize,
+    buf: Vec<u8>,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a dyn StorageFile, len: u64) -> Window<'a> {
+        Window { file, len: usize::try_from(len).unwrap_or(usize::MAX), start: 0, buf: Vec::new() }
+    }
+
+    /// Drops what was read, so that the next read sees the file as it is now.
+    fn forget(&mut self) {
+        self.buf.clear();
+    }
+
+    /// The offset of the first non-zero byte at or after `from`.
+    fn first_nonzero_from(&mut self, from: usize) -> Result<Option<usize>> {
+        let mut off = from;
+        while off < self.len {
+            let chunk = self.at(off, CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            if let Some(i) = chunk.iter().position(|&b| b != 0) {
+                return Ok(Some(off + i));
+            }
+            off += chunk.len();
+        }
+        Ok(None)
+    }
+}
+
+impl Image for Window<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn at(&mut self, off: usize, want: usize) -> Result<&[u8]> {
+        let rest = self.len.saturating_sub(off);
+        let end = off.saturating_add(want.min(rest));
+        let held = off >= self.start && end <= self.start + self.buf.len();
+        if !held {
+            // A record that runs past the end is truncated whatever its bytes: one chunk of it
+            // is enough to say so, however long its length field claims it is.
+            let n = if want > rest { rest.min(CHUNK) } else { want.max(CHUNK).min(rest) };
+            self.buf.clear();
+            self.buf.shrink_to(n.max(CHUNK));
+            self.buf.resize(n, 0);
+            self.start = off;
+            self.file.read_at(&mut self.buf, off as u64)?;
+        }
+        Ok(self.buf.get(off - self.start..).unwrap_or(&[]))
+    }
+
+    fn last_nonzero_from(&mut self, from: usize) -> Result<Option<usize>> {
+        let mut end = self.len;
+        while end > from {
+            let start = end.saturating_sub(CHUNK).max(from);
+            let chunk = self.at(start, end - start)?;
+            if let Some(i) = recovery::last_nonzero(chunk.get(..end - start).unwrap_or(chunk)) {
+                return Ok(Some(start + i - from));
+            }
+            end = start;
+        }
+        Ok(None)
+    }
+}
+
+/// Opens the state database read-only; a failure other than "open for writing elsewhere" or
+/// "not shut down cleanly" is a problem.
+fn check_state(path: &Path, v: &mut Verifier) -> StateDb {
+    // redb decodes whatever bytes the file holds; `verify` promises not to panic on any, so a
+    // panic in redb is caught and reported as damage.
+    let opened = std::panic::catch_unwind(|| redb::ReadOnlyDatabase::open(path).map(drop));
+    let (reason, damage) = match opened {
+        Ok(Ok(())) => return StateDb::Opened,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            ("open for writing elsewhere".to_owned(), false)
+        }
+        Ok(Err(redb::DatabaseError::RepairAborted)) => {
+            ("needs the repair of an unclean shutdown".to_owned(), false)
+        }
+        Ok(Err(e)) => (e.to_string(), true),
+        Err(_) => ("redb panicked reading it".to_owned(), true),
+    };
+    if damage {
+        v.problem(path, 0, format!("state database: {reason}"));
+    }
+    StateDb::NotOpened(reason)
+}

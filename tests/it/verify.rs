@@ -1,0 +1,481 @@
+//! `Wharf::verify`: a healthy store verifies clean, open or closed; damage is reported with its
+//! file and offset, where an open fails too; a torn tail is a torn tail; no bytes make it panic.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wharf::{Backoff, Error, PushOptions, QueueConfig, VerifyReport, Wharf};
+
+use crate::{as_if_crashed, copy_store, payload, segments, small};
+
+/// Verifies `dir`, which must be healthy.
+fn check_healthy(dir: &Path) -> VerifyReport {
+    let report = Wharf::verify(dir).unwrap();
+    assert!(report.is_healthy(), "{:#?}", report.problems);
+    report
+}
+
+/// A store whose log spans several segments, closed cleanly.
+fn multi_segment_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let w = small().open(dir.path()).unwrap();
+    let q = w.queue("q").unwrap();
+    q.push_batch((0..600).map(|i| payload(i, 300))).unwrap();
+    w.close().unwrap();
+    assert!(segments(dir.path()).len() >= 4);
+    dir
+}
+
+/// Verifies `dir`, which must have a problem in `file`; checks that an open fails on the same
+/// file and offset, and returns the problem's offset.
+fn check_damage_agrees_with_open(dir: &Path, file: &Path) -> u64 {
+    let report = Wharf::verify(dir).unwrap();
+    let problem = report
+        .problems
+        .iter()
+        .find(|p| p.file == file)
+        .unwrap_or_else(|| panic!("no problem in {}: {:#?}", file.display(), report.problems));
+    match Wharf::open(dir) {
+        Err(Error::Corrupted(c)) => {
+            assert_eq!((&c.file, c.offset), (&problem.file, problem.offset), "{c}")
+        }
+        other => panic!("open: expected corruption in {}, got {other:?}", file.display()),
+    }
+    problem.offset
+}
+
+#[test]
+fn a_healthy_store_with_every_record_kind_verifies_clean_while_open_and_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = small().open(dir.path()).unwrap();
+    let jobs = w.queue("jobs").unwrap();
+    jobs.set_config(&QueueConfig::new().max_attempts(2).backoff(Backoff::None)).unwrap();
+    // Enough plain pushes to seal a few segments.
+    jobs.push_batch((0..600).map(|i| payload(i, 300))).unwrap();
+    let hour = Duration::from_secs(3600);
+    let opts = PushOptions::new().priority(5).ttl(hour).dedup_key("only-once");
+    let urgent = jobs.push_with(b"urgent", opts).unwrap();
+    jobs.push_with(b"later", PushOptions::new().delay(hour)).unwrap();
+
+    let d = jobs.pop().unwrap();
+    assert_eq!(d.id(), urgent);
+    d.ack().unwrap();
+    // Two failed attempts: a retry, then a dead letter past max_attempts.
+    let d = jobs.pop().unwrap();
+    let failing = d.id();
+    d.nack().unwrap();
+    let d = jobs.pop().unwrap();
+    assert_eq!((d.id(), d.attempt()), (failing, 2));
+    d.nack().unwrap();
+    jobs.pop().unwrap().dead_letter("gave up").unwrap();
+    jobs.pop().unwrap().release().unwrap();
+    let dlq = jobs.dead_letter_queue().unwrap().unwrap();
+    assert!(dlq.requeue(failing).unwrap());
+    let held = jobs.pop().unwrap();
+    w.sync().unwrap();
+
+    // Open in this process, with a delivery in flight.
+    let report = check_healthy(dir.path());
+    let r = report.records;
+    for (kind, n) in [
+        ("push", r.push),
+        ("push_ex", r.push_ex),
+        ("deliver", r.deliver),
+        ("ack", r.ack),
+        ("nack", r.nack),
+        ("retry", r.retry),
+        ("dead_letter", r.dead_letter),
+        ("requeue", r.requeue),
+        ("queue", r.queue),
+        ("config", r.config),
+        ("epoch", r.epoch),
+        ("seal", r.seal),
+    ] {
+        assert!(n > 0, "no {kind} record: {r:?}");
+    }
+    assert_eq!((r.push, r.push_ex, r.retry, r.dead_letter, r.requeue), (600, 2, 1, 2, 1));
+    assert_eq!(report.segments, segments(dir.path()).len());
+    assert!(report.segments >= 4);
+    assert_eq!(report.torn_tail_bytes, 0);
+    assert_eq!(report.mark_end, None, "never closed yet");
+    assert_eq!(report.state, wharf::StateDb::Absent);
+    let names: Vec<_> = report.queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["jobs", "jobs.dlq"]);
+    let depth = jobs.depth().unwrap();
+    let q = &report.queues[0];
+    assert_eq!(q.ready as usize, depth.ready + depth.in_flight);
+    assert_eq!((q.delayed as usize, q.in_flight as usize), (depth.delayed, depth.in_flight));
+    // 602 pushed, one acked, one dead-lettered (another was requeued).
+    assert_eq!((q.unsettled(), q.in_flight, q.delayed), (600, 1, 1));
+    assert_eq!(report.queues[1].unsettled(), 1, "the explicit dead letter");
+
+    held.release().unwrap();
+    w.close().unwrap();
+    let closed = check_healthy(dir.path());
+    assert!(closed.mark_end.is_some());
+    assert_eq!(closed.records.total(), r.total() + 1, "the release of the held delivery");
+    assert_eq!(closed.queues[0].in_flight, 0);
+    // Verifying changed nothing: the store opens and recovers the same messages.
+    let w = Wharf::open(dir.path()).unwrap();
+    assert_eq!(w.recovery_report().records, closed.records.total());
+    assert_eq!(w.recovery_report().bytes_truncated, 0);
+    let waiting: u64 = closed.queues.iter().map(|q| q.unsettled()).sum();
+    assert_eq!(w.recovery_report().messages, waiting);
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_segment_is_reported_where_open_fails() {
+    let pristine = multi_segment_store();
+    let first = segments(pristine.path())[0].clone();
+    let original = std::fs::read(&first).unwrap();
+    let used = original.iter().rposition(|&b| b != 0).unwrap() + 1;
+    for off in (0..64).step_by(13).chain((64..used).step_by(487)) {
+        let dir = copy_store(pristine.path());
+        let seg = dir.path().join("log").join(first.file_name().unwrap());
+        let mut bytes = original.clone();
+        bytes[off] ^= 0x04;
+        std::fs::write(&seg, &bytes).unwrap();
+        let at = check_damage_agrees_with_open(dir.path(), &seg);
+        assert!(at <= off as u64, "reported {at} for damage at {off}");
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_active_segment_is_reported_where_open_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let w = Wharf::open(dir.path()).unwrap();
+        let q = w.queue("q").unwrap();
+        for i in 0..10 {
+            q.push(payload(i, 100)).unwrap(); // each push is synced before the next is staged
+        }
+    }
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(16).position(|w| w == &payload(4, 100)[..16]).unwrap();
+    bytes[at + 20] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    // The push record's header and body come before its payload.
+    let off = check_damage_agrees_with_open(dir.path(), &seg);
+    assert_eq!(off, at as u64 - 36);
+}
+
+#[test]
+fn a_torn_tail_is_reported_as_a_torn_tail_not_as_a_problem() {
+    let pristine = tempfile::tempdir().unwrap();
+    {
+        let w = small().open(pristine.path()).unwrap();
+        let q = w.queue("q").unwrap();
+        for i in 0..20 {
+            q.push(payload(i, 100)).unwrap();
+        }
+        w.close().unwrap();
+    }
+    let seg_name = segments(pristine.path())[0].file_name().unwrap().to_owned();
+    let original = std::fs::read(segments(pristine.path())[0].clone()).unwrap();
+    let marker = payload(19, 100);
+    let at = original.windows(marker.len()).rposition(|w| w == marker).unwrap();
+    let (start, end) = (at - 36, at + marker.len());
+    let tear = |dir: &Path| {
+        let mut bytes = original.clone();
+        for (k, b) in bytes[start + 10..end + 50].iter_mut().enumerate() {
+            *b = (k as u8).wrapping_mul(31) | 1;
+        }
+        std::fs::write(dir.join("log").join(&seg_name), &bytes).unwrap();
+    };
+
+    // After a crash (no durable mark): a torn tail, which the open cuts.
+    let dir = copy_store(pristine.path());
+    as_if_crashed(dir.path());
+    tear(dir.path());
+    let report = check_healthy(dir.path());
+    let seg = dir.path().join("log").join(&seg_name);
+    assert_eq!(report.torn_tail_bytes as usize, end + 50 - start);
+    assert_eq!(report.torn_tail_at, Some((seg, start as u64)));
+    assert_eq!(report.queues[0].unsettled(), 19);
+    let w = small().open(dir.path()).unwrap();
+    let recovered = w.recovery_report();
+    assert_eq!(recovered.bytes_truncated, report.torn_tail_bytes);
+    assert_eq!(recovered.truncated_at, report.torn_tail_at);
+    assert_eq!(recovered.records, report.records.total());
+    drop(w);
+    assert_eq!(check_healthy(dir.path()).torn_tail_bytes, 0, "the open cut it");
+
+    // After a clean close the same bytes are below the durable mark: records were lost.
+    let dir = copy_store(pristine.path());
+    tear(dir.path());
+    let seg = dir.path().join("log").join(&seg_name);
+    assert_eq!(check_damage_agrees_with_open(dir.path(), &seg), start as u64);
+}
+
+#[test]
+fn a_truncated_segment_is_a_problem() {
+    let dir = multi_segment_store();
+    let seg = segments(dir.path())[1].clone();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(40_000).unwrap();
+    drop(f);
+    assert_eq!(check_damage_agrees_with_open(dir.path(), &seg), 0);
+    let problems = Wharf::verify(dir.path()).unwrap().problems;
+    assert!(problems[0].reason.contains("40000 bytes"), "{}", problems[0]);
+    // Shorter than a header.
+    std::fs::write(&seg, b"WHARFLOG").unwrap();
+    let report = Wharf::verify(dir.path()).unwrap();
+    assert!(report.problems.iter().any(|p| p.file == seg && p.reason.contains("header")));
+}
+
+#[test]
+fn a_segment_of_another_store_is_a_problem() {
+    let a = multi_segment_store();
+    let b = multi_segment_store();
+    let target = segments(a.path()).last().unwrap().clone();
+    std::fs::copy(segments(b.path()).last().unwrap(), &target).unwrap();
+    let report = Wharf::verify(a.path()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.file == target && p.reason.contains("another store")),
+        "{:#?}",
+        report.problems
+    );
+    assert!(matches!(Wharf::open(a.path()), Err(Error::ForeignSegment(f)) if f == target));
+}
+
+#[test]
+fn a_gap_in_the_segments_is_a_problem() {
+    let dir = multi_segment_store();
+    let segs = segments(dir.path());
+    std::fs::remove_file(&segs[1]).unwrap();
+    let at = check_damage_agrees_with_open(dir.path(), &segs[2]);
+    assert_eq!(at, 0);
+    let report = Wharf::verify(dir.path()).unwrap();
+    assert!(report.problems[0].reason.contains("gap"), "{}", report.problems[0]);
+}
+
+#[test]
+fn a_damaged_mark_is_a_problem() {
+    let dir = multi_segment_store();
+    let mark = dir.path().join("log").join("mark");
+    let original = std::fs::read(&mark).unwrap();
+    assert_eq!(check_healthy(dir.path()).mark_end.map(|_| ()), Some(()));
+    // Both slots damaged.
+    let mut bytes = original.clone();
+    bytes[3] ^= 1;
+    bytes[64 + 40] ^= 1;
+    std::fs::write(&mark, &bytes).unwrap();
+    assert_eq!(check_damage_agrees_with_open(dir.path(), &mark), 0);
+    // One slot damaged: the other still counts.
+    bytes[3] ^= 1;
+    std::fs::write(&mark, &bytes).unwrap();
+    check_healthy(dir.path());
+    // The wrong length.
+    std::fs::write(&mark, &original[..64]).unwrap();
+    assert_eq!(check_damage_agrees_with_open(dir.path(), &mark), 0);
+    // A mark beyond the end of the log: all segments but the first are gone.
+    std::fs::write(&mark, &original).unwrap();
+    let segs = segments(dir.path());
+    for seg in &segs[1..] {
+        std::fs::remove_file(seg).unwrap();
+    }
+    check_damage_agrees_with_open(dir.path(), &segs[0]);
+}
+
+#[test]
+fn foreign_temporary_and_state_files_are_reported_not_problems() {
+    let dir = multi_segment_store();
+    let log = dir.path().join("log");
+    std::fs::write(log.join("notes.txt"), b"hello").unwrap();
+    std::fs::write(log.join("00000000000009999999.seg.tmp"), b"partial").unwrap();
+    let report = check_healthy(dir.path());
+    assert_eq!(report.ignored_files, ["notes.txt"]);
+    assert_eq!(report.temporary_files, ["00000000000009999999.seg.tmp"]);
+    assert!(log.join("00000000000009999999.seg.tmp").exists(), "verify removes nothing");
+    // A state database that is not one.
+    std::fs::write(dir.path().join("state.redb"), b"not a database").unwrap();
+    let report = Wharf::verify(dir.path()).unwrap();
+    assert!(matches!(report.state, wharf::StateDb::NotOpened(_)), "{:?}", report.state);
+    assert!(report.problems.iter().any(|p| p.file.ends_with("state.redb")));
+}
+
+#[test]
+fn a_directory_that_is_not_a_store_is_a_problem_and_a_missing_one_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Wharf::verify(dir.path()).unwrap();
+    assert!(!report.is_healthy());
+    assert!(!dir.path().join("log").exists(), "verify creates nothing");
+    assert!(matches!(Wharf::verify(dir.path().join("missing")), Err(Error::Io(_))));
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The files of a store image: paths relative to its directory, and contents.
+type Image = Vec<(PathBuf, Vec<u8>)>;
+
+fn read_image(dir: &Path) -> Image {
+    let mut files: Image = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (Path::new("log").join(p.file_name().unwrap()), std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn write_image(dir: &Path, image: &Image) {
+    let _ = std::fs::remove_dir_all(dir.join("log"));
+    let _ = std::fs::remove_file(dir.join("state.redb"));
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    for (name, bytes) in image {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// One random change to a store image.
+fn mutate(image: &mut Image, rng: &mut Rng) {
+    let n = image.len();
+    let k = rng.below(n);
+    match rng.below(10) {
+        0 | 1 => {
+            let f = &mut image[k].1;
+            if !f.is_empty() {
+                let at = rng.below(f.len());
+                f[at] ^= 1 << rng.below(8);
+            }
+        }
+        2 => {
+            // Random bytes over a short range, where records are (near the start).
+            let f = &mut image[k].1;
+            let at = rng.below(f.len().min(8192));
+            let len = (1 + rng.below(64)).min(f.len() - at.min(f.len()));
+            let junk = rng.bytes(len);
+            f[at..at + len].copy_from_slice(&junk);
+        }
+        3 => {
+            let f = &mut image[k].1;
+            let at = rng.below(f.len());
+            let len = rng.below(4096).min(f.len() - at);
+            f[at..at + len].fill(0);
+        }
+        4 => {
+            let len = rng.below(image[k].1.len() + 1);
+            image[k].1.truncate(len);
+        }
+        5 => {
+            let len = rng.below(200);
+            let junk = rng.bytes(len);
+            image[k].1.extend(junk);
+        }
+        6 => {
+            image.remove(k);
+        }
+        7 => {
+            let from = image[rng.below(n)].1.clone();
+            image[k].1 = from;
+        }
+        8 => {
+            // A new file under a name wharf knows, or not.
+            let names = ["mark", "mark.tmp", "00000000000000000000.seg", "x.seg", "junk"];
+            let name = match rng.below(names.len() + 1) {
+                i if i < names.len() => names[i].to_owned(),
+                _ => format!("{:020}.seg", (rng.below(8) as u64) * (64 << 10)),
+            };
+            let bytes = match rng.below(3) {
+                0 => {
+                    let len = rng.below(300);
+                    rng.bytes(len)
+                }
+                1 => image[k].1.clone(),
+                _ => vec![0; rng.below(1 << 17)],
+            };
+            image.retain(|(p, _)| !p.ends_with(&name));
+            image.push((Path::new("log").join(name), bytes));
+        }
+        _ => {
+            let len = rng.below(5000);
+            let junk = rng.bytes(len);
+            image.retain(|(p, _)| p != Path::new("state.redb"));
+            image.push((PathBuf::from("state.redb"), junk));
+        }
+    }
+}
+
+#[test]
+fn random_damage_never_panics_and_verify_agrees_with_open() {
+    let pristine = tempfile::tempdir().unwrap();
+    {
+        let w = small().open(pristine.path()).unwrap();
+        let (a, b) = (w.queue("a").unwrap(), w.queue("b").unwrap());
+        a.push_batch((0..300).map(|i| payload(i, 300))).unwrap();
+        b.push_with(b"keyed", PushOptions::new().dedup_key("k").priority(2)).unwrap();
+        for _ in 0..40 {
+            a.pop().unwrap().ack().unwrap();
+        }
+        a.pop().unwrap().nack().unwrap();
+        b.pop().unwrap().dead_letter("no").unwrap();
+        w.close().unwrap();
+    }
+    let image = read_image(pristine.path());
+    let healthy = check_healthy(pristine.path());
+    assert!(healthy.segments >= 3);
+
+    let work = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let rounds = if cfg!(debug_assertions) { 2000 } else { 5000 };
+    let (mut unhealthy, mut opened) = (0, 0);
+    for round in 0..rounds {
+        let mut img = image.clone();
+        for _ in 0..1 + rng.below(3) {
+            if !img.is_empty() {
+                mutate(&mut img, &mut rng);
+            }
+        }
+        write_image(work.path(), &img);
+        let report = Wharf::verify(work.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        unhealthy += usize::from(!report.is_healthy());
+        // Every 8th image is opened too: damage that fails an open is never healthy, and a
+        // healthy image recovers what verify found.
+        if round % 8 == 0 {
+            match small().open(work.path()) {
+                Ok(w) => {
+                    opened += 1;
+                    if report.is_healthy() {
+                        let r = w.recovery_report();
+                        let waiting: u64 = report.queues.iter().map(|q| q.unsettled()).sum();
+                        assert_eq!(r.bytes_truncated, report.torn_tail_bytes, "round {round}");
+                        assert_eq!(r.truncated_at, report.torn_tail_at, "round {round}");
+                        assert_eq!(r.records, report.records.total(), "round {round}");
+                        assert_eq!(r.messages, waiting, "round {round}");
+                    }
+                }
+                Err(e @ (Error::Corrupted(_) | Error::ForeignSegment(_))) => {
+                    assert!(!report.is_healthy(), "round {round}: open failed ({e}), verify ok");
+                }
+                Err(e @ Error::UnsupportedVersion { .. }) => {
+                    assert!(!report.is_healthy(), "round {round}: open failed ({e}), verify ok");
+                }
+                Err(e) => panic!("round {round}: open failed with {e}"),
+            }
+        }
+    }
+    // The mutations found both kinds of image.
+    assert!(unhealthy > rounds / 4 && unhealthy < rounds, "{unhealthy} of {rounds} unhealthy");
+    assert!(opened > 0);
+}
