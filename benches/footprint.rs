@@ -181,7 +181,9 @@ fn main() -> BoxResult<()> {
     println!();
     println!("| measurement | result | target |");
     println!("|---|---:|---|");
-    println!("| RssAnon per unsettled 128 B message, after the pushes | {rss_push:.0} B | ≤ 64 B |");
+    println!(
+        "| RssAnon per unsettled 128 B message, after the pushes | {rss_push:.0} B | ≤ 64 B |"
+    );
     println!("| RssAnon per unsettled 128 B message, after a reopen | {rss_open:.0} B | ≤ 64 B |");
     println!("| (a) reopen after N pushed and acked, 1,000 left | {:.1} ms | < 100 ms |", a[0]);
     println!("| (b) reopen with N unsettled | {open_b:.1} ms | < 3 s |");

@@ -3,10 +3,11 @@
 //!
 //! Invariant: rebuilt from the log at every open and never persisted; it holds no payloads,
 //! only where each payload lives (its log position and length). Every unsettled message is in
-//! `msgs` and in exactly one of `ready`, `delayed` or the leased state.
+//! exactly one of `ready` (at its priority's level), `delayed` or `leased`; a plain message
+//! costs one 16-byte slot in an ordered map, options and leases cost side entries.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
@@ -45,21 +46,29 @@ pub(crate) struct Note {
     pub error: Box<str>,
 }
 
+/// What every unsettled message costs in the index: 16 bytes, plus the ordered map's own
+/// overhead. Rarer properties live in side maps: [`Extra`] for pushes with options, due times
+/// for delayed messages, leases for messages in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum At {
-    Ready,
-    /// Due at this Unix ms.
-    Delayed(u64),
-    Leased {
-        attempt: u32,
-        deadline: Instant,
-    },
+struct Slot {
+    lsn: u64,
+    len: u32,
+    attempts: u32,
 }
 
-#[derive(Debug)]
-struct Msg {
-    entry: Entry,
-    at: At,
+/// What a push with options adds: where its payload starts, its priority and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Extra {
+    off: u32,
+    priority: u8,
+    expires: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    slot: Slot,
+    attempt: u32,
+    deadline: Instant,
 }
 
 /// Hashes message ids, which are unique and mostly sequential: one multiplication spreads
@@ -83,6 +92,11 @@ impl Hasher for IdHasher {
     }
 }
 
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// Priorities, `0..=MAX_PRIORITY`.
+const LEVELS: usize = crate::queue::MAX_PRIORITY as usize + 1;
+
 /// Why a settlement was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Expired;
@@ -100,16 +114,18 @@ pub(crate) struct Waiting {
 /// earlier.
 #[derive(Debug, Default)]
 pub(crate) struct QueueIndex {
-    msgs: HashMap<u64, Msg, BuildHasherDefault<IdHasher>>,
-    /// (255 − priority, id): the first is delivered next.
-    ready: BTreeSet<(u8, u64)>,
-    /// (due Unix ms, id).
-    delayed: BTreeSet<(u64, u64)>,
-    leased: usize,
+    /// Ready messages by priority, each level in id order.
+    ready: [BTreeMap<u64, Slot>; LEVELS],
+    ready_count: usize,
+    /// Delayed messages by (due Unix ms, id), and each one's due time by id.
+    delayed: BTreeMap<(u64, u64), Slot>,
+    due_of: IdMap<u64>,
+    leased: IdMap<Lease>,
     /// Lease deadlines, oldest first; entries whose lease has since been settled or renewed are
     /// skipped when they surface.
     deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
-    notes: HashMap<u64, Note, BuildHasherDefault<IdHasher>>,
+    extra: IdMap<Extra>,
+    notes: IdMap<Note>,
     /// Dedup key → (message id, Unix ms until which the key holds even once it is settled).
     dedup: HashMap<Box<[u8]>, (u64, u64)>,
     dedup_pruned_at: usize,
@@ -117,7 +133,7 @@ pub(crate) struct QueueIndex {
 
 impl QueueIndex {
     pub(crate) fn ready_len(&self) -> usize {
-        self.ready.len()
+        self.ready_count
     }
 
     pub(crate) fn delayed_len(&self) -> usize {
@@ -125,86 +141,105 @@ impl QueueIndex {
     }
 
     pub(crate) fn leased_len(&self) -> usize {
-        self.leased
+        self.leased.len()
     }
 
     /// Messages waiting for a delivery: ready or delayed.
     pub(crate) fn waiting_len(&self) -> usize {
-        self.ready.len() + self.delayed.len()
+        self.ready_count + self.delayed.len()
+    }
+
+    fn level(&self, id: u64) -> usize {
+        self.extra.get(&id).map_or(0, |x| usize::from(x.priority).min(LEVELS - 1))
+    }
+
+    /// The full entry of message `id` from its slot and its extra.
+    fn entry(&self, id: u64, slot: Slot) -> Entry {
+        let x = self.extra.get(&id);
+        Entry {
+            lsn: slot.lsn,
+            len: slot.len,
+            off: x.map_or(crate::record::PUSH_OVERHEAD as u32, |x| x.off),
+            attempts: slot.attempts,
+            priority: x.map_or(0, |x| x.priority),
+            expires: x.map_or(0, |x| x.expires),
+        }
     }
 
     /// Drops deadline entries of leases that were settled or renewed since, once they
     /// outnumber the live leases, so the heap stays proportional to what is in flight.
     fn compact_deadlines(&mut self) {
-        if self.deadlines.len() > 2 * self.leased + 64 {
-            let live = self.msgs.iter().filter_map(|(&id, m)| match m.at {
-                At::Leased { attempt, deadline } => Some(Reverse((deadline, id, attempt))),
-                _ => None,
-            });
+        if self.deadlines.len() > 2 * self.leased.len() + 64 {
+            let live = self.leased.iter().map(|(&id, l)| Reverse((l.deadline, id, l.attempt)));
             self.deadlines = live.collect();
         }
     }
 
-    fn place(&mut self, id: u64, entry: Entry, due: u64) {
-        // Replay may restate a message; never leave it in two places.
-        if let Some(old) = self.msgs.remove(&id) {
-            self.unplace(id, old.at, old.entry.priority);
+    /// Takes message `id` out of wherever it is; returns its slot (its extra stays).
+    fn unplace(&mut self, id: u64) -> Option<Slot> {
+        if let Some(l) = self.leased.remove(&id) {
+            self.compact_deadlines();
+            return Some(l.slot);
         }
-        let at = if due == 0 { At::Ready } else { At::Delayed(due) };
-        self.place_only(id, at, entry.priority);
-        self.msgs.insert(id, Msg { entry, at });
+        if let Some(due) = self.due_of.remove(&id) {
+            return self.delayed.remove(&(due, id));
+        }
+        let level = self.level(id);
+        let slot = self.ready.get_mut(level)?.remove(&id)?;
+        self.ready_count -= 1;
+        Some(slot)
     }
 
-    fn place_only(&mut self, id: u64, at: At, priority: u8) {
-        match at {
-            At::Ready => {
-                self.ready.insert((u8::MAX - priority, id));
+    /// Puts a slot that is nowhere: ready if `due` is 0, else delayed until `due`.
+    fn place(&mut self, id: u64, slot: Slot, due: u64) {
+        if due == 0 {
+            let level = self.level(id);
+            if let Some(m) = self.ready.get_mut(level) {
+                if m.insert(id, slot).is_none() {
+                    self.ready_count += 1;
+                }
             }
-            At::Delayed(due) => {
-                self.delayed.insert((due, id));
-            }
-            At::Leased { .. } => self.leased += 1,
-        }
-    }
-
-    fn unplace(&mut self, id: u64, at: At, priority: u8) {
-        match at {
-            At::Ready => {
-                self.ready.remove(&(u8::MAX - priority, id));
-            }
-            At::Delayed(due) => {
-                self.delayed.remove(&(due, id));
-            }
-            At::Leased { .. } => self.leased = self.leased.saturating_sub(1),
+        } else {
+            self.delayed.insert((due, id), slot);
+            self.due_of.insert(id, due);
         }
     }
 
-    /// Adds a message: ready if `due` is 0, else delayed until `due` (Unix ms).
+    /// Adds a message: ready if `due` is 0, else delayed until `due` (Unix ms). Replay may
+    /// restate a message; it is never in two places.
     pub(crate) fn insert(&mut self, id: u64, entry: Entry, due: u64) {
-        self.place(id, entry, due);
+        self.unplace(id);
+        let plain = entry.off == crate::record::PUSH_OVERHEAD as u32
+            && entry.priority == 0
+            && entry.expires == 0;
+        if plain {
+            self.extra.remove(&id);
+        } else {
+            let x = Extra { off: entry.off, priority: entry.priority, expires: entry.expires };
+            self.extra.insert(id, x);
+        }
+        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
+        self.place(id, slot, due);
     }
 
     /// Takes a message out of the queue, wherever it is; returns its entry.
     pub(crate) fn remove(&mut self, id: u64) -> Option<Entry> {
-        let m = self.msgs.remove(&id)?;
-        self.unplace(id, m.at, m.entry.priority);
-        if matches!(m.at, At::Leased { .. }) {
-            self.compact_deadlines();
-        }
-        Some(m.entry)
+        let slot = self.unplace(id)?;
+        let entry = self.entry(id, slot);
+        self.extra.remove(&id);
+        Some(entry)
     }
 
     /// Makes every delayed message due at or before `now_ms` ready; returns how many.
     pub(crate) fn promote(&mut self, now_ms: u64) -> usize {
         let mut n = 0;
-        while let Some(&(due, id)) = self.delayed.first() {
+        while let Some((&(due, id), _)) = self.delayed.first_key_value() {
             if due > now_ms {
                 break;
             }
-            self.delayed.pop_first();
-            if let Some(m) = self.msgs.get_mut(&id) {
-                m.at = At::Ready;
-                self.ready.insert((u8::MAX - m.entry.priority, id));
+            if let Some((_, slot)) = self.delayed.pop_first() {
+                self.due_of.remove(&id);
+                self.place(id, slot, 0);
                 n += 1;
             }
         }
@@ -213,34 +248,37 @@ impl QueueIndex {
 
     /// When the earliest delayed message is due (Unix ms).
     pub(crate) fn next_due(&self) -> Option<u64> {
-        self.delayed.first().map(|&(due, _)| due)
+        self.delayed.first_key_value().map(|(&(due, _), _)| due)
+    }
+
+    /// The ready message that would be delivered next: the highest priority, the oldest.
+    fn head_slot(&self) -> Option<(u64, Slot)> {
+        self.ready.iter().rev().find_map(|m| m.first_key_value().map(|(&id, &s)| (id, s)))
     }
 
     /// The message that would be delivered next, if one is ready.
     pub(crate) fn head(&self) -> Option<(u64, Entry)> {
-        let &(_, id) = self.ready.first()?;
-        self.msgs.get(&id).map(|m| (id, m.entry))
+        self.head_slot().map(|(id, slot)| (id, self.entry(id, slot)))
     }
 
     /// The oldest waiting message: the next ready one, else the earliest-due delayed one.
     pub(crate) fn oldest_waiting(&self) -> Option<u64> {
-        self.ready.first().map(|&(_, id)| id).or(self.delayed.first().map(|&(_, id)| id))
+        self.head_slot()
+            .map(|(id, _)| id)
+            .or_else(|| self.delayed.first_key_value().map(|(&(_, id), _)| id))
     }
 
     /// Leases the ready message `id` until `now + visibility`; returns its entry with the
     /// attempt count of this delivery.
     pub(crate) fn lease(&mut self, id: u64, now: Instant, visibility: Duration) -> Option<Entry> {
-        let m = self.msgs.get_mut(&id)?;
-        if m.at != At::Ready {
-            return None;
-        }
-        self.ready.remove(&(u8::MAX - m.entry.priority, id));
-        m.entry.attempts = m.entry.attempts.saturating_add(1);
+        let level = self.level(id);
+        let mut slot = self.ready.get_mut(level)?.remove(&id)?;
+        self.ready_count -= 1;
+        slot.attempts = slot.attempts.saturating_add(1);
         let deadline = now + visibility;
-        m.at = At::Leased { attempt: m.entry.attempts, deadline };
-        self.leased += 1;
-        self.deadlines.push(Reverse((deadline, id, m.entry.attempts)));
-        Some(m.entry)
+        self.leased.insert(id, Lease { slot, attempt: slot.attempts, deadline });
+        self.deadlines.push(Reverse((deadline, id, slot.attempts)));
+        Some(self.entry(id, slot))
     }
 
     /// Makes every lease whose deadline is at or before `now` ready again; returns how many.
@@ -251,11 +289,13 @@ impl QueueIndex {
                 break;
             }
             self.deadlines.pop();
-            if let Some(m) = self.msgs.get_mut(&id) {
-                if m.at == (At::Leased { attempt, deadline }) {
-                    m.at = At::Ready;
-                    self.ready.insert((u8::MAX - m.entry.priority, id));
-                    self.leased -= 1;
+            let current = self
+                .leased
+                .get(&id)
+                .is_some_and(|l| l.attempt == attempt && l.deadline == deadline);
+            if current {
+                if let Some(l) = self.leased.remove(&id) {
+                    self.place(id, l.slot, 0);
                     n += 1;
                 }
             }
@@ -266,7 +306,8 @@ impl QueueIndex {
     /// The earliest deadline of a live lease, if any.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((deadline, id, attempt))) = self.deadlines.peek().copied() {
-            if self.msgs.get(&id).is_some_and(|m| m.at == At::Leased { attempt, deadline }) {
+            if self.leased.get(&id).is_some_and(|l| l.attempt == attempt && l.deadline == deadline)
+            {
                 return Some(deadline);
             }
             self.deadlines.pop();
@@ -277,10 +318,11 @@ impl QueueIndex {
     /// Checks that `attempt` still holds the lease of `id` at `now`. An expired lease is
     /// released on the spot.
     fn check(&mut self, id: u64, attempt: u32, now: Instant) -> Result<Entry, Expired> {
-        match self.msgs.get(&id) {
-            Some(Msg { entry, at: At::Leased { attempt: a, deadline } }) if *a == attempt => {
-                if *deadline > now {
-                    Ok(*entry)
+        match self.leased.get(&id) {
+            Some(l) if l.attempt == attempt => {
+                if l.deadline > now {
+                    let slot = l.slot;
+                    Ok(self.entry(id, slot))
                 } else {
                     self.expire(now);
                     Err(Expired)
@@ -305,8 +347,9 @@ impl QueueIndex {
         now: Instant,
         due: u64,
     ) -> Result<Entry, Expired> {
-        let entry = self.take(id, attempt, now)?;
-        self.place(id, entry, due);
+        let entry = self.check(id, attempt, now)?;
+        let slot = self.unplace(id).ok_or(Expired)?;
+        self.place(id, slot, due);
         Ok(entry)
     }
 
@@ -324,10 +367,9 @@ impl QueueIndex {
         by: Duration,
     ) -> Result<(), Expired> {
         self.check(id, attempt, now)?;
-        let m = self.msgs.get_mut(&id).ok_or(Expired)?;
-        let deadline = now + by;
-        m.at = At::Leased { attempt, deadline };
-        self.deadlines.push(Reverse((deadline, id, attempt)));
+        let l = self.leased.get_mut(&id).ok_or(Expired)?;
+        l.deadline = now + by;
+        self.deadlines.push(Reverse((l.deadline, id, attempt)));
         self.compact_deadlines();
         Ok(())
     }
@@ -335,12 +377,12 @@ impl QueueIndex {
     /// Waiting messages in delivery order (ready by priority and age, then delayed by due
     /// time), at most `max`.
     pub(crate) fn waiting(&self, max: usize) -> Vec<Waiting> {
-        let ready = self.ready.iter().map(|&(_, id)| (id, None));
-        let delayed = self.delayed.iter().map(|&(due, id)| (id, Some(due)));
+        let ready = self.ready.iter().rev().flat_map(|m| m.iter().map(|(&id, &s)| (id, s, None)));
+        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
         ready
             .chain(delayed)
             .take(max)
-            .filter_map(|(id, due)| self.msgs.get(&id).map(|m| Waiting { id, entry: m.entry, due }))
+            .map(|(id, slot, due)| Waiting { id, entry: self.entry(id, slot), due })
             .collect()
     }
 
@@ -363,11 +405,18 @@ impl QueueIndex {
         }
     }
 
+    /// Whether message `id` is unsettled in this queue.
+    fn holds_message(&self, id: u64) -> bool {
+        self.leased.contains_key(&id)
+            || self.due_of.contains_key(&id)
+            || self.ready.get(self.level(id)).is_some_and(|m| m.contains_key(&id))
+    }
+
     /// The message a dedup key refers to, if the key still holds at `now_ms`: its message is
     /// unsettled, or its window has not passed.
     pub(crate) fn dedup_hit(&mut self, key: &[u8], now_ms: u64) -> Option<u64> {
         let &(id, until) = self.dedup.get(key)?;
-        if self.msgs.contains_key(&id) || now_ms < until {
+        if self.holds_message(id) || now_ms < until {
             return Some(id);
         }
         self.dedup.remove(key);
@@ -378,8 +427,13 @@ impl QueueIndex {
     pub(crate) fn dedup_insert(&mut self, key: &[u8], id: u64, until: u64, now_ms: u64) {
         self.dedup.insert(key.into(), (id, until));
         if self.dedup.len() >= 2 * self.dedup_pruned_at.max(512) {
-            let msgs = &self.msgs;
-            self.dedup.retain(|_, &mut (id, until)| msgs.contains_key(&id) || now_ms < until);
+            let keep: Vec<bool> = self
+                .dedup
+                .values()
+                .map(|&(id, until)| self.holds_message(id) || now_ms < until)
+                .collect();
+            let mut keep = keep.into_iter();
+            self.dedup.retain(|_, _| keep.next().unwrap_or(true));
             self.dedup_pruned_at = self.dedup.len();
         }
     }
@@ -392,9 +446,14 @@ impl QueueIndex {
     /// Recovery: a delivery record was replayed for `id`; false if the message is unknown
     /// (settled in a segment deleted since).
     pub(crate) fn replay_delivered(&mut self, id: u64, attempt: u32) -> bool {
-        match self.msgs.get_mut(&id) {
-            Some(m) => {
-                m.entry.attempts = m.entry.attempts.max(attempt);
+        let level = self.level(id);
+        let slot = match self.due_of.get(&id) {
+            Some(&due) => self.delayed.get_mut(&(due, id)),
+            None => self.ready.get_mut(level).and_then(|m| m.get_mut(&id)),
+        };
+        match slot {
+            Some(s) => {
+                s.attempts = s.attempts.max(attempt);
                 true
             }
             None => false,
@@ -403,9 +462,9 @@ impl QueueIndex {
 
     /// Recovery: a retry was replayed: the message waits until `due` again.
     pub(crate) fn replay_retry(&mut self, id: u64, due: u64) -> bool {
-        match self.remove(id) {
-            Some(entry) => {
-                self.place(id, entry, due);
+        match self.unplace(id) {
+            Some(slot) => {
+                self.place(id, slot, due);
                 true
             }
             None => false,
