@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Fuzz smoke tier (CRASH-TESTING.md 3.6 and 3.10): builds the cargo-fuzz targets in fuzz/ and runs
-# each one for WHARF_FUZZ_SECS seconds (default 30), starting from a scratch copy of its committed
+# each one for WHARF_FUZZ_SECS seconds (default 20), starting from a scratch copy of its committed
 # seeds, and prints how many inputs each one executed. Exits non-zero on any crash, timeout or
 # OOM (the reproducer is left in fuzz/artifacts/<target>/, see fuzz/README.md). When cargo-fuzz
 # is missing and cannot be installed, prints `fuzz: skipped (<reason>)` and exits 0.
 #
 # Environment:
-#   WHARF_FUZZ_SECS       seconds per target (default 30)
-#   WHARF_FUZZ_TARGETS    the targets to run, space-separated (default: all seven)
+#   WHARF_FUZZ_SECS       seconds per target (default 20)
+#   WHARF_FUZZ_TARGETS    the targets to run, space-separated (default: all eight)
 #   WHARF_FUZZ_TOOLCHAIN  `stable` forces the stable fallback even when nightly exists
 #   WHARF_FUZZ_SKIP_KNOWN `1` (default): the targets do not explore the open findings listed in
 #                         fuzz/README.md ("Known open findings"), so CI flags new ones only;
@@ -16,9 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-secs=${WHARF_FUZZ_SECS:-30}
+secs=${WHARF_FUZZ_SECS:-20}
 export WHARF_FUZZ_SKIP_KNOWN=${WHARF_FUZZ_SKIP_KNOWN:-1}
-all="record_decode segment_recover dir_open ops_model ops_crash ops_faults corrupt_then_recover"
+all="record_decode segment_recover dir_open ops_model ops_crash ops_faults corrupt_then_recover verify"
 targets=${WHARF_FUZZ_TARGETS:-$all}
 started=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/wharf-fuzz.XXXXXX")
