@@ -327,13 +327,7 @@ impl Replay {
                 if !known(queue, &self.queues) || !known(to, &self.queues) || queue == to {
                     return Err(bad("dead letter between unknown queues"));
                 }
-                self.leased.remove(&(queue, id));
-                let moved = self.queues.get_mut(queue as usize).and_then(|(_, q)| {
-                    let e = q.remove(id)?;
-                    q.forget(id);
-                    Some(e)
-                });
-                if let (Some(e), Some((_, dst))) = (moved, self.queues.get_mut(to as usize)) {
+                if let (Some(e), Some((_, dst))) = self.take_for_move(queue, id, to) {
                     dst.insert(id, Entry { expires: 0, priority: 0, ..e }, 0);
                     let error = String::from_utf8_lossy(error).into();
                     dst.set_note(id, Note { origin: Some(queue), reason, error });
@@ -343,13 +337,7 @@ impl Replay {
                 if !known(queue, &self.queues) || !known(to, &self.queues) || queue == to {
                     return Err(bad("requeue between unknown queues"));
                 }
-                self.leased.remove(&(queue, id));
-                let moved = self.queues.get_mut(queue as usize).and_then(|(_, q)| {
-                    let e = q.remove(id)?;
-                    q.forget(id);
-                    Some(e)
-                });
-                if let (Some(e), Some((_, dst))) = (moved, self.queues.get_mut(to as usize)) {
+                if let (Some(e), Some((_, dst))) = self.take_for_move(queue, id, to) {
                     dst.insert(id, Entry { attempts: 0, ..e }, 0);
                 }
             }
@@ -370,6 +358,23 @@ impl Replay {
 }
 
 impl Replay {
+    /// A move of message `id` from queue `from` to queue `to`: takes it out of `from` (if it
+    /// is still there) and returns it with the destination.
+    fn take_for_move(
+        &mut self,
+        from: u32,
+        id: u64,
+        to: u32,
+    ) -> (Option<Entry>, Option<&mut (String, QueueIndex)>) {
+        self.leased.remove(&(from, id));
+        let moved = self.queues.get_mut(from as usize).and_then(|(_, q)| {
+            let e = q.remove(id)?;
+            q.forget(id);
+            Some(e)
+        });
+        (moved, self.queues.get_mut(to as usize))
+    }
+
     /// The dedup window of queue `q` as configured so far.
     fn window(&self, q: u32) -> u64 {
         let cfg = self.configs.get(q as usize).and_then(Option::as_ref);
