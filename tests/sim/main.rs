@@ -6,4 +6,5 @@ mod crash_points;
 mod jobs;
 mod model;
 mod oracle;
+mod quota;
 mod redb_crash;

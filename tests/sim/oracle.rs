@@ -351,6 +351,45 @@ impl Ctx {
         }
     }
 
+    /// A push that may find the store at its disk quota: `Error::Full` stores nothing, so the
+    /// message counts as never pushed. Returns whether it was stored.
+    pub fn push_or_full(&mut self, queue: &str, len: usize, d: Durability) -> Result<bool, Error> {
+        match self.push(queue, len, d) {
+            Ok(()) => Ok(true),
+            Err(Error::Full { .. }) => {
+                self.msgs.last_mut().unwrap().push = St::No;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A durable batch of `n` payloads of `len` bytes, or `Error::Full` at the disk quota,
+    /// which stores none of them. Returns whether it was stored.
+    pub fn push_batch_or_full(&mut self, queue: &str, n: usize, len: usize) -> Result<bool, Error> {
+        let first = self.msgs.len();
+        let mut payloads = Vec::new();
+        for _ in 0..n {
+            let p = self.payload(queue, len);
+            self.msgs.push(Msg::new(queue, p.clone(), Loc::ready()));
+            payloads.push(p);
+        }
+        let ids = match self.w().queue(queue).and_then(|q| q.push_batch(&payloads)) {
+            Ok(ids) => ids,
+            Err(Error::Full { .. }) => {
+                self.msgs[first..].iter_mut().for_each(|m| m.push = St::No);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        for (k, id) in ids.iter().enumerate() {
+            self.msgs[first + k].id = Some(id.get());
+            self.msgs[first + k].push = St::Durable;
+        }
+        self.all_durable(first + n);
+        Ok(true)
+    }
+
     pub fn push_batch(&mut self, queue: &str, n: usize) -> Step {
         let first = self.msgs.len();
         let mut payloads = Vec::new();
@@ -445,6 +484,31 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// Pops up to `max` ready messages of `queue` at once (one delivery write for them all);
+    /// returns how many.
+    pub fn pop_batch(&mut self, queue: &str, max: usize) -> Result<usize, Error> {
+        let r = self.w().queue(queue).and_then(|q| q.pop_batch(max, Duration::ZERO));
+        let got = match r {
+            Ok(got) => got,
+            Err(e) => {
+                self.uncertain = true;
+                return Err(e);
+            }
+        };
+        let n = got.len();
+        for d in got {
+            let i = self.find(queue, d.payload());
+            let m = &mut self.msgs[i];
+            let before = m.moves.len();
+            m.deliveries.push((before, St::Written));
+            self.held.push((i, d));
+        }
+        if n > 0 {
+            self.all_written();
+        }
+        Ok(n)
     }
 
     pub fn find(&self, queue: &str, payload: &[u8]) -> usize {
