@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use wharf::testing::SimFs;
+use wharf::testing::{self, SimFs};
 use wharf::{Durability, Error, Wharf, WharfBuilder};
 
 use crate::crash_points::{enumerate, sweep, Scenario};
@@ -106,6 +106,23 @@ pub fn quota_scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {
     ]
 }
 
+/// Blocked by a bug (see the ignored tests below): single pushes fill the store until one is
+/// refused, everything is drained, and `testing::maintain` must delete the settled segments
+/// so that pushes go in again.
+fn fill_drain_refill() -> Vec<(&'static str, WharfBuilder, Scenario)> {
+    vec![("quota: fill with single pushes, drain, maintain, push again", quota(), |c| {
+        c.open()?;
+        let n = fill(c, BIG, I)?;
+        assert_eq!(drain(c, I)?, n);
+        c.maintain()?; // fails with `Full` (the bug): it makes a spare before it deletes
+        within_quota(c);
+        assert!(c.push_or_full("q", BIG, I)?, "no room after the acks");
+        c.pop("q")?;
+        c.ack(N)?;
+        c.sync()
+    })]
+}
+
 #[test]
 fn every_crash_point_of_every_quota_scenario_recovers_to_an_allowed_state() {
     let (points, recoveries) = enumerate(&quota_scenarios());
@@ -120,4 +137,89 @@ fn injected_errors_in_quota_scenarios_leave_the_store_safe() {
     let injected: u64 = sites.sites().values().map(|c| c.injected).sum();
     println!("quota scenarios: fault trials: {trials}, errors injected: {injected}");
     assert!(injected > 1000, "only {injected} errors injected");
+}
+
+/// Bug: at the quota, `testing::maintain` (`Shared::maintain` in `src/store.rs`) first tries to
+/// make spare segments up to `READY_SPARES` and returns the `Error::Full` of `create_spare`
+/// before it syncs or deletes anything, so a full store whose messages are all acked never
+/// gets room back on the simulated disk. The background thread, whose duties `maintain` is
+/// documented to do at once, treats that `Full` as "retry after a deletion" and goes on to
+/// delete settled segments (`commit::background`). A store refuses a single push only once it
+/// has fewer than two spares, so every fill by single pushes ends in this state.
+#[test]
+#[ignore = "bug: testing::maintain fails with Full at the quota instead of deleting settled segments"]
+fn maintain_at_the_quota_deletes_settled_segments() {
+    let sim = SimFs::new();
+    let w = testing::open(quota(), &sim, Path::new(DIR)).unwrap();
+    let q = w.queue("q").unwrap();
+    let mut n = 0;
+    while q.push(vec![b'x'; BIG]).is_ok() {
+        n += 1;
+    }
+    assert!(matches!(q.push(vec![b'x'; BIG]), Err(Error::Full { .. })));
+    for _ in 0..n {
+        q.try_pop().unwrap().unwrap().ack_with(I).unwrap();
+    }
+    assert_eq!(w.stats().disk_bytes, MAX);
+    testing::maintain(&w).unwrap(); // Err(Full { max_disk_bytes: 327680 })
+    assert!(w.stats().disk_bytes < MAX, "no settled segment was deleted");
+    q.push(vec![b'x'; BIG]).unwrap();
+}
+
+/// The plain life of a quota, fill by single pushes until `Full`, drain, `maintain`, push
+/// again, through the crash enumeration and the fault sweep: blocked by the bug above (its
+/// `maintain` fails, so every run stops there and the last push never happens).
+#[test]
+#[ignore = "bug: testing::maintain fails with Full at the quota instead of deleting settled segments"]
+fn every_crash_point_and_injected_error_of_a_fill_drain_refill_is_safe() {
+    // Without a crash the scenario must run to its end.
+    let mut c = Ctx::new(SimFs::new(), quota());
+    (fill_drain_refill()[0].2)(&mut c).unwrap();
+    drop(c);
+    let (points, recoveries) = enumerate(&fill_drain_refill());
+    let trials = sweep(&fill_drain_refill(), &SimFs::new());
+    println!("fill, drain, refill: crash points: {points}, recoveries checked: {recoveries}");
+    println!("fill, drain, refill: fault trials: {trials}");
+}
+
+/// Bug: the segment kept in reserve for settlements stops being a reserve once a settlement
+/// rolls into it. `Wal::fits` (`src/commit.rs`) withholds the last spare segment from pushes
+/// (`Room::Push`), but when a delivery or ack does not fit in the active segment of a full
+/// store it rolls into that spare, which becomes the active segment; with no spare left and
+/// none allowed by the quota, pushes then fill the rest of it. After that every pop, ack and
+/// the epoch record of a reopen need a new segment and fail with `Error::Full`: nothing can be
+/// settled, so no segment is ever deleted, and the store stays full for good. On the real file
+/// system, with the background thread, the same steps give `Full` from `try_pop` and from the
+/// reopen (`Wharf::open` with the same quota). README, "Guarantees": pops and acks go on in a
+/// segment kept in reserve for them, so a full store can be drained and reopened.
+#[test]
+#[ignore = "bug: pushes fill the reserve segment once a settlement used it; then pops and reopens fail with Full"]
+fn a_full_store_can_still_be_drained_after_its_reserve_segment_was_used() {
+    let sim = SimFs::new();
+    let dir = Path::new(DIR);
+    let w = testing::open(quota(), &sim, dir).unwrap();
+    let q = w.queue("q").unwrap();
+    // Full, its active segment to the brim; returns how many went in.
+    let fill = |q: &wharf::Queue| {
+        let mut n = 0;
+        for len in [BIG, 2000, 300, 50, 0] {
+            while q.push(vec![b'x'; len]).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    };
+    let mut n = fill(&q);
+    // One delivery and its ack: they do not fit, and go to the reserve segment.
+    q.try_pop().unwrap().unwrap().ack_with(I).unwrap();
+    n -= 1;
+    assert!(w.stats().durable_lsn > 4 * SEG, "the settlement stayed in the fourth segment");
+    n += fill(&q); // pushes fill the rest of the reserve segment
+    for i in 0..n {
+        let d = q.try_pop().unwrap_or_else(|e| panic!("pop {i} of {n}: {e}")); // Err(Full)
+        d.expect("a stored message").ack_with(I).unwrap();
+    }
+    drop(q);
+    w.close().unwrap();
+    testing::open(quota(), &sim, dir).unwrap();
 }
