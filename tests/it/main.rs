@@ -12,6 +12,7 @@ mod leases;
 mod poison;
 mod quota;
 mod recovery;
+mod soak;
 mod sweeps;
 mod typed;
 mod verify;
