@@ -205,6 +205,12 @@ impl Wal {
     /// Whether records of these lengths fit in the active segment and the spares `room` may
     /// use.
     pub(crate) fn fits(&self, lens: &[usize], room: Room) -> bool {
+        // Once a settlement rolled into the reserve segment, pushes wait for a new reserve:
+        // filling the segment that settlements now write into would leave them no room, and a
+        // full store could never be drained.
+        if room == Room::Push && self.log.spares.len() < RESERVE_SPARES {
+            return false;
+        }
         let active = &self.active;
         let pre = self.preamble_len() as u64;
         let (mut pos, mut end) = (self.next_lsn, active.end());

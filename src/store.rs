@@ -307,7 +307,13 @@ impl Shared {
     pub(crate) fn maintain(&self) -> Result<()> {
         use crate::commit::READY_SPARES;
         while self.state.lock().wal.log.spares.len() < READY_SPARES {
-            self.create_spare(READY_SPARES)?;
+            match self.create_spare(READY_SPARES) {
+                Ok(()) => {}
+                // As the background thread: no room for a spare now; deleting settled
+                // segments below is what makes room.
+                Err(Error::Full { .. } | Error::NoSpace) => break,
+                Err(e) => return Err(e),
+            }
         }
         let mut g = self.state.lock();
         g.check()?;

@@ -106,15 +106,15 @@ pub fn quota_scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {
     ]
 }
 
-/// Blocked by a bug (see the ignored tests below): single pushes fill the store until one is
-/// refused, everything is drained, and `testing::maintain` must delete the settled segments
-/// so that pushes go in again.
+/// Single pushes fill the store until one is refused, everything is drained, and
+/// `testing::maintain` deletes the settled segments so that pushes go in again. (It found that
+/// `maintain` gave up with `Full` before deleting; fixed.)
 fn fill_drain_refill() -> Vec<(&'static str, WharfBuilder, Scenario)> {
     vec![("quota: fill with single pushes, drain, maintain, push again", quota(), |c| {
         c.open()?;
         let n = fill(c, BIG, I)?;
         assert_eq!(drain(c, I)?, n);
-        c.maintain()?; // fails with `Full` (the bug): it makes a spare before it deletes
+        c.maintain()?; // deletes before it needs a spare (it used to fail with `Full` here)
         within_quota(c);
         assert!(c.push_or_full("q", BIG, I)?, "no room after the acks");
         c.pop("q")?;
@@ -139,15 +139,12 @@ fn injected_errors_in_quota_scenarios_leave_the_store_safe() {
     assert!(injected > 1000, "only {injected} errors injected");
 }
 
-/// Bug: at the quota, `testing::maintain` (`Shared::maintain` in `src/store.rs`) first tries to
-/// make spare segments up to `READY_SPARES` and returns the `Error::Full` of `create_spare`
-/// before it syncs or deletes anything, so a full store whose messages are all acked never
-/// gets room back on the simulated disk. The background thread, whose duties `maintain` is
-/// documented to do at once, treats that `Full` as "retry after a deletion" and goes on to
-/// delete settled segments (`commit::background`). A store refuses a single push only once it
-/// has fewer than two spares, so every fill by single pushes ends in this state.
+/// Was a bug: at the quota, `testing::maintain` tried to make spare segments first and returned
+/// the `Error::Full` of `create_spare` before it synced or deleted anything, so a full store
+/// whose messages were all acked never got room back on the simulated disk (the background
+/// thread, whose duties `maintain` does at once, went on to delete). Fixed: like the background
+/// thread, `maintain` goes on to delete when there is no room for a spare.
 #[test]
-#[ignore = "bug: testing::maintain fails with Full at the quota instead of deleting settled segments"]
 fn maintain_at_the_quota_deletes_settled_segments() {
     let sim = SimFs::new();
     let w = testing::open(quota(), &sim, Path::new(DIR)).unwrap();
@@ -161,16 +158,14 @@ fn maintain_at_the_quota_deletes_settled_segments() {
         q.try_pop().unwrap().unwrap().ack_with(I).unwrap();
     }
     assert_eq!(w.stats().disk_bytes, MAX);
-    testing::maintain(&w).unwrap(); // Err(Full { max_disk_bytes: 327680 })
+    testing::maintain(&w).unwrap(); // was Err(Full { max_disk_bytes: 327680 })
     assert!(w.stats().disk_bytes < MAX, "no settled segment was deleted");
     q.push(vec![b'x'; BIG]).unwrap();
 }
 
 /// The plain life of a quota, fill by single pushes until `Full`, drain, `maintain`, push
-/// again, through the crash enumeration and the fault sweep: blocked by the bug above (its
-/// `maintain` fails, so every run stops there and the last push never happens).
+/// again, through the crash enumeration and the fault sweep.
 #[test]
-#[ignore = "bug: testing::maintain fails with Full at the quota instead of deleting settled segments"]
 fn every_crash_point_and_injected_error_of_a_fill_drain_refill_is_safe() {
     // Without a crash the scenario must run to its end.
     let mut c = Ctx::new(SimFs::new(), quota());
@@ -182,8 +177,9 @@ fn every_crash_point_and_injected_error_of_a_fill_drain_refill_is_safe() {
     println!("fill, drain, refill: fault trials: {trials}");
 }
 
-/// Bug: the segment kept in reserve for settlements stops being a reserve once a settlement
-/// rolls into it. `Wal::fits` (`src/commit.rs`) withholds the last spare segment from pushes
+/// Was a bug (fixed in `Wal::fits`: pushes wait for a new reserve once a settlement used it):
+/// the segment kept in reserve for settlements stopped being a reserve once a settlement
+/// rolled into it. `Wal::fits` (`src/commit.rs`) withholds the last spare segment from pushes
 /// (`Room::Push`), but when a delivery or ack does not fit in the active segment of a full
 /// store it rolls into that spare, which becomes the active segment; with no spare left and
 /// none allowed by the quota, pushes then fill the rest of it. After that every pop, ack and
@@ -193,7 +189,6 @@ fn every_crash_point_and_injected_error_of_a_fill_drain_refill_is_safe() {
 /// reopen (`Wharf::open` with the same quota). README, "Guarantees": pops and acks go on in a
 /// segment kept in reserve for them, so a full store can be drained and reopened.
 #[test]
-#[ignore = "bug: pushes fill the reserve segment once a settlement used it; then pops and reopens fail with Full"]
 fn a_full_store_can_still_be_drained_after_its_reserve_segment_was_used() {
     let sim = SimFs::new();
     let dir = Path::new(DIR);
