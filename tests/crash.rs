@@ -361,43 +361,53 @@ impl Model {
                 QUEUES.iter().position(|n| *n == name).ok_or(format!("unknown queue {name}"))?;
             let q = w.queue(&name).map_err(|e| format!("I6: queue {name}: {e}"))?;
             let mut last = 0;
-            while let Some(d) = q.try_pop().map_err(|e| format!("I6: pop from {name}: {e}"))? {
-                let id = d.id().get();
-                if id <= last {
-                    return Err(format!("I4: {name} delivered id {id:#x} after id {last:#x}"));
+            // In batches: each pop writes its delivery record before the hand-out, and a
+            // batch shares one write.
+            loop {
+                let batch = q
+                    .pop_batch(256, Duration::ZERO)
+                    .map_err(|e| format!("I6: pop from {name}: {e}"))?;
+                if batch.is_empty() {
+                    break;
                 }
-                last = id;
-                let Some(k) = check_payload(d.payload()) else {
-                    return Err(format!(
-                        "I3: id {id:#x} in {name} delivered a payload no push was called with \
+                for d in batch {
+                    let id = d.id().get();
+                    if id <= last {
+                        return Err(format!("I4: {name} delivered id {id:#x} after id {last:#x}"));
+                    }
+                    last = id;
+                    let Some(k) = check_payload(d.payload()) else {
+                        return Err(format!(
+                            "I3: id {id:#x} in {name} delivered a payload no push was called with \
                          ({} bytes, starting {:?})",
-                        d.payload().len(),
-                        String::from_utf8_lossy(&d.payload()[..d.payload().len().min(24)])
-                    ));
-                };
-                if queue_of(k) != qi {
-                    return Err(format!("I3: push {k:?} (id {id:#x}) delivered from {name}"));
-                }
-                if !seen_keys.insert(k) {
-                    return Err(format!("I3: push {k:?} delivered twice in one recovery"));
-                }
-                if !self.ids.contains_key(&id) && !j.begun_push.contains(&k) {
-                    return Err(format!(
+                            d.payload().len(),
+                            String::from_utf8_lossy(&d.payload()[..d.payload().len().min(24)])
+                        ));
+                    };
+                    if queue_of(k) != qi {
+                        return Err(format!("I3: push {k:?} (id {id:#x}) delivered from {name}"));
+                    }
+                    if !seen_keys.insert(k) {
+                        return Err(format!("I3: push {k:?} delivered twice in one recovery"));
+                    }
+                    if !self.ids.contains_key(&id) && !j.begun_push.contains(&k) {
+                        return Err(format!(
                         "I3: id {id:#x} delivered push {k:?}, which no push call of this cycle made"
                     ));
-                }
-                self.bind(id, k, &mut new)?;
-                if j.acked.contains_key(&id) || self.gone.contains(&id) {
-                    return Err(format!("I2: id {id:#x} (push {k:?}) was acked and came back"));
-                }
-                let allowed = self.pending.contains_key(&id) || new.contains(&id);
-                if !allowed {
-                    return Err(format!(
+                    }
+                    self.bind(id, k, &mut new)?;
+                    if j.acked.contains_key(&id) || self.gone.contains(&id) {
+                        return Err(format!("I2: id {id:#x} (push {k:?}) was acked and came back"));
+                    }
+                    let allowed = self.pending.contains_key(&id) || new.contains(&id);
+                    if !allowed {
+                        return Err(format!(
                         "I2/I3: id {id:#x} (push {k:?}) was settled or lost before and came back"
                     ));
+                    }
+                    found.insert(id, k);
+                    held.push(d);
                 }
-                found.insert(id, k);
-                held.push(d);
             }
         }
         // I1: every durable push that was not (maybe) acked is there.
