@@ -427,14 +427,10 @@ impl QueueIndex {
     pub(crate) fn dedup_insert(&mut self, key: &[u8], id: u64, until: u64, now_ms: u64) {
         self.dedup.insert(key.into(), (id, until));
         if self.dedup.len() >= 2 * self.dedup_pruned_at.max(512) {
-            let keep: Vec<bool> = self
-                .dedup
-                .values()
-                .map(|&(id, until)| self.holds_message(id) || now_ms < until)
-                .collect();
-            let mut keep = keep.into_iter();
-            self.dedup.retain(|_, _| keep.next().unwrap_or(true));
-            self.dedup_pruned_at = self.dedup.len();
+            let mut dedup = std::mem::take(&mut self.dedup);
+            dedup.retain(|_, &mut (id, until)| now_ms < until || self.holds_message(id));
+            self.dedup_pruned_at = dedup.len();
+            self.dedup = dedup;
         }
     }
 
@@ -586,6 +582,28 @@ mod tests {
         lease_next(&mut q, t0, Duration::from_millis(10)).unwrap();
         assert_eq!(q.take(1, 1, t0 + Duration::from_millis(10)), Err(Expired));
         assert_eq!(q.ready_len(), 1);
+    }
+
+    #[test]
+    fn pruning_dedup_keys_keeps_exactly_those_that_still_hold() {
+        let mut q = QueueIndex::default();
+        for id in 0..600u64 {
+            q.insert(id, entry(id), 0);
+            // Even ids are settled at once; ids below 300 have a window until 1000.
+            let until = if id < 300 { 1000 } else { 0 };
+            q.dedup_insert(&id.to_le_bytes(), id, until, 10);
+            if id % 2 == 0 {
+                q.remove(id);
+            }
+        }
+        for id in 600..1100u64 {
+            q.dedup_insert(&id.to_le_bytes(), id, 0, 10); // settled-looking, lapsed: pruned
+        }
+        for id in 0..600u64 {
+            let held = id % 2 == 1 || id < 300;
+            assert_eq!(q.dedup_hit(&id.to_le_bytes(), 10).is_some(), held, "key {id}");
+        }
+        assert!(q.dedup.len() < 1100, "nothing was pruned");
     }
 
     #[test]
