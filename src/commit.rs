@@ -183,6 +183,15 @@ impl Wal {
         out
     }
 
+    /// The catalog as the state database keeps it.
+    pub(crate) fn catalog_rows(&self) -> Vec<crate::state::QueueRow> {
+        let rows = self.catalog.iter().map(|c| crate::state::QueueRow {
+            name: String::from_utf8_lossy(&c.name).into_owned(),
+            config: c.config.clone(),
+        });
+        rows.collect()
+    }
+
     /// Bytes of a segment preamble as the catalog stands.
     pub(crate) fn preamble_len(&self) -> usize {
         self.preamble_bytes
@@ -242,6 +251,7 @@ impl Wal {
         }
         let lsn = self.next_lsn;
         self.stage(body);
+        self.log.note_record(lsn, body);
         Some(lsn)
     }
 
@@ -544,6 +554,12 @@ impl Shared {
                 }
                 if wal.maybe_delete && !sync {
                     self.bg_cv.notify_one();
+                }
+                // Enough log since the last checkpoint: the checkpointer takes the next.
+                if end.saturating_sub(wal.log.checkpoint) >= self.opts.checkpoint_bytes
+                    || (wal.maybe_delete && wal.log.deletable_after_checkpoint())
+                {
+                    self.ck_cv.notify_one();
                 }
                 Ok(())
             }

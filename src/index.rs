@@ -11,10 +11,14 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+/// The `lsn` of a message whose payload was relocated into the state database (its push
+/// record's segment may be gone).
+pub(crate) const RELOCATED: u64 = u64::MAX;
+
 /// Where one unsettled message lives, and how often it was delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
-    /// Log position of the message's push record.
+    /// Log position of the message's push record, or [`RELOCATED`].
     pub lsn: u64,
     /// Payload length in bytes.
     pub len: u32,
@@ -129,6 +133,9 @@ pub(crate) struct QueueIndex {
     /// Dedup key → (message id, Unix ms until which the key holds even once it is settled).
     dedup: HashMap<Box<[u8]>, (u64, u64)>,
     dedup_pruned_at: usize,
+    /// Dedup keys added and forgotten since the last checkpoint took them.
+    dedup_added: Vec<Box<[u8]>>,
+    dedup_gone: Vec<Box<[u8]>>,
 }
 
 impl QueueIndex {
@@ -419,16 +426,27 @@ impl QueueIndex {
         if self.holds_message(id) || now_ms < until {
             return Some(id);
         }
-        self.dedup.remove(key);
+        if let Some((k, _)) = self.dedup.remove_entry(key) {
+            self.dedup_gone.push(k);
+        }
         None
     }
 
     /// Remembers a dedup key; prunes keys that no longer hold once the map has doubled.
     pub(crate) fn dedup_insert(&mut self, key: &[u8], id: u64, until: u64, now_ms: u64) {
         self.dedup.insert(key.into(), (id, until));
+        self.dedup_added.push(key.into());
         if self.dedup.len() >= 2 * self.dedup_pruned_at.max(512) {
             let mut dedup = std::mem::take(&mut self.dedup);
-            dedup.retain(|_, &mut (id, until)| now_ms < until || self.holds_message(id));
+            let mut gone = std::mem::take(&mut self.dedup_gone);
+            dedup.retain(|k, &mut (id, until)| {
+                let keep = now_ms < until || self.holds_message(id);
+                if !keep {
+                    gone.push(k.clone());
+                }
+                keep
+            });
+            self.dedup_gone = gone;
             self.dedup_pruned_at = dedup.len();
             self.dedup = dedup;
         }
@@ -437,6 +455,75 @@ impl QueueIndex {
     /// Forgets notes of settled messages (called when a message leaves the queue for good).
     pub(crate) fn forget(&mut self, id: u64) {
         self.notes.remove(&id);
+    }
+
+    /// Checkpoint: the dedup keys added and forgotten since the last call, with the current
+    /// value of each added key that is still held. The checkpoint writes these to the state
+    /// database.
+    pub(crate) fn take_dedup_changes(&mut self) -> (Vec<(Box<[u8]>, u64, u64)>, Vec<Box<[u8]>>) {
+        let added = std::mem::take(&mut self.dedup_added);
+        let mut gone = std::mem::take(&mut self.dedup_gone);
+        let mut put = Vec::with_capacity(added.len());
+        for key in added {
+            match self.dedup.get(&key) {
+                Some(&(id, until)) => put.push((key, id, until)),
+                None => gone.push(key),
+            }
+        }
+        gone.retain(|k| !self.dedup.contains_key(k));
+        (put, gone)
+    }
+
+    /// Every dedup key held now, with its message and window end.
+    pub(crate) fn all_dedup(&self) -> Vec<(Box<[u8]>, u64, u64)> {
+        self.dedup.iter().map(|(k, &(id, until))| (k.clone(), id, until)).collect()
+    }
+
+    /// The state of unsettled message `id`: its entry and the Unix ms it is delayed until (0:
+    /// ready or leased).
+    pub(crate) fn get(&self, id: u64) -> Option<(Entry, u64)> {
+        if let Some(l) = self.leased.get(&id) {
+            return Some((self.entry(id, l.slot), 0));
+        }
+        if let Some(&due) = self.due_of.get(&id) {
+            let slot = self.delayed.get(&(due, id))?;
+            return Some((self.entry(id, *slot), due));
+        }
+        let slot = self.ready.get(self.level(id))?.get(&id)?;
+        Some((self.entry(id, *slot), 0))
+    }
+
+    /// Marks message `id`'s payload as relocated into the state database; returns the entry it
+    /// had.
+    pub(crate) fn relocate(&mut self, id: u64) -> Option<Entry> {
+        let level = self.level(id);
+        let slot = if let Some(l) = self.leased.get_mut(&id) {
+            &mut l.slot
+        } else if let Some(&due) = self.due_of.get(&id) {
+            self.delayed.get_mut(&(due, id))?
+        } else {
+            self.ready.get_mut(level)?.get_mut(&id)?
+        };
+        let before = *slot;
+        slot.lsn = RELOCATED;
+        Some(self.entry(id, before))
+    }
+
+    /// Calls `f(id, entry, due)` for every unsettled message whose push record lies in
+    /// `[from, to)`.
+    pub(crate) fn each_in(&self, from: u64, to: u64, mut f: impl FnMut(u64, Entry, u64)) {
+        let inside = |s: &Slot| s.lsn >= from && s.lsn < to;
+        for m in &self.ready {
+            for (&id, s) in m.iter().filter(|(_, s)| inside(s)) {
+                f(id, self.entry(id, *s), 0);
+            }
+        }
+        for (&(due, id), s) in self.delayed.iter().filter(|(_, s)| inside(s)) {
+            f(id, self.entry(id, *s), due);
+        }
+        for (&id, l) in self.leased.iter().filter(|(_, l)| inside(&l.slot)) {
+            f(id, self.entry(id, l.slot), 0);
+        }
     }
 
     /// Recovery: a delivery record was replayed for `id`; false if the message is unknown

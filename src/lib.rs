@@ -43,6 +43,7 @@
 //! - an ordered log for replay: acked messages are gone.
 
 mod async_pop;
+mod checkpoint;
 mod clock;
 mod commit;
 mod config;
@@ -58,6 +59,7 @@ mod queue;
 mod record;
 mod recovery;
 mod segment;
+mod state;
 mod storage;
 mod store;
 #[cfg(feature = "testing")]
@@ -67,6 +69,7 @@ mod verify;
 mod worker;
 
 pub use async_pop::{PopBatchFuture, PopFuture};
+pub use checkpoint::CheckpointReport;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commit::Stats;
 pub use config::{Backoff, DeadLetters, OnExpiry, Overflow, QueueConfig};

@@ -3,18 +3,23 @@
 //!
 //! Invariant: segments are deleted strictly oldest-first, and only once none of their messages
 //! is unsettled, every record that settled them is durable, and the next segment's preamble
-//! (which restates the queue catalog and the id epoch) is durable too.
+//! (which restates the queue catalog and the id epoch) is durable too, and a checkpoint covers
+//! the whole segment.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::record::Body;
 use crate::segment::{Segment, HEADER_LEN};
+use crate::state::Row;
 
 /// A segment in use and its bookkeeping.
 pub(crate) struct SegInfo {
     pub seg: Arc<Segment>,
     /// Unsettled messages whose push record lies in this segment.
     pub live: u64,
+    /// Messages pushed in this segment (as far as this process knows: replayed or pushed).
+    pub pushed: u64,
     /// Log position just past the latest record that settled one of its messages.
     pub settled: u64,
     /// Log position just past this segment's preamble.
@@ -28,6 +33,19 @@ pub(crate) struct Log {
     pub segments: BTreeMap<u64, SegInfo>,
     /// Empty segments created ahead of time, in log order after the active one.
     pub spares: VecDeque<Arc<Segment>>,
+    /// The log position the last checkpoint in the state database covers: no segment ending
+    /// past it is deleted.
+    pub checkpoint: u64,
+    /// Bytes of the state database file, counted against the disk quota.
+    pub state_bytes: u64,
+    /// Messages whose payloads live in the state database, with their rows as last written.
+    pub relocated: HashMap<u64, Row>,
+    /// The lowest position of a record, staged since the last checkpoint began, that the state
+    /// database must see before its segment may go: one about a relocated message, or a push
+    /// with a dedup key. `u64::MAX` if none.
+    pub first_sensitive: u64,
+    /// The same for records below the position of the checkpoint being taken now.
+    pub inflight_sensitive: u64,
 }
 
 impl Log {
@@ -44,12 +62,16 @@ impl Log {
     pub(crate) fn note_push(&mut self, lsn: u64) {
         if let Some((_, s)) = self.segments.range_mut(..=lsn).next_back() {
             s.live += 1;
+            s.pushed += 1;
         }
     }
 
     /// A message whose push record is at `push_lsn` was settled by a record ending at `end`.
     /// Returns true when that left an older (not active) segment with nothing unsettled.
     pub(crate) fn note_settled(&mut self, push_lsn: u64, end: u64) -> bool {
+        if push_lsn == crate::index::RELOCATED {
+            return false;
+        }
         let active = self.segments.last_key_value().map(|(&base, _)| base);
         match self.segments.range_mut(..=push_lsn).next_back() {
             Some((&base, s)) => {
@@ -61,9 +83,18 @@ impl Log {
         }
     }
 
+    /// A message whose push record is at `push_lsn` was relocated into the state database by a
+    /// committed checkpoint: it no longer holds its segment.
+    pub(crate) fn note_relocated(&mut self, push_lsn: u64) {
+        if let Some((_, s)) = self.segments.range_mut(..=push_lsn).next_back() {
+            s.live = s.live.saturating_sub(1);
+        }
+    }
+
     /// Makes `seg` the active segment, its preamble ending at `preamble_end`.
     pub(crate) fn activate(&mut self, seg: Arc<Segment>, preamble_end: u64) {
-        self.segments.insert(seg.base, SegInfo { seg, live: 0, settled: 0, preamble_end });
+        self.segments
+            .insert(seg.base, SegInfo { seg, live: 0, pushed: 0, settled: 0, preamble_end });
     }
 
     /// Where the next spare segment starts.
@@ -80,7 +111,10 @@ impl Log {
             let (Some(oldest), Some(next)) = (it.next(), it.next()) else {
                 break;
             };
-            let ok = oldest.live == 0 && oldest.settled <= durable && next.preamble_end <= durable;
+            let ok = oldest.live == 0
+                && oldest.settled <= durable
+                && next.preamble_end <= durable
+                && self.covered(oldest.seg.end());
             if !ok {
                 break;
             }
@@ -98,13 +132,45 @@ impl Log {
         let (Some(oldest), Some(next)) = (it.next(), it.next()) else {
             return false;
         };
-        oldest.live == 0 && (oldest.settled > durable || next.preamble_end > durable)
+        oldest.live == 0
+            && self.covered(oldest.seg.end())
+            && (oldest.settled > durable || next.preamble_end > durable)
+    }
+
+    /// Whether every record below `end` that the state database must see is covered by the
+    /// last checkpoint (records it need not see may go without one).
+    pub(crate) fn covered(&self, end: u64) -> bool {
+        end <= self.checkpoint || end <= self.first_sensitive.min(self.inflight_sensitive)
+    }
+
+    /// Notes a record staged at `lsn`, before its segment may go without a checkpoint.
+    pub(crate) fn note_record(&mut self, lsn: u64, body: &Body<'_>) {
+        let sensitive = match *body {
+            Body::PushEx { key, .. } if !key.is_empty() => true,
+            _ => {
+                !self.relocated.is_empty()
+                    && body.message_id().is_some_and(|id| self.relocated.contains_key(&id))
+            }
+        };
+        if sensitive {
+            self.first_sensitive = self.first_sensitive.min(lsn);
+        }
+    }
+
+    /// Whether the oldest segment is settled and waits only for a checkpoint to cover it.
+    pub(crate) fn deletable_after_checkpoint(&self) -> bool {
+        let mut it = self.segments.values();
+        let (Some(oldest), Some(_)) = (it.next(), it.next()) else {
+            return false;
+        };
+        oldest.live == 0 && !self.covered(oldest.seg.end())
     }
 
     /// Bytes of segment files in use or ready, headers and preallocated space included.
     pub(crate) fn disk_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.seg.len).sum::<u64>()
             + self.spares.iter().map(|s| s.len).sum::<u64>()
+            + self.state_bytes
     }
 }
 

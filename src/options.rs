@@ -61,6 +61,11 @@ pub(crate) struct Options {
     pub count_crashed_attempts: bool,
     /// The most bytes the store's files may take.
     pub max_disk_bytes: Option<u64>,
+    /// Take a checkpoint once this many log bytes were written since the last one (0: the
+    /// segment size).
+    pub checkpoint_bytes: u64,
+    /// Take a checkpoint at least this often while the log moves.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// Default size of a log segment file: 64 MiB.
@@ -84,9 +89,14 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             count_crashed_attempts: true,
             max_disk_bytes: None,
+            checkpoint_bytes: 0,
+            checkpoint_interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
         }
     }
 }
+
+/// Default time between checkpoints while the log moves: 30 s.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Options {
     /// Checks every option; a `max_payload` left at its default shrinks to fit the segment.
@@ -114,6 +124,12 @@ impl Options {
                     "max disk size {max} is below the {least} bytes of three segments"
                 )));
             }
+        }
+        if self.checkpoint_bytes == 0 {
+            self.checkpoint_bytes = self.segment_bytes;
+        }
+        if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidOption("checkpoint interval must not be zero".into()));
         }
         if self.visibility_timeout.is_zero() {
             return Err(Error::InvalidOption("visibility timeout must not be zero".into()));
@@ -217,6 +233,21 @@ impl WharfBuilder {
     /// deliveries lost in a crash are not counted.
     pub fn count_crashed_attempts(mut self, on: bool) -> Self {
         self.opts.count_crashed_attempts = on;
+        self
+    }
+
+    /// Take a checkpoint (see [`Wharf::checkpoint`]) once this many bytes were appended to the
+    /// log since the last one (default: the segment size). Smaller means shorter reopen times
+    /// and settled segments deleted sooner, for a small redb transaction each time.
+    pub fn checkpoint_every_bytes(mut self, bytes: u64) -> Self {
+        self.opts.checkpoint_bytes = bytes.max(1);
+        self
+    }
+
+    /// Take a checkpoint at least this often while the log moves (default 30 s); `None` only
+    /// by bytes and on demand.
+    pub fn checkpoint_interval(mut self, every: Option<Duration>) -> Self {
+        self.opts.checkpoint_interval = every;
         self
     }
 

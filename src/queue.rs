@@ -10,11 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, MutexGuard};
 
+use crate::checkpoint::CheckpointReport;
 use crate::clock::{from_unix_ms, millis, unix_ms};
 use crate::commit::{Room, Stats};
 use crate::config::{OnExpiry, Overflow, QueueConfig};
 use crate::error::{Error, Result};
-use crate::index::Entry;
+use crate::index::{Entry, RELOCATED};
 use crate::jobs::{self, DeadReason};
 use crate::lease::{Delivery, Payload};
 use crate::options::{Durability, Options, WharfBuilder};
@@ -353,6 +354,33 @@ impl Wharf {
         shared.wait_durable(&mut g, end)
     }
 
+    /// Takes a checkpoint now: makes the log durable, writes what it says into the state
+    /// database (`state.redb`) up to its end, moves the payloads of stragglers out of old
+    /// segments (a few unsettled messages that would otherwise keep a whole segment), and
+    /// deletes the segments the checkpoint covers whose messages are all settled. Reopening
+    /// then replays only the log after the checkpoint (and the backlog still in the log).
+    ///
+    /// A background thread does this on its own (see
+    /// [`WharfBuilder::checkpoint_every_bytes`] and [`WharfBuilder::checkpoint_interval`]);
+    /// calling it is never needed for correctness.
+    ///
+    /// ```
+    /// # fn main() -> wharf::Result<()> {
+    /// let dir = tempfile::tempdir()?;
+    /// let store = wharf::Wharf::open(dir.path())?;
+    /// store.queue("jobs")?.push(b"one")?;
+    /// let report = store.checkpoint()?;
+    /// assert!(report.position > 0);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::Io`] if the state database cannot be
+    /// written (the log is unharmed; the next checkpoint tries again).
+    pub fn checkpoint(&self) -> Result<CheckpointReport> {
+        self.core.shared.checkpoint()
+    }
+
     /// Makes everything durable and closes the store for every handle: later calls on any of
     /// them return [`Error::Closed`], and the directory can be opened again at once.
     ///
@@ -388,6 +416,10 @@ pub(crate) struct Taken {
 pub(crate) enum Source {
     Segment(Arc<Segment>),
     Copied(Vec<u8>),
+    /// Relocated into the state database: read from there, checked against this CRC.
+    Relocated {
+        crc: u32,
+    },
 }
 
 impl Queue {
@@ -543,6 +575,11 @@ impl Queue {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e @ (Error::Full { .. } | Error::NoSpace)) => {
+                    // Settled segments that wait for a checkpoint make room once it is taken.
+                    if g.wal.log.deletable_after_checkpoint() && !g.checkpoint_wanted {
+                        g.checkpoint_wanted = true;
+                        shared.ck_cv.notify_one();
+                    }
                     let now = Instant::now();
                     match space_deadline.filter(|t| *t > now) {
                         // A deletion wakes the wait; the disk's own ENOSPC is looked at again
@@ -791,7 +828,7 @@ impl Queue {
             .into_iter()
             .map(|(t, due, from, last_error)| {
                 let (id, entry) = (t.id, t.entry);
-                let payload = load(t)?;
+                let payload = load(t, &self.core.shared)?;
                 Ok(Peeked {
                     id: MessageId(id),
                     payload: payload.bytes().to_vec(),
@@ -1010,7 +1047,7 @@ impl Queue {
     /// Reads and checks a leased message's payload and wraps it in a `Delivery`.
     pub(crate) fn deliver(&self, t: Taken) -> Result<Delivery> {
         let (id, entry) = (t.id, t.entry);
-        let payload = load(t)?;
+        let payload = load(t, &self.core.shared)?;
         Ok(Delivery::new(Arc::clone(&self.core), self.id, id, entry.attempts, payload))
     }
 }
@@ -1019,7 +1056,9 @@ impl Queue {
 /// written.
 fn source_of(g: &State, id: u64, entry: &Entry) -> Result<Source> {
     let rec_len = entry.record_len();
-    let source = if entry.lsn + rec_len as u64 <= g.wal.written {
+    let source = if entry.lsn == RELOCATED {
+        g.wal.log.relocated.get(&id).map(|row| Source::Relocated { crc: row.crc })
+    } else if entry.lsn + rec_len as u64 <= g.wal.written {
         g.wal.log.segment_of(entry.lsn).map(|s| Source::Segment(Arc::clone(s)))
     } else {
         g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
@@ -1036,7 +1075,7 @@ const MIN_WAIT: Duration = Duration::from_micros(100);
 const DELIVER_LEN: usize = crate::record::RECORD_HEADER_LEN + 16;
 
 /// Reads and checks the push record of a taken message, and returns its payload.
-fn load(t: Taken) -> Result<Payload> {
+fn load(t: Taken, shared: &Shared) -> Result<Payload> {
     let rec_len = t.entry.record_len();
     let off = t.entry.off as usize;
     let lsn = t.entry.lsn;
@@ -1075,6 +1114,13 @@ fn load(t: Taken) -> Result<Payload> {
         Source::Copied(bytes) => {
             check(&bytes, None)?;
             Ok(Payload::Owned { bytes, start: off })
+        }
+        Source::Relocated { crc } => {
+            let db = shared.db.get().ok_or_else(|| {
+                Error::Io(std::io::Error::other("a relocated message but no state database"))
+            })?;
+            let bytes = db.payload(t.id, crc, t.entry.len)?;
+            Ok(Payload::Owned { bytes, start: 0 })
         }
     }
 }

@@ -139,6 +139,21 @@ pub(crate) enum Body<'a> {
 }
 
 impl Body<'_> {
+    /// The message the record is about, if it is about one.
+    pub(crate) fn message_id(&self) -> Option<u64> {
+        match *self {
+            Body::Push { id, .. }
+            | Body::PushEx { id, .. }
+            | Body::Deliver { id, .. }
+            | Body::Ack { id, .. }
+            | Body::Nack { id, .. }
+            | Body::Retry { id, .. }
+            | Body::DeadLetter { id, .. }
+            | Body::Requeue { id, .. } => Some(id),
+            Body::Epoch { .. } | Body::Queue { .. } | Body::Config { .. } | Body::Seal => None,
+        }
+    }
+
     fn kind(&self) -> Kind {
         match self {
             Body::Push { .. } => Kind::Push,

@@ -6,7 +6,7 @@
 //! handles the same way; damage below the durable end is an error naming the file and offset,
 //! never a silent cut.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use crate::config::QueueConfig;
 use crate::error::{Corruption, Error, Result};
 use crate::failpoint;
-use crate::index::{Entry, Note, QueueIndex};
+use crate::index::{Entry, Note, QueueIndex, RELOCATED};
 use crate::log::{Log, SegInfo};
 use crate::mark::{self, Mark};
 use crate::queue::valid_name;
 use crate::record::{self, Body, DecodeError, RECORD_HEADER_LEN};
 use crate::segment::{self, Name, Segment, HEADER_LEN};
+use crate::state;
 use crate::storage::Storage;
 
 /// What opening a store found and did.
@@ -57,6 +58,8 @@ pub(crate) struct Recovered {
     pub queues: Vec<(String, QueueIndex)>,
     /// Each queue's configuration, if it was ever set.
     pub configs: Vec<Option<QueueConfig>>,
+    /// Relocated messages (payloads in the state database), by id.
+    pub relocated: HashMap<u64, state::Row>,
     /// The durable mark of the last clean close, if any.
     pub mark: Option<Mark>,
     pub report: RecoveryReport,
@@ -212,6 +215,11 @@ pub(crate) fn below_mark(at: u64, mark_end: u64) -> String {
 /// Replay state: the index rebuilt from the log, record by record.
 #[derive(Default)]
 pub(crate) struct Replay {
+    /// The position the checkpoint covers: records below it about a relocated message are
+    /// already in its row.
+    floor: u64,
+    /// Relocated messages (rows of the state database) by id.
+    pub relocated: HashMap<u64, state::Row>,
     pub queues: Vec<(String, QueueIndex)>,
     configs: Vec<Option<QueueConfig>>,
     /// Messages delivered and not settled since: in flight when the log ends.
@@ -219,6 +227,8 @@ pub(crate) struct Replay {
     max_epoch: u32,
     /// Unsettled messages per segment base.
     live: BTreeMap<u64, u64>,
+    /// Messages pushed per segment base.
+    pushed: BTreeMap<u64, u64>,
     records: u64,
 }
 
@@ -233,6 +243,11 @@ impl Replay {
         rec: &record::Record<'_>,
     ) -> Result<()> {
         self.records += 1;
+        if lsn < self.floor
+            && rec.body.message_id().is_some_and(|id| self.relocated.contains_key(&id))
+        {
+            return Ok(());
+        }
         let bad = |why: &str| corrupt(file, lsn - base, why);
         let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
         match rec.body {
@@ -268,6 +283,7 @@ impl Replay {
                     .ok_or_else(|| bad("push to an unknown queue"))?;
                 q.insert(id, entry, 0);
                 *self.live.entry(base).or_default() += 1;
+                *self.pushed.entry(base).or_default() += 1;
             }
             Body::PushEx { queue, id, priority, not_before, expires, pushed, key, payload } => {
                 let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
@@ -283,6 +299,7 @@ impl Replay {
                     q.dedup_insert(key, id, pushed.saturating_add(window), 0);
                 }
                 *self.live.entry(base).or_default() += 1;
+                *self.pushed.entry(base).or_default() += 1;
             }
             Body::Deliver { queue, id, attempt } => {
                 if !known(queue, &self.queues) {
@@ -358,6 +375,56 @@ impl Replay {
 }
 
 impl Replay {
+    /// Starts from a checkpoint of the state database: its catalog, configs, dedup keys and
+    /// relocated messages. The log's own records then restate (and extend) the catalog.
+    pub(crate) fn from_checkpoint(loaded: &state::Loaded, file: &Path) -> Result<Replay> {
+        let bad = |why: String| corrupt(file, 0, why);
+        let mut r =
+            Replay { floor: loaded.checkpoint, max_epoch: loaded.epoch, ..Replay::default() };
+        for q in &loaded.queues {
+            if !valid_name(&q.name) {
+                return Err(bad(format!("invalid queue name {:?} in the catalog", q.name)));
+            }
+            let config = match &q.config {
+                Some(c) => Some(
+                    QueueConfig::decode(c)
+                        .ok_or_else(|| bad(format!("invalid config of queue {:?}", q.name)))?,
+                ),
+                None => None,
+            };
+            r.queues.push((q.name.clone(), QueueIndex::default()));
+            r.configs.push(config);
+        }
+        for (id, row) in &loaded.rows {
+            let Some((_, q)) = r.queues.get_mut(row.queue as usize) else {
+                return Err(bad(format!("message {id:x} is in an unknown queue")));
+            };
+            let entry = Entry {
+                lsn: RELOCATED,
+                len: row.len,
+                off: 0,
+                attempts: row.attempts,
+                priority: row.priority,
+                expires: row.expires,
+            };
+            q.insert(*id, entry, row.due);
+            if row.origin.is_some() || !row.error.is_empty() {
+                q.set_note(
+                    *id,
+                    Note { origin: row.origin, reason: row.reason, error: row.error.clone() },
+                );
+            }
+            r.relocated.insert(*id, row.clone());
+        }
+        for (queue, key, id, until) in &loaded.dedup {
+            let Some((_, q)) = r.queues.get_mut(*queue as usize) else {
+                return Err(bad(format!("a dedup key of an unknown queue {queue}")));
+            };
+            q.dedup_insert(key, *id, *until, 0);
+        }
+        Ok(r)
+    }
+
     /// A move of message `id` from queue `from` to queue `to`: takes it out of `from` (if it
     /// is still there) and returns it with the destination.
     fn take_for_move(
@@ -407,8 +474,15 @@ fn starts_with_record(seg: &Segment) -> Result<bool> {
     Ok(record::decode(&rec, first).is_ok())
 }
 
-/// Recovers the log in `log_dir`.
-pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Result<Recovered> {
+/// Recovers the log in `log_dir`, starting from the checkpoint `loaded` of the state database
+/// (`state_file` names it in errors).
+pub(crate) fn recover(
+    storage: &dyn Storage,
+    log_dir: &Path,
+    map: bool,
+    loaded: &state::Loaded,
+    state_file: &Path,
+) -> Result<Recovered> {
     let until = storage.suspect(log_dir).unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut report = RecoveryReport::default();
@@ -454,11 +528,17 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         segs.push(Arc::new(seg));
     }
     report.segments = segs.len();
+    if let (Some(log_id), Some(db_id)) = (store_id, loaded.store_id) {
+        if log_id != db_id {
+            return Err(corrupt(state_file, 0, "the state database belongs to another store"));
+        }
+    }
+    let store_id = store_id.or(loaded.store_id);
     let mark = mark::read(storage, log_dir, store_id)?;
     let mark_end = mark.map_or(0, |m| m.end);
     let below = |file: &Path, offset: u64, at: u64| corrupt(file, offset, below_mark(at, mark_end));
 
-    let mut replay = Replay::default();
+    let mut replay = Replay::from_checkpoint(loaded, state_file)?;
     let mut active = None;
     let mut tail_index = segs.len();
     for (i, seg) in segs.iter().enumerate() {
@@ -498,17 +578,40 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
         return Err(below(&file, 0, log_end.unwrap_or(0)));
     }
+    if log_end.unwrap_or(0) < loaded.checkpoint {
+        let file = segs.last().map_or_else(|| state_file.to_owned(), |s| s.path.clone());
+        let at = log_end.unwrap_or(0);
+        let why = format!(
+            "the log ends at position {at}, but the state database's checkpoint covers it up \
+             to {}",
+            loaded.checkpoint
+        );
+        return Err(corrupt(&file, 0, why));
+    }
     report.records = replay.records;
     report.in_flight_at_crash = replay.leased.len() as u64;
     report.messages = replay.queues.iter().map(|(_, q)| q.waiting_len() as u64).sum();
 
     let store_id = store_id.unwrap_or_else(new_store_id);
-    let mut log = Log { store_id, segments: BTreeMap::new(), spares: Default::default() };
+    let mut log = Log {
+        store_id,
+        segments: BTreeMap::new(),
+        spares: Default::default(),
+        checkpoint: loaded.checkpoint,
+        state_bytes: 0,
+        relocated: HashMap::new(),
+        // What the log holds past the checkpoint was not looked at for what the state
+        // database must see: nothing past it goes before the next checkpoint.
+        first_sensitive: loaded.checkpoint,
+        inflight_sensitive: u64::MAX,
+    };
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
             let live = replay.live.get(&seg.base).copied().unwrap_or(0);
             let first = seg.base + HEADER_LEN;
-            log.segments.insert(seg.base, SegInfo { seg, live, settled: 0, preamble_end: first });
+            let pushed = replay.pushed.get(&seg.base).copied().unwrap_or(0);
+            let info = SegInfo { seg, live, pushed, settled: 0, preamble_end: first };
+            log.segments.insert(info.seg.base, info);
         } else {
             log.spares.push_back(seg);
         }
@@ -520,6 +623,7 @@ pub(crate) fn recover(storage: &dyn Storage, log_dir: &Path, map: bool) -> Resul
         max_epoch: replay.max_epoch,
         queues: replay.queues,
         configs: replay.configs,
+        relocated: replay.relocated,
         mark,
         report,
     })

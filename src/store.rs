@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::commit::{self, CatalogEntry, Room, Wal, MAX_EPOCH};
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
@@ -25,6 +26,7 @@ use crate::options::{Options, ReadMode};
 use crate::record::Body;
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::Segment;
+use crate::state::{self, StateDb};
 use crate::storage::{LockGuard, Storage};
 
 /// Counters of one queue since the store was opened.
@@ -111,6 +113,8 @@ pub(crate) struct State {
     pub mark: Option<Mark>,
     /// Tells the background thread to stop.
     pub shutdown: bool,
+    /// Something (a push waiting for space) wants a checkpoint now.
+    pub checkpoint_wanted: bool,
 }
 
 impl State {
@@ -138,6 +142,12 @@ pub(crate) struct Shared {
     /// Signalled when segments were deleted (pushes waiting for space).
     pub space_cv: Condvar,
     pub storage: Arc<dyn Storage>,
+    /// The state database (`state.redb`), made by the first checkpoint.
+    pub db: std::sync::OnceLock<StateDb>,
+    /// Serialises checkpoints; taken before `state`.
+    pub checkpointing: Mutex<Checkpointer>,
+    /// Wakes the checkpointer thread.
+    pub ck_cv: Condvar,
     pub opts: Options,
     pub dir: PathBuf,
     pub log_dir: PathBuf,
@@ -155,6 +165,7 @@ impl Shared {
 pub(crate) struct Core {
     pub shared: Arc<Shared>,
     bg: Mutex<Option<JoinHandle<()>>>,
+    ck: Mutex<Option<JoinHandle<()>>>,
     /// The directory lock, released by `close`.
     lock: Mutex<Option<LockGuard>>,
 }
@@ -168,7 +179,11 @@ impl Core {
         storage.create_dir_all(&log_dir)?;
         storage.sync_dir(dir)?;
         let map = opts.read_mode == ReadMode::Map;
-        let rec = recovery::recover(&*storage, &log_dir, map)?;
+        // The state database is opened if it exists; the first checkpoint makes it.
+        let state_path = dir.join(state::FILE);
+        let db = StateDb::open_existing(&*storage, dir)?;
+        let loaded = db.as_ref().map(StateDb::load).transpose()?.unwrap_or_default();
+        let rec = recovery::recover(&*storage, &log_dir, map, &loaded, &state_path)?;
         let epoch = rec.max_epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
             Error::Io(std::io::Error::other("the store has used up its id epochs"))
         })?;
@@ -209,14 +224,32 @@ impl Core {
             queues.push(QueueState::new(name, index, config.unwrap_or_default()));
         }
         let mark = rec.mark;
+        log.relocated = rec.relocated;
+        log.state_bytes = match &db {
+            Some(db) => storage.open(db.path(), false).and_then(|f| f.len()).unwrap_or(0),
+            None => 0,
+        };
         let wal = Wal::new(log, active, next_lsn, epoch, catalog);
+        let state = State {
+            wal,
+            queues,
+            names,
+            closed: false,
+            mark,
+            shutdown: false,
+            checkpoint_wanted: false,
+        };
+        let checkpointer = Checkpointer { last: Instant::now(), reconcile: false };
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { wal, queues, names, closed: false, mark, shutdown: false }),
+            state: Mutex::new(state),
             durable_cv: Condvar::new(),
             bg_cv: Condvar::new(),
             creating: Mutex::new(()),
             space_cv: Condvar::new(),
             storage,
+            db: db.map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
+            checkpointing: Mutex::new(checkpointer),
+            ck_cv: Condvar::new(),
             opts,
             dir: dir.to_owned(),
             log_dir,
@@ -246,7 +279,28 @@ impl Core {
         } else {
             None
         };
-        Ok(Core { shared, bg: Mutex::new(bg), lock: Mutex::new(Some(lock)) })
+        let ck = if shared.opts.background {
+            let ck_shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name("wharf-checkpoint".into())
+                .spawn(move || checkpoint::run(&ck_shared));
+            match thread {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let core = Core {
+                        shared,
+                        bg: Mutex::new(bg),
+                        ck: Mutex::new(None),
+                        lock: Mutex::new(Some(lock)),
+                    };
+                    let _ = core.close();
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Core { shared, bg: Mutex::new(bg), ck: Mutex::new(ck), lock: Mutex::new(Some(lock)) })
     }
 
     /// Flushes and syncs everything staged, stops the background thread, refuses every later
@@ -270,6 +324,7 @@ impl Core {
                 q.notify_all();
             }
             shared.bg_cv.notify_all();
+            shared.ck_cv.notify_all();
             shared.durable_cv.notify_all();
             if was_open && result.is_ok() {
                 // Everything is durable and nothing more is logged: record where the log ends,
@@ -285,13 +340,13 @@ impl Core {
             }
             result
         };
-        let joined = match self.bg.lock().take() {
-            // The thread only returns; a panic in it would be a bug, reported as an error.
-            Some(bg) => bg
-                .join()
-                .map_err(|_| Error::Io(std::io::Error::other("background thread panicked"))),
-            None => Ok(()),
-        };
+        let mut joined = Ok(());
+        for thread in [self.bg.lock().take(), self.ck.lock().take()].into_iter().flatten() {
+            // The threads only return; a panic in one would be a bug, reported as an error.
+            if thread.join().is_err() {
+                joined = Err(Error::Io(std::io::Error::other("a background thread panicked")));
+            }
+        }
         // Nothing writes any more: the directory may be opened again, even while old handles
         // (which now fail with `Closed`) are still around.
         self.lock.lock().take();
@@ -318,6 +373,13 @@ impl Shared {
         let mut g = self.state.lock();
         g.check()?;
         self.flush_now(&mut g, true)?;
+        let due = self.checkpoint_due(&g, self.checkpointing.lock().last, Instant::now());
+        drop(g);
+        if due {
+            self.checkpoint()?;
+            self.state.lock().checkpoint_wanted = false;
+        }
+        let mut g = self.state.lock();
         let durable = g.wal.durable;
         let dead = g.wal.log.take_deletable(durable);
         self.delete_segments(&mut g, &dead)

@@ -3,6 +3,7 @@
 
 mod api;
 mod asyncpop;
+mod checkpoint;
 mod concurrency;
 mod corruption;
 mod enospc;

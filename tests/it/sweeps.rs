@@ -200,8 +200,11 @@ impl StoreCopy {
         OpenOptions::new().write(true).open(self.file(f, i)).unwrap()
     }
 
-    /// Writes every file of the fixture again and removes any other file of `log/`.
+    /// Writes every file of the fixture again and removes any other file of `log/`, and the
+    /// state database a case's open made (the fixture's log alone is the whole store: nothing
+    /// in it was ever relocated).
     fn reset(&self, f: &Fixture) {
+        let _ = fs::remove_file(self.dir.join("state.redb"));
         for e in fs::read_dir(self.dir.join("log")).unwrap() {
             let name = e.unwrap().file_name();
             if !f.files.iter().any(|(n, _)| name == n.as_str()) {

@@ -1,0 +1,369 @@
+//! The checkpointer: writes what the log says into the state database up to a position `C`,
+//! relocates stragglers out of old segments, and then deletes the segments the checkpoint
+//! covers.
+//!
+//! A checkpoint is taken in three steps. (1) Under the store's mutex: `C` is the end of
+//! everything staged, and the changes since the last checkpoint are gathered from the index
+//! (the catalog, dedup keys, the rows of relocated messages that changed or were settled, and
+//! the stragglers to relocate). (2) Without the mutex: the log is made durable up to `C`, the
+//! stragglers' payloads are read from their segments, and one durable redb transaction writes
+//! it all with `C`. (3) Under the mutex again: the relocated messages' index entries point at
+//! the state database, and segments that are now covered and settled are deleted.
+//!
+//! Invariants: `C` is durable in the log before the transaction commits, so the state
+//! database never covers records a crash could take back; a relocated message's row holds its
+//! state as of `C`, so recovery skips its records below `C` and replays those at or after; a
+//! failed transaction makes the next one reconcile the whole database with memory (it may
+//! have committed anyway).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::failpoint;
+use crate::index::{Entry, RELOCATED};
+use crate::record::{self, Body};
+use crate::segment::Segment;
+use crate::state::{Delta, Row, StateDb};
+use crate::store::{Shared, State};
+
+/// A segment with more unsettled messages than this is left in the log (it is not a few
+/// stragglers but a backlog, which the log holds better than the state database).
+const RELOCATE_MAX_LIVE: u64 = 4096;
+/// Relocate a segment's stragglers only if at most this fraction of its messages is left
+/// (and their payloads take at most this fraction of the segment).
+const RELOCATE_MAX_SHARE: u64 = 8;
+/// At most this many payload bytes are relocated by one checkpoint.
+const RELOCATE_MAX_BYTES: u64 = 64 << 20;
+
+/// What one checkpoint did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckpointReport {
+    /// The log position the state database now covers.
+    pub position: u64,
+    /// Messages whose payloads were moved out of old segments into the state database.
+    pub relocated: u64,
+    /// Their payload bytes.
+    pub relocated_bytes: u64,
+    /// Segment files deleted after the checkpoint.
+    pub segments_deleted: usize,
+}
+
+/// The checkpointer's bookkeeping, guarded by `Shared::checkpointing` (taken before the
+/// store's mutex).
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    /// When the last checkpoint was taken (or the store opened).
+    pub last: Instant,
+    /// The last transaction failed: the next one rewrites the state database from memory.
+    pub reconcile: bool,
+}
+
+/// A straggler chosen for relocation.
+struct Move {
+    id: u64,
+    queue: u32,
+    entry: Entry,
+    row: Row,
+    seg: Arc<Segment>,
+}
+
+impl Shared {
+    /// Takes a checkpoint now (see the module docs); serialised with other checkpoints.
+    pub(crate) fn checkpoint(&self) -> Result<CheckpointReport> {
+        let mut ck = self.checkpointing.lock();
+        self.state.lock().check()?;
+        let db = match self.db.get() {
+            Some(db) => db,
+            None => {
+                let made = StateDb::open(&*self.storage, &self.dir)?;
+                self.db.get_or_init(|| made)
+            }
+        };
+        let mut g = self.state.lock();
+        g.check()?;
+        let c = g.wal.next_lsn;
+        let reconcile = ck.reconcile;
+        let mut delta = Delta {
+            checkpoint: c,
+            store_id: g.wal.log.store_id,
+            epoch: g.wal.epoch,
+            queues: g.wal.catalog_rows(),
+            full: reconcile,
+            ..Delta::default()
+        };
+        // Rows of relocated messages: changed ones are rewritten, settled ones deleted.
+        let mut updates: Vec<(u64, Option<Row>)> = Vec::new();
+        for (&id, row) in &g.wal.log.relocated {
+            match current_row(&g, id, row) {
+                Some(now) if now == *row && !reconcile => {}
+                Some(now) => {
+                    delta.put.push((id, now.clone(), None));
+                    updates.push((id, Some(now)));
+                }
+                None => {
+                    delta.delete.push(id);
+                    updates.push((id, None));
+                }
+            }
+        }
+        if reconcile {
+            delta.keep = g.wal.log.relocated.keys().copied().collect();
+        }
+        for (q, qs) in g.queues.iter_mut().enumerate() {
+            let q = u32::try_from(q).unwrap_or(u32::MAX);
+            let (put, gone) = if reconcile {
+                qs.index.take_dedup_changes();
+                (qs.index.all_dedup(), Vec::new())
+            } else {
+                qs.index.take_dedup_changes()
+            };
+            delta.dedup_put.extend(put.into_iter().map(|(k, id, until)| (q, k, id, until)));
+            delta.dedup_delete.extend(gone.into_iter().map(|k| (q, k)));
+        }
+        let moves = stragglers(&g, c, self.opts.segment_bytes);
+        // Sensitive records from here on are past `c`; those before it are what this
+        // checkpoint covers, until it commits.
+        let log = &mut g.wal.log;
+        log.inflight_sensitive = log.first_sensitive;
+        log.first_sensitive = u64::MAX;
+        // Nothing in the state database may cover records a crash could still take back.
+        let durable = self.wait_durable(&mut g, c);
+        drop(g);
+        if let Err(e) = durable {
+            // The gathered dedup changes were taken out of the index: write them all next time.
+            ck.reconcile = true;
+            self.checkpoint_failed();
+            return Err(e);
+        }
+        let mut report = CheckpointReport { position: c, ..CheckpointReport::default() };
+        let mut moved = Vec::with_capacity(moves.len());
+        for mut m in moves {
+            // A payload that fails its checksum stays where it is (its pop reports the damage).
+            if let Some(payload) = read_payload(&m) {
+                report.relocated += 1;
+                report.relocated_bytes += payload.len() as u64;
+                m.row.crc = crc32c::crc32c(&payload);
+                delta.put.push((m.id, m.row.clone(), Some(payload)));
+                moved.push(m);
+            }
+        }
+        failpoint::hit("checkpoint-before-commit");
+        if let Err(e) = db.apply(&delta) {
+            ck.reconcile = true;
+            self.checkpoint_failed();
+            return Err(e);
+        }
+        failpoint::hit("checkpoint-after-commit");
+        ck.reconcile = false;
+        ck.last = Instant::now();
+        let state_bytes = self.storage.open(db.path(), false).and_then(|f| f.len()).ok();
+        let mut g = self.state.lock();
+        for (id, row) in updates {
+            match row {
+                Some(row) => g.wal.log.relocated.insert(id, row),
+                None => g.wal.log.relocated.remove(&id),
+            };
+        }
+        for m in moved {
+            if let Some((q, entry, _)) = find(&g, (m.id, m.queue)) {
+                if entry.lsn == m.entry.lsn {
+                    if let Some(qs) = g.queues.get_mut(q as usize) {
+                        qs.index.relocate(m.id);
+                    }
+                    g.wal.log.note_relocated(m.entry.lsn);
+                }
+            }
+            // Settled meanwhile or not, it has a row now, which the next checkpoint reconciles.
+            g.wal.log.relocated.insert(m.id, m.row);
+        }
+        if let Some(b) = state_bytes {
+            g.wal.log.state_bytes = b;
+        }
+        g.wal.log.checkpoint = g.wal.log.checkpoint.max(c);
+        g.wal.log.inflight_sensitive = u64::MAX;
+        let durable = g.wal.durable;
+        let dead = g.wal.log.take_deletable(durable);
+        report.segments_deleted = dead.len();
+        self.delete_segments(&mut g, &dead)?;
+        if !dead.is_empty() {
+            g.wal.maybe_delete = true;
+            self.bg_cv.notify_all();
+        }
+        Ok(report)
+    }
+
+    /// A checkpoint did not commit: what it would have covered waits for the next one.
+    fn checkpoint_failed(&self) {
+        let mut g = self.state.lock();
+        let log = &mut g.wal.log;
+        log.first_sensitive = log.first_sensitive.min(log.inflight_sensitive);
+        log.inflight_sensitive = u64::MAX;
+    }
+
+    /// Whether the checkpointer should run now: asked to, enough log since the last one, its
+    /// interval passed with something new, or a settled segment waits only for it.
+    pub(crate) fn checkpoint_due(&self, g: &State, last: Instant, now: Instant) -> bool {
+        let since = g.wal.next_lsn.saturating_sub(g.wal.log.checkpoint);
+        if g.checkpoint_wanted {
+            return true;
+        }
+        if since == 0 {
+            return false;
+        }
+        since >= self.opts.checkpoint_bytes
+            || self.opts.checkpoint_interval.is_some_and(|i| now >= last + i)
+            || g.wal.log.deletable_after_checkpoint()
+    }
+}
+
+/// The checkpointer thread: takes a checkpoint whenever one is due, until shutdown.
+pub(crate) fn run(shared: &Shared) {
+    let mut failed_at: Option<Instant> = None;
+    loop {
+        let last = shared.checkpointing.lock().last;
+        {
+            let mut g = shared.state.lock();
+            loop {
+                if g.shutdown {
+                    return;
+                }
+                let now = Instant::now();
+                let backing_off = failed_at.is_some_and(|t| now < t);
+                if g.wal.poisoned.is_none() && !backing_off && shared.checkpoint_due(&g, last, now)
+                {
+                    g.checkpoint_wanted = false;
+                    break;
+                }
+                let mut wake = failed_at.filter(|_| backing_off);
+                if let Some(i) = shared.opts.checkpoint_interval {
+                    wake = Some(wake.map_or(last + i, |w| w.min(last + i)));
+                }
+                match wake {
+                    Some(t) => {
+                        shared.ck_cv.wait_until(&mut g, t);
+                    }
+                    None => shared.ck_cv.wait(&mut g),
+                }
+            }
+        }
+        failed_at = match shared.checkpoint() {
+            Ok(_) => None,
+            // Retried later; a poisoned or closed store stops asking.
+            Err(_) => Some(Instant::now() + std::time::Duration::from_secs(1)),
+        };
+    }
+}
+
+/// The queue holding message `id` (trying queue `hint` first), its entry and due time.
+fn find(g: &State, (id, hint): (u64, u32)) -> Option<(u32, Entry, u64)> {
+    if let Some((e, due)) = g.queues.get(hint as usize).and_then(|q| q.index.get(id)) {
+        return Some((hint, e, due));
+    }
+    g.queues.iter().enumerate().find_map(|(q, qs)| {
+        let (e, due) = qs.index.get(id)?;
+        Some((u32::try_from(q).ok()?, e, due))
+    })
+}
+
+/// The row of a message as the index holds it now (`old` gives its payload's length and CRC),
+/// or `None` if it was settled.
+fn current_row(g: &State, id: u64, old: &Row) -> Option<Row> {
+    let (q, entry, due) = find(g, (id, old.queue))?;
+    Some(row_of(g, q, id, &entry, due, old.len, old.crc))
+}
+
+fn row_of(g: &State, q: u32, id: u64, entry: &Entry, due: u64, len: u32, crc: u32) -> Row {
+    let note = g.queues.get(q as usize).and_then(|qs| qs.index.note(id));
+    Row {
+        queue: q,
+        attempts: entry.attempts,
+        priority: entry.priority,
+        expires: entry.expires,
+        due,
+        origin: note.and_then(|n| n.origin),
+        reason: note.map_or(0, |n| n.reason),
+        error: note.map_or_else(Default::default, |n| n.error.clone()),
+        len,
+        crc,
+    }
+}
+
+/// The stragglers to relocate so that old segments covered by a checkpoint at `c` can go:
+/// walking from the oldest segment, those of each segment with only a few unsettled messages,
+/// until one holds a backlog.
+fn stragglers(g: &State, c: u64, segment_bytes: u64) -> Vec<Move> {
+    let log = &g.wal.log;
+    let mut segs: Vec<(u64, Arc<Segment>)> = Vec::new();
+    let count = log.segments.len();
+    for (i, info) in log.segments.values().enumerate() {
+        if i + 1 == count || info.seg.end() > c {
+            break;
+        }
+        if info.live == 0 {
+            continue;
+        }
+        if info.live > RELOCATE_MAX_LIVE || info.live * RELOCATE_MAX_SHARE > info.pushed {
+            break;
+        }
+        segs.push((info.seg.base, Arc::clone(&info.seg)));
+    }
+    let (Some((from, _)), Some((_, last))) = (segs.first(), segs.last()) else {
+        return Vec::new();
+    };
+    let (from, to) = (*from, last.end());
+    let mut found: Vec<(u64, u32, Entry, u64)> = Vec::new();
+    for (q, qs) in g.queues.iter().enumerate() {
+        let q = u32::try_from(q).unwrap_or(u32::MAX);
+        qs.index.each_in(from, to, |id, e, due| found.push((id, q, e, due)));
+    }
+    found.sort_unstable_by_key(|&(_, _, e, _)| e.lsn);
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut it = found.into_iter().peekable();
+    for (base, seg) in segs {
+        let mut these = Vec::new();
+        let mut bytes = 0u64;
+        while let Some((id, q, e, due)) = it.next_if(|&(_, _, e, _)| e.lsn < seg.end()) {
+            if e.lsn < base {
+                continue;
+            }
+            bytes += u64::from(e.len);
+            these.push((id, q, e, due));
+        }
+        if bytes > segment_bytes / RELOCATE_MAX_SHARE || total + bytes > RELOCATE_MAX_BYTES {
+            break;
+        }
+        total += bytes;
+        for (id, q, e, due) in these {
+            // The CRC is filled in once the payload is read.
+            let row = row_of(g, q, id, &e, due, e.len, 0);
+            out.push(Move { id, queue: q, entry: e, row, seg: Arc::clone(&seg) });
+        }
+    }
+    out
+}
+
+/// Reads and checks a straggler's push record; returns its payload (and sets its row's CRC).
+fn read_payload(m: &Move) -> Option<Vec<u8>> {
+    if m.entry.lsn == RELOCATED {
+        return None;
+    }
+    let len = m.entry.record_len();
+    let start = usize::try_from(m.entry.lsn.checked_sub(m.seg.base)?).ok()?;
+    let owned;
+    let bytes = match m.seg.mapped().and_then(|b| b.get(start..start.checked_add(len)?)) {
+        Some(b) => b,
+        None => {
+            owned = m.seg.read(m.entry.lsn, len).ok()?;
+            &owned[..]
+        }
+    };
+    let rec = record::decode(bytes, m.entry.lsn).ok()?;
+    let payload = match rec.body {
+        Body::Push { id, payload, .. } | Body::PushEx { id, payload, .. } if id == m.id => payload,
+        _ => return None,
+    };
+    Some(payload.to_vec())
+}

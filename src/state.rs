@@ -1,0 +1,520 @@
+//! `state.redb`: what the checkpointer keeps outside the log, and the only module that touches
+//! redb.
+//!
+//! A checkpoint records the log position `C` it covers (every record below `C` is reflected in
+//! it), the queue catalog and configs, the id epoch, the dedup keys, and the *relocated*
+//! messages: stragglers whose payloads were copied out of old segments so that those segments
+//! could be deleted. Each relocated message has a row (its state as of `C`) and a payload.
+//!
+//! Invariants: a checkpoint is one redb write transaction, committed durably; `C` never passes
+//! the log's durable end when it is written; the state database is created whole (under a
+//! temporary name, synced, renamed, directory synced), so a crash never leaves a half-made one.
+//! Decoders never panic on any bytes; redb itself is run under `catch_unwind` where it reads a
+//! file that may be damaged.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::{Corruption, Error, Result};
+use crate::storage::redb_backend::RedbBackend;
+use crate::storage::Storage;
+
+/// The state database's file name in the store directory.
+pub(crate) const FILE: &str = "state.redb";
+/// Its temporary name while it is created.
+pub(crate) const TMP_FILE: &str = "state.redb.tmp";
+
+/// Layout version of the tables below.
+const VERSION: u32 = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const QUEUES: TableDefinition<u32, &[u8]> = TableDefinition::new("queues");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// Payloads by (message id, chunk number), in chunks of at most [`CHUNK`] bytes: redb gives a
+/// large value a power-of-two run of pages, which would waste up to half of it.
+const PAYLOADS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("payloads");
+const CHUNK: usize = 16 * 1024 - 256;
+const DEDUP: TableDefinition<(u32, &[u8]), (u64, u64)> = TableDefinition::new("dedup");
+
+/// Memory redb may use for its page cache: the state is small and read once at open.
+const CACHE_BYTES: usize = 4 << 20;
+
+/// The state of a relocated message as of a checkpoint (its payload is stored beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+pub(crate) struct Row {
+    pub queue: u32,
+    pub attempts: u32,
+    pub priority: u8,
+    /// Unix ms after which it must not be delivered (0: never).
+    pub expires: u64,
+    /// Unix ms it waits until (0: ready).
+    pub due: u64,
+    /// The queue it was dead-lettered from, and why (`DeadReason` code).
+    pub origin: Option<u32>,
+    pub reason: u8,
+    pub error: Box<str>,
+    /// Payload length and CRC-32C.
+    pub len: u32,
+    pub crc: u32,
+}
+
+const ROW_FIXED: usize = 4 + 4 + 1 + 8 + 8 + 4 + 1 + 4 + 4 + 4;
+
+impl Row {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ROW_FIXED + self.error.len());
+        out.extend_from_slice(&self.queue.to_le_bytes());
+        out.extend_from_slice(&self.attempts.to_le_bytes());
+        out.push(self.priority);
+        out.extend_from_slice(&self.expires.to_le_bytes());
+        out.extend_from_slice(&self.due.to_le_bytes());
+        out.extend_from_slice(&self.origin.unwrap_or(u32::MAX).to_le_bytes());
+        out.push(self.reason);
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        let error = self.error.as_bytes();
+        out.extend_from_slice(&u32::try_from(error.len()).unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(error.get(..u32::MAX as usize).unwrap_or(error));
+        out
+    }
+
+    /// Decodes a row; `None` if the bytes are not one.
+    fn decode(b: &[u8]) -> Option<Row> {
+        let mut r = Reader(b);
+        let queue = r.u32()?;
+        let attempts = r.u32()?;
+        let priority = r.u8()?;
+        let expires = r.u64()?;
+        let due = r.u64()?;
+        let origin = Some(r.u32()?).filter(|&o| o != u32::MAX);
+        let reason = r.u8()?;
+        let len = r.u32()?;
+        let crc = r.u32()?;
+        let elen = r.u32()? as usize;
+        let error = std::str::from_utf8(r.take(elen)?).ok()?.into();
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Row { queue, attempts, priority, expires, due, origin, reason, error, len, crc })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)?.try_into().ok().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+}
+
+/// A queue of the catalog: its name and encoded config (if set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueRow {
+    pub name: String,
+    pub config: Option<Box<[u8]>>,
+}
+
+impl QueueRow {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let name = self.name.as_bytes();
+        out.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(name);
+        if let Some(c) = &self.config {
+            out.push(1);
+            out.extend_from_slice(c);
+        } else {
+            out.push(0);
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<QueueRow> {
+        let mut r = Reader(b);
+        let n = r.u32()? as usize;
+        let name = std::str::from_utf8(r.take(n)?).ok()?.to_owned();
+        let config = match r.u8()? {
+            0 if r.0.is_empty() => None,
+            1 => Some(r.0.into()),
+            _ => return None,
+        };
+        Some(QueueRow { name, config })
+    }
+}
+
+/// A dedup key: queue, key → (message id, Unix ms until which it holds once settled).
+pub(crate) type DedupRow = (u32, Box<[u8]>, u64, u64);
+
+/// Everything a checkpoint holds, as read at open.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// The log position the checkpoint covers (0: none was taken).
+    pub checkpoint: u64,
+    pub store_id: Option<u128>,
+    pub epoch: u32,
+    pub queues: Vec<QueueRow>,
+    pub rows: Vec<(u64, Row)>,
+    pub dedup: Vec<DedupRow>,
+}
+
+/// What one checkpoint changes.
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
+    pub checkpoint: u64,
+    pub store_id: u128,
+    pub epoch: u32,
+    /// The whole catalog, by queue number.
+    pub queues: Vec<QueueRow>,
+    /// Rows written (new or changed); a payload is given for newly relocated messages.
+    pub put: Vec<(u64, Row, Option<Vec<u8>>)>,
+    /// Relocated messages settled since: their rows and payloads go.
+    pub delete: Vec<u64>,
+    pub dedup_put: Vec<DedupRow>,
+    pub dedup_delete: Vec<(u32, Box<[u8]>)>,
+    /// Rewrite from memory: rows of messages neither in `keep` nor in `put` are deleted, and
+    /// the dedup table is replaced by `dedup_put` (after a transaction that may or may not have
+    /// committed).
+    pub full: bool,
+    pub keep: std::collections::HashSet<u64>,
+}
+
+/// The open state database.
+pub(crate) struct StateDb {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDb").field("path", &self.path).finish()
+    }
+}
+
+/// An I/O error from redb: one that says the bytes are not a database is damage.
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        damaged(path, e)
+    } else {
+        Error::Io(e)
+    }
+}
+
+/// A redb error (or a panic inside redb) reading or writing `path`, as wharf's error.
+fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::Corrupted(Corruption {
+        file: path.to_owned(),
+        offset: 0,
+        reason: format!("the state database cannot be read: {why}"),
+    })
+}
+
+impl StateDb {
+    /// Opens `dir/state.redb` on `storage` if it exists (a leftover temporary file of an
+    /// interrupted creation is removed).
+    pub(crate) fn open_existing(storage: &dyn Storage, dir: &Path) -> Result<Option<StateDb>> {
+        let names = storage.list(dir)?;
+        if names.iter().any(|n| n == TMP_FILE) {
+            storage.remove(&dir.join(TMP_FILE))?;
+            storage.sync_dir(dir)?;
+        }
+        if names.iter().any(|n| n == FILE) {
+            Self::open(storage, dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Opens `dir/state.redb` on `storage`, creating it whole if it does not exist. A leftover
+    /// temporary file of an interrupted creation is removed first.
+    pub(crate) fn open(storage: &dyn Storage, dir: &Path) -> Result<StateDb> {
+        let path = dir.join(FILE);
+        let tmp = dir.join(TMP_FILE);
+        if storage.list(dir)?.iter().any(|n| n == TMP_FILE) {
+            storage.remove(&tmp)?;
+            storage.sync_dir(dir)?;
+        }
+        let file = match storage.open(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let file = storage.open(&tmp, true)?;
+                let made = catch_unwind(AssertUnwindSafe(|| {
+                    let db = Self::builder().create_with_backend(RedbBackend::new(file))?;
+                    let tx = db.begin_write()?;
+                    {
+                        let mut meta = tx.open_table(META)?;
+                        meta.insert("version", VERSION.to_le_bytes().as_slice())?;
+                    }
+                    tx.commit()?;
+                    Ok::<_, redb::Error>(())
+                }));
+                match made {
+                    Ok(Ok(())) => {}
+                    Ok(Err(redb::Error::Io(e))) => return Err(Error::Io(e)),
+                    Ok(Err(e)) => return Err(Error::Io(std::io::Error::other(e.to_string()))),
+                    Err(_) => return Err(damaged(&tmp, "redb panicked creating it")),
+                }
+                storage.rename(&tmp, &path)?;
+                storage.sync_dir(dir)?;
+                storage.open(&path, false)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // redb would make a new database in an empty file: here that is a lost one.
+        if file.len()? == 0 {
+            return Err(damaged(&path, "the file is empty"));
+        }
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            Self::builder().create_with_backend(RedbBackend::new(file))
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => {
+                return Err(io_err(&path, e))
+            }
+            Ok(Err(e)) => return Err(damaged(&path, e)),
+            Err(_) => return Err(damaged(&path, "redb panicked opening it")),
+        };
+        Ok(StateDb { db, path })
+    }
+
+    fn builder() -> redb::Builder {
+        let mut b = redb::Database::builder();
+        b.set_cache_size(CACHE_BYTES);
+        b
+    }
+
+    /// Reads the whole checkpoint.
+    pub(crate) fn load(&self) -> Result<Loaded> {
+        let path = &self.path;
+        let read = catch_unwind(AssertUnwindSafe(|| self.load_inner()));
+        match read {
+            Ok(Ok(Ok(l))) => Ok(l),
+            Ok(Ok(Err(why))) => Err(damaged(path, why)),
+            Ok(Err(redb::Error::Io(e))) => Err(io_err(path, e)),
+            Ok(Err(e)) => Err(damaged(path, e)),
+            Err(_) => Err(damaged(path, "redb panicked reading it")),
+        }
+    }
+
+    fn load_inner(&self) -> std::result::Result<std::result::Result<Loaded, String>, redb::Error> {
+        let tx = self.db.begin_read()?;
+        let mut out = Loaded::default();
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Ok(out)),
+            Err(e) => return Err(e.into()),
+        };
+        let get = |k: &str| -> std::result::Result<Option<Vec<u8>>, redb::Error> {
+            Ok(meta.get(k)?.map(|v| v.value().to_vec()))
+        };
+        match get("version")? {
+            Some(v) if v == VERSION.to_le_bytes() => {}
+            Some(v) => return Ok(Err(format!("unknown state version {v:?}"))),
+            None => return Ok(Err("no version".into())),
+        }
+        let u64_of = |v: Option<Vec<u8>>| v.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes);
+        out.checkpoint = match get("checkpoint")? {
+            None => 0,
+            Some(v) => match u64_of(Some(v)) {
+                Some(c) => c,
+                None => return Ok(Err("bad checkpoint position".into())),
+            },
+        };
+        out.store_id = get("store_id")?.and_then(|v| v.try_into().ok()).map(u128::from_le_bytes);
+        out.epoch = get("epoch")?.and_then(|v| v.try_into().ok()).map_or(0, u32::from_le_bytes);
+        if let Some(t) = open_read(&tx, QUEUES)? {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let (n, row) = (k.value(), QueueRow::decode(v.value()));
+                match row {
+                    Some(row) if n as usize == out.queues.len() => out.queues.push(row),
+                    _ => return Ok(Err(format!("bad catalog row {n}"))),
+                }
+            }
+        }
+        if let Some(t) = open_read(&tx, MESSAGES)? {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                match Row::decode(v.value()) {
+                    Some(row) => out.rows.push((k.value(), row)),
+                    None => return Ok(Err(format!("bad row of message {:x}", k.value()))),
+                }
+            }
+        }
+        if let Some(t) = open_read(&tx, DEDUP)? {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let (q, key) = k.value();
+                let (id, until) = v.value();
+                out.dedup.push((q, key.into(), id, until));
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// Writes one checkpoint in one durable transaction.
+    pub(crate) fn apply(&self, d: &Delta) -> Result<()> {
+        let path = &self.path;
+        let done = catch_unwind(AssertUnwindSafe(|| self.apply_inner(d)));
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(redb::Error::Io(e))) => Err(Error::Io(e)),
+            Ok(Err(redb::Error::Corrupted(why))) => Err(damaged(path, why)),
+            Ok(Err(e)) => Err(Error::Io(std::io::Error::other(format!(
+                "writing the state database failed: {e}"
+            )))),
+            Err(_) => Err(damaged(path, "redb panicked writing it")),
+        }
+    }
+
+    fn apply_inner(&self, d: &Delta) -> std::result::Result<(), redb::Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("checkpoint", d.checkpoint.to_le_bytes().as_slice())?;
+            meta.insert("store_id", d.store_id.to_le_bytes().as_slice())?;
+            meta.insert("epoch", d.epoch.to_le_bytes().as_slice())?;
+            let mut queues = tx.open_table(QUEUES)?;
+            for (n, q) in d.queues.iter().enumerate() {
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                let bytes = q.encode();
+                let same = queues.get(n)?.is_some_and(|v| v.value() == bytes.as_slice());
+                if !same {
+                    queues.insert(n, bytes.as_slice())?;
+                }
+            }
+            let mut rows = tx.open_table(MESSAGES)?;
+            let mut payloads = tx.open_table(PAYLOADS)?;
+            if d.full {
+                let put: std::collections::HashSet<u64> = d.put.iter().map(|p| p.0).collect();
+                let mut stale = Vec::new();
+                for item in rows.iter()? {
+                    let id = item?.0.value();
+                    if !d.keep.contains(&id) && !put.contains(&id) {
+                        stale.push(id);
+                    }
+                }
+                for id in stale {
+                    rows.remove(id)?;
+                    payloads.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
+                }
+            }
+            for &id in &d.delete {
+                rows.remove(id)?;
+                payloads.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
+            }
+            for (id, row, payload) in &d.put {
+                rows.insert(id, row.encode().as_slice())?;
+                if let Some(p) = payload {
+                    for (n, chunk) in p.chunks(CHUNK).enumerate() {
+                        let n = u32::try_from(n).unwrap_or(u32::MAX);
+                        payloads.insert((*id, n), chunk)?;
+                    }
+                }
+            }
+            let mut dedup = tx.open_table(DEDUP)?;
+            if d.full {
+                dedup.retain(|_, _| false)?;
+            }
+            for (q, key) in &d.dedup_delete {
+                dedup.remove((*q, &key[..]))?;
+            }
+            for (q, key, id, until) in &d.dedup_put {
+                dedup.insert((*q, &key[..]), (*id, *until))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The payload of relocated message `id`, checked against its CRC.
+    pub(crate) fn payload(&self, id: u64, crc: u32, len: u32) -> Result<Vec<u8>> {
+        let path = &self.path;
+        let read = catch_unwind(AssertUnwindSafe(|| -> std::result::Result<_, redb::Error> {
+            let tx = self.db.begin_read()?;
+            let Some(t) = open_read(&tx, PAYLOADS)? else { return Ok(None) };
+            let mut out = Vec::with_capacity(len as usize);
+            let mut chunks = 0;
+            for item in t.range((id, 0)..=(id, u32::MAX))? {
+                let (k, v) = item?;
+                if k.value().1 != chunks {
+                    return Ok(None);
+                }
+                out.extend_from_slice(v.value());
+                chunks += 1;
+            }
+            Ok((chunks > 0 || len == 0).then_some(out))
+        }));
+        let bytes = match read {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => return Err(damaged(path, format!("message {id:x} has no payload"))),
+            Ok(Err(redb::Error::Io(e))) => return Err(Error::Io(e)),
+            Ok(Err(e)) => return Err(damaged(path, e)),
+            Err(_) => return Err(damaged(path, "redb panicked reading it")),
+        };
+        if bytes.len() != len as usize || crc32c::crc32c(&bytes) != crc {
+            return Err(damaged(path, format!("the payload of message {id:x} fails its checksum")));
+        }
+        Ok(bytes)
+    }
+
+    /// The file's size in bytes.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> std::result::Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_and_bad_bytes_are_refused() {
+        let row = Row {
+            queue: 3,
+            attempts: 2,
+            priority: 7,
+            expires: 11,
+            due: 12,
+            origin: Some(1),
+            reason: 2,
+            error: "boom".into(),
+            len: 5,
+            crc: 9,
+        };
+        let b = row.encode();
+        assert_eq!(Row::decode(&b), Some(row));
+        for cut in 0..b.len() {
+            assert_eq!(Row::decode(&b[..cut]), None, "cut at {cut}");
+        }
+        let q = QueueRow { name: "jobs".into(), config: Some(vec![1, 2, 3].into()) };
+        assert_eq!(QueueRow::decode(&q.encode()), Some(q));
+        let q = QueueRow { name: "jobs".into(), config: None };
+        assert_eq!(QueueRow::decode(&q.encode()), Some(q));
+        assert_eq!(QueueRow::decode(&[9, 9, 9]), None);
+    }
+}
