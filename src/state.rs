@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Corruption, Error, Result};
-use crate::storage::redb_backend::RedbBackend;
+use crate::storage::redb_backend::{ReadOnlyBackend, RedbBackend};
 use crate::storage::Storage;
 
 /// The state database's file name in the store directory.
@@ -288,6 +288,54 @@ impl StateDb {
             Err(_) => return Err(damaged(&path, "redb panicked opening it")),
         };
         Ok(StateDb { db, path })
+    }
+
+    /// Opens the state database at `path` on `storage` for reading only, as `verify` does: the
+    /// file is never written, created, removed or locked, so it may be open in a store at the
+    /// same time; what redb writes (the repair of a database that store holds open, or one not
+    /// shut down cleanly) stays in memory. Use it with [`load`](Self::load),
+    /// [`payload`](Self::payload) and [`check_integrity`](Self::check_integrity).
+    pub(crate) fn open_read_only(storage: &dyn Storage, path: &Path) -> Result<StateDb> {
+        let file = storage.open_read(path)?;
+        // redb would make a new database in an empty file: here that is a lost one.
+        if file.len()? == 0 {
+            return Err(damaged(path, "the file is empty"));
+        }
+        let backend = ReadOnlyBackend::new(file)?;
+        let opened =
+            catch_unwind(AssertUnwindSafe(|| Self::builder().create_with_backend(backend)));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => {
+                return Err(io_err(path, e))
+            }
+            Ok(Err(e)) => return Err(damaged(path, e)),
+            Err(_) => return Err(damaged(path, "redb panicked opening it")),
+        };
+        Ok(StateDb { db, path: path.to_owned() })
+    }
+
+    /// Runs redb's integrity check (every page checksum of the committed trees): `Ok(true)`
+    /// when it passes, `Ok(false)` when it failed but redb could repair it (by going back to an
+    /// earlier commit). Meant for a database opened with
+    /// [`open_read_only`](Self::open_read_only): on it, the repair stays in memory.
+    pub(crate) fn check_integrity(&mut self) -> Result<bool> {
+        let path = self.path.clone();
+        let db = &mut self.db;
+        match catch_unwind(AssertUnwindSafe(|| db.check_integrity())) {
+            Ok(Ok(clean)) => Ok(clean),
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => {
+                Err(io_err(&path, e))
+            }
+            Ok(Err(e)) => Err(damaged(&path, e)),
+            Err(_) => Err(damaged(&path, "redb panicked checking it")),
+        }
+    }
+
+    /// Closes the database; a panic in redb while it does is caught (and ignored: a database
+    /// opened read-only has nothing to lose).
+    pub(crate) fn close_quietly(self) {
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(self)));
     }
 
     fn builder() -> redb::Builder {

@@ -20,12 +20,13 @@ pub fn open(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<Wharf> {
 
 pub use crate::clock::ManualClock;
 
-/// [`Wharf::verify`] on the simulated disk; `state.redb`, if present, is not opened there.
+/// [`Wharf::verify`] on the simulated disk; `state.redb`, if present, is read through it too
+/// (read-only, as on the real file system).
 ///
 /// # Errors
 /// As [`Wharf::verify`].
 pub fn verify(sim: &SimFs, dir: &Path) -> Result<crate::VerifyReport> {
-    crate::verify::verify_on(sim, dir, false)
+    crate::verify::verify_on(sim, dir)
 }
 
 /// Runs the background thread's duties once, now: a spare segment, a sync of everything
