@@ -74,11 +74,15 @@ impl Shared {
     pub(crate) fn checkpoint(&self) -> Result<CheckpointReport> {
         let mut ck = self.checkpointing.lock();
         self.state.lock().check()?;
-        let db = match self.db.get() {
-            Some(db) => db,
-            None => {
-                let made = StateDb::open(&*self.storage, &self.dir)?;
-                self.db.get_or_init(|| made)
+        let db = {
+            let mut slot = self.db.lock();
+            match &*slot {
+                Some(db) => Arc::clone(db),
+                None => {
+                    let made = Arc::new(StateDb::open(&*self.storage, &self.dir)?);
+                    *slot = Some(Arc::clone(&made));
+                    made
+                }
             }
         };
         let mut g = self.state.lock();

@@ -4,7 +4,9 @@
 //! Points: `after-write-before-sync`, `after-sync-before-wake` (commit.rs, a synced group);
 //! `segment-created-before-dir-sync` (segment.rs); `segment-removed-before-dir-sync`
 //! (commit.rs, deletion); `recovery-after-zero-before-sync`, `recovery-replay` (recovery.rs);
-//! `mark-created-before-dir-sync`, `mark-written-before-sync` (mark.rs, at a clean close).
+//! `mark-created-before-dir-sync`, `mark-written-before-sync` (mark.rs, at a clean close);
+//! `checkpoint-before-commit`, `checkpoint-after-commit` (checkpoint.rs, around the state
+//! database's transaction).
 
 /// Marks the fail point `name`; does nothing without the `failpoints` feature.
 #[cfg(not(feature = "failpoints"))]

@@ -101,6 +101,9 @@ type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// Priorities, `0..=MAX_PRIORITY`.
 const LEVELS: usize = crate::queue::MAX_PRIORITY as usize + 1;
 
+/// A dedup key, its message id and the Unix ms until which it holds once settled.
+pub(crate) type DedupEntry = (Box<[u8]>, u64, u64);
+
 /// Why a settlement was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Expired;
@@ -460,7 +463,7 @@ impl QueueIndex {
     /// Checkpoint: the dedup keys added and forgotten since the last call, with the current
     /// value of each added key that is still held. The checkpoint writes these to the state
     /// database.
-    pub(crate) fn take_dedup_changes(&mut self) -> (Vec<(Box<[u8]>, u64, u64)>, Vec<Box<[u8]>>) {
+    pub(crate) fn take_dedup_changes(&mut self) -> (Vec<DedupEntry>, Vec<Box<[u8]>>) {
         let added = std::mem::take(&mut self.dedup_added);
         let mut gone = std::mem::take(&mut self.dedup_gone);
         let mut put = Vec::with_capacity(added.len());
@@ -475,7 +478,7 @@ impl QueueIndex {
     }
 
     /// Every dedup key held now, with its message and window end.
-    pub(crate) fn all_dedup(&self) -> Vec<(Box<[u8]>, u64, u64)> {
+    pub(crate) fn all_dedup(&self) -> Vec<DedupEntry> {
         self.dedup.iter().map(|(k, &(id, until))| (k.clone(), id, until)).collect()
     }
 

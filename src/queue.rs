@@ -23,9 +23,7 @@ use crate::record::{self, Body, PUSH_EX_OVERHEAD, PUSH_OVERHEAD};
 use crate::recovery::RecoveryReport;
 use crate::segment::Segment;
 use crate::storage::RealFs;
-#[cfg(feature = "testing")]
-use crate::store::Shared;
-use crate::store::{Core, State};
+use crate::store::{Core, Shared, State};
 
 /// Longest queue name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -1116,7 +1114,7 @@ fn load(t: Taken, shared: &Shared) -> Result<Payload> {
             Ok(Payload::Owned { bytes, start: off })
         }
         Source::Relocated { crc } => {
-            let db = shared.db.get().ok_or_else(|| {
+            let db = shared.db.lock().clone().ok_or_else(|| {
                 Error::Io(std::io::Error::other("a relocated message but no state database"))
             })?;
             let bytes = db.payload(t.id, crc, t.entry.len)?;

@@ -318,7 +318,10 @@ impl Replay {
                     .ok_or_else(|| bad("ack in an unknown queue"))?;
                 if let Some(e) = q.remove(id) {
                     q.forget(id);
-                    if let Some((_, n)) = self.live.range_mut(..=e.lsn).next_back() {
+                    // A relocated message holds no segment.
+                    let live =
+                        self.live.range_mut(..=e.lsn).next_back().filter(|_| e.lsn != RELOCATED);
+                    if let Some((_, n)) = live {
                         *n = n.saturating_sub(1);
                     }
                 }

@@ -205,7 +205,7 @@ impl std::fmt::Debug for StateDb {
 
 /// An I/O error from redb: one that says the bytes are not a database is damage.
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::InvalidData {
+    if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) {
         damaged(path, e)
     } else {
         Error::Io(e)
@@ -287,7 +287,15 @@ impl StateDb {
             Ok(Err(e)) => return Err(damaged(&path, e)),
             Err(_) => return Err(damaged(&path, "redb panicked opening it")),
         };
-        Ok(StateDb { db, path })
+        // redb checks page checksums only when it repairs a file after a crash: check them
+        // all, so that damage is found now rather than read as state. A committed checkpoint
+        // that fails the check cannot be given up for an earlier one (the segments it covered
+        // may be gone): that is damage too.
+        let mut db = StateDb { db, path };
+        if !db.check_integrity()? {
+            return Err(damaged(&db.path, "it fails redb's integrity check"));
+        }
+        Ok(db)
     }
 
     /// Opens the state database at `path` on `storage` for reading only, as `verify` does: the
@@ -519,7 +527,7 @@ impl StateDb {
         Ok(bytes)
     }
 
-    /// The file's size in bytes.
+    /// The file's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -142,8 +142,8 @@ pub(crate) struct Shared {
     /// Signalled when segments were deleted (pushes waiting for space).
     pub space_cv: Condvar,
     pub storage: Arc<dyn Storage>,
-    /// The state database (`state.redb`), made by the first checkpoint.
-    pub db: std::sync::OnceLock<StateDb>,
+    /// The state database (`state.redb`), made by the first checkpoint; closed with the store.
+    pub db: Mutex<Option<Arc<StateDb>>>,
     /// Serialises checkpoints; taken before `state`.
     pub checkpointing: Mutex<Checkpointer>,
     /// Wakes the checkpointer thread.
@@ -247,7 +247,7 @@ impl Core {
             creating: Mutex::new(()),
             space_cv: Condvar::new(),
             storage,
-            db: db.map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
+            db: Mutex::new(db.map(Arc::new)),
             checkpointing: Mutex::new(checkpointer),
             ck_cv: Condvar::new(),
             opts,
@@ -346,6 +346,13 @@ impl Core {
             if thread.join().is_err() {
                 joined = Err(Error::Io(std::io::Error::other("a background thread panicked")));
             }
+        }
+        {
+            // A checkpoint in progress ends first; later ones see the store closed. The state
+            // database is closed now, not when the last handle goes: a handle kept past a
+            // reopen must not write its stale view over the file.
+            let _no_checkpoint = shared.checkpointing.lock();
+            shared.db.lock().take();
         }
         // Nothing writes any more: the directory may be opened again, even while old handles
         // (which now fail with `Closed`) are still around.

@@ -215,6 +215,9 @@ mod child {
     /// Pops; acks most deliveries durably, nacks or drops (releases) the rest.
     fn consumer(seed: u64, q: &Queue, qi: usize, deadline: Instant) {
         let mut rng = Rng::new(seed);
+        // Now and then a delivery is held (leased, never settled) until the run ends: a
+        // straggler that keeps its segment, until a checkpoint relocates it into state.redb.
+        let mut held = Vec::new();
         while Instant::now() < deadline {
             let d = match q.pop_timeout(Duration::from_millis(20)) {
                 Ok(Some(d)) => d,
@@ -233,9 +236,11 @@ mod child {
                     emit(&format!("ACK {g} {s} {id}"));
                 }
                 17..=18 => d.nack().unwrap_or_else(|e| die("nack", &e)),
+                _ if rng.below(8) == 0 => held.push(d),
                 _ => drop(d),
             }
         }
+        drop(held);
     }
 }
 
@@ -658,11 +663,15 @@ mod parent {
         use super::*;
 
         /// Every fail point of the library, with the hit counts to abort at.
-        const POINTS: [(&str, &[u64]); 7] = [
+        const POINTS: [(&str, &[u64]); 9] = [
             ("after-write-before-sync", &[1, 7, 40]),
             ("after-sync-before-wake", &[1, 7, 40]),
             ("segment-created-before-dir-sync", &[1, 2, 5]),
             ("segment-removed-before-dir-sync", &[1, 2, 4]),
+            // A checkpoint's redb transaction, just before and just after its commit: the log
+            // is durable up to the checkpoint, and the segments it covers are not deleted yet.
+            ("checkpoint-before-commit", &[1, 3, 8]),
+            ("checkpoint-after-commit", &[1, 3, 8]),
             ("recovery-after-zero-before-sync", &[1, 1, 1]),
             // The child's clean close rewrites the durable mark (the parent's first check made
             // it): a short run, then an abort with the new slot written but not synced.

@@ -7,7 +7,6 @@
 pub(crate) mod faulty;
 mod mmap;
 mod real;
-#[cfg(feature = "testing")]
 pub(crate) mod redb_backend;
 #[cfg(feature = "testing")]
 pub(crate) mod sim;
