@@ -4,9 +4,12 @@
 //! over them, a lost write) is reported instead of being taken for a torn tail.
 //!
 //! Invariants: the file is created whole (temporary name, synced, renamed, directory synced), so
-//! it is never seen shorter than two slots; later writes go to the older slot only, so a torn
-//! write leaves the newer one intact. A mark only ever names a position that was durable when it
-//! was written, and the log never shrinks below a durable position, so an old mark stays true.
+//! it is never seen shorter than two slots; a later close writes its mark into the older slot,
+//! syncs, then into the other one and syncs again, so a torn write leaves the newer mark intact
+//! and, after a close, one damaged slot does not lose the newest end (the other holds it too).
+//! The slots disagree only after a close that crashed between its two writes. A mark only ever
+//! names a position that was durable when it was written, and the log never shrinks below a
+//! durable position, so an old mark stays true.
 //!
 //! ```text
 //! offset size field (each slot)
@@ -14,7 +17,7 @@
 //!  8     4    format version
 //! 12     4    reserved, zero
 //! 16     16   store id
-//! 32     8    generation (the slot written is generation % 2)
+//! 32     8    generation (written first into slot generation % 2, then into the other)
 //! 40     8    durable end: every log position below it was durable
 //! 48     12   reserved, zero
 //! 60     4    CRC-32C of bytes [0, 60)
@@ -154,11 +157,19 @@ pub(crate) fn write(
     let path: PathBuf = log_dir.join(FILE);
     match prev {
         Some(prev) => {
+            // The new mark goes into both slots, each write synced before the next: the older
+            // slot first, so that a torn write leaves the newer one intact; then the other, so
+            // that once the close is done each slot holds the newest end. With one slot only, a
+            // damaged newest slot would fall back silently to an older, lower end, and records
+            // erased above it would pass for a torn tail.
             let next = Mark { store_id, generation: prev.generation + 1, end };
             let file = storage.open(&path, false)?;
-            file.write_at(&next.encode(), (next.generation % 2) * SLOT as u64)?;
-            failpoint::hit("mark-written-before-sync");
-            file.sync_data()?;
+            let first = next.generation % 2;
+            for slot in [first, 1 - first] {
+                file.write_at(&next.encode(), slot * SLOT as u64)?;
+                failpoint::hit("mark-written-before-sync");
+                file.sync_data()?;
+            }
             Ok(next)
         }
         None => {
@@ -197,5 +208,25 @@ mod tests {
             assert_eq!(Mark::decode(&bad, p).unwrap(), None, "bit {bit}");
         }
         assert_eq!(Mark::decode(&[0u8; SLOT], p).unwrap(), None);
+    }
+
+    #[test]
+    fn after_each_close_either_slot_alone_holds_the_newest_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::storage::RealFs;
+        let mut prev = None;
+        for end in [100, 2_000, 30_000, 400_000] {
+            let m = write(&fs, dir.path(), 7, prev, end).unwrap();
+            assert_eq!(m.end, end);
+            let bytes = std::fs::read(dir.path().join(FILE)).unwrap();
+            assert_eq!(bytes.len() as u64, LEN);
+            for damaged in 0..2 {
+                let mut bad = bytes.clone();
+                bad[damaged * SLOT + 40] ^= 1;
+                let got = parse(&bad, Path::new("mark"), Some(7)).unwrap();
+                assert_eq!(got.end, end, "slot {damaged} damaged after the close at {end}");
+            }
+            prev = Some(m);
+        }
     }
 }

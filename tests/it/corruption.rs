@@ -193,3 +193,61 @@ fn erasing_the_last_records_of_a_closed_store_is_corruption_not_a_torn_tail() {
         std::fs::write(&mark, &good).unwrap();
     }
 }
+
+/// A store closed twice, its second run's records then erased (zeroed) together with one slot
+/// of the durable mark. The mark must not lose the newest durable end with one slot: if the
+/// other slot still held the first close's end, the erased records would look like a torn tail
+/// behind it, and the acked messages of the second run would come back unreported (I2, I9).
+#[test]
+fn one_damaged_slot_of_the_mark_still_knows_where_the_last_close_ended() {
+    let pristine = tempfile::tempdir().unwrap();
+    {
+        let w = Wharf::open(pristine.path()).unwrap();
+        let q = w.queue("q").unwrap();
+        for i in 0..10 {
+            q.push(payload(i, 100)).unwrap();
+        }
+        w.close().unwrap();
+    }
+    let seg = segments(pristine.path())[0].clone();
+    let first_end = std::fs::read(&seg).unwrap().iter().rposition(|&b| b != 0).unwrap() + 1;
+    {
+        let w = Wharf::open(pristine.path()).unwrap();
+        let q = w.queue("q").unwrap();
+        for _ in 0..5 {
+            q.pop().unwrap().ack().unwrap();
+        }
+        w.close().unwrap();
+    }
+    let name = seg.file_name().unwrap().to_owned();
+    let bytes = std::fs::read(&seg).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(end > first_end, "the second run wrote records");
+    // The second run's records (its epoch record and the deliveries and acks) zeroed, and a byte
+    // of one slot of the mark flipped; each slot in turn, then neither.
+    for slot in [Some(0), Some(1), None] {
+        let dir = copy_store(pristine.path());
+        let seg = dir.path().join("log").join(&name);
+        let mut erased = bytes.clone();
+        erased[first_end..end].fill(0);
+        std::fs::write(&seg, &erased).unwrap();
+        let mark = dir.path().join("log").join("mark");
+        let mut m = std::fs::read(&mark).unwrap();
+        if let Some(s) = slot {
+            m[s * 64 + 3] ^= 1;
+        }
+        std::fs::write(&mark, &m).unwrap();
+        match Wharf::open(dir.path()) {
+            Err(Error::Corrupted(c)) => {
+                assert_eq!(c.file, seg, "slot {slot:?}");
+                assert!(c.reason.contains("durable up to"), "slot {slot:?}: {}", c.reason);
+            }
+            Err(e) => panic!("slot {slot:?} damaged: unexpected error {e}"),
+            Ok(w) => panic!(
+                "slot {slot:?} damaged: the erased records went unnoticed ({} ready, {:?})",
+                w.queue("q").unwrap().depth().unwrap().ready,
+                w.recovery_report().truncated_at
+            ),
+        }
+    }
+}
