@@ -722,14 +722,10 @@ fn overflow_victim_is_the_next_message_a_pop_would_take() {
     assert_eq!(dead, [b"due soon".to_vec()]);
 }
 
-/// Bug (src/recovery.rs `Replay::apply`, src/commit.rs preamble): a dedup key is rebuilt at
-/// open only from the `PushEx` record that carried it. Once its message is settled and the
-/// segment holding that record is deleted, a reopen forgets the key although its
-/// `dedup_window` has not passed, and a duplicate push is stored again (the config, by
-/// contrast, is restated in every preamble). Keys still inside their window would have to be
-/// restated in preambles (or their segments kept) for the window to hold across a restart.
+/// A dedup key outlives the segment that held its push: the segment goes only once a
+/// checkpoint wrote the key into the state database (found as a bug before checkpoints: a
+/// reopen forgot the key once that segment was deleted).
 #[test]
-#[ignore = "limit, documented in the README: dedup keys of settled messages live in their push record's segment until they move to state.redb (issue 5)"]
 fn a_dedup_window_outlives_the_segment_that_held_its_push() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();

@@ -3,7 +3,10 @@
 //! and then. Every message must be delivered in order and acked exactly once, never delivered
 //! again after an ack that returned `Ok`, with its payload, id and attempt number; and the
 //! log's directory must stay bounded: segments are created and deleted all along, and at every
-//! reopen and at the end only a few are left.
+//! reopen and at the end only a few are left. Checkpoints are taken on their own and
+//! explicitly (about every 30,000 messages), and every 50,000 messages two stragglers are left
+//! in another queue (one delayed for a day, one dead letter): they are relocated into
+//! `state.redb` instead of pinning segments, and are all still there at the end.
 //!
 //! N is 1,000,000 messages, in a debug build too (19-23 s on the project's 2-core VM; 3.6 s
 //! with `--release`). `WHARF_SOAK_N` sets another (more, with `--release`, for the long tier).
@@ -23,6 +26,13 @@ const BACKLOG: usize = 2_000;
 /// Segment files left once the background thread caught up: the active one, two spares, and
 /// those holding the backlog (measured: at most 4), with margin.
 const MAX_SEGMENTS: u64 = 6;
+/// Room for the state database (`state.redb`), counted in the store's disk bytes.
+const STATE_ALLOWANCE: u64 = 2 << 20;
+/// Every this many messages a straggler is left behind in other queues: one delayed for a day
+/// and one dead letter. They would pin their segments if checkpoints did not relocate them.
+const STRAGGLER_EVERY: usize = 50_000;
+/// An explicit checkpoint about this often (the checkpointer thread takes others on its own).
+const CHECKPOINT_EVERY: usize = 30_000;
 
 fn soak_n() -> usize {
     std::env::var("WHARF_SOAK_N").map_or(1_000_000, |n| n.parse().expect("WHARF_SOAK_N: a number"))
@@ -185,7 +195,7 @@ fn bounded(w: &Wharf, dir: &Path, when: &str) -> (usize, u64) {
     loop {
         let files = segments(dir).len();
         let bytes = w.stats().disk_bytes;
-        if files as u64 <= MAX_SEGMENTS && bytes <= MAX_SEGMENTS * SEG {
+        if files as u64 <= MAX_SEGMENTS && bytes <= MAX_SEGMENTS * SEG + STATE_ALLOWANCE {
             return (files, bytes);
         }
         assert!(
@@ -221,6 +231,8 @@ fn soak_every_message_is_acked_exactly_once_and_the_directory_stays_bounded() {
     let mut rng = Rng(0x50a4);
     let mut w = open(dir.path());
     let mut q = w.queue("soak").unwrap();
+    let (mut stragglers, mut next_straggler, mut next_checkpoint) = (0, 0, CHECKPOINT_EVERY);
+    let (mut checkpoints, mut relocated) = (0, 0);
     let (mut max_bytes, mut max_files) = (0u64, 0usize);
     let mut at_reopen = Vec::new();
     let (mut reopens, mut next_reopen, mut next_sync) = (0, REOPEN_EVERY, SYNC_EVERY);
@@ -228,6 +240,23 @@ fn soak_every_message_is_acked_exactly_once_and_the_directory_stays_bounded() {
         push_chunk(&q, &mut e, &mut rng);
         consume(&q, &mut e, &mut rng, BACKLOG);
         max_bytes = max_bytes.max(w.stats().disk_bytes);
+        if e.pushed >= next_straggler {
+            next_straggler += STRAGGLER_EVERY;
+            let later = w.queue("later").unwrap();
+            let day = PushOptions::new().delay(Duration::from_secs(86_400));
+            later.push_with(format!("delayed-{stragglers}"), day).unwrap();
+            later.push(format!("dead-{stragglers}")).unwrap();
+            let d = later.try_pop().unwrap().expect("the dead letter to be");
+            assert_eq!(d.payload(), format!("dead-{stragglers}").as_bytes());
+            d.dead_letter("straggler").unwrap();
+            stragglers += 1;
+        }
+        if e.pushed >= next_checkpoint {
+            next_checkpoint += CHECKPOINT_EVERY - 5_000 + rng.below(10_000);
+            let r = w.checkpoint().unwrap();
+            checkpoints += 1;
+            relocated += r.relocated;
+        }
         if e.pushed >= next_sync {
             next_sync += SYNC_EVERY;
             w.sync().unwrap();
@@ -258,6 +287,28 @@ fn soak_every_message_is_acked_exactly_once_and_the_directory_stays_bounded() {
     let w = open(dir.path());
     assert!(w.queue("soak").unwrap().try_pop().unwrap().is_none(), "a message came back");
     let reopened = bounded(&w, dir.path(), "the last reopen");
+    // Every straggler is still there, in order, with its payload.
+    let later: Vec<Vec<u8>> = w
+        .queue("later")
+        .unwrap()
+        .peek(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    let dead: Vec<Vec<u8>> = w
+        .queue("later.dlq")
+        .unwrap()
+        .peek(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    let want = |kind: &str| -> Vec<Vec<u8>> {
+        (0..stragglers).map(|i| format!("{kind}-{i}").into_bytes()).collect()
+    };
+    assert_eq!(later, want("delayed"), "delayed stragglers");
+    assert_eq!(dead, want("dead"), "dead-lettered stragglers");
     w.close().unwrap();
 
     assert_eq!(e.acks, n, "acked messages");
@@ -267,6 +318,11 @@ fn soak_every_message_is_acked_exactly_once_and_the_directory_stays_bounded() {
     // Every segment position the log passed through was a segment file; all but the last few
     // were deleted.
     let created = lsn.div_ceil(SEG);
+    assert!(stragglers > 0 && checkpoints > 0);
+    println!(
+        "soak: {stragglers} × 2 stragglers, {checkpoints} explicit checkpoints ({relocated} \
+         messages relocated by them, more by the checkpointer thread)"
+    );
     println!(
         "soak: N = {n} in {:.1} s; {} nacks, {} durable calls, {reopens} reopens; segments: \
          about {created} created, {} deleted; max disk bytes seen {max_bytes} ({:.1} segments), \
