@@ -380,7 +380,7 @@ impl Shared {
         let mut g = self.state.lock();
         g.check()?;
         self.flush_now(&mut g, true)?;
-        let due = self.checkpoint_due(&g, self.checkpointing.lock().last, Instant::now());
+        let due = self.checkpoint_due_by_log(&g);
         drop(g);
         if due {
             self.checkpoint()?;
