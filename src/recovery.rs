@@ -45,6 +45,10 @@ pub struct RecoveryReport {
     pub ignored_files: Vec<String>,
     /// Temporary files of an interrupted segment creation, removed.
     pub removed_files: Vec<String>,
+    /// The log position of the checkpoint recovery started from (`state.redb`), if any.
+    pub checkpoint: Option<u64>,
+    /// Messages whose payloads live in the state database (relocated out of old segments).
+    pub relocated: u64,
     /// How long recovery took.
     pub duration: Duration,
 }
@@ -592,6 +596,8 @@ pub(crate) fn recover(
         return Err(corrupt(&file, 0, why));
     }
     report.records = replay.records;
+    report.checkpoint = (loaded.checkpoint > 0).then_some(loaded.checkpoint);
+    report.relocated = replay.relocated.len() as u64;
     report.in_flight_at_crash = replay.leased.len() as u64;
     report.messages = replay.queues.iter().map(|(_, q)| q.waiting_len() as u64).sum();
 

@@ -111,6 +111,10 @@ fn stragglers_do_not_pin_segments_after_a_gibibyte() {
     drop(q);
     w.close().unwrap();
     let w = open(dir.path(), SEG);
+    let r = w.recovery_report();
+    println!("reopen: {:?}, {} segments read, {} relocated", r.duration, r.segments, r.relocated);
+    assert!(r.checkpoint.is_some());
+    assert!(r.relocated as usize + 2 >= stragglers, "{} of {stragglers} relocated", r.relocated);
     let q = w.queue("jobs").unwrap();
     let dlq = w.queue("jobs.dlq").unwrap();
     let depth = q.depth().unwrap();
