@@ -170,6 +170,7 @@ impl Shared {
                 None => g.wal.log.relocated.remove(&id),
             };
         }
+        let relocated_any = !moved.is_empty();
         for m in moved {
             if let Some((q, entry, _)) = find(&g, (m.id, m.queue)) {
                 if entry.lsn == m.entry.lsn {
@@ -187,6 +188,12 @@ impl Shared {
         }
         g.wal.log.checkpoint = g.wal.log.checkpoint.max(c);
         g.wal.log.inflight_sensitive = u64::MAX;
+        if relocated_any {
+            // Records staged since `c` about the messages just relocated were not seen as
+            // about relocated messages (an ack among them must not go with its segment before
+            // the next checkpoint drops the row): everything from `c` on waits for one.
+            g.wal.log.first_sensitive = g.wal.log.first_sensitive.min(c);
+        }
         let durable = g.wal.durable;
         let dead = g.wal.log.take_deletable(durable);
         report.segments_deleted = dead.len();
