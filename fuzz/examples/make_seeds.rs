@@ -10,12 +10,16 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
-use wharf::testing::{self, CrashPolicy, Rng, SimFs};
-use wharf_fuzz::ops::{Len, Op};
+use wharf::testing::{self, CrashPolicy, OpKind, Rng, SimFs};
+use wharf_fuzz::encode::to_bytes;
+use wharf_fuzz::ops::{Config, Dur, FaultSpec, Len, Op, Policy};
 use wharf_fuzz::oracle::Ctx;
 use wharf_fuzz::scan;
-use wharf_fuzz::targets::{self, CorruptInput, CrashInput, DirImage, FaultInput, ModelInput};
-use wharf_fuzz::workload::{self, log_dir};
+use wharf_fuzz::stats;
+use wharf_fuzz::targets::{
+    self, CorruptInput, CrashInput, CrashPoint, DirImage, End, FaultInput, ModelInput,
+};
+use wharf_fuzz::workload::{self, log_dir, relocation_script};
 
 /// Largest seed file written.
 const MAX_SEED: usize = 4096;
@@ -25,15 +29,17 @@ fn main() {
         .nth(1)
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds"), PathBuf::from);
     let mut total = 0;
+    // Before `passes` swaps hooks: redb's panics, which wharf catches, stay quiet.
+    targets::tolerate_redb_panics();
     for target in wharf_fuzz::TARGETS {
         let seeds = match target {
             "record_decode" => record_seeds(),
             "segment_recover" => segment_seeds(),
             "dir_open" => pick(target, 12, score_dir),
-            "ops_model" => pick(target, 12, score_model),
-            "ops_crash" => pick(target, 12, score_crash),
-            "ops_faults" => pick(target, 16, score_faults),
-            "corrupt_then_recover" => pick(target, 12, score_corrupt),
+            "ops_model" => with_typed(target, 12, relocation_model(), score_model),
+            "ops_crash" => with_typed(target, 12, relocation_crash(), score_crash),
+            "ops_faults" => with_typed(target, 16, relocation_faults(), score_faults),
+            "corrupt_then_recover" => pick(target, 16, score_corrupt),
             _ => unreachable!(),
         };
         let dir = out.join(target);
@@ -143,8 +149,8 @@ fn segment_seeds() -> Vec<Vec<u8>> {
     out
 }
 
-/// The `n` best of a few thousand pseudo-random inputs by `score`, distinct scores first.
-fn pick(target: &str, n: usize, score: impl Fn(&[u8]) -> u64) -> Vec<Vec<u8>> {
+/// A few thousand pseudo-random inputs, best `score` first.
+fn candidates(target: &str, score: impl Fn(&[u8]) -> u64) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(target.len() as u64 * 7919);
     let mut cands: Vec<(u64, Vec<u8>)> = (0..3000)
         .map(|_| {
@@ -154,7 +160,119 @@ fn pick(target: &str, n: usize, score: impl Fn(&[u8]) -> u64) -> Vec<Vec<u8>> {
         })
         .collect();
     cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    cands.into_iter().take(n).map(|(_, d)| d).collect()
+    cands.into_iter().map(|(_, d)| d).collect()
+}
+
+/// Whether `data` passes `target` (an input may reach an open finding: not a seed then).
+fn passes(target: &str, data: &[u8]) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(|| wharf_fuzz::run_target(target, data)).is_ok();
+    std::panic::set_hook(hook);
+    ok
+}
+
+/// The `n` best of a few thousand pseudo-random inputs by `score` that pass their target.
+fn pick(target: &str, n: usize, score: impl Fn(&[u8]) -> u64) -> Vec<Vec<u8>> {
+    candidates(target, score).into_iter().filter(|d| passes(target, d)).take(n).collect()
+}
+
+/// The `typed` inputs that pass `target` (at most half of `n`), then the best pseudo-random
+/// ones by `score`; says how many of them relocate messages into `state.redb`.
+fn with_typed(
+    target: &str,
+    n: usize,
+    typed: Vec<Vec<u8>>,
+    score: impl Fn(&[u8]) -> u64,
+) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> =
+        typed.into_iter().filter(|d| passes(target, d)).take(n / 2).collect();
+    for d in candidates(target, score) {
+        if out.len() == n {
+            break;
+        }
+        if !out.contains(&d) && passes(target, &d) {
+            out.push(d);
+        }
+    }
+    let relocating = out
+        .iter()
+        .filter(|d| {
+            let before = stats::counts().relocated;
+            passes(target, d);
+            stats::counts().relocated > before
+        })
+        .count();
+    println!("{target}: {relocating} of {} seeds relocate messages", out.len());
+    out
+}
+
+/// `workload::relocation_script` as `ops_model` inputs.
+fn relocation_model() -> Vec<Vec<u8>> {
+    let configs = [
+        Config::new(Dur::Default, Dur::Default),
+        Config { push: Dur::None, ack: Dur::Immediate, checkpoint_kib: Some(15) },
+    ];
+    configs.map(|cfg| to_bytes(&ModelInput { cfg, ops: relocation_script() })).to_vec()
+}
+
+/// The step (0: the first open, k + 1: operation k) of each checkpoint of `ops`.
+fn checkpoint_steps(ops: &[Op]) -> Vec<u8> {
+    let steps = ops.iter().enumerate().filter(|(_, op)| matches!(op, Op::Checkpoint));
+    steps.map(|(k, _)| u8::try_from(k + 1).unwrap()).collect()
+}
+
+/// `workload::relocation_script` as `ops_crash` inputs: a crash inside each checkpoint (the
+/// first, which relocates, at a few points), one more after it.
+fn relocation_crash() -> Vec<Vec<u8>> {
+    let ops = relocation_script();
+    let steps = checkpoint_steps(&ops);
+    let mut out = Vec::new();
+    let policies = [Policy::DropAllUnsynced, Policy::RandomSubset, Policy::KeepAll];
+    for (i, (&step, after)) in steps.iter().zip([40u8, 5, 9]).enumerate() {
+        let crash = CrashPoint {
+            wait: step,
+            after,
+            policy: policies[i % 3],
+            seed: i as u8,
+            recovery: (i == 1).then_some((12, Policy::DropAllUnsynced)),
+        };
+        let then = CrashPoint {
+            wait: 3,
+            after: 30,
+            policy: Policy::GrowWithGarbage,
+            seed: 7,
+            recovery: None,
+        };
+        let cfg = Config::new(Dur::Default, Dur::Default);
+        out.push(to_bytes(&CrashInput { cfg, crashes: vec![crash, then], ops: ops.clone() }));
+    }
+    out
+}
+
+/// `workload::relocation_script` as `ops_faults` inputs: faults in the first checkpoint's
+/// calls on the state database and in its segment deletions, in a read of a relocated payload
+/// and in the second checkpoint (which rewrites the rows of relocated messages).
+fn relocation_faults() -> Vec<Vec<u8>> {
+    let ops = relocation_script();
+    let steps = checkpoint_steps(&ops);
+    let kind = |k: OpKind| OpKind::ALL.iter().position(|x| *x == k).unwrap() as u8;
+    let faults = [
+        (steps[0], kind(OpKind::Write), 3, true, End::Image(Policy::DropAllUnsynced, 1)),
+        (steps[0], kind(OpKind::Sync), 1, true, End::SameDisk),
+        (steps[0], kind(OpKind::Remove), 0, false, End::Image(Policy::RandomSubset, 2)),
+        (steps[0] + 1, kind(OpKind::Read), 0, true, End::SameDisk),
+        (steps[1], kind(OpKind::Write), 1, true, End::Image(Policy::DropAllUnsynced, 3)),
+    ];
+    let cfg = Config::new(Dur::Default, Dur::Default);
+    let inputs = faults.map(|(arm_at, kind, nth, persistent, end)| FaultInput {
+        cfg,
+        fault: FaultSpec { kind, nth, no_space: nth == 0, persistent },
+        arm_at,
+        end,
+        ops: ops.clone(),
+    });
+    inputs.iter().map(to_bytes).collect()
 }
 
 fn op_kinds(ops: &[Op]) -> u64 {
@@ -200,11 +318,13 @@ fn score_dir(d: &[u8]) -> u64 {
 
 fn score_corrupt(d: &[u8]) -> u64 {
     let Ok(i) = CorruptInput::arbitrary_take_rest(Unstructured::new(d)) else { return 0 };
+    // Half of them on a workload of checkpoints (whose state database the damage may hit).
+    let checkpoints = u64::from(workload::checkpoints(u64::from(i.workload))) * 5;
     let kinds: BTreeSet<String> = i
         .corruptions
         .iter()
         .take(8)
         .map(|c| format!("{c:?}").split([' ', '{']).next().unwrap_or("").to_owned())
         .collect();
-    kinds.len() as u64 * 10 + (8 - i.corruptions.len().min(8) as u64)
+    kinds.len() as u64 * 10 + (8 - i.corruptions.len().min(8) as u64) + checkpoints
 }

@@ -7,10 +7,12 @@
 //! regression inputs through the same functions (`tests/replay.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check must abort
 
+pub mod encode;
 pub mod model;
 pub mod ops;
 pub mod oracle;
 pub mod scan;
+pub mod stats;
 pub mod targets;
 pub mod workload;
 

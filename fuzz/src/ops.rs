@@ -138,6 +138,50 @@ pub enum Op {
         queue: u8,
         cfg: QueueCfg,
     },
+    /// `Wharf::checkpoint`: the log made durable and written into `state.redb`, stragglers
+    /// relocated out of old segments, covered settled segments deleted. No message changes
+    /// state, only where its payload lives.
+    Checkpoint,
+    /// [`churn_rounds`]`(n)` rounds of a push of a [`churn_len`]`(len)` payload into a queue,
+    /// a pop of that queue and an ack of what the pop leased (its head, which may be an older
+    /// message): whole segments of settled messages, behind which the few unsettled ones left
+    /// in them (delayed, dead-lettered, leased and never acked) are the stragglers a
+    /// checkpoint relocates.
+    Churn {
+        queue: u8,
+        n: u8,
+        len: Len,
+        durability: Dur,
+    },
+}
+
+/// Rounds of a `Churn`: 4 to 64.
+pub fn churn_rounds(n: u8) -> usize {
+    4 + usize::from(n) % 61
+}
+
+/// The payload length of a `Churn`'s pushes: small ones as given, large ones at most ~4 KiB,
+/// so that a 64 KiB segment holds enough of them for its stragglers to be relocated (at most
+/// one unsettled message in eight).
+pub fn churn_len(len: Len) -> Len {
+    match len {
+        Len::Small(n) => Len::Small(n),
+        Len::Large(n) => Len::Large(n % 48),
+    }
+}
+
+/// The operations one `Churn` round is made of, on a store holding `held` deliveries after its
+/// pop: the push and the pop, then (if the pop leased something) the ack of the last delivery.
+pub fn churn_push(queue: u8, len: Len, durability: Dur) -> Op {
+    Op::Push { queue, len: churn_len(len), durability }
+}
+
+/// The ack of a `Churn` round: the delivery its pop just added, the last of `held`.
+pub fn churn_ack(held: usize) -> Op {
+    Op::Ack {
+        pick: u8::try_from(held.saturating_sub(1)).unwrap_or(u8::MAX),
+        durability: Dur::Default,
+    }
 }
 
 /// One step of the clock and of the durations below: 100 ms.
@@ -256,6 +300,9 @@ pub fn batch_len(n: u8) -> usize {
 pub struct Config {
     pub push: Dur,
     pub ack: Dur,
+    /// `checkpoint_every_bytes` in KiB (1 to 128; `None`: the default, one segment), which
+    /// decides when `testing::maintain` takes a checkpoint.
+    pub checkpoint_kib: Option<u8>,
 }
 
 impl Config {
@@ -267,14 +314,25 @@ impl Config {
         self.ack.resolve(Durability::Interval(Duration::from_millis(10)))
     }
 
+    /// A configuration with the default checkpoint size.
+    pub fn new(push: Dur, ack: Dur) -> Config {
+        Config { push, ack, checkpoint_kib: None }
+    }
+
     /// Small segments, and leases that never run out during a run (at most `MAX_OPS` clock
-    /// advances of at most 25.5 s each).
+    /// advances of at most 25.5 s each). Checkpoints by log bytes only (not by the real time
+    /// that passed, so that a run is deterministic).
     pub fn builder(&self) -> WharfBuilder {
-        Wharf::builder()
+        let b = Wharf::builder()
             .segment_bytes(64 << 10)
             .visibility_timeout(Duration::from_secs(24 * 3600))
             .push_durability(self.push_default())
             .ack_durability(self.ack_default())
+            .checkpoint_interval(None);
+        match self.checkpoint_kib {
+            Some(k) => b.checkpoint_every_bytes((1 + u64::from(k % 128)) << 10),
+            None => b,
+        }
     }
 }
 

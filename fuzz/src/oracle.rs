@@ -21,6 +21,7 @@ use wharf::{
 };
 
 use crate::ops::{self, Config, Op};
+use crate::stats;
 
 /// The store's directory on the simulated disk.
 pub const DIR: &str = "/s";
@@ -560,6 +561,19 @@ impl Ctx {
     /// Applies one operation; errors are returned for the caller to judge. Moves the store
     /// made on its own are learned from it afterwards.
     pub fn apply(&mut self, op: Op) -> Outcome {
+        if let Op::Churn { queue, n, len, durability } = op {
+            // Its rounds one by one, each judged like the operation it is; the first error
+            // ends it (the caller judges that error, as a crash or a fault).
+            for _ in 0..ops::churn_rounds(n) {
+                self.apply(ops::churn_push(queue, len, durability))?;
+                let before = self.held.len();
+                self.apply(Op::Pop { queue })?;
+                if self.held.len() > before {
+                    self.apply(ops::churn_ack(self.held.len()))?;
+                }
+            }
+            return Ok(true);
+        }
         let was_poisoned = self.poisoned;
         let before: Vec<_> = ops::QUEUES.iter().map(|q| self.counters(q)).collect();
         let r = self.apply_inner(op);
@@ -867,6 +881,13 @@ impl Ctx {
                 testing::maintain(self.w()?)?;
                 Ok((true, Promote::All))
             }
+            Op::Checkpoint => {
+                // It makes the log durable up to its end before it writes the state database.
+                let report = self.w()?.checkpoint()?;
+                stats::note_checkpoint(&report);
+                Ok((true, Promote::All))
+            }
+            Op::Churn { .. } => unreachable!("apply runs a churn's rounds"),
             Op::Reopen { release_first } => {
                 if release_first {
                     self.held.clear();

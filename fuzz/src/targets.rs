@@ -2,18 +2,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use wharf::testing::{self, CrashPolicy, ManualClock, SimFs};
+use wharf::testing::{self, CrashPolicy, ManualClock, OpKind, SimFs};
 use wharf::{Error, NackOptions, PushOptions, Wharf, WharfBuilder};
 
 use crate::model::Model;
 use crate::ops::{self, Config, Dur, FaultSpec, JobOpts, Op, Policy, MAX_OPS};
 use crate::oracle::{Ctx, DIR};
 use crate::scan::{self, Rec};
-use crate::workload::{self, log_dir, Store};
+use crate::stats;
+use crate::workload::{self, log_dir, state_path, Store};
 
 /// The store id of hand-made segments.
 pub const STORE_ID: u128 = 0x5748_4152_465f_4655_5a5a_0000_0000_0001;
@@ -23,8 +25,46 @@ pub const STORE_ID: u128 = 0x5748_4152_465f_4655_5a5a_0000_0000_0001;
 /// checks it before an input that would reach a listed finding (`if skip_known() && <condition>
 /// { return; }`), or leaves out the one check the finding fails.
 pub fn skip_known() -> bool {
-    static SKIP: OnceLock<bool> = OnceLock::new();
-    *SKIP.get_or_init(|| std::env::var_os("WHARF_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
+    match SKIP_KNOWN.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            static SKIP: OnceLock<bool> = OnceLock::new();
+            *SKIP
+                .get_or_init(|| std::env::var_os("WHARF_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
+        }
+    }
+}
+
+/// [`skip_known`] as set by [`set_skip_known`] (0: from the environment).
+static SKIP_KNOWN: AtomicU8 = AtomicU8::new(0);
+
+/// Makes [`skip_known`] return `skip` in this process, whatever the environment says: for a
+/// typed test that sweeps inputs some of which reach an open finding (which `tests/known.rs`
+/// reproduces on its own).
+pub fn set_skip_known(skip: bool) {
+    SKIP_KNOWN.store(if skip { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// redb panics on some damaged files; wharf runs it under `catch_unwind` where it reads one
+/// and reports the damage as `Error::Corrupted` (`src/state.rs`). libFuzzer's panic hook aborts
+/// on every panic, caught or not: this hook lets a panic raised in redb's own code unwind to
+/// wharf's `catch_unwind` (silently, counted in `stats`), and hands every other panic to the
+/// hook it replaces. One that wharf did not catch still fails the input (libFuzzer aborts on
+/// a panic that reaches the target).
+pub fn tolerate_redb_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_redb = info.location().is_some_and(|l| l.file().contains("/redb-"));
+            if in_redb {
+                stats::note_redb_panic();
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 fn u64_le(b: &[u8]) -> u64 {
@@ -34,7 +74,7 @@ fn u64_le(b: &[u8]) -> u64 {
 }
 
 fn builder() -> WharfBuilder {
-    Config { push: Dur::Default, ack: Dur::Default }.builder()
+    Config::new(Dur::Default, Dur::Default).builder()
 }
 
 fn dir() -> &'static Path {
@@ -45,7 +85,11 @@ fn dir() -> &'static Path {
 fn assert_open_error(e: &Error, what: &str) {
     match e {
         Error::Corrupted(c) => {
-            assert!(c.file.starts_with(log_dir()), "{what}: corruption names {:?}", c.file);
+            assert!(
+                c.file.starts_with(log_dir()) || c.file == workload::state_path(),
+                "{what}: corruption names {:?}",
+                c.file
+            );
             assert!(!c.reason.is_empty(), "{what}: corruption without a reason");
         }
         Error::UnsupportedVersion { .. } | Error::ForeignSegment(_) => {}
@@ -222,6 +266,10 @@ pub enum NameKind {
     Custom(String),
     /// The lock file, with contents.
     Lock,
+    /// The state database, `state.redb` (in the store directory).
+    State,
+    /// Its temporary name while it is created.
+    StateTmp,
 }
 
 /// A file's contents.
@@ -254,6 +302,22 @@ pub enum Content {
         seg: u8,
         to: u8,
     },
+    /// The base store's state database (its checkpoint, relocated messages, dedup keys).
+    State,
+    /// A prefix of it.
+    StateTruncated(u32),
+    /// It with one bit flipped (in its used part unless `pos`'s top bit is set).
+    StateFlip {
+        pos: u32,
+        bit: u8,
+    },
+    /// It with bytes written over it.
+    StateGarbage {
+        pos: u32,
+        bytes: Vec<u8>,
+    },
+    /// The state database of an earlier checkpoint of the base store.
+    StateEarlier,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -282,13 +346,19 @@ pub const FOREIGN_NAMES: [&str; 10] = [
     "+0000000000000000064.seg",
 ];
 
-/// The store the directory images are made from: three queues over several segments.
+/// The store the directory images are made from: three queues over several segments, and a
+/// state database whose checkpoint relocated stragglers out of segments since deleted.
 pub struct Base {
     pub store: Store,
     /// Segment files (name, base, bytes), in log order.
     pub segs: Vec<(String, u64, Vec<u8>)>,
     pub store_id: u128,
     pub seg_len: u64,
+    /// `state.redb`, one past its last non-zero byte, and the file as an earlier checkpoint
+    /// left it.
+    pub state: Vec<u8>,
+    pub state_used: usize,
+    pub state_earlier: Vec<u8>,
 }
 
 fn base_of(name: &str) -> Option<u64> {
@@ -297,7 +367,7 @@ fn base_of(name: &str) -> Option<u64> {
 }
 
 impl Base {
-    fn new(store: Store) -> Base {
+    fn new(store: Store, state_earlier: Vec<u8>) -> Base {
         let segs: Vec<_> = store
             .files
             .iter()
@@ -307,7 +377,10 @@ impl Base {
         let mut id = [0u8; 16];
         id.copy_from_slice(&first[16..32]);
         let seg_len = segs[0].2.len() as u64;
-        Base { store, segs, store_id: u128::from_le_bytes(id), seg_len }
+        let state = store.state.clone().expect("the base store took checkpoints");
+        let state_used = state.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        let store_id = u128::from_le_bytes(id);
+        Base { store, segs, store_id, seg_len, state, state_used, state_earlier }
     }
 
     fn seg(&self, k: u8) -> &(String, u64, Vec<u8>) {
@@ -315,10 +388,19 @@ impl Base {
     }
 }
 
-/// The workload behind `dir_open`: pushes that span three segments, some settled.
-pub fn dir_base_script() -> Vec<Op> {
+/// The workload behind `dir_open`: stragglers of every kind in each queue, a segment of
+/// settled messages behind them, two checkpoints (which relocate the stragglers and delete
+/// their segments); then pushes that span three segments, some settled.
+pub fn dir_base_script() -> (Vec<Op>, Vec<Op>) {
     use crate::ops::Len;
-    let mut ops = Vec::new();
+    let mut first = Vec::new();
+    for q in 0..3 {
+        first.extend(workload::stragglers(q, 200, q, q));
+        first.push(Op::Churn { queue: q, n: 60, len: Len::Small(200), durability: Dur::None });
+    }
+    first.push(Op::Churn { queue: 0, n: 40, len: Len::Large(40), durability: Dur::None });
+    first.push(Op::Checkpoint);
+    let mut ops = vec![Op::Checkpoint];
     for i in 0..24u8 {
         ops.push(Op::Push { queue: i % 3, len: Len::Large(i * 7), durability: Dur::None });
         if i % 5 == 4 {
@@ -328,21 +410,27 @@ pub fn dir_base_script() -> Vec<Op> {
     }
     ops.push(Op::Pop { queue: 1 });
     ops.push(Op::Sync);
-    ops
+    (first, ops)
 }
 
 fn dir_base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(|| {
         let sim = SimFs::new();
-        let mut ctx = Ctx::new(sim.clone(), Config { push: Dur::Default, ack: Dur::Default });
+        let mut ctx = Ctx::new(sim.clone(), Config::new(Dur::Default, Dur::Default));
         ctx.open().expect("open");
-        for op in dir_base_script() {
+        let (first, then) = dir_base_script();
+        for op in first {
+            ctx.apply(op).expect("base workload");
+        }
+        let earlier = workload::state_file(&sim).expect("a checkpoint made state.redb");
+        for op in then {
             ctx.apply(op).expect("base workload");
         }
         ctx.close().expect("close");
         let files = workload::files(&sim);
-        Base::new(Store { sim, oracle: ctx.o, files })
+        let state = workload::state_file(&sim);
+        Base::new(Store { sim, oracle: ctx.o, files, state }, earlier)
     })
 }
 
@@ -404,6 +492,24 @@ fn make_content(b: &Base, c: &Content) -> Vec<u8> {
             f[..64].copy_from_slice(&testing::segment_header(b.store_id, b.seg(*to).1, b.seg_len));
             f
         }
+        Content::State => b.state.clone(),
+        Content::StateTruncated(len) => {
+            b.state[..(*len as usize % (b.state_used + 64)).min(b.state.len())].to_vec()
+        }
+        Content::StateFlip { pos, bit } => {
+            let mut f = b.state.clone();
+            let at = position(*pos, b.state_used, f.len());
+            f[at] ^= 1 << (bit % 8);
+            f
+        }
+        Content::StateGarbage { pos, bytes } => {
+            let mut f = b.state.clone();
+            let at = position(*pos, b.state_used, f.len());
+            let l = bytes.len().min(64).min(f.len() - at);
+            f[at..at + l].copy_from_slice(&bytes[..l]);
+            f
+        }
+        Content::StateEarlier => b.state_earlier.clone(),
     }
 }
 
@@ -423,6 +529,8 @@ fn make_name(b: &Base, n: &NameKind) -> Option<PathBuf> {
             log.join(s)
         }
         NameKind::Lock => Path::new(DIR).join("LOCK"),
+        NameKind::State => state_path(),
+        NameKind::StateTmp => Path::new(DIR).join("state.redb.tmp"),
     })
 }
 
@@ -436,6 +544,7 @@ pub fn dir_open(data: &[u8]) {
 
 /// [`dir_open`] on a decoded input (for regression tests written by hand).
 pub fn run_dir_open(img: &DirImage) {
+    tolerate_redb_panics();
     let b = dir_base();
     let sim = SimFs::new();
     for spec in img.files.iter().take(8) {
@@ -477,24 +586,58 @@ pub fn ops_model(data: &[u8]) {
 
 /// [`ops_model`] on a decoded input (for regression tests written by hand).
 pub fn run_ops_model(input: &ModelInput) {
-    let cfg = input.cfg;
+    tolerate_redb_panics();
     let sim = SimFs::new();
     let clock = ManualClock::new();
-    let builder = cfg.builder().clock(Arc::new(clock.clone()));
-    let open = || testing::open(builder.clone(), &sim, dir()).expect("open on a healthy disk");
-    let mut w = open();
-    let mut m = Model::new(clock.clone());
-    let none = JobOpts { delay: 0, priority: 0, ttl: 0, key: None };
+    let builder = input.cfg.builder().clock(Arc::new(clock.clone()));
+    let w = testing::open(builder.clone(), &sim, dir()).expect("open on a healthy disk");
+    let m = Model::new(clock.clone());
+    let mut run = ModelRun { cfg: input.cfg, sim, clock, builder, w: Some(w), m };
     for (k, op) in input.ops.iter().take(MAX_OPS).enumerate() {
-        match *op {
+        run.apply(*op);
+        // Not right after a clock advance: the checks make due messages ready, and the next
+        // call must find them as the clock left them.
+        if !matches!(op, Op::Advance { .. }) {
+            run.m.check(run.w(), &format!("after op {k} {op:?}"));
+        }
+    }
+    run.m.check(run.w(), "at the end");
+}
+
+/// The store of an `ops_model` run and its model.
+struct ModelRun {
+    cfg: Config,
+    sim: SimFs,
+    clock: ManualClock,
+    builder: WharfBuilder,
+    w: Option<Wharf>,
+    m: Model,
+}
+
+impl ModelRun {
+    fn w(&self) -> &Wharf {
+        self.w.as_ref().expect("open")
+    }
+
+    fn open(&self) -> Wharf {
+        testing::open(self.builder.clone(), &self.sim, dir()).expect("open on a healthy disk")
+    }
+
+    /// Runs one operation on the store and the model; every call must return what the model
+    /// says.
+    fn apply(&mut self, op: Op) {
+        let cfg = self.cfg;
+        let none = JobOpts { delay: 0, priority: 0, ttl: 0, key: None };
+        let (m, w) = (&mut self.m, self.w.as_ref().expect("open"));
+        match op {
             Op::Push { queue, len, durability } => {
-                model_push(&mut m, &w, cfg, (queue, len, durability), none);
+                model_push(m, w, cfg, (queue, len, durability), none);
             }
             Op::PushJob { queue, len, durability, opts } => {
-                model_push(&mut m, &w, cfg, (queue, len, durability), opts);
+                model_push(m, w, cfg, (queue, len, durability), opts);
             }
             Op::PushBatch { queue, n, len, durability } => {
-                let (q, h) = m.queue(&w, queue);
+                let (q, h) = m.queue(w, queue);
                 let ps: Vec<Vec<u8>> =
                     (0..ops::batch_len(n)).map(|k| m.payload(q, len.bytes() / (k + 1))).collect();
                 let opts = PushOptions::new().durability(durability.resolve(cfg.push_default()));
@@ -502,16 +645,16 @@ pub fn run_ops_model(input: &ModelInput) {
                 m.pushed(q, ps, none, got.map(|ids| ids.iter().map(|id| id.get()).collect()));
             }
             Op::Pop { queue } => {
-                let (q, h) = m.queue(&w, queue);
+                let (q, h) = m.queue(w, queue);
                 m.popped(q, false, h.try_pop().expect("pop"));
             }
             Op::PopDead { queue } => {
-                if let Some((q, h)) = m.dlq(&w, queue) {
+                if let Some((q, h)) = m.dlq(w, queue) {
                     m.popped(q, true, h.try_pop().expect("pop of a dead-letter queue"));
                 }
             }
             Op::PopBatch { queue, max } => {
-                let (q, h) = m.queue(&w, queue);
+                let (q, h) = m.queue(w, queue);
                 let max = usize::from(max % 5);
                 let got = h.pop_batch(max, Duration::ZERO).expect("pop_batch");
                 assert!(got.len() <= max, "pop_batch returned more than asked");
@@ -577,7 +720,7 @@ pub fn run_ops_model(input: &ModelInput) {
                 }
             }
             Op::Requeue { queue, all, pick } => {
-                let Some((q, h)) = m.dlq(&w, queue) else { continue };
+                let Some((q, h)) = m.dlq(w, queue) else { return };
                 let waiting = m.dead_waiting(q);
                 if all {
                     assert_eq!(h.requeue_all().expect("requeue_all"), waiting.len(), "requeued");
@@ -592,52 +735,76 @@ pub fn run_ops_model(input: &ModelInput) {
                         m.requeued(p.id.get());
                     } else {
                         // Not a dead letter: a message waiting in a queue, if there is one.
-                        let (_, main) = m.queue(&w, queue);
+                        let (_, main) = m.queue(w, queue);
                         if let Some(p) = main.peek(1).expect("peek").first() {
                             assert!(!h.requeue(p.id).expect("requeue"), "requeued a live message");
                         }
                     }
                 }
             }
-            Op::Advance { by } => clock.advance(ops::ticks(by)),
+            Op::Advance { by } => self.clock.advance(ops::ticks(by)),
             Op::SetConfig { queue, cfg: c } => {
-                let (q, h) = m.queue(&w, queue);
+                let (q, h) = m.queue(w, queue);
                 let c = c.get();
                 h.set_config(&c).expect("set_config");
                 m.set_config(q, c);
             }
             Op::Sync => w.sync().expect("sync"),
-            Op::Maintain => testing::maintain(&w).expect("maintain"),
+            Op::Maintain => testing::maintain(w).expect("maintain"),
             Op::Reopen { release_first } => {
                 let held: Vec<_> = m.held.drain(..).collect();
                 let in_flight = if release_first { 0 } else { held.len() as u64 };
                 if release_first {
                     drop(held);
-                    w.close().expect("close");
+                    w.clone().close().expect("close");
                 } else {
-                    w.close().expect("close");
+                    w.clone().close().expect("close");
                     drop(held);
                 }
-                w = open();
+                // Without `release_first`, the old handle (closed) is dropped only after the
+                // new one opened, as a program may keep a clone around.
+                if release_first {
+                    self.w = None;
+                    self.w = Some(self.open());
+                } else {
+                    let new = self.open();
+                    self.w = Some(new);
+                }
+                let (m, w) = (&mut self.m, self.w.as_ref().expect("open"));
                 m.reopened();
                 let report = w.recovery_report();
                 assert_eq!(report.messages, m.unsettled() as u64, "recovered message count");
-                assert_eq!(report.in_flight_at_crash, in_flight, "recovered in-flight count");
+                if skip_known() {
+                    // Known open finding 1 (README): leases of relocated messages are not
+                    // counted.
+                    assert!(report.in_flight_at_crash <= in_flight, "recovered in-flight count");
+                } else {
+                    assert_eq!(report.in_flight_at_crash, in_flight, "recovered in-flight count");
+                }
                 assert_eq!(report.bytes_truncated, 0, "a clean close left a tail to cut");
                 assert!(report.removed_files.is_empty(), "a clean close left temporary files");
+            }
+            Op::Checkpoint => {
+                let report = w.checkpoint().expect("checkpoint on a healthy disk");
+                stats::note_checkpoint(&report);
+                assert!(report.position > 0, "a checkpoint at position 0: {report:?}");
+            }
+            Op::Churn { queue, n, len, durability } => {
+                for _ in 0..ops::churn_rounds(n) {
+                    self.apply(ops::churn_push(queue, len, durability));
+                    let before = self.m.held.len();
+                    self.apply(Op::Pop { queue });
+                    if self.m.held.len() > before {
+                        self.apply(ops::churn_ack(self.m.held.len()));
+                    }
+                }
             }
             Op::BadQueue { pick } => {
                 let name = ops::BAD_NAMES[usize::from(pick) % ops::BAD_NAMES.len()];
                 assert!(matches!(w.queue(name), Err(Error::InvalidName(_))), "{name:?} accepted");
             }
         }
-        // Not right after a clock advance: the checks make due messages ready, and the next
-        // call must find them as the clock left them.
-        if !matches!(op, Op::Advance { .. }) {
-            m.check(&w, &format!("after op {k} {op:?}"));
-        }
     }
-    m.check(&w, "at the end");
 }
 
 /// A push (plain or with options) into the model's store.
@@ -657,10 +824,14 @@ fn model_push(
 // ---------------------------------------------------------------------------------------------
 // ops_crash
 
-/// One crash: after `after` more disk operations, a power loss under `policy`; optionally
-/// the first recovery crashes too, at its `recovery.0`-th operation.
+/// One crash: armed once `wait % 64` more operations (the first open counts as one) ran since
+/// the previous crash or the start, it comes after `after` more disk operations: a power loss
+/// under `policy`. Optionally the first recovery crashes too, at its `recovery.0`-th disk
+/// operation. Arming at the start of an operation lets a crash land anywhere inside one that
+/// issues many disk operations (a churn, a checkpoint after it) whatever came before.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub struct CrashPoint {
+    pub wait: u8,
     pub after: u8,
     pub policy: Policy,
     pub seed: u8,
@@ -685,22 +856,35 @@ pub fn ops_crash(data: &[u8]) {
 
 /// [`ops_crash`] on a decoded input (for regression tests written by hand).
 pub fn run_ops_crash(input: &CrashInput) {
+    tolerate_redb_panics();
     let crashes: Vec<CrashPoint> = input.crashes.iter().copied().take(4).collect();
     let mut ctx = Ctx::new(SimFs::new(), input.cfg);
+    // The next crash, and the step (0: the first open, k + 1: operation k) from which it is
+    // armed; `armed` once its disk operation is set.
     let mut next = 0;
-    let arm = |ctx: &Ctx, next: usize| match crashes.get(next) {
-        Some(c) => ctx.sim.crash_at(ctx.sim.ops() + 1 + u64::from(c.after)),
-        None => ctx.sim.crash_at(u64::MAX),
-    };
-    arm(&ctx, 0);
-    let mut step = |ctx: &mut Ctx, r: Result<(), Error>, what: &dyn Fn() -> String| {
+    let mut arm_at = crashes.first().map_or(usize::MAX, |c| usize::from(c.wait % 64));
+    let mut armed = false;
+    ctx.sim.crash_at(u64::MAX);
+    let ops: Vec<Op> = input.ops.iter().copied().take(MAX_OPS).collect();
+    for pos in 0..=ops.len() {
+        if !armed && pos >= arm_at {
+            ctx.sim.crash_at(ctx.sim.ops() + 1 + u64::from(crashes[next].after));
+            armed = true;
+        }
+        let (r, what) = match pos {
+            0 => (ctx.open(), "the first open".to_owned()),
+            _ => {
+                let op = ops[pos - 1];
+                (ctx.apply(op).map(|_| ()), format!("op {} {op:?}", pos - 1))
+            }
+        };
         if ctx.sim.crashed() {
             let c = crashes[next];
-            let what = format!("crash {next} ({c:?}) in {}", what());
+            let what = format!("crash {next} ({c:?}) in {what}");
             ctx.abandon();
             let mut image = ctx.sim.crash_image(c.policy.get(), u64::from(c.seed));
             if let Some((j, p2)) = c.recovery {
-                image.crash_at(1 + u64::from(j % 40));
+                image.crash_at(1 + u64::from(j));
                 drop(testing::open(ctx.builder(), &image, dir()));
                 image = image.crash_image(p2.get(), u64::from(c.seed));
             }
@@ -708,20 +892,17 @@ pub fn run_ops_crash(input: &CrashInput) {
             let keep_all = c.policy == Policy::KeepAll;
             ctx.recover_and_check(image, keep_all, &what);
             next += 1;
-            arm(ctx, next);
+            armed = false;
+            arm_at = crashes.get(next).map_or(usize::MAX, |c| pos + 1 + usize::from(c.wait % 64));
+            ctx.sim.crash_at(u64::MAX);
         } else if let Err(e) = r {
-            panic!("{} failed without a crash: {e}", what());
+            panic!("{what} failed without a crash: {e}");
         }
-    };
-    let r = ctx.open();
-    step(&mut ctx, r, &|| "the first open".into());
-    for (k, op) in input.ops.iter().take(MAX_OPS).enumerate() {
-        let r = ctx.apply(*op).map(|_| ());
-        step(&mut ctx, r, &|| format!("op {k} {op:?}"));
     }
     ctx.sim.crash_at(u64::MAX);
-    let r = ctx.close();
-    step(&mut ctx, r, &|| "the final close".into());
+    if let Err(e) = ctx.close() {
+        panic!("the final close failed without a crash: {e}");
+    }
     // Everything is durable after a clean close: even a power loss keeps it all.
     let image = ctx.sim.crash_image(CrashPolicy::DropAllUnsynced, 0);
     ctx.recover_and_check(image, false, "power loss after the final close");
@@ -750,12 +931,32 @@ pub struct FaultInput {
     pub ops: Vec<Op>,
 }
 
-/// Injected failures at the log's write and sync call sites (in `src/commit.rs`).
-fn log_faults(sim: &SimFs) -> u64 {
+/// Injected failures at call sites in library files whose path contains one of `files`.
+fn faults_in(sim: &SimFs, files: &[&str]) -> u64 {
     if !sim.fault_fired() {
         return 0;
     }
-    sim.sites().iter().filter(|(s, _)| s.contains("src/commit.rs")).map(|(_, c)| c.injected).sum()
+    let sites = sim.sites();
+    let hit = sites.iter().filter(|(s, _)| files.iter().any(|f| s.contains(f)));
+    hit.map(|(_, c)| c.injected).sum()
+}
+
+/// Injected failures at the log's write and sync call sites (in `src/commit.rs`).
+fn log_faults(sim: &SimFs) -> u64 {
+    faults_in(sim, &["src/commit.rs"])
+}
+
+/// Injected failures where the store deletes settled segments (`src/store.rs`), which poisons
+/// it too.
+fn deletion_faults(sim: &SimFs) -> u64 {
+    faults_in(sim, &["src/store.rs"])
+}
+
+/// Injected failures in calls on the state database (`state.redb`: redb's own reads, writes
+/// and syncs, and its creation): they fail a checkpoint (or a read of a relocated payload)
+/// without poisoning the store.
+fn state_faults(sim: &SimFs) -> u64 {
+    faults_in(sim, &["src/state.rs", "src/storage/redb_backend.rs", "src/checkpoint.rs"])
 }
 
 /// Operations with one injected fault: no panic; a failed log write or sync poisons the store
@@ -769,6 +970,7 @@ pub fn ops_faults(data: &[u8]) {
 
 /// [`ops_faults`] on a decoded input (for regression tests written by hand).
 pub fn run_ops_faults(input: &FaultInput) {
+    tolerate_redb_panics();
     let ops: Vec<Op> = input.ops.iter().copied().take(MAX_OPS).collect();
     let fault = input.fault.get();
     let arm_at = usize::from(input.arm_at) % (ops.len() + 1);
@@ -793,32 +995,51 @@ pub fn run_ops_faults(input: &FaultInput) {
         }
         let was_poisoned = ctx.poisoned;
         let fired_before = sim.fault_fired();
-        let before = log_faults(&sim);
+        let before = (log_faults(&sim), deletion_faults(&sim), state_faults(&sim));
         let r = ctx.apply(*op);
-        let hit_log = log_faults(&sim) > before;
+        let hit_log = log_faults(&sim) > before.0;
+        let hit_deletion = deletion_faults(&sim) > before.1;
+        let hit_state = state_faults(&sim) > before.2;
         let what = format!("op {k} {op:?} under {fault:?}");
         if hit_log {
             assert!(matches!(r, Err(Error::Poisoned(_))), "{what}: a failed log write gave {r:?}");
         }
         if let Err(Error::Poisoned(_)) = &r {
-            assert!(was_poisoned || hit_log, "{what}: poisoned without a failed log write");
+            assert!(
+                was_poisoned || hit_log || hit_deletion,
+                "{what}: poisoned without a failed log write or segment deletion{}",
+                if hit_state { " (a state database call failed)" } else { "" }
+            );
         }
         if was_poisoned && !matches!(op, Op::Reopen { .. }) {
             assert!(!matches!(r, Ok(true)), "{what}: I7 succeeded on a poisoned store");
         }
+        // Known open finding 2 (README): once a call on the state database failed, every
+        // later one fails (redb's "previous I/O error") until the store is reopened.
+        let state_stuck = skip_known() && state_faults(&sim) > 0;
         match &r {
             Err(e) if !sim.fault_fired() => panic!("{what}: failed without a fault: {e}"),
             // After a transient fault fired (and did not poison), the store works again.
-            Err(e) if fired_before && !fault.persistent && !was_poisoned => {
+            Err(e) if fired_before && !fault.persistent && !was_poisoned && !state_stuck => {
                 panic!("{what}: failed after a transient fault was over: {e}")
             }
             _ => {}
         }
     }
+    let state_sync_failed = fault.kind == OpKind::Sync && state_faults(&sim) > 0;
     sim.set_fault(None);
     let _ = ctx.close();
+    // Known open finding 3 (README): after a failed sync of the state database, a reopen in
+    // the same process builds on what that sync lost, and a power loss then leaves a state
+    // database that does not open. Skipped: no power loss after such a fault.
+    let end = match input.end {
+        End::Image(p, _) if skip_known() && state_sync_failed && p != Policy::KeepAll => {
+            End::SameDisk
+        }
+        end => end,
+    };
     // A reopen in the same process cuts what a failed sync left in doubt, written or not.
-    let (image, keep_all) = match input.end {
+    let (image, keep_all) = match end {
         End::SameDisk => (sim.clone(), false),
         End::Image(p, seed) => (sim.crash_image(p.get(), u64::from(seed)), p == Policy::KeepAll),
     };
@@ -878,12 +1099,17 @@ pub struct CorruptInput {
     pub corruptions: Vec<Corruption>,
 }
 
-/// How many seeded workloads the target draws from.
-pub const WORKLOADS: usize = 16;
+/// How many seeded workloads the target draws from: 16 of every operation but explicit
+/// checkpoints, then 16 of checkpoints ([`workload::checkpoint_script`]) whose state
+/// database is damaged like the log files.
+pub const WORKLOADS: usize = 32;
 
 /// A closed store of a seeded workload, and where each push and ack record is.
 pub struct Pristine {
     pub store: Store,
+    /// The files damage may hit (name, bytes): the log files, and `state.redb` for a workload
+    /// of checkpoints.
+    pub files: Vec<(String, Vec<u8>)>,
     /// Per message id: the file and offset of its push record.
     pub push_at: HashMap<u64, (String, usize)>,
     /// Per message id: the file and offset of its last ack record.
@@ -892,14 +1118,23 @@ pub struct Pristine {
     pub used: HashMap<String, usize>,
 }
 
+/// The store of workload `w % WORKLOADS`, made once per process. The workload run is the one
+/// of the slot, not `w` itself: otherwise whichever input first reached a slot would decide
+/// its store, and an input's outcome would depend on the inputs run before it in the process.
 fn pristine(w: usize) -> &'static Pristine {
     static P: [OnceLock<Pristine>; WORKLOADS] = [const { OnceLock::new() }; WORKLOADS];
-    P[w % WORKLOADS].get_or_init(|| {
+    let w = w % WORKLOADS;
+    P[w].get_or_init(|| {
         let store = workload::run(w as u64);
         let mut push_at = HashMap::new();
         let mut ack_at = HashMap::new();
         let mut used = HashMap::new();
-        for (name, bytes) in &store.files {
+        let mut files = store.files.clone();
+        if workload::checkpoints(w as u64) {
+            let state = store.state.clone().expect("a workload of checkpoints made state.redb");
+            files.push((workload::STATE.to_owned(), state));
+        }
+        for (name, bytes) in &files {
             used.insert(name.clone(), bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1));
             let Some(base) = base_of(name) else { continue };
             for (off, rec) in scan::records(bytes, base).0 {
@@ -914,7 +1149,7 @@ fn pristine(w: usize) -> &'static Pristine {
                 }
             }
         }
-        Pristine { store, push_at, ack_at, used }
+        Pristine { store, files, push_at, ack_at, used }
     })
 }
 
@@ -929,12 +1164,12 @@ fn position(pos: u32, used: usize, len: usize) -> usize {
 }
 
 fn corrupt(sim: &SimFs, p: &Pristine, c: &Corruption) {
-    let names: Vec<&String> = p.store.files.iter().map(|(n, _)| n).collect();
+    let names: Vec<&String> = p.files.iter().map(|(n, _)| n).collect();
     if names.is_empty() {
         return;
     }
     let pick = |k: u8| names[usize::from(k) % names.len()];
-    let path = |n: &str| log_dir().join(n);
+    let path = |n: &str| if n == workload::STATE { state_path() } else { log_dir().join(n) };
     let load = |n: &str| sim.read_file(&path(n)).expect("file of the image");
     let used = |n: &str| p.used.get(n).copied().unwrap_or(0);
     let edit = |n: &str, f: &dyn Fn(&mut Vec<u8>)| {
@@ -1020,6 +1255,7 @@ pub fn corrupt_then_recover(data: &[u8]) {
 
 /// [`corrupt_then_recover`] on a decoded input (for regression tests written by hand).
 pub fn run_corrupt_then_recover(input: &CorruptInput) {
+    tolerate_redb_panics();
     let p = pristine(usize::from(input.workload));
     let sim = p.store.sim.crash_image(CrashPolicy::KeepAll, 0);
     for c in input.corruptions.iter().take(8) {

@@ -79,10 +79,7 @@ fn script() -> Vec<Op> {
 
 #[test]
 fn the_job_operations_match_the_model() {
-    for cfg in [
-        Config { push: Dur::Default, ack: Dur::Default },
-        Config { push: Dur::None, ack: Dur::Immediate },
-    ] {
+    for cfg in [Config::new(Dur::Default, Dur::Default), Config::new(Dur::None, Dur::Immediate)] {
         run_ops_model(&ModelInput { cfg, ops: script() });
     }
 }
@@ -92,8 +89,8 @@ fn a_crash_anywhere_in_the_job_operations_recovers_to_an_allowed_state() {
     for after in 0..=200 {
         for policy in [Policy::KeepAll, Policy::DropAllUnsynced, Policy::RandomSubset] {
             let input = CrashInput {
-                cfg: Config { push: Dur::Default, ack: Dur::Default },
-                crashes: vec![CrashPoint { after, policy, seed: after, recovery: None }],
+                cfg: Config::new(Dur::Default, Dur::Default),
+                crashes: vec![CrashPoint { wait: 0, after, policy, seed: after, recovery: None }],
                 ops: script(),
             };
             run_ops_crash(&input);
@@ -107,7 +104,7 @@ fn a_fault_anywhere_in_the_job_operations_leaves_the_store_safe() {
         for nth in [0, 2, 7] {
             for end in [End::SameDisk, End::Image(Policy::KeepAll, 1)] {
                 let input = FaultInput {
-                    cfg: Config { push: Dur::Interval, ack: Dur::Default },
+                    cfg: Config::new(Dur::Interval, Dur::Default),
                     fault: FaultSpec { kind, nth, no_space: nth == 2, persistent: nth == 7 },
                     arm_at: 1,
                     end,

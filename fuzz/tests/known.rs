@@ -2,4 +2,89 @@
 //! its target until the library is fixed; then it moves to `regressions.rs` and its skip in
 //! `src/targets.rs` goes.
 
-// None is open now (see README.md).
+use wharf_fuzz::ops::{Config, Dur, Len, Op};
+use wharf_fuzz::targets::{run_ops_model, ModelInput};
+
+/// Open finding 1: a message leased when a checkpoint relocated it, and still leased at the
+/// close, is not counted in `RecoveryReport::in_flight_at_crash` by the next open (0, not 1).
+/// Its row in `state.redb` keeps its attempts but not that it was leased, and recovery skips
+/// its delivery record below the checkpoint. (Its attempt count is right.)
+#[test]
+fn a_relocated_message_leased_at_the_close_counts_as_in_flight() {
+    let input = ModelInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Pop { queue: 0 },
+            Op::Churn { queue: 1, n: 40, len: Len::Large(40), durability: Dur::None },
+            Op::Checkpoint,
+            Op::Reopen { release_first: false },
+        ],
+    };
+    let failed = std::panic::catch_unwind(|| run_ops_model(&input));
+    let why = failed.expect_err("fixed: move this test to regressions.rs, remove its skip");
+    let why = why.downcast_ref::<String>().map_or("", String::as_str);
+    assert!(why.contains("recovered in-flight count"), "fails otherwise: {why}");
+}
+
+/// Open finding 2: one failed call on the state database (here a transient EIO on a write of
+/// a checkpoint's redb transaction) makes every later checkpoint fail, until the store is
+/// reopened: redb latches the error ("Previous I/O error occurred. Please close and re-open
+/// the database") and wharf keeps the same `redb::Database`. `Wharf::checkpoint` documents
+/// that the next checkpoint tries again. A failed read latches too, after which every pop of a
+/// relocated message fails with `Error::Corrupted` though nothing is damaged.
+#[test]
+fn a_checkpoint_after_a_transient_state_database_fault_succeeds() {
+    use wharf_fuzz::ops::FaultSpec;
+    use wharf_fuzz::targets::{run_ops_faults, End, FaultInput};
+    assert_eq!(wharf::testing::OpKind::ALL[10], wharf::testing::OpKind::Write);
+    let input = FaultInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        fault: FaultSpec { kind: 10, nth: 0, no_space: false, persistent: false },
+        arm_at: 3, // before the second checkpoint: its first write is redb's
+        end: End::SameDisk,
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Checkpoint,
+            Op::Checkpoint,
+            Op::Checkpoint,
+        ],
+    };
+    let failed = std::panic::catch_unwind(|| run_ops_faults(&input));
+    let why = failed.expect_err("fixed: move this test to regressions.rs, remove its skip");
+    let why = why.downcast_ref::<String>().map_or("", String::as_str);
+    assert!(why.contains("Previous I/O error"), "fails otherwise: {why}");
+}
+
+/// Open finding 3: a checkpoint's redb commit fails at its fsync (transient EIO; the
+/// kernel drops the dirty pages it could not write, fsyncgate), the store is reopened in the
+/// same process, then the power fails. The reopened redb read the page cache, took the failed
+/// commit for a committed one and made its header durable (the open writes and syncs it); a page
+/// that commit wrote never reached the disk. After the power loss the store no longer opens:
+/// `Error::Corrupted` ("the state database cannot be read: redb panicked opening it"; redb:
+/// "Invalid page type byte 0").
+#[test]
+fn a_reopen_after_a_failed_state_database_sync_survives_a_power_loss() {
+    use wharf_fuzz::ops::{FaultSpec, Policy};
+    use wharf_fuzz::targets::{run_ops_faults, End, FaultInput};
+    assert_eq!(wharf::testing::OpKind::ALL[11], wharf::testing::OpKind::Sync);
+    let input = FaultInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        // The 2nd fsync from the second push on: the push's log sync, then the one fsync of
+        // the second checkpoint's redb commit (redb writes its pages and header, then syncs).
+        fault: FaultSpec { kind: 11, nth: 1, no_space: false, persistent: false },
+        arm_at: 3,
+        end: End::Image(Policy::DropAllUnsynced, 0),
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Checkpoint,
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Checkpoint,
+            Op::Reopen { release_first: true },
+        ],
+    };
+    let failed = std::panic::catch_unwind(|| run_ops_faults(&input));
+    let why = failed.expect_err("fixed: move this test to regressions.rs, remove its skip");
+    let why = why.downcast_ref::<String>().map_or("", String::as_str);
+    assert!(why.contains("redb panicked opening it"), "fails otherwise: {why}");
+}
