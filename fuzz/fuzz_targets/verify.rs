@@ -1,14 +1,16 @@
 //! Fuzz target `verify`: `Wharf::verify` (as `wharf::testing::verify`, on the simulated disk)
 //! over a directory image, the files of a small store with arbitrary changes (bits flipped,
 //! bytes written or zeroed, files cut, removed, copied over each other, added under wharf's
-//! names or others). Properties: verify never panics; an image whose open fails with
-//! corruption is never reported healthy; a healthy image that opens recovers what verify found
-//! (torn tail, records, unsettled messages).
+//! names or others). The store took checkpoints that relocated stragglers into its state
+//! database (`state.redb`, one of the files changed) and deleted their segments. Properties:
+//! verify never panics; an image whose open fails with corruption is never reported healthy;
+//! a healthy image that opens recovers what verify found (torn tail, records, unsettled
+//! messages).
 //!
 //! Self-contained on purpose: it uses only wharf's `testing` API, not `wharf_fuzz`.
 #![no_main]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -22,14 +24,29 @@ fn builder() -> WharfBuilder {
     Wharf::builder().segment_bytes(SEGMENT_BYTES)
 }
 
-/// The log files of the base store: three queues' worth of pushes over a few segments, some
-/// settled, one retried, one dead letter; closed cleanly.
+/// The files of the base store (paths under its directory): stragglers (delayed, dead-lettered,
+/// leased and never acked) behind a segment of settled messages, a checkpoint that relocates
+/// them into `state.redb` and deletes their segment; then pushes over a few segments, some
+/// settled, one retried, one dead letter, and another checkpoint; closed cleanly.
 fn base() -> &'static [(String, Vec<u8>)] {
     static BASE: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
     BASE.get_or_init(|| {
         let sim = SimFs::new();
         let w = testing::open(builder(), &sim, Path::new(DIR)).expect("open");
         let (a, b) = (w.queue("a").expect("queue"), w.queue("b").expect("queue"));
+        let later = PushOptions::new().delay(std::time::Duration::from_secs(3600));
+        a.push_with(b"delayed straggler", later).expect("push");
+        b.push(b"dead straggler").expect("push");
+        b.try_pop().expect("pop").expect("ready").dead_letter("poison").expect("dead letter");
+        b.push(b"leased straggler").expect("push");
+        let leased = b.try_pop().expect("pop").expect("ready");
+        for i in 0..300u16 {
+            a.push(vec![i as u8; 200]).expect("push");
+            a.try_pop().expect("pop").expect("ready").ack().expect("ack");
+        }
+        let report = w.checkpoint().expect("checkpoint");
+        assert!(report.relocated >= 3 && report.segments_deleted > 0, "{report:?}");
+        drop(leased);
         for i in 0..200u16 {
             a.push(vec![i as u8; 300 + usize::from(i % 7) * 50]).expect("push");
         }
@@ -39,19 +56,28 @@ fn base() -> &'static [(String, Vec<u8>)] {
         }
         a.try_pop().expect("pop").expect("ready").nack().expect("nack");
         b.try_pop().expect("pop").expect("ready").dead_letter("no").expect("dead letter");
+        w.checkpoint().expect("checkpoint");
+        a.push(b"after the checkpoint").expect("push");
         w.close().expect("close");
-        let log = Path::new(DIR).join("log");
-        sim.names(&log)
+        let dir = Path::new(DIR);
+        let mut files: Vec<(String, Vec<u8>)> = sim
+            .names(&dir.join("log"))
             .into_iter()
             .map(|n| {
-                let bytes = sim.read_file(&log.join(&n)).expect("listed file");
-                (n, bytes)
+                let bytes = sim.read_file(&dir.join("log").join(&n)).expect("listed file");
+                (format!("log/{n}"), bytes)
             })
-            .collect()
+            .collect();
+        let state = sim.read_file(&dir.join(STATE)).expect("a checkpoint made state.redb");
+        files.push((STATE.to_owned(), state));
+        files
     })
 }
 
-/// A file name in `log/`.
+/// The state database's name in the store directory.
+const STATE: &str = "state.redb";
+
+/// A file name in `log/`, or the state database's.
 #[derive(Arbitrary, Debug)]
 enum Name {
     /// The segment at `k` × the segment length.
@@ -62,6 +88,10 @@ enum Name {
     MarkTmp,
     /// Any name (slashes replaced).
     Other(String),
+    /// `state.redb`, in the store directory.
+    State,
+    /// Its temporary name while it is created.
+    StateTmp,
 }
 
 /// One change to the image; `file` picks a file of the image by index.
@@ -76,20 +106,23 @@ enum Change {
     Add { name: Name, bytes: Vec<u8> },
 }
 
+/// The path of a file under the store directory.
 fn name(n: &Name) -> Option<String> {
     Some(match n {
-        Name::Segment(k) => format!("{:020}.seg", u64::from(*k % 16) * SEGMENT_BYTES),
-        Name::Temp(k) => format!("{:020}.seg.tmp", u64::from(*k % 16) * SEGMENT_BYTES),
-        Name::Mark => "mark".into(),
-        Name::MarkTmp => "mark.tmp".into(),
+        Name::Segment(k) => format!("log/{:020}.seg", u64::from(*k % 16) * SEGMENT_BYTES),
+        Name::Temp(k) => format!("log/{:020}.seg.tmp", u64::from(*k % 16) * SEGMENT_BYTES),
+        Name::Mark => "log/mark".into(),
+        Name::MarkTmp => "log/mark.tmp".into(),
         Name::Other(s) => {
             let s: String =
                 s.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
             if s.is_empty() || s == "." || s == ".." {
                 return None;
             }
-            s
+            format!("log/{s}")
         }
+        Name::State => STATE.into(),
+        Name::StateTmp => format!("{STATE}.tmp"),
     })
 }
 
@@ -148,7 +181,24 @@ fn apply(files: &mut Vec<(String, Vec<u8>)>, c: &Change) {
     }
 }
 
+/// redb panics on some damaged files; wharf runs it under `catch_unwind` and reports the
+/// damage. libFuzzer's panic hook aborts on every panic, caught or not: this one lets a panic
+/// raised in redb's code unwind to wharf's `catch_unwind` and hands every other panic to the
+/// hook it replaces (as `wharf_fuzz::targets::tolerate_redb_panics`).
+fn tolerate_redb_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.location().is_some_and(|l| l.file().contains("/redb-")) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    tolerate_redb_panics();
     let Ok(changes) = Vec::<Change>::arbitrary_take_rest(Unstructured::new(data)) else { return };
     let mut files = base().to_vec();
     for c in changes.iter().take(8) {
@@ -157,9 +207,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let sim = SimFs::new();
     let dir = Path::new(DIR);
     sim.create_file(&dir.join("LOCK"), b"").expect("lock file");
-    let log: PathBuf = dir.join("log");
     for (n, bytes) in &files {
-        let _ = sim.create_file(&log.join(n), bytes);
+        let _ = sim.create_file(&dir.join(n), bytes);
     }
     let report = match testing::verify(&sim, dir) {
         Ok(r) => r,

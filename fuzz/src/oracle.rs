@@ -84,8 +84,12 @@ pub struct Msg {
     pub moves: Vec<Move>,
     /// Its deliveries: how many moves came before each, and what is known of its record.
     pub deliveries: Vec<(usize, St)>,
-    /// Unix ms from which it must not be delivered from its queue (0: never).
+    /// Unix ms from which it must not be delivered from its queue (0: never). A dead letter
+    /// clears it for good (a requeue does not bring it back).
     pub expires: u64,
+    /// Found in its queue after a dead letter and a requeue that a crash may have undone: the
+    /// TTL may or may not still hold.
+    pub ttl_doubt: bool,
 }
 
 impl Msg {
@@ -96,6 +100,17 @@ impl Msg {
             v.push(Move { to: Where::Gone, st: self.ack, resets: false });
         }
         v
+    }
+
+    /// Whether it expired by `now`: `Some(true)` if it has a TTL that ran out and was never
+    /// dead-lettered (a dead letter clears the TTL, for good); `None` if a dead letter that
+    /// may or may not have happened (or survived a crash) decides it.
+    fn expired(&self, now: u64) -> Option<bool> {
+        if self.expires == 0 || now < self.expires {
+            return Some(false);
+        }
+        let dead = self.moves.iter().any(|mv| matches!(mv.to, Where::Dead | Where::Any));
+        (!dead && !self.ttl_doubt).then_some(true)
     }
 
     /// Where this process last saw it.
@@ -163,6 +178,7 @@ impl Oracle {
             moves: Vec::new(),
             deliveries: Vec::new(),
             expires: 0,
+            ttl_doubt: false,
         });
         i
     }
@@ -378,7 +394,7 @@ impl Oracle {
                 if let Some(f) = found.get(&i).filter(|f| f.queue == *name) {
                     let m = &self.msgs[i];
                     assert!(f.p.due.is_none(), "{what}: message {i} delivered before it is due");
-                    let expired = *name == m.queue && m.expires != 0 && m.expires <= now;
+                    let expired = *name == m.queue && m.expired(now) == Some(true);
                     assert!(!expired, "{what}: expired message {i} delivered");
                     assert_eq!(d.attempt(), f.p.attempts + 1, "{what}: attempt of message {i}");
                     delivered.insert(i);
@@ -387,7 +403,7 @@ impl Oracle {
             }
             for (i, f) in &found {
                 let m = &self.msgs[*i];
-                let expired = *name == m.queue && m.expires != 0 && m.expires <= now;
+                let expired = *name == m.queue && m.expired(now) != Some(false);
                 let exhausted = max.is_some_and(|n| f.p.attempts >= n);
                 if f.queue == *name && f.p.due.is_none() && !expired && !exhausted {
                     assert!(
@@ -408,6 +424,13 @@ impl Oracle {
                     m.push = St::Durable;
                     m.ack = St::No;
                     let to = if f.queue == m.queue { Where::Queue } else { Where::Dead };
+                    let was_dead =
+                        m.moves.iter().any(|mv| matches!(mv.to, Where::Dead | Where::Any));
+                    if to == Where::Dead {
+                        m.expires = 0; // a dead letter's TTL is gone
+                    } else if was_dead {
+                        m.ttl_doubt = true; // back in its queue: with its TTL or not
+                    }
                     m.moves = vec![Move { to, st: St::Durable, resets: false }];
                     m.deliveries = vec![(1, St::Durable); f.p.attempts as usize];
                 }
@@ -596,8 +619,12 @@ impl Ctx {
                 self.promote(promote);
             }
             // A failed write or read midway: the call may have moved messages (or delivered
-            // one, whose attempt then counts) that this process does not know of.
-            Err(Error::Poisoned(_) | Error::Io(_) | Error::Corrupted(_)) if !was_poisoned => {
+            // one, whose attempt then counts) that this process does not know of. ENOSPC is
+            // one too (the simulated disk returns it from any call, a read included: a pop
+            // whose payload read fails has logged its delivery).
+            Err(Error::Poisoned(_) | Error::Io(_) | Error::Corrupted(_) | Error::NoSpace)
+                if !was_poisoned =>
+            {
                 let touched: Vec<&str> = match op {
                     Op::Push { queue, .. }
                     | Op::PushBatch { queue, .. }

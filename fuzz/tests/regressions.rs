@@ -178,3 +178,61 @@ fn segment_shorter_than_64k_is_refused_in_a_directory() {
         files: vec![FileSpec { name: NameKind::Segment(0), content: header_only }],
     });
 }
+
+/// Not a wharf bug: a dead letter clears a message's TTL for good (a requeue does not bring it
+/// back), but the `ops_crash` oracle kept the TTL of its push and called the requeued message
+/// delivered after a crash "expired". Found by `ops_crash` (from a seed of relocation, where the
+/// message was relocated into `state.redb` as a dead letter); fixed in the oracle.
+#[test]
+fn a_requeued_dead_letter_has_no_ttl_after_a_crash() {
+    use wharf_fuzz::ops::JobOpts;
+    for after in 0..24 {
+        let input = CrashInput {
+            cfg: Config::new(Dur::Default, Dur::Default),
+            crashes: vec![CrashPoint {
+                wait: 5,
+                after,
+                policy: Policy::RandomSubset,
+                seed: after,
+                recovery: None,
+            }],
+            ops: vec![
+                Op::PushJob {
+                    queue: 1,
+                    len: Len::Small(40),
+                    durability: Dur::Default,
+                    opts: JobOpts { delay: 0, priority: 0, ttl: 6, key: None },
+                },
+                Op::Pop { queue: 1 },
+                Op::DeadLetter { pick: 0 },
+                Op::Requeue { queue: 1, all: true, pick: 0 },
+                Op::Advance { by: 60 },
+                Op::Sync,
+                Op::Checkpoint,
+                Op::Push { queue: 1, len: Len::Small(3), durability: Dur::Default },
+            ],
+        };
+        run_ops_crash(&input);
+    }
+}
+
+/// Not a wharf bug: a pop whose payload read fails has logged its delivery (its attempt
+/// counts), but the `ops_faults` oracle took an ENOSPC (which the simulated disk returns from
+/// a read too) for a refusal that changed nothing, and called the attempt found after the
+/// reopen one too many. Found by `ops_faults`; fixed in the oracle (ENOSPC is judged like EIO).
+#[test]
+fn a_pop_failing_with_enospc_may_have_delivered() {
+    assert_eq!(wharf::testing::OpKind::ALL[9], wharf::testing::OpKind::Read);
+    let input = FaultInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        fault: FaultSpec { kind: 9, nth: 0, no_space: true, persistent: true },
+        arm_at: 2,
+        end: End::SameDisk,
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(40), durability: Dur::Default },
+            Op::Pop { queue: 0 },
+            Op::Checkpoint,
+        ],
+    };
+    run_ops_faults(&input);
+}
