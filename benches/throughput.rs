@@ -23,6 +23,15 @@
 //! - **T8** the job cycle with four consumers (one producer, batches of 64): a `Worker` with a
 //!   no-op handler against four plain threads calling `pop_timeout` + `ack`, with durability
 //!   `None` and `Immediate`.
+//! - **T9** what checkpointing costs the full cycle: 1 and 4 threads each pushing a 128 B
+//!   message, popping one and acking it (durability `None`), with checkpoints at the default
+//!   triggers against runs with both triggers off, interleaved (on, off, off, on) within each
+//!   round: msgs/s of each, their ratio, the checkpoints (`state.redb` commits) seen and the
+//!   checkpointer thread's CPU time. A run warms up for 1.25 segments' worth of log and
+//!   measures the next 2 (64 MiB segments: 2 checkpoints due); fixed-time rounds would see
+//!   none. And, for information, 16 threads with `Immediate` pushes, whose log grows too
+//!   slowly to reach a default trigger within a round, with checkpoints every 1 MiB instead
+//!   (64 times the default rate).
 //! - **T6** push latency across segment rolls (4 MiB segments): each roll is approached with
 //!   fast `Durability::None` filler, then crossed by 128 B Immediate pushes; the worst latency
 //!   of a push that crossed a roll, and the p99 of all those Immediate pushes.
@@ -31,8 +40,8 @@
 //!
 //! It then prints each target as a ratio, marked PASS or MISS.
 //!
-//! Run it with `cargo bench --bench throughput` (75 s of measuring on a 2-core VM), or a smoke
-//! run with `cargo bench --bench throughput -- --quick` (or `WHARF_BENCH_QUICK=1`). Run
+//! Run it with `cargo bench --bench throughput` (about 4 min on a 2-core VM, T9 half of it), or
+//! a smoke run with `cargo bench --bench throughput -- --quick` (or `WHARF_BENCH_QUICK=1`). Run
 //! without `--bench` (as `cargo test --all-targets` does) it always runs the quick variant.
 //!
 //! Environment: `WHARF_BENCH_DIR` is where the temporary stores and files go (default: the
@@ -494,6 +503,227 @@ fn t8(cfg: &Cfg, d: Durability, worker: bool) -> BoxResult<f64> {
     Ok(rate)
 }
 
+/// How T9 runs with checkpoints.
+#[derive(Clone, Copy, PartialEq)]
+enum Checkpoints {
+    /// At the default triggers.
+    Default,
+    /// Every this many bytes of log.
+    Every(u64),
+    /// Both automatic triggers off (`checkpoint_every_bytes(u64::MAX)`,
+    /// `checkpoint_interval(None)`). The store still takes the checkpoint that the deletion
+    /// of a settled segment waits for: the first segment after an open needs one.
+    Off,
+}
+
+/// How long a T9 run measures.
+#[derive(Clone, Copy)]
+enum Window {
+    /// From the point where the log has `warmup` bytes until `len` more were appended.
+    Bytes { warmup: u64, len: u64 },
+    /// For this long, from the start.
+    Time(Duration),
+}
+
+/// One T9 run.
+struct CycleRun {
+    /// Acked msgs/s over the window.
+    rate: f64,
+    /// Log bytes appended over the window.
+    bytes: u64,
+    /// Checkpoints seen over the window: commits of `state.redb` (changes of its modification
+    /// time at least 100 ms after the previous one; 10 ms in a quick run).
+    commits: u64,
+    /// CPU time of the checkpointer thread over the window, ms (in 10 ms ticks).
+    ck_cpu_ms: f64,
+}
+
+/// User + system CPU time of this process's checkpointer thread (`wharf-checkpoint`, shown
+/// truncated to 15 bytes in `comm`), in ms; 0 if there is none.
+fn checkpointer_cpu_ms() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("wharf-checkpoin") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3, utime 14 and stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    // `/proc` counts in USER_HZ, 100 per second on Linux.
+    ticks as f64 * 10.0
+}
+
+/// A T9 run: `threads` threads each push a 128 B message, `try_pop` one and ack it, over and
+/// over (T5's cycle, concurrently as T2), on `seg`-byte segments. Push durability `d`; acks
+/// `None` with `d = None`, else the default (`Interval(10 ms)`). Acked msgs/s over `window`.
+fn cycle_run(
+    cfg: &Cfg,
+    d: Durability,
+    threads: usize,
+    seg: u64,
+    ck: Checkpoints,
+    window: Window,
+) -> BoxResult<CycleRun> {
+    use std::sync::atomic::AtomicBool;
+    let mut b = Wharf::builder().segment_bytes(seg).push_durability(d);
+    if d == Durability::None {
+        b = b.ack_durability(Durability::None);
+    }
+    b = match ck {
+        Checkpoints::Default => b,
+        Checkpoints::Every(bytes) => b.checkpoint_every_bytes(bytes),
+        Checkpoints::Off => b.checkpoint_every_bytes(u64::MAX).checkpoint_interval(None),
+    };
+    let s = Store::open(cfg, b)?;
+    let stop = AtomicBool::new(false);
+    let acked = AtomicU64::new(0);
+    std::thread::scope(|sc| -> BoxResult<CycleRun> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (q, stop, acked) = (&s.queue, &stop, &acked);
+                sc.spawn(move || -> BoxResult<()> {
+                    let payload = [0x42u8; SMALL];
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..64 {
+                            q.push(payload)?;
+                            // Another thread may have taken it: every pop follows a push, so
+                            // a message is waiting unless one is being popped.
+                            if let Some(d) = q.try_pop()? {
+                                black_box(d.payload().first());
+                                d.ack()?;
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let measured = measure_window(cfg, &s, &acked, window);
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().map_err(|_| "a T9 thread panicked")??;
+        }
+        measured
+    })
+    .and_then(|run| {
+        s.close()?;
+        Ok(run)
+    })
+}
+
+/// Measures a T9 run over `window` while its threads run: acks counted in `acked`.
+fn measure_window(cfg: &Cfg, s: &Store, acked: &AtomicU64, window: Window) -> BoxResult<CycleRun> {
+    let state_file = s._dir.path().join("state.redb");
+    let modified = || std::fs::metadata(&state_file).and_then(|m| m.modified()).ok();
+    let tick = Duration::from_millis(if cfg.quick { 1 } else { 5 });
+    // One commit may change the modification time twice (its pages, then its header,
+    // a sync apart); commits of the default triggers are seconds apart, those of a
+    // quick run's 1 MiB segments tens of ms.
+    let apart = Duration::from_millis(if cfg.quick { 10 } else { 100 });
+    let give_up = Instant::now() + Duration::from_secs(120);
+    if let Window::Bytes { warmup, .. } = window {
+        while s.wharf.stats().bytes < warmup && Instant::now() < give_up {
+            std::thread::sleep(tick);
+        }
+    }
+    let (bytes0, n0, cpu0) =
+        (s.wharf.stats().bytes, acked.load(Ordering::Relaxed), checkpointer_cpu_ms());
+    let start = Instant::now();
+    let (mut seen, mut commits, mut last_commit) = (modified(), 0u64, None::<Instant>);
+    loop {
+        std::thread::sleep(tick);
+        let now = modified();
+        if now != seen {
+            seen = now;
+            if last_commit.is_none_or(|t| t.elapsed() >= apart) {
+                commits += 1;
+            }
+            last_commit = Some(Instant::now());
+        }
+        let done = match window {
+            Window::Bytes { len, .. } => s.wharf.stats().bytes - bytes0 >= len,
+            Window::Time(t) => start.elapsed() >= t,
+        };
+        // A stuck run ends too; its rate shows it.
+        if done || Instant::now() >= give_up {
+            break;
+        }
+    }
+    let n = acked.load(Ordering::Relaxed) - n0;
+    Ok(CycleRun {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        bytes: s.wharf.stats().bytes - bytes0,
+        commits,
+        ck_cpu_ms: checkpointer_cpu_ms() - cpu0,
+    })
+}
+
+/// T9: what checkpointing costs the full cycle. `cycle_run` with checkpoints on (`ck`) and
+/// off, in the order on, off, off, on, so that a drift of the machine during the round
+/// touches both alike; each side's mean rate, their ratio, and per run with them on: log
+/// bytes per checkpoint taken, and the checkpointer thread's CPU time.
+///
+/// With durability `None`, on 64 MiB segments (the default; 1 MiB in a quick run) and the
+/// default triggers: each run warms up for 1.25 segments' worth of log (so that the one
+/// checkpoint a store with them off still takes, for its first settled segment, falls
+/// before the window) and then measures 2 segments' worth, in which a store with them on
+/// takes 2. Time-boxed rounds would see none: 1.5 s of this cycle writes less than 64 MiB.
+/// With `Immediate` pushes, whose log would reach a default trigger only every ~10 s or so,
+/// checkpoints are taken every 1/64 segment (1 MiB, 64 times the default rate) instead, in
+/// time-boxed runs: for information, an upper bound.
+fn t9(cfg: &Cfg, name: &str, d: Durability, threads: usize) -> BoxResult<Sample> {
+    let seg = if cfg.quick { 1 << 20 } else { wharf::DEFAULT_SEGMENT_BYTES };
+    let (ck, window) = if d == Durability::None {
+        (Checkpoints::Default, Window::Bytes { warmup: seg * 5 / 4, len: 2 * seg })
+    } else {
+        (Checkpoints::Every(seg / 64), Window::Time(cfg.secs))
+    };
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for run_on in [true, false, false, true] {
+        let r =
+            cycle_run(cfg, d, threads, seg, if run_on { ck } else { Checkpoints::Off }, window)?;
+        if run_on {
+            on.push(r);
+        } else {
+            off.push(r);
+        }
+    }
+    fn mean(v: &[CycleRun], f: impl Fn(&CycleRun) -> f64) -> f64 {
+        v.iter().map(f).sum::<f64>() / v.len() as f64
+    }
+    let (rate_on, rate_off) = (mean(&on, |r| r.rate), mean(&off, |r| r.rate));
+    let mut out = vec![
+        (format!("{name}, checkpoints on"), "msgs/s", rate_on),
+        (format!("{name}, checkpoints off"), "msgs/s", rate_off),
+        (format!("{name}, on / off"), "ratio", rate_on / rate_off),
+    ];
+    if d == Durability::None {
+        out.push((
+            format!("{name}, checkpoints on: commits per window"),
+            "ckpts",
+            mean(&on, |r| r.commits as f64),
+        ));
+        out.push((
+            format!("{name}, checkpoints off: commits per window"),
+            "ckpts",
+            mean(&off, |r| r.commits as f64),
+        ));
+    } else {
+        let per = |r: &CycleRun| r.bytes as f64 / (seg / 64) as f64;
+        out.push((format!("{name}, checkpoints on: due per run"), "ckpts", mean(&on, per)));
+    }
+    out.push((format!("{name}, checkpointer CPU per run, on"), "ms", mean(&on, |r| r.ck_cpu_ms)));
+    Ok(out)
+}
+
 /// Reads every byte of `bytes`.
 fn checksum(bytes: &[u8]) -> u64 {
     let words = bytes.chunks_exact(8);
@@ -813,7 +1043,7 @@ fn measures<'a>(cfg: &'a Cfg, bw: &'a BwFile) -> Vec<Measure<'a>> {
             }),
         ));
     }
-    m.extend::<[Measure<'a>; 13]>([
+    m.extend::<[Measure<'a>; 16]>([
         ("T3".into(), Box::new(|| Ok(one("T3 push_batch 256×4 KiB", "MiB/s", t3(cfg)?)))),
         ("T4".into(), Box::new(|| Ok(one("T4 push None", "msgs/s", t4(cfg)?)))),
         ("T5 cycle".into(), Box::new(|| Ok(one("T5 push+try_pop+ack", "msgs/s", t5_cycle(cfg)?)))),
@@ -859,6 +1089,12 @@ fn measures<'a>(cfg: &'a Cfg, bw: &'a BwFile) -> Vec<Measure<'a>> {
                     ("T6 rolls crossed".into(), "rolls", x.rolls as f64),
                 ])
             }),
+        ),
+        ("T9@1 None".into(), Box::new(|| t9(cfg, "T9@1 None", Durability::None, 1))),
+        ("T9@4 None".into(), Box::new(|| t9(cfg, "T9@4 None", Durability::None, 4))),
+        (
+            "T9@16 Immediate".into(),
+            Box::new(|| t9(cfg, "T9@16 Immediate, every 1/64 segment", Durability::Immediate, 16)),
         ),
         ("redb T1".into(), Box::new(|| Ok(lat_sample("redb T1", redb_t1(cfg)?)))),
         ("redb T2@16".into(), Box::new(|| Ok(one("redb T2@16 ops/s", "ops/s", redb_t2(cfg, 16)?)))),
@@ -1002,6 +1238,30 @@ fn checks(r: &Report) -> BoxResult<Vec<Check>> {
             "msgs/s",
         ),
     ]);
+    for (name, target, bound) in [
+        ("T9@1 None", "T9@1 checkpoints at the default triggers ≥ 0.9 × off (None)", 0.9),
+        ("T9@4 None", "T9@4 checkpoints at the default triggers ≥ 0.9 × off (None)", 0.9),
+        (
+            "T9@16 Immediate, every 1/64 segment",
+            "T9@16 Immediate, checkpoints 64 × as often as by default, vs off (info)",
+            0.0,
+        ),
+    ] {
+        // The median of the rounds' ratios: each round's on and off runs were interleaved.
+        let x = r.median(&format!("{name}, on / off"))?;
+        let on = r.median(&format!("{name}, checkpoints on"))?;
+        let off = r.median(&format!("{name}, checkpoints off"))?;
+        out.push(Check {
+            target: target.into(),
+            ratio: format!("{x:.3} × off"),
+            detail: format!(
+                "{} vs {} msgs/s (medians; ratio: median of the rounds)",
+                num(on),
+                num(off)
+            ),
+            pass: x >= bound,
+        });
+    }
     Ok(out)
 }
 
