@@ -916,12 +916,18 @@ impl Ctx {
             }
             Op::Churn { .. } => unreachable!("apply runs a churn's rounds"),
             Op::Reopen { release_first } => {
+                // Without `release_first`, the deliveries (in flight at the close) and a clone
+                // of the closed handle live on until the store is open again, as a program may
+                // keep them: the old store's state database is dropped then.
+                let mut kept = (Vec::new(), None);
                 if release_first {
                     self.held.clear();
+                } else {
+                    kept = (std::mem::take(&mut self.held), self.wharf.clone());
                 }
                 self.close()?;
-                self.held.clear();
                 self.open()?;
+                drop(kept);
                 Ok((true, Promote::Nothing))
             }
             Op::BadQueue { pick } => {
