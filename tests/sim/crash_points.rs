@@ -2,9 +2,12 @@
 //! once to count its disk operations, then again crashing at every operation index; each crash
 //! image (every deterministic policy plus random torn ones) is recovered and checked against
 //! an oracle that knows which states are allowed (invariants I1–I5 of CRASH-TESTING.md), and
-//! recovery itself is crashed at every one of its own operations and recovered again (I8).
+//! recovery itself is crashed at some of its own operations (all of them over the crash points
+//! of a scenario) and recovered again (I8). `state.redb` lives on the same simulated disk, so
+//! its operations are crash points too, and the images hold it as a crash would leave it.
 //!
-//! Set `WHARF_SIM_SEEDS` for more random images per crash point (the long tier).
+//! Set `WHARF_SIM_SEEDS` for more random images per crash point and
+//! `WHARF_SIM_RECOVERY_POINTS` for more crashes of each recovery (the long tier).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -185,12 +188,44 @@ fn seeds() -> u64 {
     std::env::var("WHARF_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2)
 }
 
+/// How many of its own disk operations the recovery of one deterministic crash image is
+/// crashed at (I8), at most: `WHARF_SIM_RECOVERY_POINTS` (default 5; the long tier sets more).
+/// Every other operation, as it was before the state database, made the enumeration
+/// quadratic once recovery opened `state.redb` (redb reads, checks and repairs it, and writes
+/// it at the close: some 80 operations instead of 21). Every recovery operation is still
+/// crashed at by some crash point of the scenario (see `recovery_points`).
+fn recovery_points_cap() -> u64 {
+    std::env::var("WHARF_SIM_RECOVERY_POINTS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
+}
+
+/// The operations of a recovery of `rec_ops` operations to crash at, for the image of crash
+/// point `k`: every `stride`-th one, starting at `k % stride`, so that consecutive crash points
+/// of a scenario together cover every operation of recoveries that look alike.
+fn recovery_points(k: u64, rec_ops: u64) -> Vec<u64> {
+    let stride = rec_ops.div_ceil(recovery_points_cap().max(1)).max(1);
+    (1 + k % stride..=rec_ops).step_by(stride as usize).collect()
+}
+
+/// What an enumeration did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Figures {
+    /// Crash points (disk operations crashed at).
+    pub points: u64,
+    /// Crash images recovered and checked (recoveries of crashed recoveries included).
+    pub recoveries: u64,
+    /// Crash images (of the scenarios, not of their recoveries) holding `state.redb`.
+    pub with_state: u64,
+    /// Crash images holding a `state.redb.tmp` of an interrupted creation.
+    pub with_state_tmp: u64,
+}
+
 /// Crashes every scenario at every disk operation and checks every crash image (and crashes
-/// of its recovery); returns (crash points, recoveries checked).
-pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> (u64, u64) {
-    let mut total_points = 0u64;
-    let mut recoveries = 0u64;
+/// of its recovery).
+pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> Figures {
+    let mut all = Figures::default();
     for (name, builder, f) in scenarios {
+        let started = std::time::Instant::now();
+        let before = all;
         let probe = SimFs::new();
         let record = run(builder, *f, &probe, None);
         let ops = probe.ops();
@@ -198,7 +233,7 @@ pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> (u64, 
         let image = probe.crash_image(CrashPolicy::KeepAll, 0);
         recover_and_check(builder, &image, &record, true, &format!("{name}: no crash"));
         for k in 1..=ops {
-            total_points += 1;
+            all.points += 1;
             let sim = SimFs::new();
             let record = run(builder, *f, &sim, Some(k));
             let clocked = builder.clone().clock(Arc::new(record.clock.clone()));
@@ -209,24 +244,28 @@ pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> (u64, 
                 let what = format!("{name}: crash at op {k}/{ops}, {policy:?}, seed {seed}");
                 let keep_all = policy == CrashPolicy::KeepAll;
                 let image = sim.crash_image(policy, seed);
+                // The state database is on the same simulated disk: it is in the image as a
+                // power loss at this point would leave it.
+                let names = image.names(Path::new(DIR));
+                all.with_state += u64::from(names.iter().any(|n| n == "state.redb"));
+                all.with_state_tmp += u64::from(names.iter().any(|n| n == "state.redb.tmp"));
                 // A copy to crash during recovery, from the same image.
                 let pristine = image.crash_image(CrashPolicy::KeepAll, 0);
                 recover_and_check(builder, &image, &record, keep_all, &what);
-                recoveries += 1;
+                all.recoveries += 1;
                 // The disk operations of recovery and of closing the recovered store (without
                 // the checks, which `again` below does not run).
                 let count = pristine.crash_image(CrashPolicy::KeepAll, 0);
                 drop(testing::open(clocked.clone(), &count, Path::new(DIR)));
                 let rec_ops = count.ops();
-                // I8: crash recovery (or the close of the recovered store) itself at one of
-                // its operations (every other one for the deterministic images, starting at
-                // `k % 2` so that the crash points of a scenario together cover them all;
-                // spread over the seeds for random ones), then recover again from what a
-                // power loss would leave.
+                // I8: crash recovery (or the close of the recovered store) itself at some of
+                // its operations (`recovery_points` for the deterministic images, which
+                // together cover them all; spread over the seeds for random ones), then
+                // recover again from what a power loss would leave.
                 let points: Vec<u64> = if policy == CrashPolicy::RandomSubset {
                     vec![1 + (seed % rec_ops.max(1))]
                 } else {
-                    (1 + k % 2..=rec_ops).step_by(2).collect()
+                    recovery_points(k, rec_ops)
                 };
                 for j in points {
                     let again = pristine.crash_image(CrashPolicy::KeepAll, 0);
@@ -236,31 +275,50 @@ pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> (u64, 
                         let img2 = again.crash_image(p2, j);
                         let what2 = format!("{what}; recovery crashed at op {j}, {p2:?}");
                         recover_and_check(builder, &img2, &record, keep_all, &what2);
-                        recoveries += 1;
+                        all.recoveries += 1;
                     }
                 }
             }
         }
+        println!(
+            "  {name}: {} crash points, {} recoveries, {} images with state.redb, {:.1} s",
+            all.points - before.points,
+            all.recoveries - before.recoveries,
+            all.with_state - before.with_state,
+            started.elapsed().as_secs_f64()
+        );
     }
-    (total_points, recoveries)
+    all
 }
 
 #[test]
 fn every_crash_point_of_every_scenario_recovers_to_an_allowed_state() {
     let scenarios = scenarios();
     assert!(scenarios.len() >= 15);
-    let (points, recoveries) = enumerate(&scenarios);
+    let Figures { points, recoveries, .. } = enumerate(&scenarios);
     println!("crash points: {points}, recoveries checked: {recoveries}");
     assert!(recoveries >= 50_000, "only {recoveries} recoveries");
 }
 
 /// Runs every scenario with each kind of disk operation failing in turn (once or for good,
-/// EIO or ENOSPC), then recovers and checks; then crashes each scenario and fails each kind of
-/// operation of its recovery in turn. Adds the call sites reached to `all_sites`; returns the
-/// number of trials.
+/// EIO or ENOSPC), then recovers and checks; then crashes each scenario (at every 7th disk
+/// operation) and fails each kind of operation of its recovery in turn. Adds the call sites
+/// reached to `all_sites`; returns the number of trials.
 pub fn sweep(scenarios: &[(&'static str, WharfBuilder, Scenario)], all_sites: &SimFs) -> u64 {
+    sweep_with(scenarios, all_sites, 7)
+}
+
+/// [`sweep`], crashing each scenario at every `recovery_step`-th disk operation for the faults
+/// in recovery.
+pub fn sweep_with(
+    scenarios: &[(&'static str, WharfBuilder, Scenario)],
+    all_sites: &SimFs,
+    recovery_step: usize,
+) -> u64 {
     let mut trials = 0u64;
     for (name, builder, f) in scenarios {
+        let started = std::time::Instant::now();
+        let before = trials;
         let (name, builder, f) = (*name, builder.clone(), *f);
         for kind in OpKind::ALL {
             for no_space in [false, true] {
@@ -289,15 +347,19 @@ pub fn sweep(scenarios: &[(&'static str, WharfBuilder, Scenario)], all_sites: &S
                 }
             }
         }
+        let secs = started.elapsed().as_secs_f64();
+        println!("  {name}: {} fault trials, {secs:.1} s", trials - before);
     }
     // Faults during recovery: images with torn tails, leftover temporary files and spares,
     // opened with each kind of operation failing in turn; a failed recovery must leave a disk
     // that the next, fault-free recovery still brings to an allowed state.
     for (name, builder, f) in scenarios {
+        let started = std::time::Instant::now();
+        let before = trials;
         let (name, builder, f) = (*name, builder.clone(), *f);
         let probe = SimFs::new();
         run(&builder, f, &probe, None);
-        for k in (1..=probe.ops()).step_by(7) {
+        for k in (1..=probe.ops()).step_by(recovery_step) {
             let sim = SimFs::new();
             let record = run(&builder, f, &sim, Some(k));
             for (policy, seed) in
@@ -339,6 +401,8 @@ pub fn sweep(scenarios: &[(&'static str, WharfBuilder, Scenario)], all_sites: &S
                 }
             }
         }
+        let secs = started.elapsed().as_secs_f64();
+        println!("  {name}: {} fault trials in recovery, {secs:.1} s", trials - before);
     }
     trials
 }

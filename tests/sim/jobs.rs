@@ -14,7 +14,7 @@ use wharf::{
     Backoff, DeadReason, Durability, OnExpiry, Overflow, QueueConfig, Wharf, WharfBuilder,
 };
 
-use crate::crash_points::{enumerate, sweep, Scenario};
+use crate::crash_points::{enumerate, sweep, Figures, Scenario};
 use crate::oracle::{Loc, Push, Then};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -170,7 +170,7 @@ pub fn job_scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {
 #[test]
 fn every_crash_point_of_every_job_scenario_recovers_to_an_allowed_state() {
     let scenarios = job_scenarios();
-    let (points, recoveries) = enumerate(&scenarios);
+    let Figures { points, recoveries, .. } = enumerate(&scenarios);
     println!("job scenarios: crash points: {points}, recoveries checked: {recoveries}");
     assert!(recoveries >= 20_000, "only {recoveries} recoveries");
 }

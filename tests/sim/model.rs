@@ -3,6 +3,12 @@
 //! Without a crash the store must match the model exactly (FIFO head, acked gone); after a
 //! crash it must be in an allowed state, and the model collapses to what was observed.
 //!
+//! Checkpoints (`Wharf::checkpoint`, and those `maintain` takes when one is due) come at random
+//! among the other operations, reopens and crashes; `Roll` fills a segment with messages that
+//! are acked at once, so that the model's unsettled messages become stragglers of old segments,
+//! relocated into `state.redb` by the next checkpoint, and the segments deleted. Pops must still
+//! return the model's head, acked messages must stay gone, across reopens and crashes.
+//!
 //! `PROPTEST_CASES` sets the number of cases (the long tier uses 100000).
 
 use std::path::Path;
@@ -10,6 +16,7 @@ use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
 use wharf::testing::{CrashPolicy, SimFs};
 use wharf::{Durability, Wharf};
 
@@ -36,6 +43,11 @@ enum Op {
     Drop,
     Sync,
     Maintain,
+    /// `Wharf::checkpoint`.
+    Checkpoint,
+    /// 24 small messages and four of 16 kB pushed into queue `roll` and acked: a 64 KiB
+    /// segment rolls over.
+    Roll,
     Reopen,
     /// Power loss after `after` more disk operations (those of closing, say), under `policy`.
     Crash {
@@ -61,6 +73,8 @@ fn op(crashes: bool) -> impl Strategy<Value = Op> {
         (1, Just(Op::Drop).boxed()),
         (1, Just(Op::Sync).boxed()),
         (1, Just(Op::Maintain).boxed()),
+        (1, Just(Op::Checkpoint).boxed()),
+        (1, Just(Op::Roll).boxed()),
         (1, Just(Op::Reopen).boxed()),
     ];
     if crashes {
@@ -112,7 +126,15 @@ fn collapse(c: &mut Ctx) {
     }
 }
 
-fn apply(c: &mut Ctx, op: &Op) {
+/// What the checkpoints of a run did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    checkpoints: u64,
+    relocated: u64,
+    segments_deleted: u64,
+}
+
+fn apply(c: &mut Ctx, op: &Op, stats: &mut Stats) {
     let d = |durable: bool| if durable { Durability::Immediate } else { Durability::None };
     match *op {
         Op::Push { queue, len, durable } => {
@@ -140,6 +162,26 @@ fn apply(c: &mut Ctx, op: &Op) {
                 c.maintain().unwrap();
             }
         }
+        Op::Checkpoint => {
+            let r = c.checkpoint().unwrap();
+            stats.checkpoints += 1;
+            stats.relocated += r.relocated;
+            stats.segments_deleted += r.segments_deleted as u64;
+        }
+        Op::Roll => {
+            // Many small messages settled in the segment make its few unsettled ones
+            // stragglers (a segment is relocated when at most one in eight is left).
+            c.push_batch("roll", 24).unwrap();
+            let n = c.pop_batch("roll", 24).unwrap();
+            for _ in 0..n {
+                c.ack_newest(Durability::None).unwrap();
+            }
+            for _ in 0..4 {
+                c.push("roll", 16_000, Durability::None).unwrap();
+                c.pop("roll").unwrap();
+                c.ack_newest(Durability::None).unwrap();
+            }
+        }
         Op::Reopen => {
             c.close().unwrap();
             c.open().unwrap();
@@ -164,7 +206,7 @@ fn apply(c: &mut Ctx, op: &Op) {
     }
 }
 
-fn run(ops: &[Op], real: Option<&Path>) {
+fn run(ops: &[Op], real: Option<&Path>) -> Stats {
     let builder =
         Wharf::builder().segment_bytes(64 << 10).visibility_timeout(Duration::from_secs(3600));
     let mut c = Ctx::new(SimFs::new(), builder);
@@ -172,30 +214,54 @@ fn run(ops: &[Op], real: Option<&Path>) {
     // The observations after a crash deliver messages the record does not count.
     c.uncertain = true;
     c.open().unwrap();
+    let mut stats = Stats::default();
     for op in ops {
-        apply(&mut c, op);
+        apply(&mut c, op, &mut stats);
     }
     // The end state survives a clean reopen as the model says.
     c.close().unwrap();
     c.open().unwrap();
     check(c.wharf.as_ref().unwrap(), &c.record(), true, "final reopen");
+    stats
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_operations_and_crashes_on_the_simulated_disk_match_the_model(ops in vec(op(true), 1..100)) {
-        run(&ops, None);
+/// Runs `cases` random sequences of up to `max_ops` operations (`PROPTEST_CASES` overrides
+/// `cases`); returns what their checkpoints did, summed.
+fn run_cases(cases: u32, max_ops: usize, crashes: bool, real: bool) -> Stats {
+    let mut config = Config { failure_persistence: None, ..Config::default() };
+    if std::env::var("PROPTEST_CASES").is_err() {
+        config.cases = cases;
     }
+    let total = std::cell::Cell::new(Stats::default());
+    let mut runner = TestRunner::new(config);
+    let outcome = runner.run(&vec(op(crashes), 1..max_ops), |ops| {
+        let dir = real.then(|| tempfile::tempdir().unwrap());
+        let s = run(&ops, dir.as_ref().map(|d| d.path()));
+        let t = total.get();
+        total.set(Stats {
+            checkpoints: t.checkpoints + s.checkpoints,
+            relocated: t.relocated + s.relocated,
+            segments_deleted: t.segments_deleted + s.segments_deleted,
+        });
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    total.get()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+#[test]
+fn random_operations_and_crashes_on_the_simulated_disk_match_the_model() {
+    let s = run_cases(256, 100, true, false);
+    println!(
+        "model: {} checkpoints relocated {} messages and deleted {} segments",
+        s.checkpoints, s.relocated, s.segments_deleted
+    );
+    assert!(s.relocated > 0 && s.segments_deleted > 0, "no checkpoint relocated: {s:?}");
+}
 
-    #[test]
-    fn random_operations_on_the_real_file_system_match_the_model(ops in vec(op(false), 1..60)) {
-        let dir = tempfile::tempdir().unwrap();
-        run(&ops, Some(dir.path()));
-    }
+#[test]
+fn random_operations_on_the_real_file_system_match_the_model() {
+    run_cases(24, 60, false, true);
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use wharf::testing::{self, SimFs};
 use wharf::{
-    Clock, DeadReason, Delivery, Durability, Error, NackOptions, Peeked, PushOptions, QueueConfig,
-    Wharf, WharfBuilder,
+    CheckpointReport, Clock, DeadReason, Delivery, Durability, Error, NackOptions, Peeked,
+    PushOptions, QueueConfig, Wharf, WharfBuilder,
 };
 
 pub const DIR: &str = "/store";
@@ -536,6 +536,14 @@ impl Ctx {
         Ok(())
     }
 
+    /// Acks the newest held delivery.
+    pub fn ack_newest(&mut self, d: Durability) -> Step {
+        if let Some(last) = self.held.pop() {
+            self.held.insert(0, last);
+        }
+        self.ack(d)
+    }
+
     pub fn nack(&mut self) -> Step {
         if self.held.is_empty() {
             return Ok(());
@@ -630,6 +638,21 @@ impl Ctx {
         let upto = self.msgs.len();
         self.all_durable(upto);
         Ok(())
+    }
+
+    /// Takes a checkpoint (`Wharf::checkpoint`). It makes the log durable up to everything
+    /// staged before it writes `state.redb`, so on `Ok` every call before it is durable.
+    pub fn checkpoint(&mut self) -> Result<CheckpointReport, Error> {
+        let report = self.w().checkpoint()?;
+        let upto = self.msgs.len();
+        self.all_durable(upto);
+        Ok(report)
+    }
+
+    /// Whether the run so far met neither its crash point nor an injected fault: the
+    /// scenario's own expectations (what a checkpoint relocated, say) hold only then.
+    pub fn undisturbed(&self) -> bool {
+        self.real.is_some() || (!self.sim.crashed() && !self.sim.fault_fired())
     }
 
     pub fn maintain(&mut self) -> Step {
