@@ -44,7 +44,11 @@ type Key = (u64, u64);
 
 /// Small segments, so that the workload rolls and deletes segments all the time.
 fn builder() -> WharfBuilder {
-    Wharf::builder().segment_bytes(64 << 10)
+    // Checkpoints every 16 segments' worth of log (the default would take one per 64 KiB
+    // segment, a redb commit every few milliseconds, which starves the consumers of a child
+    // that lives a fraction of a second); settled segments without relocated messages go
+    // without waiting for one.
+    Wharf::builder().segment_bytes(64 << 10).checkpoint_every_bytes(1 << 20)
 }
 
 fn main() {
