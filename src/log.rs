@@ -46,6 +46,9 @@ pub(crate) struct Log {
     pub first_sensitive: u64,
     /// The same for records below the position of the checkpoint being taken now.
     pub inflight_sensitive: u64,
+    /// A thread is deleting segments it took (with the store's mutex released): no other
+    /// takes any until it is done, or a later segment could go before an earlier one.
+    pub deleting: bool,
 }
 
 impl Log {
@@ -106,6 +109,9 @@ impl Log {
     /// durable up to `durable`; the caller deletes their files.
     pub(crate) fn take_deletable(&mut self, durable: u64) -> Vec<Arc<Segment>> {
         let mut out = Vec::new();
+        if self.deleting {
+            return out;
+        }
         loop {
             let mut it = self.segments.values();
             let (Some(oldest), Some(next)) = (it.next(), it.next()) else {

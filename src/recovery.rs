@@ -613,6 +613,7 @@ pub(crate) fn recover(
         // database must see: nothing past it goes before the next checkpoint.
         first_sensitive: loaded.checkpoint,
         inflight_sensitive: u64::MAX,
+        deleting: false,
     };
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {

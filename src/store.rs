@@ -400,6 +400,12 @@ impl Shared {
         g: &mut MutexGuard<'_, State>,
         dead: &[Arc<Segment>],
     ) -> Result<()> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        // Taken under the mutex with these segments: until they are gone, nobody else takes
+        // (and deletes) later ones.
+        g.wal.log.deleting = true;
         let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
             for seg in dead {
                 self.storage.remove(&seg.path)?;
@@ -408,9 +414,11 @@ impl Shared {
             }
             Ok(())
         });
-        if !dead.is_empty() {
-            self.space_cv.notify_all();
-        }
+        g.wal.log.deleting = false;
+        // Others may have found segments to delete meanwhile and left them: look again.
+        g.wal.maybe_delete = true;
+        self.bg_cv.notify_one();
+        self.space_cv.notify_all();
         if let Err(e) = removed {
             let why = format!("deleting a settled segment failed: {e}");
             g.wal.poisoned = Some(why.clone());
