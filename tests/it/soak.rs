@@ -288,22 +288,11 @@ fn soak_every_message_is_acked_exactly_once_and_the_directory_stays_bounded() {
     assert!(w.queue("soak").unwrap().try_pop().unwrap().is_none(), "a message came back");
     let reopened = bounded(&w, dir.path(), "the last reopen");
     // Every straggler is still there, in order, with its payload.
-    let later: Vec<Vec<u8>> = w
-        .queue("later")
-        .unwrap()
-        .peek(usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
-    let dead: Vec<Vec<u8>> = w
-        .queue("later.dlq")
-        .unwrap()
-        .peek(usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let payloads = |name: &str| -> Vec<Vec<u8>> {
+        let q = w.queue(name).unwrap();
+        q.peek(usize::MAX).unwrap().into_iter().map(|p| p.payload).collect()
+    };
+    let (later, dead) = (payloads("later"), payloads("later.dlq"));
     let want = |kind: &str| -> Vec<Vec<u8>> {
         (0..stragglers).map(|i| format!("{kind}-{i}").into_bytes()).collect()
     };
