@@ -76,6 +76,8 @@ pub struct Stats {
     pub segments: usize,
     /// Bytes of those files.
     pub disk_bytes: u64,
+    /// The log position the last checkpoint in the state database covers (0: none yet).
+    pub checkpoint_lsn: u64,
 }
 
 /// One queue as every segment's preamble restates it.

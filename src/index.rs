@@ -384,6 +384,24 @@ impl QueueIndex {
         Ok(())
     }
 
+    /// The unsettled message pushed first (the smallest id: ready, delayed or leased), with its
+    /// due time if it is delayed.
+    pub(crate) fn first_pushed(&self) -> Option<Waiting> {
+        let ready =
+            self.ready.iter().filter_map(|m| m.first_key_value().map(|(&id, &s)| (id, s, None)));
+        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
+        let leased = self.leased.iter().map(|(&id, l)| (id, l.slot, None));
+        let (id, slot, due) = ready.chain(delayed).chain(leased).min_by_key(|&(id, ..)| id)?;
+        Some(Waiting { id, entry: self.entry(id, slot), due })
+    }
+
+    /// Payload bytes of every unsettled message (ready, delayed or leased).
+    pub(crate) fn payload_bytes(&self) -> u64 {
+        let ready = self.ready.iter().flat_map(|m| m.values());
+        let leased = self.leased.values().map(|l| &l.slot);
+        ready.chain(self.delayed.values()).chain(leased).map(|s| u64::from(s.len)).sum()
+    }
+
     /// Waiting messages in delivery order (ready by priority and age, then delayed by due
     /// time), at most `max`.
     pub(crate) fn waiting(&self, max: usize) -> Vec<Waiting> {

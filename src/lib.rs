@@ -84,6 +84,7 @@ pub use queue::{
     Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf, MAX_NAME_LEN, MAX_PRIORITY,
 };
 pub use recovery::RecoveryReport;
+pub use segment::FORMAT_VERSION;
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
 pub use verify::{QueueSummary, RecordCounts, StateDb, VerifyReport};
 pub use worker::{

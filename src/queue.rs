@@ -15,7 +15,7 @@ use crate::clock::{from_unix_ms, millis, unix_ms};
 use crate::commit::{Room, Stats};
 use crate::config::{OnExpiry, Overflow, QueueConfig};
 use crate::error::{Error, Result};
-use crate::index::{Entry, RELOCATED};
+use crate::index::{Entry, Waiting, RELOCATED};
 use crate::jobs::{self, DeadReason};
 use crate::lease::{Delivery, Payload};
 use crate::options::{Durability, Options, WharfBuilder};
@@ -82,6 +82,7 @@ pub struct PushOptions {
     not_before: Option<SystemTime>,
     priority: u8,
     ttl: Option<Duration>,
+    expires_at: Option<SystemTime>,
     dedup_key: Option<Box<[u8]>>,
     wait_for_space: Option<Duration>,
 }
@@ -124,6 +125,26 @@ impl PushOptions {
     /// dead-lettered instead, as the queue's [`OnExpiry`] says. Overrides the queue's TTL.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self.expires_at = None;
+        self
+    }
+
+    /// Never delivered after this wall-clock time: [`PushOptions::ttl`] as a point in time
+    /// (kept to the millisecond), for a message moved from another store with its expiry.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use wharf::PushOptions;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = wharf::Wharf::open(dir.path())?.queue("jobs")?;
+    /// let at = SystemTime::UNIX_EPOCH + Duration::from_millis(4_102_444_800_000); // 2100
+    /// q.push_with(b"report", PushOptions::new().expires_at(at))?;
+    /// assert_eq!(q.peek(1)?[0].expires, Some(at));
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    pub fn expires_at(mut self, t: SystemTime) -> Self {
+        self.expires_at = Some(t);
+        self.ttl = None;
         self
     }
 
@@ -213,6 +234,14 @@ pub struct Peeked {
     pub dead_lettered_from: Option<(String, DeadReason)>,
     /// The last error text a consumer gave, if any.
     pub last_error: Option<String>,
+    /// When it was pushed, if its push record says: a push with options (priority, delay, TTL
+    /// or dedup key) records its wall-clock time; a plain push does not (`None`), nor does a
+    /// message a checkpoint relocated.
+    pub pushed_at: Option<SystemTime>,
+    /// When its time-to-live runs out, if it has one.
+    pub expires: Option<SystemTime>,
+    /// Its dedup key, if it was pushed with one (`None` for a relocated message).
+    pub dedup_key: Option<Vec<u8>>,
 }
 
 /// An open store: a directory holding any number of named queues.
@@ -332,6 +361,7 @@ impl Wharf {
         s.durable_lsn = g.wal.durable;
         s.segments = g.wal.log.segments.len() + g.wal.log.spares.len();
         s.disk_bytes = g.wal.log.disk_bytes();
+        s.checkpoint_lsn = g.wal.log.checkpoint;
         s
     }
 
@@ -403,6 +433,17 @@ impl fmt::Debug for Queue {
         f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
     }
 }
+
+/// A waiting message `peek` found under the lock, before its payload is read.
+struct Unloaded {
+    taken: Taken,
+    due: Option<u64>,
+    from: Option<(String, DeadReason)>,
+    last_error: Option<String>,
+}
+
+/// Messages [`Queue::purge`] settles at a time.
+const PURGE_BATCH: usize = 1024;
 
 /// A leased message taken under the lock, before its payload is read.
 pub(crate) struct Taken {
@@ -524,7 +565,10 @@ impl Queue {
                     (None, Some(d)) if !d.is_zero() => now_ms.saturating_add(millis(d)),
                     _ => 0,
                 },
-                expires: opts.ttl.or(cfg.ttl).map_or(0, |t| now_ms.saturating_add(millis(t))),
+                expires: match opts.expires_at {
+                    Some(t) => unix_ms(t).max(1),
+                    None => opts.ttl.or(cfg.ttl).map_or(0, |t| now_ms.saturating_add(millis(t))),
+                },
                 pushed: now_ms,
             };
             let plan = Planned {
@@ -795,6 +839,27 @@ impl Queue {
         }
     }
 
+    /// The name of the queue this queue's dead letters go to, or `None` if its config drops
+    /// them. Unlike [`Queue::dead_letter_queue`] it creates nothing: the queue may not exist yet
+    /// (it is created when the first message goes there).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = wharf::Wharf::open(dir.path())?;
+    /// let mail = store.queue("mail")?;
+    /// assert_eq!(mail.dead_letter_queue_name()?.as_deref(), Some("mail.dlq"));
+    /// assert_eq!(store.queue_names(), ["mail"]); // not created
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`].
+    pub fn dead_letter_queue_name(&self) -> Result<Option<String>> {
+        let g = self.core.shared.state.lock();
+        g.check()?;
+        Ok(jobs::dlq_target(&g, self.id).map(|(name, _)| name))
+    }
+
     /// Up to `max` waiting messages (ready, then delayed) in the order they would be
     /// delivered, with copies of their payloads, without leasing them. Leased messages are not
     /// listed.
@@ -811,33 +876,147 @@ impl Queue {
             g.queues[self.id as usize].index.promote(now_ms);
             let waiting = g.queues[self.id as usize].index.waiting(max);
             for w in waiting {
-                let source = source_of(&g, w.id, &w.entry)?;
-                let index = &g.queues[self.id as usize].index;
-                let note = index.note(w.id).cloned().unwrap_or_default();
-                let from = note.origin.and_then(|o| {
-                    let name = g.queues.get(o as usize)?.name.to_string();
-                    Some((name, DeadReason::from_code(note.reason)?))
-                });
-                let error = (!note.error.is_empty()).then(|| note.error.to_string());
-                found.push((Taken { id: w.id, entry: w.entry, source }, w.due, from, error));
+                found.push(self.unloaded(&g, w)?);
             }
         }
-        found
-            .into_iter()
-            .map(|(t, due, from, last_error)| {
-                let (id, entry) = (t.id, t.entry);
-                let payload = load(t, &self.core.shared)?;
-                Ok(Peeked {
-                    id: MessageId(id),
-                    payload: payload.bytes().to_vec(),
-                    attempts: entry.attempts,
-                    priority: entry.priority,
-                    due: due.map(from_unix_ms),
-                    dead_lettered_from: from,
-                    last_error,
-                })
-            })
-            .collect()
+        found.into_iter().map(|u| self.load_peeked(u)).collect()
+    }
+
+    /// The unsettled message pushed first (the smallest id: ready, delayed or in flight), as
+    /// [`Queue::peek`] shows it, without leasing it; `None` if the queue is empty. Its
+    /// [`pushed_at`](Peeked::pushed_at) gives the age of the queue's oldest message when its
+    /// push record carries a time.
+    ///
+    /// ```
+    /// use wharf::PushOptions;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = wharf::Wharf::open(dir.path())?.queue("jobs")?;
+    /// let first = q.push_with(b"urgent later", PushOptions::new().priority(1))?;
+    /// q.push_with(b"urgent", PushOptions::new().priority(9))?;
+    /// let oldest = q.oldest()?.expect("two messages");
+    /// assert_eq!(oldest.id, first);
+    /// assert!(oldest.pushed_at.is_some()); // pushes with options record their time
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::peek`].
+    pub fn oldest(&self) -> Result<Option<Peeked>> {
+        let found = {
+            let g = self.core.shared.state.lock();
+            g.check()?;
+            match g.queues[self.id as usize].index.first_pushed() {
+                Some(w) => Some(self.unloaded(&g, w)?),
+                None => None,
+            }
+        };
+        found.map(|u| self.load_peeked(u)).transpose()
+    }
+
+    /// Payload bytes of the queue's unsettled messages (ready, delayed and in flight), record
+    /// headers not included. Walks the queue's index: it takes time in proportion to the
+    /// messages.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = wharf::Wharf::open(dir.path())?.queue("jobs")?;
+    /// q.push_batch(["abc", "de"])?;
+    /// assert_eq!(q.payload_bytes()?, 5);
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`].
+    pub fn payload_bytes(&self) -> Result<u64> {
+        let g = self.core.shared.state.lock();
+        g.check()?;
+        Ok(g.queues[self.id as usize].index.payload_bytes())
+    }
+
+    /// Settles every waiting message of the queue (ready or delayed) for good, as an ack
+    /// does: one `Ack` record each, durable when this returns; returns how many. Messages in
+    /// flight are left to their consumers.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = wharf::Wharf::open(dir.path())?.queue("jobs")?;
+    /// q.push_batch(["a", "b", "c"])?;
+    /// let held = q.pop()?;
+    /// assert_eq!(q.purge()?, 2);
+    /// assert_eq!(q.try_pop()?.map(|d| d.id()), None);
+    /// held.ack()?;
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`] (the messages settled so far
+    /// stay settled).
+    pub fn purge(&self) -> Result<usize> {
+        let shared = &self.core.shared;
+        let q = self.id as usize;
+        let ack_len = Body::Ack { queue: 0, id: 0 }.encoded_len();
+        let mut g = shared.state.lock();
+        let mut purged = 0;
+        loop {
+            g.check()?;
+            // In batches, so that the room asked for stays within a segment.
+            let ids: Vec<u64> =
+                g.queues[q].index.waiting(PURGE_BATCH).iter().map(|w| w.id).collect();
+            if ids.is_empty() {
+                break;
+            }
+            if !jobs::room(shared, &mut g, &vec![ack_len; ids.len()], Room::Settle)? {
+                continue;
+            }
+            for id in ids {
+                let Some(entry) = g.queues[q].index.remove(id) else { continue };
+                jobs::drop_message(shared, &mut g, self.id, id, entry)?;
+                purged += 1;
+            }
+        }
+        if purged > 0 {
+            let end = g.wal.next_lsn;
+            shared.wait_durable(&mut g, end)?;
+        }
+        Ok(purged)
+    }
+
+    /// What `peek` needs of a waiting message under the lock: where its bytes are and its
+    /// notes.
+    fn unloaded(&self, g: &State, w: Waiting) -> Result<Unloaded> {
+        let source = source_of(g, w.id, &w.entry)?;
+        let index = &g.queues[self.id as usize].index;
+        let note = index.note(w.id).cloned().unwrap_or_default();
+        let from = note.origin.and_then(|o| {
+            let name = g.queues.get(o as usize)?.name.to_string();
+            Some((name, DeadReason::from_code(note.reason)?))
+        });
+        let last_error = (!note.error.is_empty()).then(|| note.error.to_string());
+        Ok(Unloaded {
+            taken: Taken { id: w.id, entry: w.entry, source },
+            due: w.due,
+            from,
+            last_error,
+        })
+    }
+
+    /// Reads and checks a waiting message's push record, outside the lock.
+    fn load_peeked(&self, u: Unloaded) -> Result<Peeked> {
+        let (id, entry) = (u.taken.id, u.taken.entry);
+        let mut meta = PushMeta::default();
+        let payload = load_with(u.taken, &self.core.shared, Some(&mut meta))?;
+        Ok(Peeked {
+            id: MessageId(id),
+            payload: payload.bytes().to_vec(),
+            attempts: entry.attempts,
+            priority: entry.priority,
+            due: u.due.map(from_unix_ms),
+            dead_lettered_from: u.from,
+            last_error: u.last_error,
+            pushed_at: (meta.pushed != 0).then(|| from_unix_ms(meta.pushed)),
+            expires: (entry.expires != 0).then(|| from_unix_ms(entry.expires)),
+            dedup_key: meta.key,
+        })
     }
 
     /// Moves a dead letter of this queue back to the queue it came from, ready at once with
@@ -1072,12 +1251,25 @@ const MIN_WAIT: Duration = Duration::from_micros(100);
 /// Length of a `Deliver` record.
 const DELIVER_LEN: usize = crate::record::RECORD_HEADER_LEN + 16;
 
+/// What a push record says besides the payload: its wall-clock time (0: not recorded) and
+/// dedup key.
+#[derive(Default)]
+struct PushMeta {
+    pushed: u64,
+    key: Option<Vec<u8>>,
+}
+
 /// Reads and checks the push record of a taken message, and returns its payload.
 fn load(t: Taken, shared: &Shared) -> Result<Payload> {
+    load_with(t, shared, None)
+}
+
+/// [`load`], also filling in `meta` from the push record when asked.
+fn load_with(t: Taken, shared: &Shared, mut meta: Option<&mut PushMeta>) -> Result<Payload> {
     let rec_len = t.entry.record_len();
     let off = t.entry.off as usize;
     let lsn = t.entry.lsn;
-    let check = |bytes: &[u8], seg: Option<&Segment>| -> Result<()> {
+    let mut check = |bytes: &[u8], seg: Option<&Segment>| -> Result<()> {
         let fail = |why: &str| {
             let (file, offset) =
                 seg.map_or_else(Default::default, |s| (s.path.clone(), lsn - s.base));
@@ -1085,7 +1277,12 @@ fn load(t: Taken, shared: &Shared) -> Result<Payload> {
         };
         match record::decode(bytes, lsn) {
             // Ids are unique in the store; a dead letter's record names the queue it was pushed to.
-            Ok(r) if matches!(r.body, Body::Push { id, .. } | Body::PushEx { id, .. } if id == t.id) => {
+            Ok(r) if matches!(r.body, Body::Push { id, .. } | Body::PushEx { id, .. } if id == t.id) =>
+            {
+                if let (Some(m), Body::PushEx { pushed, key, .. }) = (meta.as_deref_mut(), r.body) {
+                    m.pushed = pushed;
+                    m.key = (!key.is_empty()).then(|| key.to_vec());
+                }
                 Ok(())
             }
             Ok(_) => Err(fail("a different record where a message was expected")),
@@ -1114,10 +1311,12 @@ fn load(t: Taken, shared: &Shared) -> Result<Payload> {
             Ok(Payload::Owned { bytes, start: off })
         }
         Source::Relocated { crc } => {
-            let db = shared.db.lock().clone().ok_or_else(|| {
-                Error::Io(std::io::Error::other("a relocated message but no state database"))
+            let db = shared.state_db()?;
+            let bytes = db.payload(t.id, crc, t.entry.len).inspect_err(|e| {
+                if matches!(e, Error::Io(_)) {
+                    shared.state_db_failed(&db, false);
+                }
             })?;
-            let bytes = db.payload(t.id, crc, t.entry.len)?;
             Ok(Payload::Owned { bytes, start: 0 })
         }
     }

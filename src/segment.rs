@@ -16,7 +16,7 @@ use crate::storage::{MapView, Storage, StorageFile};
 /// Magic bytes at the start of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
 /// The on-disk format version this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of the segment header; the first record starts here.
 pub(crate) const HEADER_LEN: u64 = 64;
 const SUFFIX: &str = ".seg";

@@ -241,12 +241,48 @@ impl Wharf {
     pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
         verify_on(&RealFs, dir.as_ref())
     }
+
+    /// [`Wharf::verify`], calling `progress(done, total)` as it reads the log: `total` is the
+    /// bytes of the segment files it found, `done` how many of them it has read (or skipped,
+    /// for spares past the end of the log). It is called with `done == 0` once the segments
+    /// are listed, after each segment and about every MiB within one, and with
+    /// `done == total` at the end.
+    ///
+    /// ```
+    /// use wharf::Wharf;
+    /// # let dir = tempfile::tempdir()?;
+    /// # Wharf::open(dir.path())?.queue("jobs")?.push(b"resize photo 17")?;
+    /// let mut last = (0, 0);
+    /// let report = Wharf::verify_with_progress(dir.path(), |done, total| last = (done, total))?;
+    /// assert!(report.is_healthy());
+    /// assert!(last.1 > 0 && last.0 == last.1);
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Wharf::verify`].
+    pub fn verify_with_progress(
+        dir: impl AsRef<Path>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<VerifyReport> {
+        verify_with(&RealFs, dir.as_ref(), Some(&mut progress))
+    }
 }
 
 /// Verifies the store in `dir` on `storage` (the state database is read through it too).
 pub(crate) fn verify_on(storage: &dyn Storage, dir: &Path) -> Result<VerifyReport> {
+    verify_with(storage, dir, None)
+}
+
+/// [`verify_on`], reporting the bytes of the log read to `progress`.
+fn verify_with(
+    storage: &dyn Storage,
+    dir: &Path,
+    progress: Option<&mut dyn FnMut(u64, u64)>,
+) -> Result<VerifyReport> {
     let top = storage.list(dir)?;
     let mut v = Verifier { state_path: dir.join(state::FILE), ..Verifier::default() };
+    v.progress.report = progress;
     if top.iter().any(|n| n == state::TMP_FILE) {
         v.report.temporary_files.push(state::TMP_FILE.to_owned());
     }
@@ -276,8 +312,34 @@ struct Seg {
     file: Arc<dyn StorageFile>,
 }
 
+/// Where the scan of the log is, for a progress callback.
 #[derive(Default)]
-struct Verifier {
+struct Progress<'a> {
+    report: Option<&'a mut dyn FnMut(u64, u64)>,
+    /// Bytes of the segments found.
+    total: u64,
+    /// Bytes of the segments scanned (or skipped) before the current one.
+    before: u64,
+    /// `done` when the callback was last called.
+    told: u64,
+}
+
+impl Progress<'_> {
+    /// Tells the callback `done` bytes are read, if a MiB passed since it was last told (or
+    /// `force`).
+    fn tell(&mut self, done: u64, force: bool) {
+        if let Some(f) = self.report.as_deref_mut() {
+            if force || done >= self.told + CHUNK as u64 {
+                self.told = done;
+                f(done.min(self.total), self.total);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Verifier<'a> {
+    progress: Progress<'a>,
     report: VerifyReport,
     /// `state.redb` in the store directory.
     state_path: PathBuf,
@@ -292,7 +354,7 @@ struct Verifier {
     seal_at: Option<u64>,
 }
 
-impl Verifier {
+impl Verifier<'_> {
     fn problem(&mut self, file: &Path, offset: u64, reason: impl Into<String>) {
         self.push(Corruption { file: file.to_owned(), offset, reason: reason.into() });
     }
@@ -357,6 +419,8 @@ impl Verifier {
         self.report.ignored_files.sort_unstable();
 
         let (segs, store_id) = self.open_segments(storage, log_dir, &bases);
+        self.progress.total = segs.iter().map(|s| s.len).sum();
+        self.progress.tell(0, true);
         if let (Some(log_id), Some(db_id)) = (store_id, self.state_store_id) {
             if log_id != db_id {
                 let path = self.state_path.clone();
@@ -373,13 +437,15 @@ impl Verifier {
         let mut log_end = None;
         for (i, seg) in segs.iter().enumerate() {
             let past_end = log_end.is_some();
-            if past_end && !starts.get(i).copied().unwrap_or(false) {
-                continue; // a spare past the end of the log
-            }
-            let later = starts.get(i + 1..).is_some_and(|s| s.contains(&true));
-            if let Some(at) = self.segment(seg, mark_end, later) {
-                log_end.get_or_insert(at);
-            }
+            if !past_end || starts.get(i).copied().unwrap_or(false) {
+                let later = starts.get(i + 1..).is_some_and(|s| s.contains(&true));
+                if let Some(at) = self.segment(seg, mark_end, later) {
+                    log_end.get_or_insert(at);
+                }
+            } // else a spare past the end of the log
+            self.progress.before += seg.len;
+            let done = self.progress.before;
+            self.progress.tell(done, true);
         }
         let log_end = log_end.or_else(|| segs.last().map(|s| s.base + s.len)).unwrap_or(0);
         if log_end < mark_end {
@@ -552,6 +618,8 @@ impl Verifier {
 
     /// One valid record, at `lsn` of `seg`.
     fn record(&mut self, seg: &Seg, lsn: u64, rec: &Record<'_>) {
+        let done = self.progress.before + (lsn - seg.base);
+        self.progress.tell(done, false);
         self.report.records.add(&rec.body);
         match rec.body {
             Body::Push { id, .. } | Body::PushEx { id, .. } => {
@@ -575,7 +643,8 @@ impl Verifier {
     fn summarise(&mut self) {
         let now = unix_ms(SystemTime::now());
         let mut in_flight: HashMap<u32, u64> = HashMap::new();
-        for &(q, _) in &self.replay.leased {
+        let last = self.replay.epoch();
+        for (&(q, _), _) in self.replay.leased.iter().filter(|(_, &e)| e == last) {
             *in_flight.entry(q).or_default() += 1;
         }
         let queues = std::mem::take(&mut self.replay.queues);
@@ -907,7 +976,7 @@ mod tests {
     }
 
     /// Replays a push of message 7 at `lsn` after a checkpoint at 1000 that relocated it.
-    fn replay_after_relocation(lsn: u64) -> Verifier {
+    fn replay_after_relocation(lsn: u64) -> Verifier<'static> {
         let row = state::Row { queue: 0, len: 3, ..state::Row::default() };
         let loaded = state::Loaded {
             checkpoint: 1000,

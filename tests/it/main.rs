@@ -10,6 +10,7 @@ mod enospc;
 mod jobs;
 mod jobs_model;
 mod leases;
+mod operate;
 mod poison;
 mod quota;
 mod recovery;
