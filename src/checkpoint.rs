@@ -73,18 +73,7 @@ impl Shared {
     /// Takes a checkpoint now (see the module docs); serialised with other checkpoints.
     pub(crate) fn checkpoint(&self) -> Result<CheckpointReport> {
         let mut ck = self.checkpointing.lock();
-        self.state.lock().check()?;
-        let db = {
-            let mut slot = self.db.lock();
-            match &*slot {
-                Some(db) => Arc::clone(db),
-                None => {
-                    let made = Arc::new(StateDb::open(&*self.storage, &self.dir)?);
-                    *slot = Some(Arc::clone(&made));
-                    made
-                }
-            }
-        };
+        let db = self.state_db_locked(&ck)?;
         let mut g = self.state.lock();
         g.check()?;
         let c = g.wal.next_lsn;
@@ -157,6 +146,8 @@ impl Shared {
         if let Err(e) = db.apply(&delta) {
             ck.reconcile = true;
             self.checkpoint_failed();
+            // The transaction may have failed at its fsync: the file is in doubt.
+            self.state_db_failed(&db, true);
             return Err(e);
         }
         failpoint::hit("checkpoint-after-commit");
@@ -203,6 +194,45 @@ impl Shared {
             self.bg_cv.notify_all();
         }
         Ok(report)
+    }
+
+    /// The open state database for reading a relocated payload: opened again if an error
+    /// closed it (see [`state_db_failed`](Self::state_db_failed)).
+    pub(crate) fn state_db(&self) -> Result<Arc<StateDb>> {
+        if let Some(db) = &*self.db.lock() {
+            return Ok(Arc::clone(db));
+        }
+        let ck = self.checkpointing.lock();
+        self.state_db_locked(&ck)
+    }
+
+    /// The open state database, opened (created if missing, rebuilt if a failed transaction
+    /// left it in doubt) if none is; the caller holds `checkpointing`, which serialises this
+    /// with checkpoints and the close.
+    fn state_db_locked(&self, _ck: &Checkpointer) -> Result<Arc<StateDb>> {
+        self.state.lock().check()?;
+        let mut slot = self.db.lock();
+        if let Some(db) = &*slot {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(StateDb::open_or_rebuild(&*self.storage, &self.dir)?);
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
+    }
+
+    /// A call on `db` failed. redb latches an I/O error (every later call fails with
+    /// "previous I/O error" until the database is opened again), so this `db` is closed (once
+    /// its last reader is done: a latched database writes nothing when it closes) and the next
+    /// use opens the file again; `wrote`: a write transaction failed, which leaves the file in
+    /// doubt, so the next use rebuilds it.
+    pub(crate) fn state_db_failed(&self, db: &Arc<StateDb>, wrote: bool) {
+        if wrote {
+            db.set_in_doubt(&*self.storage);
+        }
+        let mut slot = self.db.lock();
+        if slot.as_ref().is_some_and(|open| Arc::ptr_eq(open, db)) {
+            *slot = None;
+        }
     }
 
     /// A checkpoint did not commit: what it would have covered waits for the next one.
@@ -301,6 +331,7 @@ fn row_of(g: &State, q: u32, id: u64, entry: &Entry, due: u64, len: u32, crc: u3
         error: note.map_or_else(Default::default, |n| n.error.clone()),
         len,
         crc,
+        leased: if g.wal.log.delivered.contains(&id) { g.wal.epoch } else { 0 },
     }
 }
 

@@ -6,7 +6,7 @@
 //! (which restates the queue catalog and the id epoch) is durable too, and a checkpoint covers
 //! the whole segment.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::record::Body;
@@ -49,6 +49,11 @@ pub(crate) struct Log {
     /// A thread is deleting segments it took (with the store's mutex released): no other
     /// takes any until it is done, or a later segment could go before an earlier one.
     pub deleting: bool,
+    /// Messages delivered in this run and not settled, nacked or moved since (whether their
+    /// lease ran out or not): those recovery would count as in flight if the store stopped
+    /// now. A checkpoint writes it into the rows of relocated messages, whose delivery records
+    /// recovery skips.
+    pub delivered: HashSet<u64>,
 }
 
 impl Log {
@@ -151,6 +156,19 @@ impl Log {
 
     /// Notes a record staged at `lsn`, before its segment may go without a checkpoint.
     pub(crate) fn note_record(&mut self, lsn: u64, body: &Body<'_>) {
+        match *body {
+            Body::Deliver { id, .. } => {
+                self.delivered.insert(id);
+            }
+            Body::Ack { id, .. }
+            | Body::Nack { id, .. }
+            | Body::Retry { id, .. }
+            | Body::DeadLetter { id, .. }
+            | Body::Requeue { id, .. } => {
+                self.delivered.remove(&id);
+            }
+            _ => {}
+        }
         let sensitive = match *body {
             Body::PushEx { key, .. } if !key.is_empty() => true,
             _ => {

@@ -226,9 +226,14 @@ pub(crate) struct Replay {
     pub relocated: HashMap<u64, state::Row>,
     pub queues: Vec<(String, QueueIndex)>,
     configs: Vec<Option<QueueConfig>>,
-    /// Messages delivered and not settled since: in flight when the log ends.
-    pub leased: HashSet<(u32, u64)>,
+    /// Messages delivered and not settled since, with the epoch (run) that delivered them:
+    /// those of the last run were in flight when the log ends.
+    pub leased: HashMap<(u32, u64), u32>,
+    /// The highest epoch seen in the log so far: the run whose records are being replayed (a
+    /// preamble restates it at the start of every segment).
     max_epoch: u32,
+    /// The checkpoint's epoch: epochs up to it were used, whatever the log still holds.
+    checkpoint_epoch: u32,
     /// Unsettled messages per segment base.
     live: BTreeMap<u64, u64>,
     /// Messages pushed per segment base.
@@ -257,10 +262,7 @@ impl Replay {
         match rec.body {
             Body::Epoch { epoch } => {
                 // A new epoch is a new run of the store: the leases of earlier runs ended with
-                // them (a preamble restates the current epoch, which changes nothing).
-                if epoch > self.max_epoch {
-                    self.leased.clear();
-                }
+                // them (see `in_flight`); a preamble restates the current epoch.
                 self.max_epoch = self.max_epoch.max(epoch);
             }
             Body::Queue { queue, name } => {
@@ -311,7 +313,7 @@ impl Replay {
                 }
                 if let Some((_, q)) = self.queues.get_mut(queue as usize) {
                     if q.replay_delivered(id, attempt) {
-                        self.leased.insert((queue, id));
+                        self.leased.insert((queue, id), self.max_epoch);
                     }
                 }
             }
@@ -386,8 +388,11 @@ impl Replay {
     /// relocated messages. The log's own records then restate (and extend) the catalog.
     pub(crate) fn from_checkpoint(loaded: &state::Loaded, file: &Path) -> Result<Replay> {
         let bad = |why: String| corrupt(file, 0, why);
-        let mut r =
-            Replay { floor: loaded.checkpoint, max_epoch: loaded.epoch, ..Replay::default() };
+        let mut r = Replay {
+            floor: loaded.checkpoint,
+            checkpoint_epoch: loaded.epoch,
+            ..Replay::default()
+        };
         for q in &loaded.queues {
             if !valid_name(&q.name) {
                 return Err(bad(format!("invalid queue name {:?} in the catalog", q.name)));
@@ -421,6 +426,9 @@ impl Replay {
                     Note { origin: row.origin, reason: row.reason, error: row.error.clone() },
                 );
             }
+            if row.leased != 0 {
+                r.leased.insert((row.queue, *id), row.leased);
+            }
             r.relocated.insert(*id, row.clone());
         }
         for (queue, key, id, until) in &loaded.dedup {
@@ -430,6 +438,18 @@ impl Replay {
             q.dedup_insert(key, *id, *until, 0);
         }
         Ok(r)
+    }
+
+    /// The last epoch used: by the log's records or by the checkpoint.
+    pub(crate) fn epoch(&self) -> u32 {
+        self.max_epoch.max(self.checkpoint_epoch)
+    }
+
+    /// Messages in flight when the log ends: delivered by the last run and not settled since
+    /// (the leases of earlier runs ended when the run after them began).
+    pub(crate) fn in_flight(&self) -> u64 {
+        let last = self.epoch();
+        self.leased.values().filter(|&&e| e == last).count() as u64
     }
 
     /// A move of message `id` from queue `from` to queue `to`: takes it out of `from` (if it
@@ -598,7 +618,7 @@ pub(crate) fn recover(
     report.records = replay.records;
     report.checkpoint = (loaded.checkpoint > 0).then_some(loaded.checkpoint);
     report.relocated = replay.relocated.len() as u64;
-    report.in_flight_at_crash = replay.leased.len() as u64;
+    report.in_flight_at_crash = replay.in_flight();
     report.messages = replay.queues.iter().map(|(_, q)| q.waiting_len() as u64).sum();
 
     let store_id = store_id.unwrap_or_else(new_store_id);
@@ -614,6 +634,7 @@ pub(crate) fn recover(
         first_sensitive: loaded.checkpoint,
         inflight_sensitive: u64::MAX,
         deleting: false,
+        delivered: HashSet::new(),
     };
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
@@ -630,7 +651,7 @@ pub(crate) fn recover(
     Ok(Recovered {
         log,
         active,
-        max_epoch: replay.max_epoch,
+        max_epoch: replay.epoch(),
         queues: replay.queues,
         configs: replay.configs,
         relocated: replay.relocated,

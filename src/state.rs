@@ -58,9 +58,13 @@ pub(crate) struct Row {
     /// Payload length and CRC-32C.
     pub len: u32,
     pub crc: u32,
+    /// The epoch (run of the store) that delivered it last, if it was delivered and not
+    /// settled since when the checkpoint was taken (0: it was not), so that recovery can tell
+    /// whether it was in flight when the store last stopped.
+    pub leased: u32,
 }
 
-const ROW_FIXED: usize = 4 + 4 + 1 + 8 + 8 + 4 + 1 + 4 + 4 + 4;
+const ROW_FIXED: usize = 4 + 4 + 1 + 8 + 8 + 4 + 1 + 4 + 4 + 4 + 4;
 
 impl Row {
     fn encode(&self) -> Vec<u8> {
@@ -77,6 +81,10 @@ impl Row {
         let error = self.error.as_bytes();
         out.extend_from_slice(&u32::try_from(error.len()).unwrap_or(0).to_le_bytes());
         out.extend_from_slice(error.get(..u32::MAX as usize).unwrap_or(error));
+        // Added after the first rows were written: a row without it was not leased.
+        if self.leased != 0 {
+            out.extend_from_slice(&self.leased.to_le_bytes());
+        }
         out
     }
 
@@ -94,10 +102,23 @@ impl Row {
         let crc = r.u32()?;
         let elen = r.u32()? as usize;
         let error = std::str::from_utf8(r.take(elen)?).ok()?.into();
+        let leased = if r.0.is_empty() { 0 } else { r.u32().filter(|&e| e != 0)? };
         if !r.0.is_empty() {
             return None;
         }
-        Some(Row { queue, attempts, priority, expires, due, origin, reason, error, len, crc })
+        Some(Row {
+            queue,
+            attempts,
+            priority,
+            expires,
+            due,
+            origin,
+            reason,
+            error,
+            len,
+            crc,
+            leased,
+        })
     }
 }
 
@@ -223,7 +244,8 @@ fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
 
 impl StateDb {
     /// Opens `dir/state.redb` on `storage` if it exists (a leftover temporary file of an
-    /// interrupted creation is removed).
+    /// interrupted creation is removed). One that a failed transaction of this process left in
+    /// doubt is [rebuilt](Self::rebuild) first.
     pub(crate) fn open_existing(storage: &dyn Storage, dir: &Path) -> Result<Option<StateDb>> {
         let names = storage.list(dir)?;
         if names.iter().any(|n| n == TMP_FILE) {
@@ -231,10 +253,82 @@ impl StateDb {
             storage.sync_dir(dir)?;
         }
         if names.iter().any(|n| n == FILE) {
-            Self::open(storage, dir).map(Some)
+            Self::open_or_rebuild(storage, dir).map(Some)
         } else {
             Ok(None)
         }
+    }
+
+    /// Opens `dir/state.redb` on `storage` (creating it if missing), or rebuilds it if a failed
+    /// transaction of this process left it in doubt (see [`set_in_doubt`](Self::set_in_doubt)).
+    pub(crate) fn open_or_rebuild(storage: &dyn Storage, dir: &Path) -> Result<StateDb> {
+        let path = dir.join(FILE);
+        if storage.suspect(&path).is_none() {
+            return Self::open(storage, dir);
+        }
+        let db = Self::rebuild(storage, dir)?;
+        storage.set_suspect(&path, None);
+        Ok(db)
+    }
+
+    /// Remembers for as long as this process lives that a transaction on this database failed.
+    /// What the page cache now shows of the file may never reach the disk (after a failed
+    /// fsync the kernel drops the pages it could not write: fsyncgate), and redb, opening it
+    /// again, would take the failed commit for a committed one and make its header durable:
+    /// the next open in this process [rebuilds](Self::rebuild) the file instead.
+    pub(crate) fn set_in_doubt(&self, storage: &dyn Storage) {
+        storage.set_suspect(&self.path, Some(0));
+    }
+
+    /// Writes the state database anew: what this process reads of its last commit (the one
+    /// redb sees in the file as it is cached now) is copied into a new file, created whole
+    /// (temporary name, durable commit, rename, directory sync), which replaces the old one.
+    /// The copy is durable whatever became of the old file's unsynced pages, and it is a
+    /// checkpoint that was valid when written: its position was durable in the log first.
+    pub(crate) fn rebuild(storage: &dyn Storage, dir: &Path) -> Result<StateDb> {
+        let path = dir.join(FILE);
+        let tmp = dir.join(TMP_FILE);
+        if storage.list(dir)?.iter().any(|n| n == TMP_FILE) {
+            storage.remove(&tmp)?;
+            storage.sync_dir(dir)?;
+        }
+        let mut src = Self::open_read_only(storage, &path)?;
+        let checked = src.check_integrity();
+        if !matches!(checked, Ok(true)) {
+            src.close_quietly();
+            checked?;
+            return Err(damaged(&path, "it fails redb's integrity check"));
+        }
+        let file = match storage.open(&tmp, true) {
+            Ok(f) => f,
+            Err(e) => {
+                src.close_quietly();
+                return Err(e.into());
+            }
+        };
+        let copied = catch_unwind(AssertUnwindSafe(|| {
+            let db = Self::builder().create_with_backend(RedbBackend::new(file))?;
+            let from = src.db.begin_read()?;
+            let to = db.begin_write()?;
+            copy_table(&from, &to, META)?;
+            copy_table(&from, &to, QUEUES)?;
+            copy_table(&from, &to, MESSAGES)?;
+            copy_table(&from, &to, PAYLOADS)?;
+            copy_table(&from, &to, DEDUP)?;
+            to.commit()?;
+            drop(from);
+            db.close()?;
+            Ok::<_, redb::Error>(())
+        }));
+        src.close_quietly();
+        match copied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(write_err(&tmp, e)),
+            Err(_) => return Err(damaged(&path, "redb panicked copying it")),
+        }
+        storage.rename(&tmp, &path)?;
+        storage.sync_dir(dir)?;
+        Self::open(storage, dir)
     }
 
     /// Opens `dir/state.redb` on `storage`, creating it whole if it does not exist. A leftover
@@ -427,11 +521,7 @@ impl StateDb {
         let done = catch_unwind(AssertUnwindSafe(|| self.apply_inner(d)));
         match done {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(redb::Error::Io(e))) => Err(Error::Io(e)),
-            Ok(Err(redb::Error::Corrupted(why))) => Err(damaged(path, why)),
-            Ok(Err(e)) => Err(Error::Io(std::io::Error::other(format!(
-                "writing the state database failed: {e}"
-            )))),
+            Ok(Err(e)) => Err(write_err(path, e)),
             Err(_) => Err(damaged(path, "redb panicked writing it")),
         }
     }
@@ -517,8 +607,7 @@ impl StateDb {
         let bytes = match read {
             Ok(Ok(Some(b))) => b,
             Ok(Ok(None)) => return Err(damaged(path, format!("message {id:x} has no payload"))),
-            Ok(Err(redb::Error::Io(e))) => return Err(Error::Io(e)),
-            Ok(Err(e)) => return Err(damaged(path, e)),
+            Ok(Err(e)) => return Err(write_err(path, e)),
             Err(_) => return Err(damaged(path, "redb panicked reading it")),
         };
         if bytes.len() != len as usize || crc32c::crc32c(&bytes) != crc {
@@ -530,6 +619,34 @@ impl StateDb {
     /// The file's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Copies every row of table `def` (if `from` has it) into `to`.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> std::result::Result<(), redb::Error> {
+    let Some(src) = open_read(from, def)? else { return Ok(()) };
+    let mut dst = to.open_table(def)?;
+    for item in src.iter()? {
+        let (k, v) = item?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+/// A redb error writing (or reading, for a write) the state database at `path`. I/O errors,
+/// including one redb latched earlier, are I/O errors: the file may be fine.
+fn write_err(path: &Path, e: redb::Error) -> Error {
+    match e {
+        redb::Error::Io(e) => Error::Io(e),
+        redb::Error::Corrupted(why) => damaged(path, why),
+        redb::Error::PreviousIo | redb::Error::DatabaseClosed => Error::Io(std::io::Error::other(
+            "an earlier I/O error on the state database: it is reopened at the next use",
+        )),
+        e => Error::Io(std::io::Error::other(format!("writing the state database failed: {e}"))),
     }
 }
 
@@ -561,12 +678,23 @@ mod tests {
             error: "boom".into(),
             len: 5,
             crc: 9,
+            leased: 0,
         };
         let b = row.encode();
-        assert_eq!(Row::decode(&b), Some(row));
+        assert_eq!(Row::decode(&b), Some(row.clone()));
         for cut in 0..b.len() {
             assert_eq!(Row::decode(&b[..cut]), None, "cut at {cut}");
         }
+        let leased = Row { leased: 4, ..row };
+        let b = leased.encode();
+        assert_eq!(Row::decode(&b), Some(leased));
+        for cut in 1..4 {
+            assert_eq!(Row::decode(&b[..b.len() - cut]), None, "cut {cut} from the end");
+        }
+        let mut zero = b.clone();
+        let n = zero.len();
+        zero[n - 4..].fill(0);
+        assert_eq!(Row::decode(&zero), None, "an epoch 0 is written as no epoch");
         let q = QueueRow { name: "jobs".into(), config: Some(vec![1, 2, 3].into()) };
         assert_eq!(QueueRow::decode(&q.encode()), Some(q));
         let q = QueueRow { name: "jobs".into(), config: None };

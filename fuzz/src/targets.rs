@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use wharf::testing::{self, CrashPolicy, ManualClock, OpKind, SimFs};
+use wharf::testing::{self, CrashPolicy, ManualClock, SimFs};
 use wharf::{Error, NackOptions, PushOptions, Wharf, WharfBuilder};
 
 use crate::model::Model;
@@ -774,10 +774,7 @@ impl ModelRun {
                 m.reopened();
                 let report = w.recovery_report();
                 assert_eq!(report.messages, m.unsettled() as u64, "recovered message count");
-                // Known open finding 1 (README): after a checkpoint the count is wrong.
-                if !skip_known() {
-                    assert_eq!(report.in_flight_at_crash, in_flight, "recovered in-flight count");
-                }
+                assert_eq!(report.in_flight_at_crash, in_flight, "recovered in-flight count");
                 assert_eq!(report.bytes_truncated, 0, "a clean close left a tail to cut");
                 assert!(report.removed_files.is_empty(), "a clean close left temporary files");
             }
@@ -1011,30 +1008,18 @@ pub fn run_ops_faults(input: &FaultInput) {
         if was_poisoned && !matches!(op, Op::Reopen { .. }) {
             assert!(!matches!(r, Ok(true)), "{what}: I7 succeeded on a poisoned store");
         }
-        // Known open finding 2 (README): once a call on the state database failed, every
-        // later one fails (redb's "previous I/O error") until the store is reopened.
-        let state_stuck = skip_known() && state_faults(&sim) > 0;
         match &r {
             Err(e) if !sim.fault_fired() => panic!("{what}: failed without a fault: {e}"),
             // After a transient fault fired (and did not poison), the store works again.
-            Err(e) if fired_before && !fault.persistent && !was_poisoned && !state_stuck => {
+            Err(e) if fired_before && !fault.persistent && !was_poisoned => {
                 panic!("{what}: failed after a transient fault was over: {e}")
             }
             _ => {}
         }
     }
-    let state_sync_failed = fault.kind == OpKind::Sync && state_faults(&sim) > 0;
     sim.set_fault(None);
     let _ = ctx.close();
-    // Known open finding 3 (README): after a failed sync of the state database, a reopen in
-    // the same process builds on what that sync lost, and a power loss then leaves a state
-    // database that does not open. Skipped: no power loss after such a fault.
-    let end = match input.end {
-        End::Image(p, _) if skip_known() && state_sync_failed && p != Policy::KeepAll => {
-            End::SameDisk
-        }
-        end => end,
-    };
+    let end = input.end;
     // A reopen in the same process cuts what a failed sync left in doubt, written or not.
     let (image, keep_all) = match end {
         End::SameDisk => (sim.clone(), false),

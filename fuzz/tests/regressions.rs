@@ -2,7 +2,10 @@
 //! pass its target. File inputs live in `regressions/<target>/` and are replayed by `replay.rs`.
 
 use wharf_fuzz::ops::{Config, Dur, FaultSpec, Len, Op, Policy};
-use wharf_fuzz::targets::{run_ops_crash, run_ops_faults, CrashInput, CrashPoint, End, FaultInput};
+use wharf_fuzz::targets::{
+    run_ops_crash, run_ops_faults, run_ops_model, CrashInput, CrashPoint, End, FaultInput,
+    ModelInput,
+};
 
 /// A log fsync fails (the store is poisoned), the store is reopened in the same process, then
 /// the power fails. The reopened store must not have built on the records whose fsync failed
@@ -232,6 +235,94 @@ fn a_pop_failing_with_enospc_may_have_delivered() {
             Op::Push { queue: 0, len: Len::Small(40), durability: Dur::Default },
             Op::Pop { queue: 0 },
             Op::Checkpoint,
+        ],
+    };
+    run_ops_faults(&input);
+}
+
+/// A message leased when a checkpoint relocated it, and still leased at the close, is in
+/// flight at the next open (`RecoveryReport::in_flight_at_crash` was 0): recovery skips its
+/// delivery record below the checkpoint, so its row now keeps the epoch that leased it. (Was
+/// open finding 1 (a).)
+#[test]
+fn a_relocated_message_leased_at_the_close_counts_as_in_flight() {
+    let input = ModelInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Pop { queue: 0 },
+            Op::Churn { queue: 1, n: 40, len: Len::Large(40), durability: Dur::None },
+            Op::Checkpoint,
+            Op::Reopen { release_first: false },
+        ],
+    };
+    run_ops_model(&input);
+}
+
+/// A message in flight at a close, released by the next run, which then took a checkpoint, is
+/// not in flight at later opens (it was counted at each): replay started at the checkpoint's
+/// epoch, so the epoch record of the run after that close no longer ended the leases of the
+/// run before. Leases now carry the epoch that made them. (Was open finding 1 (b), found by
+/// `ops_model`.)
+#[test]
+fn a_lease_of_a_run_before_a_checkpoint_is_not_in_flight_later() {
+    let input = ModelInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Pop { queue: 0 },
+            Op::Reopen { release_first: false }, // in flight at this close: counted, rightly
+            Op::Checkpoint,
+            Op::Reopen { release_first: true }, // nothing in flight, 1 counted
+        ],
+    };
+    run_ops_model(&input);
+}
+
+/// One failed call on the state database (a transient EIO on a write of a checkpoint's redb
+/// transaction) no longer fails every later checkpoint: redb latches the error ("Previous I/O
+/// error occurred"), so wharf closes that database and rebuilds the file at its next use.
+/// (Was open finding 2.)
+#[test]
+fn a_checkpoint_after_a_transient_state_database_fault_succeeds() {
+    assert_eq!(wharf::testing::OpKind::ALL[10], wharf::testing::OpKind::Write);
+    let input = FaultInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        fault: FaultSpec { kind: 10, nth: 0, no_space: false, persistent: false },
+        arm_at: 3, // before the second checkpoint: its first write is redb's
+        end: End::SameDisk,
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Checkpoint,
+            Op::Checkpoint,
+            Op::Checkpoint,
+        ],
+    };
+    run_ops_faults(&input);
+}
+
+/// A checkpoint's redb commit fails at its fsync (the kernel drops the dirty pages it could not
+/// write, fsyncgate), the store is reopened in the same process, then the power fails. The
+/// reopened redb used to take the failed commit (in the page cache) for a committed one and make
+/// its header durable; after the power loss the store no longer opened ("Invalid page type byte
+/// 0"). A failed transaction now leaves the file marked in doubt for the process, and the next
+/// open rebuilds it whole. (Was open finding 3.)
+#[test]
+fn a_reopen_after_a_failed_state_database_sync_survives_a_power_loss() {
+    assert_eq!(wharf::testing::OpKind::ALL[11], wharf::testing::OpKind::Sync);
+    let input = FaultInput {
+        cfg: Config::new(Dur::Default, Dur::Default),
+        // The 2nd fsync from the second push on: the push's log sync, then the one fsync of
+        // the second checkpoint's redb commit (redb writes its pages and header, then syncs).
+        fault: FaultSpec { kind: 11, nth: 1, no_space: false, persistent: false },
+        arm_at: 3,
+        end: End::Image(Policy::DropAllUnsynced, 0),
+        ops: vec![
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Checkpoint,
+            Op::Push { queue: 0, len: Len::Small(10), durability: Dur::Default },
+            Op::Checkpoint,
+            Op::Reopen { release_first: true },
         ],
     };
     run_ops_faults(&input);
