@@ -1,0 +1,398 @@
+//! The `wharf` command, driven as a subprocess over real directories: output, exit codes,
+//! JSON, the export/import round trip, verify on damage, a locked and a missing store.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::Value;
+use wharf::{PushOptions, Wharf};
+
+/// What a run of the command gave.
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Asserts the exit code, showing the output when it is not the one expected.
+    fn expect(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "stdout: {}\nstderr: {}", self.out(), self.stderr);
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        assert!(!self.stderr.contains("RUST_BACKTRACE"), "{}", self.stderr);
+        self
+    }
+}
+
+/// Runs `wharf args...` with `input` on standard input (empty if `None`).
+fn wharf(args: &[&str], input: Option<&[u8]>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(bytes) = input {
+        stdin.write_all(bytes).unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn help_shows_every_command_with_examples() {
+    let run = wharf(&["--help"], None).expect(0);
+    let help = run.out();
+    for cmd in
+        ["stats", "peek", "push", "pop", "dlq", "purge", "verify", "export", "import", "bench"]
+    {
+        assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
+    }
+    assert!(help.contains("Examples:") && help.contains("Exit status"), "{help}");
+    for cmd in ["stats", "peek", "push", "pop", "purge", "verify", "export", "import", "bench"] {
+        let help = wharf(&[cmd, "--help"], None).expect(0).out();
+        assert!(help.contains("Examples:\n  wharf "), "{cmd} --help:\n{help}");
+    }
+    assert!(wharf(&["dlq", "requeue", "--help"], None).expect(0).out().contains("Examples:"));
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    wharf(&[], None).expect(2);
+    wharf(&["frobnicate"], None).expect(2);
+    wharf(&["peek", s(&store)], None).expect(2);
+    wharf(&["push", s(&store), "q", "x", "--priority", "12"], None).expect(2);
+    wharf(&["push", s(&store), "q", "x", "--delay", "soon"], None).expect(2);
+    wharf(&["push", s(&store), "q", "x", "--lines"], None).expect(2);
+    wharf(&["dlq", "requeue", s(&store), "q"], None).expect(2);
+    let run = wharf(&["push", s(&store), "no spaces", "x"], None).expect(2);
+    assert!(run.stderr.contains("invalid queue name"), "{}", run.stderr);
+    assert!(!store.exists(), "a bad argument created the store");
+    wharf(&["push", s(&store), "q", "x"], None).expect(0);
+    let run = wharf(&["dlq", "requeue", s(&store), "q", "zz-not-hex"], None).expect(2);
+    assert!(run.stderr.contains("not a message id"), "{}", run.stderr);
+    let run = wharf(&["peek", s(&store), "nope"], None).expect(2);
+    assert!(run.stderr.contains("no queue named \"nope\""), "{}", run.stderr);
+}
+
+#[test]
+fn read_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let commands: [&[&str]; 7] = [
+        &["stats"],
+        &["peek", "q"],
+        &["pop", "q"],
+        &["verify"],
+        &["export", "q"],
+        &["purge", "q", "--yes"],
+        &["dlq", "requeue", "q", "--all"],
+    ];
+    for cmd in commands {
+        for (d, says) in [(&missing, "no such directory"), (&empty, "no wharf store")] {
+            let mut args = vec![cmd[0]];
+            if cmd[0] == "dlq" {
+                args.push(cmd[1]);
+                args.push(s(d));
+                args.extend(&cmd[2..]);
+            } else {
+                args.push(s(d));
+                args.extend(&cmd[1..]);
+            }
+            let run = wharf(&args, None).expect(2);
+            assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+            assert!(run.stderr.starts_with("wharf: "), "{}", run.stderr);
+        }
+    }
+    assert!(!missing.exists());
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+}
+
+#[test]
+fn push_peek_and_pop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    let id = wharf(&["push", d, "mail", "to: ada"], None).expect(0).out();
+    assert_eq!(id.trim().len(), 16, "{id}");
+    wharf(&["push", d, "mail"], Some(&[0u8, 1, 2, 0xff])).expect(0);
+    let run = wharf(&["push", d, "mail", "--lines"], Some(b"one\r\ntwo\n\nthree")).expect(0);
+    assert_eq!(run.out().lines().count(), 3);
+    wharf(&["push", d, "mail", "later", "--delay", "1h", "--priority", "7", "--key", "k"], None)
+        .expect(0);
+    wharf(&["push", d, "mail", "urgent", "--priority", "9"], None).expect(0);
+
+    let peek = wharf(&["peek", d, "mail", "-n", "10"], None).expect(0).out();
+    assert!(peek.starts_with("mail: 6 ready, 1 delayed, 0 in flight; showing 7"), "{peek}");
+    let rows: Vec<&str> = peek.lines().skip(2).collect();
+    assert!(rows[0].contains("urgent") && rows[0].contains(" 9 "), "{peek}");
+    assert!(rows[1].contains(id.trim()) && rows[1].ends_with("to: ada"), "{peek}");
+    assert!(rows[2].ends_with("hex:000102ff"), "{peek}");
+    assert!(rows[6].contains("later") && rows[6].matches('Z').count() == 2, "{peek}");
+    let head = wharf(&["peek", d, "mail", "-n", "2", "--raw"], None).expect(0);
+    assert_eq!(head.stdout, b"urgent\nto: ada\n");
+
+    // Without --ack the lease ends with the command: ready again, one attempt counted.
+    let run = wharf(&["pop", d, "mail"], None).expect(0);
+    assert_eq!(run.stdout, b"urgent");
+    assert!(run.stderr.contains("released"), "{}", run.stderr);
+    let peek = wharf(&["peek", d, "mail", "-n", "1"], None).expect(0).out();
+    assert!(peek.lines().nth(2).unwrap().contains("        1  "), "{peek}");
+    assert_eq!(wharf(&["pop", d, "mail", "--ack"], None).expect(0).stdout, b"urgent");
+    for want in [&b"to: ada"[..], &[0, 1, 2, 0xff], b"one", b"two", b"three"] {
+        assert_eq!(wharf(&["pop", d, "mail", "--ack"], None).expect(0).stdout, want);
+    }
+    let run = wharf(&["pop", d, "mail", "--ack"], None).expect(3);
+    assert!(run.stdout.is_empty() && run.stderr.contains("no ready message"), "{}", run.stderr);
+}
+
+/// A store with queue `mail` holding a delayed message and two dead letters in `mail.dlq`,
+/// queue `logs` holding 3 messages.
+fn store_with_dead_letters(dir: &Path) -> Vec<String> {
+    let w = Wharf::open(dir).unwrap();
+    let mail = w.queue("mail").unwrap();
+    mail.push_batch(["bounce 1", "bounce 2"]).unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let d = mail.pop().unwrap();
+        dead.push(d.id().to_string());
+        d.dead_letter("smtp 550").unwrap();
+    }
+    mail.push_with(b"tomorrow", PushOptions::new().delay(Duration::from_secs(86_400))).unwrap();
+    w.queue("logs").unwrap().push_batch(["a", "bb", "ccc"]).unwrap();
+    drop(mail);
+    w.close().unwrap();
+    dead
+}
+
+#[test]
+fn stats_as_a_table_and_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_dead_letters(dir.path());
+    let table = wharf(&["stats", s(dir.path())], None).expect(0).out();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("store ") && lines[0].contains("format version"), "{table}");
+    assert!(lines[1].starts_with("queue ") && lines[1].contains("in flight"), "{table}");
+    let mail = lines.iter().find(|l| l.starts_with("mail ")).unwrap();
+    let cols: Vec<&str> = mail.split_whitespace().collect();
+    assert_eq!(&cols[..5], ["mail", "0", "1", "0", "2"], "{table}");
+
+    let run = wharf(&["stats", s(dir.path()), "--json"], None).expect(0);
+    let doc: Value = serde_json::from_slice(&run.stdout).unwrap();
+    let store = &doc["store"];
+    assert_eq!(store["format_version"], wharf::FORMAT_VERSION);
+    assert!(store["segments"].as_u64().unwrap() >= 3);
+    assert!(store["disk_bytes"].as_u64().unwrap() > 0);
+    assert!(store["checkpoint_lsn"].is_u64() && store["durable_lsn"].as_u64().unwrap() > 0);
+    let queues = doc["queues"].as_array().unwrap();
+    let names: Vec<&str> = queues.iter().map(|q| q["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mail", "mail.dlq", "logs"]);
+    let mail = &queues[0];
+    assert_eq!((mail["ready"].as_u64(), mail["delayed"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(mail["in_flight"], 0);
+    assert_eq!(
+        (mail["dead_letter_queue"].as_str(), mail["dead_lettered"].as_u64()),
+        (Some("mail.dlq"), Some(2))
+    );
+    assert_eq!(mail["bytes"], 8);
+    // The oldest message is a dead letter (a plain push: no time); the delayed one has one.
+    assert_eq!(queues[1]["ready"], 2);
+    assert_eq!(queues[1]["bytes"], 16);
+    assert!(queues[1]["oldest_age_ms"].is_null() && queues[1]["oldest_id"].is_string());
+    let age = mail["oldest_age_ms"].as_u64().unwrap();
+    assert!(age < 60_000, "{age}");
+    let logs = &queues[2];
+    assert_eq!((logs["ready"].as_u64(), logs["bytes"].as_u64()), (Some(3), Some(6)));
+}
+
+#[test]
+fn dead_letters_peeked_and_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    let dead = store_with_dead_letters(dir.path());
+    let peek = wharf(&["peek", d, "mail", "--dead"], None).expect(0).out();
+    assert!(peek.starts_with("mail.dlq: 2 ready"), "{peek}");
+    assert!(peek.contains("[from mail: dead-lettered by a consumer]"), "{peek}");
+    assert!(peek.contains("[last error: smtp 550]"), "{peek}");
+    let logs = wharf(&["peek", d, "logs", "--dead"], None).expect(0);
+    assert!(logs.stderr.contains("no dead letters"), "{}", logs.stderr);
+
+    let run = wharf(&["dlq", "requeue", d, "mail", &dead[1]], None).expect(0);
+    assert!(run.out().contains("requeued 1 "), "{}", run.out());
+    let run = wharf(&["dlq", "requeue", d, "mail", &dead[1]], None).expect(1);
+    assert!(run.stderr.contains("not dead letters"), "{}", run.stderr);
+    let run = wharf(&["dlq", "requeue", d, "mail", "--all"], None).expect(0);
+    assert!(run.out().contains("requeued 1 "), "{}", run.out());
+    let doc: Value =
+        serde_json::from_slice(&wharf(&["stats", d, "--json"], None).expect(0).stdout).unwrap();
+    assert_eq!(doc["queues"][0]["ready"], 2);
+    assert_eq!(doc["queues"][0]["dead_lettered"], 0);
+}
+
+#[test]
+fn purge_asks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    store_with_dead_letters(dir.path());
+    let run = wharf(&["purge", d, "logs"], Some(b"n\n")).expect(1);
+    assert!(
+        run.stderr.contains("remove the 3 waiting messages")
+            && run.stderr.contains("nothing removed")
+    );
+    wharf(&["purge", d, "logs"], None).expect(1); // no answer is no
+    let run = wharf(&["purge", d, "logs"], Some(b"yes\n")).expect(0);
+    assert!(run.out().contains("purged 3 messages"), "{}", run.out());
+    let run = wharf(&["purge", d, "mail", "--yes"], None).expect(0);
+    assert!(run.out().contains("purged 1 messages"), "{}", run.out());
+    let doc: Value =
+        serde_json::from_slice(&wharf(&["stats", d, "--json"], None).expect(0).stdout).unwrap();
+    let total: u64 = doc["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["ready"].as_u64().unwrap() + q["delayed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 2, "the dead letters stay: {doc}");
+}
+
+#[test]
+fn export_then_import_then_export_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let all_bytes: Vec<u8> = (0..=255).collect();
+    let far = SystemTime::UNIX_EPOCH + Duration::from_millis(4_102_444_800_123);
+    {
+        let w = Wharf::open(&a).unwrap();
+        let q = w.queue("jobs").unwrap();
+        q.push(b"plain text").unwrap();
+        q.push(&all_bytes).unwrap();
+        q.push(b"").unwrap();
+        q.push_with("ünïcödé", PushOptions::new().priority(4)).unwrap();
+        q.push_with(b"later", PushOptions::new().delay(Duration::from_secs(86_400))).unwrap();
+        q.push_with(b"expiring", PushOptions::new().expires_at(far).dedup_key([7u8, 0])).unwrap();
+        q.push_batch((0..2000).map(|i| format!("bulk {i}"))).unwrap();
+        drop(q);
+        w.close().unwrap();
+    }
+    let first = wharf(&["export", s(&a), "jobs"], None).expect(0);
+    assert!(first.stderr.contains("exported 2006 messages"), "{}", first.stderr);
+    let lines: Vec<Value> = first
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2006);
+    let payload = |v: &Value| STANDARD.decode(v["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload(&lines[0]), "ünïcödé".as_bytes());
+    assert_eq!(lines[0]["priority"], 4);
+    assert_eq!(payload(&lines[2]), all_bytes);
+    assert_eq!(payload(&lines[3]), b"");
+    assert_eq!(lines[4]["expires_ms"], 4_102_444_800_123u64);
+    assert_eq!(STANDARD.decode(lines[4]["dedup_key"].as_str().unwrap()).unwrap(), [7, 0]);
+    assert!(lines[2005]["due_ms"].is_u64() && payload(&lines[2005]) == b"later");
+
+    let run = wharf(&["import", s(&b), "jobs"], Some(&first.stdout)).expect(0);
+    assert!(run.stderr.contains("imported 2006 messages"), "{}", run.stderr);
+    let second = wharf(&["export", s(&b), "jobs"], None).expect(0);
+    assert!(first.stdout == second.stdout, "the second export differs");
+
+    let run =
+        wharf(&["import", s(&b), "jobs"], Some(b"{\"payload\":\"YQ==\"}\nnot json\n")).expect(1);
+    assert!(run.stderr.contains("line 2"), "{}", run.stderr);
+    let again = wharf(&["export", s(&b), "jobs"], None).expect(0);
+    assert!(again.stdout == first.stdout, "a bad file imported something");
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    {
+        let w = Wharf::open(dir.path()).unwrap();
+        let q = w.queue("jobs").unwrap();
+        for i in 0..50 {
+            q.push(format!("message number {i:04} with some padding to make it longer")).unwrap();
+        }
+        drop(q);
+        w.close().unwrap();
+    }
+    let run = wharf(&["verify", d], None).expect(0);
+    assert!(run.out().contains("healthy: no problem found"), "{}", run.out());
+    assert!(run.out().contains("jobs: 50 ready"), "{}", run.out());
+
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let seg = &segs[0];
+    let mut bytes = std::fs::read(seg).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(seg, &bytes).unwrap();
+    let name = seg.file_name().unwrap().to_str().unwrap();
+
+    let run = wharf(&["verify", d], None).expect(1);
+    assert!(run.out().contains("DAMAGED: "), "{}", run.out());
+    assert!(run.out().contains(name), "{}", run.out());
+    let run = wharf(&["stats", d], None).expect(1);
+    assert!(run.stderr.contains("is corrupt") && run.stderr.contains(name), "{}", run.stderr);
+    assert!(run.stderr.contains("at offset"), "{}", run.stderr);
+}
+
+#[test]
+fn a_store_held_by_a_running_application_is_reported_as_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    let w = Wharf::open(dir.path()).unwrap();
+    w.queue("jobs").unwrap().push(b"x").unwrap();
+    for args in
+        [&["stats", d][..], &["peek", d, "jobs"], &["push", d, "jobs", "y"], &["pop", d, "jobs"]]
+    {
+        let run = wharf(args, None).expect(1);
+        assert!(run.stderr.contains("in use by another process"), "{args:?}: {}", run.stderr);
+    }
+    // verify takes no lock.
+    wharf(&["verify", d], None).expect(0);
+    w.close().unwrap();
+    wharf(&["stats", d], None).expect(0);
+}
+
+#[test]
+fn bench_quick_prints_the_floor_and_the_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = wharf(&["bench", "--quick", "--dir", s(dir.path())], None).expect(0);
+    let out = run.out();
+    for row in
+        ["F_sync", "push, 1 thread", "push, 4 threads", "push_batch of 64", "push + pop + ack"]
+    {
+        assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+    assert!(out.contains("× F_sync") && out.contains("(--dir)"), "{out}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the scratch directory stays");
+    wharf(&["bench", "--quick", "--dir", s(&dir.path().join("nope"))], None).expect(2);
+}
