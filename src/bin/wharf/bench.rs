@@ -68,34 +68,67 @@ pub fn bench(dir: Option<PathBuf>, quick: bool) -> Result<ExitCode, CliError> {
     let scratch = Scratch(scratch);
     let cfg = Cfg {
         dir: scratch.0.clone(),
-        secs: if quick { Duration::from_millis(500) } else { Duration::from_secs(3) },
+        secs: if quick { Duration::from_millis(500) } else { Duration::from_millis(1200) },
         segment_bytes: if quick { 8 << 20 } else { wharf::DEFAULT_SEGMENT_BYTES },
     };
     println!("wharf bench{}: {}", if quick { " --quick" } else { "" }, file_system(&base, whence));
+    let rounds = if quick { 1 } else { ROUNDS };
     println!(
-        "{SMALL} B messages, {} per measurement, segments of {}, scratch {}",
+        "{SMALL} B messages, {} per measurement, {}, segments of {}, scratch {}",
         humantime(cfg.secs),
+        if rounds == 1 { "one round".to_owned() } else { format!("median of {rounds} rounds") },
         short_bytes(cfg.segment_bytes),
         cfg.dir.display()
     );
     let threads: &[usize] = if quick { &[4] } else { &[4, 16] };
 
-    let floor = f_sync(&cfg)?;
-    let mut rows = vec![Row {
-        what: "F_sync: 128 B write + fdatasync (the disk's floor)".into(),
-        ops: floor.0,
-        lat: Some((floor.1, floor.2)),
-        per_fsync: Some(1.0),
-    }];
-    rows.push(push_one(&cfg)?);
-    for &p in threads {
-        rows.push(push_many(&cfg, p)?);
+    // Rounds interleave the measurements, so that a slow spell of a shared disk spreads over
+    // all of them rather than falling on one.
+    let mut runs: Vec<Vec<Row>> = Vec::new();
+    for _ in 0..rounds {
+        let floor = f_sync(&cfg)?;
+        let mut rows = vec![Row {
+            what: "F_sync: 128 B write + fdatasync (the disk's floor)".into(),
+            ops: floor.0,
+            lat: Some((floor.1, floor.2)),
+            per_fsync: Some(1.0),
+        }];
+        rows.push(push_one(&cfg)?);
+        for &p in threads {
+            rows.push(push_many(&cfg, p)?);
+        }
+        rows.push(push_batch(&cfg)?);
+        rows.push(cycle(&cfg)?);
+        runs.push(rows);
     }
-    rows.push(push_batch(&cfg)?);
-    rows.push(cycle(&cfg)?);
-    print_rows(&rows, floor.0);
+    let rows = medians(runs);
+    print_rows(&rows, rows.first().map_or(0.0, |r| r.ops));
     drop(scratch);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rounds of every measurement.
+const ROUNDS: usize = 3;
+
+/// Each measurement's round with the median rate.
+fn medians(runs: Vec<Vec<Row>>) -> Vec<Row> {
+    let mut by_row: Vec<Vec<Row>> = Vec::new();
+    for run in runs {
+        for (i, row) in run.into_iter().enumerate() {
+            match by_row.get_mut(i) {
+                Some(v) => v.push(row),
+                None => by_row.push(vec![row]),
+            }
+        }
+    }
+    by_row
+        .into_iter()
+        .filter_map(|mut v| {
+            v.sort_by(|a, b| a.ops.total_cmp(&b.ops));
+            let mid = v.len() / 2;
+            v.into_iter().nth(mid)
+        })
+        .collect()
 }
 
 fn print_rows(rows: &[Row], floor: f64) {
