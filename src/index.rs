@@ -395,6 +395,22 @@ impl QueueIndex {
         Some(Waiting { id, entry: self.entry(id, slot), due })
     }
 
+    /// The waiting (ready or delayed) message `id`, if it is one.
+    pub(crate) fn waiting_one(&self, id: u64) -> Option<Waiting> {
+        if let Some(&due) = self.due_of.get(&id) {
+            let slot = *self.delayed.get(&(due, id))?;
+            return Some(Waiting { id, entry: self.entry(id, slot), due: Some(due) });
+        }
+        let slot = *self.ready.get(self.level(id))?.get(&id)?;
+        Some(Waiting { id, entry: self.entry(id, slot), due: None })
+    }
+
+    /// The ids of the waiting messages in delivery order, as [`QueueIndex::waiting`] lists them.
+    pub(crate) fn waiting_ids(&self) -> Vec<u64> {
+        let ready = self.ready.iter().rev().flat_map(|m| m.keys().copied());
+        ready.chain(self.delayed.keys().map(|&(_, id)| id)).collect()
+    }
+
     /// Payload bytes of every unsettled message (ready, delayed or leased).
     pub(crate) fn payload_bytes(&self) -> u64 {
         let ready = self.ready.iter().flat_map(|m| m.values());

@@ -198,3 +198,29 @@ fn stats_name_the_checkpoint_and_segments_carry_the_format_version() {
     let header = std::fs::read(&segments(dir.path())[0]).unwrap();
     assert_eq!(header[8..12], FORMAT_VERSION.to_le_bytes());
 }
+
+#[test]
+fn waiting_ids_list_what_peek_lists_and_peek_id_finds_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::open(dir.path()).unwrap();
+    let q = w.queue("jobs").unwrap();
+    let other = w.queue("other").unwrap().push(b"elsewhere").unwrap();
+    q.push_batch([b"a", b"b", b"c"]).unwrap();
+    q.push_with(b"later", PushOptions::new().delay(Duration::from_secs(60))).unwrap();
+    q.push_with(b"first", PushOptions::new().priority(2)).unwrap();
+    let held = q.pop().unwrap();
+    assert_eq!(held.payload(), b"first");
+    let ids = q.waiting_ids().unwrap();
+    let peeked: Vec<_> = q.peek(usize::MAX).unwrap();
+    assert_eq!(ids, peeked.iter().map(|m| m.id).collect::<Vec<_>>());
+    for m in &peeked {
+        assert_eq!(q.peek_id(m.id).unwrap().as_ref(), Some(m));
+    }
+    assert_eq!(q.peek_id(held.id()).unwrap(), None, "in flight");
+    assert_eq!(q.peek_id(other).unwrap(), None, "another queue's");
+    let a = q.pop().unwrap();
+    let a_id = a.id();
+    a.ack().unwrap();
+    assert_eq!(q.peek_id(a_id).unwrap(), None, "acked");
+    assert_eq!(q.waiting_ids().unwrap().len(), 3);
+}

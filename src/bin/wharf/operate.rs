@@ -139,8 +139,7 @@ pub fn requeue(dir: &Path, name: &str, all: bool, ids: &[String]) -> Result<Exit
         let mut missing = Vec::new();
         let mut moved = 0;
         // Ids are typed: the ones a peek shows are the ones `requeue` takes.
-        let letters: Vec<MessageId> =
-            dead.peek(usize::MAX).map_err(fail)?.into_iter().map(|m| m.id).collect();
+        let letters: Vec<MessageId> = dead.waiting_ids().map_err(fail)?;
         for id in ids {
             match letters.iter().find(|m| m.get() == id) {
                 Some(&m) if dead.requeue(m).map_err(fail)? => moved += 1,

@@ -116,24 +116,30 @@ pub fn export(dir: &Path, name: &str) -> Result<ExitCode, CliError> {
     let store = store::open_existing(dir)?;
     let fail = |e: wharf::Error| CliError::store(dir, &e);
     let q = store::existing_queue(&store, name)?;
-    let messages = q.peek(usize::MAX).map_err(fail)?;
+    // One message in memory at a time: the ids first (8 bytes each), then each message.
+    let ids = q.waiting_ids().map_err(fail)?;
     let bar = store::progress(
-        Some(messages.len() as u64),
+        Some(ids.len() as u64),
         "exporting [{bar:40}] {human_pos}/{human_len} messages ({eta})",
     );
     let io = |e: std::io::Error| CliError::io("standard output", &e);
     let mut out = BufWriter::new(std::io::stdout().lock());
-    for m in &messages {
-        serde_json::to_writer(&mut out, &Line::of(m))
-            .map_err(|e| CliError::failed(e.to_string()))?;
-        out.write_all(b"\n").map_err(io)?;
+    let mut exported = 0u64;
+    for id in ids {
+        // Every id is still waiting: the store is this process's alone.
+        if let Some(m) = q.peek_id(id).map_err(fail)? {
+            serde_json::to_writer(&mut out, &Line::of(&m))
+                .map_err(|e| CliError::failed(e.to_string()))?;
+            out.write_all(b"\n").map_err(io)?;
+            exported += 1;
+        }
         bar.inc(1);
     }
     out.flush().map_err(io)?;
     bar.finish_and_clear();
     drop(out);
     store::close(store)?;
-    eprintln!("exported {} messages from {name}", messages.len());
+    eprintln!("exported {exported} messages from {name}");
     Ok(ExitCode::SUCCESS)
 }
 
