@@ -396,3 +396,26 @@ fn bench_quick_prints_the_floor_and_the_ratios() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the scratch directory stays");
     wharf(&["bench", "--quick", "--dir", s(&dir.path().join("nope"))], None).expect(2);
 }
+
+#[test]
+fn a_repair_made_by_opening_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let end = {
+        let w = Wharf::open(dir.path()).unwrap();
+        w.queue("jobs").unwrap().push(b"kept").unwrap();
+        let end = w.stats().durable_lsn;
+        w.close().unwrap();
+        end
+    };
+    // As if the process had died writing: no clean-close mark, garbage past the durable end.
+    std::fs::remove_file(dir.path().join("log").join("mark")).unwrap();
+    let seg = dir.path().join("log").join(format!("{:020}.seg", 0));
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xAB; 40], end).unwrap();
+    drop(file);
+    let run = wharf(&["peek", s(dir.path()), "jobs"], None).expect(0);
+    assert!(run.stderr.contains("cut a torn write of 40 bytes"), "{}", run.stderr);
+    assert!(run.out().contains("kept"), "{}", run.out());
+    let run = wharf(&["peek", s(dir.path()), "jobs"], None).expect(0);
+    assert!(!run.stderr.contains("torn"), "{}", run.stderr);
+}

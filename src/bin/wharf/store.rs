@@ -85,7 +85,32 @@ pub fn check_exists(dir: &Path) -> Result<(), CliError> {
 /// Opens the existing store at `dir`; never creates one.
 pub fn open_existing(dir: &Path) -> Result<Wharf, CliError> {
     check_exists(dir)?;
-    Wharf::open(dir).map_err(|e| CliError::store(dir, &e))
+    let store = Wharf::open(dir).map_err(|e| CliError::store(dir, &e))?;
+    tell_recovery(&store);
+    Ok(store)
+}
+
+/// Says on standard error what opening the store repaired, if anything: an operator should
+/// know that a command cut a torn tail or found deliveries of a crashed run.
+fn tell_recovery(store: &Wharf) {
+    let r = store.recovery_report();
+    if let Some((file, offset)) = &r.truncated_at {
+        eprintln!(
+            "note: opening cut a torn write of {} bytes at the end of the log ({} at offset \
+             {offset}): the last run did not close the store",
+            r.bytes_truncated,
+            file.display()
+        );
+    }
+    if r.in_flight_at_crash > 0 {
+        eprintln!(
+            "note: {} messages were in flight when the store last stopped; they are ready again",
+            r.in_flight_at_crash
+        );
+    }
+    for f in &r.removed_files {
+        eprintln!("note: opening removed the temporary file {f} of an interrupted run");
+    }
 }
 
 /// Refuses a queue name the library would refuse, before a store is created for it.
@@ -104,7 +129,9 @@ pub fn open_or_create(dir: &Path) -> Result<Wharf, CliError> {
     if dir.exists() && !dir.is_dir() {
         return Err(CliError::usage(format!("{}: not a directory", dir.display())));
     }
-    Wharf::open(dir).map_err(|e| CliError::store(dir, &e))
+    let store = Wharf::open(dir).map_err(|e| CliError::store(dir, &e))?;
+    tell_recovery(&store);
+    Ok(store)
 }
 
 /// The existing queue `name`; never creates one.
