@@ -244,8 +244,11 @@ fn dead_letters_peeked_and_requeued() {
     assert!(run.out().contains("requeued 1 "), "{}", run.out());
     let run = wharf(&["dlq", "requeue", d, "mail", &dead[1]], None).expect(1);
     assert!(run.stderr.contains("not dead letters"), "{}", run.stderr);
-    let run = wharf(&["dlq", "requeue", d, "mail", "--all"], None).expect(0);
+    // The dead-letter queue itself may be named too.
+    let run = wharf(&["dlq", "requeue", d, "mail.dlq", "--all"], None).expect(0);
     assert!(run.out().contains("requeued 1 "), "{}", run.out());
+    let run = wharf(&["dlq", "requeue", d, "mail", "--all"], None).expect(0);
+    assert!(run.out().contains("requeued 0 "), "{}", run.out());
     let doc: Value =
         serde_json::from_slice(&wharf(&["stats", d, "--json"], None).expect(0).stdout).unwrap();
     assert_eq!(doc["queues"][0]["ready"], 2);

@@ -184,7 +184,7 @@ enum DlqCommand {
     Requeue {
         /// The store directory.
         dir: PathBuf,
-        /// The queue whose dead letters to requeue.
+        /// The queue whose dead letters to requeue (or its dead-letter queue itself).
         queue: String,
         /// Every dead letter.
         #[arg(long, conflicts_with = "ids")]

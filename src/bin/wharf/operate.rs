@@ -120,17 +120,27 @@ pub fn requeue(dir: &Path, name: &str, all: bool, ids: &[String]) -> Result<Exit
     let store = store::open_existing(dir)?;
     let fail = |e: wharf::Error| CliError::store(dir, &e);
     let q = store::existing_queue(&store, name)?;
-    let dlq = q.dead_letter_queue_name().map_err(fail)?.ok_or_else(|| {
-        CliError::usage(format!(
-            "queue {name:?} drops its dead letters: it has no dead-letter queue"
-        ))
-    })?;
-    if !store.queue_names().contains(&dlq) {
-        println!("requeued 0 messages: {name:?} has no dead letters");
-        store::close(store)?;
-        return Ok(if ids.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(store::FAILED) });
-    }
-    let dead = store.queue(&dlq).map_err(fail)?;
+    let dlq = q.dead_letter_queue_name().map_err(fail)?;
+    let dead = match dlq.filter(|d| store.queue_names().contains(d)) {
+        Some(d) => store.queue(&d).map_err(fail)?,
+        // QUEUE may name a dead-letter queue itself: its messages say where they came from.
+        None if q
+            .peek(1)
+            .map_err(fail)?
+            .first()
+            .is_some_and(|m| m.dead_lettered_from.is_some()) =>
+        {
+            q
+        }
+        None => {
+            println!("requeued 0 messages: {name:?} has no dead letters");
+            store::close(store)?;
+            let code =
+                if ids.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(store::FAILED) };
+            return Ok(code);
+        }
+    };
+    let dlq = dead.name().to_owned();
     let code = if all {
         let n = dead.requeue_all().map_err(fail)?;
         println!("requeued {n} messages from {dlq} to where they came from");
