@@ -401,6 +401,27 @@ fn bench_quick_prints_the_floor_and_the_ratios() {
 }
 
 #[test]
+fn a_closed_pipe_ends_an_export_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    let lines: Vec<u8> = (0..20_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    wharf(&["push", d, "q", "--lines"], Some(&lines)).expect(0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["export", d, "q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take()); // like `| head -c 16`
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("wharf:"), "{stderr}");
+}
+
+#[test]
 fn a_repair_made_by_opening_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let end = {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use wharf::{Durability, Queue, Wharf, WharfBuilder};
 
-use crate::store::{short_bytes, CliError};
+use crate::store::{say, short_bytes, CliError};
 
 /// Payload of every measurement, bytes.
 const SMALL: usize = 128;
@@ -71,15 +71,19 @@ pub fn bench(dir: Option<PathBuf>, quick: bool) -> Result<ExitCode, CliError> {
         secs: if quick { Duration::from_millis(500) } else { Duration::from_millis(1200) },
         segment_bytes: if quick { 8 << 20 } else { wharf::DEFAULT_SEGMENT_BYTES },
     };
-    println!("wharf bench{}: {}", if quick { " --quick" } else { "" }, file_system(&base, whence));
+    say(&format!(
+        "wharf bench{}: {}",
+        if quick { " --quick" } else { "" },
+        file_system(&base, whence)
+    ))?;
     let rounds = if quick { 1 } else { ROUNDS };
-    println!(
+    say(&format!(
         "{SMALL} B messages, {} per measurement, {}, segments of {}, scratch {}",
         humantime(cfg.secs),
         if rounds == 1 { "one round".to_owned() } else { format!("median of {rounds} rounds") },
         short_bytes(cfg.segment_bytes),
         cfg.dir.display()
-    );
+    ))?;
     let threads: &[usize] = if quick { &[4] } else { &[4, 16] };
 
     // Rounds interleave the measurements, so that a slow spell of a shared disk spreads over
@@ -102,7 +106,7 @@ pub fn bench(dir: Option<PathBuf>, quick: bool) -> Result<ExitCode, CliError> {
         runs.push(rows);
     }
     let rows = medians(runs);
-    print_rows(&rows, rows.first().map_or(0.0, |r| r.ops));
+    print_rows(&rows, rows.first().map_or(0.0, |r| r.ops))?;
     drop(scratch);
     Ok(ExitCode::SUCCESS)
 }
@@ -131,29 +135,27 @@ fn medians(runs: Vec<Vec<Row>>) -> Vec<Row> {
         .collect()
 }
 
-fn print_rows(rows: &[Row], floor: f64) {
-    println!(
+fn print_rows(rows: &[Row], floor: f64) -> Result<(), CliError> {
+    say(&format!(
         "{:<58}  {:>12}  {:>9}  {:>17}  {:>10}",
         "measurement", "ops/s", "× F_sync", "p50 / p99 µs", "per fsync"
-    );
+    ))?;
     for r in rows {
         let lat = r.lat.map_or_else(|| "-".to_owned(), |(a, b)| format!("{a:.0} / {b:.0}"));
         let per = r.per_fsync.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         let ratio = if floor > 0.0 { format!("{:.2}", r.ops / floor) } else { "-".into() };
-        println!("{:<58}  {:>12.0}  {:>9}  {:>17}  {:>10}", r.what, r.ops, ratio, lat, per);
+        say(&format!("{:<58}  {:>12.0}  {:>9}  {:>17}  {:>10}", r.what, r.ops, ratio, lat, per))?;
     }
-    println!(
-        "Durable pushes (Immediate) can beat F_sync only by sharing an fdatasync: group commit \
+    say("Durable pushes (Immediate) can beat F_sync only by sharing an fdatasync: group commit \
          (threads) and batches. The last row makes nothing durable as it goes (Durability::None): \
-         it is the CPU cost of a message's whole life."
-    );
+         it is the CPU cost of a message's whole life.")
 }
 
 fn humantime(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{} ms", d.as_millis())
     } else {
-        format!("{} s", d.as_secs())
+        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

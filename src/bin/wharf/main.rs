@@ -200,7 +200,9 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("wharf: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("wharf: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wharf::{MessageId, PushOptions};
 
-use crate::store::{self, CliError, EMPTY};
+use crate::store::{self, say, CliError, EMPTY};
 
 /// Options of `wharf push`.
 pub struct PushArgs {
@@ -133,7 +133,7 @@ pub fn requeue(dir: &Path, name: &str, all: bool, ids: &[String]) -> Result<Exit
             q
         }
         None => {
-            println!("requeued 0 messages: {name:?} has no dead letters");
+            say(&format!("requeued 0 messages: {name:?} has no dead letters"))?;
             store::close(store)?;
             let code =
                 if ids.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(store::FAILED) };
@@ -143,7 +143,7 @@ pub fn requeue(dir: &Path, name: &str, all: bool, ids: &[String]) -> Result<Exit
     let dlq = dead.name().to_owned();
     let code = if all {
         let n = dead.requeue_all().map_err(fail)?;
-        println!("requeued {n} messages from {dlq} to where they came from");
+        say(&format!("requeued {n} messages from {dlq} to where they came from"))?;
         ExitCode::SUCCESS
     } else {
         let mut missing = Vec::new();
@@ -156,7 +156,7 @@ pub fn requeue(dir: &Path, name: &str, all: bool, ids: &[String]) -> Result<Exit
                 _ => missing.push(format!("{id:016x}")),
             }
         }
-        println!("requeued {moved} messages from {dlq}");
+        say(&format!("requeued {moved} messages from {dlq}"))?;
         if missing.is_empty() {
             ExitCode::SUCCESS
         } else {
@@ -193,6 +193,6 @@ pub fn purge(dir: &Path, name: &str, yes: bool) -> Result<ExitCode, CliError> {
     }
     let n = q.purge().map_err(fail)?;
     store::close(store)?;
-    println!("purged {n} messages from {name}");
+    say(&format!("purged {n} messages from {name}"))?;
     Ok(ExitCode::SUCCESS)
 }

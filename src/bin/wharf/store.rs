@@ -53,8 +53,12 @@ impl CliError {
         CliError::failed(message)
     }
 
-    /// An I/O error on standard input or output, or on a file the command reads.
+    /// An I/O error on standard input or output, or on a file the command reads. A closed
+    /// pipe (`wharf export DIR q | head`) ends the command quietly, with status 0.
     pub fn io(what: &str, e: &std::io::Error) -> CliError {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return CliError { code: 0, message: String::new() };
+        }
         CliError::failed(format!("{what}: {e}"))
     }
 }
@@ -63,6 +67,13 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// Writes a line to standard output (`println!` would panic on a closed pipe).
+pub fn say(line: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").map_err(|e| CliError::io("standard output", &e))
 }
 
 /// Checks that `dir` holds a store, without creating anything: a directory with a `log/`.

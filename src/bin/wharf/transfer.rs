@@ -128,8 +128,12 @@ pub fn export(dir: &Path, name: &str) -> Result<ExitCode, CliError> {
     for id in ids {
         // Every id is still waiting: the store is this process's alone.
         if let Some(m) = q.peek_id(id).map_err(fail)? {
-            serde_json::to_writer(&mut out, &Line::of(&m))
-                .map_err(|e| CliError::failed(e.to_string()))?;
+            serde_json::to_writer(&mut out, &Line::of(&m)).map_err(|e| {
+                match e.io_error_kind() {
+                    Some(kind) => io(kind.into()),
+                    None => CliError::failed(e.to_string()),
+                }
+            })?;
             out.write_all(b"\n").map_err(io)?;
             exported += 1;
         }
