@@ -346,6 +346,11 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     let run = wharf(&["verify", d], None).expect(0);
     assert!(run.out().contains("healthy: no problem found"), "{}", run.out());
     assert!(run.out().contains("jobs: 50 ready"), "{}", run.out());
+    let doc: Value =
+        serde_json::from_slice(&wharf(&["verify", d, "--json"], None).expect(0).stdout).unwrap();
+    assert_eq!((doc["healthy"].as_bool(), doc["records"]["push"].as_u64()), (Some(true), Some(50)));
+    assert_eq!(doc["queues"][0]["ready"], 50);
+    assert_eq!(doc["problems"].as_array().map(Vec::len), Some(0));
 
     let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("log"))
         .unwrap()
@@ -362,6 +367,12 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     let run = wharf(&["verify", d], None).expect(1);
     assert!(run.out().contains("DAMAGED: "), "{}", run.out());
     assert!(run.out().contains(name), "{}", run.out());
+    let run = wharf(&["verify", d, "--json"], None).expect(1);
+    let doc: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(doc["healthy"], false);
+    let problem = &doc["problems"][0];
+    assert!(problem["file"].as_str().unwrap().ends_with(name), "{doc}");
+    assert!(problem["offset"].is_u64() && problem["reason"].is_string(), "{doc}");
     let run = wharf(&["stats", d], None).expect(1);
     assert!(run.stderr.contains("is corrupt") && run.stderr.contains(name), "{}", run.stderr);
     assert!(run.stderr.contains("at offset"), "{}", run.stderr);

@@ -135,11 +135,14 @@ ready again, with this delivery counted as an attempt.\n\nExamples:\n  wharf pop
     },
     /// Check every file of the store read-only; exit status 1 if anything is damaged.
     #[command(
-        after_help = "It takes no lock: it may run while an application has the store open.\n\nExamples:\n  wharf verify ./jobs-data\n  wharf verify ./jobs-data && echo healthy"
+        after_help = "It takes no lock: it may run while an application has the store open.\n\nExamples:\n  wharf verify ./jobs-data\n  wharf verify ./jobs-data && echo healthy\n  wharf verify ./jobs-data --json | jq '.problems[]' "
     )]
     Verify {
         /// The store directory.
         dir: PathBuf,
+        /// Print JSON instead of a summary (the exit status is the same).
+        #[arg(long)]
+        json: bool,
     },
     /// Write a queue's waiting messages as JSON lines (payloads in base64) to standard output.
     #[command(
@@ -223,7 +226,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             operate::requeue(&dir, &queue, all, &ids)
         }
         Command::Purge { dir, queue, yes } => operate::purge(&dir, &queue, yes),
-        Command::Verify { dir } => verify::verify(&dir),
+        Command::Verify { dir, json } => verify::verify(&dir, json),
         Command::Export { dir, queue } => transfer::export(&dir, &queue),
         Command::Import { dir, queue } => transfer::import(&dir, &queue),
         Command::Bench { dir, quick } => bench::bench(dir, quick),

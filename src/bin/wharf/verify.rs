@@ -4,12 +4,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use wharf::{StateDb, Wharf};
+use wharf::{StateDb, VerifyReport, Wharf};
 
 use crate::store::{self, short_bytes, CliError};
 
-/// `wharf verify DIR`: exit status 1 if any problem is found.
-pub fn verify(dir: &Path) -> Result<ExitCode, CliError> {
+/// `wharf verify DIR [--json]`: exit status 1 if any problem is found.
+pub fn verify(dir: &Path, as_json: bool) -> Result<ExitCode, CliError> {
     store::check_exists(dir)?;
     let bar = store::progress(
         Some(0),
@@ -22,7 +22,55 @@ pub fn verify(dir: &Path) -> Result<ExitCode, CliError> {
     .map_err(|e| CliError::store(dir, &e));
     bar.finish_and_clear();
     let report = report?;
+    let healthy = report.is_healthy();
+    let code = if healthy { ExitCode::SUCCESS } else { ExitCode::from(store::FAILED) };
+    let text = if as_json { json(dir, &report)? } else { summary(dir, &report) };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| CliError::io("standard output", &e))?;
+    Ok(code)
+}
 
+/// The report as one JSON document.
+fn json(dir: &Path, report: &VerifyReport) -> Result<String, CliError> {
+    let r = &report.records;
+    let doc = serde_json::json!({
+        "dir": dir.display().to_string(),
+        "healthy": report.is_healthy(),
+        "segments": report.segments,
+        "records": {
+            "total": r.total(), "push": r.push, "push_ex": r.push_ex, "deliver": r.deliver,
+            "ack": r.ack, "nack": r.nack, "retry": r.retry, "dead_letter": r.dead_letter,
+            "requeue": r.requeue, "queue": r.queue, "config": r.config, "epoch": r.epoch,
+            "seal": r.seal,
+        },
+        "queues": report.queues.iter().map(|q| serde_json::json!({
+            "name": q.name, "ready": q.ready, "delayed": q.delayed, "in_flight": q.in_flight,
+        })).collect::<Vec<_>>(),
+        "torn_tail_bytes": report.torn_tail_bytes,
+        "torn_tail_at": report.torn_tail_at.as_ref().map(|(f, off)| serde_json::json!({
+            "file": f.display().to_string(), "offset": off,
+        })),
+        "mark_end": report.mark_end,
+        "checkpoint": report.checkpoint,
+        "relocated": report.relocated,
+        "relocated_bytes": report.relocated_bytes,
+        "dedup_keys": report.dedup_keys,
+        "temporary_files": report.temporary_files,
+        "ignored_files": report.ignored_files,
+        "problems": report.problems.iter().map(|p| serde_json::json!({
+            "file": p.file.display().to_string(), "offset": p.offset, "reason": p.reason,
+        })).collect::<Vec<_>>(),
+        "more_problems": report.more_problems,
+    });
+    serde_json::to_string_pretty(&doc)
+        .map(|s| s + "\n")
+        .map_err(|e| CliError::failed(e.to_string()))
+}
+
+/// The report for people.
+fn summary(dir: &Path, report: &VerifyReport) -> String {
     let mut t = format!("store {}\n", dir.display());
     let r = &report.records;
     t += &format!(
@@ -74,8 +122,7 @@ pub fn verify(dir: &Path) -> Result<ExitCode, CliError> {
     for f in &report.ignored_files {
         t += &format!("  ignored file log/{f} (not wharf's)\n");
     }
-    let healthy = report.is_healthy();
-    if healthy {
+    if report.is_healthy() {
         t += "healthy: no problem found\n";
     } else {
         let n = report.problems.len() as u64 + report.more_problems;
@@ -87,9 +134,5 @@ pub fn verify(dir: &Path) -> Result<ExitCode, CliError> {
             t += &format!("  ... and {} more\n", report.more_problems);
         }
     }
-    std::io::stdout()
-        .lock()
-        .write_all(t.as_bytes())
-        .map_err(|e| CliError::io("standard output", &e))?;
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(store::FAILED) })
+    t
 }
