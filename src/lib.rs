@@ -43,6 +43,8 @@
 //! - an ordered log for replay: acked messages are gone.
 
 mod async_pop;
+#[cfg(feature = "amqp")]
+pub mod bridge;
 mod checkpoint;
 mod clock;
 mod commit;

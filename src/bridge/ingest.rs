@@ -1,0 +1,474 @@
+//! `Ingestor`: consumes a RabbitMQ queue into a local queue, acking the broker only after the
+//! local push is durable.
+//!
+//! Invariant: a broker delivery is acked (`basic.ack`, `multiple` up to its tag) only after the
+//! pushes of it and of every delivery before it on the channel returned from a push with
+//! `Durability::Immediate` (the log is durable as a prefix, so the last push of a batch being
+//! durable makes the whole batch durable). A crash in between leads to a redelivery, which the
+//! AMQP `message_id` used as the dedup key absorbs.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use parking_lot::Mutex;
+
+use super::{
+    sleep_or_stop, spawn, ConnectionState, LastError, Link, Reconnect, StateCell, StopRx, StopTx,
+    DEFAULT_HEARTBEAT, DEFAULT_STOP_DEADLINE,
+};
+use crate::error::{Error, Result};
+use crate::options::Durability;
+use crate::queue::{PushOptions, Queue, MAX_DEDUP_KEY};
+
+/// Unacked broker deliveries an ingestor takes at once (`basic.qos` prefetch) unless told
+/// otherwise; they are pushed together and made durable with one `fdatasync`.
+pub const DEFAULT_PREFETCH: u16 = 256;
+
+/// The dedup window an ingestor gives its local queue unless told otherwise: a message the
+/// broker delivers again within this time of its first push is stored once.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Consumes a RabbitMQ queue into a local queue, on a thread of its own (started by
+/// [`IngestorBuilder::start`]).
+///
+/// It consumes with manual acks and a prefetch limit, pushes each message's body into the local
+/// queue with its AMQP `message_id` as the dedup key, and acks the broker only once the push is
+/// durable. A crash or a lost connection between the two makes the broker deliver the message
+/// again, and the dedup key stores it once: at start, the ingestor raises the local queue's
+/// [`dedup_window`](crate::QueueConfig::dedup_window) to
+/// [`IngestorBuilder::dedup_window`] if it is shorter, so that keys outlive their messages'
+/// acks. A message without a `message_id` is pushed without a key: a redelivery of it (after a
+/// crash between the push and the broker ack) is stored twice. Only the body is kept; the
+/// AMQP properties and headers are not.
+///
+/// A message the local queue refuses (larger than its `max_payload`, or the queue full with
+/// `Overflow::Reject`) is rejected to the broker without requeueing (to the broker queue's
+/// dead-letter exchange, if it has one) and counted in [`IngestorStats::rejected`]; a store
+/// error that is not about the message (closed, poisoned, out of space) stops the ingestor and
+/// leaves the message unacked on the broker.
+///
+/// **Dropping** an ingestor stops it as [`Ingestor::stop`] does.
+pub struct Ingestor {
+    counters: Arc<Counters>,
+    stop: StopTx,
+    thread: Mutex<Option<JoinHandle<Result<()>>>>,
+    drop_deadline: Duration,
+}
+
+/// Options of an [`Ingestor`]: see [`Ingestor::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct IngestorBuilder {
+    queue: Queue,
+    url: String,
+    source: Option<String>,
+    prefetch: u16,
+    dedup_window: Duration,
+    reconnect: (Duration, Duration),
+    heartbeat: Duration,
+    drop_deadline: Duration,
+}
+
+/// What an [`Ingestor`] did since it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IngestorStats {
+    /// Deliveries received from the broker (redeliveries count again).
+    pub received: u64,
+    /// Deliveries pushed durably into the local queue, duplicates included.
+    pub stored: u64,
+    /// Of those, deliveries the dedup key found already stored: a lower bound, counting the
+    /// pushes answered with an id no newer than one this ingestor was given before (a
+    /// duplicate of a message stored before the ingestor started may go uncounted).
+    pub duplicates: u64,
+    /// Deliveries acked to the broker.
+    pub acked: u64,
+    /// Deliveries the local queue refused, rejected to the broker.
+    pub rejected: u64,
+    /// Connections made (the first one included).
+    pub connections: u64,
+    /// The connection, now.
+    pub state: ConnectionState,
+    /// The last connection, channel or store error seen, if any.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    received: AtomicU64,
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    acked: AtomicU64,
+    rejected: AtomicU64,
+    connections: AtomicU64,
+    state: StateCell,
+    last_error: LastError,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Ingestor {
+    /// An ingestor consuming the broker at `url` into `queue`; by default from the broker queue
+    /// of the same name as the local one (see [`IngestorBuilder::source_queue`]). The broker
+    /// queue must exist.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use wharf::bridge::Ingestor;
+    ///
+    /// # fn main() -> wharf::Result<()> {
+    /// let store = wharf::Wharf::open("./inbox")?;
+    /// let orders = store.queue("orders")?;
+    /// let ingestor = Ingestor::builder(&orders, "amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .source_queue("orders.eu")
+    ///     .start()?;
+    /// while let Some(order) = orders.pop_timeout(Duration::from_secs(1))? {
+    ///     // ... durable here before RabbitMQ forgot it
+    ///     order.ack()?;
+    /// }
+    /// ingestor.stop(Duration::from_secs(5))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(queue: &Queue, url: impl Into<String>) -> IngestorBuilder {
+        IngestorBuilder {
+            queue: queue.clone(),
+            url: url.into(),
+            source: None,
+            prefetch: DEFAULT_PREFETCH,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            reconnect: (Duration::from_millis(100), Duration::from_secs(30)),
+            heartbeat: DEFAULT_HEARTBEAT,
+            drop_deadline: DEFAULT_STOP_DEADLINE,
+        }
+    }
+
+    /// What the ingestor did so far, and where its connection stands.
+    pub fn stats(&self) -> IngestorStats {
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IngestorStats {
+            received: n(&c.received),
+            stored: n(&c.stored),
+            duplicates: n(&c.duplicates),
+            acked: n(&c.acked),
+            rejected: n(&c.rejected),
+            connections: n(&c.connections),
+            state: c.state.get(),
+            last_error: c.last_error.get(),
+        }
+    }
+
+    /// Stops the ingestor: it finishes the batch it is pushing (acking it if it is durable
+    /// before `deadline`), closes the connection (the broker requeues what it delivered and was
+    /// not acked) and ends its thread.
+    ///
+    /// # Errors
+    /// The local store error that stopped the ingestor earlier, if one did.
+    pub fn stop(self, deadline: Duration) -> Result<()> {
+        self.stop_now(deadline)
+    }
+
+    fn stop_now(&self, deadline: Duration) -> Result<()> {
+        let Some(thread) = self.thread.lock().take() else { return Ok(()) };
+        let until = Instant::now().checked_add(deadline).unwrap_or_else(Instant::now);
+        self.stop.send_replace(Some(until));
+        thread
+            .join()
+            .map_err(|_| Error::Io(std::io::Error::other("the ingestor thread panicked")))?
+    }
+}
+
+impl Drop for Ingestor {
+    fn drop(&mut self) {
+        let _ = self.stop_now(self.drop_deadline);
+    }
+}
+
+impl fmt::Debug for Ingestor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ingestor").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl IngestorBuilder {
+    /// The broker queue to consume (default: the local queue's name). It must exist.
+    pub fn source_queue(mut self, name: impl Into<String>) -> Self {
+        self.source = Some(name.into());
+        self
+    }
+
+    /// Unacked deliveries the broker sends ahead (default [`DEFAULT_PREFETCH`], at least 1).
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// The shortest dedup window the local queue gets (default [`DEFAULT_DEDUP_WINDOW`]). Keys
+    /// are held in memory for this long after their push.
+    pub fn dedup_window(mut self, d: Duration) -> Self {
+        self.dedup_window = d;
+        self
+    }
+
+    /// The reconnection backoff, as [`ForwarderBuilder::reconnect_backoff`](super::ForwarderBuilder::reconnect_backoff).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect = (min, max);
+        self
+    }
+
+    /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`]).
+    pub fn heartbeat(mut self, d: Duration) -> Self {
+        self.heartbeat = d;
+        self
+    }
+
+    /// How long dropping the ingestor waits for it (default [`DEFAULT_STOP_DEADLINE`]).
+    pub fn drop_deadline(mut self, d: Duration) -> Self {
+        self.drop_deadline = d;
+        self
+    }
+
+    /// Raises the local queue's dedup window if needed, and starts the ingestor on a thread of
+    /// its own. It connects in the background: a broker that cannot be reached is retried with
+    /// backoff, never an error here.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for a bad URL; the store's errors from setting the dedup
+    /// window; [`Error::Io`] if the thread or its runtime cannot be created.
+    pub fn start(self) -> Result<Ingestor> {
+        let name = format!("wharf-ingest-{}", self.queue.name());
+        let mut link = Link::new(&self.url, self.heartbeat, name.clone())?;
+        (link.reconnect_min, link.reconnect_max) = self.reconnect;
+        let config = self.queue.config()?;
+        if config.get_dedup_window() < self.dedup_window {
+            self.queue.set_config(&config.dedup_window(self.dedup_window))?;
+        }
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = tokio::sync::watch::channel(None);
+        let source = self.source.clone().unwrap_or_else(|| self.queue.name().into());
+        let cfg = Cfg { link, source, prefetch: self.prefetch, tag: name.clone() };
+        let (queue, c) = (self.queue, Arc::clone(&counters));
+        let thread = spawn(&name, move || run(cfg, queue, c, stop_rx))?;
+        Ok(Ingestor {
+            counters,
+            stop,
+            thread: Mutex::new(Some(thread)),
+            drop_deadline: self.drop_deadline,
+        })
+    }
+}
+
+struct Cfg {
+    link: Link,
+    source: String,
+    prefetch: u16,
+    tag: String,
+}
+
+enum End {
+    Stopped,
+    Broken,
+    Fatal(Error),
+}
+
+async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Result<()> {
+    let mut reconnect = Reconnect::new(cfg.link.reconnect_min, cfg.link.reconnect_max);
+    let mut max_id = 0u64;
+    let result = loop {
+        if stop.borrow().is_some() {
+            break Ok(());
+        }
+        c.state.set(ConnectionState::Connecting);
+        let (conn, channel, consumer) = match open(&cfg).await {
+            Ok(x) => x,
+            Err(e) => {
+                c.last_error.set(e);
+                if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
+        add(&c.connections, 1);
+        c.state.set(ConnectionState::Connected);
+        reconnect.reset();
+        let end = session(&cfg, &queue, &c, &channel, consumer, &mut stop, &mut max_id).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "wharf: bye".into()))
+            .await;
+        match end {
+            End::Stopped => break Ok(()),
+            End::Fatal(e) => break Err(e),
+            End::Broken => {
+                c.state.set(ConnectionState::Connecting);
+                if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    c.state.set(ConnectionState::Stopped);
+    result
+}
+
+async fn open(cfg: &Cfg) -> lapin::Result<(Connection, Channel, Consumer)> {
+    let conn = cfg.link.connect().await?;
+    let opened = async {
+        let channel = conn.create_channel().await?;
+        channel.basic_qos(cfg.prefetch, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                cfg.source.as_str().into(),
+                cfg.tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
+    }
+    .await;
+    match opened {
+        Ok((channel, consumer)) => Ok((conn, channel, consumer)),
+        Err(e) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "".into())).await;
+            Err(e)
+        }
+    }
+}
+
+/// Receives, stores and acks in batches until the channel breaks or a stop comes.
+async fn session(
+    cfg: &Cfg,
+    queue: &Queue,
+    c: &Counters,
+    _channel: &Channel,
+    mut consumer: Consumer,
+    stop: &mut StopRx,
+    max_id: &mut u64,
+) -> End {
+    let limit = usize::from(cfg.prefetch);
+    loop {
+        if stop.borrow().is_some() {
+            return End::Stopped;
+        }
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => return End::Stopped,
+            next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)) => next,
+        };
+        let mut batch = Vec::with_capacity(limit);
+        match first {
+            Some(Ok(d)) => batch.push(d),
+            Some(Err(e)) => {
+                c.last_error.set(e);
+                return End::Broken;
+            }
+            None => {
+                c.last_error.set("the broker cancelled the consumer");
+                return End::Broken;
+            }
+        }
+        // Whatever else has arrived already joins the batch: one fsync for all of them.
+        let mut broken = false;
+        while batch.len() < limit {
+            let more = poll_fn(|cx| match Pin::new(&mut consumer).poll_next(cx) {
+                Poll::Ready(x) => Poll::Ready(Some(x)),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            match more {
+                Some(Some(Ok(d))) => batch.push(d),
+                Some(Some(Err(e))) => {
+                    c.last_error.set(e);
+                    broken = true;
+                    break;
+                }
+                Some(None) => {
+                    broken = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        add(&c.received, batch.len() as u64);
+        match store(queue, c, &batch, max_id).await {
+            Ok(()) => {}
+            Err(e) => return End::Fatal(e),
+        }
+        if let Some(last) = batch.last() {
+            let acked = last.acker.ack(BasicAckOptions { multiple: true }).await;
+            match acked {
+                Ok(_) => add(&c.acked, batch.len() as u64),
+                Err(e) => {
+                    // Stored, not acked: the broker delivers them again and dedup absorbs it.
+                    c.last_error.set(e);
+                    return End::Broken;
+                }
+            }
+        }
+        if broken {
+            return End::Broken;
+        }
+    }
+}
+
+/// Pushes a batch, the last push `Immediate` (which makes every earlier one durable too), and
+/// rejects the messages the queue refuses. Returns once everything kept is durable.
+async fn store(
+    queue: &Queue,
+    c: &Counters,
+    batch: &[AmqpDelivery],
+    max_id: &mut u64,
+) -> Result<()> {
+    let n = batch.len();
+    for (i, d) in batch.iter().enumerate() {
+        let durability = if i + 1 == n { Durability::Immediate } else { Durability::None };
+        let mut opts = PushOptions::new().durability(durability);
+        let key = d.properties.message_id().as_ref().map(|k| k.as_str().as_bytes());
+        let key = key.filter(|k| !k.is_empty() && k.len() <= MAX_DEDUP_KEY);
+        if let Some(key) = key {
+            opts = opts.dedup_key(key);
+        }
+        match queue.push_with(&d.data, opts) {
+            Ok(id) => {
+                add(&c.stored, 1);
+                if id.get() <= *max_id {
+                    add(&c.duplicates, 1);
+                }
+                *max_id = (*max_id).max(id.get());
+            }
+            Err(e @ (Error::PayloadTooLarge { .. } | Error::QueueFull { .. })) => {
+                c.last_error.set(&e);
+                add(&c.rejected, 1);
+                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                if i + 1 == n && i > 0 {
+                    sync(queue)?;
+                }
+            }
+            Err(e) => {
+                c.last_error.set(&e);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes every push staged so far durable (the log is durable as a prefix) by writing the
+/// queue's config again, which always waits until it is durable. Only needed when the last
+/// message of a batch was refused.
+fn sync(queue: &Queue) -> Result<()> {
+    queue.set_config(&queue.config()?)
+}
