@@ -5,9 +5,9 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::clock::millis;
+use crate::clock::{from_unix_ms, millis};
 use crate::commit::Room;
 use crate::error::{Error, Result};
 use crate::jobs::{self, DeadReason};
@@ -53,6 +53,8 @@ pub struct Delivery {
     id: u64,
     attempt: u32,
     payload: Payload,
+    /// Unix ms of the push, if its record carries it (0: not recorded).
+    pushed: u64,
     settled: bool,
 }
 
@@ -110,8 +112,9 @@ impl Delivery {
         id: u64,
         attempt: u32,
         payload: Payload,
+        pushed: u64,
     ) -> Self {
-        Delivery { core, queue, id, attempt, payload, settled: false }
+        Delivery { core, queue, id, attempt, payload, pushed, settled: false }
     }
 
     /// The message's id.
@@ -128,6 +131,13 @@ impl Delivery {
     /// Which delivery of this message this is: 1 the first time, counted across restarts.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// When the message was pushed (the store's wall clock), if its push record carries the
+    /// time: a push with any option (a delay, a priority, a TTL, a dedup key) records it; a
+    /// plain push does not, to keep its record small; nor does a message a checkpoint relocated.
+    pub fn pushed_at(&self) -> Option<SystemTime> {
+        (self.pushed != 0).then(|| from_unix_ms(self.pushed))
     }
 
     /// Settles the message for good with the store's ack durability (by default

@@ -1272,8 +1272,10 @@ impl Queue {
     /// Reads and checks a leased message's payload and wraps it in a `Delivery`.
     pub(crate) fn deliver(&self, t: Taken) -> Result<Delivery> {
         let (id, entry) = (t.id, t.entry);
-        let payload = load(t, &self.core.shared)?;
-        Ok(Delivery::new(Arc::clone(&self.core), self.id, id, entry.attempts, payload))
+        let mut meta = PushMeta::default();
+        let payload = load_with(t, &self.core.shared, Some(&mut meta))?;
+        let core = Arc::clone(&self.core);
+        Ok(Delivery::new(core, self.id, id, entry.attempts, payload, meta.pushed))
     }
 }
 
@@ -1307,12 +1309,8 @@ struct PushMeta {
     key: Option<Vec<u8>>,
 }
 
-/// Reads and checks the push record of a taken message, and returns its payload.
-fn load(t: Taken, shared: &Shared) -> Result<Payload> {
-    load_with(t, shared, None)
-}
-
-/// [`load`], also filling in `meta` from the push record when asked.
+/// Reads and checks the push record of a taken message, and returns its payload, also filling
+/// in `meta` from the push record when asked.
 fn load_with(t: Taken, shared: &Shared, mut meta: Option<&mut PushMeta>) -> Result<Payload> {
     let rec_len = t.entry.record_len();
     let off = t.entry.off as usize;

@@ -23,7 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use wharf::bridge::{ConnectionState, Forwarder, Ingestor};
-use wharf::{Queue, Wharf};
+use wharf::{PushOptions, Queue, Wharf};
 
 const CHILD_ENV: &str = "WHARF_AMQP_CHILD";
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -159,6 +159,33 @@ impl Admin {
             *seen.entry(id).or_insert(0) += 1;
         }
         seen
+    }
+
+    /// Consumes (auto-ack) `want` messages, or what comes within `timeout`; their properties.
+    fn drain_properties(
+        &self,
+        queue: &str,
+        want: usize,
+        timeout: Duration,
+    ) -> Vec<BasicProperties> {
+        self.rt.block_on(async {
+            use futures::StreamExt;
+            let ch = self.conn.create_channel().await.unwrap();
+            let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+            let mut consumer = ch
+                .basic_consume(queue.into(), "".into(), opts, FieldTable::default())
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < want {
+                match tokio::time::timeout(timeout, consumer.next()).await {
+                    Ok(Some(Ok(d))) => got.push(d.properties),
+                    _ => break,
+                }
+            }
+            let _ = ch.close(200, "".into()).await;
+            got
+        })
     }
 
     /// As `drain`, the message ids in the order they arrived.
@@ -480,6 +507,41 @@ fn window_of_one_forwards_in_queue_order() {
     // Ids are 16 hex digits, increasing in push order: sorted strings are push order.
     let in_push_order: Vec<String> = sent.into_iter().collect();
     assert_eq!(arrived, in_push_order);
+    admin.delete_queue(&bq);
+}
+
+#[test]
+fn forwarded_messages_carry_id_attempt_and_push_time() {
+    let Some(url) = broker("properties") else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let q = store.queue("outbox").unwrap();
+    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let with_time = q.push_with(b"ttl", PushOptions::new().ttl(Duration::from_secs(600))).unwrap();
+    let plain = q.push(b"plain").unwrap();
+    let mut admin = Admin::new(&url);
+    let bq = unique("props");
+    admin.declare_queue(&bq, FieldTable::default());
+    let fwd = Forwarder::builder(&q, &url).routing_key(&bq).window(1).start().unwrap();
+    wait_for("2 confirms", Duration::from_secs(20), || waiting(&q) == 0);
+    fwd.stop(Duration::from_secs(5)).unwrap();
+    let got = admin.drain_properties(&bq, 2, Duration::from_secs(10));
+    assert_eq!(got.len(), 2);
+    let header = |p: &BasicProperties, name: &str| {
+        p.headers().as_ref().and_then(|h| h.inner().get(name).cloned())
+    };
+    for (p, id) in got.iter().zip([with_time, plain]) {
+        assert_eq!(p.message_id().as_ref().map(|m| m.to_string()), Some(id.to_string()));
+        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+        assert_eq!(header(p, "x-wharf-attempt"), Some(AMQPValue::LongUInt(1)));
+        assert!(header(p, "x-wharf-forwarded-at").is_some());
+    }
+    match header(&got[0], "x-wharf-pushed-at") {
+        Some(AMQPValue::LongLongInt(ms)) => assert!((before..before + 60_000).contains(&ms)),
+        other => panic!("x-wharf-pushed-at of a push with options: {other:?}"),
+    }
+    assert_eq!(header(&got[1], "x-wharf-pushed-at"), None, "a plain push records no time");
     admin.delete_queue(&bq);
 }
 

@@ -44,8 +44,10 @@ const POP_BATCH: usize = 256;
 /// Each message is published with `mandatory`, persistent delivery mode (2), its wharf id as
 /// the AMQP `message_id` (16 hex digits, [`MessageId`](crate::MessageId)'s `Display`), and the
 /// headers `x-wharf-attempt` (its delivery count, [`Delivery::attempt`]), `x-wharf-queue` (the
-/// local queue) and `x-wharf-forwarded-at` (Unix milliseconds of this publish; the AMQP
-/// `timestamp` holds the same in seconds).
+/// local queue), `x-wharf-forwarded-at` (Unix milliseconds of this publish; the AMQP
+/// `timestamp` holds the same in seconds) and, when the push recorded its time
+/// ([`Delivery::pushed_at`]: pushes with options do, plain pushes do not), `x-wharf-pushed-at`
+/// (Unix milliseconds of the original push).
 ///
 /// The local message is acked only once the broker confirmed it and did not return it. A nack
 /// (say, a queue full with `reject-publish`) or a return releases it, to be published again
@@ -590,6 +592,11 @@ impl Session<'_> {
         headers.insert("x-wharf-queue".into(), AMQPValue::LongString(self.queue.name().into()));
         let ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
         headers.insert("x-wharf-forwarded-at".into(), AMQPValue::LongLongInt(ms));
+        if let Some(pushed) = d.pushed_at() {
+            let ms = pushed.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+            headers.insert("x-wharf-pushed-at".into(), AMQPValue::LongLongInt(ms));
+        }
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(d.id().to_string().into())
