@@ -19,12 +19,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::{Entry, RELOCATED};
 use crate::record::{self, Body};
 use crate::segment::Segment;
-use crate::state::{Delta, Row, StateDb};
+use crate::state::{self, Delta, Row, StateDb};
+use crate::storage::redb_backend::QuotaRefused;
 use crate::store::{Shared, State};
 
 /// A segment with more unsettled messages than this is left in the log (it is not a few
@@ -35,6 +36,12 @@ const RELOCATE_MAX_LIVE: u64 = 4096;
 const RELOCATE_MAX_SHARE: u64 = 8;
 /// At most this many payload bytes are relocated by one checkpoint.
 const RELOCATE_MAX_BYTES: u64 = 64 << 20;
+/// Bytes of a new state database (redb 4.6 makes its file this long at once): under a disk
+/// quota it is made only if they fit.
+const NEW_STATE_BYTES: u64 = 72 << 10;
+/// Growth room a checkpoint reserves under a disk quota besides twice what it writes (redb grows
+/// its file by regions): one 64 KiB region.
+const STATE_SLACK: u64 = 64 << 10;
 
 /// What one checkpoint did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +80,7 @@ impl Shared {
     /// Takes a checkpoint now (see the module docs); serialised with other checkpoints.
     pub(crate) fn checkpoint(&self) -> Result<CheckpointReport> {
         let mut ck = self.checkpointing.lock();
+        self.release_spares(STATE_SLACK)?;
         let db = self.state_db_locked(&ck)?;
         let mut g = self.state.lock();
         g.check()?;
@@ -115,7 +123,23 @@ impl Shared {
             delta.dedup_put.extend(put.into_iter().map(|(k, id, until)| (q, k, id, until)));
             delta.dedup_delete.extend(gone.into_iter().map(|k| (q, k)));
         }
-        let moves = stragglers(&g, c, self.opts.segment_bytes);
+        // Under a disk quota the state database may grow only into the room the quota leaves,
+        // which this transaction reserves while it runs (a growth past it fails the transaction
+        // with `Error::Full`); stragglers take at most a quarter of that room, as redb may
+        // double its file to hold them.
+        let free = self.opts.max_disk_bytes.map(|max| max.saturating_sub(g.wal.log.disk_bytes()));
+        let max_move = free.map_or(RELOCATE_MAX_BYTES, |f| RELOCATE_MAX_BYTES.min(f / 4));
+        let moves = stragglers(&g, c, self.opts.segment_bytes, max_move);
+        if let Some(free) = free {
+            let rows = delta.put.len() + delta.delete.len() + moves.len();
+            let keys: usize = delta.dedup_put.iter().map(|d| d.1.len() + 64).sum();
+            let bytes = moves.iter().map(|m| u64::from(m.entry.len)).sum::<u64>()
+                + (rows * 128 + keys) as u64;
+            let now = g.wal.log.state_bytes;
+            let reserve = free.min(2 * (now + bytes) + STATE_SLACK);
+            g.wal.log.state_bytes = now + reserve;
+            db.set_limit(now + reserve);
+        }
         // Sensitive records from here on are past `c`; those before it are what this
         // checkpoint covers, until it commits.
         let log = &mut g.wal.log;
@@ -127,7 +151,7 @@ impl Shared {
         if let Err(e) = durable {
             // The gathered dedup changes were taken out of the index: write them all next time.
             ck.reconcile = true;
-            self.checkpoint_failed();
+            self.checkpoint_failed(&db);
             return Err(e);
         }
         let mut report = CheckpointReport { position: c, ..CheckpointReport::default() };
@@ -145,7 +169,14 @@ impl Shared {
         failpoint::hit("checkpoint-before-commit");
         if let Err(e) = db.apply(&delta) {
             ck.reconcile = true;
-            self.checkpoint_failed();
+            self.checkpoint_failed(&db);
+            if let (Error::Io(io), Some(max)) = (&e, self.opts.max_disk_bytes) {
+                if QuotaRefused::is(io) {
+                    // Refused before it could commit, with no failed write: not in doubt.
+                    self.state_db_failed(&db, false);
+                    return Err(Error::Full { max_disk_bytes: max });
+                }
+            }
             // The transaction may have failed at its fsync: the file is in doubt.
             self.state_db_failed(&db, true);
             return Err(e);
@@ -153,7 +184,7 @@ impl Shared {
         failpoint::hit("checkpoint-after-commit");
         ck.reconcile = false;
         ck.last = Instant::now();
-        let state_bytes = self.storage.open(db.path(), false).and_then(|f| f.len()).ok();
+        let state_bytes = self.state_file_len(&db);
         let mut g = self.state.lock();
         for (id, row) in updates {
             match row {
@@ -174,6 +205,7 @@ impl Shared {
             // Settled meanwhile or not, it has a row now, which the next checkpoint reconciles.
             g.wal.log.relocated.insert(m.id, m.row);
         }
+        db.set_limit(u64::MAX);
         if let Some(b) = state_bytes {
             g.wal.log.state_bytes = b;
         }
@@ -211,12 +243,27 @@ impl Shared {
     /// with checkpoints and the close.
     fn state_db_locked(&self, _ck: &Checkpointer) -> Result<Arc<StateDb>> {
         self.state.lock().check()?;
-        let mut slot = self.db.lock();
+        let slot = self.db.lock();
         if let Some(db) = &*slot {
             return Ok(Arc::clone(db));
         }
-        let db = Arc::new(StateDb::open_or_rebuild(&*self.storage, &self.dir)?);
-        *slot = Some(Arc::clone(&db));
+        drop(slot);
+        let exists = self.storage.list(&self.dir)?.iter().any(|n| n == state::FILE);
+        if let (false, Some(max)) = (exists, self.opts.max_disk_bytes) {
+            self.release_spares(NEW_STATE_BYTES + STATE_SLACK)?;
+            // A new database takes `NEW_STATE_BYTES` at once (set below once it exists).
+            let mut g = self.state.lock();
+            if g.wal.log.disk_bytes() + NEW_STATE_BYTES > max {
+                return Err(Error::Full { max_disk_bytes: max });
+            }
+            g.wal.log.state_bytes = NEW_STATE_BYTES;
+        }
+        let opened = StateDb::open_or_rebuild(&*self.storage, &self.dir);
+        let len = opened.as_ref().ok().and_then(|db| self.state_file_len(db));
+        let len = len.or(exists.then(|| self.state.lock().wal.log.state_bytes)).unwrap_or(0);
+        self.state.lock().wal.log.state_bytes = len;
+        let db = Arc::new(opened?);
+        *self.db.lock() = Some(Arc::clone(&db));
         Ok(db)
     }
 
@@ -235,10 +282,57 @@ impl Shared {
         }
     }
 
-    /// A checkpoint did not commit: what it would have covered waits for the next one.
-    fn checkpoint_failed(&self) {
+    /// Under a disk quota, when a settled segment waits for a checkpoint to go and the quota
+    /// leaves less than `need` bytes, deletes spare segments (empty files made ahead of need,
+    /// which the background thread makes again once there is room), the last first, until it
+    /// does. The checkpoint comes first: without it those segments never go, and a full store
+    /// would stay full for good. A failed removal poisons the store, as a failed deletion does.
+    fn release_spares(&self, need: u64) -> Result<()> {
+        let Some(max) = self.opts.max_disk_bytes else { return Ok(()) };
+        // No spare is being made meanwhile: it would be based after the one taken away here.
+        let _no_spare_made = self.creating.lock();
+        loop {
+            let spare = {
+                let mut g = self.state.lock();
+                g.check()?;
+                let log = &mut g.wal.log;
+                if log.disk_bytes() + need <= max || !log.deletable_after_checkpoint() {
+                    return Ok(());
+                }
+                match log.spares.pop_back() {
+                    Some(spare) => spare,
+                    None => return Ok(()),
+                }
+            };
+            let path = spare.path.clone();
+            drop(spare);
+            let removed =
+                self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
+            if let Err(e) = removed {
+                let why = format!("deleting a spare segment failed: {e}");
+                let mut g = self.state.lock();
+                g.wal.poisoned = Some(why.clone());
+                self.durable_cv.notify_all();
+                return Err(Error::Poisoned(why));
+            }
+        }
+    }
+
+    /// The length of the state database's file now, if it can be read.
+    fn state_file_len(&self, db: &StateDb) -> Option<u64> {
+        self.storage.open(db.path(), false).and_then(|f| f.len()).ok()
+    }
+
+    /// A checkpoint did not commit: what it would have covered waits for the next one, and the
+    /// room it reserved for the state database is given back.
+    fn checkpoint_failed(&self, db: &StateDb) {
+        db.set_limit(u64::MAX);
+        let len = self.state_file_len(db);
         let mut g = self.state.lock();
         let log = &mut g.wal.log;
+        if let Some(len) = len {
+            log.state_bytes = len;
+        }
         log.first_sensitive = log.first_sensitive.min(log.inflight_sensitive);
         log.inflight_sensitive = u64::MAX;
     }
@@ -338,7 +432,7 @@ fn row_of(g: &State, q: u32, id: u64, entry: &Entry, due: u64, len: u32, crc: u3
 /// The stragglers to relocate so that old segments covered by a checkpoint at `c` can go:
 /// walking from the oldest segment, those of each segment with only a few unsettled messages,
 /// until one holds a backlog.
-fn stragglers(g: &State, c: u64, segment_bytes: u64) -> Vec<Move> {
+fn stragglers(g: &State, c: u64, segment_bytes: u64, max_bytes: u64) -> Vec<Move> {
     let log = &g.wal.log;
     let mut segs: Vec<(u64, Arc<Segment>)> = Vec::new();
     let count = log.segments.len();
@@ -377,7 +471,7 @@ fn stragglers(g: &State, c: u64, segment_bytes: u64) -> Vec<Move> {
             bytes += u64::from(e.len);
             these.push((id, q, e, due));
         }
-        if bytes > segment_bytes / RELOCATE_MAX_SHARE || total + bytes > RELOCATE_MAX_BYTES {
+        if bytes > segment_bytes / RELOCATE_MAX_SHARE || total + bytes > max_bytes {
             break;
         }
         total += bytes;

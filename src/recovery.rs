@@ -239,6 +239,10 @@ pub(crate) struct Replay {
     /// Messages pushed per segment base.
     pushed: BTreeMap<u64, u64>,
     records: u64,
+    /// The first record at or past the checkpoint that the state database must see before
+    /// its segment may go (as `Log::note_record` finds them): a push with a dedup key, or a
+    /// record about a relocated message. `u64::MAX` if none.
+    first_sensitive: u64,
 }
 
 impl Replay {
@@ -252,10 +256,13 @@ impl Replay {
         rec: &record::Record<'_>,
     ) -> Result<()> {
         self.records += 1;
-        if lsn < self.floor
-            && rec.body.message_id().is_some_and(|id| self.relocated.contains_key(&id))
-        {
+        let relocated = rec.body.message_id().is_some_and(|id| self.relocated.contains_key(&id));
+        if lsn < self.floor && relocated {
             return Ok(());
+        }
+        let keyed = matches!(rec.body, Body::PushEx { key, .. } if !key.is_empty());
+        if lsn >= self.floor && (relocated || keyed) {
+            self.first_sensitive = self.first_sensitive.min(lsn);
         }
         let bad = |why: &str| corrupt(file, lsn - base, why);
         let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
@@ -391,6 +398,7 @@ impl Replay {
         let mut r = Replay {
             floor: loaded.checkpoint,
             checkpoint_epoch: loaded.epoch,
+            first_sensitive: u64::MAX,
             ..Replay::default()
         };
         for q in &loaded.queues {
@@ -629,9 +637,9 @@ pub(crate) fn recover(
         checkpoint: loaded.checkpoint,
         state_bytes: 0,
         relocated: HashMap::new(),
-        // What the log holds past the checkpoint was not looked at for what the state
-        // database must see: nothing past it goes before the next checkpoint.
-        first_sensitive: loaded.checkpoint,
+        // Records past the checkpoint that the state database must see before their segment
+        // goes, as replay found them.
+        first_sensitive: replay.first_sensitive,
         inflight_sensitive: u64::MAX,
         deleting: false,
         delivered: HashSet::new(),

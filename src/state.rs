@@ -14,6 +14,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -216,6 +218,8 @@ pub(crate) struct Delta {
 pub(crate) struct StateDb {
     db: redb::Database,
     path: PathBuf,
+    /// The length redb may grow the file to (see [`set_limit`](Self::set_limit)).
+    limit: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StateDb {
@@ -248,10 +252,7 @@ impl StateDb {
     /// doubt is [rebuilt](Self::rebuild) first.
     pub(crate) fn open_existing(storage: &dyn Storage, dir: &Path) -> Result<Option<StateDb>> {
         let names = storage.list(dir)?;
-        if names.iter().any(|n| n == TMP_FILE) {
-            storage.remove(&dir.join(TMP_FILE))?;
-            storage.sync_dir(dir)?;
-        }
+        remove_tmp(storage, dir, &names)?;
         if names.iter().any(|n| n == FILE) {
             Self::open_or_rebuild(storage, dir).map(Some)
         } else {
@@ -288,10 +289,7 @@ impl StateDb {
     pub(crate) fn rebuild(storage: &dyn Storage, dir: &Path) -> Result<StateDb> {
         let path = dir.join(FILE);
         let tmp = dir.join(TMP_FILE);
-        if storage.list(dir)?.iter().any(|n| n == TMP_FILE) {
-            storage.remove(&tmp)?;
-            storage.sync_dir(dir)?;
-        }
+        remove_tmp(storage, dir, &storage.list(dir)?)?;
         let mut src = Self::open_read_only(storage, &path)?;
         let checked = src.check_integrity();
         if !matches!(checked, Ok(true)) {
@@ -307,7 +305,7 @@ impl StateDb {
             }
         };
         let copied = catch_unwind(AssertUnwindSafe(|| {
-            let db = Self::builder().create_with_backend(RedbBackend::new(file))?;
+            let db = Self::builder().create_with_backend(RedbBackend::unlimited(file))?;
             let from = src.db.begin_read()?;
             let to = db.begin_write()?;
             copy_table(&from, &to, META)?;
@@ -336,16 +334,13 @@ impl StateDb {
     pub(crate) fn open(storage: &dyn Storage, dir: &Path) -> Result<StateDb> {
         let path = dir.join(FILE);
         let tmp = dir.join(TMP_FILE);
-        if storage.list(dir)?.iter().any(|n| n == TMP_FILE) {
-            storage.remove(&tmp)?;
-            storage.sync_dir(dir)?;
-        }
+        remove_tmp(storage, dir, &storage.list(dir)?)?;
         let file = match storage.open(&path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let file = storage.open(&tmp, true)?;
                 let made = catch_unwind(AssertUnwindSafe(|| {
-                    let db = Self::builder().create_with_backend(RedbBackend::new(file))?;
+                    let db = Self::builder().create_with_backend(RedbBackend::unlimited(file))?;
                     let tx = db.begin_write()?;
                     {
                         let mut meta = tx.open_table(META)?;
@@ -370,9 +365,10 @@ impl StateDb {
         if file.len()? == 0 {
             return Err(damaged(&path, "the file is empty"));
         }
-        let opened = catch_unwind(AssertUnwindSafe(|| {
-            Self::builder().create_with_backend(RedbBackend::new(file))
-        }));
+        let limit = no_limit();
+        let backend = RedbBackend::new(file, Arc::clone(&limit));
+        let opened =
+            catch_unwind(AssertUnwindSafe(|| Self::builder().create_with_backend(backend)));
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => {
@@ -385,7 +381,7 @@ impl StateDb {
         // all, so that damage is found now rather than read as state. A committed checkpoint
         // that fails the check cannot be given up for an earlier one (the segments it covered
         // may be gone): that is damage too.
-        let mut db = StateDb { db, path };
+        let mut db = StateDb { db, path, limit };
         if !db.check_integrity()? {
             return Err(damaged(&db.path, "it fails redb's integrity check"));
         }
@@ -414,7 +410,7 @@ impl StateDb {
             Ok(Err(e)) => return Err(damaged(path, e)),
             Err(_) => return Err(damaged(path, "redb panicked opening it")),
         };
-        Ok(StateDb { db, path: path.to_owned() })
+        Ok(StateDb { db, path: path.to_owned(), limit: no_limit() })
     }
 
     /// Runs redb's integrity check (every page checksum of the committed trees): `Ok(true)`
@@ -620,6 +616,27 @@ impl StateDb {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Lets redb grow the file to at most `bytes` (`u64::MAX`: no limit); a transaction that
+    /// needs more fails with an I/O error whose source is
+    /// [`QuotaRefused`](crate::storage::redb_backend::QuotaRefused).
+    pub(crate) fn set_limit(&self, bytes: u64) {
+        self.limit.store(bytes, Ordering::Release);
+    }
+}
+
+fn no_limit() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(u64::MAX))
+}
+
+/// Removes the temporary file of an interrupted creation or rebuild, if `names` (of `dir`)
+/// holds one.
+fn remove_tmp(storage: &dyn Storage, dir: &Path, names: &[String]) -> Result<()> {
+    if names.iter().any(|n| n == TMP_FILE) {
+        storage.remove(&dir.join(TMP_FILE))?;
+        storage.sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Copies every row of table `def` (if `from` has it) into `to`.

@@ -84,7 +84,7 @@ pub fn redb_on_sim(sim: &SimFs, path: &Path) -> std::result::Result<redb::Databa
             let _ = sim.remove(&tmp);
             let file = sim.open(&tmp, true).map_err(|e| err(&e))?;
             let db = redb::Database::builder()
-                .create_with_backend(RedbBackend::new(file))
+                .create_with_backend(RedbBackend::unlimited(file))
                 .map_err(|e| err(&e))?;
             drop(db);
             sim.rename(&tmp, path).map_err(|e| err(&e))?;
@@ -93,5 +93,5 @@ pub fn redb_on_sim(sim: &SimFs, path: &Path) -> std::result::Result<redb::Databa
         }
         Err(e) => return Err(e.to_string()),
     };
-    redb::Database::builder().create_with_backend(RedbBackend::new(file)).map_err(|e| err(&e))
+    redb::Database::builder().create_with_backend(RedbBackend::unlimited(file)).map_err(|e| err(&e))
 }

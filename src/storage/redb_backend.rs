@@ -5,20 +5,49 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::StorageFile;
 
-/// A redb `StorageBackend` over one storage file.
+/// A redb `StorageBackend` over one storage file, which redb may grow up to a limit.
 pub(crate) struct RedbBackend {
     file: Arc<dyn StorageFile>,
+    limit: Arc<AtomicU64>,
 }
 
 impl RedbBackend {
-    pub(crate) fn new(file: Arc<dyn StorageFile>) -> RedbBackend {
-        RedbBackend { file }
+    /// A backend over `file`, which redb may not grow past `limit` bytes (read at each growth):
+    /// a growth past it fails with [`QuotaRefused`].
+    pub(crate) fn new(file: Arc<dyn StorageFile>, limit: Arc<AtomicU64>) -> RedbBackend {
+        RedbBackend { file, limit }
+    }
+
+    /// A backend over `file` that redb may grow as it likes.
+    pub(crate) fn unlimited(file: Arc<dyn StorageFile>) -> RedbBackend {
+        RedbBackend::new(file, Arc::new(AtomicU64::new(u64::MAX)))
+    }
+}
+
+/// The error of a growth of the state database past its limit (the room the disk quota
+/// leaves it), as the source of an `io::ErrorKind::StorageFull` error.
+#[derive(Debug)]
+pub(crate) struct QuotaRefused;
+
+impl fmt::Display for QuotaRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the disk quota (max_disk_bytes) leaves the state database no more room")
+    }
+}
+
+impl std::error::Error for QuotaRefused {}
+
+impl QuotaRefused {
+    /// Whether `e` is this refusal.
+    pub(crate) fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<QuotaRefused>())
     }
 }
 
@@ -38,6 +67,9 @@ impl redb::StorageBackend for RedbBackend {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if len > self.limit.load(Ordering::Acquire) && len > self.file.len()? {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, QuotaRefused));
+        }
         self.file.set_len(len)
     }
 

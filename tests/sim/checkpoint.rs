@@ -261,7 +261,8 @@ fn injected_errors_in_checkpoint_scenarios_reach_every_state_database_call_site(
     assert_eq!((failed.len(), relocated.len()), (1, 1));
     let trials = sweep_with(&failed, &all_sites, 3)
         + sweep_with(&relocated, &all_sites, 11)
-        + after_a_failed_creation(&all_sites);
+        + after_a_failed_creation(&all_sites)
+        + after_a_failed_transaction(&all_sites);
     let sites = all_sites.sites();
     let ours = ["src/state.rs", "src/checkpoint.rs", "src/storage/redb_backend.rs"];
     let mine: Vec<_> =
@@ -308,6 +309,48 @@ fn after_a_failed_creation(all_sites: &SimFs) -> u64 {
             drop(c);
             for policy in [CrashPolicy::KeepAll, CrashPolicy::DropAllUnsynced] {
                 let what = format!("failed creation, then {kind:?} #{nth} fails; {policy:?}");
+                let image = sim.crash_image(policy, nth);
+                let keep_all = policy == CrashPolicy::KeepAll;
+                recover_and_check(&ck(), &image, &record, keep_all, &what);
+            }
+            if !fired {
+                break;
+            }
+        }
+    }
+    trials
+}
+
+/// A checkpoint's transaction fails at its first write (the log was durable already, so that
+/// write is redb's), which leaves `state.redb` in doubt; the next checkpoint rebuilds it, with
+/// each kind of disk operation failing in turn. Then a fault-free one, and every image recovers
+/// to an allowed state. Returns the trials.
+fn after_a_failed_transaction(all_sites: &SimFs) -> u64 {
+    let mut trials = 0;
+    let once = |kind, nth| Some(Fault { kind, nth, no_space: false, persistent: false });
+    for kind in OpKind::ALL {
+        for nth in 1.. {
+            let sim = SimFs::new();
+            let mut c = Ctx::new(sim.clone(), ck());
+            c.open().unwrap();
+            c.push("q", 40, I).unwrap();
+            c.checkpoint().unwrap();
+            c.push("q", 40, I).unwrap();
+            sim.set_fault(once(OpKind::Write, 1));
+            assert!(c.checkpoint().is_err(), "a checkpoint whose write failed returned Ok");
+            sim.set_fault(once(kind, nth));
+            let _ = c.checkpoint();
+            let fired = sim.fault_fired();
+            sim.set_fault(None);
+            // The store goes on (unless the fault poisoned it), and so do checkpoints.
+            let _ = c.push("q", 40, I);
+            let _ = c.checkpoint();
+            all_sites.merge_sites(&sim.sites());
+            trials += 1;
+            let record = c.record();
+            drop(c);
+            for policy in [CrashPolicy::KeepAll, CrashPolicy::DropAllUnsynced] {
+                let what = format!("failed transaction, then {kind:?} #{nth} fails; {policy:?}");
                 let image = sim.crash_image(policy, nth);
                 let keep_all = policy == CrashPolicy::KeepAll;
                 recover_and_check(&ck(), &image, &record, keep_all, &what);
