@@ -64,7 +64,7 @@ fn main() {
         for (i, row) in rows.iter_mut().enumerate() {
             let (window, n) = if i < 2 { (1, n_one) } else { (DEFAULT_WINDOW, n_big) };
             let rate = if i % 2 == 0 {
-                rt.block_on(plain(&conn, &bq, window, n))
+                plain(&url, &bq, window, n)
             } else {
                 forwarder(&url, &bq, window, n)
             };
@@ -106,28 +106,41 @@ fn props(i: usize) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// A plain publisher: `n` publishes with confirms, at most `window` unconfirmed.
-async fn plain(conn: &Connection, bq: &str, window: usize, n: usize) -> f64 {
-    let ch: Channel = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let payload = vec![b'p'; SIZE];
-    let opts = BasicPublishOptions { mandatory: true, immediate: false };
-    let start = Instant::now();
-    let mut pending = VecDeque::with_capacity(window);
-    for i in 0..n {
-        if pending.len() == window {
-            let c: lapin::PublisherConfirm = pending.pop_front().unwrap();
-            assert!(c.await.unwrap().is_ack());
-        }
-        let c = ch.basic_publish("".into(), bq.into(), opts, &payload, props(i)).await.unwrap();
-        pending.push_back(c);
-    }
-    for c in pending {
-        assert!(c.await.unwrap().is_ack());
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = ch.close(200, "".into()).await;
-    rate
+/// A plain publisher: `n` publishes with confirms, at most `window` unconfirmed. Like the
+/// forwarder, it runs on a thread of its own with a current-thread tokio runtime and its own
+/// connection, and its time includes connecting.
+fn plain(url: &str, bq: &str, window: usize, n: usize) -> f64 {
+    let (url, bq) = (url.to_string(), bq.to_string());
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let payload = vec![b'p'; SIZE];
+            let opts = BasicPublishOptions { mandatory: true, immediate: false };
+            let start = Instant::now();
+            let conn = Connection::connect(&url, ConnectionProperties::default()).await.unwrap();
+            let ch: Channel = conn.create_channel().await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+            let mut pending = VecDeque::with_capacity(window);
+            for i in 0..n {
+                if pending.len() == window {
+                    let c: lapin::PublisherConfirm = pending.pop_front().unwrap();
+                    assert!(c.await.unwrap().is_ack());
+                }
+                let c = ch
+                    .basic_publish("".into(), bq.as_str().into(), opts, &payload, props(i))
+                    .await
+                    .unwrap();
+                pending.push_back(c);
+            }
+            for c in pending {
+                assert!(c.await.unwrap().is_ack());
+            }
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            let _ = conn.close(200, "".into()).await;
+            rate
+        })
+    };
+    std::thread::spawn(run).join().unwrap()
 }
 
 /// The forwarder: `n` messages already in the local queue, timed from start until every one is
