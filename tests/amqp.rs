@@ -568,6 +568,37 @@ fn ingestor_stores_a_redelivered_message_id_once() {
     admin.delete_queue(&bq);
 }
 
+#[test]
+fn an_unreachable_broker_is_retried_and_stop_is_prompt() {
+    // No broker needed: nothing listens on port 1.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let q = store.queue("outbox").unwrap();
+    q.push(b"kept").unwrap();
+    let url = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let fwd = Forwarder::builder(&q, url)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let ing = Ingestor::builder(&store.queue("inbox").unwrap(), url).start().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = fwd.stats();
+    assert_eq!(stats.state, ConnectionState::Connecting);
+    assert_eq!((stats.connections, stats.forwarded), (0, 0));
+    assert!(stats.last_error.is_some());
+    assert_eq!(ing.stats().state, ConnectionState::Connecting);
+    let t = Instant::now();
+    fwd.stop(Duration::from_secs(5)).unwrap();
+    ing.stop(Duration::from_secs(5)).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "stopped in {:?}", t.elapsed());
+    assert_eq!(q.depth().unwrap().ready, 1, "nothing popped without a broker");
+
+    let bad = Forwarder::builder(&q, "http://nowhere").start();
+    assert!(matches!(bad, Err(wharf::Error::InvalidOption(_))), "{bad:?}");
+    let zero = Forwarder::builder(&q, url).window(0).start();
+    assert!(matches!(zero, Err(wharf::Error::InvalidOption(_))), "{zero:?}");
+}
+
 /// Starts this binary as a child in `role`, on the store in `dir`.
 fn child(role: &str, dir: &Path, url: &str, bq: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())

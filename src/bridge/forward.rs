@@ -35,6 +35,10 @@ pub const DEFAULT_WINDOW: usize = 1024;
 /// How long a forwarder waits for a confirm before it takes the connection for broken.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often an idle forwarder looks at its channel (lapin marks it closed once heartbeats
+/// are missed or the broker closed it).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// The most messages a forwarder pops at once.
 const POP_BATCH: usize = 256;
 
@@ -383,15 +387,20 @@ async fn run(
             break Ok(());
         }
         c.state.set(ConnectionState::Connecting);
-        let opened = match cfg.link.connect().await {
-            Ok(conn) => match open_channel(&conn).await {
+        let connect = async {
+            let conn = cfg.link.connect().await?;
+            match open_channel(&conn).await {
                 Ok(ch) => Ok((conn, ch)),
                 Err(e) => {
                     close(&conn).await;
                     Err(e)
                 }
-            },
-            Err(e) => Err(e),
+            }
+        };
+        // A stop is not kept waiting by a broker that does not answer.
+        let opened = tokio::select! {
+            opened = connect => opened,
+            _ = stop.changed() => break Ok(()),
         };
         let (conn, channel) = match opened {
             Ok(x) => x,
@@ -462,7 +471,6 @@ impl Session<'_> {
         let mut order: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut next_seq = 0u64;
         let mut paused_until: Option<Instant> = None;
-        let far = Duration::from_secs(3600);
         let min_room = (self.cfg.window / 8).clamp(1, 64);
         let end = loop {
             self.c.window.store(inflight.len(), Ordering::Relaxed);
@@ -481,11 +489,12 @@ impl Session<'_> {
             // Pop in batches: wait until a few slots are free (or nothing is in flight).
             let enough = room >= min_room || (inflight.is_empty() && room > 0);
             let can_pop = self.stopping.is_none() && enough && paused.is_none();
-            let tick = [confirm_deadline, paused, self.stopping]
+            // Wake at least every second to notice a connection lost while idle (heartbeats).
+            let tick = [confirm_deadline, paused, self.stopping, Some(now + IDLE_CHECK)]
                 .into_iter()
                 .flatten()
                 .min()
-                .unwrap_or(now + far);
+                .unwrap_or(now + IDLE_CHECK);
             tokio::select! {
                 biased;
                 changed = stop.changed(), if self.stopping.is_none() => {
@@ -526,6 +535,10 @@ impl Session<'_> {
                         self.c.last_error.set(format_args!(
                             "no confirm within {:?}", self.cfg.confirm_timeout
                         ));
+                        break End::Broken;
+                    }
+                    if !channel.status().connected() {
+                        self.c.last_error.set("the channel or connection closed");
                         break End::Broken;
                     }
                 }

@@ -292,7 +292,11 @@ async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Resu
             break Ok(());
         }
         c.state.set(ConnectionState::Connecting);
-        let (conn, channel, consumer) = match open(&cfg).await {
+        let opened = tokio::select! {
+            opened = open(&cfg) => opened,
+            _ = stop.changed() => break Ok(()),
+        };
+        let (conn, channel, consumer) = match opened {
             Ok(x) => x,
             Err(e) => {
                 c.last_error.set(e);
