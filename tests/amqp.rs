@@ -599,6 +599,112 @@ fn an_unreachable_broker_is_retried_and_stop_is_prompt() {
     assert!(matches!(zero, Err(wharf::Error::InvalidOption(_))), "{zero:?}");
 }
 
+/// A TCP proxy to the broker whose connections can be frozen: bytes stop flowing both ways and
+/// the sockets stay open, as with a frozen broker or a network that drops everything.
+struct Proxy {
+    port: u16,
+    conns: std::sync::Arc<Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let (list, upstream) = (Arc::clone(&conns), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let frozen = Arc::new(AtomicBool::new(false));
+                list.lock().unwrap().push(Arc::clone(&frozen));
+                for (from, to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    let frozen = Arc::clone(&frozen);
+                    std::thread::spawn(move || pipe(from, to, &frozen));
+                }
+            }
+        });
+        Proxy { port, conns }
+    }
+
+    /// Freezes every connection open now; later ones flow.
+    fn freeze(&self) {
+        for f in self.conns.lock().unwrap().iter() {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, frozen: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            // Hold both sockets open and move nothing, for as long as the test runs.
+            std::thread::sleep(Duration::from_secs(120));
+            return;
+        }
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Ok(n) => {
+                if frozen.load(std::sync::atomic::Ordering::SeqCst)
+                    || to.write_all(&buf[..n]).is_err()
+                {
+                    continue;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_frozen_connection_is_detected_by_heartbeats_and_the_forwarder_reconnects() {
+    let Some(url) = broker("frozen") else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let amqp: lapin::uri::AMQPUri = url.parse().unwrap();
+    let proxy = Proxy::start(&format!("{}:{}", amqp.authority.host, amqp.authority.port));
+    let mut via = amqp.clone();
+    via.authority.port = proxy.port;
+    via.authority.host = "127.0.0.1".into();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let q = store.queue("outbox").unwrap();
+    let n = 10_000;
+    let sent = push_many(&q, n, 256);
+    let mut admin = Admin::new(&url);
+    let bq = unique("frozen");
+    admin.declare_queue(&bq, FieldTable::default());
+    let fwd = Forwarder::builder(&q, via.to_string())
+        .routing_key(&bq)
+        .window(64)
+        .heartbeat(Duration::from_secs(1))
+        .confirm_timeout(Duration::from_secs(60)) // so that the heartbeat is what notices
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .start()
+        .unwrap();
+    wait_for("some confirms", Duration::from_secs(20), || fwd.stats().confirmed >= 1_000);
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    wait_for("a new connection", Duration::from_secs(15), || fwd.stats().connections >= 2);
+    let noticed = frozen_at.elapsed();
+    wait_for("the rest", Duration::from_secs(60), || waiting(&q) == 0);
+    let stats = fwd.stats();
+    fwd.stop(Duration::from_secs(5)).unwrap();
+    assert_eq!(stats.timeouts, 0, "the heartbeat noticed, not the confirm timeout: {stats:?}");
+    assert_eq!(q.stats().unwrap().processed, n as u64);
+    let seen = admin.drain(&bq, n, Duration::from_secs(30));
+    check_all_arrived("frozen", &sent, &seen);
+    println!("frozen: reconnected {noticed:?} after the freeze (heartbeat 1 s); {stats:?}");
+    admin.delete_queue(&bq);
+}
+
 /// Starts this binary as a child in `role`, on the store in `dir`.
 fn child(role: &str, dir: &Path, url: &str, bq: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
