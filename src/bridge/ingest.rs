@@ -309,7 +309,9 @@ async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Resu
         add(&c.connections, 1);
         c.state.set(ConnectionState::Connected);
         reconnect.reset();
-        let end = session(&cfg, &queue, &c, &channel, consumer, &mut stop, &mut max_id).await;
+        // The channel lives as long as the session consumes on it.
+        let end = session(&cfg, &queue, &c, consumer, &mut stop, &mut max_id).await;
+        drop(channel);
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "wharf: bye".into()))
             .await;
         match end {
@@ -357,7 +359,6 @@ async fn session(
     cfg: &Cfg,
     queue: &Queue,
     c: &Counters,
-    _channel: &Channel,
     mut consumer: Consumer,
     stop: &mut StopRx,
     max_id: &mut u64,
