@@ -392,7 +392,7 @@ async fn run(
             match open_channel(&conn).await {
                 Ok(ch) => Ok((conn, ch)),
                 Err(e) => {
-                    close(&conn).await;
+                    close(&conn, None).await;
                     Err(e)
                 }
             }
@@ -415,7 +415,7 @@ async fn run(
         bump(&c.connections);
         c.state.set(ConnectionState::Connected);
         let end = s.run(&channel, &mut stop, &mut reconnect).await;
-        close(&conn).await;
+        close(&conn, s.stopping).await;
         match end {
             End::Stopped => break Ok(()),
             End::Fatal(e) => break Err(e),
@@ -437,10 +437,15 @@ async fn open_channel(conn: &Connection) -> lapin::Result<Channel> {
     Ok(channel)
 }
 
-/// Closes a connection, waiting at most 2 s (a dead broker answers nothing).
-async fn close(conn: &Connection) {
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), conn.close(200, "wharf: bye".into())).await;
+/// Closes a connection, waiting at most 2 s (a dead broker answers nothing), and not much past
+/// `deadline` (100 ms at least, for the close to go out).
+async fn close(conn: &Connection, deadline: Option<Instant>) {
+    let mut limit = Duration::from_secs(2);
+    if let Some(t) = deadline {
+        let left = t.saturating_duration_since(Instant::now());
+        limit = limit.min(left.max(Duration::from_millis(100)));
+    }
+    let _ = tokio::time::timeout(limit, conn.close(200, "wharf: bye".into())).await;
 }
 
 /// State that outlives one connection.

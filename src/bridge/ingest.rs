@@ -54,9 +54,11 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 ///
 /// A message the local queue refuses (larger than its `max_payload`, or the queue full with
 /// `Overflow::Reject`) is rejected to the broker without requeueing (to the broker queue's
-/// dead-letter exchange, if it has one) and counted in [`IngestorStats::rejected`]; a store
-/// error that is not about the message (closed, poisoned, out of space) stops the ingestor and
-/// leaves the message unacked on the broker.
+/// dead-letter exchange, if it has one) and counted in [`IngestorStats::rejected`]. A store
+/// out of room ([`Error::NoSpace`], [`Error::Full`]) makes the ingestor close its channel (the
+/// broker requeues what it had delivered) and try again after its reconnection backoff. Any
+/// other store error (closed, poisoned) stops the ingestor, leaving the messages unacked on the
+/// broker; [`Ingestor::stop`] returns it.
 ///
 /// **Dropping** an ingestor stops it as [`Ingestor::stop`] does.
 pub struct Ingestor {
@@ -410,6 +412,9 @@ async fn session(
         add(&c.received, batch.len() as u64);
         match store(queue, c, &batch, max_id).await {
             Ok(()) => {}
+            // No room locally: give the batch back (closing the channel requeues it) and try
+            // again after the reconnection backoff; what was stored is absorbed by dedup.
+            Err(Error::NoSpace | Error::Full { .. }) => return End::Broken,
             Err(e) => return End::Fatal(e),
         }
         if let Some(last) = batch.last() {
