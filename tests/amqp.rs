@@ -788,6 +788,55 @@ fn a_frozen_connection_is_detected_by_heartbeats_and_the_forwarder_reconnects() 
     admin.delete_queue(&bq);
 }
 
+#[test]
+fn stop_waits_for_confirms_until_its_deadline_then_releases_the_rest() {
+    let Some(url) = broker("stop") else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let amqp: lapin::uri::AMQPUri = url.parse().unwrap();
+    let proxy = Proxy::start(&format!("{}:{}", amqp.authority.host, amqp.authority.port));
+    let mut via = amqp.clone();
+    via.authority.port = proxy.port;
+    via.authority.host = "127.0.0.1".into();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let q = store.queue("outbox").unwrap();
+    let n = 20_000;
+    push_many(&q, n, 256);
+    let mut admin = Admin::new(&url);
+    let bq = unique("stop");
+    admin.declare_queue(&bq, FieldTable::default());
+
+    // A stop while confirms flow: the ones in flight are confirmed and acked.
+    let fwd = Forwarder::builder(&q, via.to_string()).routing_key(&bq).start().unwrap();
+    wait_for("some confirms", Duration::from_secs(20), || fwd.stats().confirmed >= 1_000);
+    let report = fwd.stop(Duration::from_secs(10)).unwrap();
+    assert_eq!(report.released, 0, "{report:?}");
+    assert_eq!(report.confirmed_while_stopping, report.unconfirmed_at_stop as u64);
+    let d = q.depth().unwrap();
+    assert_eq!(d.in_flight, 0);
+
+    // A stop while the connection is frozen: nothing confirms; at the deadline the rest is
+    // released, ready again locally, and nothing was acked without a confirm.
+    let fwd = Forwarder::builder(&q, via.to_string()).routing_key(&bq).start().unwrap();
+    let confirmed_before = q.stats().unwrap().processed;
+    wait_for("more confirms", Duration::from_secs(20), || fwd.stats().confirmed >= 1_000);
+    proxy.freeze();
+    std::thread::sleep(Duration::from_millis(200)); // confirms already on their way arrive
+    let stats = fwd.stats();
+    let t = Instant::now();
+    let report = fwd.stop(Duration::from_millis(500)).unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(2), "stop took {took:?}");
+    assert!(report.unconfirmed_at_stop > 0, "{report:?} {stats:?}");
+    assert_eq!(report.released, report.unconfirmed_at_stop as u64, "{report:?}");
+    let acked = q.stats().unwrap().processed - confirmed_before;
+    let d = q.depth().unwrap();
+    assert_eq!(d.in_flight, 0, "released, not leased");
+    assert_eq!(d.ready as u64, n as u64 - confirmed_before - acked, "{d:?}");
+    println!("stop: frozen, stopped in {took:?}: {report:?}");
+    admin.delete_queue(&bq);
+}
+
 /// Starts this binary as a child in `role`, on the store in `dir`.
 fn child(role: &str, dir: &Path, url: &str, bq: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
