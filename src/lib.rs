@@ -38,7 +38,9 @@
 //!
 //! # It is not
 //!
-//! - a server or a distributed broker: one process opens a directory at a time;
+//! - a server or a distributed broker: one process opens a directory at a time (with the
+//!   `amqp` feature, `wharf::bridge` hands messages to RabbitMQ and takes them from it, at
+//!   least once);
 //! - exactly-once: handlers must tolerate a redelivery;
 //! - an ordered log for replay: acked messages are gone.
 
