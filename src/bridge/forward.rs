@@ -32,8 +32,11 @@ use crate::queue::Queue;
 /// no copy of its payload).
 pub const DEFAULT_WINDOW: usize = 1024;
 
-/// How long a forwarder waits for a confirm before it takes the connection for broken.
-pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a forwarder waits for a confirm before it takes the connection for broken: below
+/// the store's default visibility timeout (30 s), so that a message's lease outlives the wait
+/// for its confirm (a lease that ran out first only costs a duplicate: the message is
+/// delivered and published again).
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often an idle forwarder looks at its channel (lapin marks it closed once heartbeats
 /// are missed or the broker closed it).
