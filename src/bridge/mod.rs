@@ -14,6 +14,7 @@
 
 mod forward;
 mod ingest;
+mod publisher;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
