@@ -191,3 +191,38 @@ pub(crate) async fn sleep_or_stop(stop: &mut StopRx, d: Duration) -> bool {
         _ = stop.changed() => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_grow_with_jitter_up_to_the_cap_and_reset() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(3));
+        let mut r = Reconnect::new(min, max);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 0..12u32 {
+            let ceiling = (min * 2u32.pow(n)).min(max);
+            let w = r.next_wait();
+            assert!(min <= w && w <= ceiling, "try {n}: {w:?} outside [{min:?}, {ceiling:?}]");
+            seen.insert(w);
+        }
+        assert!(seen.len() > 6, "jittered: {seen:?}");
+        r.reset();
+        assert!(r.next_wait() <= min * 2);
+        let mut fixed = Reconnect::new(min, min);
+        assert_eq!(fixed.next_wait(), min);
+    }
+
+    #[test]
+    fn a_url_gets_a_heartbeat_unless_it_has_one() {
+        let l = Link::new("amqp://guest:guest@127.0.0.1:5672/%2f", DEFAULT_HEARTBEAT, "t".into());
+        assert_eq!(l.unwrap().uri.query.heartbeat, Some(10));
+        let l = Link::new("amqp://127.0.0.1/%2f?heartbeat=3", DEFAULT_HEARTBEAT, "t".into());
+        assert_eq!(l.unwrap().uri.query.heartbeat, Some(3));
+        assert!(matches!(
+            Link::new("not a url", DEFAULT_HEARTBEAT, "t".into()),
+            Err(Error::InvalidOption(_))
+        ));
+    }
+}
