@@ -145,7 +145,8 @@ pub(super) fn bump(c: &AtomicU64) {
 
 impl Forwarder {
     /// A forwarder draining `queue` into the broker at `url`
-    /// (`amqp://user:password@host:port/vhost`, the vhost URL-encoded: `%2f` for `/`). By
+    /// (`amqp://user:password@host:port/vhost`, the vhost URL-encoded: `%2f` for `/`; no TLS:
+    /// lapin is built without its TLS features, so `amqps://` fails to connect). By
     /// default it publishes to the default exchange (`""`) with the local queue's name as the
     /// routing key, so into the broker queue of the same name.
     ///
