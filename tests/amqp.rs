@@ -569,6 +569,13 @@ fn ingestor_stores_a_redelivered_message_id_once() {
 }
 
 #[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Forwarder>();
+    check::<Ingestor>();
+}
+
+#[test]
 fn an_unreachable_broker_is_retried_and_stop_is_prompt() {
     // No broker needed: nothing listens on port 1.
     let dir = tempfile::tempdir().unwrap();
