@@ -30,10 +30,10 @@ use crate::store::{Shared, State};
 
 /// A segment with more unsettled messages than this is left in the log (it is not a few
 /// stragglers but a backlog, which the log holds better than the state database).
-const RELOCATE_MAX_LIVE: u64 = 4096;
+pub(crate) const RELOCATE_MAX_LIVE: u64 = 4096;
 /// Relocate a segment's stragglers only if at most this fraction of its messages is left
 /// (and their payloads take at most this fraction of the segment).
-const RELOCATE_MAX_SHARE: u64 = 8;
+pub(crate) const RELOCATE_MAX_SHARE: u64 = 8;
 /// At most this many payload bytes are relocated by one checkpoint.
 const RELOCATE_MAX_BYTES: u64 = 64 << 20;
 /// Bytes of a new state database (redb 4.6 makes its file this long at once): under a disk
@@ -158,10 +158,11 @@ impl Shared {
         let mut moved = Vec::with_capacity(moves.len());
         for mut m in moves {
             // A payload that fails its checksum stays where it is (its pop reports the damage).
-            if let Some(payload) = read_payload(&m) {
+            if let Some((payload, pushed)) = read_payload(&m) {
                 report.relocated += 1;
                 report.relocated_bytes += payload.len() as u64;
                 m.row.crc = crc32c::crc32c(&payload);
+                m.row.pushed = pushed;
                 delta.put.push((m.id, m.row.clone(), Some(payload)));
                 moved.push(m);
             }
@@ -226,6 +227,14 @@ impl Shared {
             self.bg_cv.notify_all();
         }
         Ok(report)
+    }
+
+    /// Whether a segment just sealed holds a few stragglers to relocate, when checkpoints are
+    /// asked for at least once a segment: the checkpoint is taken at once, so that the segment
+    /// goes without waiting for another segment's worth of log (or for the interval).
+    pub(crate) fn stragglers_due(&self, g: &State) -> bool {
+        self.opts.checkpoint_bytes <= self.opts.segment_bytes
+            && g.wal.log.stragglers_after_checkpoint()
     }
 
     /// The open state database for reading a relocated payload: opened again if an error
@@ -352,7 +361,9 @@ impl Shared {
         let since = g.wal.next_lsn.saturating_sub(g.wal.log.checkpoint);
         g.checkpoint_wanted
             || (since > 0
-                && (since >= self.opts.checkpoint_bytes || g.wal.log.deletable_after_checkpoint()))
+                && (since >= self.opts.checkpoint_bytes
+                    || g.wal.log.deletable_after_checkpoint()
+                    || self.stragglers_due(g)))
     }
 }
 
@@ -409,7 +420,7 @@ fn find(g: &State, (id, hint): (u64, u32)) -> Option<(u32, Entry, u64)> {
 /// or `None` if it was settled.
 fn current_row(g: &State, id: u64, old: &Row) -> Option<Row> {
     let (q, entry, due) = find(g, (id, old.queue))?;
-    Some(row_of(g, q, id, &entry, due, old.len, old.crc))
+    Some(Row { pushed: old.pushed, ..row_of(g, q, id, &entry, due, old.len, old.crc) })
 }
 
 fn row_of(g: &State, q: u32, id: u64, entry: &Entry, due: u64, len: u32, crc: u32) -> Row {
@@ -426,6 +437,8 @@ fn row_of(g: &State, q: u32, id: u64, entry: &Entry, due: u64, len: u32, crc: u3
         len,
         crc,
         leased: if g.wal.log.delivered.contains(&id) { g.wal.epoch } else { 0 },
+        // Filled in from the push record when it is read.
+        pushed: 0,
     }
 }
 
@@ -484,8 +497,8 @@ fn stragglers(g: &State, c: u64, segment_bytes: u64, max_bytes: u64) -> Vec<Move
     out
 }
 
-/// Reads and checks a straggler's push record; returns its payload (and sets its row's CRC).
-fn read_payload(m: &Move) -> Option<Vec<u8>> {
+/// Reads and checks a straggler's push record; returns its payload and push time.
+fn read_payload(m: &Move) -> Option<(Vec<u8>, u64)> {
     if m.entry.lsn == RELOCATED {
         return None;
     }
@@ -500,9 +513,9 @@ fn read_payload(m: &Move) -> Option<Vec<u8>> {
         }
     };
     let rec = record::decode(bytes, m.entry.lsn).ok()?;
-    let payload = match rec.body {
-        Body::Push { id, payload, .. } | Body::PushEx { id, payload, .. } if id == m.id => payload,
-        _ => return None,
-    };
-    Some(payload.to_vec())
+    match rec.body {
+        Body::Push { id, payload, .. } if id == m.id => Some((payload.to_vec(), 0)),
+        Body::PushEx { id, payload, pushed, .. } if id == m.id => Some((payload.to_vec(), pushed)),
+        _ => None,
+    }
 }

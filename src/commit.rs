@@ -559,7 +559,10 @@ impl Shared {
                 }
                 // Enough log since the last checkpoint: the checkpointer takes the next.
                 if end.saturating_sub(wal.log.checkpoint) >= self.opts.checkpoint_bytes
-                    || (wal.maybe_delete && wal.log.deletable_after_checkpoint())
+                    || (wal.maybe_delete
+                        && (wal.log.deletable_after_checkpoint()
+                            || (self.opts.checkpoint_bytes <= self.opts.segment_bytes
+                                && wal.log.stragglers_after_checkpoint())))
                 {
                     self.ck_cv.notify_one();
                 }

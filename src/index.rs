@@ -51,7 +51,8 @@ pub(crate) struct Note {
 }
 
 /// What every unsettled message costs in the index: 16 bytes, plus the ordered map's own
-/// overhead. Rarer properties live in side maps: [`Extra`] for pushes with options, due times
+/// overhead. Rarer properties live in side maps: [`Extra`] for pushes with options (or plain
+/// `Push` records of older stores), due times
 /// for delayed messages, leases for messages in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
@@ -169,7 +170,7 @@ impl QueueIndex {
         Entry {
             lsn: slot.lsn,
             len: slot.len,
-            off: x.map_or(crate::record::PUSH_OVERHEAD as u32, |x| x.off),
+            off: x.map_or(crate::record::PUSH_EX_OVERHEAD as u32, |x| x.off),
             attempts: slot.attempts,
             priority: x.map_or(0, |x| x.priority),
             expires: x.map_or(0, |x| x.expires),
@@ -219,7 +220,9 @@ impl QueueIndex {
     /// restate a message; it is never in two places.
     pub(crate) fn insert(&mut self, id: u64, entry: Entry, due: u64) {
         self.unplace(id);
-        let plain = entry.off == crate::record::PUSH_OVERHEAD as u32
+        // A push without options (what `Queue::push` writes: a `PushEx` with no key) costs no
+        // side entry; a plain `Push` of an older store, or options, do.
+        let plain = entry.off == crate::record::PUSH_EX_OVERHEAD as u32
             && entry.priority == 0
             && entry.expires == 0;
         if plain {

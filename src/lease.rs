@@ -134,8 +134,8 @@ impl Delivery {
     }
 
     /// When the message was pushed (the store's wall clock), if its push record carries the
-    /// time: a push with any option (a delay, a priority, a TTL, a dedup key) records it; a
-    /// plain push does not, to keep its record small; nor does a message a checkpoint relocated.
+    /// time: every push records it (a relocated message keeps it); a plain `Push` record of an
+    /// older store does not.
     pub fn pushed_at(&self) -> Option<SystemTime> {
         (self.pushed != 0).then(|| from_unix_ms(self.pushed))
     }

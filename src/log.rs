@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use crate::checkpoint::{RELOCATE_MAX_LIVE, RELOCATE_MAX_SHARE};
 use crate::record::Body;
 use crate::segment::{Segment, HEADER_LEN};
 use crate::state::Row;
@@ -188,6 +189,18 @@ impl Log {
             return false;
         };
         oldest.live == 0 && !self.covered(oldest.seg.end())
+    }
+
+    /// Whether the segment sealed last holds a few stragglers that a checkpoint covering it
+    /// would relocate (see `checkpoint::stragglers`), and no checkpoint covers it yet: taken
+    /// then, the checkpoint lets the segment go as soon as it is sealed, rather than once
+    /// another segment's worth of log was written.
+    pub(crate) fn stragglers_after_checkpoint(&self) -> bool {
+        let Some(sealed) = self.segments.values().rev().nth(1) else { return false };
+        sealed.seg.end() > self.checkpoint
+            && sealed.live > 0
+            && sealed.live <= RELOCATE_MAX_LIVE
+            && sealed.live * RELOCATE_MAX_SHARE <= sealed.pushed
     }
 
     /// Bytes of segment files in use or ready, headers and preallocated space included.

@@ -19,7 +19,7 @@ use crate::index::{Entry, Waiting, RELOCATED};
 use crate::jobs::{self, DeadReason};
 use crate::lease::{Delivery, Payload};
 use crate::options::{Durability, Options, WharfBuilder};
-use crate::record::{self, Body, PUSH_EX_OVERHEAD, PUSH_OVERHEAD};
+use crate::record::{self, Body, PUSH_EX_OVERHEAD};
 use crate::recovery::RecoveryReport;
 use crate::segment::Segment;
 use crate::storage::RealFs;
@@ -175,12 +175,6 @@ struct Planned {
     pushed: u64,
 }
 
-impl Planned {
-    fn plain(&self, key: &[u8]) -> bool {
-        self.priority == 0 && self.not_before == 0 && self.expires == 0 && key.is_empty()
-    }
-}
-
 /// How many messages a queue holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -234,9 +228,9 @@ pub struct Peeked {
     pub dead_lettered_from: Option<(String, DeadReason)>,
     /// The last error text a consumer gave, if any.
     pub last_error: Option<String>,
-    /// When it was pushed, if its push record says: a push with options (priority, delay, TTL
-    /// or dedup key) records its wall-clock time; a plain push does not (`None`), nor does a
-    /// message a checkpoint relocated.
+    /// When it was pushed (the store's wall clock), if its push record says: every push
+    /// records it (a relocated message keeps it); `None` only for a plain `Push` record of an
+    /// older store.
     pub pushed_at: Option<SystemTime>,
     /// When its time-to-live runs out, if it has one.
     pub expires: Option<SystemTime>,
@@ -455,9 +449,11 @@ pub(crate) struct Taken {
 pub(crate) enum Source {
     Segment(Arc<Segment>),
     Copied(Vec<u8>),
-    /// Relocated into the state database: read from there, checked against this CRC.
+    /// Relocated into the state database: read from there, checked against this CRC; pushed
+    /// at this Unix ms (0: not recorded).
     Relocated {
         crc: u32,
+        pushed: u64,
     },
 }
 
@@ -602,14 +598,8 @@ impl Queue {
                     victims = excess as usize;
                 }
             }
-            let plain = plan.plain(key);
-            let mut lens: Vec<usize> = payloads
-                .iter()
-                .map(|p| {
-                    let fixed = if plain { PUSH_OVERHEAD } else { PUSH_EX_OVERHEAD + key.len() };
-                    fixed + p.as_ref().len()
-                })
-                .collect();
+            let mut lens: Vec<usize> =
+                payloads.iter().map(|p| PUSH_EX_OVERHEAD + key.len() + p.as_ref().len()).collect();
             for _ in 0..victims {
                 lens.extend(jobs::dead_letter_lens(&g, self.id, ""));
             }
@@ -686,19 +676,18 @@ impl Queue {
         key: &[u8],
     ) -> Result<u64> {
         let id = g.wal.next_id()?;
-        let body = if plan.plain(key) {
-            Body::Push { queue: self.id, id, payload }
-        } else {
-            Body::PushEx {
-                queue: self.id,
-                id,
-                priority: plan.priority,
-                not_before: plan.not_before,
-                expires: plan.expires,
-                pushed: plan.pushed,
-                key,
-                payload,
-            }
+        // Always the record with options, for its push time (28 bytes more than a plain
+        // `Push`, which older stores hold and recovery still reads): `oldest`, `pushed_at`
+        // and the bridge's `x-wharf-pushed-at` know it for every message.
+        let body = Body::PushEx {
+            queue: self.id,
+            id,
+            priority: plan.priority,
+            not_before: plan.not_before,
+            expires: plan.expires,
+            pushed: plan.pushed,
+            key,
+            payload,
         };
         let lsn = g.wal.append(&body).ok_or(Error::NoSpace)?;
         g.wal.log.note_push(lsn);
@@ -1284,7 +1273,11 @@ impl Queue {
 fn source_of(g: &State, id: u64, entry: &Entry) -> Result<Source> {
     let rec_len = entry.record_len();
     let source = if entry.lsn == RELOCATED {
-        g.wal.log.relocated.get(&id).map(|row| Source::Relocated { crc: row.crc })
+        g.wal
+            .log
+            .relocated
+            .get(&id)
+            .map(|row| Source::Relocated { crc: row.crc, pushed: row.pushed })
     } else if entry.lsn + rec_len as u64 <= g.wal.written {
         g.wal.log.segment_of(entry.lsn).map(|s| Source::Segment(Arc::clone(s)))
     } else {
@@ -1356,7 +1349,10 @@ fn load_with(t: Taken, shared: &Shared, mut meta: Option<&mut PushMeta>) -> Resu
             check(&bytes, None)?;
             Ok(Payload::Owned { bytes, start: off })
         }
-        Source::Relocated { crc } => {
+        Source::Relocated { crc, pushed } => {
+            if let Some(m) = meta {
+                m.pushed = pushed;
+            }
             let db = shared.state_db()?;
             let bytes = db.payload(t.id, crc, t.entry.len).inspect_err(|e| {
                 if matches!(e, Error::Io(_)) {

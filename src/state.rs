@@ -64,9 +64,11 @@ pub(crate) struct Row {
     /// settled since when the checkpoint was taken (0: it was not), so that recovery can tell
     /// whether it was in flight when the store last stopped.
     pub leased: u32,
+    /// Unix ms it was pushed at, if its push record said (0: it did not).
+    pub pushed: u64,
 }
 
-const ROW_FIXED: usize = 4 + 4 + 1 + 8 + 8 + 4 + 1 + 4 + 4 + 4 + 4;
+const ROW_FIXED: usize = 4 + 4 + 1 + 8 + 8 + 4 + 1 + 4 + 4 + 4;
 
 impl Row {
     fn encode(&self) -> Vec<u8> {
@@ -83,9 +85,11 @@ impl Row {
         let error = self.error.as_bytes();
         out.extend_from_slice(&u32::try_from(error.len()).unwrap_or(0).to_le_bytes());
         out.extend_from_slice(error.get(..u32::MAX as usize).unwrap_or(error));
-        // Added after the first rows were written: a row without it was not leased.
-        if self.leased != 0 {
+        // Added after the first rows were written, and only when either is set: a row without
+        // them was not leased and has no push time.
+        if self.leased != 0 || self.pushed != 0 {
             out.extend_from_slice(&self.leased.to_le_bytes());
+            out.extend_from_slice(&self.pushed.to_le_bytes());
         }
         out
     }
@@ -104,10 +108,12 @@ impl Row {
         let crc = r.u32()?;
         let elen = r.u32()? as usize;
         let error = std::str::from_utf8(r.take(elen)?).ok()?.into();
-        let leased = if r.0.is_empty() { 0 } else { r.u32().filter(|&e| e != 0)? };
-        if !r.0.is_empty() {
-            return None;
-        }
+        let (leased, pushed) = match r.0.len() {
+            0 => (0, 0),
+            // Zeros are written as nothing.
+            12 => Some((r.u32()?, r.u64()?)).filter(|&t| t != (0, 0))?,
+            _ => return None,
+        };
         Some(Row {
             queue,
             attempts,
@@ -120,6 +126,7 @@ impl Row {
             len,
             crc,
             leased,
+            pushed,
         })
     }
 }
@@ -696,22 +703,24 @@ mod tests {
             len: 5,
             crc: 9,
             leased: 0,
+            pushed: 0,
         };
         let b = row.encode();
         assert_eq!(Row::decode(&b), Some(row.clone()));
         for cut in 0..b.len() {
             assert_eq!(Row::decode(&b[..cut]), None, "cut at {cut}");
         }
-        let leased = Row { leased: 4, ..row };
-        let b = leased.encode();
-        assert_eq!(Row::decode(&b), Some(leased));
-        for cut in 1..4 {
-            assert_eq!(Row::decode(&b[..b.len() - cut]), None, "cut {cut} from the end");
+        for later in [Row { leased: 4, ..row.clone() }, Row { pushed: 1_700_000_000_000, ..row }] {
+            let b = later.encode();
+            assert_eq!(Row::decode(&b), Some(later.clone()));
+            for cut in 1..12 {
+                assert_eq!(Row::decode(&b[..b.len() - cut]), None, "cut {cut} from the end");
+            }
+            let mut zero = b.clone();
+            let n = zero.len();
+            zero[n - 12..].fill(0);
+            assert_eq!(Row::decode(&zero), None, "zeros are written as nothing");
         }
-        let mut zero = b.clone();
-        let n = zero.len();
-        zero[n - 4..].fill(0);
-        assert_eq!(Row::decode(&zero), None, "an epoch 0 is written as no epoch");
         let q = QueueRow { name: "jobs".into(), config: Some(vec![1, 2, 3].into()) };
         assert_eq!(QueueRow::decode(&q.encode()), Some(q));
         let q = QueueRow { name: "jobs".into(), config: None };

@@ -38,7 +38,7 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
 /// headers `x-wharf-attempt` (its delivery count, [`Delivery::attempt`](crate::Delivery::attempt)), `x-wharf-queue` (the
 /// local queue), `x-wharf-forwarded-at` (Unix milliseconds of this publish; the AMQP
 /// `timestamp` holds the same in seconds) and, when the push recorded its time
-/// ([`Delivery::pushed_at`](crate::Delivery::pushed_at): pushes with options do, plain pushes do not), `x-wharf-pushed-at`
+/// ([`Delivery::pushed_at`](crate::Delivery::pushed_at): every push does, except a plain `Push` record of an older store), `x-wharf-pushed-at`
 /// (Unix milliseconds of the original push).
 ///
 /// The local message is acked only once the broker confirmed it and did not return it. A nack

@@ -190,7 +190,7 @@ fn fill_and_recover(dir: &Path, len: usize, label: &str) {
 
     // Space is back: a disk's worth of pushes more than fits in the active segment.
     let base = pushed.len();
-    let more: Vec<Vec<u8>> = (0..segments.max(3) * (256 << 10) / 2 / (len + 36))
+    let more: Vec<Vec<u8>> = (0..segments.max(3) * (256 << 10) / 2 / (len + 64))
         .map(|i| payload(base + i, len))
         .collect();
     for (i, p) in more.iter().enumerate() {

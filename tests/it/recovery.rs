@@ -47,8 +47,9 @@ fn messages_survive_reopen_across_queues_and_segments() {
 /// Byte range of the record whose payload is the unique `marker`, in `file`.
 fn record_range(file: &[u8], marker: &[u8]) -> (usize, usize) {
     let at = file.windows(marker.len()).rposition(|w| w == marker).expect("marker in the segment");
-    // A push record is a 24-byte header and 12 bytes of queue and id before its payload.
-    (at - 36, at + marker.len())
+    // A push record (a `PushEx` without a key) is a 24-byte header and 40 bytes of queue, id,
+    // options and push time before its payload.
+    (at - 64, at + marker.len())
 }
 
 #[test]

@@ -25,10 +25,10 @@ use crate::{payload, segments, small};
 const HEADER: usize = 64;
 /// The record kind of a `Seal`.
 const SEAL: u8 = 7;
-/// The record kind of a `Push`.
-const PUSH: u8 = 1;
-/// Bytes of a `Push` record before its payload.
-const PUSH_OVERHEAD: usize = 36;
+/// The record kind of a `PushEx` (what every push writes).
+const PUSH: u8 = 8;
+/// Bytes of a `PushEx` record without a dedup key before its payload.
+const PUSH_OVERHEAD: usize = 64;
 
 /// A store built once and kept in memory; every case writes its files out again.
 struct Fixture {
@@ -101,10 +101,10 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(build)
 }
 
-/// Builds the store: segment 0 (64 KiB) holds about 4 KiB of small pushes and is sealed by a
+/// Builds the store: segment 0 (64 KiB) holds about 6 KiB of small pushes and is sealed by a
 /// payload too large for the rest of it (allowed because the store is reopened with 128 KiB
 /// segments, which raises the largest payload); segment 1 holds that payload and is filled up;
-/// segment 2 (64 KiB), the log's end, holds about 4 KiB of small pushes, each synced before
+/// segment 2 (64 KiB), the log's end, holds about 6 KiB of small pushes, each synced before
 /// the next was staged, so that every record but the last is proven durable by a later one.
 fn build() -> Fixture {
     let root = scratch();
@@ -126,7 +126,7 @@ fn build() -> Fixture {
         let used = second.iter().rposition(|&b| b != 0).unwrap() + 1;
         let mut room = second.len() - used;
         // Fill segment 1 until 62..=64 bytes are left: room for the next open's epoch record
-        // (28) and a seal (24), but not for a small push (at least 24 + 36) besides them.
+        // (28) and a seal (24), but not for a small push (at least 64 + 17) besides them.
         while room >= 115 {
             let len = (room - 100).clamp(17, 30_000);
             push(&q, &mut pushed, len);
@@ -164,12 +164,12 @@ fn build() -> Fixture {
         Seg { file, records, used }
     };
     let sealed = seg(0, true);
-    assert!(sealed.used >= 4096 && sealed.used < 5000, "sealed used {}", sealed.used);
+    assert!(sealed.used >= 4096 && sealed.used < 7000, "sealed used {}", sealed.used);
     assert_eq!(files[0].1.len(), 64 << 10);
     seg(1, true);
     let active = seg(2, false);
     assert_eq!(files[2].1.len(), 64 << 10);
-    assert!(active.used >= 4096 && active.used < 5000, "active used {}", active.used);
+    assert!(active.used >= 4096 && active.used < 7000, "active used {}", active.used);
     let last = &files[2].1[*active.records.last().unwrap()..active.used];
     assert_eq!(last[20], PUSH);
     assert_eq!(&last[PUSH_OVERHEAD..], pushed.last().unwrap().as_slice(), "last is a push");

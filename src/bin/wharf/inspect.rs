@@ -131,7 +131,7 @@ pub fn stats(dir: &Path, as_json: bool) -> Result<ExitCode, CliError> {
             t += "(no queues)\n";
         }
         if lines.iter().any(|l| matches!(l.oldest, Some((_, None)))) {
-            t += "oldest \"?\": a plain push (no options) does not record its time\n";
+            t += "oldest \"?\": pushed by an older version, whose plain pushes record no time\n";
         }
         t
     };
