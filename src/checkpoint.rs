@@ -226,15 +226,21 @@ impl Shared {
             g.wal.maybe_delete = true;
             self.bg_cv.notify_all();
         }
+        if relocated_any && g.wal.log.deletable_after_checkpoint() {
+            // The records past `c` wait for the next checkpoint (see above): without new log
+            // none would come due, and a settled segment would stay until the log moves.
+            g.checkpoint_wanted = true;
+            self.ck_cv.notify_one();
+        }
         Ok(report)
     }
 
-    /// Whether a segment just sealed holds a few stragglers to relocate, when checkpoints are
-    /// asked for at least once a segment: the checkpoint is taken at once, so that the segment
-    /// goes without waiting for another segment's worth of log (or for the interval).
-    pub(crate) fn stragglers_due(&self, g: &State) -> bool {
-        self.opts.checkpoint_bytes <= self.opts.segment_bytes
-            && g.wal.log.stragglers_after_checkpoint()
+    /// When the stragglers of the segment sealed last are due for relocation
+    /// (`Log::stragglers_due_at`), if checkpoints are asked for at least once a segment: the
+    /// segment then goes without waiting for another segment's worth of log or the interval.
+    pub(crate) fn stragglers_due_at(&self, g: &State) -> Option<Instant> {
+        let asked = self.opts.checkpoint_bytes <= self.opts.segment_bytes;
+        asked.then(|| g.wal.log.stragglers_due_at()).flatten()
     }
 
     /// The open state database for reading a relocated payload: opened again if an error
@@ -350,6 +356,7 @@ impl Shared {
     /// interval passed with something new, or a settled segment waits only for it.
     pub(crate) fn checkpoint_due(&self, g: &State, last: Instant, now: Instant) -> bool {
         self.checkpoint_due_by_log(g)
+            || self.stragglers_due_at(g).is_some_and(|t| now >= t)
             || (g.wal.next_lsn > g.wal.log.checkpoint
                 && self.opts.checkpoint_interval.is_some_and(|i| now >= last + i))
     }
@@ -361,9 +368,7 @@ impl Shared {
         let since = g.wal.next_lsn.saturating_sub(g.wal.log.checkpoint);
         g.checkpoint_wanted
             || (since > 0
-                && (since >= self.opts.checkpoint_bytes
-                    || g.wal.log.deletable_after_checkpoint()
-                    || self.stragglers_due(g)))
+                && (since >= self.opts.checkpoint_bytes || g.wal.log.deletable_after_checkpoint()))
     }
 }
 
@@ -388,6 +393,9 @@ pub(crate) fn run(shared: &Shared) {
                 let mut wake = failed_at.filter(|_| backing_off);
                 if let Some(i) = shared.opts.checkpoint_interval {
                     wake = Some(wake.map_or(last + i, |w| w.min(last + i)));
+                }
+                if let Some(t) = shared.stragglers_due_at(&g) {
+                    wake = Some(wake.map_or(t, |w| w.min(t)));
                 }
                 match wake {
                     Some(t) => {

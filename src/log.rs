@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::{RELOCATE_MAX_LIVE, RELOCATE_MAX_SHARE};
 use crate::record::Body;
@@ -55,6 +56,10 @@ pub(crate) struct Log {
     /// now. A checkpoint writes it into the rows of relocated messages, whose delivery records
     /// recovery skips.
     pub delivered: HashSet<u64>,
+    /// When this run last sealed a segment (rolled to the next).
+    pub last_sealed_at: Option<Instant>,
+    /// Whether the checkpointer was told about the stragglers of the segment sealed last.
+    pub stragglers_told: bool,
 }
 
 impl Log {
@@ -102,6 +107,10 @@ impl Log {
 
     /// Makes `seg` the active segment, its preamble ending at `preamble_end`.
     pub(crate) fn activate(&mut self, seg: Arc<Segment>, preamble_end: u64) {
+        if !self.segments.is_empty() {
+            self.last_sealed_at = Some(Instant::now());
+            self.stragglers_told = false;
+        }
         self.segments
             .insert(seg.base, SegInfo { seg, live: 0, pushed: 0, settled: 0, preamble_end });
     }
@@ -191,16 +200,29 @@ impl Log {
         oldest.live == 0 && !self.covered(oldest.seg.end())
     }
 
-    /// Whether the segment sealed last holds a few stragglers that a checkpoint covering it
-    /// would relocate (see `checkpoint::stragglers`), and no checkpoint covers it yet: taken
-    /// then, the checkpoint lets the segment go as soon as it is sealed, rather than once
+    /// When a checkpoint should relocate the stragglers of the segment this run sealed last:
+    /// `STRAGGLER_GRACE` after it was sealed (messages still in flight then are acked by their
+    /// consumers rather than copied), if it holds a few unsettled messages that a checkpoint
+    /// covering it would relocate (see `checkpoint::stragglers`) and none covers it yet. Taken
+    /// then, the checkpoint lets the segment go soon after it is sealed, rather than once
     /// another segment's worth of log was written.
-    pub(crate) fn stragglers_after_checkpoint(&self) -> bool {
-        let Some(sealed) = self.segments.values().rev().nth(1) else { return false };
-        sealed.seg.end() > self.checkpoint
+    pub(crate) fn stragglers_due_at(&self) -> Option<Instant> {
+        let sealed = self.segments.values().rev().nth(1)?;
+        let few = sealed.seg.end() > self.checkpoint
             && sealed.live > 0
             && sealed.live <= RELOCATE_MAX_LIVE
-            && sealed.live * RELOCATE_MAX_SHARE <= sealed.pushed
+            && sealed.live * RELOCATE_MAX_SHARE <= sealed.pushed;
+        few.then_some(self.last_sealed_at?.checked_add(STRAGGLER_GRACE)?)
+    }
+
+    /// Whether the segment sealed last has stragglers due for relocation (`stragglers_due_at`)
+    /// that nobody was told about yet: `true` once per sealed segment.
+    pub(crate) fn stragglers_news(&mut self) -> bool {
+        if self.stragglers_told || self.stragglers_due_at().is_none() {
+            return false;
+        }
+        self.stragglers_told = true;
+        true
     }
 
     /// Bytes of segment files in use or ready, headers and preallocated space included.
@@ -210,6 +232,9 @@ impl Log {
             + self.state_bytes
     }
 }
+
+/// How long after a segment is sealed its few unsettled messages count as stragglers.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(250);
 
 /// Where records of a fresh segment start.
 pub(crate) fn first_record(seg: &Segment) -> u64 {

@@ -256,13 +256,20 @@ impl Replay {
         rec: &record::Record<'_>,
     ) -> Result<()> {
         self.records += 1;
-        let relocated = rec.body.message_id().is_some_and(|id| self.relocated.contains_key(&id));
-        if lsn < self.floor && relocated {
-            return Ok(());
-        }
-        let keyed = matches!(rec.body, Body::PushEx { key, .. } if !key.is_empty());
-        if lsn >= self.floor && (relocated || keyed) {
-            self.first_sensitive = self.first_sensitive.min(lsn);
+        // A map lookup per record only while it can matter: below the checkpoint, and past it
+        // until the first sensitive record (records come in log order).
+        let relocated = |body: &Body<'_>, map: &HashMap<u64, state::Row>| {
+            !map.is_empty() && body.message_id().is_some_and(|id| map.contains_key(&id))
+        };
+        if lsn < self.floor {
+            if relocated(&rec.body, &self.relocated) {
+                return Ok(());
+            }
+        } else if self.first_sensitive == u64::MAX {
+            let keyed = matches!(rec.body, Body::PushEx { key, .. } if !key.is_empty());
+            if keyed || relocated(&rec.body, &self.relocated) {
+                self.first_sensitive = lsn;
+            }
         }
         let bad = |why: &str| corrupt(file, lsn - base, why);
         let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
@@ -643,6 +650,8 @@ pub(crate) fn recover(
         inflight_sensitive: u64::MAX,
         deleting: false,
         delivered: HashSet::new(),
+        last_sealed_at: None,
+        stragglers_told: false,
     };
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
