@@ -921,8 +921,8 @@ impl Queue {
 
     /// The unsettled message pushed first (the smallest id: ready, delayed or in flight), as
     /// [`Queue::peek`] shows it, without leasing it; `None` if the queue is empty. Its
-    /// [`pushed_at`](Peeked::pushed_at) gives the age of the queue's oldest message when its
-    /// push record carries a time.
+    /// [`pushed_at`](Peeked::pushed_at) gives the age of the queue's oldest message (every push
+    /// records its time; only a plain push of an older version did not).
     ///
     /// ```
     /// use wharf::PushOptions;
@@ -932,7 +932,7 @@ impl Queue {
     /// q.push_with(b"urgent", PushOptions::new().priority(9))?;
     /// let oldest = q.oldest()?.expect("two messages");
     /// assert_eq!(oldest.id, first);
-    /// assert!(oldest.pushed_at.is_some()); // pushes with options record their time
+    /// assert!(oldest.pushed_at.is_some()); // every push records its time
     /// # Ok::<(), wharf::Error>(())
     /// ```
     ///
