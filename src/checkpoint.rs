@@ -239,8 +239,13 @@ impl Shared {
     /// (`Log::stragglers_due_at`), if checkpoints are asked for at least once a segment: the
     /// segment then goes without waiting for another segment's worth of log or the interval.
     pub(crate) fn stragglers_due_at(&self, g: &State) -> Option<Instant> {
-        let asked = self.opts.checkpoint_bytes <= self.opts.segment_bytes;
-        asked.then(|| g.wal.log.stragglers_due_at()).flatten()
+        self.relocates_after_seals().then(|| g.wal.log.stragglers_due_at()).flatten()
+    }
+
+    /// Whether checkpoints are asked for at least once a segment, which makes a sealed
+    /// segment's stragglers due soon after the seal.
+    pub(crate) fn relocates_after_seals(&self) -> bool {
+        self.opts.checkpoint_bytes <= self.opts.segment_bytes
     }
 
     /// The open state database for reading a relocated payload: opened again if an error

@@ -560,8 +560,7 @@ impl Shared {
                 // Enough log since the last checkpoint: the checkpointer takes the next.
                 // A segment sealed with a few stragglers: the checkpointer wakes once to learn
                 // when to relocate them.
-                let stragglers = self.opts.checkpoint_bytes <= self.opts.segment_bytes
-                    && wal.log.stragglers_news();
+                let stragglers = self.relocates_after_seals() && wal.log.stragglers_news();
                 if end.saturating_sub(wal.log.checkpoint) >= self.opts.checkpoint_bytes
                     || (wal.maybe_delete && wal.log.deletable_after_checkpoint())
                     || stragglers

@@ -24,8 +24,8 @@ use lapin::{Channel, Connection, Consumer};
 use parking_lot::Mutex;
 
 use super::{
-    sleep_or_stop, spawn, ConnectionState, LastError, Link, Reconnect, StateCell, StopRx, StopTx,
-    DEFAULT_HEARTBEAT, DEFAULT_STOP_DEADLINE,
+    sleep_or_stop, spawn, ConnectionState, End, LastError, Link, Reconnect, StateCell, StopRx,
+    StopTx, DEFAULT_HEARTBEAT, DEFAULT_STOP_DEADLINE,
 };
 use crate::error::{Error, Result};
 use crate::options::Durability;
@@ -278,12 +278,6 @@ struct Cfg {
     source: String,
     prefetch: u16,
     tag: String,
-}
-
-enum End {
-    Stopped,
-    Broken,
-    Fatal(Error),
 }
 
 async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Result<()> {

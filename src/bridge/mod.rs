@@ -162,6 +162,16 @@ impl Reconnect {
 }
 
 /// A stop request: the deadline by which the bridge must have finished.
+/// How a connection's session (a forwarder's or an ingestor's) ended.
+pub(crate) enum End {
+    /// A stop was asked for (and its deadline reached or nothing is left in flight).
+    Stopped,
+    /// The connection or channel failed, or a confirm timed out: reconnect.
+    Broken,
+    /// The local store failed: the bridge ends with this error.
+    Fatal(Error),
+}
+
 pub(crate) type StopTx = tokio::sync::watch::Sender<Option<Instant>>;
 pub(crate) type StopRx = tokio::sync::watch::Receiver<Option<Instant>>;
 

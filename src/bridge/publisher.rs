@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::mpsc;
 
 use super::forward::{bump, Counters, ForwardStopReport};
-use super::{sleep_or_stop, ConnectionState, Link, Reconnect, StopRx};
+use super::{sleep_or_stop, ConnectionState, End, Link, Reconnect, StopRx};
 use crate::error::{Error, Result};
 use crate::lease::Delivery;
 use crate::queue::Queue;
@@ -38,16 +38,6 @@ pub(super) struct Cfg {
     pub(super) max_unroutable_tries: u32,
     pub(super) confirm_timeout: Duration,
     pub(super) retry_delay: Duration,
-}
-
-/// How a connection's session ended.
-enum End {
-    /// A stop was asked for (and its deadline reached or nothing is left in flight).
-    Stopped,
-    /// The connection or channel failed, or a confirm timed out: reconnect.
-    Broken,
-    /// The local store failed: the forwarder ends with this error.
-    Fatal(Error),
 }
 
 /// The forwarder's thread: connect, run a session, reconnect with backoff, until stopped.

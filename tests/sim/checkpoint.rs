@@ -284,41 +284,13 @@ fn injected_errors_in_checkpoint_scenarios_reach_every_state_database_call_site(
 /// again, with each kind of disk operation failing in turn (the removal among them). Then a
 /// fault-free one, and every image recovers to an allowed state. Returns the trials.
 fn after_a_failed_creation(all_sites: &SimFs) -> u64 {
-    let mut trials = 0;
-    let once = |kind, nth| Some(Fault { kind, nth, no_space: false, persistent: false });
-    for kind in OpKind::ALL {
-        for nth in 1.. {
-            let sim = SimFs::new();
-            let mut c = Ctx::new(sim.clone(), ck());
-            c.open().unwrap();
-            c.push("q", 40, I).unwrap();
-            sim.set_fault(once(OpKind::Rename, 1));
-            assert!(c.checkpoint().is_err(), "a checkpoint whose rename failed returned Ok");
-            let names = sim.names(Path::new(DIR));
-            assert!(names.iter().any(|n| n == "state.redb.tmp"), "{names:?}");
-            sim.set_fault(once(kind, nth));
-            let _ = c.checkpoint();
-            let fired = sim.fault_fired();
-            sim.set_fault(None);
-            // The store goes on (unless the fault poisoned it), and so do checkpoints.
-            let _ = c.push("q", 40, I);
-            let _ = c.checkpoint();
-            all_sites.merge_sites(&sim.sites());
-            trials += 1;
-            let record = c.record();
-            drop(c);
-            for policy in [CrashPolicy::KeepAll, CrashPolicy::DropAllUnsynced] {
-                let what = format!("failed creation, then {kind:?} #{nth} fails; {policy:?}");
-                let image = sim.crash_image(policy, nth);
-                let keep_all = policy == CrashPolicy::KeepAll;
-                recover_and_check(&ck(), &image, &record, keep_all, &what);
-            }
-            if !fired {
-                break;
-            }
-        }
-    }
-    trials
+    sweep_the_next_checkpoint(all_sites, "failed creation", |c, sim| {
+        c.push("q", 40, I).unwrap();
+        sim.set_fault(once(OpKind::Rename, 1));
+        assert!(c.checkpoint().is_err(), "a checkpoint whose rename failed returned Ok");
+        let names = sim.names(Path::new(DIR));
+        assert!(names.iter().any(|n| n == "state.redb.tmp"), "{names:?}");
+    })
 }
 
 /// A checkpoint's transaction fails at its first write (the log was durable already, so that
@@ -326,18 +298,36 @@ fn after_a_failed_creation(all_sites: &SimFs) -> u64 {
 /// each kind of disk operation failing in turn. Then a fault-free one, and every image recovers
 /// to an allowed state. Returns the trials.
 fn after_a_failed_transaction(all_sites: &SimFs) -> u64 {
+    sweep_the_next_checkpoint(all_sites, "failed transaction", |c, sim| {
+        c.push("q", 40, I).unwrap();
+        c.checkpoint().unwrap();
+        c.push("q", 40, I).unwrap();
+        sim.set_fault(once(OpKind::Write, 1));
+        assert!(c.checkpoint().is_err(), "a checkpoint whose write failed returned Ok");
+    })
+}
+
+/// A fault once, at the `nth` operation of `kind`.
+fn once(kind: OpKind, nth: u64) -> Option<Fault> {
+    Some(Fault { kind, nth, no_space: false, persistent: false })
+}
+
+/// On a store that `setup` brought to a failed checkpoint, the next checkpoint runs with each
+/// kind of disk operation failing in turn at its 1st, 2nd, ... operation (until one hits no
+/// fault); then a push and a fault-free checkpoint, and every crash image recovers to an
+/// allowed state. Returns the trials.
+fn sweep_the_next_checkpoint(
+    all_sites: &SimFs,
+    what: &str,
+    setup: impl Fn(&mut Ctx, &SimFs),
+) -> u64 {
     let mut trials = 0;
-    let once = |kind, nth| Some(Fault { kind, nth, no_space: false, persistent: false });
     for kind in OpKind::ALL {
         for nth in 1.. {
             let sim = SimFs::new();
             let mut c = Ctx::new(sim.clone(), ck());
             c.open().unwrap();
-            c.push("q", 40, I).unwrap();
-            c.checkpoint().unwrap();
-            c.push("q", 40, I).unwrap();
-            sim.set_fault(once(OpKind::Write, 1));
-            assert!(c.checkpoint().is_err(), "a checkpoint whose write failed returned Ok");
+            setup(&mut c, &sim);
             sim.set_fault(once(kind, nth));
             let _ = c.checkpoint();
             let fired = sim.fault_fired();
@@ -350,7 +340,7 @@ fn after_a_failed_transaction(all_sites: &SimFs) -> u64 {
             let record = c.record();
             drop(c);
             for policy in [CrashPolicy::KeepAll, CrashPolicy::DropAllUnsynced] {
-                let what = format!("failed transaction, then {kind:?} #{nth} fails; {policy:?}");
+                let what = format!("{what}, then {kind:?} #{nth} fails; {policy:?}");
                 let image = sim.crash_image(policy, nth);
                 let keep_all = policy == CrashPolicy::KeepAll;
                 recover_and_check(&ck(), &image, &record, keep_all, &what);
