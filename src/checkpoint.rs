@@ -220,9 +220,8 @@ impl Shared {
         }
         let durable = g.wal.durable;
         let dead = g.wal.log.take_deletable(durable);
-        report.segments_deleted = dead.len();
-        self.delete_segments(&mut g, &dead)?;
-        if !dead.is_empty() {
+        report.segments_deleted = self.delete_segments(&mut g, dead)?;
+        if report.segments_deleted > 0 {
             g.wal.maybe_delete = true;
             self.bg_cv.notify_all();
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::record::{PUSH_EX_OVERHEAD, SEAL_LEN};
+use crate::record::{PUSH_EX_OVERHEAD, TAIL_RESERVE};
 use crate::segment::HEADER_LEN;
 use crate::Wharf;
 
@@ -140,7 +140,7 @@ impl Options {
     /// A payload may take at most half a segment, so a segment's preamble always fits beside it.
     fn largest_payload_that_fits(&self) -> usize {
         let usable =
-            self.segment_bytes / 2 - HEADER_LEN - SEAL_LEN as u64 - PUSH_EX_OVERHEAD as u64;
+            self.segment_bytes / 2 - HEADER_LEN - TAIL_RESERVE as u64 - PUSH_EX_OVERHEAD as u64;
         usize::try_from(usable).unwrap_or(usize::MAX)
     }
 }

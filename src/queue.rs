@@ -603,6 +603,8 @@ impl Queue {
             for _ in 0..victims {
                 lens.extend(jobs::dead_letter_lens(&g, self.id, ""));
             }
+            // Several records are one group, all kept by a crash or none.
+            let grouped = payloads.len() > 1 || (victims > 0 && !payloads.is_empty());
             match jobs::room(shared, &mut g, &lens, Room::Push) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -630,24 +632,12 @@ impl Queue {
                 }
                 Err(e) => return Err(e),
             }
-            for _ in 0..victims {
-                let Some(victim) = g.queues[q].index.oldest_waiting() else { break };
-                if let Some(entry) = g.queues[q].index.remove(victim) {
-                    jobs::dead_letter(
-                        shared,
-                        &mut g,
-                        self.id,
-                        victim,
-                        entry,
-                        DeadReason::Overflow,
-                        "",
-                    )?;
-                }
+            if grouped {
+                g.wal.begin_group();
             }
-            let mut ids = Vec::with_capacity(payloads.len());
-            for p in &payloads {
-                ids.push(MessageId(self.stage_push(&mut g, p.as_ref(), &plan, key)?));
-            }
+            let staged = self.stage_group(&mut g, &payloads, &plan, key, victims);
+            g.wal.end_group();
+            let ids = staged?;
             if !key.is_empty() {
                 if let Some(id) = ids.first() {
                     let until = now_ms.saturating_add(window);
@@ -664,6 +654,34 @@ impl Queue {
         };
         let end = g.wal.next_lsn;
         shared.commit(&mut g, end, durability)?;
+        Ok(ids)
+    }
+
+    /// Stages what one push call writes (room was made): the dead-lettering of `victims`
+    /// oldest waiting messages, then a push record per payload; returns their ids. In a group
+    /// (`Wal::begin_group`), the last push closes it.
+    fn stage_group<P: AsRef<[u8]>>(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        payloads: &[P],
+        plan: &Planned,
+        key: &[u8],
+        victims: usize,
+    ) -> Result<Vec<MessageId>> {
+        let (shared, q) = (&self.core.shared, self.id as usize);
+        for _ in 0..victims {
+            let Some(victim) = g.queues[q].index.oldest_waiting() else { break };
+            if let Some(entry) = g.queues[q].index.remove(victim) {
+                jobs::dead_letter(shared, g, self.id, victim, entry, DeadReason::Overflow, "")?;
+            }
+        }
+        let mut ids = Vec::with_capacity(payloads.len());
+        for (i, p) in payloads.iter().enumerate() {
+            if i + 1 == payloads.len() {
+                g.wal.end_group();
+            }
+            ids.push(MessageId(self.stage_push(g, p.as_ref(), plan, key)?));
+        }
         Ok(ids)
     }
 

@@ -16,7 +16,7 @@ use crate::storage::{MapView, Storage, StorageFile};
 /// Magic bytes at the start of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
 /// The on-disk format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes of the segment header; the first record starts here.
 pub(crate) const HEADER_LEN: u64 = 64;
 const SUFFIX: &str = ".seg";
@@ -283,9 +283,10 @@ mod tests {
         bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(
-            Header::decode(&bytes, Path::new("x")),
-            Err(Error::UnsupportedVersion { found: 3, .. })
-        ));
+        let found = match Header::decode(&bytes, Path::new("x")) {
+            Err(Error::UnsupportedVersion { found, .. }) => found,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(found, FORMAT_VERSION + 1);
     }
 }

@@ -20,7 +20,7 @@ use crate::config::QueueConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::QueueIndex;
-use crate::log::first_record;
+use crate::log::{first_record, SegInfo};
 use crate::mark::{self, Mark};
 use crate::options::{Options, ReadMode};
 use crate::record::Body;
@@ -262,8 +262,13 @@ impl Core {
             if fresh {
                 g.wal.stage_preamble();
             } else {
-                shared.ensure_room(&mut g, &[Body::Epoch { epoch }.encoded_len()], Room::Settle)?;
+                // With the anchor as it stands: a store written before anchors has one from now
+                // on.
+                let anchor = g.wal.anchor();
+                let lens = [Body::Epoch { epoch }.encoded_len(), anchor.encoded_len()];
+                shared.ensure_room(&mut g, &lens, Room::Settle)?;
                 g.wal.append(&Body::Epoch { epoch }).ok_or(Error::NoSpace)?;
+                g.wal.append(&anchor).ok_or(Error::NoSpace)?;
             }
             let end = g.wal.next_lsn;
             shared.wait_durable(&mut g, end)?;
@@ -394,26 +399,40 @@ impl Shared {
         let mut g = self.state.lock();
         let durable = g.wal.durable;
         let dead = g.wal.log.take_deletable(durable);
-        self.delete_segments(&mut g, &dead)
+        self.delete_segments(&mut g, dead).map(drop)
     }
 
     /// Deletes the files of settled segments (already taken out of the log), oldest first,
-    /// each removal made durable before the next, so that a crash never leaves a gap. A
-    /// failure poisons the store.
+    /// each removal made durable before the next, so that a crash never leaves a gap. Before
+    /// the first, an anchor stating where the log now starts is made durable, so that a
+    /// segment found missing later is never taken for one deleted (`Body::Anchor`); when the
+    /// log has no room for it yet, the segments are put back, to go once a spare exists.
+    /// Returns how many went. A failure poisons the store.
     pub(crate) fn delete_segments(
         &self,
         g: &mut MutexGuard<'_, State>,
-        dead: &[Arc<Segment>],
-    ) -> Result<()> {
+        dead: Vec<SegInfo>,
+    ) -> Result<usize> {
         if dead.is_empty() {
-            return Ok(());
+            return Ok(0);
+        }
+        if g.wal.append_anchor().is_none() {
+            g.wal.log.restore(dead);
+            g.wal.anchor_waits = true;
+            return Ok(0);
         }
         // Taken under the mutex with these segments: until they are gone, nobody else takes
         // (and deletes) later ones.
         g.wal.log.deleting = true;
+        let end = g.wal.next_lsn;
+        if let Err(e) = self.wait_durable(g, end) {
+            g.wal.log.deleting = false;
+            g.wal.log.restore(dead);
+            return Err(e);
+        }
         let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
-            for seg in dead {
-                self.storage.remove(&seg.path)?;
+            for s in &dead {
+                self.storage.remove(&s.seg.path)?;
                 failpoint::hit("segment-removed-before-dir-sync");
                 self.storage.sync_dir(&self.log_dir)?;
             }
@@ -430,7 +449,7 @@ impl Shared {
             self.durable_cv.notify_all();
             return Err(Error::Poisoned(why));
         }
-        Ok(())
+        Ok(dead.len())
     }
 }
 

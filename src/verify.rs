@@ -119,6 +119,8 @@ pub struct RecordCounts {
     pub epoch: u64,
     /// Seals, one per complete segment.
     pub seal: u64,
+    /// Anchors (where the log starts, the last checkpoint): one per segment and per deletion.
+    pub anchor: u64,
 }
 
 impl RecordCounts {
@@ -136,6 +138,7 @@ impl RecordCounts {
             + self.config
             + self.epoch
             + self.seal
+            + self.anchor
     }
 
     fn add(&mut self, body: &Body<'_>) {
@@ -152,6 +155,7 @@ impl RecordCounts {
             Body::Config { .. } => &mut self.config,
             Body::Epoch { .. } => &mut self.epoch,
             Body::Seal => &mut self.seal,
+            Body::Anchor { .. } => &mut self.anchor,
         };
         *n += 1;
     }
@@ -352,6 +356,10 @@ struct Verifier<'a> {
     last_push: Option<u64>,
     /// Where the seal of the segment being scanned is.
     seal_at: Option<u64>,
+    /// The group of records the log is inside of, carried from one segment to the next.
+    group: recovery::Group,
+    /// The segment files by base.
+    paths: HashMap<u64, PathBuf>,
 }
 
 impl Verifier<'_> {
@@ -447,6 +455,36 @@ impl Verifier<'_> {
             let done = self.progress.before;
             self.progress.tell(done, true);
         }
+        if let (None, Some(last)) = (log_end, segs.last()) {
+            let end = last.base + last.len;
+            // A store open elsewhere may have rolled into segments made after the listing (and
+            // even deleted some of them since): the log then goes on past `end` now.
+            let next = log_dir.join(segment::file_name(end));
+            let later = storage
+                .list(log_dir)
+                .unwrap_or_default()
+                .iter()
+                .any(|n| matches!(segment::parse_name(n), Name::Segment(b) if b >= end));
+            if !later {
+                let why = format!(
+                "segment file missing: the log continues at position {end} after the seal of the \
+                 last segment"
+            );
+                self.problem(&next, 0, why);
+            }
+        }
+        if let Some(anchor) = self.replay.anchor {
+            let first = segs.first().map(|s| s.base);
+            let state = self.state_path.clone();
+            if let Some(c) = anchor.check(log_dir, first, &state, self.checkpoint) {
+                // A store open elsewhere may have taken a checkpoint since the state database
+                // was read, and stated it in the log read after: then it is there now.
+                let now = read_state(storage, &state).loaded.map_or(0, |l| l.checkpoint);
+                if c.file != state || now < anchor.checkpoint {
+                    self.push(c);
+                }
+            }
+        }
         let log_end = log_end.or_else(|| segs.last().map(|s| s.base + s.len)).unwrap_or(0);
         if log_end < mark_end {
             let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
@@ -502,8 +540,16 @@ impl Verifier<'_> {
             let path = log_dir.join(segment::file_name(base));
             let file = match storage.open_read(&path) {
                 Ok(f) => f,
-                // Deleted since the listing, by a store open elsewhere: it was settled.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Deleted since the listing, by a store open elsewhere: it was settled, and so
+                // were the ones before it (segments go oldest first), which it may have deleted
+                // after this opened them: the log now starts after it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.report.segments -= segs.len();
+                    self.paths.clear();
+                    segs.clear();
+                    prev_end = None;
+                    continue;
+                }
                 Err(e) => {
                     self.error(&path, e.into());
                     prev_end = None;
@@ -528,6 +574,7 @@ impl Verifier<'_> {
                 );
             }
             prev_end = Some(base + header.len);
+            self.paths.insert(base, path.clone());
             segs.push(Seg { path, base, len: header.len, file });
         }
         (segs, store_id)
@@ -575,10 +622,12 @@ impl Verifier<'_> {
     fn segment(&mut self, seg: &Seg, mark_end: u64, later: bool) -> Option<u64> {
         let mut img = Window::new(&*seg.file, seg.len);
         self.seal_at = None;
-        let end = recovery::scan(&mut img, seg.base, u64::MAX, |lsn, rec| {
-            self.record(seg, lsn, rec);
+        let mut group = std::mem::take(&mut self.group);
+        let end = recovery::scan(&mut img, seg.base, u64::MAX, &mut group, |base, lsn, rec| {
+            self.record(seg, base, lsn, rec);
             Ok(())
         });
+        self.group = group;
         let (at, why) = match end {
             Ok(End::Open { at, why }) => (at, why),
             Ok(End::Sealed) => {
@@ -616,26 +665,32 @@ impl Verifier<'_> {
         Some(at)
     }
 
-    /// One valid record, at `lsn` of `seg`.
-    fn record(&mut self, seg: &Seg, lsn: u64, rec: &Record<'_>) {
-        let done = self.progress.before + (lsn - seg.base);
+    /// One valid record, at `lsn` of the segment based at `base`: `seg`, being scanned, or an
+    /// earlier one that holds the first records of a group.
+    fn record(&mut self, seg: &Seg, base: u64, lsn: u64, rec: &Record<'_>) {
+        let done = self.progress.before + lsn.saturating_sub(seg.base);
         self.progress.tell(done, false);
         self.report.records.add(&rec.body);
+        let path = match self.paths.get(&base) {
+            Some(p) if base != seg.base => p.clone(),
+            _ => seg.path.clone(),
+        };
+        let offset = lsn.saturating_sub(base);
         match rec.body {
             Body::Push { id, .. } | Body::PushEx { id, .. } => {
                 if let Some(prev) = self.last_push.filter(|&prev| id <= prev) {
                     let what = format!(
                         "message id {id:016x} is not above the id {prev:016x} of an earlier push"
                     );
-                    self.problem(&seg.path, lsn - seg.base, what);
+                    self.problem(&path, offset, what);
                 }
                 self.last_push = Some(self.last_push.map_or(id, |prev| prev.max(id)));
             }
             Body::Seal => self.seal_at = Some(lsn),
             _ => {}
         }
-        if let Err(e) = self.replay.apply(&seg.path, seg.base, lsn, rec) {
-            self.error(&seg.path, e);
+        if let Err(e) = self.replay.apply(&path, base, lsn, rec) {
+            self.error(&path, e);
         }
     }
 
@@ -942,7 +997,7 @@ mod tests {
     /// What scanning and judging an image finds: each record's position, the end, its judgement.
     fn walk(img: &mut impl Image) -> (Vec<u64>, End, Option<Ending>) {
         let mut seen = Vec::new();
-        let end = recovery::scan(img, 0, u64::MAX, |lsn, _| {
+        let end = recovery::scan(img, 0, u64::MAX, &mut Default::default(), |_, lsn, _| {
             seen.push(lsn);
             Ok(())
         })

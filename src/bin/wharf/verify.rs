@@ -44,6 +44,7 @@ fn json(dir: &Path, report: &VerifyReport) -> Result<String, CliError> {
             "ack": r.ack, "nack": r.nack, "retry": r.retry, "dead_letter": r.dead_letter,
             "requeue": r.requeue, "queue": r.queue, "config": r.config, "epoch": r.epoch,
             "seal": r.seal,
+            "anchor": r.anchor,
         },
         "queues": report.queues.iter().map(|q| serde_json::json!({
             "name": q.name, "ready": q.ready, "delayed": q.delayed, "in_flight": q.in_flight,
