@@ -555,7 +555,8 @@ impl ShutdownSignal {
     }
 
     /// Waits until the worker begins to shut down, at most `timeout`; returns
-    /// [`ShutdownSignal::is_requested`]. Use it instead of `sleep` in a handler that waits.
+    /// [`ShutdownSignal::is_requested`]. Use it instead of `sleep` in a handler that waits. A
+    /// `timeout` too large for the clock (say [`Duration::MAX`]) waits until shutdown begins.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let until = Instant::now().checked_add(timeout);
         let mut g = self.inner.lock.lock();

@@ -489,6 +489,58 @@ fn a_store_closed_under_a_long_job_delivers_it_again_after_reopen() {
     });
 }
 
+/// Where the child process of `a_killed_process_gives_its_long_job_back_after_restart` finds
+/// its store.
+const CHILD_DIR: &str = "WHARF_TEST_WORKER_CHILD_DIR";
+
+#[test]
+#[ignore = "the child process of a_killed_process_gives_its_long_job_back_after_restart"]
+fn child_runs_a_long_job_until_killed() {
+    // Run alone (`--include-ignored`), it has nothing to do.
+    let Some(dir) = std::env::var_os(CHILD_DIR).map(std::path::PathBuf::from) else { return };
+    let w = Wharf::open(&dir).unwrap();
+    let q = queue_with_lease(&w, "jobs", Duration::from_millis(200));
+    let marks = dir.clone();
+    let _worker = Worker::builder(&q)
+        .threads(2)
+        .run(move |job| {
+            std::fs::write(marks.join(format!("started-{}", job.attempt())), b"").unwrap();
+            std::thread::sleep(LIMIT);
+            Ok::<(), String>(())
+        })
+        .unwrap();
+    std::thread::sleep(LIMIT); // until killed
+}
+
+#[test]
+fn a_killed_process_gives_its_long_job_back_after_restart() {
+    within(LIMIT, || {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wharf::open(dir.path()).unwrap();
+        w.queue("jobs").unwrap().push(b"killed mid-job").unwrap();
+        w.close().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "worker::child_runs_a_long_job_until_killed", "--ignored"])
+            .env(CHILD_DIR, dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(|| dir.path().join("started-1").exists());
+        // Several renewal rounds of the child's keeper: its second thread never got the job.
+        std::thread::sleep(Duration::from_millis(700));
+        child.kill().unwrap(); // SIGKILL: no shutdown, no close
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status}");
+        assert!(!dir.path().join("started-2").exists(), "delivered again while it ran");
+
+        let w = Wharf::open(dir.path()).unwrap();
+        let q = w.queue("jobs").unwrap();
+        let again = q.try_pop().unwrap().expect("delivered again after the restart");
+        assert_eq!((again.payload(), again.attempt()), (&b"killed mid-job"[..], 2));
+        again.ack().unwrap();
+    });
+}
+
 /// CPU time (user + system) of this process's threads whose name starts with `prefix`, by
 /// thread id, from `/proc/self/task/*/stat`.
 #[cfg(target_os = "linux")]
