@@ -221,7 +221,7 @@ impl Worker {
     pub fn builder(queue: &Queue) -> WorkerBuilder {
         WorkerBuilder {
             queue: queue.clone(),
-            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            threads: std::thread::available_parallelism().map_or(1, usize::from).min(MAX_THREADS),
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             drop_deadline: DEFAULT_DROP_DEADLINE,
             signal: ShutdownSignal { inner: Arc::default() },
@@ -365,7 +365,7 @@ impl fmt::Debug for Worker {
 
 impl WorkerBuilder {
     /// The number of threads, each running one handler at a time (default: the number of
-    /// CPUs), from 1 to 1024. The pool has one more thread, its keeper, which renews the
+    /// CPUs, at most 1024), from 1 to 1024. The pool has one more thread, its keeper, which renews the
     /// leases of running handlers.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n;
