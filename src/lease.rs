@@ -232,6 +232,21 @@ impl Delivery {
         Ok(())
     }
 
+    /// Renews the lease for the queue's visibility timeout from now, unless it already runs
+    /// longer, and returns that timeout: the [`Worker`](crate::Worker)'s keep-alive. Like
+    /// `extend` it changes only the in-memory index, no log record.
+    pub(crate) fn renew(&self) -> Result<Duration> {
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
+        g.check()?;
+        let q = &mut g.queues[self.queue as usize];
+        let visibility = q.config.visibility_timeout.unwrap_or(shared.opts.visibility_timeout);
+        q.index
+            .renew(self.id, self.attempt, shared.opts.clock.now(), visibility)
+            .map_err(|_| Error::LeaseExpired)?;
+        Ok(visibility)
+    }
+
     /// Stages the settlement record; `None` durability means "drop": no waiting at all.
     fn settle(&self, how: Settle<'_>, d: Option<Durability>) -> Result<()> {
         let shared = &self.core.shared;
