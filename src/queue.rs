@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, MutexGuard};
 
 use crate::checkpoint::CheckpointReport;
-use crate::clock::{from_unix_ms, millis, unix_ms};
+use crate::clock::{deadline_after, from_unix_ms, millis, unix_ms};
 use crate::commit::{Room, Stats};
 use crate::config::{OnExpiry, Overflow, QueueConfig};
 use crate::error::{Error, Result};
@@ -547,7 +547,7 @@ impl Queue {
             return Err(Error::PayloadTooLarge { len: p.as_ref().len(), max });
         }
         let durability = opts.durability.unwrap_or(shared.opts.push_durability);
-        let space_deadline = opts.wait_for_space.and_then(|d| Instant::now().checked_add(d));
+        let space_deadline = opts.wait_for_space.map(|d| deadline_after(Instant::now(), d));
         let q = self.id as usize;
         let mut g = shared.state.lock();
         let ids = loop {
@@ -719,16 +719,18 @@ impl Queue {
         self.pop_one_until(None)?.ok_or(Error::Closed)
     }
 
-    /// Pops the next ready message, waiting at most `timeout`; `Ok(None)` if none came.
+    /// Pops the next ready message, waiting at most `timeout`; `Ok(None)` if none came. A
+    /// timeout too long to add to the clock (such as `Duration::MAX`) waits as long as it takes.
     ///
     /// # Errors
     /// As [`Queue::try_pop`].
     pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
-        self.pop_one_until(Some(self.core.shared.opts.clock.now() + timeout))
+        self.pop_one_until(Some(deadline_after(self.core.shared.opts.clock.now(), timeout)))
     }
 
     /// Pops up to `max` messages: waits at most `timeout` for the first, then takes whatever
-    /// else is ready at that moment. An empty vector means none came in time.
+    /// else is ready at that moment. An empty vector means none came in time. As for
+    /// [`Queue::pop_timeout`], `Duration::MAX` waits as long as it takes.
     ///
     /// # Errors
     /// As [`Queue::try_pop`].
@@ -736,7 +738,7 @@ impl Queue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.pop_many_until(Some(self.core.shared.opts.clock.now() + timeout), max)
+        self.pop_many_until(Some(deadline_after(self.core.shared.opts.clock.now(), timeout)), max)
     }
 
     /// How many messages are ready, delayed and in flight.
@@ -1144,7 +1146,7 @@ impl Queue {
             }
             let due = index
                 .next_due()
-                .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
+                .map(|due| deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1))));
             let wake = [deadline, index.next_deadline(), due].into_iter().flatten().min();
             match wake {
                 // A duration on the store's clock, slept in real time: a manual clock that

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::clock::deadline_after;
 use crate::checkpoint::{self, Checkpointer};
 use crate::commit::{self, CatalogEntry, Room, Wal, MAX_EPOCH};
 use crate::config::QueueConfig;
@@ -98,7 +99,7 @@ impl QueueState {
         let due = self
             .index
             .next_due()
-            .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
+            .map(|due| deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1))));
         [self.index.next_deadline(), due].into_iter().flatten().min()
     }
 }
