@@ -284,6 +284,9 @@ fn push_rows(rows: &mut Vec<Row>) {
                 Err(e) => return Err(e),
             }
         }
+        // A push of the same size needs a new segment.
+        let last = crate::payload(n, 1000);
+        assert!(matches!(q.push(&last), Err(Error::Full { .. })), "not full");
         // Drained by another thread: the push waits (it used to give up at once) until the
         // acked segments are deleted.
         let drainer = {
@@ -296,7 +299,7 @@ fn push_rows(rows: &mut Vec<Row>) {
                 Ok(())
             })
         };
-        q.push_with(b"after the drain", PushOptions::new().wait_for_space(Duration::MAX))?;
+        q.push_with(&last, PushOptions::new().wait_for_space(Duration::MAX))?;
         drainer.join().expect("the drainer panicked")?;
         w.close()
     }));
