@@ -148,7 +148,8 @@ impl QueueConfig {
     }
 
     /// How long a popped message stays leased (default: the store's
-    /// [`visibility_timeout`](crate::WharfBuilder::visibility_timeout)).
+    /// [`visibility_timeout`](crate::WharfBuilder::visibility_timeout)). Not zero;
+    /// `Duration::MAX` is a lease that never runs out while the store is open.
     pub fn visibility_timeout(mut self, d: Duration) -> Self {
         self.visibility_timeout = Some(d);
         self
@@ -197,7 +198,7 @@ impl QueueConfig {
     }
 
     /// How long after its push a dedup key keeps refusing duplicates even once its message is
-    /// settled (default zero: only while the message is unsettled).
+    /// settled (default zero: only while the message is unsettled; `Duration::MAX`: for ever).
     pub fn dedup_window(mut self, d: Duration) -> Self {
         self.dedup_window = d;
         self
@@ -430,7 +431,8 @@ mod tests {
         let got: Vec<u64> = (1..=6).map(|a| millis(b.delay(a, 7))).collect();
         assert_eq!(got, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.delay(u32::MAX, 7), Duration::from_secs(1));
-        for (base, cap) in [(Duration::MAX, Duration::MAX), (Duration::from_nanos(1), Duration::MAX)]
+        for (base, cap) in
+            [(Duration::MAX, Duration::MAX), (Duration::from_nanos(1), Duration::MAX)]
         {
             for jitter in [false, true] {
                 let b = Backoff::Exponential { base, cap, jitter };

@@ -100,14 +100,15 @@ impl PushOptions {
     }
 
     /// Invisible until this long from now (by the store's wall clock; the due time is stored,
-    /// so it holds across restarts).
+    /// so it holds across restarts). `Duration::MAX` is never: the stored due time saturates,
+    /// some 584 million years away.
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = Some(d);
         self.not_before = None;
         self
     }
 
-    /// Invisible until this wall-clock time.
+    /// Invisible until this wall-clock time (a time before the Unix epoch is now).
     pub fn not_before(mut self, t: SystemTime) -> Self {
         self.not_before = Some(t);
         self.delay = None;
@@ -122,7 +123,8 @@ impl PushOptions {
     }
 
     /// Never delivered once this long has passed since the push: it is dropped or
-    /// dead-lettered instead, as the queue's [`OnExpiry`] says. Overrides the queue's TTL.
+    /// dead-lettered instead, as the queue's [`OnExpiry`] says. Overrides the queue's TTL. A
+    /// TTL under a millisecond has run out at once; `Duration::MAX` never does.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self.expires_at = None;
@@ -130,7 +132,8 @@ impl PushOptions {
     }
 
     /// Never delivered after this wall-clock time: [`PushOptions::ttl`] as a point in time
-    /// (kept to the millisecond), for a message moved from another store with its expiry.
+    /// (kept to the millisecond), for a message moved from another store with its expiry. A
+    /// time at or before the Unix epoch has passed already.
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -150,7 +153,7 @@ impl PushOptions {
 
     /// When the store is full ([`Error::Full`] past its quota, or [`Error::NoSpace`] from the
     /// disk), wait up to `timeout` for room (acked segments being deleted) instead of failing
-    /// at once.
+    /// at once; `Duration::MAX` waits as long as it takes.
     pub fn wait_for_space(mut self, timeout: Duration) -> Self {
         self.wait_for_space = Some(timeout);
         self
@@ -274,7 +277,8 @@ impl Wharf {
     /// # Errors
     /// [`Error::Locked`] if another handle has `dir` open; [`Error::Corrupted`] (naming the file
     /// and offset) for damage below the durable end of the log; [`Error::UnsupportedVersion`],
-    /// [`Error::ForeignSegment`]; [`Error::Io`].
+    /// [`Error::ForeignSegment`]; [`Error::Io`], of kind `NotADirectory` if `dir` or one of its
+    /// parents is a file.
     pub fn open(dir: impl AsRef<Path>) -> Result<Wharf> {
         Wharf::builder().open(dir)
     }
@@ -1144,9 +1148,9 @@ impl Queue {
             if deadline.is_some_and(|d| d <= now) {
                 return Ok(None);
             }
-            let due = index
-                .next_due()
-                .map(|due| deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1))));
+            let due = index.next_due().map(|due| {
+                deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+            });
             let wake = [deadline, index.next_deadline(), due].into_iter().flatten().min();
             match wake {
                 // A duration on the store's clock, slept in real time: a manual clock that

@@ -156,7 +156,8 @@ fn a_regular_file_is_not_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"not a store").unwrap();
-    for args in [&["push", s(&file), "q", "x"][..], &["stats", s(&file)], &["import", s(&file), "q"]]
+    for args in
+        [&["push", s(&file), "q", "x"][..], &["stats", s(&file)], &["import", s(&file), "q"]]
     {
         let run = wharf(args, Some(b"")).expect(2);
         assert!(run.stderr.contains("not a directory"), "{args:?}: {}", run.stderr);

@@ -29,12 +29,15 @@ enum Want {
 }
 use Want::{Invalid, Works};
 
+/// A row's run on a fresh store directory.
+type Run = Box<dyn Fn(&Path) -> Result<()>>;
+
 /// One input: a name (the API and the value), what it must give, and a run on a fresh store
 /// directory that uses the value, then the stored value again (pops, reopens).
 struct Row {
     name: String,
     want: Want,
-    run: Box<dyn Fn(&Path) -> Result<()>>,
+    run: Run,
 }
 
 fn row(name: impl Into<String>, want: Want, run: impl Fn(&Path) -> Result<()> + 'static) -> Row {
@@ -597,18 +600,22 @@ fn delivery_rows(rows: &mut Vec<Row>) {
         assert_eq!(waiter.join().expect("the waiter panicked")?, b"held");
         w.close()
     }));
-    rows.push(row("TypedQueue: pop_timeout(MAX), pop_batch(usize::MAX, MAX), extend(MAX)", Works, |dir| {
-        let (w, q) = store(dir)?;
-        let t: TypedQueue<u64> = TypedQueue::new(q);
-        t.push(&u64::MAX)?;
-        let d = t.pop_timeout(Duration::MAX)?.expect("ready");
-        assert_eq!(d.value()?, u64::MAX);
-        d.extend(Duration::MAX)?;
-        d.ack()?;
-        t.push_batch([&0, &1])?;
-        assert_eq!(t.pop_batch(usize::MAX, Duration::MAX)?.len(), 2);
-        w.close()
-    }));
+    rows.push(row(
+        "TypedQueue: pop_timeout(MAX), pop_batch(usize::MAX, MAX), extend(MAX)",
+        Works,
+        |dir| {
+            let (w, q) = store(dir)?;
+            let t: TypedQueue<u64> = TypedQueue::new(q);
+            t.push(&u64::MAX)?;
+            let d = t.pop_timeout(Duration::MAX)?.expect("ready");
+            assert_eq!(d.value()?, u64::MAX);
+            d.extend(Duration::MAX)?;
+            d.ack()?;
+            t.push_batch([&0, &1])?;
+            assert_eq!(t.pop_batch(usize::MAX, Duration::MAX)?.len(), 2);
+            w.close()
+        },
+    ));
 }
 
 #[test]
