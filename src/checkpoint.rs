@@ -334,6 +334,7 @@ impl Shared {
                 let mut g = self.state.lock();
                 g.wal.poisoned = Some(why.clone());
                 self.durable_cv.notify_all();
+                self.space_cv.notify_all();
                 return Err(Error::Poisoned(why));
             }
         }

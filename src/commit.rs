@@ -580,6 +580,7 @@ impl Shared {
                     q.notify_all();
                 }
                 self.bg_cv.notify_one();
+                self.space_cv.notify_all();
                 Err(Error::Poisoned(why))
             }
         };

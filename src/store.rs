@@ -326,6 +326,8 @@ impl Core {
             shared.bg_cv.notify_all();
             shared.ck_cv.notify_all();
             shared.durable_cv.notify_all();
+            // Pushes waiting for room (for ever, with `wait_for_space(Duration::MAX)`).
+            shared.space_cv.notify_all();
             if was_open && result.is_ok() {
                 // Everything is durable and nothing more is logged: record where the log ends,
                 // so that damage erasing its last records is not taken for a torn tail.

@@ -110,8 +110,10 @@ fn store(dir: &Path) -> Result<(Wharf, wharf::Queue)> {
     Ok((w, q))
 }
 
-/// Reopens `dir` (closing `w` first) and returns the store and its queue `q`.
+/// Reopens `dir` (after a checkpoint, which writes what the log says into the state database,
+/// and a close) and returns the store and its queue `q`.
 fn reopen(w: Wharf, dir: &Path) -> Result<(Wharf, wharf::Queue)> {
+    w.checkpoint()?;
     w.close()?;
     store(dir)
 }
@@ -130,6 +132,27 @@ fn delayed_for_ever(w: Wharf, q: &wharf::Queue, dir: &Path) -> Result<()> {
     let (w, q) = reopen(w, dir)?;
     check(&q)?;
     w.close()
+}
+
+/// A store with a disk quota in `dir`, filled with 1000-byte messages in `q` until a push of
+/// `last` (the next one) fails with `Error::Full`.
+fn full_store(dir: &Path) -> Result<(Wharf, wharf::Queue, Vec<u8>)> {
+    let seg = 64 << 10;
+    let w = Wharf::builder().segment_bytes(seg).max_disk_bytes(6 * seg).open(dir)?;
+    let q = w.queue("q")?;
+    let fast = PushOptions::new().durability(Durability::None);
+    for n in 0.. {
+        let p = crate::payload(n, 1000);
+        match q.push_with(&p, fast.clone()) {
+            Ok(_) => {}
+            Err(Error::Full { .. }) => {
+                assert!(matches!(q.push(&p), Err(Error::Full { .. })), "not full");
+                return Ok((w, q, p));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("never full")
 }
 
 fn builder_rows(rows: &mut Vec<Row>) {
@@ -275,21 +298,7 @@ fn push_rows(rows: &mut Vec<Row>) {
         }));
     }
     rows.push(row("PushOptions::wait_for_space(MAX) on a full store", Works, |dir| {
-        let seg = 64 << 10;
-        let w = Wharf::builder().segment_bytes(seg).max_disk_bytes(6 * seg).open(dir)?;
-        let q = w.queue("q")?;
-        let mut n = 0;
-        let fast = PushOptions::new().durability(Durability::None);
-        loop {
-            match q.push_with(crate::payload(n, 1000), fast.clone()) {
-                Ok(_) => n += 1,
-                Err(Error::Full { .. }) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        // A push of the same size needs a new segment.
-        let last = crate::payload(n, 1000);
-        assert!(matches!(q.push(&last), Err(Error::Full { .. })), "not full");
+        let (w, q, last) = full_store(dir)?;
         // Drained by another thread: the push waits (it used to give up at once) until the
         // acked segments are deleted.
         let drainer = {
@@ -305,6 +314,17 @@ fn push_rows(rows: &mut Vec<Row>) {
         q.push_with(&last, PushOptions::new().wait_for_space(Duration::MAX))?;
         drainer.join().expect("the drainer panicked")?;
         w.close()
+    }));
+    rows.push(row("PushOptions::wait_for_space(MAX) on a full store, closed", Works, |dir| {
+        let (w, q, last) = full_store(dir)?;
+        // Closed by another thread: the waiting push learns it at once.
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            w.close()
+        });
+        let pushed = q.push_with(&last, PushOptions::new().wait_for_space(Duration::MAX));
+        assert!(matches!(pushed, Err(Error::Closed)), "{pushed:?}");
+        closer.join().expect("the closer panicked")
     }));
     for (v, t) in times() {
         rows.push(row(format!("PushOptions::not_before({v})"), Works, move |dir| {
@@ -498,12 +518,14 @@ fn delivery_rows(rows: &mut Vec<Row>) {
             }
         }));
         rows.push(row(format!("Delivery::extend({v})"), Works, move |dir| {
-            let w = small().visibility_timeout(Duration::from_millis(20)).open(dir)?;
+            let clock = ManualClock::new();
+            let b = small().visibility_timeout(Duration::from_millis(20));
+            let w = b.clock(Arc::new(clock.clone())).open(dir)?;
             let q = w.queue("q")?;
             q.push(b"slow")?;
-            let held = q.pop()?;
+            let held = q.try_pop()?.expect("ready");
             held.extend(d)?;
-            std::thread::sleep(Duration::from_millis(40));
+            clock.advance(Duration::from_millis(40));
             if d == Duration::MAX {
                 assert!(q.try_pop()?.is_none(), "an extension of Duration::MAX ended");
                 held.extend(Duration::MAX)?;
