@@ -372,6 +372,17 @@ fn push_rows(rows: &mut Vec<Row>) {
             w.close()
         }));
     }
+    rows.push(row("Queue::push(the largest payload, and one byte more)", Works, |dir| {
+        let (w, q) = store(dir)?;
+        let Err(Error::PayloadTooLarge { max, .. }) = q.push(vec![0u8; 1 << 20]) else {
+            panic!("1 MiB fits in a segment of 64 KiB")
+        };
+        assert!(matches!(q.push(vec![1u8; max + 1]), Err(Error::PayloadTooLarge { .. })));
+        q.push(vec![2u8; max])?;
+        let (w, q) = reopen(w, dir)?;
+        assert_eq!(q.try_pop()?.expect("stored").payload(), &vec![2u8; max][..]);
+        w.close()
+    }));
     rows.push(row("Queue::push_batch(no messages)", Works, |dir| {
         let (w, q) = store(dir)?;
         assert!(q.push_batch(Vec::<&[u8]>::new())?.is_empty());
@@ -505,6 +516,26 @@ fn config_rows(rows: &mut Vec<Row>) {
 }
 
 fn delivery_rows(rows: &mut Vec<Row>) {
+    for n in [0, 1, 1 << 20] {
+        rows.push(row(
+            format!("NackOptions::error({n} bytes) and dead_letter"),
+            Works,
+            move |dir| {
+                let (w, q) = store(dir)?;
+                q.set_config(&QueueConfig::new().max_attempts(2))?;
+                q.push(b"failing")?;
+                let text = "é".repeat(n / 2) + &"x".repeat(n % 2);
+                q.pop()?.nack_with(NackOptions::new().error(text.clone()))?;
+                q.pop()?.dead_letter(&text)?;
+                let (w, q) = reopen(w, dir)?;
+                let dlq = q.dead_letter_queue()?.expect("a dead-letter queue");
+                let dead = dlq.peek(1)?;
+                let kept = dead[0].last_error.clone().unwrap_or_default();
+                assert!(text.starts_with(&kept) && kept.len() <= 4096, "{} bytes", kept.len());
+                w.close()
+            },
+        ));
+    }
     for (v, d) in DURATIONS {
         rows.push(row(format!("NackOptions::delay({v})"), Works, move |dir| {
             let (w, q) = store(dir)?;
