@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::clock::deadline_after;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::{Entry, RELOCATED};
@@ -332,6 +333,7 @@ impl Shared {
                 let mut g = self.state.lock();
                 g.wal.poisoned = Some(why.clone());
                 self.durable_cv.notify_all();
+                self.space_cv.notify_all();
                 return Err(Error::Poisoned(why));
             }
         }
@@ -362,7 +364,7 @@ impl Shared {
         self.checkpoint_due_by_log(g)
             || self.stragglers_due_at(g).is_some_and(|t| now >= t)
             || (g.wal.next_lsn > g.wal.log.checkpoint
-                && self.opts.checkpoint_interval.is_some_and(|i| now >= last + i))
+                && self.opts.checkpoint_interval.is_some_and(|i| now >= deadline_after(last, i)))
     }
 
     /// Whether a checkpoint is due for what the log holds (not for the time since the last
@@ -396,7 +398,8 @@ pub(crate) fn run(shared: &Shared) {
                 }
                 let mut wake = failed_at.filter(|_| backing_off);
                 if let Some(i) = shared.opts.checkpoint_interval {
-                    wake = Some(wake.map_or(last + i, |w| w.min(last + i)));
+                    let at = deadline_after(last, i);
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
                 if let Some(t) = shared.stragglers_due_at(&g) {
                     wake = Some(wake.map_or(t, |w| w.min(t)));

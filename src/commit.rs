@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
+use crate::clock::deadline_after;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::log::{first_record, Log};
@@ -450,7 +451,7 @@ impl Shared {
         match d {
             Durability::Immediate => return self.wait_durable(g, end),
             Durability::Interval(every) => {
-                let due = Instant::now() + every;
+                let due = deadline_after(Instant::now(), every);
                 if g.wal.sync_due.is_none_or(|t| due < t) {
                     g.wal.sync_due = Some(due);
                     self.bg_cv.notify_one();
@@ -617,6 +618,7 @@ impl Shared {
                     q.notify_all();
                 }
                 self.bg_cv.notify_one();
+                self.space_cv.notify_all();
                 Err(Error::Poisoned(why))
             }
         };
@@ -708,7 +710,7 @@ pub(crate) fn background(shared: &Shared) {
         let timers = wake_async_pops(shared, &mut g, clock_now)
             .filter(|_| stalled_clock != Some(clock_now))
             // At least 1 ms of real time, so that a system clock has always moved on after it.
-            .map(|d| Instant::now() + d.max(Duration::from_millis(1)));
+            .map(|d| deadline_after(Instant::now(), d.max(Duration::from_millis(1))));
         let spare = retry_spare_at.filter(|_| g.wal.log.spares.len() < READY_SPARES);
         let wake = [due, spare, timers].into_iter().flatten().min();
         match wake {

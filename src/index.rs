@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+use crate::clock::deadline_after;
+
 /// The `lsn` of a message whose payload was relocated into the state database (its push
 /// record's segment may be gone).
 pub(crate) const RELOCATED: u64 = u64::MAX;
@@ -288,7 +290,7 @@ impl QueueIndex {
         let mut slot = self.ready.get_mut(level)?.remove(&id)?;
         self.ready_count -= 1;
         slot.attempts = slot.attempts.saturating_add(1);
-        let deadline = now + visibility;
+        let deadline = deadline_after(now, visibility);
         self.leased.insert(id, Lease { slot, attempt: slot.attempts, deadline });
         self.deadlines.push(Reverse((deadline, id, slot.attempts)));
         Some(self.entry(id, slot))
@@ -381,7 +383,7 @@ impl QueueIndex {
     ) -> Result<(), Expired> {
         self.check(id, attempt, now)?;
         let l = self.leased.get_mut(&id).ok_or(Expired)?;
-        l.deadline = now + by;
+        l.deadline = deadline_after(now, by);
         self.deadlines.push(Reverse((l.deadline, id, attempt)));
         self.compact_deadlines();
         Ok(())

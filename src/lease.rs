@@ -82,7 +82,8 @@ impl NackOptions {
         Self::default()
     }
 
-    /// Retry after this delay instead of the queue's backoff.
+    /// Retry after this delay instead of the queue's backoff (`Duration::MAX`: never; the
+    /// message stays delayed, across restarts too).
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = Some(d);
         self
@@ -215,7 +216,8 @@ impl Delivery {
         self.settle(Settle::Release, Some(d))
     }
 
-    /// Extends the lease to `by` from now.
+    /// Extends the lease to `by` from now: `Duration::ZERO` ends it now (the message is ready
+    /// again), a century or more (`Duration::MAX`) never ends while the store is open.
     ///
     /// # Errors
     /// [`Error::LeaseExpired`] if the lease already ran out; [`Error::Closed`];

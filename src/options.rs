@@ -23,7 +23,8 @@ pub enum Durability {
     /// The call returns at once; a background thread writes and `fdatasync`s at most this long
     /// after. A power loss or a crash loses at most the last interval's records. The default
     /// for acks, nacks and delivery records (10 ms): a lost ack only means a redelivery, which
-    /// at-least-once delivery allows.
+    /// at-least-once delivery allows. An interval of a century or more (`Duration::MAX`) never
+    /// comes: the records are synced by a later `Immediate` call, [`Wharf::sync`] or the close.
     Interval(Duration),
     /// The call returns at once; the record is handed to the OS within a few milliseconds (or
     /// when 1 MiB is staged) and never `fdatasync`ed by this call. Survives a process crash once
@@ -196,7 +197,8 @@ impl WharfBuilder {
     }
 
     /// How long a popped message stays hidden from other consumers before it is delivered
-    /// again if not settled (default 30 s).
+    /// again if not settled (default 30 s). Not zero; a century or more (`Duration::MAX`) is a
+    /// lease that never runs out while the store is open.
     pub fn visibility_timeout(mut self, d: Duration) -> Self {
         self.opts.visibility_timeout = d;
         self
@@ -246,7 +248,7 @@ impl WharfBuilder {
     }
 
     /// Take a checkpoint at least this often while the log moves (default 30 s); `None` only
-    /// by bytes and on demand.
+    /// by bytes and on demand. Not zero; `Some(Duration::MAX)` is as `None`.
     pub fn checkpoint_interval(mut self, every: Option<Duration>) -> Self {
         self.opts.checkpoint_interval = every;
         self

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::checkpoint::{self, Checkpointer};
+use crate::clock::deadline_after;
 use crate::commit::{self, CatalogEntry, Room, Wal, MAX_EPOCH};
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
@@ -95,10 +96,9 @@ impl QueueState {
     /// record saying so: the earliest lease deadline or delayed message's due time (`now` and
     /// `now_ms` are the same moment on the store's two clocks).
     pub(crate) fn next_timer(&mut self, now: Instant, now_ms: u64) -> Option<Instant> {
-        let due = self
-            .index
-            .next_due()
-            .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
+        let due = self.index.next_due().map(|due| {
+            deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+        });
         [self.index.next_deadline(), due].into_iter().flatten().min()
     }
 }
@@ -331,6 +331,8 @@ impl Core {
             shared.bg_cv.notify_all();
             shared.ck_cv.notify_all();
             shared.durable_cv.notify_all();
+            // Pushes waiting for room (for ever, with `wait_for_space(Duration::MAX)`).
+            shared.space_cv.notify_all();
             if was_open && result.is_ok() {
                 // Everything is durable and nothing more is logged: record where the log ends,
                 // so that damage erasing its last records is not taken for a torn tail.

@@ -8,6 +8,7 @@ mod concurrency;
 mod corruption;
 mod enospc;
 mod fixtures;
+mod extremes;
 mod jobs;
 mod jobs_model;
 mod leases;
