@@ -763,8 +763,8 @@ fn a_stale_state_database_put_back_is_refused() {
     }
 }
 
-/// Segments of another store, with the bases of `p`'s: a plain store of the same segment size
-/// filled far enough.
+/// Another store whose segments have the bases of `p`'s: a plain store of the same segment
+/// size filled far enough, with a checkpoint (its `state.redb`) and a clean close (its mark).
 fn foreign_store(p: &Pristine) -> tempfile::TempDir {
     let last = p.segment_names().last().unwrap()[..20].parse::<u64>().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -778,12 +778,13 @@ fn foreign_store(p: &Pristine) -> tempfile::TempDir {
     {
         q.push_batch((0..60).map(|i| payload(i, LEN))).unwrap();
     }
+    w.checkpoint().unwrap();
     w.close().unwrap();
     dir
 }
 
 #[test]
-fn a_segment_of_another_store_is_refused() {
+fn a_segment_mark_or_state_database_of_another_store_is_refused() {
     for end in [End::Clean, End::Crash] {
         let p = workload(end);
         let other = foreign_store(&p);
@@ -816,6 +817,21 @@ fn a_segment_of_another_store_is_refused() {
                 .concat(),
             });
         }
+        // Its state database and its mark, in place of this store's (or where it has none).
+        let file = |rel: &Path| std::fs::read(other.path().join(rel)).unwrap();
+        cases.push(Case {
+            what: "state.redb replaced by the state database of another store".into(),
+            edits: vec![Edit::Put(state(), file(&state()))],
+            blame: vec![state()],
+        });
+        cases.push(Case {
+            what: format!(
+                "log/mark {} by the mark of another store",
+                if end == End::Clean { "replaced" } else { "put back" }
+            ),
+            edits: vec![Edit::Put(mark(), file(&mark()))],
+            blame: vec![mark()],
+        });
         sweep(&p, &cases);
     }
 }
