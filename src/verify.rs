@@ -650,7 +650,8 @@ impl Verifier<'_> {
             Body::Push { id, .. } | Body::PushEx { id, .. } => {
                 if let Some(prev) = self.last_push.filter(|&prev| id <= prev) {
                     let what = format!(
-                        "message id {id:016x} is not above the id {prev:016x} of an earlier push"
+                        "message id {id:016x} is not above the id {prev:016x} of an earlier push: \
+                         ids only grow along the log, so this push was copied here from elsewhere"
                     );
                     self.problem(&seg.path, lsn - seg.base, what);
                 }
@@ -702,10 +703,18 @@ fn after_seal(
         if record::peek_lsn(img.at(off, RECORD_HEADER_LEN)?) == Some(lsn)
             && record::decode(recovery::record_at(img, off)?, lsn).is_ok()
         {
-            return Ok(Some((off, "a record after the seal of its segment")));
+            return Ok(Some((
+                off,
+                "a record after the seal of its segment: nothing is written past a seal, so it \
+                 was copied or misdirected here",
+            )));
         }
     }
-    Ok(Some((first, "non-zero bytes after the seal of the segment")))
+    Ok(Some((
+        first,
+        "non-zero bytes after the seal of the segment: nothing is written past a seal, so they \
+         were damaged or written by something else",
+    )))
 }
 
 /// Whether the record at `at`, found invalid, is valid when read again: a store open elsewhere
