@@ -67,6 +67,24 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// The kind in words, for error messages.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Push | Kind::PushEx => "push",
+            Kind::Ack => "ack",
+            Kind::Deliver => "delivery",
+            Kind::Nack => "release",
+            Kind::Queue => "queue catalog",
+            Kind::Epoch => "epoch",
+            Kind::Seal => "seal",
+            Kind::Retry => "retry",
+            Kind::DeadLetter => "dead-letter",
+            Kind::Requeue => "requeue",
+            Kind::Config => "queue config",
+            Kind::Anchor => "anchor",
+        }
+    }
+
     fn from_u8(b: u8) -> Option<Kind> {
         Some(match b {
             1 => Kind::Push,
@@ -264,6 +282,75 @@ impl DecodeError {
             DecodeError::BadChecksum => "record checksum mismatch",
             DecodeError::WrongPosition => "record at the wrong position",
         }
+    }
+}
+
+/// Why the bytes at log position `lsn` are not a valid record, naming the check that failed and
+/// the values found: a zero length, a length past the end of the segment (`room`: the bytes
+/// left in it from `lsn`) or below a header's, a checksum mismatch (and whether the header
+/// still reads as one written for this position, which places the damage in the body), an
+/// intact record written for another position, or an unknown kind. `bytes` holds at least the
+/// record's header when the segment has one, as many bytes as its length field claims if it
+/// has them. Never panics.
+pub(crate) fn explain(bytes: &[u8], lsn: u64, room: usize) -> String {
+    let at = format!("the record at log position {lsn}");
+    let Some(len) = u32_at(bytes, 0) else {
+        return format!("{at} is cut: the segment ends {room} bytes into its header");
+    };
+    let len = len as usize;
+    let kind = bytes.get(20).copied();
+    let named = kind.and_then(Kind::from_u8).map(Kind::name);
+    match decode(bytes, lsn) {
+        Ok(_) => format!("{at} is valid when read again (it changed while it was read)"),
+        Err(DecodeError::Zero) => {
+            format!("{at} is missing: its length field is zero, as in space never written")
+        }
+        Err(DecodeError::Malformed) if len < RECORD_HEADER_LEN => format!(
+            "{at} has a length field of {len} bytes, shorter than a record header \
+             ({RECORD_HEADER_LEN}): its header is damaged"
+        ),
+        Err(DecodeError::Truncated) => format!(
+            "{at} has a length field of {len} bytes, past the end of its segment ({room} bytes \
+             left): its length field is damaged"
+        ),
+        Err(DecodeError::BadChecksum) => {
+            let rec = bytes.get(..len).unwrap_or(bytes);
+            let stored = u32_at(rec, 4).unwrap_or(0);
+            let computed = checksum(rec);
+            let found_lsn = u64_at(rec, 8);
+            let reserved_zero = matches!(rec.get(21..24), Some([0 | MORE, 0, 0]));
+            let mismatch = format!(
+                "checksum mismatch in {at} ({len} bytes by its length field): it stores \
+                 {stored:08x}, its bytes give {computed:08x}"
+            );
+            match (found_lsn, &named) {
+                (Some(l), Some(k)) if l == lsn && reserved_zero => format!(
+                    "{mismatch}; its header looks intact (kind {k}, written for this \
+                     position), so the damage is in its body or payload"
+                ),
+                (Some(l), _) if l != lsn => format!(
+                    "{mismatch}; its header is damaged too (its position field says {l}), or \
+                     other bytes were written over it"
+                ),
+                _ => format!("{mismatch}; its header is damaged too (kind or reserved bytes)"),
+            }
+        }
+        Err(DecodeError::WrongPosition) => format!(
+            "{at} is intact but was written for log position {}: a misdirected write, or bytes \
+             copied from elsewhere",
+            u64_at(bytes, 8).unwrap_or(0)
+        ),
+        Err(DecodeError::Malformed) => match (kind, named) {
+            (Some(k), None) => format!(
+                "{at} passes its checksum but has the unknown kind {k} (written by a newer \
+                 version?)"
+            ),
+            (_, Some(k)) => format!(
+                "{at} passes its checksum but is not a valid record of kind {k} ({len} bytes, \
+                 or unknown flags or reserved bytes not zero)"
+            ),
+            (None, None) => format!("{at} passes its checksum but is malformed"),
+        },
     }
 }
 
@@ -621,6 +708,39 @@ mod tests {
         let mut buf = Vec::new();
         encode(&mut buf, 100, 0, &Body::Seal);
         assert_eq!(decode(&buf, 101), Err(DecodeError::WrongPosition));
+    }
+
+    #[test]
+    fn explain_names_the_check_that_failed() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 4096, 0, &Body::Push { queue: 1, id: 1, payload: &[7; 100] });
+        let n = buf.len();
+        let say = |b: &[u8], lsn: u64| explain(b, lsn, b.len());
+        assert!(say(&[0; 64], 4096).contains("length field is zero"));
+        assert!(say(&buf[..2], 4096).contains("ends 2 bytes into its header"));
+        // A flip in the payload: the header still reads as a push written here.
+        let mut bad = buf.clone();
+        bad[n - 3] ^= 1;
+        let why = say(&bad, 4096);
+        assert!(why.contains("checksum mismatch") && why.contains("in its body"), "{why}");
+        // A flip in the position field: the header is damaged.
+        let mut bad = buf.clone();
+        bad[9] ^= 1;
+        let why = say(&bad, 4096);
+        assert!(why.contains("checksum mismatch") && why.contains("position field"), "{why}");
+        // Intact, read at another position.
+        let why = say(&buf, 8192);
+        assert!(why.contains("written for log position 4096"), "{why}");
+        // A length past the end, and below a header's.
+        let mut bad = buf.clone();
+        bad[..4].copy_from_slice(&100_000u32.to_le_bytes());
+        assert!(say(&bad, 4096).contains("100000 bytes, past the end"), "{}", say(&bad, 4096));
+        bad[..4].copy_from_slice(&5u32.to_le_bytes());
+        assert!(say(&bad, 4096).contains("shorter than a record header"));
+        // Never panics on any prefix or flip.
+        for cut in 0..n {
+            assert!(!say(&buf[..cut], 4096).is_empty());
+        }
     }
 
     #[test]

@@ -278,6 +278,27 @@ pub(crate) fn judge_end(
     Ok(Ending::Torn { dirty: dirty.map(|last| last as u64 + 1) })
 }
 
+/// Why the bytes at log position `at` of a segment image based at `base` are not a record, in
+/// words that name the check that failed (`record::explain`).
+pub(crate) fn explain_at(img: &mut impl Image, base: u64, at: u64) -> String {
+    let off = usize::try_from(at - base).unwrap_or(usize::MAX);
+    let room = img.len().saturating_sub(off);
+    match record_at(img, off) {
+        Ok(rec) => record::explain(rec, at, room),
+        Err(e) => format!("the record at log position {at} cannot be read: {e}"),
+    }
+}
+
+/// Why the end of the records at `at`, before valid records that were written after it was
+/// durable, is damage and not a torn write.
+pub(crate) fn damaged(img: &mut impl Image, base: u64, at: u64) -> String {
+    format!(
+        "{}; valid records follow it that were written after it was durable, so this is damage, \
+         not a torn write",
+        explain_at(img, base, at)
+    )
+}
+
 /// Why a log that ends at `at` is damaged when a clean close found it durable up to `mark_end`.
 pub(crate) fn below_mark(at: u64, mark_end: u64) -> String {
     format!(
@@ -680,11 +701,7 @@ pub(crate) fn recover(
         store_id = Some(header.store_id);
         if let Some(prev) = segs.last() {
             if prev.end() != base {
-                return Err(corrupt(
-                    &seg.path,
-                    0,
-                    format!("gap in the log: the previous segment ends at {}", prev.end()),
-                ));
+                return Err(corrupt(&seg.path, 0, segment::gap(prev.end(), base)));
             }
         }
         segs.push(Arc::new(seg));
@@ -712,7 +729,7 @@ pub(crate) fn recover(
             let path = if base == seg.base { &seg.path } else { path_of(&segs, base) };
             replay.apply(path, base, lsn, rec)
         })?;
-        let End::Open { at, why } = end else { continue };
+        let End::Open { at, .. } = end else { continue };
         // The log ends here. Anything valid after it means the damage is not a torn tail.
         let later = || {
             for later in segs.get(i + 1..).unwrap_or(&[]) {
@@ -723,8 +740,14 @@ pub(crate) fn recover(
             Ok(false)
         };
         let dirty = match judge_end(&mut img, seg.base, at, mark_end, later)? {
-            Ending::BelowMark => return Err(below(&seg.path, at - seg.base, at)),
-            Ending::Damaged => return Err(corrupt(&seg.path, at - seg.base, why.describe())),
+            Ending::BelowMark => {
+                let why =
+                    format!("{}; {}", explain_at(&mut img, seg.base, at), below_mark(at, mark_end));
+                return Err(corrupt(&seg.path, at - seg.base, why));
+            }
+            Ending::Damaged => {
+                return Err(corrupt(&seg.path, at - seg.base, damaged(&mut img, seg.base, at)))
+            }
             Ending::Torn { dirty } => dirty,
         };
         drop(bytes);

@@ -485,19 +485,43 @@ impl Verifier<'_> {
                 }
             }
         }
+        // A log that ends at the end of its last segment file (sealed, or no segment at all)
+        // lost the files after it, if anything says it went on.
+        let ran_out = log_end.is_none();
         let log_end = log_end.or_else(|| segs.last().map(|s| s.base + s.len)).unwrap_or(0);
-        if log_end < mark_end {
+        let missing = |log_end: u64| {
+            if segs.is_empty() {
+                "no segment file is left".to_owned()
+            } else {
+                format!(
+                    "segment file {} is missing after the last one, which ends at log position \
+                     {log_end}",
+                    segment::file_name(log_end)
+                )
+            }
+        };
+        // (A log that ends inside a segment below the mark was reported with that segment.)
+        if ran_out && log_end < mark_end {
             let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
-            self.problem(&file, 0, recovery::below_mark(log_end, mark_end));
+            let why = format!("{}: {}", missing(log_end), recovery::below_mark(log_end, mark_end));
+            self.problem(&file, 0, why);
         }
         if log_end < self.checkpoint {
             // Named as recovery names it: the last segment, or the state database.
             let file = segs.last().map_or_else(|| self.state_path.clone(), |s| s.path.clone());
-            let why = format!(
+            let covers = format!(
                 "the log ends at position {log_end}, but the state database's checkpoint covers \
                  it up to {}",
                 self.checkpoint
             );
+            let why = if ran_out {
+                format!("{}: {covers}", missing(log_end))
+            } else {
+                format!(
+                    "{covers}: records below the checkpoint are gone from the log, or the state \
+                     database comes from a later copy of the store"
+                )
+            };
             self.problem(&file, 0, why);
         }
         self.relocated_in_log();
@@ -567,11 +591,7 @@ impl Verifier<'_> {
             };
             store_id.get_or_insert(header.store_id);
             if let Some(end) = prev_end.filter(|&end| end != base) {
-                self.problem(
-                    &path,
-                    0,
-                    format!("gap in the log: the previous segment ends at {end}"),
-                );
+                self.problem(&path, 0, segment::gap(end, base));
             }
             prev_end = Some(base + header.len);
             self.paths.insert(base, path.clone());
@@ -628,8 +648,8 @@ impl Verifier<'_> {
             Ok(())
         });
         self.group = group;
-        let (at, why) = match end {
-            Ok(End::Open { at, why }) => (at, why),
+        let at = match end {
+            Ok(End::Open { at, .. }) => at,
             Ok(End::Sealed) => {
                 let after = self.seal_at.map_or(0, |s| s + record::SEAL_LEN as u64 - seg.base);
                 let after = usize::try_from(after).unwrap_or(usize::MAX);
@@ -648,11 +668,16 @@ impl Verifier<'_> {
         let off = at - seg.base;
         match recovery::judge_end(&mut img, seg.base, at, mark_end, || Ok(later)) {
             Ok(Ending::BelowMark) => {
-                self.problem(&seg.path, off, recovery::below_mark(at, mark_end));
+                let why = recovery::explain_at(&mut img, seg.base, at);
+                self.problem(
+                    &seg.path,
+                    off,
+                    format!("{why}; {}", recovery::below_mark(at, mark_end)),
+                );
             }
             Ok(Ending::Damaged) => {
                 if !written_since(&mut img, seg.base, at) {
-                    self.problem(&seg.path, off, why.describe());
+                    self.problem(&seg.path, off, recovery::damaged(&mut img, seg.base, at));
                 }
             }
             Ok(Ending::Torn { dirty: Some(len) }) => {
@@ -680,7 +705,8 @@ impl Verifier<'_> {
             Body::Push { id, .. } | Body::PushEx { id, .. } => {
                 if let Some(prev) = self.last_push.filter(|&prev| id <= prev) {
                     let what = format!(
-                        "message id {id:016x} is not above the id {prev:016x} of an earlier push"
+                        "message id {id:016x} is not above the id {prev:016x} of an earlier push: \
+                         ids only grow along the log, so this push was copied here from elsewhere"
                     );
                     self.problem(&path, offset, what);
                 }
@@ -732,10 +758,18 @@ fn after_seal(
         if record::peek_lsn(img.at(off, RECORD_HEADER_LEN)?) == Some(lsn)
             && record::decode(recovery::record_at(img, off)?, lsn).is_ok()
         {
-            return Ok(Some((off, "a record after the seal of its segment")));
+            return Ok(Some((
+                off,
+                "a record after the seal of its segment: nothing is written past a seal, so it \
+                 was copied or misdirected here",
+            )));
         }
     }
-    Ok(Some((first, "non-zero bytes after the seal of the segment")))
+    Ok(Some((
+        first,
+        "non-zero bytes after the seal of the segment: nothing is written past a seal, so they \
+         were damaged or written by something else",
+    )))
 }
 
 /// Whether the record at `at`, found invalid, is valid when read again: a store open elsewhere
@@ -830,11 +864,18 @@ fn corruption(file: &Path, e: Error) -> Corruption {
         Error::UnsupportedVersion { file, found, supported } => Corruption {
             file,
             offset: 0,
-            reason: format!("format version {found}, newer than the {supported} this build reads"),
+            reason: format!(
+                "format version {found}, newer than the {supported} this build reads: written by a \
+                 newer wharf"
+            ),
         },
-        Error::ForeignSegment(file) => {
-            Corruption { file, offset: 0, reason: "segment of another store".into() }
-        }
+        Error::ForeignSegment(file) => Corruption {
+            file,
+            offset: 0,
+            reason: "segment of another store: its store id is not the one of the first segment \
+                     of the log"
+                .into(),
+        },
         Error::Io(e) => {
             Corruption { file: file.to_owned(), offset: 0, reason: format!("read error: {e}") }
         }

@@ -414,6 +414,7 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     }
     let run = wharf(&["verify", d], None).expect(0);
     assert!(run.out().contains("healthy: no problem found"), "{}", run.out());
+    assert!(!run.out().contains("salvage"), "no hint for a healthy store: {}", run.out());
     assert!(run.out().contains("jobs: 50 ready"), "{}", run.out());
     let doc: Value =
         serde_json::from_slice(&wharf(&["verify", d, "--json"], None).expect(0).stdout).unwrap();
@@ -437,6 +438,9 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     let run = wharf(&["verify", d], None).expect(1);
     assert!(run.out().contains("DAMAGED: "), "{}", run.out());
     assert!(run.out().contains(name), "{}", run.out());
+    assert!(run.out().contains("checksum mismatch in the record at log position"), "{}", run.out());
+    let hint = format!("`wharf salvage {d}` keeps the intact messages and lists the lost ones");
+    assert!(run.out().contains(&hint), "{}", run.out());
     let run = wharf(&["verify", d, "--json"], None).expect(1);
     let doc: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(doc["healthy"], false);

@@ -9,6 +9,7 @@ mod corruption;
 mod enospc;
 mod fixtures;
 mod extremes;
+mod fileset;
 mod jobs;
 mod jobs_model;
 mod leases;

@@ -134,6 +134,10 @@ fn summary(dir: &Path, report: &VerifyReport) -> String {
         if report.more_problems > 0 {
             t += &format!("  ... and {} more\n", report.more_problems);
         }
+        t += &format!(
+            "`wharf salvage {}` keeps the intact messages and lists the lost ones\n",
+            dir.display()
+        );
     }
     t
 }
