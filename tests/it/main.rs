@@ -7,6 +7,8 @@ mod checkpoint;
 mod concurrency;
 mod corruption;
 mod enospc;
+#[cfg(all(target_os = "linux", feature = "testing"))]
+mod idle;
 mod jobs;
 mod jobs_model;
 mod leases;
