@@ -43,6 +43,26 @@ fn the_background_thread_sleeps_in_each_of_its_waiting_states() {
     check_cases(&["bg-poisoned", "bg-timers-ahead", "bg-timers-passed", "bg-no-room-for-spares"]);
 }
 
+/// The other side of sleeping without a deadline while the log holds nothing new: the first
+/// write after that wakes the checkpointer, and its interval checkpoint still comes.
+#[test]
+fn an_idle_checkpointer_still_takes_its_interval_checkpoint_once_the_log_moves() {
+    crate::with_deadline(crate::TEST_LIMIT, "interval_after_idle", || {
+        let dir = tempfile::tempdir().unwrap();
+        let w = builder().checkpoint_every_bytes(u64::MAX).open(dir.path()).unwrap();
+        let q = w.queue("q").unwrap();
+        q.push(b"first").unwrap();
+        wait_for("the first interval checkpoint", || w.stats().checkpoint_lsn > 0);
+        // Idle for many intervals, then something new.
+        std::thread::sleep(10 * INTERVAL);
+        let before = w.stats().checkpoint_lsn;
+        q.push(b"second").unwrap();
+        let end = w.stats().durable_lsn;
+        assert!(end > before, "the push is past the checkpoint");
+        wait_for("an interval checkpoint after the idle time", || w.stats().checkpoint_lsn >= end);
+    });
+}
+
 /// Runs one child per case (at once) and checks that each reports its threads idle.
 fn check_cases(cases: &[&str]) {
     let children: Vec<_> = cases
