@@ -581,6 +581,9 @@ impl Shared {
         wal.stats.writes += counts.0;
         wal.stats.fsyncs += counts.1;
         wal.durable = wal.durable.max(sealed_to);
+        // The first write past the last checkpoint: an idle checkpointer starts counting its
+        // interval (it sleeps without a deadline while there is nothing new to checkpoint).
+        let first_new = wal.written <= wal.log.checkpoint && end > wal.log.checkpoint;
         let result = match done {
             Ok(()) => {
                 wal.written = end;
@@ -603,6 +606,7 @@ impl Shared {
                 if end.saturating_sub(wal.log.checkpoint) >= self.opts.checkpoint_bytes
                     || (wal.maybe_delete && wal.log.deletable_after_checkpoint())
                     || stragglers
+                    || (first_new && self.opts.checkpoint_interval.is_some())
                 {
                     self.ck_cv.notify_one();
                 }
@@ -713,6 +717,7 @@ pub(crate) fn background(shared: &Shared) {
             .map(|d| deadline_after(Instant::now(), d.max(Duration::from_millis(1))));
         let spare = retry_spare_at.filter(|_| g.wal.log.spares.len() < READY_SPARES);
         let wake = [due, spare, timers].into_iter().flatten().min();
+        debug_assert!(wake.is_none_or(|t| t > now), "the background thread would spin");
         match wake {
             Some(t) => {
                 let timed_out = shared.bg_cv.wait_until(&mut g, t).timed_out();

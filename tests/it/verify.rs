@@ -816,51 +816,57 @@ fn random_damage_never_panics_and_verify_agrees_with_open() {
 /// raced the read) and finds nothing wrong.
 #[test]
 fn verify_beside_a_store_that_keeps_checkpointing_finds_no_problem() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let w = manual()
-        .visibility_timeout(Duration::from_secs(3600))
-        .push_durability(wharf::Durability::None)
-        .ack_durability(wharf::Durability::None)
-        .open(dir.path())
-        .unwrap();
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (w, stop) = (w.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let q = w.queue("q").unwrap();
-            let mut held = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..40 {
-                    q.push(payload(i, 900)).unwrap();
-                    let d = q.pop().unwrap();
-                    if i % 25 == 0 {
-                        held.push(d); // a straggler, relocated by a later checkpoint
-                    } else {
-                        d.ack().unwrap();
+    crate::with_deadline(
+        crate::TEST_LIMIT,
+        "verify_beside_a_store_that_keeps_checkpointing_finds_no_problem",
+        || {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let dir = tempfile::tempdir().unwrap();
+            let w = manual()
+                .visibility_timeout(Duration::from_secs(3600))
+                .push_durability(wharf::Durability::None)
+                .ack_durability(wharf::Durability::None)
+                .open(dir.path())
+                .unwrap();
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let writer = {
+                let (w, stop) = (w.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let q = w.queue("q").unwrap();
+                    let mut held = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..40 {
+                            q.push(payload(i, 900)).unwrap();
+                            let d = q.pop().unwrap();
+                            if i % 25 == 0 {
+                                held.push(d); // a straggler, relocated by a later checkpoint
+                            } else {
+                                d.ack().unwrap();
+                            }
+                            i += 1;
+                        }
+                        w.checkpoint().unwrap();
                     }
-                    i += 1;
-                }
-                w.checkpoint().unwrap();
+                })
+            };
+            let (mut checked, mut with_relocated) = (0, 0);
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < until || with_relocated == 0 {
+                let report = Wharf::verify(dir.path()).unwrap();
+                assert!(report.is_healthy(), "{:#?}", report.problems);
+                checked += 1;
+                with_relocated += usize::from(report.relocated > 0);
             }
-        })
-    };
-    let (mut checked, mut with_relocated) = (0, 0);
-    let until = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < until || with_relocated == 0 {
-        let report = Wharf::verify(dir.path()).unwrap();
-        assert!(report.is_healthy(), "{:#?}", report.problems);
-        checked += 1;
-        with_relocated += usize::from(report.relocated > 0);
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    assert!(checked > 1);
-    w.close().unwrap();
-    let closed = check_healthy(dir.path());
-    let r = manual().open(dir.path()).unwrap().recovery_report().clone();
-    let waiting: u64 = closed.queues.iter().map(|q| q.unsettled()).sum();
-    assert_eq!((r.messages, r.records), (waiting, closed.records.total()));
-    assert!(closed.relocated > 0);
+            stop.store(true, Ordering::Relaxed);
+            writer.join().unwrap();
+            assert!(checked > 1);
+            w.close().unwrap();
+            let closed = check_healthy(dir.path());
+            let r = manual().open(dir.path()).unwrap().recovery_report().clone();
+            let waiting: u64 = closed.queues.iter().map(|q| q.unsettled()).sum();
+            assert_eq!((r.messages, r.records), (waiting, closed.records.total()));
+            assert!(closed.relocated > 0);
+        },
+    );
 }
