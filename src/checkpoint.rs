@@ -411,7 +411,11 @@ impl Shared {
         // Not due, so the time triggers lie ahead. The interval counts only once the log holds
         // something new (the flush that first writes past the checkpoint wakes this thread).
         let something_new = g.wal.next_lsn > g.wal.log.checkpoint;
-        let interval = self.opts.checkpoint_interval.filter(|_| something_new).map(|i| deadline_after(last, i));
+        let interval = self
+            .opts
+            .checkpoint_interval
+            .filter(|_| something_new)
+            .map(|i| deadline_after(last, i));
         let wake = [interval, self.stragglers_due_at(g)].into_iter().flatten().min();
         debug_assert!(wake.is_none_or(|t| t > now), "the checkpointer would spin");
         Next::Sleep(wake)

@@ -7,9 +7,9 @@ mod checkpoint;
 mod concurrency;
 mod corruption;
 mod enospc;
-mod fixtures;
 mod extremes;
 mod fileset;
+mod fixtures;
 #[cfg(all(target_os = "linux", feature = "testing"))]
 mod idle;
 mod jobs;
