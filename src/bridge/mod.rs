@@ -278,6 +278,10 @@ pub(crate) const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long past a stop's deadline a bridge still waits for its connection's close.
 const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
+/// How long a bridge's runtime still runs after its task ended, for the connection closes and
+/// connects under way on it to go out or fail.
+const RUNTIME_DRAIN: Duration = Duration::from_millis(50);
+
 /// How long a bridge's runtime is given to shut down after its task ended: its tasks are
 /// dropped at once; this only bounds waits on blocking work (a name lookup).
 const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(200);
@@ -334,6 +338,9 @@ where
     let (tx, done) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
         let r = runtime.block_on(task());
+        // lapin's I/O threads run their connects on this runtime: let one under way (a name
+        // lookup, a refused connect) finish before the runtime goes away under it.
+        runtime.block_on(async { tokio::time::sleep(RUNTIME_DRAIN).await });
         runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
         let _ = tx.send(r);
     })?;
