@@ -23,7 +23,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use wharf::bridge::{ConnectionState, Forwarder, Ingestor};
+use wharf::bridge::{ConnectionState, Forwarder, ForwarderBuilder, Ingestor, IngestorBuilder};
 use wharf::{PushOptions, Queue, Wharf};
 
 const CHILD_ENV: &str = "WHARF_AMQP_CHILD";
@@ -1259,4 +1259,163 @@ fn waiting_bridges_use_next_to_no_cpu() {
     ing.stop(Duration::from_secs(1)).unwrap();
     wait_threads_gone("backing off", &before, Duration::from_secs(3));
     admin.delete_queue(&bq);
+}
+
+/// Durations an option is tried with: none, the least, and the most there is.
+const EDGE_DURATIONS: [Duration; 3] = [Duration::ZERO, Duration::from_nanos(1), Duration::MAX];
+
+/// A forwarder option set to an edge value.
+type ForwarderCase = (String, Box<dyn Fn(ForwarderBuilder) -> ForwarderBuilder>);
+/// An ingestor option set to an edge value.
+type IngestorCase = (String, Box<dyn Fn(IngestorBuilder) -> IngestorBuilder>);
+
+fn forwarder_cases() -> Vec<ForwarderCase> {
+    let mut cases: Vec<ForwarderCase> = Vec::new();
+    for n in [0, 1, usize::MAX] {
+        cases.push((format!("window({n})"), Box::new(move |b| b.window(n))));
+    }
+    for n in [0, 1, u32::MAX] {
+        cases.push((
+            format!("max_unroutable_tries({n})"),
+            Box::new(move |b| b.max_unroutable_tries(n)),
+        ));
+    }
+    for d in EDGE_DURATIONS {
+        let long = Duration::from_secs(1);
+        cases.push((
+            format!("reconnect_backoff({d:?}, 1s)"),
+            Box::new(move |b| b.reconnect_backoff(d, long)),
+        ));
+        cases.push((
+            format!("reconnect_backoff(1s, {d:?})"),
+            Box::new(move |b| b.reconnect_backoff(long, d)),
+        ));
+        cases.push((format!("heartbeat({d:?})"), Box::new(move |b| b.heartbeat(d))));
+        cases.push((format!("confirm_timeout({d:?})"), Box::new(move |b| b.confirm_timeout(d))));
+        cases.push((format!("retry_delay({d:?})"), Box::new(move |b| b.retry_delay(d))));
+        cases.push((format!("drop_deadline({d:?})"), Box::new(move |b| b.drop_deadline(d))));
+    }
+    cases
+}
+
+fn ingestor_cases() -> Vec<IngestorCase> {
+    let mut cases: Vec<IngestorCase> = Vec::new();
+    for n in [0, 1, u16::MAX] {
+        cases.push((format!("prefetch({n})"), Box::new(move |b| b.prefetch(n))));
+    }
+    for d in EDGE_DURATIONS {
+        let long = Duration::from_secs(1);
+        cases.push((format!("dedup_window({d:?})"), Box::new(move |b| b.dedup_window(d))));
+        cases.push((
+            format!("reconnect_backoff({d:?}, 1s)"),
+            Box::new(move |b| b.reconnect_backoff(d, long)),
+        ));
+        cases.push((
+            format!("reconnect_backoff(1s, {d:?})"),
+            Box::new(move |b| b.reconnect_backoff(long, d)),
+        ));
+        cases.push((format!("heartbeat({d:?})"), Box::new(move |b| b.heartbeat(d))));
+        cases.push((format!("drop_deadline({d:?})"), Box::new(move |b| b.drop_deadline(d))));
+    }
+    cases
+}
+
+/// Every duration and count option of both builders at 0, 1 and its maximum, and `stop` with
+/// each such deadline: each either works (a message goes through, or at least the bridge runs
+/// and stops in time) or is refused with `InvalidOption`; none panics or hangs.
+#[test]
+fn every_option_at_zero_one_and_max_works_or_is_refused() {
+    let Some((url, _rig)) = broker_rig("edge_options", Duration::from_secs(120)) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let outbox = store.queue("outbox").unwrap();
+    let mut admin = Admin::new(&url);
+    let (to, from) = (unique("edges-out"), unique("edges-in"));
+    admin.declare_queue(&to, FieldTable::default());
+    admin.declare_queue(&from, FieldTable::default());
+    let t0 = Instant::now();
+    let stop_cases = EDGE_DURATIONS.map(|d| (format!("stop({d:?})"), Some(d)));
+    let fwd_cases = forwarder_cases().into_iter().map(|(n, f)| (n, Some(f), None));
+    let fwd_stops = stop_cases.clone().into_iter().map(|(n, d)| (n, None, d));
+    let mut refused = Vec::new();
+    for (name, option, stop) in fwd_cases.chain(fwd_stops) {
+        let b = Forwarder::builder(&outbox, &url).routing_key(&to);
+        let b = match &option {
+            Some(f) => f(b),
+            None => b,
+        };
+        let fwd = match b.start() {
+            Ok(fwd) => fwd,
+            Err(wharf::Error::InvalidOption(why)) => {
+                refused.push(format!("forwarder {name}: {why}"));
+                continue;
+            }
+            Err(e) => panic!("forwarder {name}: {e}"),
+        };
+        outbox.push(name.as_bytes()).unwrap();
+        let t = Instant::now();
+        while waiting(&outbox) > 0 && t.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let through = waiting(&outbox) == 0;
+        let t = Instant::now();
+        match stop {
+            Some(d) => drop(fwd.stop(d).unwrap()),
+            None => drop(fwd),
+        }
+        let took = t.elapsed();
+        // A confirm on its way is waited for (a `MAX` deadline), never longer than a moment.
+        assert!(took < Duration::from_secs(3), "forwarder {name}: stopped in {took:?}");
+        // A confirm timeout of 1 ns may take every confirm for late: nothing is acked then.
+        assert!(
+            through || name == "confirm_timeout(1ns)",
+            "forwarder {name}: nothing went through"
+        );
+        println!("edge_options: forwarder {name}: through {through}, stopped in {took:?}");
+    }
+    let inbox = store.queue("inbox").unwrap();
+    let ing_cases = ingestor_cases().into_iter().map(|(n, f)| (n, Some(f), None));
+    let ing_stops = stop_cases.into_iter().map(|(n, d)| (n, None, d));
+    for (name, option, stop) in ing_cases.chain(ing_stops) {
+        let before = waiting(&inbox);
+        admin.publish(&from, 1); // `m-0` each time: stored once, while the dedup window lasts
+        let b = Ingestor::builder(&inbox, &url).source_queue(&from);
+        let b = match &option {
+            Some(f) => f(b),
+            None => b,
+        };
+        let ing = match b.start() {
+            Ok(ing) => ing,
+            Err(wharf::Error::InvalidOption(why)) => {
+                refused.push(format!("ingestor {name}: {why}"));
+                continue;
+            }
+            Err(e) => panic!("ingestor {name}: {e}"),
+        };
+        let t = Instant::now();
+        while ing.stats().acked == 0 && t.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let through = ing.stats().acked > 0;
+        let t = Instant::now();
+        match stop {
+            Some(d) => ing.stop(d).unwrap(),
+            None => drop(ing),
+        }
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(3), "ingestor {name}: stopped in {took:?}");
+        assert!(through, "ingestor {name}: nothing went through");
+        println!(
+            "edge_options: ingestor {name}: through {through}, stored {}, stopped in {took:?}",
+            waiting(&inbox) - before
+        );
+    }
+    println!("edge_options: refused: {refused:?}; all in {:?}", t0.elapsed());
+    let expected = ["forwarder window(0)", "forwarder confirm_timeout(0ns)"];
+    assert_eq!(refused.len(), expected.len(), "{refused:?}");
+    for (why, name) in refused.iter().zip(expected) {
+        assert!(why.starts_with(name), "{refused:?}");
+    }
+    admin.delete_queue(&to);
+    admin.delete_queue(&from);
 }

@@ -370,6 +370,26 @@ mod tests {
     }
 
     #[test]
+    fn reconnect_waits_and_deadlines_saturate_at_the_edges() {
+        for (min, max) in [
+            (Duration::ZERO, Duration::ZERO),
+            (Duration::ZERO, Duration::MAX),
+            (Duration::MAX, Duration::ZERO),
+            (Duration::MAX, Duration::MAX),
+            (Duration::from_nanos(1), Duration::from_secs(1)),
+        ] {
+            let mut r = Reconnect::new(min, max);
+            for _ in 0..40 {
+                let w = r.next_wait();
+                assert!(w >= min.max(MIN_RECONNECT_WAIT), "{min:?} {max:?}: {w:?}");
+            }
+        }
+        let far = after(Duration::MAX);
+        assert!(far > Instant::now() + Duration::from_secs(365 * 86_400));
+        assert!(after(Duration::ZERO) <= Instant::now());
+    }
+
+    #[test]
     fn a_url_gets_a_heartbeat_unless_it_has_one() {
         let l = Link::new("amqp://guest:guest@127.0.0.1:5672/%2f", DEFAULT_HEARTBEAT, "t".into());
         assert_eq!(l.unwrap().uri.query.heartbeat, Some(10));
