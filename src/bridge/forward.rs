@@ -203,9 +203,9 @@ impl Forwarder {
 
     /// Stops the forwarder: it pops nothing more, waits up to `deadline` for the confirms of
     /// the messages in flight (acking those confirmed), releases the rest to the local queue,
-    /// closes the connection and ends its thread, in whatever state its connection is
-    /// (connecting, backing off, publishing): it returns within `deadline` and a moment (up to
-    /// [`JOIN_GRACE`](super::JOIN_GRACE) on a loaded machine). A `deadline` of
+    /// closes the connection and ends its thread. Whatever its connection is doing
+    /// (connecting, backing off, publishing, waiting for confirms), it returns by `deadline`
+    /// and a short grace for the close (2 s at most, for a loaded machine). A `deadline` of
     /// `Duration::MAX` waits for every confirm, each at most the
     /// [`confirm_timeout`](ForwarderBuilder::confirm_timeout).
     ///

@@ -175,9 +175,9 @@ impl Ingestor {
 
     /// Stops the ingestor: it finishes the batch it is pushing (acking it if it is durable
     /// before `deadline`), closes the connection (the broker requeues what it delivered and was
-    /// not acked) and ends its thread, in whatever state its connection is (connecting,
-    /// backing off, consuming): it returns within `deadline` and a moment (up to
-    /// [`JOIN_GRACE`](super::JOIN_GRACE) on a loaded machine).
+    /// not acked) and ends its thread. Whatever its connection is doing (connecting, backing
+    /// off, consuming), it returns by `deadline` and a short grace for the close (2 s at most,
+    /// for a loaded machine).
     ///
     /// # Errors
     /// The local store error that stopped the ingestor earlier, if one did; [`Error::Io`]

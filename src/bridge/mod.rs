@@ -11,6 +11,12 @@
 //! synchronous application uses it without knowing about tokio. Connections are made and
 //! remade by the bridge itself, with exponential backoff and jitter (lapin's automatic
 //! recovery is not used), and carry AMQP heartbeats so that a frozen broker is noticed.
+//!
+//! Invariant: no wait of a bridge's thread is unbounded. Every call to the broker has a timeout
+//! (lapin may never resolve a call on a connection that died), and every wait is raced with the
+//! stop request, so `stop` and drop return by their deadline and a short grace in any state;
+//! a thread that still has not ended then is left detached, never joined. The thread's runtime
+//! is shut down before it reports, which ends lapin's tasks and I/O threads with it.
 
 mod forward;
 mod ingest;
