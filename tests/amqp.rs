@@ -1226,51 +1226,83 @@ fn dropping_bridges_whose_broker_vanished_mid_stream_is_prompt() {
     admin.delete_queue(&from);
 }
 
+/// A forwarder's thread, connected with nothing to forward, backing off between tries to
+/// reach a broker that refuses connections, and connecting to one that never answers: each
+/// waiting state uses next to no CPU.
 #[test]
 #[cfg(target_os = "linux")]
-fn waiting_bridges_use_next_to_no_cpu() {
-    let Some((url, _rig)) = broker_rig("idle_cpu", Duration::from_secs(60)) else { return };
+fn a_waiting_forwarder_uses_next_to_no_cpu() {
+    let Some((url, _rig)) = broker_rig("idle_forwarder", Duration::from_secs(60)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
-    let (outbox, inbox) = (store.queue("outbox").unwrap(), store.queue("inbox").unwrap());
+    let outbox = store.queue("outbox").unwrap();
     let mut admin = Admin::new(&url);
     let bq = unique("idle");
     admin.declare_queue(&bq, FieldTable::default());
-
-    // Connected, with nothing to forward or ingest.
+    let silent = SilentBroker::start();
     let before = thread_ids();
-    let fwd = Forwarder::builder(&outbox, &url).routing_key(&bq).start().unwrap();
-    wait_for("connected", Duration::from_secs(20), || {
-        fwd.stats().state == ConnectionState::Connected
-    });
-    check_idle_cpu("idle forwarder", &before);
-    fwd.stop(Duration::from_secs(1)).unwrap();
-    wait_threads_gone("idle forwarder", &before, Duration::from_secs(3));
-    let ing = Ingestor::builder(&inbox, &url).source_queue(&bq).start().unwrap();
-    wait_for("connected", Duration::from_secs(20), || {
-        ing.stats().state == ConnectionState::Connected
-    });
-    check_idle_cpu("idle ingestor", &before);
-    ing.stop(Duration::from_secs(1)).unwrap();
-    wait_threads_gone("idle ingestor", &before, Duration::from_secs(3));
-
-    // Backing off between tries to reach a broker that refuses connections.
-    let nowhere = "amqp://guest:guest@127.0.0.1:1/%2f";
-    let backoff = (Duration::from_millis(100), Duration::from_millis(300));
-    let fwd = Forwarder::builder(&outbox, nowhere)
-        .reconnect_backoff(backoff.0, backoff.1)
-        .start()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    check_idle_cpu("backing-off forwarder", &before);
-    fwd.stop(Duration::from_secs(1)).unwrap();
-    let ing =
-        Ingestor::builder(&inbox, nowhere).reconnect_backoff(backoff.0, backoff.1).start().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    check_idle_cpu("backing-off ingestor", &before);
-    ing.stop(Duration::from_secs(1)).unwrap();
-    wait_threads_gone("backing off", &before, Duration::from_secs(3));
+    for (state, url) in waiting_states(&url, &silent) {
+        let fwd = Forwarder::builder(&outbox, &url)
+            .routing_key(&bq)
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(300))
+            .start()
+            .unwrap();
+        let want = if state == "connected" {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Connecting
+        };
+        wait_for(state, Duration::from_secs(20), || fwd.stats().state == want);
+        std::thread::sleep(Duration::from_millis(300));
+        check_idle_cpu(&format!("forwarder {state}"), &before);
+        fwd.stop(Duration::from_secs(1)).unwrap();
+        wait_threads_gone(state, &before, Duration::from_secs(3));
+    }
     admin.delete_queue(&bq);
+}
+
+/// As `a_waiting_forwarder_uses_next_to_no_cpu`, for an ingestor's thread (connected to an
+/// empty queue).
+#[test]
+#[cfg(target_os = "linux")]
+fn a_waiting_ingestor_uses_next_to_no_cpu() {
+    let Some((url, _rig)) = broker_rig("idle_ingestor", Duration::from_secs(60)) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let inbox = store.queue("inbox").unwrap();
+    let mut admin = Admin::new(&url);
+    let bq = unique("idle");
+    admin.declare_queue(&bq, FieldTable::default());
+    let silent = SilentBroker::start();
+    let before = thread_ids();
+    for (state, url) in waiting_states(&url, &silent) {
+        let ing = Ingestor::builder(&inbox, &url)
+            .source_queue(&bq)
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(300))
+            .start()
+            .unwrap();
+        let want = if state == "connected" {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Connecting
+        };
+        wait_for(state, Duration::from_secs(20), || ing.stats().state == want);
+        std::thread::sleep(Duration::from_millis(300));
+        check_idle_cpu(&format!("ingestor {state}"), &before);
+        ing.stop(Duration::from_secs(1)).unwrap();
+        wait_threads_gone(state, &before, Duration::from_secs(3));
+    }
+    admin.delete_queue(&bq);
+}
+
+/// The waiting states of a bridge, by the URL that holds it there: connected to the broker,
+/// backing off (nothing listens on port 1), connecting (the handshake never answered).
+fn waiting_states(url: &str, silent: &SilentBroker) -> [(&'static str, String); 3] {
+    [
+        ("connected", url.to_string()),
+        ("backing off", "amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        ("connecting", format!("amqp://guest:guest@127.0.0.1:{}/%2f", silent.port)),
+    ]
 }
 
 /// Durations an option is tried with: none, the least, and the most there is.
