@@ -425,14 +425,15 @@ impl Session<'_> {
             if let Some(last) = batch.last() {
                 let ack = last.acker.ack(BasicAckOptions { multiple: true });
                 // Stored, not acked: the broker delivers them again and dedup absorbs it.
-                match within(stop, self.cfg.link.call_timeout, ack).await {
+                let alive = || self.connected();
+                match within(stop, self.cfg.link.call_timeout, alive, ack).await {
                     Some(Ok(_)) => add(&c.acked, batch.len() as u64),
                     Some(Err(e)) => {
                         c.last_error.set(e);
                         return End::Broken;
                     }
                     None => {
-                        c.last_error.set("an ack not written out in time");
+                        c.last_error.set("an ack not written out: the connection closed or hung");
                         return End::Broken;
                     }
                 }
@@ -478,7 +479,8 @@ impl Session<'_> {
                     add(&c.rejected, 1);
                     let reject = d.acker.reject(BasicRejectOptions { requeue: false });
                     // Unanswered: the broker delivers it again, to be refused again.
-                    let _ = within(stop, self.cfg.link.call_timeout, reject).await;
+                    let alive = || self.connected();
+                    let _ = within(stop, self.cfg.link.call_timeout, alive, reject).await;
                     if i + 1 == n && i > 0 {
                         sync(queue)?;
                     }

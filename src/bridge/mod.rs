@@ -234,22 +234,29 @@ pub(crate) async fn unless_stopped<F: Future>(
 }
 
 /// Awaits `fut` for at most `limit`, and once a stop is requested, not past its deadline: for
-/// the waits a stop lets finish in time (an ack for a stored batch, a publish under way).
-/// `None` if it did not finish.
+/// the calls a stop lets finish in time (an ack for a stored batch, a publish under way). Gives
+/// up too once `alive` (looked at every [`IDLE_CHECK`]) says the connection is gone: lapin may
+/// leave a call on a closed connection pending for good. `None` if it did not finish.
 pub(crate) async fn within<F: Future>(
     stop: &mut StopRx,
     limit: Duration,
+    alive: impl Fn() -> bool,
     fut: F,
 ) -> Option<F::Output> {
     let give_up = after(limit);
     let mut fut = std::pin::pin!(fut);
     loop {
         let deadline = stop_deadline(stop);
-        let until = deadline.map_or(give_up, |d| d.min(give_up));
+        let end = deadline.map_or(give_up, |d| d.min(give_up));
+        let check = Instant::now() + IDLE_CHECK;
         tokio::select! {
             biased;
             r = &mut fut => return Some(r),
-            () = tokio::time::sleep_until(until.into()) => return None,
+            () = tokio::time::sleep_until(end.min(check).into()) => {
+                if end <= check || !alive() {
+                    return None;
+                }
+            }
             () = stopped(stop), if deadline.is_none() => {}
         }
     }

@@ -231,13 +231,18 @@ impl Session<'_> {
                     };
                     let mut broken = false;
                     for d in batch {
-                        // A stop ends the batch: what is not published yet is released.
-                        if broken || stop_deadline(stop).is_some() {
+                        if broken {
                             self.give_back(d, false);
                             continue;
                         }
+                        if stop_deadline(stop).is_some() {
+                            // A stop ends the batch: what was never sent goes back, uncounted.
+                            let _ = d.release();
+                            continue;
+                        }
                         let limit = self.cfg.link.call_timeout;
-                        match within(stop, limit, self.publish(channel, &d)).await {
+                        let alive = || channel.status().connected() && conn.status().connected();
+                        match within(stop, limit, alive, self.publish(channel, &d)).await {
                             Some(Ok(confirm)) => {
                                 let seq = next_seq;
                                 next_seq += 1;
@@ -256,9 +261,9 @@ impl Session<'_> {
                             None => {
                                 // Perhaps sent: released, it goes out again (a duplicate at
                                 // worst).
-                                self.c.last_error.set(format_args!(
-                                    "a publish not written out within {limit:?}"
-                                ));
+                                self.c.last_error.set(
+                                    "a publish not written out: the connection closed or hung",
+                                );
                                 self.give_back(d, false);
                                 broken = true;
                             }
