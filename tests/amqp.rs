@@ -979,6 +979,43 @@ fn child_entry() {
     }
 }
 
+#[test]
+fn a_stop_while_closing_a_silent_connection_is_prompt() {
+    let Some((url, _rig)) = broker_rig("closing", Duration::from_secs(60)) else { return };
+    let amqp: lapin::uri::AMQPUri = url.parse().unwrap();
+    let proxy = Proxy::start(&format!("{}:{}", amqp.authority.host, amqp.authority.port));
+    let mut via = amqp.clone();
+    via.authority.port = proxy.port;
+    via.authority.host = "127.0.0.1".into();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let q = store.queue("outbox").unwrap();
+    push_many(&q, 20_000, 256);
+    let mut admin = Admin::new(&url);
+    let bq = unique("closing");
+    admin.declare_queue(&bq, FieldTable::default());
+    // A confirm timeout notices the silence long before the heartbeats do; the connection then
+    // is closed, which a silent broker never answers (up to the 10 s connection timeout).
+    let fwd = Forwarder::builder(&q, via.to_string())
+        .routing_key(&bq)
+        .confirm_timeout(Duration::from_millis(300))
+        .heartbeat(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    wait_for("some confirms", Duration::from_secs(20), || fwd.stats().confirmed >= 1_000);
+    proxy.freeze();
+    wait_for("a confirm timeout", Duration::from_secs(10), || fwd.stats().timeouts >= 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = fwd.stats();
+    let t = Instant::now();
+    fwd.stop(Duration::from_millis(200)).unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(1500), "stopped while closing in {took:?}: {stats:?}");
+    assert_eq!(q.depth().unwrap().in_flight, 0, "every unconfirmed message released");
+    println!("closing: stopped in {took:?}; {stats:?}");
+    admin.delete_queue(&bq);
+}
+
 /// The ids of this process's threads now.
 fn thread_ids() -> BTreeSet<u32> {
     let tasks = std::fs::read_dir("/proc/self/task").unwrap();

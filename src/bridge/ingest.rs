@@ -317,7 +317,7 @@ async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Resu
         let link = Session { cfg: &cfg, queue: &queue, c: &c, conn: &conn, channel: &channel };
         let end = link.run(consumer, &mut stop, &mut max_id).await;
         c.state.set(ConnectionState::Connecting);
-        close(&conn, &stop, limit).await;
+        close(&conn, &mut stop, limit).await;
         match end {
             End::Stopped => break Ok(()),
             End::Fatal(e) => break Err(e),

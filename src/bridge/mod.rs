@@ -273,14 +273,23 @@ pub(crate) async fn sleep_or_stop(stop: &mut StopRx, d: Duration) -> bool {
 }
 
 /// Closes a connection, waiting at most `limit` (a dead broker answers nothing), and not much
-/// past a requested stop's deadline ([`CLOSE_GRACE`] at least, for the close to go out).
-pub(crate) async fn close(conn: &Connection, stop: &StopRx, limit: Duration) {
-    let mut limit = limit;
-    if let Some(t) = stop_deadline(stop) {
-        limit = limit.min(t.saturating_duration_since(Instant::now()).max(CLOSE_GRACE));
+/// past a stop's deadline, even one requested meanwhile ([`CLOSE_GRACE`] past it at least, for
+/// the close to go out).
+pub(crate) async fn close(conn: &Connection, stop: &mut StopRx, limit: Duration) {
+    if !conn.status().connected() {
+        return;
     }
-    if conn.status().connected() {
-        let _ = tokio::time::timeout(limit, conn.close(200, "wharf: bye".into())).await;
+    let give_up = after(limit);
+    let mut closing = std::pin::pin!(conn.close(200, "wharf: bye".into()));
+    loop {
+        let deadline = stop_deadline(stop);
+        let end = deadline.map_or(give_up, |t| give_up.min(t.max(Instant::now() + CLOSE_GRACE)));
+        tokio::select! {
+            biased;
+            _ = &mut closing => return,
+            () = tokio::time::sleep_until(end.into()) => return,
+            () = stopped(stop), if deadline.is_none() => {}
+        }
     }
 }
 

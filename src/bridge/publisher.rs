@@ -85,7 +85,7 @@ pub(super) async fn run(
         c.state.set(ConnectionState::Connected);
         let end = s.run(&conn, &channel, &mut stop, &mut reconnect).await;
         c.state.set(ConnectionState::Connecting);
-        close(&conn, &stop, limit).await;
+        close(&conn, &mut stop, limit).await;
         match end {
             End::Stopped => break Ok(()),
             End::Fatal(e) => break Err(e),
