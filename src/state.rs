@@ -372,6 +372,7 @@ impl StateDb {
         if file.len()? == 0 {
             return Err(damaged(&path, "the file is empty"));
         }
+        precheck(storage, &path)?;
         let limit = no_limit();
         let backend = RedbBackend::new(file, Arc::clone(&limit));
         let opened =
@@ -406,6 +407,7 @@ impl StateDb {
         if file.len()? == 0 {
             return Err(damaged(path, "the file is empty"));
         }
+        precheck(storage, path)?;
         let backend = ReadOnlyBackend::new(file)?;
         let opened =
             catch_unwind(AssertUnwindSafe(|| Self::builder().create_with_backend(backend)));
@@ -629,6 +631,41 @@ impl StateDb {
     /// [`QuotaRefused`](crate::storage::redb_backend::QuotaRefused).
     pub(crate) fn set_limit(&self, bytes: u64) {
         self.limit.store(bytes, Ordering::Release);
+    }
+}
+
+/// Checks that redb can open the state database at `path` without reading a byte that no
+/// checksum vouches for, before it is opened for use.
+///
+/// A plain redb open trusts the file: it loads the allocator state recorded by the last clean
+/// close from pages whose checksums it does not verify, and a damaged one makes it panic
+/// ("Malformed allocator state", an index out of bounds) instead of failing. Opened with
+/// redb's integrity check on open, as here, redb first verifies the checksum of every page of
+/// the committed trees, each page's before it reads what the page points to (the newest
+/// commit's, or the previous commit's where the newest fails and was not written in two
+/// phases), and rebuilds the allocator state from them. This open is made on a
+/// [`ReadOnlyBackend`], so the repair it commits stays in memory and the file is not touched.
+/// When it passes, every page the open for use reads is one it verified: the commit slots
+/// chosen from the same header are the same, and the allocator state is a table of the system
+/// tree. The open for use then judges the file as before ([`check_integrity`](
+/// StateDb::check_integrity) names a file that is not as redb left it).
+///
+/// Costs one read of the file's committed pages. Panics of redb are still caught here and in
+/// the open for use: this check is the first line, not the only one.
+fn precheck(storage: &dyn Storage, path: &Path) -> Result<()> {
+    let backend = ReadOnlyBackend::new(storage.open_read(path)?)?;
+    let mut builder = StateDb::builder();
+    builder.set_check_integrity_on_open(true);
+    let opened = catch_unwind(AssertUnwindSafe(|| builder.create_with_backend(backend)));
+    match opened {
+        Ok(Ok(db)) => {
+            // Its close commits the allocator state, to memory.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+            Ok(())
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => Err(io_err(path, e)),
+        Ok(Err(e)) => Err(damaged(path, e)),
+        Err(_) => Err(damaged(path, "redb panicked checking it")),
     }
 }
 
