@@ -282,9 +282,9 @@ impl Wharf {
     /// `state.redb` when it opens it plainly, so wharf first checks every page checksum of the
     /// file through redb's integrity-checking open (its writes kept in memory) and gives redb
     /// the file for use only if that passes. redb's panics are still caught (`catch_unwind`) and
-    /// returned as [`Error::Corrupted`], as a second line for damage made while the store is
-    /// open; under `panic = "abort"` such a panic aborts the process, and the default panic hook
-    /// prints its message (README, "Limits").
+    /// returned as [`Error::Corrupted`], a second line for what the check cannot see (bytes
+    /// changed after it, a bug in redb); under `panic = "abort"` such a panic aborts the
+    /// process, and the default panic hook prints its message (README, "Limits").
     pub fn open(dir: impl AsRef<Path>) -> Result<Wharf> {
         Wharf::builder().open(dir)
     }

@@ -1,6 +1,7 @@
-//! A damaged `state.redb`: every flipped byte of it either opens as before or fails the open
-//! with `Error::Corrupted`, and never makes redb panic (which would abort a program built
-//! with `panic = "abort"`).
+//! A damaged `state.redb` on the real file system: a flipped byte across the file either opens
+//! as before or fails the open with `Error::Corrupted`, and never makes redb panic (which
+//! would abort a program built with `panic = "abort"`). `tests/sim/state_damage.rs` damages
+//! every byte, and checks `verify` too.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -74,8 +75,8 @@ fn checkpointed_store() -> tempfile::TempDir {
     dir
 }
 
-/// Opens a copy of `pristine` whose `state.redb` is `bytes`: `Ok(true)` if it opened and holds
-/// the straggler, `Err` with the open's error otherwise.
+/// Opens a copy of `pristine` whose `state.redb` is `bytes`: `Ok` if it opened with the
+/// checkpoint's straggler, the open's error otherwise.
 fn open_with_state(pristine: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = copy_store(pristine);
     std::fs::write(dir.path().join("state.redb"), bytes).unwrap();
