@@ -71,6 +71,11 @@ pub enum Rec {
     Config {
         queue: u32,
     },
+    /// Where the log must start and the checkpoint `state.redb` must hold (format 3).
+    Anchor {
+        start: u64,
+        checkpoint: u64,
+    },
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -92,7 +97,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub fn parse(rec: &[u8]) -> Rec {
     assert!(rec.len() >= RECORD_HEADER_LEN, "accepted record shorter than its header");
     assert_eq!(u32_at(rec, 0) as usize, rec.len(), "accepted record with another length");
-    assert_eq!(&rec[21..24], &[0, 0, 0], "accepted record with reserved bytes set");
+    assert!(rec[21] <= 1, "accepted record with unknown flags {}", rec[21]);
+    assert!(rec[21] == 0 || rec[20] != 7, "accepted a seal inside a group");
+    assert_eq!(&rec[22..24], &[0, 0], "accepted record with reserved bytes set");
     let body = &rec[RECORD_HEADER_LEN..];
     let queue = || u32_at(body, 0);
     let id = || u64_at(body, 4);
@@ -157,6 +164,10 @@ pub fn parse(rec: &[u8]) -> Rec {
             assert!(body.len() >= 4, "accepted config without its queue");
             Rec::Config { queue: queue() }
         }
+        13 => {
+            assert_eq!(body.len(), 16, "accepted anchor of the wrong length");
+            Rec::Anchor { start: u64_at(body, 0), checkpoint: u64_at(body, 8) }
+        }
         k => panic!("accepted record of unknown kind {k}"),
     }
 }
@@ -181,14 +192,48 @@ pub fn records(file: &[u8], base: u64) -> (Vec<(usize, Rec)>, usize) {
     (out, off)
 }
 
-/// What a clean replay of `records` leaves: the unsettled messages, by (queue id, message id),
-/// with their payloads; `None` if replay must fail (a record names an unknown queue or the
-/// catalog is out of order, which recovery reports as corruption).
-pub fn replay(records: &[(usize, Rec)]) -> Option<BTreeMap<(u32, u64), Vec<u8>>> {
+/// Whether the record at `off` of `file` is not the last of its group (its `MORE` flag).
+pub fn more(file: &[u8], off: usize) -> bool {
+    file.get(off + 21).is_some_and(|f| f & 1 == 1)
+}
+
+/// What a clean replay of `records` (read from `file`) leaves: the unsettled messages, by
+/// (queue id, message id), with their payloads; `None` if replay must fail (a record names an
+/// unknown queue or the catalog is out of order, which recovery reports as corruption). The
+/// records of a group (`MORE`) count only once a record about a message without `MORE` closes
+/// it; a newer epoch voids an unfinished group, and so does the end of the records.
+pub fn replay(file: &[u8], records: &[(usize, Rec)]) -> Option<BTreeMap<(u32, u64), Vec<u8>>> {
+    let mut ordered: Vec<&Rec> = Vec::new();
+    let mut group: Vec<&Rec> = Vec::new();
+    let mut epoch = 0;
+    for (off, r) in records {
+        if let Rec::Epoch { epoch: e } = r {
+            if *e > epoch {
+                epoch = *e;
+                group.clear();
+            }
+        }
+        let about_a_message = !matches!(
+            r,
+            Rec::Queue { .. }
+                | Rec::Epoch { .. }
+                | Rec::Seal
+                | Rec::Config { .. }
+                | Rec::Anchor { .. }
+        );
+        if more(file, *off) || (about_a_message && !group.is_empty()) {
+            group.push(r);
+            if !more(file, *off) {
+                ordered.append(&mut group);
+            }
+        } else {
+            ordered.push(r);
+        }
+    }
     let mut queues: Vec<Vec<u8>> = Vec::new();
     let mut live = BTreeMap::new();
     let known = |q: u32, queues: &Vec<Vec<u8>>| (q as usize) < queues.len();
-    for (_, r) in records {
+    for r in ordered {
         match r {
             Rec::Queue { queue, name } => match queues.get(*queue as usize) {
                 _ if !valid_name(name) => return None,
@@ -226,7 +271,7 @@ pub fn replay(records: &[(usize, Rec)]) -> Option<BTreeMap<(u32, u64), Vec<u8>>>
                     return None;
                 }
             }
-            Rec::Epoch { .. } | Rec::Seal => {}
+            Rec::Epoch { .. } | Rec::Seal | Rec::Anchor { .. } => {}
         }
     }
     Some(live)

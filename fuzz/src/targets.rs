@@ -218,7 +218,7 @@ pub fn segment_recover(data: &[u8]) {
     };
     // What a replay of the records must leave, read independently of the library.
     let (recs, _) = scan::records(&file, 0);
-    let live = scan::replay(&recs).expect("open accepted records that replay must refuse");
+    let live = scan::replay(&file, &recs).expect("open accepted records that replay must refuse");
     let names = scan::catalog(&recs);
     let expect: BTreeMap<(String, u64), Vec<u8>> = live
         .into_iter()
