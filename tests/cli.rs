@@ -2,10 +2,10 @@
 //! JSON, the export/import round trip, verify on damage, a locked and a missing store.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -33,7 +33,12 @@ impl Run {
     }
 }
 
-/// Runs `wharf args...` with `input` on standard input (empty if `None`).
+/// How long one run of the command may take before it counts as hung (the `bench` runs
+/// included).
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `wharf args...` with `input` on standard input (empty if `None`). A run that does not
+/// end within `RUN_LIMIT` is killed and fails the test, naming the command.
 fn wharf(args: &[&str], input: Option<&[u8]>) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(args)
@@ -43,15 +48,38 @@ fn wharf(args: &[&str], input: Option<&[u8]>) -> Run {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    if let Some(bytes) = input {
-        stdin.write_all(bytes).unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let input = input.map(<[u8]>::to_vec);
+    let writer = std::thread::spawn(move || {
+        if let Some(bytes) = input {
+            let _ = stdin.write_all(&bytes);
+        }
+    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`wharf {}` did not end within {RUN_LIMIT:?}: hung", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    writer.join().unwrap();
     Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
     }
 }
 
