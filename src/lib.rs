@@ -62,6 +62,7 @@ mod options;
 mod queue;
 mod record;
 mod recovery;
+mod salvage;
 mod segment;
 mod state;
 mod storage;
@@ -88,6 +89,7 @@ pub use queue::{
     Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf, MAX_NAME_LEN, MAX_PRIORITY,
 };
 pub use recovery::RecoveryReport;
+pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
 pub use segment::FORMAT_VERSION;
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
 pub use verify::{QueueSummary, RecordCounts, StateDb, VerifyReport};

@@ -1,0 +1,333 @@
+//! Salvage's reading of a damaged log: every segment file in log order, every valid record
+//! (resynchronising past damage on the next position that holds a valid record carrying that
+//! very position), and every range of the log that held no valid record.
+//!
+//! Invariant: reads only; never panics on any bytes (decoding is `record::decode`'s, which
+//! never panics); memory is one segment file at a time.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Corruption, Error, Result};
+use crate::record::{self, Body, Record, RECORD_HEADER_LEN};
+use crate::recovery::last_nonzero;
+use crate::segment::{self, Name, HEADER_LEN};
+use crate::storage::Storage;
+use crate::verify::corruption;
+
+/// One segment file the scan read records from.
+#[derive(Debug, Clone)]
+pub(crate) struct SegFile {
+    pub path: PathBuf,
+    pub base: u64,
+    /// The file's length.
+    pub len: u64,
+    /// Where its valid records end (at its seal, or before bytes that hold none).
+    pub records_end: u64,
+    pub sealed: bool,
+    /// It holds at least one valid record.
+    pub has_records: bool,
+    /// Bytes after `records_end` that are not zero (up to the last non-zero one).
+    pub dirty_tail: u64,
+}
+
+impl SegFile {
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.len
+    }
+}
+
+/// A range of the log that held no valid record where records were expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Gap {
+    /// The file (a segment, or the name a missing segment would have had).
+    pub file: PathBuf,
+    /// Offsets in `file`: `to` is `None` when nothing says where the range ends.
+    pub from: u64,
+    pub to: Option<u64>,
+    /// The same range as log positions.
+    pub lsn_from: u64,
+    pub lsn_to: Option<u64>,
+    pub why: String,
+}
+
+/// What the scan found.
+#[derive(Debug, Default)]
+pub(crate) struct LogScan {
+    /// Segments that passed (or were read despite) their header check, in log order.
+    pub segs: Vec<SegFile>,
+    pub gaps: Vec<Gap>,
+    pub problems: Vec<Corruption>,
+    pub store_id: Option<u128>,
+    /// The length of the segments (the newest valid header's).
+    pub seg_len: Option<u64>,
+    /// One past the highest log position any segment file's name and length claim.
+    pub max_end: u64,
+    /// Where the valid records of the log end (`None`: no valid record).
+    pub log_end: Option<u64>,
+}
+
+/// Reads every segment of `log_dir` in order and hands each valid record to `visit` with the
+/// segment file, its base and the record's position. `store_id` is the state database's, if it
+/// was read: segments of another store are left out (and listed as problems).
+pub(crate) fn scan_log(
+    storage: &dyn Storage,
+    log_dir: &Path,
+    store_id: Option<u128>,
+    visit: &mut dyn FnMut(&Path, u64, u64, &Record<'_>),
+) -> Result<LogScan> {
+    let mut out = LogScan { store_id, ..LogScan::default() };
+    let names = match storage.list(log_dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            out.problems.push(problem(log_dir, 0, "no log directory"));
+            return Ok(out);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|n| match segment::parse_name(n) {
+            Name::Segment(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    bases.sort_unstable();
+    for base in bases {
+        out.max_end = out.max_end.max(base.saturating_add(1));
+        let path = log_dir.join(segment::file_name(base));
+        if let Some(seg) = read_segment(storage, &path, base, &mut out, visit)? {
+            out.max_end = out.max_end.max(seg.end());
+            out.segs.push(seg);
+        }
+    }
+    judge(log_dir, &mut out);
+    Ok(out)
+}
+
+fn problem(file: &Path, offset: u64, why: impl Into<String>) -> Corruption {
+    Corruption { file: file.to_owned(), offset, reason: why.into() }
+}
+
+/// Reads one segment file; `None` when it is left out (unreadable, of another store, of a
+/// newer format).
+fn read_segment(
+    storage: &dyn Storage,
+    path: &Path,
+    base: u64,
+    out: &mut LogScan,
+    visit: &mut dyn FnMut(&Path, u64, u64, &Record<'_>),
+) -> Result<Option<SegFile>> {
+    let file = match storage.open_read(path) {
+        Ok(f) => f,
+        Err(e) => {
+            out.problems.push(corruption(path, e.into()));
+            return Ok(None);
+        }
+    };
+    let len = file.len()?;
+    out.max_end = out.max_end.max(base.saturating_add(len));
+    match segment::read_header(&*file, path, base, out.store_id) {
+        Ok(h) => {
+            out.store_id.get_or_insert(h.store_id);
+            out.seg_len = Some(h.len);
+        }
+        Err(Error::ForeignSegment(p)) => {
+            out.problems.push(problem(&p, 0, "segment of another store: left out"));
+            return Ok(None);
+        }
+        Err(e @ Error::UnsupportedVersion { .. }) => {
+            out.problems.push(corruption(path, e));
+            return Ok(None);
+        }
+        Err(Error::Io(e)) => return Err(Error::Io(e)),
+        // A damaged header: its records still carry their own positions, read them by name.
+        Err(e) => out.problems.push(corruption(path, e)),
+    }
+    if len > u64::from(u32::MAX) {
+        out.problems.push(problem(path, 0, "segment file longer than 4 GiB: left out"));
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    if let Err(e) = file.read_at(&mut bytes, 0) {
+        out.problems.push(corruption(path, e.into()));
+        return Ok(None);
+    }
+    let mut seg = SegFile {
+        path: path.to_owned(),
+        base,
+        len,
+        records_end: base + HEADER_LEN,
+        sealed: false,
+        has_records: false,
+        dirty_tail: 0,
+    };
+    let last_nz = last_nonzero(&bytes);
+    let mut off = HEADER_LEN as usize;
+    while off < bytes.len() {
+        let lsn = base + off as u64;
+        match record::decode(bytes.get(off..).unwrap_or(&[]), lsn) {
+            Ok(rec) => {
+                seg.has_records = true;
+                visit(path, base, lsn, &rec);
+                off += rec.len;
+                seg.records_end = base + off as u64;
+                if rec.body == Body::Seal {
+                    seg.sealed = true;
+                    break;
+                }
+            }
+            Err(why) => match next_record(&bytes, base, off + 1, last_nz) {
+                Some(next) => {
+                    out.gaps.push(Gap {
+                        file: path.to_owned(),
+                        from: off as u64,
+                        to: Some(next as u64),
+                        lsn_from: lsn,
+                        lsn_to: Some(base + next as u64),
+                        why: why.describe().into(),
+                    });
+                    out.problems.push(problem(path, off as u64, why.describe()));
+                    off = next;
+                }
+                None => {
+                    let dirty = last_nz.filter(|&l| l >= off).map_or(0, |l| l + 1 - off);
+                    seg.dirty_tail = dirty as u64;
+                    break;
+                }
+            },
+        }
+    }
+    Ok(Some(seg))
+}
+
+/// The first offset at or after `from` holding a valid record that carries its own position.
+fn next_record(bytes: &[u8], base: u64, from: usize, last_nz: Option<usize>) -> Option<usize> {
+    let last = last_nz?.min(bytes.len().checked_sub(RECORD_HEADER_LEN)?);
+    (from..=last).find(|&off| {
+        let lsn = base + off as u64;
+        let rest = bytes.get(off..).unwrap_or(&[]);
+        record::peek_lsn(rest) == Some(lsn) && record::decode(rest, lsn).is_ok()
+    })
+}
+
+/// Finds the ranges between segments and at their ends that lost records: a missing segment,
+/// a segment that ends without a seal before the end of the log, a missing segment after a
+/// seal, bytes after the end of the log's records that are not a torn write's.
+fn judge(log_dir: &Path, out: &mut LogScan) {
+    let last = out.segs.iter().rposition(|s| s.has_records);
+    let mut gaps = Vec::new();
+    for (i, seg) in out.segs.iter().enumerate() {
+        if let Some(next) = out.segs.get(i + 1) {
+            if seg.end() < next.base {
+                let missing = log_dir.join(segment::file_name(seg.end()));
+                let why = format!("missing segment(s): no file holds positions {}..{}", seg.end(), next.base);
+                out.problems.push(problem(&missing, 0, why.clone()));
+                gaps.push(Gap {
+                    file: missing,
+                    from: 0,
+                    to: Some(next.base - seg.end()),
+                    lsn_from: seg.end(),
+                    lsn_to: Some(next.base),
+                    why,
+                });
+            }
+        }
+        let Some(last) = last else { continue };
+        if i < last && !seg.sealed {
+            let why = "the segment ends without a seal before the end of the log";
+            out.problems.push(problem(&seg.path, seg.records_end - seg.base, why));
+            gaps.push(Gap {
+                file: seg.path.clone(),
+                from: seg.records_end - seg.base,
+                to: Some(seg.len),
+                lsn_from: seg.records_end,
+                lsn_to: Some(seg.end()),
+                why: why.into(),
+            });
+        } else if i == last && seg.sealed && out.segs.get(i + 1).is_none() {
+            let missing = log_dir.join(segment::file_name(seg.end()));
+            let why = "the last segment is sealed but the next one is missing";
+            out.problems.push(problem(&missing, 0, why));
+            gaps.push(Gap {
+                file: missing,
+                from: 0,
+                to: None,
+                lsn_from: seg.end(),
+                lsn_to: None,
+                why: why.into(),
+            });
+        } else if i > last && seg.dirty_tail > 0 && !seg.has_records {
+            // A spare made ahead of time holds only zeros after its header.
+            let why = "a segment after the end of the log holds bytes that are not records";
+            out.problems.push(problem(&seg.path, HEADER_LEN, why));
+            gaps.push(Gap {
+                file: seg.path.clone(),
+                from: HEADER_LEN,
+                to: Some(seg.len),
+                lsn_from: seg.base + HEADER_LEN,
+                lsn_to: Some(seg.end()),
+                why: why.into(),
+            });
+        }
+    }
+    out.log_end = last.and_then(|i| out.segs.get(i)).map(|s| s.records_end);
+    out.gaps.extend(gaps);
+    out.gaps.sort_by_key(|g| g.lsn_from);
+}
+
+/// A gap for the end of the log when something durable (the mark of the last clean close, or
+/// the state database's checkpoint) says the log went on to `durable_end`.
+pub(crate) fn lost_end(out: &mut LogScan, log_dir: &Path, durable_end: u64, why: String) {
+    let end = out.log_end.unwrap_or(0);
+    if end >= durable_end {
+        return;
+    }
+    let (file, from) = match out.segs.iter().find(|s| s.base <= end && end < s.end()) {
+        Some(s) => (s.path.clone(), end - s.base),
+        None => (log_dir.join(segment::file_name(end)), 0),
+    };
+    out.problems.push(problem(&file, from, why.clone()));
+    out.gaps.push(Gap {
+        file,
+        from,
+        to: Some(from + (durable_end - end)),
+        lsn_from: end,
+        lsn_to: Some(durable_end),
+        why,
+    });
+    out.gaps.sort_by_key(|g| g.lsn_from);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(bodies: &[Body<'_>]) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = vec![0u8; HEADER_LEN as usize];
+        let mut at = Vec::new();
+        for b in bodies {
+            at.push(buf.len());
+            let lsn = buf.len() as u64;
+            record::encode(&mut buf, lsn, lsn, b);
+        }
+        buf.resize(buf.len() + 100, 0);
+        (buf, at)
+    }
+
+    #[test]
+    fn next_record_skips_damage_and_finds_the_next_valid_record() {
+        let bodies = [
+            Body::Epoch { epoch: 1 },
+            Body::Ack { queue: 0, id: 7 },
+            Body::Ack { queue: 0, id: 8 },
+        ];
+        let (mut img, at) = image(&bodies);
+        img[at[1] + 13] ^= 0x40;
+        let last = last_nonzero(&img);
+        assert_eq!(next_record(&img, 0, at[1] + 1, last), Some(at[2]));
+        assert_eq!(next_record(&img, 0, at[2] + 1, last), None);
+        // Garbage never panics and finds nothing.
+        let junk: Vec<u8> = (0..500u32).map(|i| (i * 37 % 251) as u8).collect();
+        assert_eq!(next_record(&junk, 0, 0, last_nonzero(&junk)), None);
+    }
+}
