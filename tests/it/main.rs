@@ -14,6 +14,7 @@ mod operate;
 mod poison;
 mod quota;
 mod recovery;
+mod salvage;
 mod soak;
 mod sweeps;
 mod typed;
