@@ -7,6 +7,7 @@ mod checkpoint;
 mod concurrency;
 mod corruption;
 mod enospc;
+mod fixtures;
 mod jobs;
 mod jobs_model;
 mod leases;
