@@ -10,3 +10,4 @@ mod model;
 mod oracle;
 mod quota;
 mod redb_crash;
+mod salvage;
