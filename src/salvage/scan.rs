@@ -217,8 +217,14 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
     let last = out.segs.iter().rposition(|s| s.has_records);
     let mut gaps = Vec::new();
     for (i, seg) in out.segs.iter().enumerate() {
+        // Records go to the next segment only after a seal: past the end of the log, a hole
+        // can have held records only right after a sealed last segment.
+        let may_hold = last.is_some_and(|l| i < l || (i == l && seg.sealed));
         if let Some(next) = out.segs.get(i + 1) {
-            if seg.end() < next.base {
+            if seg.end() < next.base && !may_hold {
+                let why = format!("missing spare segment(s) after the end of the log at {}", seg.end());
+                out.problems.push(problem(&log_dir.join(segment::file_name(seg.end())), 0, why));
+            } else if seg.end() < next.base {
                 let missing = log_dir.join(segment::file_name(seg.end()));
                 let why = format!("missing segment(s): no file holds positions {}..{}", seg.end(), next.base);
                 out.problems.push(problem(&missing, 0, why.clone()));
