@@ -63,9 +63,10 @@ fn s(p: &Path) -> &str {
 fn help_shows_every_command_with_examples() {
     let run = wharf(&["--help"], None).expect(0);
     let help = run.out();
-    for cmd in
-        ["stats", "peek", "push", "pop", "dlq", "purge", "verify", "salvage", "export", "import", "bench"]
-    {
+    for cmd in [
+        "stats", "peek", "push", "pop", "dlq", "purge", "verify", "salvage", "export", "import",
+        "bench",
+    ] {
         assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
     }
     assert!(help.contains("Examples:") && help.contains("Exit status"), "{help}");

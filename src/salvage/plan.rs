@@ -136,28 +136,29 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     let mut pushes: Vec<(u64, u64)> = Vec::new();
     let mut epochs: Vec<(u64, u32)> = Vec::new();
     let mut problems = Vec::new();
-    let mut scanned = scan::scan_log(storage, &log_dir, store_hint, &mut |path, base, lsn, rec| {
-        if let Err(e) = replay.apply(path, base, lsn, rec) {
-            problems.push(corruption(path, e));
-        }
-        let (id, queue, settled) = match rec.body {
-            Body::Push { queue, id, .. } | Body::PushEx { queue, id, .. } => {
-                pushes.push((lsn, id));
-                (id, queue, false)
+    let mut scanned =
+        scan::scan_log(storage, &log_dir, store_hint, &mut |path, base, lsn, rec| {
+            if let Err(e) = replay.apply(path, base, lsn, rec) {
+                problems.push(corruption(path, e));
             }
-            Body::Ack { queue, id } => (id, queue, true),
-            Body::Deliver { queue, id, .. }
-            | Body::Nack { queue, id }
-            | Body::Retry { queue, id, .. } => (id, queue, false),
-            Body::DeadLetter { to, id, .. } | Body::Requeue { to, id, .. } => (id, to, false),
-            Body::Epoch { epoch } => {
-                epochs.push((lsn, epoch));
-                return;
-            }
-            Body::Queue { .. } | Body::Config { .. } | Body::Seal => return,
-        };
-        last.insert(id, Last { lsn, queue, settled });
-    })?;
+            let (id, queue, settled) = match rec.body {
+                Body::Push { queue, id, .. } | Body::PushEx { queue, id, .. } => {
+                    pushes.push((lsn, id));
+                    (id, queue, false)
+                }
+                Body::Ack { queue, id } => (id, queue, true),
+                Body::Deliver { queue, id, .. }
+                | Body::Nack { queue, id }
+                | Body::Retry { queue, id, .. } => (id, queue, false),
+                Body::DeadLetter { to, id, .. } | Body::Requeue { to, id, .. } => (id, to, false),
+                Body::Epoch { epoch } => {
+                    epochs.push((lsn, epoch));
+                    return;
+                }
+                Body::Queue { .. } | Body::Config { .. } | Body::Seal => return,
+            };
+            last.insert(id, Last { lsn, queue, settled });
+        })?;
     report.problems.append(&mut scanned.problems);
     report.problems.extend(problems);
 
@@ -179,7 +180,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         scanned.log_end.unwrap_or(0)
     );
     scan::lost_end(&mut scanned, &log_dir, durable_end, why);
-    report.problems.extend(scanned.problems.drain(..));
+    report.problems.append(&mut scanned.problems);
 
     // The kept messages: unsettled after the replay, with a payload that checks.
     let keys: HashMap<u64, Box<[u8]>> = replay
@@ -280,7 +281,9 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
                 }
             }
             (_, Some(n)) if n <= first => IdSpan::None,
-            (_, Some(n)) => IdSpan::Within { first: MessageId(first), last: Some(MessageId(n - 1)) },
+            (_, Some(n)) => {
+                IdSpan::Within { first: MessageId(first), last: Some(MessageId(n - 1)) }
+            }
             (_, None) => IdSpan::Within { first: MessageId(first), last: None },
         };
         if let IdSpan::Exact { first, last: end } = ids {
@@ -316,7 +319,11 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         if latest_gap_end.is_some_and(|end| end > seen) {
             lost.insert(
                 k.id,
-                LostMessage { id: MessageId(k.id), queue: name_of(k.queue), fate: Fate::MayBeRedelivered },
+                LostMessage {
+                    id: MessageId(k.id),
+                    queue: name_of(k.queue),
+                    fate: Fate::MayBeRedelivered,
+                },
             );
         }
     }
@@ -338,8 +345,13 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         }
     }
     report.kept = kept.len() as u64;
-    report.kept_per_queue =
-        replay.queues.iter().map(|(n, _)| n.clone()).zip(per_queue).filter(|(_, n)| *n > 0).collect();
+    report.kept_per_queue = replay
+        .queues
+        .iter()
+        .map(|(n, _)| n.clone())
+        .zip(per_queue)
+        .filter(|(_, n)| *n > 0)
+        .collect();
     report.lost = lost.into_values().collect();
     let queues = replay
         .queues
@@ -349,9 +361,11 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         .collect();
     let gap_end = scanned.gaps.iter().filter_map(|g| g.lsn_to).max().unwrap_or(0);
     let base = scanned.max_end.max(durable_end).max(gap_end);
-    let seg_len = segment_bytes
-        .or(scanned.seg_len)
-        .unwrap_or(crate::options::DEFAULT_SEGMENT_BYTES);
+    if base > scan::MAX_POSITION {
+        return Err(Error::InvalidOption("the log's positions are exhausted".into()));
+    }
+    let seg_len =
+        segment_bytes.or(scanned.seg_len).unwrap_or(crate::options::DEFAULT_SEGMENT_BYTES);
     Ok(Plan {
         kept,
         queues,

@@ -162,7 +162,14 @@ impl fmt::Display for SalvageReport {
         }
         for r in &self.lost_ranges {
             let to = r.to.map_or_else(|| "end unknown".into(), |t| t.to_string());
-            writeln!(f, "  lost range {} [{}, {to}): {}; {}", r.file.display(), r.from, r.ids, r.reason)?;
+            writeln!(
+                f,
+                "  lost range {} [{}, {to}): {}; {}",
+                r.file.display(),
+                r.from,
+                r.ids,
+                r.reason
+            )?;
         }
         for p in &self.problems {
             writeln!(f, "  problem: {p}")?;
@@ -218,7 +225,9 @@ fn id_hex(id: MessageId) -> String {
 /// The report and the swap's plan as text: `damaged` is the directory (a name in the store
 /// directory) the damaged files go to, `bases` the new segments.
 pub(crate) fn encode(r: &SalvageReport, damaged: Option<&str>, bases: &[u64]) -> String {
-    let mut t = format!("{HEAD}\n# what salvage kept and lost; see README.md, \"When a store is damaged\"\n");
+    let mut t = format!(
+        "{HEAD}\n# what salvage kept and lost; see README.md, \"When a store is damaged\"\n"
+    );
     t += &format!("kept\t{}\n", r.kept);
     t += &format!("damaged-dir\t{}\n", damaged.map_or_else(|| "-".into(), esc));
     for b in bases {
@@ -342,8 +351,16 @@ mod tests {
             kept: 3,
             kept_per_queue: vec![("jobs".into(), 3)],
             lost: vec![
-                LostMessage { id: MessageId(1 << 40 | 5), queue: Some("jobs".into()), fate: Fate::Lost },
-                LostMessage { id: MessageId(1 << 40 | 6), queue: None, fate: Fate::MayBeRedelivered },
+                LostMessage {
+                    id: MessageId(1 << 40 | 5),
+                    queue: Some("jobs".into()),
+                    fate: Fate::Lost,
+                },
+                LostMessage {
+                    id: MessageId(1 << 40 | 6),
+                    queue: None,
+                    fate: Fate::MayBeRedelivered,
+                },
             ],
             lost_ranges: vec![
                 LostRange {

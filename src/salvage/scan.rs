@@ -14,6 +14,9 @@ use crate::segment::{self, Name, HEADER_LEN};
 use crate::storage::Storage;
 use crate::verify::corruption;
 
+/// Log positions salvage reads and writes stay below this (2^62), so that no sum overflows.
+pub(crate) const MAX_POSITION: u64 = 1 << 62;
+
 /// One segment file the scan read records from.
 #[derive(Debug, Clone)]
 pub(crate) struct SegFile {
@@ -93,8 +96,12 @@ pub(crate) fn scan_log(
         .collect();
     bases.sort_unstable();
     for base in bases {
-        out.max_end = out.max_end.max(base.saturating_add(1));
         let path = log_dir.join(segment::file_name(base));
+        if base > MAX_POSITION {
+            out.problems.push(problem(&path, 0, "segment name beyond any log position: left out"));
+            continue;
+        }
+        out.max_end = out.max_end.max(base + 1);
         if let Some(seg) = read_segment(storage, &path, base, &mut out, visit)? {
             out.max_end = out.max_end.max(seg.end());
             out.segs.push(seg);
@@ -124,8 +131,8 @@ fn read_segment(
             return Ok(None);
         }
     };
-    let len = file.len()?;
-    out.max_end = out.max_end.max(base.saturating_add(len));
+    let len = file.len()?.min(MAX_POSITION);
+    out.max_end = out.max_end.max(base + len);
     match segment::read_header(&*file, path, base, out.store_id) {
         Ok(h) => {
             out.store_id.get_or_insert(h.store_id);
@@ -222,11 +229,16 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
         let may_hold = last.is_some_and(|l| i < l || (i == l && seg.sealed));
         if let Some(next) = out.segs.get(i + 1) {
             if seg.end() < next.base && !may_hold {
-                let why = format!("missing spare segment(s) after the end of the log at {}", seg.end());
+                let why =
+                    format!("missing spare segment(s) after the end of the log at {}", seg.end());
                 out.problems.push(problem(&log_dir.join(segment::file_name(seg.end())), 0, why));
             } else if seg.end() < next.base {
                 let missing = log_dir.join(segment::file_name(seg.end()));
-                let why = format!("missing segment(s): no file holds positions {}..{}", seg.end(), next.base);
+                let why = format!(
+                    "missing segment(s): no file holds positions {}..{}",
+                    seg.end(),
+                    next.base
+                );
                 out.problems.push(problem(&missing, 0, why.clone()));
                 gaps.push(Gap {
                     file: missing,
@@ -296,7 +308,7 @@ pub(crate) fn lost_end(out: &mut LogScan, log_dir: &Path, durable_end: u64, why:
     out.gaps.push(Gap {
         file,
         from,
-        to: Some(from + (durable_end - end)),
+        to: Some(from.saturating_add(durable_end - end)),
         lsn_from: end,
         lsn_to: Some(durable_end),
         why,

@@ -43,7 +43,10 @@ fn names(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>> {
 
 /// Finishes a salvage interrupted after its commit point and returns its report, or removes
 /// what one interrupted before it left behind.
-pub(crate) fn finish_interrupted(storage: &dyn Storage, dir: &Path) -> Result<Option<SalvageReport>> {
+pub(crate) fn finish_interrupted(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Option<SalvageReport>> {
     if names(storage, dir)?.iter().any(|n| n == MARKER) {
         return finish(storage, dir).map(Some);
     }
@@ -71,8 +74,7 @@ pub(crate) fn remove_leftovers(storage: &dyn Storage, dir: &Path) -> Result<()> 
 
 /// A name in `dir` for the damaged files, `damaged-<unix seconds>` (made unique).
 pub(crate) fn damaged_dir_name(storage: &dyn Storage, dir: &Path) -> Result<String> {
-    let secs =
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let taken = names(storage, dir)?;
     let mut name = format!("damaged-{secs}");
     let mut n = 2;

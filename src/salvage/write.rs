@@ -157,7 +157,11 @@ fn payload_of(
     let changed = |why: &str| {
         let file = seg.map_or_else(PathBuf::new, |s| s.path.clone());
         let offset = seg.map_or(0, |s| lsn - s.base);
-        Error::Corrupted(Corruption { file, offset, reason: format!("changed during salvage: {why}") })
+        Error::Corrupted(Corruption {
+            file,
+            offset,
+            reason: format!("changed during salvage: {why}"),
+        })
     };
     let seg = seg.ok_or_else(|| changed("no segment"))?;
     let file = match files.get(&seg.path) {
@@ -171,7 +175,9 @@ fn payload_of(
     let mut bytes = vec![0u8; k.entry.record_len()];
     file.read_at(&mut bytes, lsn - seg.base)?;
     match record::decode(&bytes, lsn).map(|r| r.body) {
-        Ok(Body::PushEx { key, payload, pushed, .. }) => Ok((payload.to_vec(), key.to_vec(), pushed)),
+        Ok(Body::PushEx { key, payload, pushed, .. }) => {
+            Ok((payload.to_vec(), key.to_vec(), pushed))
+        }
         Ok(Body::Push { payload, .. }) => Ok((payload.to_vec(), Vec::new(), 0)),
         Ok(_) => Err(changed("not a push record")),
         Err(why) => Err(changed(why.describe())),

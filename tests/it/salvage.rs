@@ -238,7 +238,13 @@ fn check_salvage(
     let unsettled = l.unsettled();
     let want: BTreeSet<MessageId> = unsettled.difference(gone).chain(back).copied().collect();
     let got: BTreeSet<MessageId> = kept.keys().copied().collect();
-    assert_eq!(got, want, "{what}: kept {:?}, wanted {:?}\n{report:#?}", got.symmetric_difference(&want), ());
+    assert_eq!(
+        got,
+        want,
+        "{what}: kept {:?}, wanted {:?}\n{report:#?}",
+        got.symmetric_difference(&want),
+        ()
+    );
     for (id, (queue, payload)) in &kept {
         let (q, p) = &l.pushed[id];
         assert!(p == payload, "{what}: {id}'s payload");
@@ -269,7 +275,10 @@ fn check_salvage(
         assert!(again.recovery_report().salvage.is_none());
         again.close().unwrap();
     } else {
-        assert!(gone.is_empty() && back.is_empty(), "{what}: nothing salvaged, yet {gone:?} {back:?}");
+        assert!(
+            gone.is_empty() && back.is_empty(),
+            "{what}: nothing salvaged, yet {gone:?} {back:?}"
+        );
     }
     report
 }
@@ -293,9 +302,9 @@ fn a_healthy_store_opens_as_it_is_and_nothing_moves() {
     check_salvage(dir.path(), &l, &Expect::default(), true, "healthy");
     let after = segments(dir.path());
     assert_eq!(before, after);
-    assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| {
-        e.unwrap().file_name().to_string_lossy().starts_with("damaged-")
-    }));
+    assert!(!std::fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("damaged-") }));
 }
 
 #[test]
@@ -334,7 +343,10 @@ fn salvage_into_of_a_healthy_store_is_an_exact_copy_and_leaves_it_untouched() {
                 assert_eq!(x.dedup_key, y.dedup_key);
             }
         }
-        assert_eq!(a.queue(&name).unwrap().depth().unwrap(), b.queue(&name).unwrap().depth().unwrap());
+        assert_eq!(
+            a.queue(&name).unwrap().depth().unwrap(),
+            b.queue(&name).unwrap().depth().unwrap()
+        );
     }
     // Dedup keys hold in the copy: a second push with a live key stores nothing.
     let jobs = b.queue("jobs").unwrap();
@@ -416,7 +428,10 @@ fn each_file_missing_or_garbled_in_turn() {
     assert!(strict_refuses(dir.path()));
     let e = Expect { gone: l.relocated.clone(), ..Expect::default() };
     let r = check_salvage(dir.path(), &l, &e, true, "state.redb garbled").unwrap();
-    assert!(r.lost_ranges.iter().any(|x| x.file.ends_with("state.redb") && x.ids == IdSpan::Unknown));
+    assert!(r
+        .lost_ranges
+        .iter()
+        .any(|x| x.file.ends_with("state.redb") && x.ids == IdSpan::Unknown));
 
     // Known: a missing state database is not refused by a strict open (format version 3's log
     // state record will make it); salvage is asked only when an open refuses.

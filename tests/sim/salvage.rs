@@ -62,11 +62,13 @@ fn damaged() -> SimFs {
         }
     }
     // The oldest unsettled message of the second phase: its push is in a sealed segment.
-    let victim = jobs.peek(usize::MAX).unwrap().into_iter().find(|p| p.payload.starts_with(b"m0001"));
+    let victim =
+        jobs.peek(usize::MAX).unwrap().into_iter().find(|p| p.payload.starts_with(b"m0001"));
     let needle = victim.expect("an unsettled message").payload[..8].to_vec();
     w.close().unwrap();
     let log = dir.join("log");
-    let mut names: Vec<String> = sim.names(&log).into_iter().filter(|n| n.ends_with(".seg")).collect();
+    let mut names: Vec<String> =
+        sim.names(&log).into_iter().filter(|n| n.ends_with(".seg")).collect();
     names.sort();
     let hit = names.iter().find_map(|n| {
         let bytes = sim.read_file(&log.join(n)).unwrap();

@@ -148,14 +148,16 @@ ready again, with this delivery counted as an attempt.\n\nExamples:\n  wharf pop
     },
     /// Open a damaged store past its damage: keep every intact message, move the damaged
     /// files aside, list what was lost.
-    #[command(after_help = "In place (the default), the salvaged store replaces the damaged one, whose \
+    #[command(
+        after_help = "In place (the default), the salvaged store replaces the damaged one, whose \
 files go to DIR/damaged-<unix time>/ untouched, with salvage-report.txt. With --into NEW, DIR is \
 left as it is and the salvaged store is written to NEW. A healthy store is opened as it is.\n\n\
 Each lost message is listed by id (and queue, where a surviving record names it); \"may be \
 redelivered\" means it was kept but a damaged range may have held its ack. Ranges whose ids \
 cannot be named one by one are listed with the id span they could hold.\n\nExamples:\n  \
 wharf verify ./jobs-data            see the damage first\n  wharf salvage ./jobs-data --into \
-./jobs-salvaged\n  wharf salvage ./jobs-data --json | jq '.lost[]'")]
+./jobs-salvaged\n  wharf salvage ./jobs-data --json | jq '.lost[]'"
+    )]
     Salvage {
         /// The store directory.
         dir: PathBuf,

@@ -13,11 +13,10 @@ use crate::store::{self, CliError};
 pub fn salvage(dir: &Path, into: Option<&Path>, as_json: bool) -> Result<ExitCode, CliError> {
     store::check_exists(dir)?;
     let report = match into {
-        Some(new) => {
-            Some(Wharf::salvage_into(dir, new).map_err(|e| CliError::store(dir, &e))?)
-        }
+        Some(new) => Some(Wharf::salvage_into(dir, new).map_err(|e| CliError::store(dir, &e))?),
         None => {
-            let w = Wharf::builder().salvage(true).open(dir).map_err(|e| CliError::store(dir, &e))?;
+            let w =
+                Wharf::builder().salvage(true).open(dir).map_err(|e| CliError::store(dir, &e))?;
             let report = w.recovery_report().salvage.clone();
             store::close(w)?;
             report
