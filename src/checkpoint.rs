@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::clock::deadline_after;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::{Entry, RELOCATED};
@@ -220,9 +221,8 @@ impl Shared {
         }
         let durable = g.wal.durable;
         let dead = g.wal.log.take_deletable(durable);
-        report.segments_deleted = dead.len();
-        self.delete_segments(&mut g, &dead)?;
-        if !dead.is_empty() {
+        report.segments_deleted = self.delete_segments(&mut g, dead)?;
+        if report.segments_deleted > 0 {
             g.wal.maybe_delete = true;
             self.bg_cv.notify_all();
         }
@@ -333,6 +333,7 @@ impl Shared {
                 let mut g = self.state.lock();
                 g.wal.poisoned = Some(why.clone());
                 self.durable_cv.notify_all();
+                self.space_cv.notify_all();
                 return Err(Error::Poisoned(why));
             }
         }
@@ -363,7 +364,7 @@ impl Shared {
         self.checkpoint_due_by_log(g)
             || self.stragglers_due_at(g).is_some_and(|t| now >= t)
             || (g.wal.next_lsn > g.wal.log.checkpoint
-                && self.opts.checkpoint_interval.is_some_and(|i| now >= last + i))
+                && self.opts.checkpoint_interval.is_some_and(|i| now >= deadline_after(last, i)))
     }
 
     /// Whether a checkpoint is due for what the log holds (not for the time since the last
@@ -377,44 +378,76 @@ impl Shared {
     }
 }
 
-/// The checkpointer thread: takes a checkpoint whenever one is due, until shutdown.
-pub(crate) fn run(shared: &Shared) {
-    let mut failed_at: Option<Instant> = None;
-    loop {
-        let last = shared.checkpointing.lock().last;
-        {
-            let mut g = shared.state.lock();
-            loop {
-                if g.shutdown {
-                    return;
-                }
-                let now = Instant::now();
-                let backing_off = failed_at.is_some_and(|t| now < t);
-                if g.wal.poisoned.is_none() && !backing_off && shared.checkpoint_due(&g, last, now)
-                {
-                    g.checkpoint_wanted = false;
-                    break;
-                }
-                let mut wake = failed_at.filter(|_| backing_off);
-                if let Some(i) = shared.opts.checkpoint_interval {
-                    wake = Some(wake.map_or(last + i, |w| w.min(last + i)));
-                }
-                if let Some(t) = shared.stragglers_due_at(&g) {
-                    wake = Some(wake.map_or(t, |w| w.min(t)));
-                }
-                match wake {
-                    Some(t) => {
-                        shared.ck_cv.wait_until(&mut g, t);
-                    }
-                    None => shared.ck_cv.wait(&mut g),
-                }
-            }
+/// What the checkpointer thread does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Checkpoint,
+    /// Sleep until signalled, or until this time (always in the future).
+    Sleep(Option<Instant>),
+}
+
+impl Shared {
+    /// What the checkpointer thread does next at `now`, `last` being the time of the last
+    /// checkpoint and `retry_at` the end of the back-off after a failed one. It sleeps until
+    /// the next trigger it can act on: a poisoned store takes no checkpoint (only the close
+    /// wakes it), and a back-off is not cut short by triggers that came due meanwhile. A
+    /// trigger it cannot act on never sets its deadline: one in the past would make it spin.
+    fn checkpointer_next(
+        &self,
+        g: &State,
+        last: Instant,
+        retry_at: Option<Instant>,
+        now: Instant,
+    ) -> Next {
+        if g.wal.poisoned.is_some() {
+            return Next::Sleep(None);
         }
-        failed_at = match shared.checkpoint() {
-            Ok(_) => None,
-            // Retried later; a poisoned or closed store stops asking.
-            Err(_) => Some(Instant::now() + std::time::Duration::from_secs(1)),
-        };
+        if let Some(t) = retry_at.filter(|&t| now < t) {
+            return Next::Sleep(Some(t));
+        }
+        if self.checkpoint_due(g, last, now) {
+            return Next::Checkpoint;
+        }
+        // Not due, so the time triggers lie ahead. The interval counts only once the log holds
+        // something new (the flush that first writes past the checkpoint wakes this thread).
+        let something_new = g.wal.next_lsn > g.wal.log.checkpoint;
+        let interval = self
+            .opts
+            .checkpoint_interval
+            .filter(|_| something_new)
+            .map(|i| deadline_after(last, i));
+        let wake = [interval, self.stragglers_due_at(g)].into_iter().flatten().min();
+        debug_assert!(wake.is_none_or(|t| t > now), "the checkpointer would spin");
+        Next::Sleep(wake)
+    }
+}
+
+/// The checkpointer thread: takes a checkpoint whenever one is due, until shutdown, and
+/// otherwise sleeps (see [`Shared::checkpointer_next`]).
+pub(crate) fn run(shared: &Shared) {
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        // Read after every wake: `Wharf::checkpoint` moves it too.
+        let last = shared.checkpointing.lock().last;
+        let mut g = shared.state.lock();
+        if g.shutdown {
+            return;
+        }
+        match shared.checkpointer_next(&g, last, retry_at, Instant::now()) {
+            Next::Checkpoint => {
+                g.checkpoint_wanted = false;
+                drop(g);
+                retry_at = match shared.checkpoint() {
+                    Ok(_) => None,
+                    // Retried later; a poisoned or closed store stops asking.
+                    Err(_) => Some(Instant::now() + std::time::Duration::from_secs(1)),
+                };
+            }
+            Next::Sleep(Some(t)) => {
+                shared.ck_cv.wait_until(&mut g, t);
+            }
+            Next::Sleep(None) => shared.ck_cv.wait(&mut g),
+        }
     }
 }
 

@@ -71,10 +71,12 @@ impl ManualClock {
         ManualClock::default()
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward. It saturates: past about 584 years in all it stands still.
     pub fn advance(&self, by: Duration) {
         let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.offset.fetch_add(nanos, Ordering::SeqCst);
+        let add = |n: u64| Some(n.saturating_add(nanos));
+        // `fetch_update` with a closure that always returns `Some` cannot fail.
+        let _ = self.offset.fetch_update(Ordering::SeqCst, Ordering::SeqCst, add);
     }
 
     fn elapsed(&self) -> Duration {
@@ -84,11 +86,11 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        self.base + self.elapsed()
+        saturating_add(self.base, self.elapsed(), Instant::checked_add)
     }
 
     fn wall(&self) -> SystemTime {
-        self.wall_base + self.elapsed()
+        saturating_add(self.wall_base, self.elapsed(), SystemTime::checked_add)
     }
 }
 
@@ -97,12 +99,63 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The time a Unix-milliseconds reading stands for.
+/// The time a Unix-milliseconds reading stands for (the latest time the platform can hold, if
+/// it cannot hold that one).
 pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+    saturating_add(UNIX_EPOCH, Duration::from_millis(ms), SystemTime::checked_add)
+}
+
+/// The longest span a deadline is set ahead: about a century, which is "never" for a lease, a
+/// wait or a timer, and which every platform's `Instant` holds beside its current reading.
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + d` for a deadline (a lease, a wait, a timer): a `d` past [`FOREVER`] (up to
+/// `Duration::MAX`) is cut to it, so the deadline never comes and the sum never overflows.
+/// Every deadline the store computes from a duration goes through here.
+pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
+    saturating_add(now, d.min(FOREVER), Instant::checked_add)
+}
+
+/// `t + d`, or the latest time the platform can hold on the way (found by halving `d`), never
+/// a panic.
+fn saturating_add<T: Copy>(t: T, d: Duration, add: impl Fn(&T, Duration) -> Option<T>) -> T {
+    let mut d = d;
+    loop {
+        if let Some(sum) = add(&t, d) {
+            return sum;
+        }
+        // Ends: `t + 0` is always `Some`.
+        d /= 2;
+    }
 }
 
 /// Milliseconds in `d`, saturating.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_arithmetic_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        for d in [Duration::ZERO, Duration::from_nanos(1), FOREVER, Duration::MAX] {
+            let t = deadline_after(now, d);
+            assert_eq!(t - now, d.min(FOREVER));
+        }
+        assert!(from_unix_ms(u64::MAX) > from_unix_ms(u64::MAX / 2));
+        assert_eq!(from_unix_ms(0), UNIX_EPOCH);
+        assert_eq!(unix_ms(from_unix_ms(1_700_000_000_123)), 1_700_000_000_123);
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+
+        let clock = ManualClock::new();
+        let (t0, w0) = (clock.now(), clock.wall());
+        clock.advance(Duration::MAX);
+        clock.advance(Duration::MAX);
+        assert!(clock.now() >= t0 && clock.wall() > w0, "the clock went back");
+        assert_eq!(clock.elapsed(), Duration::from_nanos(u64::MAX));
+    }
 }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
+use crate::clock::deadline_after;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::log::{first_record, Log};
 use crate::options::Durability;
-use crate::record::{self, Body, SEAL_LEN};
+use crate::record::{self, Body, SEAL_LEN, TAIL_RESERVE};
 use crate::segment::{Segment, HEADER_LEN};
 use crate::store::{Shared, State};
 
@@ -114,10 +115,14 @@ pub(crate) struct Wal {
     write_kicked: bool,
     /// A segment may have become deletable.
     pub maybe_delete: bool,
+    /// A deletion waits for a spare segment to hold its anchor (`Wal::append_anchor`).
+    pub anchor_waits: bool,
     pub epoch: u32,
     seq: u64,
     /// Cached `preamble().encoded_len()` sum.
     preamble_bytes: usize,
+    /// A group is being staged: appended records carry `MORE` (see `begin_group`).
+    grouping: bool,
     /// Queue names and encoded configs (if not the default) by id, restated in every
     /// segment's preamble.
     catalog: Vec<CatalogEntry>,
@@ -150,7 +155,9 @@ impl Wal {
             write_due: None,
             write_kicked: false,
             maybe_delete: true,
+            anchor_waits: false,
             preamble_bytes: 0,
+            grouping: false,
             epoch,
             seq: 0,
             catalog,
@@ -171,10 +178,11 @@ impl Wal {
         Ok(u64::from(self.epoch) << SEQ_BITS | self.seq)
     }
 
-    /// Records that must open every segment: the epoch and the whole queue catalog, with
-    /// each queue's configuration.
+    /// Records that must open every segment: the epoch, the anchor (where the log starts and
+    /// the checkpoint the state database holds), and the whole queue catalog, with each
+    /// queue's configuration.
     fn preamble(&self) -> Vec<Body<'_>> {
-        let mut out = vec![Body::Epoch { epoch: self.epoch }];
+        let mut out = vec![Body::Epoch { epoch: self.epoch }, self.anchor()];
         for (q, c) in self.catalog.iter().enumerate() {
             let queue = u32::try_from(q).unwrap_or(u32::MAX);
             out.push(Body::Queue { queue, name: &c.name });
@@ -183,6 +191,12 @@ impl Wal {
             }
         }
         out
+    }
+
+    /// The anchor as the log stands: its oldest segment, and the last checkpoint.
+    pub(crate) fn anchor(&self) -> Body<'static> {
+        let start = self.log.segments.first_key_value().map_or(self.active.base, |(&b, _)| b);
+        Body::Anchor { start, checkpoint: self.log.checkpoint }
     }
 
     /// The catalog as the state database keeps it.
@@ -231,7 +245,7 @@ impl Wal {
         };
         let mut spares = self.log.spares.iter().take(usable);
         for &len in lens {
-            let len = len as u64 + SEAL_LEN as u64;
+            let len = len as u64 + TAIL_RESERVE as u64;
             if pos + len > end {
                 let Some(s) = spares.next() else { return false };
                 (pos, end) = (first_record(s) + pre, s.end());
@@ -239,7 +253,7 @@ impl Wal {
                     return false;
                 }
             }
-            pos += len - SEAL_LEN as u64;
+            pos += len - TAIL_RESERVE as u64;
         }
         true
     }
@@ -248,13 +262,38 @@ impl Wal {
     /// does not exist (callers check `fits` first).
     pub(crate) fn append(&mut self, body: &Body<'_>) -> Option<u64> {
         let active_end = self.active.end();
-        if self.next_lsn + (body.encoded_len() + SEAL_LEN) as u64 > active_end {
+        if self.next_lsn + (body.encoded_len() + TAIL_RESERVE) as u64 > active_end {
             self.roll()?;
         }
-        let lsn = self.next_lsn;
-        self.stage(body);
+        let (lsn, durable, more) = (self.next_lsn, self.durable, self.grouping);
+        self.stage_with(|buf| record::encode_in_group(buf, lsn, durable, body, more));
         self.log.note_record(lsn, body);
         Some(lsn)
+    }
+
+    /// Stages an anchor stating where the log starts now (see `Body::Anchor`), into the room
+    /// each segment keeps for it (`TAIL_RESERVE`) or after a roll, whose preamble states it
+    /// then. `None` when neither is possible: the active segment's reserve was used and no
+    /// spare exists yet.
+    pub(crate) fn append_anchor(&mut self) -> Option<()> {
+        let anchor = self.anchor();
+        if self.next_lsn + (anchor.encoded_len() + SEAL_LEN) as u64 > self.active.end() {
+            return self.roll();
+        }
+        self.stage(&anchor);
+        Some(())
+    }
+
+    /// Starts a group: the records appended until `end_group` carry `MORE`, and the record
+    /// appended right after it closes the group, so that replay applies all of them or none
+    /// (a group may span a roll: the seal and the next preamble are not part of it).
+    pub(crate) fn begin_group(&mut self) {
+        self.grouping = true;
+    }
+
+    /// The next record appended is the last of the group (or no group is open).
+    pub(crate) fn end_group(&mut self) {
+        self.grouping = false;
     }
 
     /// Seals the active segment and makes the first spare active, starting with the preamble.
@@ -359,7 +398,7 @@ impl Shared {
             }
             // A new segment must be able to hold its preamble and each record, or no number
             // of new segments would ever make room.
-            let empty = HEADER_LEN + (g.wal.preamble_len() + SEAL_LEN) as u64;
+            let empty = HEADER_LEN + (g.wal.preamble_len() + TAIL_RESERVE) as u64;
             let largest = lens.iter().copied().max().unwrap_or(0) as u64;
             if empty + largest > self.opts.segment_bytes {
                 return Err(Error::InvalidOption(format!(
@@ -412,7 +451,7 @@ impl Shared {
         match d {
             Durability::Immediate => return self.wait_durable(g, end),
             Durability::Interval(every) => {
-                let due = Instant::now() + every;
+                let due = deadline_after(Instant::now(), every);
                 if g.wal.sync_due.is_none_or(|t| due < t) {
                     g.wal.sync_due = Some(due);
                     self.bg_cv.notify_one();
@@ -542,6 +581,9 @@ impl Shared {
         wal.stats.writes += counts.0;
         wal.stats.fsyncs += counts.1;
         wal.durable = wal.durable.max(sealed_to);
+        // The first write past the last checkpoint: an idle checkpointer starts counting its
+        // interval (it sleeps without a deadline while there is nothing new to checkpoint).
+        let first_new = wal.written <= wal.log.checkpoint && end > wal.log.checkpoint;
         let result = match done {
             Ok(()) => {
                 wal.written = end;
@@ -564,6 +606,7 @@ impl Shared {
                 if end.saturating_sub(wal.log.checkpoint) >= self.opts.checkpoint_bytes
                     || (wal.maybe_delete && wal.log.deletable_after_checkpoint())
                     || stragglers
+                    || (first_new && self.opts.checkpoint_interval.is_some())
                 {
                     self.ck_cv.notify_one();
                 }
@@ -579,6 +622,7 @@ impl Shared {
                     q.notify_all();
                 }
                 self.bg_cv.notify_one();
+                self.space_cv.notify_all();
                 Err(Error::Poisoned(why))
             }
         };
@@ -611,7 +655,14 @@ pub(crate) fn background(shared: &Shared) {
             // A full disk is reported to pushes that need the segment; retry later.
             // Past the quota, only a deletion can make room: it clears this (below).
             retry_spare_at = match made {
-                Ok(()) => None,
+                Ok(()) => {
+                    if std::mem::take(&mut g.wal.anchor_waits) {
+                        // The deletion put back for want of room for its anchor can go now.
+                        g.wal.maybe_delete = true;
+                        checked_delete_at = None;
+                    }
+                    None
+                }
                 Err(Error::Full { .. }) => Some(now + Duration::from_secs(3600)),
                 Err(_) => Some(now + Duration::from_secs(1)),
             };
@@ -636,7 +687,7 @@ pub(crate) fn background(shared: &Shared) {
             g.wal.maybe_delete = oldest_empty && g.wal.log.segments.len() > 1;
             if !dead.is_empty() {
                 // A failure poisons the store and is reported to every later call.
-                let _ = shared.delete_segments(&mut g, &dead);
+                let _ = shared.delete_segments(&mut g, dead);
                 retry_spare_at = None;
                 // The next oldest may be deletable now, or after one more sync: look again.
                 checked_delete_at = None;
@@ -663,9 +714,10 @@ pub(crate) fn background(shared: &Shared) {
         let timers = wake_async_pops(shared, &mut g, clock_now)
             .filter(|_| stalled_clock != Some(clock_now))
             // At least 1 ms of real time, so that a system clock has always moved on after it.
-            .map(|d| Instant::now() + d.max(Duration::from_millis(1)));
+            .map(|d| deadline_after(Instant::now(), d.max(Duration::from_millis(1))));
         let spare = retry_spare_at.filter(|_| g.wal.log.spares.len() < READY_SPARES);
         let wake = [due, spare, timers].into_iter().flatten().min();
+        debug_assert!(wake.is_none_or(|t| t > now), "the background thread would spin");
         match wake {
             Some(t) => {
                 let timed_out = shared.bg_cv.wait_until(&mut g, t).timed_out();

@@ -58,7 +58,9 @@ impl Backoff {
                     x ^= x >> 33;
                     let half = d / 2;
                     let spread = millis(d - half);
-                    half + Duration::from_millis(if spread == 0 { 0 } else { x % (spread + 1) })
+                    // `spread` saturates at `u64::MAX` ms for a delay near `Duration::MAX`.
+                    let extra = x % spread.saturating_add(1);
+                    half.saturating_add(Duration::from_millis(extra)).min(d)
                 } else {
                     d
                 }
@@ -146,7 +148,8 @@ impl QueueConfig {
     }
 
     /// How long a popped message stays leased (default: the store's
-    /// [`visibility_timeout`](crate::WharfBuilder::visibility_timeout)).
+    /// [`visibility_timeout`](crate::WharfBuilder::visibility_timeout)). Not zero;
+    /// `Duration::MAX` is a lease that never runs out while the store is open.
     pub fn visibility_timeout(mut self, d: Duration) -> Self {
         self.visibility_timeout = Some(d);
         self
@@ -195,7 +198,7 @@ impl QueueConfig {
     }
 
     /// How long after its push a dedup key keeps refusing duplicates even once its message is
-    /// settled (default zero: only while the message is unsettled).
+    /// settled (default zero: only while the message is unsettled; `Duration::MAX`: for ever).
     pub fn dedup_window(mut self, d: Duration) -> Self {
         self.dedup_window = d;
         self
@@ -428,6 +431,19 @@ mod tests {
         let got: Vec<u64> = (1..=6).map(|a| millis(b.delay(a, 7))).collect();
         assert_eq!(got, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.delay(u32::MAX, 7), Duration::from_secs(1));
+        for (base, cap) in
+            [(Duration::MAX, Duration::MAX), (Duration::from_nanos(1), Duration::MAX)]
+        {
+            for jitter in [false, true] {
+                let b = Backoff::Exponential { base, cap, jitter };
+                for attempt in [0, 1, 2, 31, 32, 33, 63, 64, u32::MAX] {
+                    for id in [0, 1, u64::MAX] {
+                        assert!(b.delay(attempt, id) <= cap);
+                    }
+                }
+            }
+        }
+        assert_eq!(Backoff::Fixed(Duration::MAX).delay(u32::MAX, u64::MAX), Duration::MAX);
         let j = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
         for a in 1..=8 {
             for id in 0..50 {

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+use crate::clock::deadline_after;
+
 /// The `lsn` of a message whose payload was relocated into the state database (its push
 /// record's segment may be gone).
 pub(crate) const RELOCATED: u64 = u64::MAX;
@@ -288,7 +290,7 @@ impl QueueIndex {
         let mut slot = self.ready.get_mut(level)?.remove(&id)?;
         self.ready_count -= 1;
         slot.attempts = slot.attempts.saturating_add(1);
-        let deadline = now + visibility;
+        let deadline = deadline_after(now, visibility);
         self.leased.insert(id, Lease { slot, attempt: slot.attempts, deadline });
         self.deadlines.push(Reverse((deadline, id, slot.attempts)));
         Some(self.entry(id, slot))
@@ -381,9 +383,32 @@ impl QueueIndex {
     ) -> Result<(), Expired> {
         self.check(id, attempt, now)?;
         let l = self.leased.get_mut(&id).ok_or(Expired)?;
-        l.deadline = now + by;
+        l.deadline = deadline_after(now, by);
         self.deadlines.push(Reverse((l.deadline, id, attempt)));
         self.compact_deadlines();
+        Ok(())
+    }
+
+    /// Moves the deadline of a lease to `now + by` unless it is already later: a keep-alive
+    /// never shortens a lease its holder extended. A deadline past what an `Instant` holds
+    /// leaves the lease as it is.
+    pub(crate) fn renew(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        now: Instant,
+        by: Duration,
+    ) -> Result<(), Expired> {
+        self.check(id, attempt, now)?;
+        let l = self.leased.get_mut(&id).ok_or(Expired)?;
+        match now.checked_add(by) {
+            Some(deadline) if deadline > l.deadline => {
+                l.deadline = deadline;
+                self.deadlines.push(Reverse((deadline, id, attempt)));
+                self.compact_deadlines();
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -699,6 +724,28 @@ mod tests {
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(105)));
         assert_eq!(q.expire(t0 + Duration::from_millis(106)), 1);
         assert_eq!(q.next_deadline(), None);
+    }
+
+    #[test]
+    fn renew_moves_the_deadline_later_never_earlier() {
+        let mut q = QueueIndex::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        q.insert(1, entry(0), 0);
+        lease_next(&mut q, t0, ms(10)).unwrap();
+        q.renew(1, 1, t0 + ms(5), ms(10)).unwrap();
+        assert_eq!(q.next_deadline(), Some(t0 + ms(15)));
+        // The holder extended it further: a renewal for less leaves it.
+        q.extend(1, 1, t0 + ms(6), ms(100)).unwrap();
+        q.renew(1, 1, t0 + ms(7), ms(10)).unwrap();
+        assert_eq!(q.next_deadline(), Some(t0 + ms(106)));
+        // Past what an `Instant` holds: unchanged, no panic.
+        q.renew(1, 1, t0 + ms(8), Duration::MAX).unwrap();
+        assert_eq!(q.next_deadline(), Some(t0 + ms(106)));
+        // A lapsed lease is not brought back.
+        assert_eq!(q.renew(1, 1, t0 + ms(106), ms(10)), Err(Expired));
+        assert_eq!(q.renew(1, 2, t0, ms(10)), Err(Expired));
+        assert_eq!(q.ready_len(), 1);
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl NackOptions {
         Self::default()
     }
 
-    /// Retry after this delay instead of the queue's backoff.
+    /// Retry after this delay instead of the queue's backoff (`Duration::MAX`: never; the
+    /// message stays delayed, across restarts too).
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = Some(d);
         self
@@ -215,7 +216,8 @@ impl Delivery {
         self.settle(Settle::Release, Some(d))
     }
 
-    /// Extends the lease to `by` from now.
+    /// Extends the lease to `by` from now: `Duration::ZERO` ends it now (the message is ready
+    /// again), a century or more (`Duration::MAX`) never ends while the store is open.
     ///
     /// # Errors
     /// [`Error::LeaseExpired`] if the lease already ran out; [`Error::Closed`];
@@ -230,6 +232,21 @@ impl Delivery {
         // A shorter lease may end before the wake time of blocked pops: let them look again.
         q.notify_all();
         Ok(())
+    }
+
+    /// Renews the lease for the queue's visibility timeout from now, unless it already runs
+    /// longer, and returns that timeout: the [`Worker`](crate::Worker)'s keep-alive. Like
+    /// `extend` it changes only the in-memory index, no log record.
+    pub(crate) fn renew(&self) -> Result<Duration> {
+        let shared = &self.core.shared;
+        let mut g = shared.state.lock();
+        g.check()?;
+        let q = &mut g.queues[self.queue as usize];
+        let visibility = q.config.visibility_timeout.unwrap_or(shared.opts.visibility_timeout);
+        q.index
+            .renew(self.id, self.attempt, shared.opts.clock.now(), visibility)
+            .map_err(|_| Error::LeaseExpired)?;
+        Ok(visibility)
     }
 
     /// Stages the settlement record; `None` durability means "drop": no waiting at all.

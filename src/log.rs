@@ -121,8 +121,9 @@ impl Log {
     }
 
     /// Removes from the set, oldest first, the segments that may be deleted now that the log is
-    /// durable up to `durable`; the caller deletes their files.
-    pub(crate) fn take_deletable(&mut self, durable: u64) -> Vec<Arc<Segment>> {
+    /// durable up to `durable`; the caller deletes their files (or puts them back with
+    /// `restore`).
+    pub(crate) fn take_deletable(&mut self, durable: u64) -> Vec<SegInfo> {
         let mut out = Vec::new();
         if self.deleting {
             return out;
@@ -140,10 +141,17 @@ impl Log {
                 break;
             }
             if let Some((_, s)) = self.segments.pop_first() {
-                out.push(s.seg);
+                out.push(s);
             }
         }
         out
+    }
+
+    /// Puts back segments taken by `take_deletable` that could not be deleted now.
+    pub(crate) fn restore(&mut self, taken: Vec<SegInfo>) {
+        for s in taken {
+            self.segments.insert(s.seg.base, s);
+        }
     }
 
     /// Whether the oldest segment is settled and waits only for the log to become durable

@@ -118,7 +118,7 @@ pub(crate) fn read(
 pub(crate) const LEN: u64 = 2 * SLOT as u64;
 
 pub(crate) fn wrong_len(path: &Path, len: u64) -> Error {
-    corrupt(path, 0, format!("mark file of {len} bytes, not {LEN}"))
+    corrupt(path, 0, format!("mark file of {len} bytes, not {LEN}: it was truncated or replaced"))
 }
 
 /// The newest valid slot of the mark file `bytes` read from `path`, which must belong to
@@ -137,10 +137,18 @@ pub(crate) fn parse(bytes: &[u8], path: &Path, store_id: Option<u128>) -> Result
             }
         }
         (Some(m), None) | (None, Some(m)) => m,
-        (None, None) => return Err(corrupt(path, 0, "both slots of the mark are damaged")),
+        (None, None) => {
+            let why =
+                "both slots of the mark fail their checksum: the file was damaged or replaced";
+            return Err(corrupt(path, 0, why));
+        }
     };
     if store_id.is_some_and(|id| id != newest.store_id) {
-        return Err(corrupt(path, 0, "the mark belongs to another store"));
+        return Err(corrupt(
+            path,
+            0,
+            "the mark belongs to another store: its store id is not the one in the segments",
+        ));
     }
     Ok(newest)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::record::{PUSH_EX_OVERHEAD, SEAL_LEN};
+use crate::record::{PUSH_EX_OVERHEAD, TAIL_RESERVE};
 use crate::segment::HEADER_LEN;
 use crate::Wharf;
 
@@ -23,7 +23,8 @@ pub enum Durability {
     /// The call returns at once; a background thread writes and `fdatasync`s at most this long
     /// after. A power loss or a crash loses at most the last interval's records. The default
     /// for acks, nacks and delivery records (10 ms): a lost ack only means a redelivery, which
-    /// at-least-once delivery allows.
+    /// at-least-once delivery allows. An interval of a century or more (`Duration::MAX`) never
+    /// comes: the records are synced by a later `Immediate` call, [`Wharf::sync`] or the close.
     Interval(Duration),
     /// The call returns at once; the record is handed to the OS within a few milliseconds (or
     /// when 1 MiB is staged) and never `fdatasync`ed by this call. Survives a process crash once
@@ -143,7 +144,7 @@ impl Options {
     /// A payload may take at most half a segment, so a segment's preamble always fits beside it.
     fn largest_payload_that_fits(&self) -> usize {
         let usable =
-            self.segment_bytes / 2 - HEADER_LEN - SEAL_LEN as u64 - PUSH_EX_OVERHEAD as u64;
+            self.segment_bytes / 2 - HEADER_LEN - TAIL_RESERVE as u64 - PUSH_EX_OVERHEAD as u64;
         usize::try_from(usable).unwrap_or(usize::MAX)
     }
 }
@@ -199,7 +200,8 @@ impl WharfBuilder {
     }
 
     /// How long a popped message stays hidden from other consumers before it is delivered
-    /// again if not settled (default 30 s).
+    /// again if not settled (default 30 s). Not zero; a century or more (`Duration::MAX`) is a
+    /// lease that never runs out while the store is open.
     pub fn visibility_timeout(mut self, d: Duration) -> Self {
         self.opts.visibility_timeout = d;
         self
@@ -249,7 +251,7 @@ impl WharfBuilder {
     }
 
     /// Take a checkpoint at least this often while the log moves (default 30 s); `None` only
-    /// by bytes and on demand.
+    /// by bytes and on demand. Not zero; `Some(Duration::MAX)` is as `None`.
     pub fn checkpoint_interval(mut self, every: Option<Duration>) -> Self {
         self.opts.checkpoint_interval = every;
         self

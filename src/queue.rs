@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, MutexGuard};
 
 use crate::checkpoint::CheckpointReport;
-use crate::clock::{from_unix_ms, millis, unix_ms};
+use crate::clock::{deadline_after, from_unix_ms, millis, unix_ms};
 use crate::commit::{Room, Stats};
 use crate::config::{OnExpiry, Overflow, QueueConfig};
 use crate::error::{Error, Result};
@@ -100,14 +100,15 @@ impl PushOptions {
     }
 
     /// Invisible until this long from now (by the store's wall clock; the due time is stored,
-    /// so it holds across restarts).
+    /// so it holds across restarts). `Duration::MAX` is never: the stored due time saturates,
+    /// some 584 million years away.
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = Some(d);
         self.not_before = None;
         self
     }
 
-    /// Invisible until this wall-clock time.
+    /// Invisible until this wall-clock time (a time before the Unix epoch is now).
     pub fn not_before(mut self, t: SystemTime) -> Self {
         self.not_before = Some(t);
         self.delay = None;
@@ -122,7 +123,8 @@ impl PushOptions {
     }
 
     /// Never delivered once this long has passed since the push: it is dropped or
-    /// dead-lettered instead, as the queue's [`OnExpiry`] says. Overrides the queue's TTL.
+    /// dead-lettered instead, as the queue's [`OnExpiry`] says. Overrides the queue's TTL. A
+    /// TTL under a millisecond has run out at once; `Duration::MAX` never does.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self.expires_at = None;
@@ -130,7 +132,8 @@ impl PushOptions {
     }
 
     /// Never delivered after this wall-clock time: [`PushOptions::ttl`] as a point in time
-    /// (kept to the millisecond), for a message moved from another store with its expiry.
+    /// (kept to the millisecond), for a message moved from another store with its expiry. A
+    /// time at or before the Unix epoch has passed already.
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -150,7 +153,7 @@ impl PushOptions {
 
     /// When the store is full ([`Error::Full`] past its quota, or [`Error::NoSpace`] from the
     /// disk), wait up to `timeout` for room (acked segments being deleted) instead of failing
-    /// at once.
+    /// at once; `Duration::MAX` waits as long as it takes.
     pub fn wait_for_space(mut self, timeout: Duration) -> Self {
         self.wait_for_space = Some(timeout);
         self
@@ -274,7 +277,8 @@ impl Wharf {
     /// # Errors
     /// [`Error::Locked`] if another handle has `dir` open; [`Error::Corrupted`] (naming the file
     /// and offset) for damage below the durable end of the log; [`Error::UnsupportedVersion`],
-    /// [`Error::ForeignSegment`]; [`Error::Io`].
+    /// [`Error::ForeignSegment`]; [`Error::Io`], of kind `NotADirectory` if `dir` or one of its
+    /// parents is a file.
     pub fn open(dir: impl AsRef<Path>) -> Result<Wharf> {
         Wharf::builder().open(dir)
     }
@@ -547,7 +551,7 @@ impl Queue {
             return Err(Error::PayloadTooLarge { len: p.as_ref().len(), max });
         }
         let durability = opts.durability.unwrap_or(shared.opts.push_durability);
-        let space_deadline = opts.wait_for_space.and_then(|d| Instant::now().checked_add(d));
+        let space_deadline = opts.wait_for_space.map(|d| deadline_after(Instant::now(), d));
         let q = self.id as usize;
         let mut g = shared.state.lock();
         let ids = loop {
@@ -603,6 +607,8 @@ impl Queue {
             for _ in 0..victims {
                 lens.extend(jobs::dead_letter_lens(&g, self.id, ""));
             }
+            // Several records are one group, all kept by a crash or none.
+            let grouped = payloads.len() > 1 || (victims > 0 && !payloads.is_empty());
             match jobs::room(shared, &mut g, &lens, Room::Push) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -630,24 +636,12 @@ impl Queue {
                 }
                 Err(e) => return Err(e),
             }
-            for _ in 0..victims {
-                let Some(victim) = g.queues[q].index.oldest_waiting() else { break };
-                if let Some(entry) = g.queues[q].index.remove(victim) {
-                    jobs::dead_letter(
-                        shared,
-                        &mut g,
-                        self.id,
-                        victim,
-                        entry,
-                        DeadReason::Overflow,
-                        "",
-                    )?;
-                }
+            if grouped {
+                g.wal.begin_group();
             }
-            let mut ids = Vec::with_capacity(payloads.len());
-            for p in &payloads {
-                ids.push(MessageId(self.stage_push(&mut g, p.as_ref(), &plan, key)?));
-            }
+            let staged = self.stage_group(&mut g, &payloads, &plan, key, victims);
+            g.wal.end_group();
+            let ids = staged?;
             if !key.is_empty() {
                 if let Some(id) = ids.first() {
                     let until = now_ms.saturating_add(window);
@@ -664,6 +658,34 @@ impl Queue {
         };
         let end = g.wal.next_lsn;
         shared.commit(&mut g, end, durability)?;
+        Ok(ids)
+    }
+
+    /// Stages what one push call writes (room was made): the dead-lettering of `victims`
+    /// oldest waiting messages, then a push record per payload; returns their ids. In a group
+    /// (`Wal::begin_group`), the last push closes it.
+    fn stage_group<P: AsRef<[u8]>>(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        payloads: &[P],
+        plan: &Planned,
+        key: &[u8],
+        victims: usize,
+    ) -> Result<Vec<MessageId>> {
+        let (shared, q) = (&self.core.shared, self.id as usize);
+        for _ in 0..victims {
+            let Some(victim) = g.queues[q].index.oldest_waiting() else { break };
+            if let Some(entry) = g.queues[q].index.remove(victim) {
+                jobs::dead_letter(shared, g, self.id, victim, entry, DeadReason::Overflow, "")?;
+            }
+        }
+        let mut ids = Vec::with_capacity(payloads.len());
+        for (i, p) in payloads.iter().enumerate() {
+            if i + 1 == payloads.len() {
+                g.wal.end_group();
+            }
+            ids.push(MessageId(self.stage_push(g, p.as_ref(), plan, key)?));
+        }
         Ok(ids)
     }
 
@@ -719,16 +741,18 @@ impl Queue {
         self.pop_one_until(None)?.ok_or(Error::Closed)
     }
 
-    /// Pops the next ready message, waiting at most `timeout`; `Ok(None)` if none came.
+    /// Pops the next ready message, waiting at most `timeout`; `Ok(None)` if none came. A
+    /// timeout too long to add to the clock (such as `Duration::MAX`) waits as long as it takes.
     ///
     /// # Errors
     /// As [`Queue::try_pop`].
     pub fn pop_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
-        self.pop_one_until(Some(self.core.shared.opts.clock.now() + timeout))
+        self.pop_one_until(Some(deadline_after(self.core.shared.opts.clock.now(), timeout)))
     }
 
     /// Pops up to `max` messages: waits at most `timeout` for the first, then takes whatever
-    /// else is ready at that moment. An empty vector means none came in time.
+    /// else is ready at that moment. An empty vector means none came in time. As for
+    /// [`Queue::pop_timeout`], `Duration::MAX` waits as long as it takes.
     ///
     /// # Errors
     /// As [`Queue::try_pop`].
@@ -736,7 +760,7 @@ impl Queue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.pop_many_until(Some(self.core.shared.opts.clock.now() + timeout), max)
+        self.pop_many_until(Some(deadline_after(self.core.shared.opts.clock.now(), timeout)), max)
     }
 
     /// How many messages are ready, delayed and in flight.
@@ -1142,9 +1166,9 @@ impl Queue {
             if deadline.is_some_and(|d| d <= now) {
                 return Ok(None);
             }
-            let due = index
-                .next_due()
-                .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
+            let due = index.next_due().map(|due| {
+                deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+            });
             let wake = [deadline, index.next_deadline(), due].into_iter().flatten().min();
             match wake {
                 // A duration on the store's clock, slept in real time: a manual clock that

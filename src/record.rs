@@ -12,7 +12,8 @@
 //! 16     4    synced   lsn minus the log's durable end when the record was staged
 //!                      (u32::MAX: unknown); tells a torn tail from mid-log damage
 //! 20     1    kind     see `Kind`
-//! 21     3    reserved zero
+//! 21     1    flags    bit 0 `MORE`: the record is not the last of its group (format 3)
+//! 22     2    reserved zero
 //! 24     ...  body     by kind, below
 //! ```
 //!
@@ -22,7 +23,13 @@
 //! key length u16, not-before u64, expires u64, pushed u64 (Unix ms, 0 = none), key, payload;
 //! `Retry` = queue u32, id u64, due u64 (Unix ms), error text; `DeadLetter` = queue u32, id u64,
 //! to u32, reason u8, zero ×3, error text; `Requeue` = queue u32, id u64, to u32; `Config` =
-//! queue u32, config bytes (`config.rs`).
+//! queue u32, config bytes (`config.rs`); `Anchor` = start u64, checkpoint u64.
+//!
+//! A group is a run of records written by one call as one step (a batch of pushes, the
+//! dead letters a full queue makes room with and the push that needed the room): each record
+//! of it but the last carries `MORE`. Replay applies a group only once its last record is
+//! read, so a crash keeps all of it or none (`recovery::Group`); a seal and the next segment's
+//! preamble may come between its records.
 
 /// Bytes of the fixed record header.
 pub(crate) const RECORD_HEADER_LEN: usize = 24;
@@ -32,6 +39,14 @@ pub(crate) const PUSH_OVERHEAD: usize = RECORD_HEADER_LEN + 12;
 pub(crate) const PUSH_EX_OVERHEAD: usize = RECORD_HEADER_LEN + 40;
 /// Bytes of a `Seal` record.
 pub(crate) const SEAL_LEN: usize = RECORD_HEADER_LEN;
+/// Bytes of an `Anchor` record.
+pub(crate) const ANCHOR_LEN: usize = RECORD_HEADER_LEN + 16;
+/// Bytes every segment keeps free at its end for the records that must always fit: its `Seal`,
+/// and the `Anchor` that must be durable before a settled segment is deleted (deleting is what
+/// makes room on a full disk, so it must never wait for room itself).
+pub(crate) const TAIL_RESERVE: usize = SEAL_LEN + ANCHOR_LEN;
+/// Flag bit: the record is not the last of its group.
+const MORE: u8 = 1;
 
 /// The type of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +63,28 @@ pub(crate) enum Kind {
     DeadLetter = 10,
     Requeue = 11,
     Config = 12,
+    Anchor = 13,
 }
 
 impl Kind {
+    /// The kind in words, for error messages.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Push | Kind::PushEx => "push",
+            Kind::Ack => "ack",
+            Kind::Deliver => "delivery",
+            Kind::Nack => "release",
+            Kind::Queue => "queue catalog",
+            Kind::Epoch => "epoch",
+            Kind::Seal => "seal",
+            Kind::Retry => "retry",
+            Kind::DeadLetter => "dead-letter",
+            Kind::Requeue => "requeue",
+            Kind::Config => "queue config",
+            Kind::Anchor => "anchor",
+        }
+    }
+
     fn from_u8(b: u8) -> Option<Kind> {
         Some(match b {
             1 => Kind::Push,
@@ -65,6 +99,7 @@ impl Kind {
             10 => Kind::DeadLetter,
             11 => Kind::Requeue,
             12 => Kind::Config,
+            13 => Kind::Anchor,
             _ => return None,
         })
     }
@@ -136,6 +171,13 @@ pub(crate) enum Body<'a> {
         queue: u32,
         config: &'a [u8],
     },
+    /// Where the log must start (the base of its oldest segment: none below it may be
+    /// missing) and the checkpoint the state database holds at least. Every segment's preamble
+    /// states it, and so does a record made durable before segments are deleted.
+    Anchor {
+        start: u64,
+        checkpoint: u64,
+    },
 }
 
 impl Body<'_> {
@@ -150,7 +192,11 @@ impl Body<'_> {
             | Body::Retry { id, .. }
             | Body::DeadLetter { id, .. }
             | Body::Requeue { id, .. } => Some(id),
-            Body::Epoch { .. } | Body::Queue { .. } | Body::Config { .. } | Body::Seal => None,
+            Body::Epoch { .. }
+            | Body::Queue { .. }
+            | Body::Config { .. }
+            | Body::Anchor { .. }
+            | Body::Seal => None,
         }
     }
 
@@ -168,6 +214,7 @@ impl Body<'_> {
             Body::DeadLetter { .. } => Kind::DeadLetter,
             Body::Requeue { .. } => Kind::Requeue,
             Body::Config { .. } => Kind::Config,
+            Body::Anchor { .. } => Kind::Anchor,
         }
     }
 
@@ -194,6 +241,7 @@ impl Body<'_> {
                 Body::DeadLetter { error, .. } => 20 + error.len(),
                 Body::Requeue { .. } => 16,
                 Body::Config { config, .. } => 4 + config.len(),
+                Body::Anchor { .. } => 16,
             }
     }
 }
@@ -205,6 +253,8 @@ pub(crate) struct Record<'a> {
     pub len: usize,
     /// The log's durable end when this record was staged (0 when unknown).
     pub synced: u64,
+    /// The record is not the last of its group (see the module docs).
+    pub more: bool,
     pub body: Body<'a>,
 }
 
@@ -235,9 +285,89 @@ impl DecodeError {
     }
 }
 
+/// Why the bytes at log position `lsn` are not a valid record, naming the check that failed and
+/// the values found: a zero length, a length past the end of the segment (`room`: the bytes
+/// left in it from `lsn`) or below a header's, a checksum mismatch (and whether the header
+/// still reads as one written for this position, which places the damage in the body), an
+/// intact record written for another position, or an unknown kind. `bytes` holds at least the
+/// record's header when the segment has one, as many bytes as its length field claims if it
+/// has them. Never panics.
+pub(crate) fn explain(bytes: &[u8], lsn: u64, room: usize) -> String {
+    let at = format!("the record at log position {lsn}");
+    let Some(len) = u32_at(bytes, 0) else {
+        return format!("{at} is cut: the segment ends {room} bytes into its header");
+    };
+    let len = len as usize;
+    let kind = bytes.get(20).copied();
+    let named = kind.and_then(Kind::from_u8).map(Kind::name);
+    match decode(bytes, lsn) {
+        Ok(_) => format!("{at} is valid when read again (it changed while it was read)"),
+        Err(DecodeError::Zero) => {
+            format!("{at} is missing: its length field is zero, as in space never written")
+        }
+        Err(DecodeError::Malformed) if len < RECORD_HEADER_LEN => format!(
+            "{at} has a length field of {len} bytes, shorter than a record header \
+             ({RECORD_HEADER_LEN}): its header is damaged"
+        ),
+        Err(DecodeError::Truncated) => format!(
+            "{at} has a length field of {len} bytes, past the end of its segment ({room} bytes \
+             left): its length field is damaged"
+        ),
+        Err(DecodeError::BadChecksum) => {
+            let rec = bytes.get(..len).unwrap_or(bytes);
+            let stored = u32_at(rec, 4).unwrap_or(0);
+            let computed = checksum(rec);
+            let found_lsn = u64_at(rec, 8);
+            let reserved_zero = matches!(rec.get(21..24), Some([0 | MORE, 0, 0]));
+            let mismatch = format!(
+                "checksum mismatch in {at} ({len} bytes by its length field): it stores \
+                 {stored:08x}, its bytes give {computed:08x}"
+            );
+            match (found_lsn, &named) {
+                (Some(l), Some(k)) if l == lsn && reserved_zero => format!(
+                    "{mismatch}; its header looks intact (kind {k}, written for this \
+                     position), so the damage is in its body or payload"
+                ),
+                (Some(l), _) if l != lsn => format!(
+                    "{mismatch}; its header is damaged too (its position field says {l}), or \
+                     other bytes were written over it"
+                ),
+                _ => format!("{mismatch}; its header is damaged too (kind or reserved bytes)"),
+            }
+        }
+        Err(DecodeError::WrongPosition) => format!(
+            "{at} is intact but was written for log position {}: a misdirected write, or bytes \
+             copied from elsewhere",
+            u64_at(bytes, 8).unwrap_or(0)
+        ),
+        Err(DecodeError::Malformed) => match (kind, named) {
+            (Some(k), None) => format!(
+                "{at} passes its checksum but has the unknown kind {k} (written by a newer \
+                 version?)"
+            ),
+            (_, Some(k)) => format!(
+                "{at} passes its checksum but is not a valid record of kind {k} ({len} bytes, \
+                 or unknown flags or reserved bytes not zero)"
+            ),
+            (None, None) => format!("{at} passes its checksum but is malformed"),
+        },
+    }
+}
+
 /// Appends the encoding of `body`, placed at log position `lsn`, to `out`.
 /// `durable` is the log's durable end at the time of staging (at most `lsn`).
 pub(crate) fn encode(out: &mut Vec<u8>, lsn: u64, durable: u64, body: &Body<'_>) {
+    encode_in_group(out, lsn, durable, body, false);
+}
+
+/// [`encode`], with `more` set when the record is not the last of its group.
+pub(crate) fn encode_in_group(
+    out: &mut Vec<u8>,
+    lsn: u64,
+    durable: u64,
+    body: &Body<'_>,
+    more: bool,
+) {
     let start = out.len();
     let len = body.encoded_len();
     let synced = u32::try_from(lsn.saturating_sub(durable)).unwrap_or(u32::MAX);
@@ -246,7 +376,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, lsn: u64, durable: u64, body: &Body<'_>)
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&synced.to_le_bytes());
     out.push(body.kind() as u8);
-    out.extend_from_slice(&[0; 3]);
+    out.extend_from_slice(&[if more { MORE } else { 0 }, 0, 0]);
     match *body {
         Body::Push { queue, id, payload } => {
             out.extend_from_slice(&queue.to_le_bytes());
@@ -302,6 +432,10 @@ pub(crate) fn encode(out: &mut Vec<u8>, lsn: u64, durable: u64, body: &Body<'_>)
             out.extend_from_slice(&queue.to_le_bytes());
             out.extend_from_slice(config);
         }
+        Body::Anchor { start, checkpoint } => {
+            out.extend_from_slice(&start.to_le_bytes());
+            out.extend_from_slice(&checkpoint.to_le_bytes());
+        }
     }
     let rec = &mut out[start..];
     let crc = checksum(rec);
@@ -352,9 +486,11 @@ pub(crate) fn decode(bytes: &[u8], lsn: u64) -> Result<Record<'_>, DecodeError> 
     let synced =
         if synced_delta == u32::MAX { 0 } else { lsn.saturating_sub(u64::from(synced_delta)) };
     let kind = rec.get(20).copied().and_then(Kind::from_u8).ok_or(DecodeError::Malformed)?;
-    if rec.get(21..24) != Some(&[0, 0, 0][..]) {
-        return Err(DecodeError::Malformed);
-    }
+    let more = match rec.get(21..24) {
+        Some([0, 0, 0]) => false,
+        Some([MORE, 0, 0]) if kind != Kind::Seal => true,
+        _ => return Err(DecodeError::Malformed),
+    };
     let body = rec.get(RECORD_HEADER_LEN..).ok_or(DecodeError::Truncated)?;
     let queue = u32_at(body, 0);
     let id = u64_at(body, 4);
@@ -452,8 +588,17 @@ pub(crate) fn decode(bytes: &[u8], lsn: u64) -> Result<Record<'_>, DecodeError> 
             queue: queue.ok_or(DecodeError::Malformed)?,
             config: body.get(4..).ok_or(DecodeError::Malformed)?,
         },
+        Kind::Anchor => {
+            if body.len() != 16 {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Anchor {
+                start: u64_at(body, 0).ok_or(DecodeError::Malformed)?,
+                checkpoint: u64_at(body, 8).ok_or(DecodeError::Malformed)?,
+            }
+        }
     };
-    Ok(Record { len, synced, body })
+    Ok(Record { len, synced, more, body })
 }
 
 #[cfg(test)]
@@ -495,6 +640,8 @@ mod tests {
             Body::DeadLetter { queue: 2, id: 3, to: 4, reason: 2, error: b"boom" },
             Body::Requeue { queue: 4, id: 3, to: 2 },
             Body::Config { queue: 1, config: b"\x01abc" },
+            Body::Anchor { start: 1 << 26, checkpoint: 3 << 26 },
+            Body::Anchor { start: 0, checkpoint: u64::MAX },
         ]
     }
 
@@ -508,6 +655,28 @@ mod tests {
             assert_eq!(rec.body, body);
             assert_eq!(rec.len, buf.len());
             assert_eq!(rec.synced, 1000);
+            assert!(!rec.more);
+            if body != Body::Seal {
+                let mut grouped = Vec::new();
+                encode_in_group(&mut grouped, 4096, 1000, &body, true);
+                let rec = decode(&grouped, 4096).unwrap();
+                assert_eq!((rec.body, rec.more), (body, true));
+            }
+        }
+    }
+
+    #[test]
+    fn a_seal_never_belongs_to_a_group_and_unknown_flags_are_refused() {
+        let mut buf = Vec::new();
+        encode_in_group(&mut buf, 64, 64, &Body::Seal, true);
+        assert_eq!(decode(&buf, 64), Err(DecodeError::Malformed));
+        for flags in [2u8, 0x80, 0xff] {
+            let mut buf = Vec::new();
+            encode(&mut buf, 64, 64, &Body::Ack { queue: 1, id: 2 });
+            buf[21] = flags;
+            let crc = checksum(&buf);
+            buf[4..8].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode(&buf, 64), Err(DecodeError::Malformed), "flags {flags:#x}");
         }
     }
 
@@ -539,6 +708,39 @@ mod tests {
         let mut buf = Vec::new();
         encode(&mut buf, 100, 0, &Body::Seal);
         assert_eq!(decode(&buf, 101), Err(DecodeError::WrongPosition));
+    }
+
+    #[test]
+    fn explain_names_the_check_that_failed() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 4096, 0, &Body::Push { queue: 1, id: 1, payload: &[7; 100] });
+        let n = buf.len();
+        let say = |b: &[u8], lsn: u64| explain(b, lsn, b.len());
+        assert!(say(&[0; 64], 4096).contains("length field is zero"));
+        assert!(say(&buf[..2], 4096).contains("ends 2 bytes into its header"));
+        // A flip in the payload: the header still reads as a push written here.
+        let mut bad = buf.clone();
+        bad[n - 3] ^= 1;
+        let why = say(&bad, 4096);
+        assert!(why.contains("checksum mismatch") && why.contains("in its body"), "{why}");
+        // A flip in the position field: the header is damaged.
+        let mut bad = buf.clone();
+        bad[9] ^= 1;
+        let why = say(&bad, 4096);
+        assert!(why.contains("checksum mismatch") && why.contains("position field"), "{why}");
+        // Intact, read at another position.
+        let why = say(&buf, 8192);
+        assert!(why.contains("written for log position 4096"), "{why}");
+        // A length past the end, and below a header's.
+        let mut bad = buf.clone();
+        bad[..4].copy_from_slice(&100_000u32.to_le_bytes());
+        assert!(say(&bad, 4096).contains("100000 bytes, past the end"), "{}", say(&bad, 4096));
+        bad[..4].copy_from_slice(&5u32.to_le_bytes());
+        assert!(say(&bad, 4096).contains("shorter than a record header"));
+        // Never panics on any prefix or flip.
+        for cut in 0..n {
+            assert!(!say(&buf[..cut], 4096).is_empty());
+        }
     }
 
     #[test]

@@ -120,33 +120,103 @@ pub(crate) fn record_at(img: &mut impl Image, off: usize) -> Result<&[u8]> {
     img.at(off, (len as usize).max(RECORD_HEADER_LEN))
 }
 
+/// A group of records being read (`record::Record::more`): its records are handed over only
+/// when its last one is read, so a crash keeps a group whole or not at all. A group whose last
+/// record never came is void once a new epoch begins (the next open writes one before anything
+/// else) and is never handed over.
+#[derive(Default)]
+pub(crate) struct Group {
+    /// Records of the group in earlier segments (it spans a roll), copied: (base of their
+    /// segment, position, bytes).
+    carried: Vec<(u64, u64, Vec<u8>)>,
+    /// Records of the group in the segment being read: (position, offset in its image).
+    here: Vec<(u64, usize)>,
+    /// The epoch of the records being read.
+    epoch: u32,
+}
+
+impl Group {
+    /// Whether the log read so far ends inside a group.
+    pub(crate) fn unfinished(&self) -> bool {
+        !self.carried.is_empty() || !self.here.is_empty()
+    }
+}
+
 /// Walks the records of a segment image whose first byte is log position `base`, handing each
-/// to `apply` with its position.
+/// to `apply` with the base of its segment and its position; the records of a group only once
+/// it is whole (see [`Group`], which carries a group from one segment to the next, so the base
+/// may be an earlier segment's).
 pub(crate) fn scan(
     img: &mut impl Image,
     base: u64,
     until: u64,
-    mut apply: impl FnMut(u64, &record::Record<'_>) -> Result<()>,
+    group: &mut Group,
+    mut apply: impl FnMut(u64, u64, &record::Record<'_>) -> Result<()>,
 ) -> Result<End> {
     let mut off = HEADER_LEN as usize;
-    loop {
+    let end = loop {
         let lsn = base + off as u64;
         if lsn >= until {
             // Past what this process knows to be durable after a failed sync: cut as torn.
-            return Ok(End::Open { at: lsn, why: DecodeError::Zero });
+            break End::Open { at: lsn, why: DecodeError::Zero };
         }
         let rest = record_at(img, off)?;
-        match record::decode(rest, lsn) {
-            Ok(rec) => {
-                apply(lsn, &rec)?;
-                if rec.body == Body::Seal {
-                    return Ok(End::Sealed);
-                }
-                off += rec.len;
+        let rec = match record::decode(rest, lsn) {
+            Ok(rec) => rec,
+            Err(why) => break End::Open { at: lsn, why },
+        };
+        let len = rec.len;
+        if let Body::Epoch { epoch } = rec.body {
+            if epoch > group.epoch {
+                // A new run: a group the last one left unfinished is void.
+                group.epoch = epoch;
+                group.carried.clear();
+                group.here.clear();
             }
-            Err(why) => return Ok(End::Open { at: lsn, why }),
         }
+        let closes = rec.body.message_id().is_some();
+        if rec.more || (closes && group.unfinished()) {
+            group.here.push((lsn, off));
+            off += len;
+            if !rec.more {
+                // The group is whole: hand it over, each record read again.
+                for (from, at, bytes) in std::mem::take(&mut group.carried) {
+                    apply(from, at, &decode_again(&bytes, at)?)?;
+                }
+                for (at, from) in std::mem::take(&mut group.here) {
+                    apply(base, at, &decode_again(record_at(img, from)?, at)?)?;
+                }
+            }
+            continue;
+        }
+        // Not part of a group (a seal or a preamble may come between a group's records).
+        apply(base, lsn, &rec)?;
+        if rec.body == Body::Seal {
+            break End::Sealed;
+        }
+        off += len;
+    };
+    // The group goes on in the next segment (or the log ends inside it): keep its records.
+    for (at, from) in std::mem::take(&mut group.here) {
+        let bytes = record_at(img, from)?.to_vec();
+        group.carried.push((base, at, bytes));
     }
+    Ok(end)
+}
+
+/// The file of the segment based at `base` (one of `segs`).
+fn path_of(segs: &[Arc<Segment>], base: u64) -> &Path {
+    segs.iter().find(|s| s.base == base).map_or(Path::new("log"), |s| &s.path)
+}
+
+/// Decodes a record that decoded before (a group's, read again when it is whole).
+fn decode_again(bytes: &[u8], lsn: u64) -> Result<record::Record<'_>> {
+    record::decode(bytes, lsn).map_err(|why| {
+        Error::Io(std::io::Error::other(format!(
+            "the record at log position {lsn} changed while it was read: {}",
+            why.describe()
+        )))
+    })
 }
 
 /// A valid record past `at` that was staged after `at` was already durable: proof that the
@@ -212,6 +282,27 @@ pub(crate) fn judge_end(
     Ok(Ending::Torn { dirty: dirty.map(|last| last as u64 + 1) })
 }
 
+/// Why the bytes at log position `at` of a segment image based at `base` are not a record, in
+/// words that name the check that failed (`record::explain`).
+pub(crate) fn explain_at(img: &mut impl Image, base: u64, at: u64) -> String {
+    let off = usize::try_from(at - base).unwrap_or(usize::MAX);
+    let room = img.len().saturating_sub(off);
+    match record_at(img, off) {
+        Ok(rec) => record::explain(rec, at, room),
+        Err(e) => format!("the record at log position {at} cannot be read: {e}"),
+    }
+}
+
+/// Why the end of the records at `at`, before valid records that were written after it was
+/// durable, is damage and not a torn write.
+pub(crate) fn damaged(img: &mut impl Image, base: u64, at: u64) -> String {
+    format!(
+        "{}; valid records follow it that were written after it was durable, so this is damage, \
+         not a torn write",
+        explain_at(img, base, at)
+    )
+}
+
 /// Why a log that ends at `at` is damaged when a clean close found it durable up to `mark_end`.
 pub(crate) fn below_mark(at: u64, mark_end: u64) -> String {
     format!(
@@ -247,6 +338,51 @@ pub(crate) struct Replay {
     /// its segment may go (as `Log::note_record` finds them): a push with a dedup key, or a
     /// record about a relocated message. `u64::MAX` if none.
     first_sensitive: u64,
+    /// The latest anchor of the log (`Body::Anchor`): where it must start, and the checkpoint
+    /// the state database must hold at least; `None` in a log written before anchors.
+    pub anchor: Option<Anchor>,
+}
+
+/// What the anchors of a log say (the highest of each field).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    pub start: u64,
+    pub checkpoint: u64,
+}
+
+impl Anchor {
+    /// The damage, if the log's segments (the oldest based at `first`, if any) and the state
+    /// database (its checkpoint `checkpoint`) do not match what the log's anchors say: a
+    /// missing oldest segment, or a state database older than the log's last checkpoint.
+    pub(crate) fn check(
+        &self,
+        log_dir: &Path,
+        first: Option<u64>,
+        state_file: &Path,
+        checkpoint: u64,
+    ) -> Option<Corruption> {
+        if let Some(first) = first.filter(|&f| f > self.start) {
+            return Some(Corruption {
+                file: log_dir.join(segment::file_name(self.start)),
+                offset: 0,
+                reason: format!(
+                    "segment file missing: the log must start at position {}, but its oldest \
+                     segment starts at {first}",
+                    self.start
+                ),
+            });
+        }
+        (checkpoint < self.checkpoint).then(|| Corruption {
+            file: state_file.to_owned(),
+            offset: 0,
+            reason: format!(
+                "the state database is missing or older than the log: it covers the log up to \
+                 position {checkpoint}, but the log recorded a checkpoint up to {} (a lost file \
+                 or a stale copy)",
+                self.checkpoint
+            ),
+        })
+    }
 }
 
 impl Replay {
@@ -394,6 +530,11 @@ impl Replay {
                 if let Some(c) = self.configs.get_mut(queue as usize) {
                     *c = Some(config);
                 }
+            }
+            Body::Anchor { start, checkpoint } => {
+                let a = self.anchor.get_or_insert_default();
+                a.start = a.start.max(start);
+                a.checkpoint = a.checkpoint.max(checkpoint);
             }
             Body::Seal => {}
         }
@@ -576,11 +717,7 @@ pub(crate) fn recover(
         store_id = Some(header.store_id);
         if let Some(prev) = segs.last() {
             if prev.end() != base {
-                return Err(corrupt(
-                    &seg.path,
-                    0,
-                    format!("gap in the log: the previous segment ends at {}", prev.end()),
-                ));
+                return Err(corrupt(&seg.path, 0, segment::gap(prev.end(), base)));
             }
         }
         segs.push(Arc::new(seg));
@@ -599,14 +736,16 @@ pub(crate) fn recover(
     let mut replay = Replay::from_checkpoint(loaded, state_file)?;
     let mut active = None;
     let mut tail_index = segs.len();
+    let mut group = Group::default();
     for (i, seg) in segs.iter().enumerate() {
         failpoint::hit("recovery-replay");
         let bytes = image(seg)?;
         let mut img: &[u8] = &bytes;
-        let end = scan(&mut img, seg.base, until, |lsn, rec| {
-            replay.apply(&seg.path, seg.base, lsn, rec)
+        let end = scan(&mut img, seg.base, until, &mut group, |base, lsn, rec| {
+            let path = if base == seg.base { &seg.path } else { path_of(&segs, base) };
+            replay.apply(path, base, lsn, rec)
         })?;
-        let End::Open { at, why } = end else { continue };
+        let End::Open { at, .. } = end else { continue };
         // The log ends here. Anything valid after it means the damage is not a torn tail.
         let later = || {
             for later in segs.get(i + 1..).unwrap_or(&[]) {
@@ -617,8 +756,14 @@ pub(crate) fn recover(
             Ok(false)
         };
         let dirty = match judge_end(&mut img, seg.base, at, mark_end, later)? {
-            Ending::BelowMark => return Err(below(&seg.path, at - seg.base, at)),
-            Ending::Damaged => return Err(corrupt(&seg.path, at - seg.base, why.describe())),
+            Ending::BelowMark => {
+                let why =
+                    format!("{}; {}", explain_at(&mut img, seg.base, at), below_mark(at, mark_end));
+                return Err(corrupt(&seg.path, at - seg.base, why));
+            }
+            Ending::Damaged => {
+                return Err(corrupt(&seg.path, at - seg.base, damaged(&mut img, seg.base, at)))
+            }
             Ending::Torn { dirty } => dirty,
         };
         drop(bytes);
@@ -630,6 +775,22 @@ pub(crate) fn recover(
         active = Some((Arc::clone(seg), at));
         tail_index = i;
         break;
+    }
+    if let (None, Some(last)) = (&active, segs.last()) {
+        // Every segment is sealed: the log went on in a segment after the last one, which
+        // existed before the seal was written (a roll takes a spare made ahead of time).
+        let why = format!(
+            "segment file missing: the log continues at position {} after the seal of the last \
+             segment",
+            last.end()
+        );
+        return Err(corrupt(&log_dir.join(segment::file_name(last.end())), 0, why));
+    }
+    if let Some(anchor) = &replay.anchor {
+        let first = segs.first().map(|s| s.base);
+        if let Some(c) = anchor.check(log_dir, first, state_file, loaded.checkpoint) {
+            return Err(Error::Corrupted(c));
+        }
     }
     let log_end = active.as_ref().map(|(_, at)| *at).or_else(|| segs.last().map(|s| s.end()));
     if log_end.unwrap_or(0) < mark_end {
@@ -761,7 +922,7 @@ mod tests {
     fn scan_stops_at_zeros_and_at_seal() {
         let (img, lsns) = image_of(&[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }], &[]);
         let mut seen = Vec::new();
-        let end = scan(&mut &img[..], 0, u64::MAX, |lsn, _| {
+        let end = scan(&mut &img[..], 0, u64::MAX, &mut Group::default(), |_, lsn, _| {
             seen.push(lsn);
             Ok(())
         })
@@ -770,7 +931,9 @@ mod tests {
         assert!(matches!(end, End::Open { why: DecodeError::Zero, .. }));
         let (img, _) =
             image_of(&[Body::Epoch { epoch: 1 }, Body::Seal, Body::Epoch { epoch: 2 }], &[]);
-        assert_eq!(scan(&mut &img[..], 0, u64::MAX, |_, _| Ok(())).unwrap(), End::Sealed);
+        let mut group = Group::default();
+        let end = scan(&mut &img[..], 0, u64::MAX, &mut group, |_, _, _| Ok(())).unwrap();
+        assert_eq!(end, End::Sealed);
     }
 
     #[test]

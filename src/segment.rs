@@ -16,7 +16,7 @@ use crate::storage::{MapView, Storage, StorageFile};
 /// Magic bytes at the start of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
 /// The on-disk format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes of the segment header; the first record starts here.
 pub(crate) const HEADER_LEN: u64 = 64;
 const SUFFIX: &str = ".seg";
@@ -92,10 +92,14 @@ impl Header {
         let u64_at =
             |at: usize| h.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
         if h.get(..8) != Some(&MAGIC[..]) {
-            return Err(corrupt("bad segment magic"));
+            return Err(corrupt(
+                "not a wharf segment: it does not start with the magic \"WHARFLOG\"",
+            ));
         }
         if u32_at(60) != Some(crc32c::crc32c(h.get(..60).unwrap_or(&[]))) {
-            return Err(corrupt("segment header checksum mismatch"));
+            return Err(corrupt(
+                "segment header checksum mismatch: its first 64 bytes were damaged",
+            ));
         }
         let version = u32_at(8).unwrap_or(0);
         if version > FORMAT_VERSION {
@@ -106,7 +110,12 @@ impl Header {
             });
         }
         if version == 0 || u32_at(12) != Some(HEADER_LEN as u32) {
-            return Err(corrupt("bad segment header fields"));
+            let why = format!(
+                "segment header fields are invalid although its checksum matches: format version \
+                 {version}, header length {} (not {HEADER_LEN})",
+                u32_at(12).unwrap_or(0)
+            );
+            return Err(corrupt(&why));
         }
         let store_id = h
             .get(16..32)
@@ -118,7 +127,9 @@ impl Header {
         // wharf never makes a smaller segment, and a smaller one might not hold a preamble and
         // a seal: appending to it would overrun its end.
         if len < crate::options::MIN_SEGMENT_BYTES || len > u64::from(u32::MAX) {
-            return Err(corrupt("segment length outside 64 KiB..=4 GiB"));
+            return Err(corrupt(&format!(
+                "segment header gives a length of {len} bytes, outside 64 KiB..=4 GiB"
+            )));
         }
         Ok(Header { store_id, base, len })
     }
@@ -138,7 +149,10 @@ pub(crate) fn read_header(
         return Err(Error::Corrupted(Corruption {
             file: path.to_owned(),
             offset: 0,
-            reason: format!("segment of {file_len} bytes is shorter than its header"),
+            reason: format!(
+                "segment of {file_len} bytes is shorter than its header ({HEADER_LEN}): the file \
+                 was truncated"
+            ),
         }));
     }
     file.read_at(&mut h, 0)?;
@@ -146,17 +160,46 @@ pub(crate) fn read_header(
     if store_id.is_some_and(|id| id != header.store_id) {
         return Err(Error::ForeignSegment(path.to_owned()));
     }
-    if header.base != base || header.len != file_len {
+    let mut wrong = Vec::new();
+    if header.base != base {
+        wrong.push(format!(
+            "its header says it starts at log position {}, but the file is named for {base}: it \
+             was renamed, or swapped with another segment",
+            header.base
+        ));
+    }
+    if header.len != file_len {
+        wrong.push(format!(
+            "its header says it has {} bytes, but the file has {file_len} bytes: it was truncated \
+             or extended",
+            header.len
+        ));
+    }
+    if !wrong.is_empty() {
         return Err(Error::Corrupted(Corruption {
             file: path.to_owned(),
             offset: 0,
-            reason: format!(
-                "segment header says base {} and length {}, file is named {base} and has {file_len} bytes",
-                header.base, header.len
-            ),
+            reason: wrong.join("; "),
         }));
     }
     Ok(header)
+}
+
+/// Why a segment based at `base` cannot follow one that ends at `end`: a segment file is
+/// missing between them (or they overlap).
+pub(crate) fn gap(end: u64, base: u64) -> String {
+    if base > end {
+        format!(
+            "gap in the log: segment file {} is missing (the previous segment ends at log position \
+             {end}, this one starts at {base})",
+            file_name(end)
+        )
+    } else {
+        format!(
+            "segments overlap: the previous segment ends at log position {end}, past the start of \
+             this one at {base}"
+        )
+    }
 }
 
 /// One segment file, open for reads and (while it is active) appends.
@@ -283,9 +326,10 @@ mod tests {
         bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(
-            Header::decode(&bytes, Path::new("x")),
-            Err(Error::UnsupportedVersion { found: 3, .. })
-        ));
+        let found = match Header::decode(&bytes, Path::new("x")) {
+            Err(Error::UnsupportedVersion { found, .. }) => found,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(found, FORMAT_VERSION + 1);
     }
 }

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::checkpoint::{self, Checkpointer};
+use crate::clock::deadline_after;
 use crate::commit::{self, CatalogEntry, Room, Wal, MAX_EPOCH};
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::index::QueueIndex;
-use crate::log::first_record;
+use crate::log::{first_record, SegInfo};
 use crate::mark::{self, Mark};
 use crate::options::{Options, ReadMode};
 use crate::record::Body;
@@ -96,10 +97,9 @@ impl QueueState {
     /// record saying so: the earliest lease deadline or delayed message's due time (`now` and
     /// `now_ms` are the same moment on the store's two clocks).
     pub(crate) fn next_timer(&mut self, now: Instant, now_ms: u64) -> Option<Instant> {
-        let due = self
-            .index
-            .next_due()
-            .map(|due| now + Duration::from_millis(due.saturating_sub(now_ms).max(1)));
+        let due = self.index.next_due().map(|due| {
+            deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+        });
         [self.index.next_deadline(), due].into_iter().flatten().min()
     }
 }
@@ -276,8 +276,13 @@ impl Core {
             if fresh {
                 g.wal.stage_preamble();
             } else {
-                shared.ensure_room(&mut g, &[Body::Epoch { epoch }.encoded_len()], Room::Settle)?;
+                // With the anchor as it stands: a store written before anchors has one from now
+                // on.
+                let anchor = g.wal.anchor();
+                let lens = [Body::Epoch { epoch }.encoded_len(), anchor.encoded_len()];
+                shared.ensure_room(&mut g, &lens, Room::Settle)?;
                 g.wal.append(&Body::Epoch { epoch }).ok_or(Error::NoSpace)?;
+                g.wal.append(&anchor).ok_or(Error::NoSpace)?;
             }
             let end = g.wal.next_lsn;
             shared.wait_durable(&mut g, end)?;
@@ -340,6 +345,8 @@ impl Core {
             shared.bg_cv.notify_all();
             shared.ck_cv.notify_all();
             shared.durable_cv.notify_all();
+            // Pushes waiting for room (for ever, with `wait_for_space(Duration::MAX)`).
+            shared.space_cv.notify_all();
             if was_open && result.is_ok() {
                 // Everything is durable and nothing more is logged: record where the log ends,
                 // so that damage erasing its last records is not taken for a torn tail.
@@ -408,26 +415,40 @@ impl Shared {
         let mut g = self.state.lock();
         let durable = g.wal.durable;
         let dead = g.wal.log.take_deletable(durable);
-        self.delete_segments(&mut g, &dead)
+        self.delete_segments(&mut g, dead).map(drop)
     }
 
     /// Deletes the files of settled segments (already taken out of the log), oldest first,
-    /// each removal made durable before the next, so that a crash never leaves a gap. A
-    /// failure poisons the store.
+    /// each removal made durable before the next, so that a crash never leaves a gap. Before
+    /// the first, an anchor stating where the log now starts is made durable, so that a
+    /// segment found missing later is never taken for one deleted (`Body::Anchor`); when the
+    /// log has no room for it yet, the segments are put back, to go once a spare exists.
+    /// Returns how many went. A failure poisons the store.
     pub(crate) fn delete_segments(
         &self,
         g: &mut MutexGuard<'_, State>,
-        dead: &[Arc<Segment>],
-    ) -> Result<()> {
+        dead: Vec<SegInfo>,
+    ) -> Result<usize> {
         if dead.is_empty() {
-            return Ok(());
+            return Ok(0);
+        }
+        if g.wal.append_anchor().is_none() {
+            g.wal.log.restore(dead);
+            g.wal.anchor_waits = true;
+            return Ok(0);
         }
         // Taken under the mutex with these segments: until they are gone, nobody else takes
         // (and deletes) later ones.
         g.wal.log.deleting = true;
+        let end = g.wal.next_lsn;
+        if let Err(e) = self.wait_durable(g, end) {
+            g.wal.log.deleting = false;
+            g.wal.log.restore(dead);
+            return Err(e);
+        }
         let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
-            for seg in dead {
-                self.storage.remove(&seg.path)?;
+            for s in &dead {
+                self.storage.remove(&s.seg.path)?;
                 failpoint::hit("segment-removed-before-dir-sync");
                 self.storage.sync_dir(&self.log_dir)?;
             }
@@ -444,7 +465,7 @@ impl Shared {
             self.durable_cv.notify_all();
             return Err(Error::Poisoned(why));
         }
-        Ok(())
+        Ok(dead.len())
     }
 }
 

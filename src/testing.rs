@@ -18,6 +18,16 @@ pub fn open(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<Wharf> {
     Wharf::open_on(Arc::new(sim.clone()), dir, opts)
 }
 
+/// Opens a store on the simulated disk with its background and checkpointer threads running,
+/// as on the real file system: for tests of those threads (how they wait, what an injected
+/// fault does to them), which cannot be deterministic.
+///
+/// # Errors
+/// As [`WharfBuilder::open`].
+pub fn open_threaded(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<Wharf> {
+    Wharf::open_on(Arc::new(sim.clone()), dir, builder.into_options()?)
+}
+
 pub use crate::clock::ManualClock;
 
 /// [`Wharf::verify`] on the simulated disk; `state.redb`, if present, is read through it too

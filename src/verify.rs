@@ -119,6 +119,8 @@ pub struct RecordCounts {
     pub epoch: u64,
     /// Seals, one per complete segment.
     pub seal: u64,
+    /// Anchors (where the log starts, the last checkpoint): one per segment and per deletion.
+    pub anchor: u64,
 }
 
 impl RecordCounts {
@@ -136,6 +138,7 @@ impl RecordCounts {
             + self.config
             + self.epoch
             + self.seal
+            + self.anchor
     }
 
     fn add(&mut self, body: &Body<'_>) {
@@ -152,6 +155,7 @@ impl RecordCounts {
             Body::Config { .. } => &mut self.config,
             Body::Epoch { .. } => &mut self.epoch,
             Body::Seal => &mut self.seal,
+            Body::Anchor { .. } => &mut self.anchor,
         };
         *n += 1;
     }
@@ -352,6 +356,10 @@ struct Verifier<'a> {
     last_push: Option<u64>,
     /// Where the seal of the segment being scanned is.
     seal_at: Option<u64>,
+    /// The group of records the log is inside of, carried from one segment to the next.
+    group: recovery::Group,
+    /// The segment files by base.
+    paths: HashMap<u64, PathBuf>,
 }
 
 impl Verifier<'_> {
@@ -447,19 +455,73 @@ impl Verifier<'_> {
             let done = self.progress.before;
             self.progress.tell(done, true);
         }
+        if let (None, Some(last)) = (log_end, segs.last()) {
+            let end = last.base + last.len;
+            // A store open elsewhere may have rolled into segments made after the listing (and
+            // even deleted some of them since): the log then goes on past `end` now.
+            let next = log_dir.join(segment::file_name(end));
+            let later = storage
+                .list(log_dir)
+                .unwrap_or_default()
+                .iter()
+                .any(|n| matches!(segment::parse_name(n), Name::Segment(b) if b >= end));
+            if !later {
+                let why = format!(
+                "segment file missing: the log continues at position {end} after the seal of the \
+                 last segment"
+            );
+                self.problem(&next, 0, why);
+            }
+        }
+        if let Some(anchor) = self.replay.anchor {
+            let first = segs.first().map(|s| s.base);
+            let state = self.state_path.clone();
+            if let Some(c) = anchor.check(log_dir, first, &state, self.checkpoint) {
+                // A store open elsewhere may have taken a checkpoint since the state database
+                // was read, and stated it in the log read after: then it is there now.
+                let now = read_state(storage, &state).loaded.map_or(0, |l| l.checkpoint);
+                if c.file != state || now < anchor.checkpoint {
+                    self.push(c);
+                }
+            }
+        }
+        // A log that ends at the end of its last segment file (sealed, or no segment at all)
+        // lost the files after it, if anything says it went on.
+        let ran_out = log_end.is_none();
         let log_end = log_end.or_else(|| segs.last().map(|s| s.base + s.len)).unwrap_or(0);
-        if log_end < mark_end {
+        let missing = |log_end: u64| {
+            if segs.is_empty() {
+                "no segment file is left".to_owned()
+            } else {
+                format!(
+                    "segment file {} is missing after the last one, which ends at log position \
+                     {log_end}",
+                    segment::file_name(log_end)
+                )
+            }
+        };
+        // (A log that ends inside a segment below the mark was reported with that segment.)
+        if ran_out && log_end < mark_end {
             let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
-            self.problem(&file, 0, recovery::below_mark(log_end, mark_end));
+            let why = format!("{}: {}", missing(log_end), recovery::below_mark(log_end, mark_end));
+            self.problem(&file, 0, why);
         }
         if log_end < self.checkpoint {
             // Named as recovery names it: the last segment, or the state database.
             let file = segs.last().map_or_else(|| self.state_path.clone(), |s| s.path.clone());
-            let why = format!(
+            let covers = format!(
                 "the log ends at position {log_end}, but the state database's checkpoint covers \
                  it up to {}",
                 self.checkpoint
             );
+            let why = if ran_out {
+                format!("{}: {covers}", missing(log_end))
+            } else {
+                format!(
+                    "{covers}: records below the checkpoint are gone from the log, or the state \
+                     database comes from a later copy of the store"
+                )
+            };
             self.problem(&file, 0, why);
         }
         self.relocated_in_log();
@@ -502,8 +564,16 @@ impl Verifier<'_> {
             let path = log_dir.join(segment::file_name(base));
             let file = match storage.open_read(&path) {
                 Ok(f) => f,
-                // Deleted since the listing, by a store open elsewhere: it was settled.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Deleted since the listing, by a store open elsewhere: it was settled, and so
+                // were the ones before it (segments go oldest first), which it may have deleted
+                // after this opened them: the log now starts after it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.report.segments -= segs.len();
+                    self.paths.clear();
+                    segs.clear();
+                    prev_end = None;
+                    continue;
+                }
                 Err(e) => {
                     self.error(&path, e.into());
                     prev_end = None;
@@ -521,13 +591,10 @@ impl Verifier<'_> {
             };
             store_id.get_or_insert(header.store_id);
             if let Some(end) = prev_end.filter(|&end| end != base) {
-                self.problem(
-                    &path,
-                    0,
-                    format!("gap in the log: the previous segment ends at {end}"),
-                );
+                self.problem(&path, 0, segment::gap(end, base));
             }
             prev_end = Some(base + header.len);
+            self.paths.insert(base, path.clone());
             segs.push(Seg { path, base, len: header.len, file });
         }
         (segs, store_id)
@@ -575,12 +642,14 @@ impl Verifier<'_> {
     fn segment(&mut self, seg: &Seg, mark_end: u64, later: bool) -> Option<u64> {
         let mut img = Window::new(&*seg.file, seg.len);
         self.seal_at = None;
-        let end = recovery::scan(&mut img, seg.base, u64::MAX, |lsn, rec| {
-            self.record(seg, lsn, rec);
+        let mut group = std::mem::take(&mut self.group);
+        let end = recovery::scan(&mut img, seg.base, u64::MAX, &mut group, |base, lsn, rec| {
+            self.record(seg, base, lsn, rec);
             Ok(())
         });
-        let (at, why) = match end {
-            Ok(End::Open { at, why }) => (at, why),
+        self.group = group;
+        let at = match end {
+            Ok(End::Open { at, .. }) => at,
             Ok(End::Sealed) => {
                 let after = self.seal_at.map_or(0, |s| s + record::SEAL_LEN as u64 - seg.base);
                 let after = usize::try_from(after).unwrap_or(usize::MAX);
@@ -599,11 +668,16 @@ impl Verifier<'_> {
         let off = at - seg.base;
         match recovery::judge_end(&mut img, seg.base, at, mark_end, || Ok(later)) {
             Ok(Ending::BelowMark) => {
-                self.problem(&seg.path, off, recovery::below_mark(at, mark_end));
+                let why = recovery::explain_at(&mut img, seg.base, at);
+                self.problem(
+                    &seg.path,
+                    off,
+                    format!("{why}; {}", recovery::below_mark(at, mark_end)),
+                );
             }
             Ok(Ending::Damaged) => {
                 if !written_since(&mut img, seg.base, at) {
-                    self.problem(&seg.path, off, why.describe());
+                    self.problem(&seg.path, off, recovery::damaged(&mut img, seg.base, at));
                 }
             }
             Ok(Ending::Torn { dirty: Some(len) }) => {
@@ -616,26 +690,33 @@ impl Verifier<'_> {
         Some(at)
     }
 
-    /// One valid record, at `lsn` of `seg`.
-    fn record(&mut self, seg: &Seg, lsn: u64, rec: &Record<'_>) {
-        let done = self.progress.before + (lsn - seg.base);
+    /// One valid record, at `lsn` of the segment based at `base`: `seg`, being scanned, or an
+    /// earlier one that holds the first records of a group.
+    fn record(&mut self, seg: &Seg, base: u64, lsn: u64, rec: &Record<'_>) {
+        let done = self.progress.before + lsn.saturating_sub(seg.base);
         self.progress.tell(done, false);
         self.report.records.add(&rec.body);
+        let path = match self.paths.get(&base) {
+            Some(p) if base != seg.base => p.clone(),
+            _ => seg.path.clone(),
+        };
+        let offset = lsn.saturating_sub(base);
         match rec.body {
             Body::Push { id, .. } | Body::PushEx { id, .. } => {
                 if let Some(prev) = self.last_push.filter(|&prev| id <= prev) {
                     let what = format!(
-                        "message id {id:016x} is not above the id {prev:016x} of an earlier push"
+                        "message id {id:016x} is not above the id {prev:016x} of an earlier push: \
+                         ids only grow along the log, so this push was copied here from elsewhere"
                     );
-                    self.problem(&seg.path, lsn - seg.base, what);
+                    self.problem(&path, offset, what);
                 }
                 self.last_push = Some(self.last_push.map_or(id, |prev| prev.max(id)));
             }
             Body::Seal => self.seal_at = Some(lsn),
             _ => {}
         }
-        if let Err(e) = self.replay.apply(&seg.path, seg.base, lsn, rec) {
-            self.error(&seg.path, e);
+        if let Err(e) = self.replay.apply(&path, base, lsn, rec) {
+            self.error(&path, e);
         }
     }
 
@@ -677,10 +758,18 @@ fn after_seal(
         if record::peek_lsn(img.at(off, RECORD_HEADER_LEN)?) == Some(lsn)
             && record::decode(recovery::record_at(img, off)?, lsn).is_ok()
         {
-            return Ok(Some((off, "a record after the seal of its segment")));
+            return Ok(Some((
+                off,
+                "a record after the seal of its segment: nothing is written past a seal, so it \
+                 was copied or misdirected here",
+            )));
         }
     }
-    Ok(Some((first, "non-zero bytes after the seal of the segment")))
+    Ok(Some((
+        first,
+        "non-zero bytes after the seal of the segment: nothing is written past a seal, so they \
+         were damaged or written by something else",
+    )))
 }
 
 /// Whether the record at `at`, found invalid, is valid when read again: a store open elsewhere
@@ -775,11 +864,18 @@ pub(crate) fn corruption(file: &Path, e: Error) -> Corruption {
         Error::UnsupportedVersion { file, found, supported } => Corruption {
             file,
             offset: 0,
-            reason: format!("format version {found}, newer than the {supported} this build reads"),
+            reason: format!(
+                "format version {found}, newer than the {supported} this build reads: written by a \
+                 newer wharf"
+            ),
         },
-        Error::ForeignSegment(file) => {
-            Corruption { file, offset: 0, reason: "segment of another store".into() }
-        }
+        Error::ForeignSegment(file) => Corruption {
+            file,
+            offset: 0,
+            reason: "segment of another store: its store id is not the one of the first segment \
+                     of the log"
+                .into(),
+        },
         Error::Io(e) => {
             Corruption { file: file.to_owned(), offset: 0, reason: format!("read error: {e}") }
         }
@@ -942,7 +1038,7 @@ mod tests {
     /// What scanning and judging an image finds: each record's position, the end, its judgement.
     fn walk(img: &mut impl Image) -> (Vec<u64>, End, Option<Ending>) {
         let mut seen = Vec::new();
-        let end = recovery::scan(img, 0, u64::MAX, |lsn, _| {
+        let end = recovery::scan(img, 0, u64::MAX, &mut Default::default(), |_, lsn, _| {
             seen.push(lsn);
             Ok(())
         })

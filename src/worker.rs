@@ -4,8 +4,11 @@
 //! Invariant: every delivery a worker thread pops is settled by that thread exactly once (ack,
 //! nack, dead letter, or release if shutdown began before its handler started), except one
 //! whose handler outlives a shutdown deadline: `shutdown` ends its lease, so it is delivered
-//! again, and the late outcome is discarded. Lock order: `Inner::pool` before the store's lock;
-//! no store call is made while `Inner::pool` is held.
+//! again, and the late outcome is discarded. While a handler runs, the pool's keeper thread
+//! renews its lease; it renews a delivery only while the delivery sits in `Pool::busy`, under
+//! `Inner::pool`, so never after the handler returned. Lock order: `Inner::pool` before the
+//! store's lock; the only store call made while `Inner::pool` is held is the keeper's renewal,
+//! which does no I/O.
 
 use std::any::{type_name, Any};
 use std::fmt;
@@ -31,6 +34,17 @@ pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// [`WorkerBuilder::drop_deadline`] says otherwise.
 pub const DEFAULT_DROP_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The most threads a worker runs ([`WorkerBuilder::threads`]).
+const MAX_THREADS: usize = 1024;
+
+/// The range of [`WorkerBuilder::poll_timeout`]: shorter would spin while idle, longer would
+/// hold up a shutdown.
+const POLL_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60);
+
+/// The shortest time between two renewal rounds of the keeper, whatever the visibility timeout.
+const MIN_RENEW_PERIOD: Duration = Duration::from_millis(1);
+
 /// A pool of threads processing one queue's messages with a handler, started by
 /// [`WorkerBuilder::run`].
 ///
@@ -43,9 +57,16 @@ pub const DEFAULT_DROP_DEADLINE: Duration = Duration::from_secs(10);
 /// - a panic: caught, and treated as `Err` with the panic message (`"panicked: ..."`); the
 ///   thread goes on with the next message. The panic hook still runs (by default it prints).
 ///
-/// A handler that takes longer than the queue's visibility timeout loses its lease (the
-/// message goes to another consumer and the late ack fails, counted in
-/// [`WorkerStats::lease_expired`]): call [`Delivery::extend`] from the handler for long jobs.
+/// **Long jobs keep their lease.** While a handler runs, the pool's keeper thread renews its
+/// message's lease every third of the queue's visibility timeout, to the full timeout from
+/// then, so a job may run longer than the timeout without being delivered again (a lease the
+/// handler [extended](Delivery::extend) further is left as it is). A renewal changes only the
+/// store's memory, it writes nothing to the log. Renewals stop as the handler returns, before
+/// the message is settled, and when shutdown gives a handler up; if the process dies, nothing
+/// renews the lease any more and the message is delivered again after a restart. A renewal
+/// that fails (say, the store was closed) changes nothing about how the handler's outcome is
+/// settled and counted. A change of the queue's visibility timeout reaches the keeper at its
+/// next renewal.
 ///
 /// [`Worker::shutdown`] stops the pool: see there. **Dropping** a worker shuts it down the same
 /// way with [`DEFAULT_DROP_DEADLINE`] (or [`WorkerBuilder::drop_deadline`]), so the drop can
@@ -74,6 +95,7 @@ pub struct Worker {
     queue: Queue,
     inner: Arc<Inner>,
     threads: Vec<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
     drop_deadline: Duration,
 }
 
@@ -163,15 +185,22 @@ struct Inner {
     pool: Mutex<Pool>,
     /// Notified when a thread exits.
     exited: Condvar,
+    /// Wakes the keeper: a handler started while it had nothing to renew, or the pool stopped.
+    keep: Condvar,
     counters: Counters,
 }
 
 struct Pool {
     /// The delivery each thread's handler is running on. Taken back by the thread when the
-    /// handler returns, or by `shutdown` at the deadline to give it up.
+    /// handler returns, or by `shutdown` at the deadline to give it up; the keeper renews
+    /// the leases of those here.
     busy: Vec<Option<Arc<Delivery>>>,
     live: usize,
     fatal: Option<Error>,
+    /// The keeper waits without a timeout, for a handler to start.
+    keeper_idle: bool,
+    /// No lease needs keeping any more: the keeper exits.
+    keeper_done: bool,
 }
 
 #[derive(Default)]
@@ -192,7 +221,7 @@ impl Worker {
     pub fn builder(queue: &Queue) -> WorkerBuilder {
         WorkerBuilder {
             queue: queue.clone(),
-            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            threads: std::thread::available_parallelism().map_or(1, usize::from).min(MAX_THREADS),
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             drop_deadline: DEFAULT_DROP_DEADLINE,
             signal: ShutdownSignal { inner: Arc::default() },
@@ -247,8 +276,10 @@ impl Worker {
     /// its [`Delivery`], and so the store, alive until its handler returns; use
     /// [`Wharf::close`](crate::Wharf::close) to close the store regardless).
     ///
-    /// All other threads are joined before this returns, which can take up to one
-    /// [`poll_timeout`](WorkerBuilder::poll_timeout) after the deadline.
+    /// Until then, the leases of the running handlers are renewed as usual. All other threads
+    /// (the keeper too) are joined before this returns, which can take up to one
+    /// [`poll_timeout`](WorkerBuilder::poll_timeout) after the deadline. A `deadline` too
+    /// large for the clock (say [`Duration::MAX`]) waits for every handler, however long.
     ///
     /// # Errors
     /// [`Error::Closed`] or [`Error::Poisoned`] if a worker thread stopped early because the
@@ -280,6 +311,9 @@ impl Worker {
             .enumerate()
             .filter_map(|(i, slot)| slot.take().map(|d| (i, d)))
             .collect();
+        // Every slot is empty now, so the keeper's next round would renew nothing.
+        pool.keeper_done = true;
+        inner.keep.notify_all();
         drop(pool);
         for (_, d) in &given_up {
             // Ends the lease now: the message is ready again, and the handler's late
@@ -293,6 +327,11 @@ impl Worker {
                 // has already accounted for it.
                 let _ = thread.join();
             }
+        }
+        if let Some(keeper) = self.keeper.take() {
+            // It holds the pool lock only for a round of renewals, and exits when it next
+            // looks at `keeper_done`.
+            let _ = keeper.join();
         }
         let fatal = inner.pool.lock().fatal.take();
         if let Some(e) = fatal {
@@ -308,7 +347,7 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || self.keeper.is_some() {
             // Best effort: a store error already stopped the threads it reached.
             let _ = self.stop(self.drop_deadline);
         }
@@ -326,22 +365,24 @@ impl fmt::Debug for Worker {
 
 impl WorkerBuilder {
     /// The number of threads, each running one handler at a time (default: the number of
-    /// CPUs).
+    /// CPUs, at most 1024), from 1 to 1024. The pool has one more thread, its keeper, which renews the
+    /// leases of running handlers.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n;
         self
     }
 
     /// How long an idle thread waits for a message before it looks whether shutdown began
-    /// (default [`DEFAULT_POLL_TIMEOUT`]). The wait itself is woken by a push; this bounds how
-    /// long [`Worker::shutdown`] can take beyond its deadline.
+    /// (default [`DEFAULT_POLL_TIMEOUT`]), from 1 ms to 60 s. The wait itself is woken by a
+    /// push; this bounds how long [`Worker::shutdown`] can take beyond its deadline.
     pub fn poll_timeout(mut self, d: Duration) -> Self {
         self.poll_timeout = d;
         self
     }
 
     /// How long dropping the [`Worker`] waits for running handlers, as
-    /// [`Worker::shutdown`] does (default [`DEFAULT_DROP_DEADLINE`]).
+    /// [`Worker::shutdown`] does (default [`DEFAULT_DROP_DEADLINE`]); [`Duration::MAX`] waits
+    /// for them however long they take.
     pub fn drop_deadline(mut self, d: Duration) -> Self {
         self.drop_deadline = d;
         self
@@ -375,8 +416,9 @@ impl WorkerBuilder {
     /// Starts the threads, each running `handler` on one message at a time.
     ///
     /// # Errors
-    /// [`Error::InvalidOption`] for zero threads or a zero poll timeout; [`Error::Io`] if a
-    /// thread cannot be spawned (the threads already started are stopped).
+    /// [`Error::InvalidOption`] for a thread count or poll timeout out of its range (0 or more
+    /// than 1024 threads; a poll timeout under 1 ms or over 60 s); [`Error::Io`] if a thread
+    /// cannot be spawned (the threads already started are stopped).
     pub fn run<F, E>(self, handler: F) -> Result<Worker>
     where
         F: Fn(&Delivery) -> std::result::Result<(), E> + Send + Sync + 'static,
@@ -389,24 +431,47 @@ impl WorkerBuilder {
     }
 
     fn spawn(self, job: Arc<Job>) -> Result<Worker> {
-        if self.threads == 0 {
-            return Err(Error::InvalidOption("a worker needs at least one thread".into()));
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            return Err(Error::InvalidOption(format!(
+                "a worker runs 1 to {MAX_THREADS} threads, not {}",
+                self.threads
+            )));
         }
-        if self.poll_timeout.is_zero() {
-            return Err(Error::InvalidOption("a worker's poll timeout must not be zero".into()));
+        if !POLL_TIMEOUT_RANGE.contains(&self.poll_timeout) {
+            return Err(Error::InvalidOption(format!(
+                "a worker's poll timeout is 1 ms to 60 s, not {:?}",
+                self.poll_timeout
+            )));
         }
         let inner = Arc::new(Inner {
             signal: self.signal,
-            pool: Mutex::new(Pool { busy: vec![None; self.threads], live: 0, fatal: None }),
+            pool: Mutex::new(Pool {
+                busy: vec![None; self.threads],
+                live: 0,
+                fatal: None,
+                keeper_idle: false,
+                keeper_done: false,
+            }),
             exited: Condvar::new(),
+            keep: Condvar::new(),
             counters: Counters::default(),
         });
         let mut worker = Worker {
             queue: self.queue,
             inner,
             threads: Vec::with_capacity(self.threads),
+            keeper: None,
             drop_deadline: self.drop_deadline,
         };
+        let inner = Arc::clone(&worker.inner);
+        let spawned = std::thread::Builder::new()
+            .name(format!("wharf-{}-keeper", worker.queue.name()))
+            .spawn(move || keep(&inner));
+        match spawned {
+            Ok(t) => worker.keeper = Some(t),
+            // Nothing else started yet: dropping `worker` joins nothing.
+            Err(e) => return Err(Error::Io(e)),
+        }
         for i in 0..self.threads {
             let (queue, inner, job) =
                 (worker.queue.clone(), Arc::clone(&worker.inner), Arc::clone(&job));
@@ -490,7 +555,8 @@ impl ShutdownSignal {
     }
 
     /// Waits until the worker begins to shut down, at most `timeout`; returns
-    /// [`ShutdownSignal::is_requested`]. Use it instead of `sleep` in a handler that waits.
+    /// [`ShutdownSignal::is_requested`]. Use it instead of `sleep` in a handler that waits. A
+    /// `timeout` too large for the clock (say [`Duration::MAX`]) waits until shutdown begins.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let until = Instant::now().checked_add(timeout);
         let mut g = self.inner.lock.lock();
@@ -592,6 +658,9 @@ fn work(i: usize, queue: &Queue, job: &Job, inner: &Inner, poll: Duration) {
                 return;
             }
             pool.busy[i] = Some(Arc::clone(&d));
+            if pool.keeper_idle {
+                inner.keep.notify_one();
+            }
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| job(&d))).unwrap_or_else(|panic| {
             bump(&inner.counters.panicked);
@@ -609,6 +678,36 @@ fn work(i: usize, queue: &Queue, job: &Job, inner: &Inner, poll: Duration) {
             if is_fatal(&e) {
                 exit.fatal = Some(e);
                 return;
+            }
+        }
+    }
+}
+
+/// The keeper thread: renews the lease of every running handler's delivery, a round every
+/// third of the shortest visibility timeout among them, and waits without a timeout while no
+/// handler runs. A renewal that fails is left at that: the lease lapses (or the store is gone)
+/// and the handler's thread settles and counts its outcome as usual.
+fn keep(inner: &Inner) {
+    let mut pool = inner.pool.lock();
+    while !pool.keeper_done {
+        // Under the pool lock: a thread takes its delivery out of `busy` (to settle it), and
+        // `stop` gives one up, only between two rounds.
+        let period = pool
+            .busy
+            .iter()
+            .flatten()
+            .filter_map(|d| d.renew().ok())
+            .map(|visibility| (visibility / 3).max(MIN_RENEW_PERIOD))
+            .min();
+        match period {
+            // Woken early only by `stop` (or spuriously: one more round does no harm).
+            Some(p) => {
+                inner.keep.wait_for(&mut pool, p);
+            }
+            None => {
+                pool.keeper_idle = true;
+                inner.keep.wait(&mut pool);
+                pool.keeper_idle = false;
             }
         }
     }

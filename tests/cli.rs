@@ -101,6 +101,74 @@ fn bad_arguments_are_usage_errors() {
 }
 
 #[test]
+fn absurd_numbers_are_usage_errors_or_saturate_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    // Delays of 0 and 1 work (ready at once: less than a millisecond).
+    for delay in ["0", "0ms", "1ms", "0.0001ms", "1"] {
+        wharf(&["push", d, "q", "soon", &format!("--delay={delay}")], None).expect(0);
+    }
+    // Too long for a `Duration`, negative, or not a number: a usage error naming the flag.
+    for delay in
+        ["99999999999999999999d", "18446744073709551616", "1e400", "inf", "nan", "-1s", "1y", ""]
+    {
+        let run = wharf(&["push", d, "q", "x", &format!("--delay={delay}")], None).expect(2);
+        assert!(run.stderr.contains("--delay"), "{delay}: {}", run.stderr);
+    }
+    // Long enough to pass any date, yet a `Duration`: saturates to the far future.
+    wharf(&["push", d, "q", "never", "--delay", "100000000000000d"], None).expect(0);
+    let peek = wharf(&["peek", d, "q", "-n", "18446744073709551615"], None).expect(0).out();
+    assert!(peek.starts_with("q: 5 ready, 1 delayed, 0 in flight; showing 6"), "{peek}");
+    assert!(wharf(&["peek", d, "q", "-n", "0"], None).expect(0).out().contains("showing 0"));
+    for n in ["18446744073709551616", "-1", "many"] {
+        wharf(&["peek", d, "q", "-n", n], None).expect(2);
+    }
+    wharf(&["stats", d], None).expect(0);
+    wharf(&["stats", d, "--json"], None).expect(0);
+    for _ in 0..5 {
+        wharf(&["pop", d, "q", "--ack"], None).expect(0);
+    }
+    wharf(&["pop", d, "q"], None).expect(3);
+    // The far-future due time survives an export and an import.
+    let export = wharf(&["export", d, "q"], None).expect(0);
+    let line: Value = serde_json::from_slice(&export.stdout).unwrap();
+    assert_eq!(line["due_ms"], u64::MAX, "{line}");
+    let other = dir.path().join("other");
+    wharf(&["import", s(&other), "q"], Some(&export.stdout)).expect(0);
+    assert_eq!(wharf(&["export", s(&other), "q"], None).expect(0).stdout, export.stdout);
+    // Import lines at the edges: times at 0 and u64::MAX work; past u64 is a bad line.
+    let edges = b"{\"payload\":\"YQ==\",\"due_ms\":0,\"expires_ms\":18446744073709551615}\n\
+        {\"payload\":\"Yg==\",\"expires_ms\":0}\n";
+    wharf(&["import", s(&other), "edges"], Some(edges)).expect(0);
+    for bad in [
+        &b"{\"payload\":\"YQ==\",\"due_ms\":18446744073709551616}"[..],
+        b"{\"payload\":\"YQ==\",\"expires_ms\":-1}",
+        b"{\"payload\":\"YQ==\",\"priority\":256}",
+        b"{\"payload\":\"YQ==\",\"priority\":10}",
+    ] {
+        let run = wharf(&["import", s(&other), "edges"], Some(bad)).expect(1);
+        assert!(run.stderr.contains("line 1"), "{}", run.stderr);
+    }
+    // Message ids: the largest is looked for, one digit more is a usage error.
+    wharf(&["dlq", "requeue", d, "q", "ffffffffffffffff"], None).expect(1);
+    wharf(&["dlq", "requeue", d, "q", "10000000000000000"], None).expect(2);
+}
+
+#[test]
+fn a_regular_file_is_not_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a store").unwrap();
+    for args in
+        [&["push", s(&file), "q", "x"][..], &["stats", s(&file)], &["import", s(&file), "q"]]
+    {
+        let run = wharf(args, Some(b"")).expect(2);
+        assert!(run.stderr.contains("not a directory"), "{args:?}: {}", run.stderr);
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a store");
+}
+
+#[test]
 fn read_commands_never_create_a_store() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
@@ -349,6 +417,7 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     }
     let run = wharf(&["verify", d], None).expect(0);
     assert!(run.out().contains("healthy: no problem found"), "{}", run.out());
+    assert!(!run.out().contains("salvage"), "no hint for a healthy store: {}", run.out());
     assert!(run.out().contains("jobs: 50 ready"), "{}", run.out());
     let doc: Value =
         serde_json::from_slice(&wharf(&["verify", d, "--json"], None).expect(0).stdout).unwrap();
@@ -372,6 +441,9 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     let run = wharf(&["verify", d], None).expect(1);
     assert!(run.out().contains("DAMAGED: "), "{}", run.out());
     assert!(run.out().contains(name), "{}", run.out());
+    assert!(run.out().contains("checksum mismatch in the record at log position"), "{}", run.out());
+    let hint = format!("`wharf salvage {d}` keeps the intact messages and lists the lost ones");
+    assert!(run.out().contains(&hint), "{}", run.out());
     let run = wharf(&["verify", d, "--json"], None).expect(1);
     let doc: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(doc["healthy"], false);

@@ -17,7 +17,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use wharf::{Delivery, Durability, Queue, Wharf, WharfBuilder};
@@ -35,6 +35,12 @@ const SEQ_BITS: u32 = 40;
 #[cfg(feature = "failpoints")]
 const SIGABRT: i32 = 6;
 const SIGKILL: i32 = 9;
+/// A child that neither ends nor (when it is to be killed) reports `READY` within this is
+/// killed and reported as hung: its run is at most 20 s (`WHARF_CRASH_RUN_MS`) plus a close.
+const CHILD_LIMIT: Duration = Duration::from_secs(90);
+/// One step of the parent (a child's run and the check of the directory after it) that takes
+/// longer than this ends the test with a message naming the step, instead of stalling CI.
+const STEP_LIMIT: Duration = Duration::from_secs(180);
 /// More pending messages than this, and the parent acks the oldest down to `PENDING_LOW`.
 const PENDING_HIGH: usize = 3000;
 const PENDING_LOW: usize = 1000;
@@ -486,10 +492,13 @@ struct Outcome {
     lines: Vec<String>,
     journal: Journal,
     stderr: String,
+    /// Killed after [`CHILD_LIMIT`] without ending (or reaching `READY`, if it was to be killed).
+    hung: bool,
 }
 
 /// Runs a child on `dir` as generation `g`. With `kill_after`, kills it with SIGKILL that long
-/// after it printed `READY`; otherwise waits for it to end by itself (or by a fail point).
+/// after it printed `READY`; otherwise waits for it to end by itself (or by a fail point). Either
+/// way, a child still running [`CHILD_LIMIT`] later is killed as hung.
 fn run_child(
     dir: &Path,
     g: u64,
@@ -533,23 +542,73 @@ fn run_child(
         s
     });
     let mut lines = Vec::new();
-    if let Some(delay) = kill_after {
-        let limit = Instant::now() + Duration::from_secs(60);
-        while let Ok(line) = rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
-            let ready = line == "READY";
-            lines.push(line);
-            if ready {
-                std::thread::sleep(delay);
+    let limit = Instant::now() + CHILD_LIMIT;
+    let mut hung = false;
+    loop {
+        match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let ready = line == "READY";
+                lines.push(line);
+                if let (true, Some(delay)) = (ready, kill_after) {
+                    std::thread::sleep(delay);
+                    break;
+                }
+            }
+            // The reader is done: the child closed its stdout, it has ended.
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                hung = true;
                 break;
             }
         }
+    }
+    if kill_after.is_some() || hung {
         let _ = child.kill();
     }
     let status = child.wait().unwrap();
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     let stderr = err_reader.join().unwrap();
-    Outcome { status, journal: Journal::parse(&lines), lines, stderr }
+    Outcome { status, journal: Journal::parse(&lines), lines, stderr, hung }
+}
+
+/// Ends the test with a message if a step of the parent does not finish in time: each
+/// [`arm`](Watchdog::arm) starts the clock for the next step and stops it for the last one.
+struct Watchdog {
+    tx: mpsc::Sender<(String, Duration)>,
+}
+
+impl Watchdog {
+    /// The message names the seed and directory of the run, which an exit keeps.
+    fn new(seed: u64, dir: &Path) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<(String, Duration)>();
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            let Ok(mut step) = rx.recv() else { return };
+            loop {
+                match rx.recv_timeout(step.1) {
+                    Ok(next) => step = next,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) => {
+                        eprintln!(
+                            "crash: HUNG: {} did not finish within {:?} (seed {seed}, directory \
+                             {}; replay with WHARF_CRASH_SEED={seed})",
+                            step.0,
+                            step.1,
+                            dir.display()
+                        );
+                        std::process::exit(1);
+                    }
+                }
+            }
+        });
+        Watchdog { tx }
+    }
+
+    /// `what` must finish within `limit`.
+    fn arm(&self, what: &str, limit: Duration) {
+        let _ = self.tx.send((what.to_owned(), limit));
+    }
 }
 
 mod parent {
@@ -584,6 +643,14 @@ mod parent {
             std::process::exit(1);
         }
 
+        /// Fails the run if the child had to be killed as hung.
+        fn not_hung(&mut self, what: &str, out: &Outcome) {
+            if out.hung {
+                let why = format!("the child hung: killed after {CHILD_LIMIT:?}");
+                self.fail(what, &why, Some(out));
+            }
+        }
+
         fn check(&mut self, what: &str, out: &Outcome) {
             let dir = self.dir.clone();
             if let Err(why) = self.model.check(&dir, &out.journal) {
@@ -613,14 +680,17 @@ mod parent {
             }
         };
         println!("crash: seed {seed} (replay with WHARF_CRASH_SEED={seed}), {cycles} cycles");
+        let watchdog = Watchdog::new(seed, &dir);
         let mut run = Run { seed, dir, temp, model: Model::default(), rng: Rng::new(seed) };
 
         let (mut in_commit, mut push_in_flight, mut ack_in_flight) = (0u64, 0u64, 0u64);
         for cycle in 0..cycles {
             let delay = Duration::from_micros(run.rng.below(100_001));
             let child_seed = run.rng.next();
-            let out = run_child(&run.dir.clone(), cycle, child_seed, Some(delay), &[]);
             let what = format!("cycle {cycle}");
+            watchdog.arm(&what, STEP_LIMIT);
+            let out = run_child(&run.dir.clone(), cycle, child_seed, Some(delay), &[]);
+            run.not_hung(&what, &out);
             if let Some(p) = out.journal.problems.first() {
                 run.fail(&what, &format!("the child reported: {p}"), Some(&out));
             }
@@ -658,7 +728,8 @@ mod parent {
             run.fail("the kill loop", &why, None);
         }
         #[cfg(feature = "failpoints")]
-        failpoints::run(&mut run, cycles);
+        failpoints::run(&mut run, cycles, &watchdog);
+        drop(watchdog);
         println!("crash: passed in {:.1} s", started.elapsed().as_secs_f64());
     }
 
@@ -736,16 +807,18 @@ mod parent {
             Ok(format!("{n} bytes at offset {off} of {}", path.display()))
         }
 
-        pub fn run(run: &mut Run, first_gen: u64) {
+        pub fn run(run: &mut Run, first_gen: u64, watchdog: &Watchdog) {
             let started = Instant::now();
             let mut gen = first_gen;
             let mut hits: Vec<(&str, Vec<u64>)> = Vec::new();
             for (name, ns) in POINTS {
                 let ns: Vec<u64> = if ns.is_empty() {
                     let what = format!("generation {gen}, pushes only");
+                    watchdog.arm(&what, STEP_LIMIT);
                     let env = [(CONSUMERS_ENV, "0".to_owned())];
                     let delay = Some(Duration::from_millis(150));
                     let out = run_child(&run.dir.clone(), gen, run.rng.next(), delay, &env);
+                    run.not_hung(&what, &out);
                     gen += 1;
                     if out.status.signal() != Some(SIGKILL) {
                         run.fail(&what, "the child ended before the kill", Some(&out));
@@ -763,6 +836,7 @@ mod parent {
                 for n in ns {
                     let spec = format!("{name}:{n}");
                     let what = format!("fail point {spec} (generation {gen})");
+                    watchdog.arm(&what, STEP_LIMIT);
                     if name == "recovery-after-zero-before-sync" {
                         if let Err(why) = tear_tail(&run.dir, &mut run.rng) {
                             run.fail(&what, &format!("cannot tear the tail: {why}"), None);
@@ -772,6 +846,7 @@ mod parent {
                     let run_ms = if name.starts_with("mark-") { "300" } else { "10000" };
                     let env = [(FAILPOINT_ENV, spec.clone()), (RUN_MS_ENV, run_ms.to_owned())];
                     let out = run_child(&run.dir.clone(), gen, child_seed, None, &env);
+                    run.not_hung(&what, &out);
                     gen += 1;
                     let reached = out.status.signal() == Some(SIGABRT)
                         && out.stderr.contains(&format!("fail point {name} reached"));

@@ -11,18 +11,18 @@ use std::path::{Path, PathBuf};
 
 use crate::commit::{MAX_EPOCH, SEQ_BITS};
 use crate::config::QueueConfig;
-use crate::error::{Error, Result};
+use crate::error::{Corruption, Error, Result};
 use crate::index::{Entry, Note, RELOCATED};
 use crate::mark;
 use crate::queue::{valid_name, MessageId};
-use crate::record::Body;
+use crate::record::{self, Body, Record};
 use crate::recovery::Replay;
 use crate::state::{self, Loaded};
 use crate::storage::Storage;
 use crate::verify::{self, corruption};
 
 use super::report::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
-use super::scan::{self, SegFile};
+use super::scan::{self, Gap, Seen, SegFile};
 
 /// Epochs skipped when the log's end is lost: opens of the store whose `Epoch` records may have
 /// been in the lost range, so that no id of theirs is handed out again.
@@ -71,6 +71,93 @@ struct Last {
     settled: bool,
 }
 
+/// A record of a group held back until the group is whole.
+#[derive(Debug)]
+struct Pending {
+    path: PathBuf,
+    base: u64,
+    lsn: u64,
+    raw: Vec<u8>,
+}
+
+/// The second pass over the log: the replay, and what each record says about its message.
+#[derive(Default)]
+struct Pass {
+    replay: Replay,
+    last: HashMap<u64, Last>,
+    /// (position, id) of every push, in log order.
+    pushes: Vec<(u64, u64)>,
+    /// (position, epoch) of every epoch record.
+    epochs: Vec<(u64, u32)>,
+    problems: Vec<Corruption>,
+    /// A group's records read so far (`record::Record::more`), applied once it is whole, as
+    /// recovery applies them.
+    pending: Vec<Pending>,
+    epoch: u32,
+}
+
+impl Pass {
+    fn see(&mut self, seen: &Seen<'_>) {
+        if seen.after_gap && !self.pending.is_empty() {
+            // The group's end is in the damaged range: it was whole before the damage.
+            self.flush();
+        }
+        if let Body::Epoch { epoch } = seen.rec.body {
+            if epoch > self.epoch {
+                // A new run: a group the last one left unfinished never returned `Ok`.
+                self.epoch = epoch;
+                self.pending.clear();
+            }
+        }
+        let closes = seen.rec.body.message_id().is_some();
+        if seen.rec.more || (closes && !self.pending.is_empty()) {
+            self.pending.push(Pending {
+                path: seen.path.to_owned(),
+                base: seen.base,
+                lsn: seen.lsn,
+                raw: seen.raw.to_vec(),
+            });
+            if !seen.rec.more {
+                self.flush();
+            }
+            return;
+        }
+        self.apply(seen.path, seen.base, seen.lsn, seen.rec);
+    }
+
+    /// Applies the records of the group held back.
+    fn flush(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            if let Ok(rec) = record::decode(&p.raw, p.lsn) {
+                self.apply(&p.path, p.base, p.lsn, &rec);
+            }
+        }
+    }
+
+    fn apply(&mut self, path: &Path, base: u64, lsn: u64, rec: &Record<'_>) {
+        if let Err(e) = self.replay.apply(path, base, lsn, rec) {
+            self.problems.push(corruption(path, e));
+        }
+        let (id, queue, settled) = match rec.body {
+            Body::Push { queue, id, .. } | Body::PushEx { queue, id, .. } => {
+                self.pushes.push((lsn, id));
+                (id, queue, false)
+            }
+            Body::Ack { queue, id } => (id, queue, true),
+            Body::Deliver { queue, id, .. }
+            | Body::Nack { queue, id }
+            | Body::Retry { queue, id, .. } => (id, queue, false),
+            Body::DeadLetter { to, id, .. } | Body::Requeue { to, id, .. } => (id, to, false),
+            Body::Epoch { epoch } => {
+                self.epochs.push((lsn, epoch));
+                return;
+            }
+            Body::Queue { .. } | Body::Config { .. } | Body::Anchor { .. } | Body::Seal => return,
+        };
+        self.last.insert(id, Last { lsn, queue, settled });
+    }
+}
+
 /// Reads the store in `dir` and plans its salvage.
 pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>) -> Result<Plan> {
     let state_path = dir.join(state::FILE);
@@ -112,8 +199,8 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
 
     // First pass: the catalog, from every queue record found anywhere.
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    scan::scan_log(storage, &log_dir, store_hint, &mut |_, _, _, rec| {
-        if let Body::Queue { queue, name } = rec.body {
+    scan::scan_log(storage, &log_dir, store_hint, &mut |seen: Seen<'_>| {
+        if let Body::Queue { queue, name } = seen.rec.body {
             if let Some(name) = std::str::from_utf8(name).ok().filter(|n| valid_name(n)) {
                 names.entry(queue).or_insert_with(|| name.to_owned());
             }
@@ -132,35 +219,9 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     }
 
     // Second pass: replay, and note each message's last record, the pushes and the epochs.
-    let mut last: HashMap<u64, Last> = HashMap::new();
-    let mut pushes: Vec<(u64, u64)> = Vec::new();
-    let mut epochs: Vec<(u64, u32)> = Vec::new();
-    let mut problems = Vec::new();
-    let mut scanned =
-        scan::scan_log(storage, &log_dir, store_hint, &mut |path, base, lsn, rec| {
-            if let Err(e) = replay.apply(path, base, lsn, rec) {
-                problems.push(corruption(path, e));
-            }
-            let (id, queue, settled) = match rec.body {
-                Body::Push { queue, id, .. } | Body::PushEx { queue, id, .. } => {
-                    pushes.push((lsn, id));
-                    (id, queue, false)
-                }
-                Body::Ack { queue, id } => (id, queue, true),
-                Body::Deliver { queue, id, .. }
-                | Body::Nack { queue, id }
-                | Body::Retry { queue, id, .. } => (id, queue, false),
-                Body::DeadLetter { to, id, .. } | Body::Requeue { to, id, .. } => (id, to, false),
-                Body::Epoch { epoch } => {
-                    epochs.push((lsn, epoch));
-                    return;
-                }
-                Body::Queue { .. } | Body::Config { .. } | Body::Seal => return,
-            };
-            last.insert(id, Last { lsn, queue, settled });
-        })?;
+    let mut pass = Pass { replay, ..Pass::default() };
+    let mut scanned = scan::scan_log(storage, &log_dir, store_hint, &mut |seen| pass.see(&seen))?;
     report.problems.append(&mut scanned.problems);
-    report.problems.extend(problems);
 
     // Something durable says the log went further than it does now.
     let store_id = scanned.store_id;
@@ -180,6 +241,57 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         scanned.log_end.unwrap_or(0)
     );
     scan::lost_end(&mut scanned, &log_dir, durable_end, why);
+    // The log's anchors say where it starts and what checkpoint the state database holds.
+    if let Some(a) = pass.replay.anchor {
+        let first = scanned.segs.first().map(|s| s.base);
+        if let Some(first) = first.filter(|&f| f > a.start) {
+            let file = log_dir.join(crate::segment::file_name(a.start));
+            let why = format!(
+                "segment file(s) missing: the log must start at position {}, but its oldest \
+                 segment starts at {first}",
+                a.start
+            );
+            report.problems.push(Corruption { file: file.clone(), offset: 0, reason: why.clone() });
+            scanned.gaps.push(Gap {
+                file,
+                from: 0,
+                to: Some(first - a.start),
+                lsn_from: a.start,
+                lsn_to: Some(first),
+                why,
+            });
+            scanned.gaps.sort_by_key(|g| g.lsn_from);
+        }
+        let unread = report.lost_ranges.iter().any(|r| r.file == state_path);
+        if checkpoint < a.checkpoint && !unread {
+            let why = format!(
+                "the state database is missing or older than the log: it covers the log up to \
+                 {checkpoint}, the log recorded a checkpoint up to {}; relocated messages that \
+                 no later record names are lost with it",
+                a.checkpoint
+            );
+            report.problems.push(Corruption {
+                file: state_path.clone(),
+                offset: 0,
+                reason: why.clone(),
+            });
+            report.lost_ranges.push(LostRange {
+                file: state_path.clone(),
+                from: 0,
+                to: None,
+                ids: IdSpan::Unknown,
+                reason: why,
+            });
+        }
+    }
+    // A group the log ends inside: whole if a lost range may hold its end, else cut by a crash
+    // before it was acknowledged (recovery voids it too).
+    let group_start = pass.pending.first().map(|p| p.lsn);
+    if group_start.is_some_and(|start| scanned.gaps.iter().any(|g| g.lsn_from > start)) {
+        pass.flush();
+    }
+    let Pass { replay, last, pushes, epochs, problems, .. } = pass;
+    report.problems.extend(problems);
     report.problems.append(&mut scanned.problems);
 
     // The kept messages: unsettled after the replay, with a payload that checks.

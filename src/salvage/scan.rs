@@ -53,6 +53,19 @@ pub(crate) struct Gap {
     pub why: String,
 }
 
+/// One valid record as the scan hands it over.
+pub(crate) struct Seen<'a> {
+    /// The segment file and its base.
+    pub path: &'a Path,
+    pub base: u64,
+    pub lsn: u64,
+    pub rec: &'a Record<'a>,
+    /// The record's bytes.
+    pub raw: &'a [u8],
+    /// The first valid record after a damaged range (or a hole between files).
+    pub after_gap: bool,
+}
+
 /// What the scan found.
 #[derive(Debug, Default)]
 pub(crate) struct LogScan {
@@ -69,14 +82,17 @@ pub(crate) struct LogScan {
     pub log_end: Option<u64>,
 }
 
-/// Reads every segment of `log_dir` in order and hands each valid record to `visit` with the
-/// segment file, its base and the record's position. `store_id` is the state database's, if it
-/// was read: segments of another store are left out (and listed as problems).
+/// A visitor of valid records.
+pub(crate) type Visit<'v> = dyn FnMut(Seen<'_>) + 'v;
+
+/// Reads every segment of `log_dir` in order and hands each valid record to `visit`.
+/// `store_id` is the state database's, if it was read: segments of another store are left out
+/// (and listed as problems).
 pub(crate) fn scan_log(
     storage: &dyn Storage,
     log_dir: &Path,
     store_id: Option<u128>,
-    visit: &mut dyn FnMut(&Path, u64, u64, &Record<'_>),
+    visit: &mut Visit<'_>,
 ) -> Result<LogScan> {
     let mut out = LogScan { store_id, ..LogScan::default() };
     let names = match storage.list(log_dir) {
@@ -102,7 +118,8 @@ pub(crate) fn scan_log(
             continue;
         }
         out.max_end = out.max_end.max(base + 1);
-        if let Some(seg) = read_segment(storage, &path, base, &mut out, visit)? {
+        let hole = out.segs.last().is_some_and(|prev| prev.end() != base);
+        if let Some(seg) = read_segment(storage, &path, base, hole, &mut out, visit)? {
             out.max_end = out.max_end.max(seg.end());
             out.segs.push(seg);
         }
@@ -121,8 +138,9 @@ fn read_segment(
     storage: &dyn Storage,
     path: &Path,
     base: u64,
+    mut after_gap: bool,
     out: &mut LogScan,
-    visit: &mut dyn FnMut(&Path, u64, u64, &Record<'_>),
+    visit: &mut Visit<'_>,
 ) -> Result<Option<SegFile>> {
     let file = match storage.open_read(path) {
         Ok(f) => f,
@@ -172,10 +190,13 @@ fn read_segment(
     let mut off = HEADER_LEN as usize;
     while off < bytes.len() {
         let lsn = base + off as u64;
-        match record::decode(bytes.get(off..).unwrap_or(&[]), lsn) {
+        let rest = bytes.get(off..).unwrap_or(&[]);
+        match record::decode(rest, lsn) {
             Ok(rec) => {
                 seg.has_records = true;
-                visit(path, base, lsn, &rec);
+                let raw = rest.get(..rec.len).unwrap_or(rest);
+                visit(Seen { path, base, lsn, rec: &rec, raw, after_gap });
+                after_gap = false;
                 off += rec.len;
                 seg.records_end = base + off as u64;
                 if rec.body == Body::Seal {
@@ -183,17 +204,19 @@ fn read_segment(
                     break;
                 }
             }
-            Err(why) => match next_record(&bytes, base, off + 1, last_nz) {
+            Err(_) => match next_record(&bytes, base, off + 1, last_nz) {
                 Some(next) => {
+                    let why = record::explain(rest, lsn, rest.len());
                     out.gaps.push(Gap {
                         file: path.to_owned(),
                         from: off as u64,
                         to: Some(next as u64),
                         lsn_from: lsn,
                         lsn_to: Some(base + next as u64),
-                        why: why.describe().into(),
+                        why: why.clone(),
                     });
-                    out.problems.push(problem(path, off as u64, why.describe()));
+                    out.problems.push(problem(path, off as u64, why));
+                    after_gap = true;
                     off = next;
                 }
                 None => {

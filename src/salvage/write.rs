@@ -1,5 +1,6 @@
 //! Salvage's new log: segments named `<base>.seg.salvage` (foreign to an open, until the swap
-//! renames them), each opening with a preamble (a new epoch, the whole catalog with configs),
+//! renames them), each opening with a preamble (a new epoch, an anchor at the new log's start,
+//! the whole catalog with configs),
 //! then, per kept message in id order, its push with its original id and options and the
 //! records that restore its state, so that a normal recovery of the new log rebuilds exactly
 //! the state the plan kept. Relocated payloads are written into the log: the new store needs no
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use crate::error::{Corruption, Error, Result};
 use crate::index::RELOCATED;
 use crate::options::MIN_SEGMENT_BYTES;
-use crate::record::{self, Body, PUSH_EX_OVERHEAD, SEAL_LEN};
+use crate::record::{self, Body, PUSH_EX_OVERHEAD, TAIL_RESERVE};
 use crate::recovery::new_store_id;
 use crate::segment::{self, Header, HEADER_LEN};
 use crate::state::StateDb;
@@ -35,7 +36,9 @@ pub(crate) fn temp_name(base: u64) -> String {
 pub(crate) fn write_log(storage: &dyn Storage, log_dir: &Path, plan: &Plan) -> Result<Vec<u64>> {
     let configs: Vec<Option<Vec<u8>>> =
         plan.queues.iter().map(|(_, c)| c.as_ref().map(|c| c.encode())).collect();
-    let mut preamble = vec![Body::Epoch { epoch: plan.epoch }];
+    // The new log starts at its first segment and needs no state database.
+    let anchor = Body::Anchor { start: plan.base, checkpoint: 0 };
+    let mut preamble = vec![Body::Epoch { epoch: plan.epoch }, anchor];
     for (i, ((name, _), config)) in plan.queues.iter().zip(&configs).enumerate() {
         let queue = u32::try_from(i).unwrap_or(u32::MAX);
         preamble.push(Body::Queue { queue, name: name.as_bytes() });
@@ -45,7 +48,7 @@ pub(crate) fn write_log(storage: &dyn Storage, log_dir: &Path, plan: &Plan) -> R
     }
     let preamble_len: usize = preamble.iter().map(Body::encoded_len).sum();
     let largest = plan.kept.iter().map(upper_bound).max().unwrap_or(0);
-    let need = HEADER_LEN + (preamble_len + largest + SEAL_LEN) as u64;
+    let need = HEADER_LEN + (preamble_len + largest + TAIL_RESERVE) as u64;
     let seg_len = plan.seg_len.max(need.div_ceil(4096) * 4096).max(MIN_SEGMENT_BYTES);
     if seg_len > u64::from(u32::MAX) {
         return Err(Error::InvalidOption("a kept message needs a segment over 4 GiB".into()));
@@ -216,7 +219,8 @@ impl Out<'_> {
     /// Appends one message's records, in a new segment if they do not fit in this one.
     fn add(&mut self, bodies: &[Body<'_>]) -> Result<()> {
         let need: usize = bodies.iter().map(Body::encoded_len).sum();
-        if (self.buf.len() + need + SEAL_LEN) as u64 > self.seg_len {
+        // Every segment keeps `TAIL_RESERVE` free: its seal, and an anchor before a deletion.
+        if (self.buf.len() + need + TAIL_RESERVE) as u64 > self.seg_len {
             self.put(&Body::Seal);
             self.flush()?;
             self.base += self.seg_len;

@@ -38,7 +38,18 @@ impl Storage for RealFs {
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        fs::create_dir_all(dir).map_err(|e| {
+            // A file where the directory (or one of its parents) should be: `create_dir_all`
+            // says only "File exists" or "Not a directory", without naming it.
+            let file = dir.ancestors().find(|p| p.exists() && !p.is_dir());
+            match file {
+                Some(f) => io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", f.display()),
+                ),
+                None => e,
+            }
+        })
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {

@@ -226,25 +226,31 @@ fn message_ids_are_never_reused_across_reopens() {
 
 #[test]
 fn settled_segments_are_reclaimed_without_any_durable_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = small()
-        .push_durability(Durability::None)
-        .ack_durability(Durability::None)
-        .open(dir.path())
-        .unwrap();
-    let q = w.queue("q").unwrap();
-    for i in 0..3000 {
-        q.push(payload(i, 500)).unwrap();
-        q.try_pop().unwrap().unwrap().ack().unwrap();
-    }
-    // 1.5 MB went through 64 KiB segments and nothing asked for a sync; the store still
-    // reclaims them (with one sync per segment of its own).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let done = || w.stats().segments <= 4 && crate::segments(dir.path()).len() <= 4;
-    while !done() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(done(), "{:?}", w.stats());
+    crate::with_deadline(
+        crate::TEST_LIMIT,
+        "settled_segments_are_reclaimed_without_any_durable_call",
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let w = small()
+                .push_durability(Durability::None)
+                .ack_durability(Durability::None)
+                .open(dir.path())
+                .unwrap();
+            let q = w.queue("q").unwrap();
+            for i in 0..3000 {
+                q.push(payload(i, 500)).unwrap();
+                q.try_pop().unwrap().unwrap().ack().unwrap();
+            }
+            // 1.5 MB went through 64 KiB segments and nothing asked for a sync; the store still
+            // reclaims them (with one sync per segment of its own).
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let done = || w.stats().segments <= 4 && crate::segments(dir.path()).len() <= 4;
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(done(), "{:?}", w.stats());
+        },
+    );
 }
 
 #[test]

@@ -284,44 +284,54 @@ fn a_damaged_state_database_is_a_clear_error() {
 /// still. (Polled for up to 10 s: a liveness check, not a timing one.)
 #[test]
 fn a_sealed_segment_with_a_few_stragglers_goes_soon_after_the_seal() {
-    const SEG: u64 = 64 << 10;
-    let dir = tempfile::tempdir().unwrap();
-    let w = open(dir.path(), SEG); // default triggers: every segment of log, every 30 s
-    let q = w.queue("q").unwrap();
-    let straggler = q.push_with(b"tomorrow", PushOptions::new().delay(Duration::from_secs(86_400)));
-    let straggler = straggler.unwrap();
-    let first = segments(dir.path())[0].clone();
-    let mut i = 0;
-    let mut push_and_ack = |n: usize| {
-        for _ in 0..n {
-            q.push(payload(i, 900)).unwrap();
-            q.try_pop().unwrap().unwrap().ack_with(Durability::Immediate).unwrap();
-            i += 1;
-        }
-    };
-    // A checkpoint a third into the first segment: the next comes due by log only a segment's
-    // worth later, by time only after 30 s.
-    push_and_ack(20);
-    w.checkpoint().unwrap();
-    // Acked messages until the first segment is sealed, and a few in the next.
-    while used_segments(dir.path()) < 2 {
-        push_and_ack(1);
-    }
-    push_and_ack(5);
-    w.sync().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while first.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!first.exists(), "the sealed segment with one straggler is still there after 10 s");
-    let peeked = q.peek(10).unwrap();
-    assert_eq!(peeked.len(), 1);
-    assert_eq!((peeked[0].id, &peeked[0].payload[..]), (straggler, &b"tomorrow"[..]));
-    assert!(peeked[0].pushed_at.is_some(), "a relocated message keeps its push time");
-    drop(q);
-    w.close().unwrap();
-    let w = open(dir.path(), SEG);
-    let peeked = w.queue("q").unwrap().peek(10).unwrap();
-    assert_eq!((peeked.len(), peeked[0].id), (1, straggler));
-    assert!(peeked[0].pushed_at.is_some(), "and keeps it across a reopen");
+    crate::with_deadline(
+        crate::TEST_LIMIT,
+        "a_sealed_segment_with_a_few_stragglers_goes_soon_after_the_seal",
+        || {
+            const SEG: u64 = 64 << 10;
+            let dir = tempfile::tempdir().unwrap();
+            let w = open(dir.path(), SEG); // default triggers: every segment of log, every 30 s
+            let q = w.queue("q").unwrap();
+            let straggler =
+                q.push_with(b"tomorrow", PushOptions::new().delay(Duration::from_secs(86_400)));
+            let straggler = straggler.unwrap();
+            let first = segments(dir.path())[0].clone();
+            let mut i = 0;
+            let mut push_and_ack = |n: usize| {
+                for _ in 0..n {
+                    q.push(payload(i, 900)).unwrap();
+                    q.try_pop().unwrap().unwrap().ack_with(Durability::Immediate).unwrap();
+                    i += 1;
+                }
+            };
+            // A checkpoint a third into the first segment: the next comes due by log only a segment's
+            // worth later, by time only after 30 s.
+            push_and_ack(20);
+            w.checkpoint().unwrap();
+            // Acked messages until the first segment is sealed, and a few in the next.
+            while used_segments(dir.path()) < 2 {
+                push_and_ack(1);
+            }
+            push_and_ack(5);
+            w.sync().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while first.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                !first.exists(),
+                "the sealed segment with one straggler is still there after 10 s"
+            );
+            let peeked = q.peek(10).unwrap();
+            assert_eq!(peeked.len(), 1);
+            assert_eq!((peeked[0].id, &peeked[0].payload[..]), (straggler, &b"tomorrow"[..]));
+            assert!(peeked[0].pushed_at.is_some(), "a relocated message keeps its push time");
+            drop(q);
+            w.close().unwrap();
+            let w = open(dir.path(), SEG);
+            let peeked = w.queue("q").unwrap().peek(10).unwrap();
+            assert_eq!((peeked.len(), peeked[0].id), (1, straggler));
+            assert!(peeked[0].pushed_at.is_some(), "and keeps it across a reopen");
+        },
+    );
 }

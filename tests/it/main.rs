@@ -7,7 +7,11 @@ mod checkpoint;
 mod concurrency;
 mod corruption;
 mod enospc;
+mod extremes;
+mod fileset;
 mod fixtures;
+#[cfg(all(target_os = "linux", feature = "testing"))]
+mod idle;
 mod jobs;
 mod jobs_model;
 mod leases;
@@ -81,9 +85,56 @@ pub fn copy_store(from: &Path) -> tempfile::TempDir {
 /// A wait long enough that only a bug reaches it.
 pub const LONG: Duration = Duration::from_secs(10);
 
+/// The time limit of a whole test that waits on other threads or processes: long enough that
+/// only a hang reaches it, even on a loaded machine.
+pub const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `body` (a whole test) on a thread of its own and returns what it returns; if it does
+/// not finish within `limit`, fails naming `test`, so that a hang fails with a message instead
+/// of stalling CI (the hung thread is left behind). A panic in `body` is the test's panic.
+pub fn with_deadline<T: Send + 'static>(
+    limit: Duration,
+    test: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(test.to_owned())
+        .spawn(move || {
+            let _ = tx.send(body());
+        })
+        .unwrap();
+    match rx.recv_timeout(limit) {
+        Ok(out) => {
+            let _ = thread.join();
+            out
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{test}: did not finish within {limit:?}; hung?")
+        }
+        // The body panicked (and dropped the sender): its panic is the test's.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the body ended without a result"),
+        },
+    }
+}
+
 /// Makes a cleanly closed store look as if its process had died before the close: removes the
 /// durable mark the close wrote (`log/mark`), so that edits simulating a torn tail are judged
 /// as a crash would leave them rather than as damage below a known durable end.
 pub fn as_if_crashed(dir: &Path) {
     std::fs::remove_file(dir.join("log").join("mark")).unwrap();
+}
+
+#[test]
+#[should_panic(expected = "a_hang: did not finish within 50ms; hung?")]
+fn with_deadline_fails_a_hung_test_with_a_message() {
+    with_deadline(Duration::from_millis(50), "a_hang", || std::thread::sleep(LONG));
+}
+
+#[test]
+#[should_panic(expected = "the body's own panic")]
+fn with_deadline_passes_on_the_body_s_panic() {
+    with_deadline(LONG, "a_panic", || panic!("the body's own panic"));
 }

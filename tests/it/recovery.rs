@@ -163,73 +163,77 @@ fn kill_child() {
 
 #[test]
 fn kill_9_loses_nothing_that_was_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut pushed = std::collections::BTreeSet::new();
-    let mut acked = std::collections::BTreeSet::new();
-    let mut acking = std::collections::BTreeSet::new();
-    let mut next = 0usize;
-    for round in 0..6 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "recovery::kill_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("WHARF_KILL_CHILD_DIR", dir.path())
-            .env("WHARF_KILL_CHILD_BASE", next.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        // Let it run for a varying number of acknowledged operations, then kill it mid-flight.
-        let stop_after = 50 + round * 37;
-        let mut seen = 0;
-        let mut killed = false;
-        // After the kill, the rest of what the child wrote is still read: an ack it reported
-        // after the parent stopped counting is still an ack.
-        while let Some(Ok(line)) = lines.next() {
-            if let Some(i) = line.strip_prefix("pushed ") {
-                pushed.insert(i.parse::<usize>().unwrap());
-                next = next.max(i.parse::<usize>().unwrap() + 1);
-                seen += 1;
-            } else if let Some(i) = line.strip_prefix("acking ") {
-                acking.insert(i.parse::<usize>().unwrap());
-            } else if let Some(i) = line.strip_prefix("acked ") {
-                acked.insert(i.parse::<usize>().unwrap());
+    crate::with_deadline(crate::TEST_LIMIT, "kill_9_loses_nothing_that_was_acknowledged", || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pushed = std::collections::BTreeSet::new();
+        let mut acked = std::collections::BTreeSet::new();
+        let mut acking = std::collections::BTreeSet::new();
+        let mut next = 0usize;
+        for round in 0..6 {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "recovery::kill_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("WHARF_KILL_CHILD_DIR", dir.path())
+                .env("WHARF_KILL_CHILD_BASE", next.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            // Let it run for a varying number of acknowledged operations, then kill it mid-flight.
+            let stop_after = 50 + round * 37;
+            let mut seen = 0;
+            let mut killed = false;
+            // After the kill, the rest of what the child wrote is still read: an ack it reported
+            // after the parent stopped counting is still an ack.
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(i) = line.strip_prefix("pushed ") {
+                    pushed.insert(i.parse::<usize>().unwrap());
+                    next = next.max(i.parse::<usize>().unwrap() + 1);
+                    seen += 1;
+                } else if let Some(i) = line.strip_prefix("acking ") {
+                    acking.insert(i.parse::<usize>().unwrap());
+                } else if let Some(i) = line.strip_prefix("acked ") {
+                    acked.insert(i.parse::<usize>().unwrap());
+                }
+                if seen >= stop_after && !killed {
+                    child.kill().unwrap(); // SIGKILL
+                    killed = true;
+                }
             }
-            if seen >= stop_after && !killed {
-                child.kill().unwrap(); // SIGKILL
-                killed = true;
+            if !killed {
+                child.kill().unwrap();
+            }
+            child.wait().unwrap();
+            let w = small().open(dir.path()).unwrap();
+            let got = drain_payloads(&w.queue("q").unwrap());
+            let got: std::collections::BTreeSet<usize> = got
+                .iter()
+                .map(|p| std::str::from_utf8(&p[8..16]).unwrap().parse().unwrap())
+                .collect();
+            for i in pushed.difference(&acking) {
+                assert!(got.contains(i), "round {round}: acknowledged push {i} lost");
+            }
+            for i in &acked {
+                assert!(!got.contains(i), "round {round}: durably acked {i} came back");
+            }
+            // Settle what is left so the next round starts from the report's numbers alone.
+            let q = w.queue("q").unwrap();
+            while let Some(d) = q.try_pop().unwrap() {
+                let i: usize = std::str::from_utf8(&d.payload()[8..16]).unwrap().parse().unwrap();
+                acked.insert(i);
+                acking.insert(i);
+                pushed.insert(i);
+                d.ack_with(Durability::Immediate).unwrap();
             }
         }
-        if !killed {
-            child.kill().unwrap();
-        }
-        child.wait().unwrap();
-        let w = small().open(dir.path()).unwrap();
-        let got = drain_payloads(&w.queue("q").unwrap());
-        let got: std::collections::BTreeSet<usize> =
-            got.iter().map(|p| std::str::from_utf8(&p[8..16]).unwrap().parse().unwrap()).collect();
-        for i in pushed.difference(&acking) {
-            assert!(got.contains(i), "round {round}: acknowledged push {i} lost");
-        }
-        for i in &acked {
-            assert!(!got.contains(i), "round {round}: durably acked {i} came back");
-        }
-        // Settle what is left so the next round starts from the report's numbers alone.
-        let q = w.queue("q").unwrap();
-        while let Some(d) = q.try_pop().unwrap() {
-            let i: usize = std::str::from_utf8(&d.payload()[8..16]).unwrap().parse().unwrap();
-            acked.insert(i);
-            acking.insert(i);
-            pushed.insert(i);
-            d.ack_with(Durability::Immediate).unwrap();
-        }
-    }
-    assert!(pushed.len() > 300);
+        assert!(pushed.len() > 300);
+    });
 }
 
 #[test]

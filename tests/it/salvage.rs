@@ -397,13 +397,6 @@ fn each_file_missing_or_garbled_in_turn() {
         std::fs::remove_file(&seg).unwrap();
         let what = format!("segment {} missing", seg.display());
         let refused = strict_refuses(dir.path());
-        if i == 0 {
-            // Known: nothing durable says where the log must start (format version 3's log
-            // state record will), so neither a strict open nor salvage can tell a missing first
-            // segment from one deleted once settled.
-            eprintln!("not refused by a strict open: {what} (first segment)");
-            continue;
-        }
         // A spare made ahead of time holds no record: nothing is lost without it.
         assert!(refused || recs.is_empty(), "{what}");
         check_salvage(dir.path(), &l, &Expect::of(&recs, &l), true, &what);
@@ -433,13 +426,16 @@ fn each_file_missing_or_garbled_in_turn() {
         .iter()
         .any(|x| x.file.ends_with("state.redb") && x.ids == IdSpan::Unknown));
 
-    // Known: a missing state database is not refused by a strict open (format version 3's log
-    // state record will make it); salvage is asked only when an open refuses.
-    let (dir, _) = copy();
+    // A missing state database: the log's anchors say a checkpoint existed.
+    let (dir, l) = copy();
     std::fs::remove_file(dir.path().join("state.redb")).unwrap();
-    if !strict_refuses(dir.path()) {
-        eprintln!("not refused by a strict open: state.redb missing");
-    }
+    assert!(strict_refuses(dir.path()));
+    let e = Expect { gone: l.relocated.clone(), ..Expect::default() };
+    let r = check_salvage(dir.path(), &l, &e, true, "state.redb missing").unwrap();
+    assert!(r
+        .lost_ranges
+        .iter()
+        .any(|x| x.file.ends_with("state.redb") && x.ids == IdSpan::Unknown));
 }
 
 #[test]

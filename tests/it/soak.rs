@@ -38,6 +38,12 @@ fn soak_n() -> usize {
     std::env::var("WHARF_SOAK_N").map_or(1_000_000, |n| n.parse().expect("WHARF_SOAK_N: a number"))
 }
 
+/// The soak's time limit: 300 s per million messages, which take about 20 s on the project's
+/// 2-core VM.
+fn soak_limit() -> Duration {
+    Duration::from_secs(300).mul_f64((soak_n() as f64 / 1e6).max(1.0))
+}
+
 /// A small deterministic generator (SplitMix64).
 struct Rng(u64);
 
@@ -208,119 +214,134 @@ fn bounded(w: &Wharf, dir: &Path, when: &str) -> (usize, u64) {
 
 #[test]
 fn soak_every_message_is_acked_exactly_once_and_the_directory_stays_bounded() {
-    let n = soak_n();
-    assert!(n < 100_000_000, "payloads number messages with 8 digits");
-    for i in [0, 1, 996, 997, 12_345] {
-        assert_eq!(payload_of(i), payload(i, len_of(i)));
-    }
-    let start = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let mut e = Expect {
-        n,
-        pushed: 0,
-        ids: vec![0; n],
-        acked: vec![false; n],
-        attempts: vec![0; n],
-        next_first: 0,
-        acks: 0,
-        nacks: 0,
-        retries: 0,
-        deliveries: 0,
-        immediate: 0,
-    };
-    let mut rng = Rng(0x50a4);
-    let mut w = open(dir.path());
-    let mut q = w.queue("soak").unwrap();
-    let (mut stragglers, mut next_straggler, mut next_checkpoint) = (0, 0, CHECKPOINT_EVERY);
-    let (mut checkpoints, mut relocated) = (0, 0);
-    let (mut max_bytes, mut max_files) = (0u64, 0usize);
-    let mut at_reopen = Vec::new();
-    let (mut reopens, mut next_reopen, mut next_sync) = (0, REOPEN_EVERY, SYNC_EVERY);
-    while e.pushed < n {
-        push_chunk(&q, &mut e, &mut rng);
-        consume(&q, &mut e, &mut rng, BACKLOG);
-        max_bytes = max_bytes.max(w.stats().disk_bytes);
-        if e.pushed >= next_straggler {
-            next_straggler += STRAGGLER_EVERY;
-            let later = w.queue("later").unwrap();
-            let day = PushOptions::new().delay(Duration::from_secs(86_400));
-            later.push_with(format!("delayed-{stragglers}"), day).unwrap();
-            later.push(format!("dead-{stragglers}")).unwrap();
-            let d = later.try_pop().unwrap().expect("the dead letter to be");
-            assert_eq!(d.payload(), format!("dead-{stragglers}").as_bytes());
-            d.dead_letter("straggler").unwrap();
-            stragglers += 1;
-        }
-        if e.pushed >= next_checkpoint {
-            next_checkpoint += CHECKPOINT_EVERY - 5_000 + rng.below(10_000);
-            let r = w.checkpoint().unwrap();
-            checkpoints += 1;
-            relocated += r.relocated;
-        }
-        if e.pushed >= next_sync {
-            next_sync += SYNC_EVERY;
+    crate::with_deadline(
+        soak_limit(),
+        "soak_every_message_is_acked_exactly_once_and_the_directory_stays_bounded",
+        || {
+            let n = soak_n();
+            assert!(n < 100_000_000, "payloads number messages with 8 digits");
+            for i in [0, 1, 996, 997, 12_345] {
+                assert_eq!(payload_of(i), payload(i, len_of(i)));
+            }
+            let start = Instant::now();
+            let dir = tempfile::tempdir().unwrap();
+            let mut e = Expect {
+                n,
+                pushed: 0,
+                ids: vec![0; n],
+                acked: vec![false; n],
+                attempts: vec![0; n],
+                next_first: 0,
+                acks: 0,
+                nacks: 0,
+                retries: 0,
+                deliveries: 0,
+                immediate: 0,
+            };
+            let mut rng = Rng(0x50a4);
+            let mut w = open(dir.path());
+            let mut q = w.queue("soak").unwrap();
+            let (mut stragglers, mut next_straggler, mut next_checkpoint) =
+                (0, 0, CHECKPOINT_EVERY);
+            let (mut checkpoints, mut relocated) = (0, 0);
+            let (mut max_bytes, mut max_files) = (0u64, 0usize);
+            let mut at_reopen = Vec::new();
+            let (mut reopens, mut next_reopen, mut next_sync) = (0, REOPEN_EVERY, SYNC_EVERY);
+            while e.pushed < n {
+                push_chunk(&q, &mut e, &mut rng);
+                consume(&q, &mut e, &mut rng, BACKLOG);
+                max_bytes = max_bytes.max(w.stats().disk_bytes);
+                if e.pushed >= next_straggler {
+                    next_straggler += STRAGGLER_EVERY;
+                    let later = w.queue("later").unwrap();
+                    let day = PushOptions::new().delay(Duration::from_secs(86_400));
+                    later.push_with(format!("delayed-{stragglers}"), day).unwrap();
+                    later.push(format!("dead-{stragglers}")).unwrap();
+                    let d = later.try_pop().unwrap().expect("the dead letter to be");
+                    assert_eq!(d.payload(), format!("dead-{stragglers}").as_bytes());
+                    d.dead_letter("straggler").unwrap();
+                    stragglers += 1;
+                }
+                if e.pushed >= next_checkpoint {
+                    next_checkpoint += CHECKPOINT_EVERY - 5_000 + rng.below(10_000);
+                    let r = w.checkpoint().unwrap();
+                    checkpoints += 1;
+                    relocated += r.relocated;
+                }
+                if e.pushed >= next_sync {
+                    next_sync += SYNC_EVERY;
+                    w.sync().unwrap();
+                    max_files = max_files.max(segments(dir.path()).len());
+                }
+                if e.pushed >= next_reopen && e.pushed < n {
+                    next_reopen += REOPEN_EVERY;
+                    // Every delivery is settled; the backlog waits through the reopen.
+                    drop(q);
+                    w.close().unwrap();
+                    w = open(dir.path());
+                    q = w.queue("soak").unwrap();
+                    reopens += 1;
+                    let depth = q.depth().unwrap();
+                    let waiting = e.pushed - e.next_first + e.retries;
+                    assert_eq!(
+                        (depth.ready, depth.in_flight),
+                        (waiting, 0),
+                        "backlog after the reopen"
+                    );
+                    at_reopen.push(bounded(&w, dir.path(), &format!("reopen {reopens}")));
+                }
+            }
+            consume(&q, &mut e, &mut rng, 0);
+            assert!(q.try_pop().unwrap().is_none(), "a message left after all were acked");
             w.sync().unwrap();
-            max_files = max_files.max(segments(dir.path()).len());
-        }
-        if e.pushed >= next_reopen && e.pushed < n {
-            next_reopen += REOPEN_EVERY;
-            // Every delivery is settled; the backlog waits through the reopen.
+            let lsn = w.stats().durable_lsn;
+            let end = bounded(&w, dir.path(), "the end");
             drop(q);
             w.close().unwrap();
-            w = open(dir.path());
-            q = w.queue("soak").unwrap();
-            reopens += 1;
-            let depth = q.depth().unwrap();
-            let waiting = e.pushed - e.next_first + e.retries;
-            assert_eq!((depth.ready, depth.in_flight), (waiting, 0), "backlog after the reopen");
-            at_reopen.push(bounded(&w, dir.path(), &format!("reopen {reopens}")));
-        }
-    }
-    consume(&q, &mut e, &mut rng, 0);
-    assert!(q.try_pop().unwrap().is_none(), "a message left after all were acked");
-    w.sync().unwrap();
-    let lsn = w.stats().durable_lsn;
-    let end = bounded(&w, dir.path(), "the end");
-    drop(q);
-    w.close().unwrap();
-    // Nothing comes back after a last reopen either.
-    let w = open(dir.path());
-    assert!(w.queue("soak").unwrap().try_pop().unwrap().is_none(), "a message came back");
-    let reopened = bounded(&w, dir.path(), "the last reopen");
-    // Every straggler is still there, in order, with its payload.
-    let payloads = |name: &str| -> Vec<Vec<u8>> {
-        let q = w.queue(name).unwrap();
-        q.peek(usize::MAX).unwrap().into_iter().map(|p| p.payload).collect()
-    };
-    let (later, dead) = (payloads("later"), payloads("later.dlq"));
-    let want = |kind: &str| -> Vec<Vec<u8>> {
-        (0..stragglers).map(|i| format!("{kind}-{i}").into_bytes()).collect()
-    };
-    assert_eq!(later, want("delayed"), "delayed stragglers");
-    assert_eq!(dead, want("dead"), "dead-lettered stragglers");
-    w.close().unwrap();
+            // Nothing comes back after a last reopen either.
+            let w = open(dir.path());
+            assert!(w.queue("soak").unwrap().try_pop().unwrap().is_none(), "a message came back");
+            let reopened = bounded(&w, dir.path(), "the last reopen");
+            // Every straggler is still there, in order, with its payload.
+            let payloads = |name: &str| -> Vec<Vec<u8>> {
+                let q = w.queue(name).unwrap();
+                q.peek(usize::MAX).unwrap().into_iter().map(|p| p.payload).collect()
+            };
+            let (later, dead) = (payloads("later"), payloads("later.dlq"));
+            let want = |kind: &str| -> Vec<Vec<u8>> {
+                (0..stragglers).map(|i| format!("{kind}-{i}").into_bytes()).collect()
+            };
+            assert_eq!(later, want("delayed"), "delayed stragglers");
+            assert_eq!(dead, want("dead"), "dead-lettered stragglers");
+            w.close().unwrap();
 
-    assert_eq!(e.acks, n, "acked messages");
-    assert!(e.acked.iter().all(|&a| a), "a message was never acked");
-    assert_eq!(e.deliveries, n as u64 + e.nacks, "deliveries: one per message and per nack");
-    assert!(e.nacks > 0 && e.immediate > 0);
-    // Every segment position the log passed through was a segment file; all but the last few
-    // were deleted.
-    let created = lsn.div_ceil(SEG);
-    assert!(stragglers > 0 && checkpoints > 0);
-    println!(
-        "soak: {stragglers} × 2 stragglers, {checkpoints} explicit checkpoints ({relocated} \
-         messages relocated by them, more by the checkpointer thread)"
-    );
-    println!(
-        "soak: N = {n} in {:.1} s; {} nacks, {} durable calls, {reopens} reopens; segments: \
-         about {created} created, {} deleted; max disk bytes seen {max_bytes} ({:.1} segments), \
-         max files at a sync {max_files}; (files, bytes) at each reopen {at_reopen:?}, at the \
-         end {end:?}, after the last reopen {reopened:?}",
-        start.elapsed().as_secs_f64(),
-        e.nacks,
-        e.immediate,
-        created.saturating_sub(end.0 as u64),
-        max_bytes as f64 / SEG as f64,
+            assert_eq!(e.acks, n, "acked messages");
+            assert!(e.acked.iter().all(|&a| a), "a message was never acked");
+            assert_eq!(
+                e.deliveries,
+                n as u64 + e.nacks,
+                "deliveries: one per message and per nack"
+            );
+            assert!(e.nacks > 0 && e.immediate > 0);
+            // Every segment position the log passed through was a segment file; all but the last few
+            // were deleted.
+            let created = lsn.div_ceil(SEG);
+            assert!(stragglers > 0 && checkpoints > 0);
+            println!(
+            "soak: {stragglers} × 2 stragglers, {checkpoints} explicit checkpoints ({relocated} \
+             messages relocated by them, more by the checkpointer thread)"
+        );
+            println!(
+            "soak: N = {n} in {:.1} s; {} nacks, {} durable calls, {reopens} reopens; segments: \
+             about {created} created, {} deleted; max disk bytes seen {max_bytes} ({:.1} segments), \
+             max files at a sync {max_files}; (files, bytes) at each reopen {at_reopen:?}, at the \
+             end {end:?}, after the last reopen {reopened:?}",
+            start.elapsed().as_secs_f64(),
+            e.nacks,
+            e.immediate,
+            created.saturating_sub(end.0 as u64),
+            max_bytes as f64 / SEG as f64,
+        );
+        },
     );
 }

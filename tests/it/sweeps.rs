@@ -101,6 +101,12 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(build)
 }
 
+/// Small segments and no checkpoint: the fixture is the log alone (its copies hold no
+/// `state.redb`, which a checkpoint would make the log depend on).
+fn no_checkpoints() -> wharf::WharfBuilder {
+    small().checkpoint_every_bytes(u64::MAX).checkpoint_interval(None)
+}
+
 /// Builds the store: segment 0 (64 KiB) holds about 6 KiB of small pushes and is sealed by a
 /// payload too large for the rest of it (allowed because the store is reopened with 128 KiB
 /// segments, which raises the largest payload); segment 1 holds that payload and is filled up;
@@ -111,7 +117,7 @@ fn build() -> Fixture {
     let dir = root.path();
     let mut pushed = Vec::new();
     {
-        let w = open_retrying(&small(), dir).unwrap();
+        let w = open_retrying(&no_checkpoints(), dir).unwrap();
         let q = w.queue("q").unwrap();
         for i in 0..56 {
             push(&q, &mut pushed, 24 + i % 32);
@@ -119,16 +125,17 @@ fn build() -> Fixture {
         w.close().unwrap();
     }
     {
-        let w = open_retrying(&small().segment_bytes(128 << 10), dir).unwrap();
+        let w = open_retrying(&no_checkpoints().segment_bytes(128 << 10), dir).unwrap();
         let q = w.queue("q").unwrap();
         push(&q, &mut pushed, 63_000); // more than is left of segment 0: it is sealed
         let second = fs::read(&segments(dir)[1]).unwrap();
         let used = second.iter().rposition(|&b| b != 0).unwrap() + 1;
         let mut room = second.len() - used;
-        // Fill segment 1 until 62..=64 bytes are left: room for the next open's epoch record
-        // (28) and a seal (24), but not for a small push (at least 64 + 17) besides them.
-        while room >= 115 {
-            let len = (room - 100).clamp(17, 30_000);
+        // Fill segment 1 until 132..=136 bytes are left: room for the next open's epoch and
+        // anchor records (28 + 40) and the reserve every segment keeps for a seal and an
+        // anchor (24 + 40), but not for a small push (at least 64 + 17) besides them.
+        while room >= 213 {
+            let len = (room - 200).clamp(17, 30_000);
             push(&q, &mut pushed, len);
             room -= PUSH_OVERHEAD + len;
         }
@@ -141,7 +148,7 @@ fn build() -> Fixture {
         fs::remove_file(spare).unwrap();
     }
     {
-        let w = open_retrying(&small(), dir).unwrap(); // its epoch record still fits in segment 1
+        let w = open_retrying(&no_checkpoints(), dir).unwrap(); // its epoch record still fits in segment 1
         let q = w.queue("q").unwrap();
         for i in 0..56 {
             push(&q, &mut pushed, 24 + (i * 7) % 32); // the first one rolls the log again
@@ -260,7 +267,7 @@ pub fn open_retrying(b: &WharfBuilder, dir: &Path) -> wharf::Result<Wharf> {
 
 /// Opens the store in `dir`, pops every message (holding all leases), and closes it.
 fn open_and_drain(dir: &Path) -> Outcome {
-    let run = || match open_retrying(&small(), dir) {
+    let run = || match open_retrying(&no_checkpoints(), dir) {
         Err(Error::Corrupted(c)) => Outcome::Corrupted { file: c.file, offset: c.offset },
         Err(e) => Outcome::Failed(format!("open: {e}")),
         Ok(w) => {

@@ -240,10 +240,56 @@ fn a_truncated_segment_is_a_problem() {
     assert_eq!(check_damage_agrees_with_open(dir.path(), &seg), 0);
     let problems = Wharf::verify(dir.path()).unwrap().problems;
     assert!(problems[0].reason.contains("40000 bytes"), "{}", problems[0]);
+    assert!(problems[0].reason.contains("truncated"), "{}", problems[0]);
     // Shorter than a header.
     std::fs::write(&seg, b"WHARFLOG").unwrap();
     let report = Wharf::verify(dir.path()).unwrap();
     assert!(report.problems.iter().any(|p| p.file == seg && p.reason.contains("header")));
+}
+
+#[test]
+fn swapped_segments_are_named_as_such() {
+    let dir = multi_segment_store();
+    let segs = segments(dir.path());
+    let tmp = dir.path().join("log").join("tmp");
+    std::fs::rename(&segs[0], &tmp).unwrap();
+    std::fs::rename(&segs[1], &segs[0]).unwrap();
+    std::fs::rename(&tmp, &segs[1]).unwrap();
+    check_damage_agrees_with_open(dir.path(), &segs[0]);
+    let report = Wharf::verify(dir.path()).unwrap();
+    for seg in &segs[..2] {
+        let p = report.problems.iter().find(|p| &p.file == seg).unwrap();
+        assert!(p.reason.contains("renamed, or swapped with another segment"), "{p}");
+    }
+}
+
+#[test]
+fn a_damaged_record_is_explained_not_only_located() {
+    let pristine = multi_segment_store();
+    let first = segments(pristine.path())[0].clone();
+    let original = std::fs::read(&first).unwrap();
+    let marker = payload(5, 300);
+    let at = original.windows(marker.len()).position(|w| w == marker).unwrap();
+    // A byte of the payload, then a byte of the record's position field (24 + 40 bytes of
+    // header and push fields come before the payload).
+    for (off, says) in [
+        (at + 100, "so the damage is in its body or payload"),
+        (at - 64 + 9, "its position field says"),
+    ] {
+        let dir = copy_store(pristine.path());
+        let seg = dir.path().join("log").join(first.file_name().unwrap());
+        let mut bytes = original.clone();
+        bytes[off] ^= 0x01;
+        std::fs::write(&seg, &bytes).unwrap();
+        let record = check_damage_agrees_with_open(dir.path(), &seg);
+        let report = Wharf::verify(dir.path()).unwrap();
+        let p = report.problems.iter().find(|p| p.file == seg).unwrap();
+        let lsn = format!("checksum mismatch in the record at log position {record}");
+        assert!(p.reason.contains(&lsn) && p.reason.contains(says), "flip at {off}: {p}");
+        // The open names the same cause.
+        let err = Wharf::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&lsn) && err.contains(says), "flip at {off}: {err}");
+    }
 }
 
 #[test]
@@ -269,7 +315,11 @@ fn a_gap_in_the_segments_is_a_problem() {
     let at = check_damage_agrees_with_open(dir.path(), &segs[2]);
     assert_eq!(at, 0);
     let report = Wharf::verify(dir.path()).unwrap();
-    assert!(report.problems[0].reason.contains("gap"), "{}", report.problems[0]);
+    // The cause: which file is missing.
+    let missing =
+        format!("segment file {} is missing", segs[1].file_name().unwrap().to_str().unwrap());
+    let why = &report.problems[0].reason;
+    assert!(why.contains("gap") && why.contains(&missing), "{}", report.problems[0]);
 }
 
 #[test]
@@ -291,13 +341,16 @@ fn a_damaged_mark_is_a_problem() {
     // The wrong length.
     std::fs::write(&mark, &original[..64]).unwrap();
     assert_eq!(check_damage_agrees_with_open(dir.path(), &mark), 0);
-    // A mark beyond the end of the log: all segments but the first are gone.
+    // A mark beyond the end of the log: all segments but the first are gone. The first ends
+    // with a seal, so the second is named missing (and the log ends below the mark).
     std::fs::write(&mark, &original).unwrap();
     let segs = segments(dir.path());
     for seg in &segs[1..] {
         std::fs::remove_file(seg).unwrap();
     }
-    check_damage_agrees_with_open(dir.path(), &segs[0]);
+    check_damage_agrees_with_open(dir.path(), &segs[1]);
+    let report = Wharf::verify(dir.path()).unwrap();
+    assert!(report.problems.iter().any(|p| p.file == segs[0]), "{:#?}", report.problems);
 }
 
 #[test]
@@ -763,51 +816,57 @@ fn random_damage_never_panics_and_verify_agrees_with_open() {
 /// raced the read) and finds nothing wrong.
 #[test]
 fn verify_beside_a_store_that_keeps_checkpointing_finds_no_problem() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let w = manual()
-        .visibility_timeout(Duration::from_secs(3600))
-        .push_durability(wharf::Durability::None)
-        .ack_durability(wharf::Durability::None)
-        .open(dir.path())
-        .unwrap();
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (w, stop) = (w.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let q = w.queue("q").unwrap();
-            let mut held = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..40 {
-                    q.push(payload(i, 900)).unwrap();
-                    let d = q.pop().unwrap();
-                    if i % 25 == 0 {
-                        held.push(d); // a straggler, relocated by a later checkpoint
-                    } else {
-                        d.ack().unwrap();
+    crate::with_deadline(
+        crate::TEST_LIMIT,
+        "verify_beside_a_store_that_keeps_checkpointing_finds_no_problem",
+        || {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let dir = tempfile::tempdir().unwrap();
+            let w = manual()
+                .visibility_timeout(Duration::from_secs(3600))
+                .push_durability(wharf::Durability::None)
+                .ack_durability(wharf::Durability::None)
+                .open(dir.path())
+                .unwrap();
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let writer = {
+                let (w, stop) = (w.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let q = w.queue("q").unwrap();
+                    let mut held = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..40 {
+                            q.push(payload(i, 900)).unwrap();
+                            let d = q.pop().unwrap();
+                            if i % 25 == 0 {
+                                held.push(d); // a straggler, relocated by a later checkpoint
+                            } else {
+                                d.ack().unwrap();
+                            }
+                            i += 1;
+                        }
+                        w.checkpoint().unwrap();
                     }
-                    i += 1;
-                }
-                w.checkpoint().unwrap();
+                })
+            };
+            let (mut checked, mut with_relocated) = (0, 0);
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < until || with_relocated == 0 {
+                let report = Wharf::verify(dir.path()).unwrap();
+                assert!(report.is_healthy(), "{:#?}", report.problems);
+                checked += 1;
+                with_relocated += usize::from(report.relocated > 0);
             }
-        })
-    };
-    let (mut checked, mut with_relocated) = (0, 0);
-    let until = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < until || with_relocated == 0 {
-        let report = Wharf::verify(dir.path()).unwrap();
-        assert!(report.is_healthy(), "{:#?}", report.problems);
-        checked += 1;
-        with_relocated += usize::from(report.relocated > 0);
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    assert!(checked > 1);
-    w.close().unwrap();
-    let closed = check_healthy(dir.path());
-    let r = manual().open(dir.path()).unwrap().recovery_report().clone();
-    let waiting: u64 = closed.queues.iter().map(|q| q.unsettled()).sum();
-    assert_eq!((r.messages, r.records), (waiting, closed.records.total()));
-    assert!(closed.relocated > 0);
+            stop.store(true, Ordering::Relaxed);
+            writer.join().unwrap();
+            assert!(checked > 1);
+            w.close().unwrap();
+            let closed = check_healthy(dir.path());
+            let r = manual().open(dir.path()).unwrap().recovery_report().clone();
+            let waiting: u64 = closed.queues.iter().map(|q| q.unsettled()).sum();
+            assert_eq!((r.messages, r.records), (waiting, closed.records.total()));
+            assert!(closed.relocated > 0);
+        },
+    );
 }

@@ -57,6 +57,14 @@ fn scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {
             c.pop("q")?;
             c.ack(I)
         }),
+        ("batch across segment rolls", small(), |c| {
+            c.open()?;
+            c.push("q", 50, I)?;
+            // About 150 KiB in one call: the group spans two seals and is kept whole or not
+            // at all.
+            assert!(c.push_batch_or_full("q", 100, 1500)?);
+            c.push("q", 50, N)
+        }),
         ("group of three", small(), |c| {
             c.open()?;
             for _ in 0..3 {

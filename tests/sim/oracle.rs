@@ -91,6 +91,8 @@ pub struct Msg {
     pub moves: Vec<Move>,
     /// Its deliveries: how many moves came before each, and what is known of its record.
     pub deliveries: Vec<(usize, St)>,
+    /// The index of the first message of the `push_batch` it was pushed in, if it was.
+    pub batch: Option<usize>,
 }
 
 impl Msg {
@@ -105,6 +107,7 @@ impl Msg {
             expires: 0,
             moves: Vec::new(),
             deliveries: Vec::new(),
+            batch: None,
         }
     }
 
@@ -371,7 +374,7 @@ impl Ctx {
         let mut payloads = Vec::new();
         for _ in 0..n {
             let p = self.payload(queue, len);
-            self.msgs.push(Msg::new(queue, p.clone(), Loc::ready()));
+            self.msgs.push(Msg { batch: Some(first), ..Msg::new(queue, p.clone(), Loc::ready()) });
             payloads.push(p);
         }
         let ids = match self.w().queue(queue).and_then(|q| q.push_batch(&payloads)) {
@@ -397,7 +400,7 @@ impl Ctx {
             let c = self.counter;
             self.counter += 1;
             let p = format!("{queue}:{c}:batch").into_bytes();
-            self.msgs.push(Msg::new(queue, p.clone(), Loc::ready()));
+            self.msgs.push(Msg { batch: Some(first), ..Msg::new(queue, p.clone(), Loc::ready()) });
             payloads.push(p);
         }
         let ids = self.w().queue(queue)?.push_batch(&payloads)?;
@@ -847,6 +850,18 @@ pub fn check(w: &Wharf, r: &Record, keep_all: bool, what: &str) {
             if matches!(m.push, St::Volatile | St::Written | St::Durable) && !m.may_be_gone() {
                 assert!(found.contains_key(&i), "{what}: I4 hole: {i} lost while {last} survived");
             }
+        }
+    }
+    // A batch is kept whole or not at all: if any of its messages survived, so did each of
+    // the others that was not settled for good since.
+    let kept: BTreeMap<usize, usize> =
+        found.keys().filter_map(|&j| Some((msgs[j].batch?, j))).collect();
+    for (i, m) in msgs.iter().enumerate() {
+        if let Some(&j) = m.batch.and_then(|first| kept.get(&first)) {
+            assert!(
+                found.contains_key(&i) || m.may_be_gone(),
+                "{what}: a batch cut by the crash: message {i} lost while {j} of its batch survived"
+            );
         }
     }
     // A durable config survives; a later one may too.

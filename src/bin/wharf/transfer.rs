@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -56,18 +56,25 @@ struct Decoded {
     priority: u8,
     due_ms: Option<u64>,
     expires_ms: Option<u64>,
+    /// `due_ms` and `expires_ms` as times.
+    due: Option<SystemTime>,
+    expires: Option<SystemTime>,
     key: Option<Vec<u8>>,
+}
+
+/// The time `ms` Unix milliseconds stand for, if this platform can hold it.
+fn at(ms: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 impl Decoded {
     fn options(&self) -> PushOptions {
-        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
         let mut opts = PushOptions::new().priority(self.priority);
-        if let Some(due) = self.due_ms {
-            opts = opts.not_before(at(due));
+        if let Some(due) = self.due {
+            opts = opts.not_before(due);
         }
-        if let Some(exp) = self.expires_ms {
-            opts = opts.expires_at(at(exp));
+        if let Some(exp) = self.expires {
+            opts = opts.expires_at(exp);
         }
         if let Some(k) = &self.key {
             opts = opts.dedup_key(k);
@@ -99,11 +106,19 @@ fn decode(n: usize, text: &str) -> Result<Decoded, CliError> {
     if line.priority > wharf::MAX_PRIORITY {
         return Err(bad(format!("priority {} is above {}", line.priority, wharf::MAX_PRIORITY)));
     }
+    let time = |what: &str, ms: Option<u64>| match ms {
+        None => Ok(None),
+        Some(ms) => at(ms)
+            .map(Some)
+            .ok_or_else(|| bad(format!("{what} {ms} is past the latest time this system holds"))),
+    };
     Ok(Decoded {
         payload,
         priority: line.priority,
         due_ms: line.due_ms,
         expires_ms: line.expires_ms,
+        due: time("due_ms", line.due_ms)?,
+        expires: time("expires_ms", line.expires_ms)?,
         key,
     })
 }

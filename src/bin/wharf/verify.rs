@@ -44,6 +44,7 @@ fn json(dir: &Path, report: &VerifyReport) -> Result<String, CliError> {
             "ack": r.ack, "nack": r.nack, "retry": r.retry, "dead_letter": r.dead_letter,
             "requeue": r.requeue, "queue": r.queue, "config": r.config, "epoch": r.epoch,
             "seal": r.seal,
+            "anchor": r.anchor,
         },
         "queues": report.queues.iter().map(|q| serde_json::json!({
             "name": q.name, "ready": q.ready, "delayed": q.delayed, "in_flight": q.in_flight,
@@ -133,6 +134,10 @@ fn summary(dir: &Path, report: &VerifyReport) -> String {
         if report.more_problems > 0 {
             t += &format!("  ... and {} more\n", report.more_problems);
         }
+        t += &format!(
+            "`wharf salvage {}` keeps the intact messages and lists the lost ones\n",
+            dir.display()
+        );
     }
     t
 }
