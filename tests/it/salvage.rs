@@ -492,3 +492,100 @@ fn salvage_into_needs_an_empty_target_and_refuses_a_locked_store() {
     ));
     w.close().unwrap();
 }
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One to three random changes to the files of the store in `dir`.
+fn damage(dir: &Path, rng: &mut Rng) -> String {
+    let mut files: Vec<PathBuf> = walk(dir);
+    files.sort();
+    let mut done = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        let f = files[rng.below(files.len())].clone();
+        let Ok(mut bytes) = std::fs::read(&f) else { continue };
+        let name = f.strip_prefix(dir).unwrap().display().to_string();
+        match rng.below(6) {
+            0 | 1 if !bytes.is_empty() => {
+                let at = rng.below(bytes.len().min(1 << 16));
+                bytes[at] ^= 1 << rng.below(8);
+                done.push(format!("flip {name}@{at}"));
+            }
+            2 if !bytes.is_empty() => {
+                let at = rng.below(bytes.len());
+                let len = (1 + rng.below(300)).min(bytes.len() - at);
+                for b in &mut bytes[at..at + len] {
+                    *b = rng.next() as u8;
+                }
+                done.push(format!("junk {name}@{at}+{len}"));
+            }
+            3 if !bytes.is_empty() => {
+                let at = rng.below(bytes.len());
+                let len = rng.below(8192).min(bytes.len() - at);
+                bytes[at..at + len].fill(0);
+                done.push(format!("zero {name}@{at}+{len}"));
+            }
+            4 => {
+                let len = rng.below(bytes.len() + 1);
+                bytes.truncate(len);
+                done.push(format!("truncate {name} to {len}"));
+            }
+            _ => {
+                std::fs::remove_file(&f).unwrap();
+                done.push(format!("remove {name}"));
+                continue;
+            }
+        }
+        std::fs::write(&f, bytes).unwrap();
+    }
+    done.join(", ")
+}
+
+#[test]
+fn random_damage_is_salvaged_into_a_healthy_store_that_delivers_no_phantom() {
+    let seed: u64 =
+        std::env::var("WHARF_SALVAGE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut salvaged = 0;
+    for case in 0..40 {
+        let (dir, l) = copy();
+        let what = format!("case {case} (seed {seed}): {}", damage(dir.path(), &mut rng));
+        let w = match manual().salvage(true).open(dir.path()) {
+            Ok(w) => w,
+            Err(e) => panic!("{what}: {e}"),
+        };
+        salvaged += usize::from(w.recovery_report().salvage.is_some());
+        let kept = contents(&w);
+        let report = w.recovery_report().salvage.clone();
+        w.close().unwrap();
+        for (id, (_, payload)) in &kept {
+            let known = l.pushed.get(id).map(|(_, p)| p);
+            assert_eq!(known, Some(payload), "{what}: a phantom {id}");
+        }
+        if let Some(r) = &report {
+            for id in r.lost_ids() {
+                assert!(!kept.contains_key(&id), "{what}: {id} lost and kept");
+            }
+            // Every unsettled message is kept or accounted for.
+            for id in l.unsettled() {
+                assert!(kept.contains_key(&id) || accounted(r, id), "{what}: {id} vanished\n{r}");
+            }
+        }
+        let v = Wharf::verify(dir.path()).unwrap();
+        assert!(v.is_healthy(), "{what}: {:#?}", v.problems);
+    }
+    assert!(salvaged > 10, "{salvaged}");
+}
