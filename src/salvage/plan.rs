@@ -71,6 +71,21 @@ struct Last {
     settled: bool,
 }
 
+/// Whether the lost range `g`, whose pushes had the ids `ids`, may have held an ack. Not when its
+/// bytes still read as exactly one record of a kind that settles nothing (only its checksum
+/// fails): a push of the one id the range is missing, a delivery, a retry, a move, a catalog,
+/// epoch, anchor or seal record. A release (`Nack`) has an ack's length and is two bits from one:
+/// it is not trusted, nor is anything else.
+fn may_hold_ack(g: &Gap, ids: IdSpan) -> bool {
+    match g.claimed {
+        Some((1 | 8, Some(id))) => {
+            !matches!(ids, IdSpan::Exact { first, last } if first == last && first.0 == id)
+        }
+        Some((3 | 5 | 6 | 7 | 9 | 10 | 11 | 12 | 13, _)) => false,
+        _ => true,
+    }
+}
+
 /// A record of a group held back until the group is whole.
 #[derive(Debug)]
 struct Pending {
@@ -259,6 +274,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
                 lsn_from: a.start,
                 lsn_to: Some(first),
                 why,
+                claimed: None,
             });
             scanned.gaps.sort_by_key(|g| g.lsn_from);
         }
@@ -370,6 +386,8 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     }
     // The ids of the pushes each damaged range could have held.
     let checkpoint_epoch = loaded.as_ref().map_or(0, |l| l.epoch);
+    // The end of the last range that may have held an ack.
+    let mut latest_ack_range: Option<u64> = None;
     for g in &scanned.gaps {
         let i = pushes.partition_point(|&(lsn, _)| lsn < g.lsn_from);
         let prev = i.checked_sub(1).and_then(|i| pushes.get(i)).map(|&(_, id)| id);
@@ -413,6 +431,10 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
                 }
             }
         }
+        if may_hold_ack(g, ids) {
+            let end = g.lsn_to.unwrap_or(u64::MAX);
+            latest_ack_range = Some(latest_ack_range.map_or(end, |e| e.max(end)));
+        }
         report.lost_ranges.push(LostRange {
             file: g.file.clone(),
             from: g.from,
@@ -422,13 +444,12 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         });
     }
     // Kept, but a damaged range after its last surviving record may have held its ack.
-    let latest_gap_end = scanned.gaps.iter().map(|g| g.lsn_to.unwrap_or(u64::MAX)).max();
     for k in &kept {
         let mut seen = last.get(&k.id).map_or(0, |l| l.lsn);
         if k.entry.lsn == RELOCATED {
             seen = seen.max(checkpoint);
         }
-        if latest_gap_end.is_some_and(|end| end > seen) {
+        if latest_ack_range.is_some_and(|end| end > seen) {
             lost.insert(
                 k.id,
                 LostMessage {

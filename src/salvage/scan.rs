@@ -51,6 +51,10 @@ pub(crate) struct Gap {
     pub lsn_from: u64,
     pub lsn_to: Option<u64>,
     pub why: String,
+    /// What the damaged bytes still claim to be, when their header reads as exactly one record
+    /// of this very range (its position field is the range's start, its length the range's
+    /// length) with a body length that fits its kind: (kind, the message id it names).
+    pub claimed: Option<(u8, Option<u64>)>,
 }
 
 /// One valid record as the scan hands it over.
@@ -214,6 +218,7 @@ fn read_segment(
                         lsn_from: lsn,
                         lsn_to: Some(base + next as u64),
                         why: why.clone(),
+                        claimed: claimed(rest, lsn, next - off),
                     });
                     out.problems.push(problem(path, off as u64, why));
                     after_gap = true;
@@ -228,6 +233,32 @@ fn read_segment(
         }
     }
     Ok(Some(seg))
+}
+
+/// What a damaged record of `len` bytes at `lsn` still claims to be (see [`Gap::claimed`]).
+fn claimed(bytes: &[u8], lsn: u64, len: usize) -> Option<(u8, Option<u64>)> {
+    let u32_at =
+        |o: usize| bytes.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    if record::peek_lsn(bytes) != Some(lsn) || u32_at(0).map(|l| l as usize) != Some(len) {
+        return None;
+    }
+    let kind = *bytes.get(20)?;
+    let body = len.checked_sub(RECORD_HEADER_LEN)?;
+    // Body lengths by kind (`record.rs`): fixed, or at least.
+    let fits = match kind {
+        2 | 4 => body == 12,
+        3 | 11 => body == 16,
+        6 => body == 4,
+        7 => body == 0,
+        13 => body == 16,
+        1 => body >= 12,
+        8 => body >= 40,
+        9 | 10 => body >= 20,
+        5 | 12 => body >= 4,
+        _ => false,
+    };
+    let id = bytes.get(28..36).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    fits.then_some((kind, if matches!(kind, 1..=4 | 8..=11) { id } else { None }))
 }
 
 /// The first offset at or after `from` holding a valid record that carries its own position.
@@ -270,6 +301,7 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                     lsn_from: seg.end(),
                     lsn_to: Some(next.base),
                     why,
+                    claimed: None,
                 });
             }
         }
@@ -284,6 +316,7 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                 lsn_from: seg.records_end,
                 lsn_to: Some(seg.end()),
                 why: why.into(),
+                claimed: None,
             });
         } else if i == last && seg.sealed && out.segs.get(i + 1).is_none() {
             let missing = log_dir.join(segment::file_name(seg.end()));
@@ -296,6 +329,7 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                 lsn_from: seg.end(),
                 lsn_to: None,
                 why: why.into(),
+                claimed: None,
             });
         } else if i > last && seg.dirty_tail > 0 && !seg.has_records {
             // A spare made ahead of time holds only zeros after its header.
@@ -308,6 +342,7 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                 lsn_from: seg.base + HEADER_LEN,
                 lsn_to: Some(seg.end()),
                 why: why.into(),
+                claimed: None,
             });
         }
     }
@@ -335,6 +370,7 @@ pub(crate) fn lost_end(out: &mut LogScan, log_dir: &Path, durable_end: u64, why:
         lsn_from: end,
         lsn_to: Some(durable_end),
         why,
+        claimed: None,
     });
     out.gaps.sort_by_key(|g| g.lsn_from);
 }
