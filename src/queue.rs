@@ -440,9 +440,6 @@ struct Unloaded {
     last_error: Option<String>,
 }
 
-/// Messages [`Queue::purge`] settles at a time.
-const PURGE_BATCH: usize = 1024;
-
 /// A leased message taken under the lock, before its payload is read.
 pub(crate) struct Taken {
     id: u64,
@@ -995,8 +992,9 @@ impl Queue {
     }
 
     /// Settles every waiting message of the queue (ready or delayed) for good, as an ack
-    /// does: one `Ack` record each, durable when this returns; returns how many. Messages in
-    /// flight are left to their consumers.
+    /// does: one `Ack` record each, written as one group (a crash keeps the whole purge or none
+    /// of it), durable when this returns; returns how many. Messages in flight are left to
+    /// their consumers.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -1010,31 +1008,37 @@ impl Queue {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`] (the messages settled so far
-    /// stay settled).
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::NoSpace`] (nothing is settled).
     pub fn purge(&self) -> Result<usize> {
         let shared = &self.core.shared;
         let q = self.id as usize;
         let ack_len = Body::Ack { queue: 0, id: 0 }.encoded_len();
         let mut g = shared.state.lock();
-        let mut purged = 0;
-        loop {
+        let purged = loop {
             g.check()?;
-            // In batches, so that the room asked for stays within a segment.
-            let ids: Vec<u64> =
-                g.queues[q].index.waiting(PURGE_BATCH).iter().map(|w| w.id).collect();
-            if ids.is_empty() {
-                break;
-            }
+            let ids: Vec<u64> = g.queues[q].index.waiting(usize::MAX).iter().map(|w| w.id).collect();
             if !jobs::room(shared, &mut g, &vec![ack_len; ids.len()], Room::Settle)? {
                 continue;
             }
-            for id in ids {
-                let Some(entry) = g.queues[q].index.remove(id) else { continue };
-                jobs::drop_message(shared, &mut g, self.id, id, entry)?;
-                purged += 1;
+            // One group: a crash keeps the whole purge or none of it.
+            if ids.len() > 1 {
+                g.wal.begin_group();
             }
-        }
+            let staged = (|| {
+                for (i, &id) in ids.iter().enumerate() {
+                    if i + 1 == ids.len() {
+                        g.wal.end_group();
+                    }
+                    if let Some(entry) = g.queues[q].index.remove(id) {
+                        jobs::drop_message(shared, &mut g, self.id, id, entry)?;
+                    }
+                }
+                Ok::<_, Error>(())
+            })();
+            g.wal.end_group();
+            staged?;
+            break ids.len();
+        };
         if purged > 0 {
             let end = g.wal.next_lsn;
             shared.wait_durable(&mut g, end)?;
@@ -1090,8 +1094,8 @@ impl Queue {
         Ok(self.requeue_where(|m| m == id.0, 1)? == 1)
     }
 
-    /// Moves every waiting dead letter of this queue back to where it came from; returns how
-    /// many.
+    /// Moves every waiting dead letter of this queue back to where it came from, as one group
+    /// of records (a crash keeps all of the moves or none); returns how many.
     ///
     /// # Errors
     /// As [`Queue::requeue`].
@@ -1121,18 +1125,32 @@ impl Queue {
             if !jobs::room(shared, &mut g, &vec![len; candidates.len()], Room::Settle)? {
                 continue;
             }
-            for (id, to) in candidates {
-                if g.queues.get(to as usize).is_none() {
-                    continue;
-                }
-                let Some(entry) = g.queues[q].index.remove(id) else { continue };
-                g.wal.append(&Body::Requeue { queue: self.id, id, to }).ok_or(Error::NoSpace)?;
-                g.queues[q].index.take_note(id);
-                let dst = &mut g.queues[to as usize];
-                dst.index.insert(id, Entry { attempts: 0, ..entry }, 0);
-                dst.notify_one();
-                moved += 1;
+            let candidates: Vec<(u64, u32)> = candidates
+                .into_iter()
+                .filter(|&(_, to)| g.queues.get(to as usize).is_some())
+                .collect();
+            // One group: a crash keeps the whole requeue or none of it.
+            if candidates.len() > 1 {
+                g.wal.begin_group();
             }
+            let staged = (|| {
+                for (i, &(id, to)) in candidates.iter().enumerate() {
+                    if i + 1 == candidates.len() {
+                        g.wal.end_group();
+                    }
+                    let Some(entry) = g.queues[q].index.remove(id) else { continue };
+                    let body = Body::Requeue { queue: self.id, id, to };
+                    g.wal.append(&body).ok_or(Error::NoSpace)?;
+                    g.queues[q].index.take_note(id);
+                    let dst = &mut g.queues[to as usize];
+                    dst.index.insert(id, Entry { attempts: 0, ..entry }, 0);
+                    dst.notify_one();
+                    moved += 1;
+                }
+                Ok::<_, Error>(())
+            })();
+            g.wal.end_group();
+            staged?;
             if moved >= max {
                 break;
             }

@@ -368,6 +368,11 @@ impl StateDb {
             }
             Err(e) => return Err(e.into()),
         };
+        // The file may be one whose creation or rebuild failed at its directory sync: its name
+        // would not survive a power loss, and the log states checkpoints made in it (anchors),
+        // so that a lost name would make the store refuse to open. The directory is synced
+        // before the database is used.
+        storage.sync_dir(dir)?;
         // redb would make a new database in an empty file: here that is a lost one.
         if file.len()? == 0 {
             return Err(damaged(&path, "the file is empty"));

@@ -202,6 +202,9 @@ mod child {
             let s0 = 4 * blocks.fetch_add(1, Ordering::SeqCst);
             let keys: Vec<Key> = (s0..s0 + n).map(|s| (g, s)).collect();
             let payloads: Vec<Vec<u8>> = keys.iter().map(|&k| payload(k)).collect();
+            if n > 1 {
+                emit(&format!("BATCH {g} {s0} {n}"));
+            }
             for &(g, s) in &keys {
                 emit(&format!("BEGIN-PUSH {g} {s}"));
             }
@@ -259,6 +262,8 @@ mod child {
 struct Journal {
     ready: bool,
     begun_push: BTreeSet<Key>,
+    /// `push_batch` calls: (g, first s, n); the keys are (g, first s..first s + n).
+    batches: Vec<(u64, u64, u64)>,
     pushed: BTreeMap<Key, u64>,
     begun_ack: BTreeMap<u64, Key>,
     acked: BTreeMap<u64, Key>,
@@ -275,6 +280,7 @@ impl Journal {
             match (f[0], n(1), n(2), n(3)) {
                 ("READY", ..) if f.len() == 1 => j.ready = true,
                 ("DONE", ..) if f.len() == 1 => {}
+                ("BATCH", Some(g), Some(s), Some(n)) => j.batches.push((g, s, n)),
                 ("BEGIN-PUSH", Some(g), Some(s), None) => {
                     j.begun_push.insert((g, s));
                 }
@@ -423,6 +429,21 @@ impl Model {
                     found.insert(id, k);
                     held.push(d);
                 }
+            }
+        }
+        // A batch is kept whole or not at all: if one of its messages survived, so did every
+        // other one that was not (maybe) acked since.
+        let acked: HashSet<Key> = j.begun_ack.values().chain(j.acked.values()).copied().collect();
+        for &(g, s0, n) in &j.batches {
+            let keys: Vec<Key> = (s0..s0 + n).map(|s| (g, s)).collect();
+            let kept = keys.iter().filter(|k| seen_keys.contains(k)).count();
+            let lost: Vec<&Key> =
+                keys.iter().filter(|k| !seen_keys.contains(k) && !acked.contains(k)).collect();
+            if kept > 0 && !lost.is_empty() {
+                return Err(format!(
+                    "batch of {n} from {:?} cut by the crash: {kept} kept, {lost:?} lost",
+                    (g, s0)
+                ));
             }
         }
         // I1: every durable push that was not (maybe) acked is there.
