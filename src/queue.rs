@@ -1016,7 +1016,8 @@ impl Queue {
         let mut g = shared.state.lock();
         let purged = loop {
             g.check()?;
-            let ids: Vec<u64> = g.queues[q].index.waiting(usize::MAX).iter().map(|w| w.id).collect();
+            let ids: Vec<u64> =
+                g.queues[q].index.waiting(usize::MAX).iter().map(|w| w.id).collect();
             if !jobs::room(shared, &mut g, &vec![ack_len; ids.len()], Room::Settle)? {
                 continue;
             }
