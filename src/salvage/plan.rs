@@ -200,13 +200,28 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         }
     }
     let mut replay = Replay::default();
+    // Relocated messages of queues the catalog does not hold: lost, by id.
+    let mut orphans = Vec::new();
     if let Some(l) = loaded.as_mut() {
         let queues = l.queues.len();
+        orphans
+            .extend(l.rows.iter().filter(|(_, r)| r.queue as usize >= queues).map(|(id, _)| *id));
         l.rows.retain(|(_, row)| (row.queue as usize) < queues);
         l.dedup.retain(|(q, ..)| (*q as usize) < queues);
         match Replay::from_checkpoint(l, &state_path) {
             Ok(r) => replay = r,
-            Err(e) => report.problems.push(corruption(&state_path, e)),
+            Err(e) => {
+                report.problems.push(corruption(&state_path, e));
+                report.lost_ranges.push(LostRange {
+                    file: state_path.clone(),
+                    from: 0,
+                    to: None,
+                    ids: IdSpan::Unknown,
+                    reason: "the state database's checkpoint cannot be used: relocated messages \
+                             that no later record names are lost with it"
+                        .into(),
+                });
+            }
         }
     }
     let checkpoint = loaded.as_ref().map_or(0, |l| l.checkpoint);
@@ -374,6 +389,9 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     kept.sort_by_key(|k| k.id);
     let kept_ids: HashSet<u64> = kept.iter().map(|k| k.id).collect();
 
+    for id in orphans {
+        lost.insert(id, LostMessage { id: MessageId(id), queue: None, fate: Fate::Lost });
+    }
     // Named by a surviving record, not settled, not kept: lost.
     for (&id, l) in &last {
         if !l.settled && !kept_ids.contains(&id) {
