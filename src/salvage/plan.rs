@@ -236,6 +236,9 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
             }
         }
     })?;
+    // Queue numbers are dense: a catalog of n queues numbers them below n.
+    let bound = replay.queues.len() + names.len();
+    names.retain(|&q, _| (q as usize) < bound);
     if let Some((&max, _)) = names.last_key_value() {
         for q in replay.queues.len() as u64..=u64::from(max) {
             let q = u32::try_from(q).unwrap_or(u32::MAX);
@@ -321,7 +324,10 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     if group_start.is_some_and(|start| scanned.gaps.iter().any(|g| g.lsn_from > start)) {
         pass.flush();
     }
-    let Pass { replay, last, pushes, epochs, problems, .. } = pass;
+    let Pass { replay, last, mut pushes, mut epochs, problems, .. } = pass;
+    // A group is applied when whole: its pushes may come after a preamble read in between.
+    pushes.sort_unstable();
+    epochs.sort_unstable();
     report.problems.extend(problems);
     report.problems.append(&mut scanned.problems);
 
