@@ -118,7 +118,9 @@ fn absurd_numbers_are_usage_errors_or_saturate_never_a_panic() {
     // Long enough to pass any date, yet a `Duration`: saturates to the far future.
     wharf(&["push", d, "q", "never", "--delay", "100000000000000d"], None).expect(0);
     let peek = wharf(&["peek", d, "q", "-n", "18446744073709551615"], None).expect(0).out();
-    assert!(peek.starts_with("q: 5 ready, 1 delayed, 0 in flight; showing 6"), "{peek}");
+    // The message delayed by a second may still be delayed on a slow machine.
+    let ok = ["q: 5 ready, 1 delayed", "q: 4 ready, 2 delayed"].iter().any(|p| peek.starts_with(p));
+    assert!(ok && peek.contains("0 in flight; showing 6"), "{peek}");
     assert!(wharf(&["peek", d, "q", "-n", "0"], None).expect(0).out().contains("showing 0"));
     for n in ["18446744073709551616", "-1", "many"] {
         wharf(&["peek", d, "q", "-n", n], None).expect(2);
@@ -434,7 +436,9 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     segs.sort();
     let seg = &segs[0];
     let mut bytes = std::fs::read(seg).unwrap();
-    bytes[1000] ^= 0x40;
+    // A byte inside a payload: the record's checksum fails, its header still reads right.
+    let at = bytes.windows(19).position(|w| w == b"message number 0010").unwrap();
+    bytes[at + 5] ^= 0x40;
     std::fs::write(seg, &bytes).unwrap();
     let name = seg.file_name().unwrap().to_str().unwrap();
 
