@@ -122,7 +122,12 @@ pub(crate) fn scan_log(
             continue;
         }
         out.max_end = out.max_end.max(base + 1);
-        let hole = out.segs.last().is_some_and(|prev| prev.end() != base);
+        // Records of this segment follow lost ones: a hole between files, or an earlier
+        // segment whose records end without its seal.
+        let hole = out
+            .segs
+            .last()
+            .is_some_and(|prev| prev.end() != base || (prev.has_records && !prev.sealed));
         if let Some(seg) = read_segment(storage, &path, base, hole, &mut out, visit)? {
             out.max_end = out.max_end.max(seg.end());
             out.segs.push(seg);

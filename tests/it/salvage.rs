@@ -423,6 +423,28 @@ fn each_file_missing_or_garbled_in_turn() {
     let r = check_salvage(dir.path(), &l, &Expect::default(), true, "mark missing");
     assert!(r.is_none());
 
+    // A garbled mark: it only ever said where durable data ended; nothing is lost.
+    let (dir, l) = copy();
+    let mark = dir.path().join("log/mark");
+    let mut bytes = std::fs::read(&mark).unwrap();
+    bytes[20] ^= 1;
+    bytes[84] ^= 1;
+    std::fs::write(&mark, bytes).unwrap();
+    assert!(strict_refuses(dir.path()));
+    let r = check_salvage(dir.path(), &l, &Expect::default(), true, "mark garbled").unwrap();
+    assert!(r.is_lossless(), "{r}");
+
+    // A damaged segment header: its records still carry their positions; nothing is lost.
+    let (dir, l) = copy();
+    let seg = segments(dir.path())[1].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&seg, bytes).unwrap();
+    assert!(strict_refuses(dir.path()));
+    let r = check_salvage(dir.path(), &l, &Expect::default(), true, "header damaged").unwrap();
+    assert!(r.is_lossless(), "{r}");
+    assert!(r.problems.iter().any(|p| p.file == seg && p.offset == 0), "{r}");
+
     // A garbled state database: the relocated messages are lost, named where a later record
     // names them, else within the state database's range.
     let (dir, l) = copy();
