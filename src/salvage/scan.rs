@@ -397,6 +397,38 @@ mod tests {
     }
 
     #[test]
+    fn damaged_bytes_claim_a_record_only_when_position_length_and_kind_agree() {
+        let push = Body::PushEx {
+            queue: 0,
+            id: 7,
+            priority: 0,
+            not_before: 0,
+            expires: 0,
+            pushed: 0,
+            key: b"",
+            payload: b"some payload bytes",
+        };
+        let (img, at) = image(&[push, Body::Ack { queue: 0, id: 7 }]);
+        let (p, a) = (at[0], at[1]);
+        let (plen, alen) = (a - p, at[1] + 36 - a);
+        let mut bad = img.clone();
+        bad[p + plen - 3] ^= 1; // in the payload
+        assert_eq!(claimed(&bad[p..], p as u64, plen), Some((8, Some(7))));
+        let mut bad = img.clone();
+        bad[p + 1] ^= 1; // in the length field
+        assert_eq!(claimed(&bad[p..], p as u64, plen), None);
+        let mut bad = img.clone();
+        bad[p + 9] ^= 1; // in the position field
+        assert_eq!(claimed(&bad[p..], p as u64, plen), None);
+        let mut bad = img.clone();
+        bad[a + 20] = 3; // an ack whose kind now says delivery: the length does not fit
+        assert_eq!(claimed(&bad[a..], a as u64, alen), None);
+        let mut bad = img;
+        bad[a + 30] ^= 1; // an ack whose id changed is still an ack
+        assert!(matches!(claimed(&bad[a..], a as u64, alen), Some((2, Some(id))) if id != 7));
+    }
+
+    #[test]
     fn next_record_skips_damage_and_finds_the_next_valid_record() {
         let bodies = [
             Body::Epoch { epoch: 1 },
