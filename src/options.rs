@@ -271,7 +271,8 @@ impl WharfBuilder {
     /// may be redelivered because a damaged range may have held their ack, and the ranges lost
     /// where ids cannot be named one by one. A crash during salvage is finished (or redone) by
     /// the next open, with the same result. A healthy store is simply opened: nothing is moved
-    /// and `salvage` is `None`.
+    /// and `salvage` is `None`. (The strict recovery tried first may, like any open, cut a torn
+    /// tail or let redb finish an unclean shutdown before it finds the damage.)
     ///
     /// ```
     /// use wharf::Wharf;

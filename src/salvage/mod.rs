@@ -6,6 +6,8 @@
 //! `write.rs` writes the new log; `swap.rs` puts it in place crash-safely; `report.rs` is the
 //! report and its file format.
 //!
+//! Memory: one segment file at a time, plus a few words per message id the log names.
+//!
 //! Invariants: nothing in the store directory changes before the new log is durable and the
 //! commit marker (`salvage.swap`) names it; from then on every open finishes the swap the same
 //! way, so a crash at any point followed by another open or salvage gives the same store and the
