@@ -1,7 +1,7 @@
 //! Salvage is crash-safe: a crash at every disk operation of a salvage (its reads, the new
 //! log's writes, the commit marker, every rename of the swap), under every deterministic crash
 //! policy, then another salvage open, gives the same store and the same report as a salvage
-//! that was never interrupted.
+//! that was never interrupted. The store has a relocated message, so `state.redb` is read too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,17 +35,20 @@ fn damaged() -> SimFs {
     let w = testing::open(builder(), &sim, dir).unwrap();
     let jobs = w.queue("jobs").unwrap();
     let mail = w.queue("mail").unwrap();
-    jobs.push(payload(0, 900)).unwrap();
+    let relocated = jobs.push(payload(0, 900)).unwrap();
     let retry = NackOptions::new().error("smtp 421").delay(Duration::from_secs(3600));
     jobs.pop().unwrap().nack_with(retry).unwrap();
-    for i in 1..120 {
+    for i in 1..250 {
         mail.push(payload(i, 300)).unwrap();
         mail.pop().unwrap().ack().unwrap();
     }
-    w.checkpoint().unwrap();
-    w.checkpoint().unwrap();
+    // The first message is relocated into `state.redb` and its segment deleted: the salvage
+    // copies its payload out of the state database.
+    let a = w.checkpoint().unwrap();
+    let b = w.checkpoint().unwrap();
+    assert_eq!(a.relocated + b.relocated, 1, "{a:?} {b:?}");
     testing::maintain(&w).unwrap();
-    for i in 120..260 {
+    for i in 250..390 {
         let q = if i % 3 == 0 { &mail } else { &jobs };
         if i % 4 == 0 {
             // Stays unsettled where it is: nothing pops it before its time.
@@ -63,9 +66,10 @@ fn damaged() -> SimFs {
     }
     // The oldest unsettled message of the second phase: its push is in a sealed segment.
     let victim =
-        jobs.peek(usize::MAX).unwrap().into_iter().find(|p| p.payload.starts_with(b"m0001"));
+        jobs.peek(usize::MAX).unwrap().into_iter().find(|p| p.payload.starts_with(b"m0002"));
     let needle = victim.expect("an unsettled message").payload[..8].to_vec();
     w.close().unwrap();
+    assert_eq!(relocated.get(), RELOCATED_ID);
     let log = dir.join("log");
     let mut names: Vec<String> =
         sim.names(&log).into_iter().filter(|n| n.ends_with(".seg")).collect();
@@ -80,6 +84,9 @@ fn damaged() -> SimFs {
     sim.write_file(&log.join(&name), &bytes).unwrap();
     sim
 }
+
+/// The id of the relocated message: the first of the first epoch.
+const RELOCATED_ID: u64 = 1 << 40 | 1;
 
 type Contents = BTreeMap<u64, (String, Vec<u8>, u32)>;
 
@@ -115,6 +122,8 @@ fn a_crash_at_every_disk_operation_of_salvage_then_salvage_again_gives_the_same_
     let want_report = comparable(report.expect("the store is damaged: salvaged"));
     assert!(want_report.lost_ids().count() == 1, "{want_report}");
     assert!(want.len() > 20);
+    let kept = &want[&RELOCATED_ID];
+    assert_eq!((kept.0.as_str(), &kept.1, kept.2), ("jobs", &payload(0, 900), 1), "relocated");
     let ops = reference.ops();
     let mut images = 0;
     let mut finished_before_crash = 0;
