@@ -276,9 +276,19 @@ impl Wharf {
     ///
     /// # Errors
     /// [`Error::Locked`] if another handle has `dir` open; [`Error::Corrupted`] (naming the file
-    /// and offset) for damage below the durable end of the log; [`Error::UnsupportedVersion`],
-    /// [`Error::ForeignSegment`]; [`Error::Io`], of kind `NotADirectory` if `dir` or one of its
-    /// parents is a file.
+    /// and offset) for damage below the durable end of the log, a missing segment or a missing
+    /// or stale `state.redb`, or (naming `state.redb`, offset 0) for a state database that
+    /// fails redb's page checksums; [`Error::UnsupportedVersion`], [`Error::ForeignSegment`];
+    /// [`Error::Io`], of kind `NotADirectory` if `dir` or one of its parents is a file.
+    ///
+    /// # Panics
+    /// Not on damaged files, also with `panic = "abort"`: redb panics on some damage to
+    /// `state.redb` when it opens it plainly, so wharf first checks every page checksum of the
+    /// file through redb's integrity-checking open (its writes kept in memory) and gives redb
+    /// the file for use only if that passes. redb's panics are still caught (`catch_unwind`) and
+    /// returned as [`Error::Corrupted`], a second line for what the check cannot see (bytes
+    /// changed after it, a bug in redb); under `panic = "abort"` such a panic aborts the
+    /// process, and the default panic hook prints its message (README, "Limits").
     pub fn open(dir: impl AsRef<Path>) -> Result<Wharf> {
         Wharf::builder().open(dir)
     }

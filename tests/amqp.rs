@@ -1,19 +1,24 @@
 //! The AMQP bridge against a real RabbitMQ broker: forwarding with publisher confirms, returns,
-//! nacks, a broker-side connection close, a forwarder killed with SIGKILL, and an ingestor
-//! killed mid-stream.
+//! nacks, a broker-side connection close, a broker restart (on a busy machine too), a forwarder
+//! killed with SIGKILL, an ingestor killed mid-stream; stop and drop in every connection state
+//! (a handshake that hangs, a stopped broker, a silent one); the idle CPU of waiting bridges;
+//! every option at its edges.
 //!
 //! The broker is `WHARF_AMQP_URL`, or `amqp://guest:guest@127.0.0.1:5672/%2f` if something
 //! listens there. Without either, each test prints that it was skipped and passes, unless
-//! `WHARF_REQUIRE_AMQP=1` (as `.ci/run` sets), under which a missing broker fails. The tests
-//! take one lock, so they run one at a time (one of them closes every connection of the broker).
-//! Child processes are this binary, re-executed with `WHARF_AMQP_CHILD=<role>`.
+//! `WHARF_REQUIRE_AMQP=1` (as `.ci/run` sets), under which a missing broker fails. Each test
+//! holds a [`Rig`]: one lock, so they run one at a time (some stop the broker or close every
+//! connection of it, some measure CPU time), and a time limit past which the run ends with a
+//! message rather than hanging. `WHARF_AMQP_RESTARTS=<n>` repeats the broker restart under CPU
+//! load n times. Child processes are this binary, re-executed with `WHARF_AMQP_CHILD=<role>`.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{
@@ -22,7 +27,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use wharf::bridge::{ConnectionState, Forwarder, Ingestor};
+use wharf::bridge::{ConnectionState, Forwarder, ForwarderBuilder, Ingestor, IngestorBuilder};
 use wharf::{PushOptions, Queue, Wharf};
 
 const CHILD_ENV: &str = "WHARF_AMQP_CHILD";
@@ -30,6 +35,9 @@ const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// One test at a time: the outage test closes every connection of the broker.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Set while a test holds the broker's app stopped, for the watchdog to start it again.
+static BROKER_STOPPED: AtomicBool = AtomicBool::new(false);
 
 /// The broker's URL, or `None` (after saying so) if there is none and none is required.
 fn broker(test: &str) -> Option<String> {
@@ -46,6 +54,42 @@ fn broker(test: &str) -> Option<String> {
     assert!(std::env::var("WHARF_REQUIRE_AMQP").as_deref() != Ok("1"), "{test}: {why}");
     println!("{test}: skipped: {why}");
     None
+}
+
+/// What every test here holds while it runs: the suite's lock (one test at a time: some stop
+/// the broker, some measure CPU time) and a watchdog that ends the whole run with a message if
+/// the test outlives `limit`, so that a hang fails CI instead of stalling it.
+struct Rig {
+    _serial: MutexGuard<'static, ()>,
+    _watchdog: mpsc::Sender<()>,
+}
+
+/// Takes the lock and arms the watchdog (disarmed when the rig drops, on a panic too).
+fn rig(test: &'static str, limit: Duration) -> Rig {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (disarm, armed) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
+                eprintln!(
+                    "{test}: still running after its time limit of {limit:?}: ending the run"
+                );
+                if BROKER_STOPPED.load(Ordering::SeqCst) {
+                    let _ = Command::new("rabbitmqctl").arg("start_app").output();
+                }
+                std::process::exit(3);
+            }
+        })
+        .unwrap();
+    Rig { _serial: serial, _watchdog: disarm }
+}
+
+/// The broker's URL and the test's rig, or `None` (after saying so) if there is no broker and
+/// none is required.
+fn broker_rig(test: &'static str, limit: Duration) -> Option<(String, Rig)> {
+    let url = broker(test)?;
+    Some((url, rig(test, limit)))
 }
 
 /// A name no other run uses.
@@ -267,8 +311,7 @@ fn check_all_arrived(test: &str, sent: &BTreeSet<String>, seen: &BTreeMap<String
 
 #[test]
 fn forward_50k_all_arrive_and_are_acked_locally() {
-    let Some(url) = broker("forward_50k") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("forward_50k", Duration::from_secs(120)) else { return };
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
@@ -294,8 +337,7 @@ fn forward_50k_all_arrive_and_are_acked_locally() {
 
 #[test]
 fn unroutable_is_retried_then_dead_lettered_with_the_reason() {
-    let Some(url) = broker("unroutable") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("unroutable", Duration::from_secs(60)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
     let q = store.queue("outbox").unwrap();
@@ -332,8 +374,7 @@ fn unroutable_is_retried_then_dead_lettered_with_the_reason() {
 
 #[test]
 fn reject_publish_nacks_are_retried_and_nothing_is_lost() {
-    let Some(url) = broker("reject_publish") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("reject_publish", Duration::from_secs(90)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
     let q = store.queue("outbox").unwrap();
@@ -367,8 +408,7 @@ fn reject_publish_nacks_are_retried_and_nothing_is_lost() {
 
 #[test]
 fn broker_closes_the_connection_mid_stream_and_the_forwarder_finishes() {
-    let Some(url) = broker("broker_outage") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("broker_outage", Duration::from_secs(120)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
     let q = store.queue("outbox").unwrap();
@@ -404,8 +444,7 @@ fn broker_closes_the_connection_mid_stream_and_the_forwarder_finishes() {
 
 #[test]
 fn forwarder_killed_with_sigkill_and_a_new_one_finishes() {
-    let Some(url) = broker("forward_crash") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("forward_crash", Duration::from_secs(120)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let n = 20_000;
     let bq = unique("fwdcrash");
@@ -437,8 +476,7 @@ fn forwarder_killed_with_sigkill_and_a_new_one_finishes() {
 
 #[test]
 fn ingestor_killed_mid_stream_stores_each_message_once() {
-    let Some(url) = broker("ingest_crash") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("ingest_crash", Duration::from_secs(120)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let n = 10_000;
     let bq = unique("ingest");
@@ -485,8 +523,7 @@ fn ingestor_killed_mid_stream_stores_each_message_once() {
 
 #[test]
 fn window_of_one_forwards_in_queue_order() {
-    let Some(url) = broker("window_one") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("window_one", Duration::from_secs(60)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
     let q = store.queue("outbox").unwrap();
@@ -512,8 +549,7 @@ fn window_of_one_forwards_in_queue_order() {
 
 #[test]
 fn forwarded_messages_carry_id_attempt_and_push_time() {
-    let Some(url) = broker("properties") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("properties", Duration::from_secs(60)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
     let q = store.queue("outbox").unwrap();
@@ -548,8 +584,7 @@ fn forwarded_messages_carry_id_attempt_and_push_time() {
 
 #[test]
 fn ingestor_stores_a_redelivered_message_id_once() {
-    let Some(url) = broker("ingest_dedup") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("ingest_dedup", Duration::from_secs(60)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
     let q = store.queue("inbox").unwrap();
@@ -579,6 +614,7 @@ fn handles_are_send_and_sync() {
 #[test]
 fn an_unreachable_broker_is_retried_and_stop_is_prompt() {
     // No broker needed: nothing listens on port 1.
+    let _rig = rig("unreachable", Duration::from_secs(30));
     let dir = tempfile::tempdir().unwrap();
     let store = Wharf::open(dir.path()).unwrap();
     let q = store.queue("outbox").unwrap();
@@ -613,49 +649,117 @@ fn rabbitmqctl(args: &[&str]) {
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Starts the broker's app again when dropped, so that a failing test never leaves it stopped.
-struct StartAppOnDrop;
+/// The broker's app stopped (its port closed, its connections closed), started again when
+/// this drops, so that a failing test never leaves it stopped.
+struct BrokerStopped;
 
-impl Drop for StartAppOnDrop {
+impl BrokerStopped {
+    fn new() -> BrokerStopped {
+        BROKER_STOPPED.store(true, Ordering::SeqCst);
+        rabbitmqctl(&["stop_app"]);
+        BrokerStopped
+    }
+}
+
+impl Drop for BrokerStopped {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("start_app").output();
+        BROKER_STOPPED.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Threads that keep every core busy until dropped: a loaded machine, for timing-dependent
+/// bugs.
+struct CpuLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuLoad {
+    fn start() -> CpuLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+        let threads = (0..n)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        CpuLoad { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
 #[test]
 fn broker_stopped_and_started_end_to_end_through_forwarder_and_ingestor() {
-    let Some(url) = broker("broker_restart") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("broker_restart", Duration::from_secs(150)) else { return };
+    restart_round("broker_restart", &url, 20_000);
+}
+
+/// The broker restart of `broker_stopped_and_started_..`, on a machine whose cores are all busy
+/// (it hung there once: the ingestor never re-subscribed, and its drop never returned), with
+/// fewer messages; `WHARF_AMQP_RESTARTS` rounds (default 2: the hang came once in 1 to 3).
+#[test]
+fn broker_restarts_under_cpu_load_end_to_end() {
+    let rounds: u32 = std::env::var("WHARF_AMQP_RESTARTS").map_or(2, |v| v.parse().unwrap());
+    let limit = Duration::from_secs(120 * u64::from(rounds));
+    let Some((url, _rig)) = broker_rig("restart_under_load", limit) else { return };
+    let _load = CpuLoad::start();
+    for round in 1..=rounds {
+        let t = Instant::now();
+        restart_round("restart_under_load", &url, 5_000);
+        println!("restart_under_load: round {round} of {rounds} in {:?}", t.elapsed());
+    }
+}
+
+/// Forwards `n` messages from one store through the broker into another with an ingestor,
+/// stopping and starting the broker's app on the way; checks that each arrives once.
+fn restart_round(test: &str, url: &str, n: usize) {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (Wharf::open(dir_a.path()).unwrap(), Wharf::open(dir_b.path()).unwrap());
     let (outbox, inbox) = (a.queue("outbox").unwrap(), b.queue("inbox").unwrap());
-    let n = 20_000;
     for chunk in 0..n / 1000 {
         let batch: Vec<String> = (0..1000).map(|i| format!("msg-{}", chunk * 1000 + i)).collect();
         outbox.push_batch(&batch).unwrap();
     }
-    let mut admin = Admin::new(&url);
+    let mut admin = Admin::new(url);
     let bq = unique("restart");
     admin.declare_queue(&bq, FieldTable::default()); // durable: survives the restart
     let backoff = (Duration::from_millis(50), Duration::from_millis(500));
-    let fwd = Forwarder::builder(&outbox, &url)
+    let fwd = Forwarder::builder(&outbox, url)
         .routing_key(&bq)
         .reconnect_backoff(backoff.0, backoff.1)
         .start()
         .unwrap();
-    let ing = Ingestor::builder(&inbox, &url)
+    let ing = Ingestor::builder(&inbox, url)
         .source_queue(&bq)
         .reconnect_backoff(backoff.0, backoff.1)
         .start()
         .unwrap();
-    wait_for("a few thousand through", Duration::from_secs(30), || waiting(&inbox) >= 3_000);
+    wait_for("a few thousand through", Duration::from_secs(30), || waiting(&inbox) >= n / 6);
     {
-        let _restart = StartAppOnDrop;
-        rabbitmqctl(&["stop_app"]);
-        wait_for("both to see the broker gone", Duration::from_secs(10), || {
-            fwd.stats().state != ConnectionState::Connected
-                && ing.stats().state != ConnectionState::Connected
-        });
+        let _stopped = BrokerStopped::new();
+        // Within a second or two: the broker closes every connection as it stops.
+        let t = Instant::now();
+        while fwd.stats().state == ConnectionState::Connected
+            || ing.stats().state == ConnectionState::Connected
+        {
+            let (f, i) = (fwd.stats(), ing.stats());
+            assert!(t.elapsed() < Duration::from_secs(5), "still connected: {f:?} {i:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(Duration::from_secs(1)); // a few refused connects
     } // start_app
     wait_for("everything", Duration::from_secs(60), || {
@@ -683,8 +787,8 @@ fn broker_stopped_and_started_end_to_end_through_forwarder_and_ingestor() {
     assert_eq!(held.len(), n, "each once: the ingestor's dedup absorbed the republished ones");
     assert_eq!(admin.ready(&bq), 0);
     println!(
-        "broker_restart: forwarder republished {} (duplicates on the broker), ingestor received \
-         {} for {n} stored once; {f:?}; {i:?}",
+        "{test}: forwarder republished {} (duplicates on the broker), ingestor received {} for \
+         {n} stored once; {f:?}; {i:?}",
         f.republished, i.received
     );
     admin.delete_queue(&bq);
@@ -757,8 +861,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, frozen: &std::sync::atomic::Atom
 
 #[test]
 fn a_frozen_connection_is_detected_by_heartbeats_and_the_forwarder_reconnects() {
-    let Some(url) = broker("frozen") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("frozen", Duration::from_secs(120)) else { return };
     let amqp: lapin::uri::AMQPUri = url.parse().unwrap();
     let proxy = Proxy::start(&format!("{}:{}", amqp.authority.host, amqp.authority.port));
     let mut via = amqp.clone();
@@ -798,8 +901,7 @@ fn a_frozen_connection_is_detected_by_heartbeats_and_the_forwarder_reconnects() 
 
 #[test]
 fn stop_waits_for_confirms_until_its_deadline_then_releases_the_rest() {
-    let Some(url) = broker("stop") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((url, _rig)) = broker_rig("stop", Duration::from_secs(90)) else { return };
     let amqp: lapin::uri::AMQPUri = url.parse().unwrap();
     let proxy = Proxy::start(&format!("{}:{}", amqp.authority.host, amqp.authority.port));
     let mut via = amqp.clone();
@@ -875,4 +977,535 @@ fn child_entry() {
         }
         _ => panic!("unknown role {role}"),
     }
+}
+
+#[test]
+fn a_stop_while_closing_a_silent_connection_is_prompt() {
+    let Some((url, _rig)) = broker_rig("closing", Duration::from_secs(60)) else { return };
+    let amqp: lapin::uri::AMQPUri = url.parse().unwrap();
+    let proxy = Proxy::start(&format!("{}:{}", amqp.authority.host, amqp.authority.port));
+    let mut via = amqp.clone();
+    via.authority.port = proxy.port;
+    via.authority.host = "127.0.0.1".into();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let q = store.queue("outbox").unwrap();
+    push_many(&q, 20_000, 256);
+    let mut admin = Admin::new(&url);
+    let bq = unique("closing");
+    admin.declare_queue(&bq, FieldTable::default());
+    // A confirm timeout notices the silence long before the heartbeats do; the connection then
+    // is closed, which a silent broker never answers (up to the 10 s connection timeout).
+    let fwd = Forwarder::builder(&q, via.to_string())
+        .routing_key(&bq)
+        .confirm_timeout(Duration::from_millis(300))
+        .heartbeat(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    wait_for("some confirms", Duration::from_secs(20), || fwd.stats().confirmed >= 1_000);
+    proxy.freeze();
+    wait_for("a confirm timeout", Duration::from_secs(10), || fwd.stats().timeouts >= 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = fwd.stats();
+    let t = Instant::now();
+    fwd.stop(Duration::from_millis(200)).unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(1500), "stopped while closing in {took:?}: {stats:?}");
+    assert_eq!(q.depth().unwrap().in_flight, 0, "every unconfirmed message released");
+    println!("closing: stopped in {took:?}; {stats:?}");
+    admin.delete_queue(&bq);
+}
+
+/// The ids of this process's threads now.
+fn thread_ids() -> BTreeSet<u32> {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// The name and CPU time (user + system) of a thread of this process, if it still runs.
+fn thread_cpu(tid: u32) -> Option<(String, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
+    Some((comm, stat_cpu(&stat)))
+}
+
+/// The CPU time of this whole process, the threads that ended included.
+fn process_cpu() -> Duration {
+    stat_cpu(&std::fs::read_to_string("/proc/self/stat").unwrap())
+}
+
+/// utime + stime of a `/proc/../stat` line, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+fn stat_cpu(stat: &str) -> Duration {
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The threads started since `before` that still run, by name: the bridges' own, their
+/// runtimes' and lapin's (but not async-compat's one runtime thread for the whole process).
+fn threads_since(before: &BTreeSet<u32>) -> Vec<(u32, String)> {
+    let now = thread_ids();
+    let named = now.difference(before).filter_map(|&t| Some((t, thread_cpu(t)?.0)));
+    named.filter(|(_, name)| !name.starts_with("async-compat")).collect()
+}
+
+/// Waits until no thread started since `before` runs any more (the bridges, their runtimes and
+/// lapin's I/O threads all ended), at most `limit`.
+fn wait_threads_gone(what: &str, before: &BTreeSet<u32>, limit: Duration) {
+    let end = Instant::now() + limit;
+    loop {
+        let left = threads_since(before);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "{what}: threads still running after {limit:?}: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The CPU time the threads started since `before` (and the whole process) use in one second
+/// of wall time, checked against a generous bound: a waiting bridge sleeps.
+fn check_idle_cpu(what: &str, before: &BTreeSet<u32>) {
+    let threads: Vec<(u32, String)> = threads_since(before);
+    assert!(!threads.is_empty(), "{what}: no bridge thread");
+    let sum = || threads.iter().filter_map(|&(t, _)| thread_cpu(t)).map(|(_, d)| d).sum();
+    let (t0, p0, w0): (Duration, _, _) = (sum(), process_cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let (t1, p1, wall): (Duration, _, _) = (sum(), process_cpu(), w0.elapsed());
+    let (bridge, process) = (t1 - t0, p1 - p0);
+    let bound = wall.mul_f64(0.05); // 50 ms of CPU per second
+    let names: Vec<&str> = threads.iter().map(|(_, n)| n.as_str()).collect();
+    println!("{what}: {bridge:?} CPU in the bridge threads {names:?}, {process:?} in the process, over {wall:?}");
+    assert!(
+        bridge < bound,
+        "{what}: the bridge threads {names:?} used {bridge:?} of CPU in {wall:?}"
+    );
+    assert!(process < bound, "{what}: the process used {process:?} of CPU in {wall:?}");
+}
+
+/// A broker that accepts connections and never says a word: the AMQP handshake hangs.
+struct SilentBroker {
+    port: u16,
+    _held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl SilentBroker {
+    fn start() -> SilentBroker {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let keep = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                keep.lock().unwrap().push(s);
+            }
+        });
+        SilentBroker { port, _held: held }
+    }
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_stop_while_the_handshake_hangs_is_prompt_and_leaves_no_thread() {
+    let _rig = rig("handshake_hangs", Duration::from_secs(60));
+    let silent = SilentBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let (outbox, inbox) = (store.queue("outbox").unwrap(), store.queue("inbox").unwrap());
+    outbox.push(b"kept").unwrap();
+    let before = thread_ids();
+    for timeout in ["", "?connection_timeout=200"] {
+        let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f{timeout}", silent.port);
+        let backoff = (Duration::from_millis(10), Duration::from_millis(50));
+        let fwd = Forwarder::builder(&outbox, &url)
+            .reconnect_backoff(backoff.0, backoff.1)
+            .start()
+            .unwrap();
+        let ing = Ingestor::builder(&inbox, &url)
+            .reconnect_backoff(backoff.0, backoff.1)
+            .start()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let (f, i) = (fwd.stats(), ing.stats());
+        assert_eq!((f.state, f.connections), (ConnectionState::Connecting, 0), "{f:?}");
+        assert_eq!((i.state, i.connections), (ConnectionState::Connecting, 0), "{i:?}");
+        if !timeout.is_empty() {
+            // Each try gives up after the URL's connection timeout, and the next one starts.
+            let why = f.last_error.unwrap_or_default();
+            assert!(why.contains("no connection within"), "{why}");
+        }
+        let t = Instant::now();
+        fwd.stop(Duration::from_millis(200)).unwrap();
+        ing.stop(Duration::from_millis(200)).unwrap();
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "stopped in {took:?} (connection timeout {timeout:?})"
+        );
+        // The runtime is gone, and with it every half-open connection's I/O thread.
+        wait_threads_gone("handshake_hangs", &before, Duration::from_secs(3));
+        println!("handshake_hangs{timeout}: both stopped in {took:?}, no thread left");
+    }
+    assert_eq!(outbox.depth().unwrap().ready, 1, "nothing popped without a broker");
+}
+
+#[test]
+fn a_stop_or_drop_while_the_broker_is_stopped_is_prompt() {
+    let Some((url, _rig)) = broker_rig("broker_stopped", Duration::from_secs(90)) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let (outbox, inbox) = (store.queue("outbox").unwrap(), store.queue("inbox").unwrap());
+    let admin = Admin::new(&url);
+    let bq = unique("stopped");
+    admin.declare_queue(&bq, FieldTable::default());
+    drop(admin);
+    let backoff = (Duration::from_millis(50), Duration::from_millis(200));
+    let start = || {
+        let fwd = Forwarder::builder(&outbox, &url)
+            .routing_key(&bq)
+            .reconnect_backoff(backoff.0, backoff.1)
+            .drop_deadline(Duration::from_millis(300))
+            .start()
+            .unwrap();
+        let ing = Ingestor::builder(&inbox, &url)
+            .source_queue(&bq)
+            .reconnect_backoff(backoff.0, backoff.1)
+            .drop_deadline(Duration::from_millis(300))
+            .start()
+            .unwrap();
+        (fwd, ing)
+    };
+    let connected = |f: &Forwarder, i: &Ingestor| {
+        f.stats().state == ConnectionState::Connected
+            && i.stats().state == ConnectionState::Connected
+    };
+    // Connected when the broker stops: stop soon after, and later (backing off).
+    for pause in [Duration::ZERO, Duration::from_millis(1500)] {
+        let (fwd, ing) = start();
+        wait_for("both connected", Duration::from_secs(20), || connected(&fwd, &ing));
+        outbox.push(b"while stopped").unwrap();
+        let stopped = BrokerStopped::new();
+        std::thread::sleep(pause);
+        let t = Instant::now();
+        fwd.stop(Duration::from_millis(300)).unwrap();
+        ing.stop(Duration::from_millis(300)).unwrap();
+        let took = t.elapsed();
+        drop(stopped);
+        assert!(took < Duration::from_secs(3), "stopped {pause:?} after the broker in {took:?}");
+        println!("broker_stopped: stopped {pause:?} after the broker in {took:?}");
+    }
+    // Started while the broker is stopped: dropped while backing off.
+    let stopped = BrokerStopped::new();
+    let (fwd, ing) = start();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fwd.stats().state, ConnectionState::Connecting);
+    assert_eq!(ing.stats().state, ConnectionState::Connecting);
+    let t = Instant::now();
+    drop((fwd, ing));
+    let took = t.elapsed();
+    drop(stopped);
+    assert!(took < Duration::from_secs(3), "dropped in {took:?}");
+    println!("broker_stopped: dropped while backing off in {took:?}");
+    let mut admin = Admin::new(&url);
+    admin.delete_queue(&bq);
+}
+
+#[test]
+fn dropping_bridges_whose_broker_vanished_mid_stream_is_prompt() {
+    let Some((url, _rig)) = broker_rig("vanished", Duration::from_secs(90)) else { return };
+    let amqp: lapin::uri::AMQPUri = url.parse().unwrap();
+    let proxy = Proxy::start(&format!("{}:{}", amqp.authority.host, amqp.authority.port));
+    let mut via = amqp.clone();
+    via.authority.port = proxy.port;
+    via.authority.host = "127.0.0.1".into();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let (outbox, inbox) = (store.queue("outbox").unwrap(), store.queue("inbox").unwrap());
+    push_many(&outbox, 20_000, 256);
+    let mut admin = Admin::new(&url);
+    let (to, from) = (unique("vanish-out"), unique("vanish-in"));
+    admin.declare_queue(&to, FieldTable::default());
+    admin.declare_queue(&from, FieldTable::default());
+    let n = 5_000;
+    admin.publish(&from, n);
+    let deadline = Duration::from_millis(500);
+    let fwd = Forwarder::builder(&outbox, via.to_string())
+        .routing_key(&to)
+        .drop_deadline(deadline)
+        .start()
+        .unwrap();
+    let ing = Ingestor::builder(&inbox, via.to_string())
+        .source_queue(&from)
+        .prefetch(64)
+        .heartbeat(Duration::from_secs(1))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .drop_deadline(deadline)
+        .start()
+        .unwrap();
+    wait_for("both flowing", Duration::from_secs(30), || {
+        fwd.stats().confirmed >= 1_000 && ing.stats().acked >= 500
+    });
+    // Gone without a word (no close, no reset): the forwarder still believes it is connected.
+    proxy.freeze();
+    std::thread::sleep(Duration::from_millis(200));
+    let f = fwd.stats();
+    let t = Instant::now();
+    drop(fwd);
+    let fwd_took = t.elapsed();
+    assert!(fwd_took < deadline + Duration::from_secs(2), "forwarder dropped in {fwd_took:?}");
+    assert_eq!(outbox.depth().unwrap().in_flight, 0, "every unconfirmed message released");
+    // The ingestor's heartbeats notice, and it consumes again on a new connection.
+    wait_for("the ingestor to resubscribe", Duration::from_secs(15), || {
+        ing.stats().connections >= 2
+    });
+    wait_for("some more acks", Duration::from_secs(15), || ing.stats().acked >= 1_000);
+    proxy.freeze();
+    std::thread::sleep(Duration::from_millis(200));
+    let i = ing.stats();
+    let t = Instant::now();
+    drop(ing);
+    let ing_took = t.elapsed();
+    assert!(ing_took < deadline + Duration::from_secs(2), "ingestor dropped in {ing_took:?}");
+    println!("vanished: dropped in {fwd_took:?} and {ing_took:?}; {f:?}; {i:?}");
+    admin.delete_queue(&to);
+    admin.delete_queue(&from);
+}
+
+/// A forwarder's thread, connected with nothing to forward, backing off between tries to
+/// reach a broker that refuses connections, and connecting to one that never answers: each
+/// waiting state uses next to no CPU.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_waiting_forwarder_uses_next_to_no_cpu() {
+    let Some((url, _rig)) = broker_rig("idle_forwarder", Duration::from_secs(60)) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let outbox = store.queue("outbox").unwrap();
+    let mut admin = Admin::new(&url);
+    let bq = unique("idle");
+    admin.declare_queue(&bq, FieldTable::default());
+    let silent = SilentBroker::start();
+    let before = thread_ids();
+    for (state, url) in waiting_states(&url, &silent) {
+        let fwd = Forwarder::builder(&outbox, &url)
+            .routing_key(&bq)
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(300))
+            .start()
+            .unwrap();
+        let want = if state == "connected" {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Connecting
+        };
+        wait_for(state, Duration::from_secs(20), || fwd.stats().state == want);
+        std::thread::sleep(Duration::from_millis(300));
+        check_idle_cpu(&format!("forwarder {state}"), &before);
+        fwd.stop(Duration::from_secs(1)).unwrap();
+        wait_threads_gone(state, &before, Duration::from_secs(3));
+    }
+    admin.delete_queue(&bq);
+}
+
+/// As `a_waiting_forwarder_uses_next_to_no_cpu`, for an ingestor's thread (connected to an
+/// empty queue).
+#[test]
+#[cfg(target_os = "linux")]
+fn a_waiting_ingestor_uses_next_to_no_cpu() {
+    let Some((url, _rig)) = broker_rig("idle_ingestor", Duration::from_secs(60)) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let inbox = store.queue("inbox").unwrap();
+    let mut admin = Admin::new(&url);
+    let bq = unique("idle");
+    admin.declare_queue(&bq, FieldTable::default());
+    let silent = SilentBroker::start();
+    let before = thread_ids();
+    for (state, url) in waiting_states(&url, &silent) {
+        let ing = Ingestor::builder(&inbox, &url)
+            .source_queue(&bq)
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(300))
+            .start()
+            .unwrap();
+        let want = if state == "connected" {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Connecting
+        };
+        wait_for(state, Duration::from_secs(20), || ing.stats().state == want);
+        std::thread::sleep(Duration::from_millis(300));
+        check_idle_cpu(&format!("ingestor {state}"), &before);
+        ing.stop(Duration::from_secs(1)).unwrap();
+        wait_threads_gone(state, &before, Duration::from_secs(3));
+    }
+    admin.delete_queue(&bq);
+}
+
+/// The waiting states of a bridge, by the URL that holds it there: connected to the broker,
+/// backing off (nothing listens on port 1), connecting (the handshake never answered).
+fn waiting_states(url: &str, silent: &SilentBroker) -> [(&'static str, String); 3] {
+    [
+        ("connected", url.to_string()),
+        ("backing off", "amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        ("connecting", format!("amqp://guest:guest@127.0.0.1:{}/%2f", silent.port)),
+    ]
+}
+
+/// Durations an option is tried with: none, the least, and the most there is.
+const EDGE_DURATIONS: [Duration; 3] = [Duration::ZERO, Duration::from_nanos(1), Duration::MAX];
+
+/// A forwarder option set to an edge value.
+type ForwarderCase = (String, Box<dyn Fn(ForwarderBuilder) -> ForwarderBuilder>);
+/// An ingestor option set to an edge value.
+type IngestorCase = (String, Box<dyn Fn(IngestorBuilder) -> IngestorBuilder>);
+
+fn forwarder_cases() -> Vec<ForwarderCase> {
+    let mut cases: Vec<ForwarderCase> = Vec::new();
+    for n in [0, 1, usize::MAX] {
+        cases.push((format!("window({n})"), Box::new(move |b| b.window(n))));
+    }
+    for n in [0, 1, u32::MAX] {
+        cases.push((
+            format!("max_unroutable_tries({n})"),
+            Box::new(move |b| b.max_unroutable_tries(n)),
+        ));
+    }
+    for d in EDGE_DURATIONS {
+        let long = Duration::from_secs(1);
+        cases.push((
+            format!("reconnect_backoff({d:?}, 1s)"),
+            Box::new(move |b| b.reconnect_backoff(d, long)),
+        ));
+        cases.push((
+            format!("reconnect_backoff(1s, {d:?})"),
+            Box::new(move |b| b.reconnect_backoff(long, d)),
+        ));
+        cases.push((format!("heartbeat({d:?})"), Box::new(move |b| b.heartbeat(d))));
+        cases.push((format!("confirm_timeout({d:?})"), Box::new(move |b| b.confirm_timeout(d))));
+        cases.push((format!("retry_delay({d:?})"), Box::new(move |b| b.retry_delay(d))));
+        cases.push((format!("drop_deadline({d:?})"), Box::new(move |b| b.drop_deadline(d))));
+    }
+    cases
+}
+
+fn ingestor_cases() -> Vec<IngestorCase> {
+    let mut cases: Vec<IngestorCase> = Vec::new();
+    for n in [0, 1, u16::MAX] {
+        cases.push((format!("prefetch({n})"), Box::new(move |b| b.prefetch(n))));
+    }
+    for d in EDGE_DURATIONS {
+        let long = Duration::from_secs(1);
+        cases.push((format!("dedup_window({d:?})"), Box::new(move |b| b.dedup_window(d))));
+        cases.push((
+            format!("reconnect_backoff({d:?}, 1s)"),
+            Box::new(move |b| b.reconnect_backoff(d, long)),
+        ));
+        cases.push((
+            format!("reconnect_backoff(1s, {d:?})"),
+            Box::new(move |b| b.reconnect_backoff(long, d)),
+        ));
+        cases.push((format!("heartbeat({d:?})"), Box::new(move |b| b.heartbeat(d))));
+        cases.push((format!("drop_deadline({d:?})"), Box::new(move |b| b.drop_deadline(d))));
+    }
+    cases
+}
+
+/// Every duration and count option of both builders at 0, 1 and its maximum, and `stop` with
+/// each such deadline: each either works (a message goes through, or at least the bridge runs
+/// and stops in time) or is refused with `InvalidOption`; none panics or hangs.
+#[test]
+fn every_option_at_zero_one_and_max_works_or_is_refused() {
+    let Some((url, _rig)) = broker_rig("edge_options", Duration::from_secs(120)) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Wharf::open(dir.path()).unwrap();
+    let outbox = store.queue("outbox").unwrap();
+    let mut admin = Admin::new(&url);
+    let (to, from) = (unique("edges-out"), unique("edges-in"));
+    admin.declare_queue(&to, FieldTable::default());
+    admin.declare_queue(&from, FieldTable::default());
+    let t0 = Instant::now();
+    let stop_cases = EDGE_DURATIONS.map(|d| (format!("stop({d:?})"), Some(d)));
+    let fwd_cases = forwarder_cases().into_iter().map(|(n, f)| (n, Some(f), None));
+    let fwd_stops = stop_cases.clone().into_iter().map(|(n, d)| (n, None, d));
+    let mut refused = Vec::new();
+    for (name, option, stop) in fwd_cases.chain(fwd_stops) {
+        let b = Forwarder::builder(&outbox, &url).routing_key(&to);
+        let b = match &option {
+            Some(f) => f(b),
+            None => b,
+        };
+        let fwd = match b.start() {
+            Ok(fwd) => fwd,
+            Err(wharf::Error::InvalidOption(why)) => {
+                refused.push(format!("forwarder {name}: {why}"));
+                continue;
+            }
+            Err(e) => panic!("forwarder {name}: {e}"),
+        };
+        outbox.push(name.as_bytes()).unwrap();
+        let t = Instant::now();
+        while waiting(&outbox) > 0 && t.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let through = waiting(&outbox) == 0;
+        let t = Instant::now();
+        match stop {
+            Some(d) => drop(fwd.stop(d).unwrap()),
+            None => drop(fwd),
+        }
+        let took = t.elapsed();
+        // A confirm on its way is waited for (a `MAX` deadline), never longer than a moment.
+        assert!(took < Duration::from_secs(3), "forwarder {name}: stopped in {took:?}");
+        // A confirm timeout of 1 ns may take every confirm for late: nothing is acked then.
+        assert!(
+            through || name == "confirm_timeout(1ns)",
+            "forwarder {name}: nothing went through"
+        );
+        println!("edge_options: forwarder {name}: through {through}, stopped in {took:?}");
+    }
+    let inbox = store.queue("inbox").unwrap();
+    let ing_cases = ingestor_cases().into_iter().map(|(n, f)| (n, Some(f), None));
+    let ing_stops = stop_cases.into_iter().map(|(n, d)| (n, None, d));
+    for (name, option, stop) in ing_cases.chain(ing_stops) {
+        let before = waiting(&inbox);
+        admin.publish(&from, 1); // `m-0` each time: stored once, while the dedup window lasts
+        let b = Ingestor::builder(&inbox, &url).source_queue(&from);
+        let b = match &option {
+            Some(f) => f(b),
+            None => b,
+        };
+        let ing = match b.start() {
+            Ok(ing) => ing,
+            Err(wharf::Error::InvalidOption(why)) => {
+                refused.push(format!("ingestor {name}: {why}"));
+                continue;
+            }
+            Err(e) => panic!("ingestor {name}: {e}"),
+        };
+        let t = Instant::now();
+        while ing.stats().acked == 0 && t.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let through = ing.stats().acked > 0;
+        let t = Instant::now();
+        match stop {
+            Some(d) => ing.stop(d).unwrap(),
+            None => drop(ing),
+        }
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(3), "ingestor {name}: stopped in {took:?}");
+        assert!(through, "ingestor {name}: nothing went through");
+        println!(
+            "edge_options: ingestor {name}: through {through}, stored {}, stopped in {took:?}",
+            waiting(&inbox) - before
+        );
+    }
+    println!("edge_options: refused: {refused:?}; all in {:?}", t0.elapsed());
+    let expected = ["forwarder window(0)", "forwarder confirm_timeout(0ns)"];
+    assert_eq!(refused.len(), expected.len(), "{refused:?}");
+    for (why, name) in refused.iter().zip(expected) {
+        assert!(why.starts_with(name), "{refused:?}");
+    }
+    admin.delete_queue(&to);
+    admin.delete_queue(&from);
 }

@@ -6,15 +6,14 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::publisher::{run, Cfg};
 use super::{
-    spawn, ConnectionState, LastError, Link, StateCell, StopTx, DEFAULT_HEARTBEAT,
-    DEFAULT_STOP_DEADLINE,
+    after, spawn, ConnectionState, LastError, Link, StateCell, StopTx, Worker, DEFAULT_HEARTBEAT,
+    DEFAULT_STOP_DEADLINE, JOIN_GRACE,
 };
 use crate::error::{Error, Result};
 use crate::queue::Queue;
@@ -60,7 +59,7 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Forwarder {
     counters: Arc<Counters>,
     stop: StopTx,
-    thread: Mutex<Option<JoinHandle<Result<ForwardStopReport>>>>,
+    thread: Mutex<Option<Worker<ForwardStopReport>>>,
     drop_deadline: Duration,
 }
 
@@ -204,11 +203,16 @@ impl Forwarder {
 
     /// Stops the forwarder: it pops nothing more, waits up to `deadline` for the confirms of
     /// the messages in flight (acking those confirmed), releases the rest to the local queue,
-    /// closes the connection and ends its thread.
+    /// closes the connection and ends its thread. Whatever its connection is doing
+    /// (connecting, backing off, publishing, waiting for confirms), it returns by `deadline`
+    /// and a short grace for the close (2 s at most, for a loaded machine). A `deadline` of
+    /// `Duration::MAX` waits for every confirm, each at most the
+    /// [`confirm_timeout`](ForwarderBuilder::confirm_timeout).
     ///
     /// # Errors
     /// The local store error that stopped the forwarder earlier, if one did
-    /// ([`Error::Closed`], [`Error::Poisoned`], ...).
+    /// ([`Error::Closed`], [`Error::Poisoned`], ...); [`Error::Io`] (`TimedOut`) if its thread
+    /// did not end in time, which is then left to end on its own.
     pub fn stop(self, deadline: Duration) -> Result<ForwardStopReport> {
         self.stop_now(deadline)
     }
@@ -217,17 +221,15 @@ impl Forwarder {
         let Some(thread) = self.thread.lock().take() else {
             return Ok(ForwardStopReport::default());
         };
-        let until = Instant::now().checked_add(deadline).unwrap_or_else(Instant::now);
-        self.stop.send_replace(Some(until));
-        thread
-            .join()
-            .map_err(|_| Error::Io(std::io::Error::other("the forwarder thread panicked")))?
+        self.stop.send_replace(Some(after(deadline)));
+        thread.finish(deadline.saturating_add(JOIN_GRACE))
     }
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        // Best effort: a store error already stopped the thread; `stop` shows it.
+        // Best effort: a store error already stopped the thread (`stop` shows it); a thread that
+        // does not end in time is reported on stderr and left detached.
         let _ = self.stop_now(self.drop_deadline);
     }
 }
@@ -268,22 +270,24 @@ impl ForwarderBuilder {
     }
 
     /// The reconnection backoff: the first wait is between `min` and `2 * min`, each failure
-    /// doubles the ceiling up to `max` (defaults 100 ms and 30 s), each wait is jittered.
+    /// doubles the ceiling up to `max` (defaults 100 ms and 30 s), each wait is jittered. A
+    /// `min` below 10 ms is taken as 10 ms, a `max` below `min` as `min`.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect = (min, max);
         self
     }
 
     /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`]; a `heartbeat=` in the URL
-    /// wins). The broker and the forwarder each take the other for dead after two silent
-    /// intervals.
+    /// wins), in whole seconds from 1 to `u16::MAX` (outside values are brought in). The broker
+    /// and the forwarder each take the other for dead after two silent intervals.
     pub fn heartbeat(mut self, d: Duration) -> Self {
         self.heartbeat = d;
         self
     }
 
     /// How long to wait for a confirm before the connection is taken for broken (default
-    /// [`DEFAULT_CONFIRM_TIMEOUT`]). Keep it below the local queue's visibility timeout.
+    /// [`DEFAULT_CONFIRM_TIMEOUT`]; zero is refused by [`start`](Self::start)). Keep it below
+    /// the local queue's visibility timeout.
     pub fn confirm_timeout(mut self, d: Duration) -> Self {
         self.confirm_timeout = d;
         self
@@ -297,7 +301,7 @@ impl ForwarderBuilder {
     }
 
     /// How long dropping the forwarder waits for outstanding confirms (default
-    /// [`DEFAULT_STOP_DEADLINE`]).
+    /// [`DEFAULT_STOP_DEADLINE`]), as [`Forwarder::stop`]'s `deadline`.
     pub fn drop_deadline(mut self, d: Duration) -> Self {
         self.drop_deadline = d;
         self
@@ -307,11 +311,14 @@ impl ForwarderBuilder {
     /// that cannot be reached is retried with backoff, never an error here.
     ///
     /// # Errors
-    /// [`Error::InvalidOption`] for a bad URL or a window of 0; [`Error::Io`] if the thread
-    /// or its runtime cannot be created.
+    /// [`Error::InvalidOption`] for a bad URL, a window of 0 or a confirm timeout of 0;
+    /// [`Error::Io`] if the thread or its runtime cannot be created.
     pub fn start(self) -> Result<Forwarder> {
         if self.window == 0 {
             return Err(Error::InvalidOption("a forwarder's window must be at least 1".into()));
+        }
+        if self.confirm_timeout.is_zero() {
+            return Err(Error::InvalidOption("a forwarder's confirm timeout must not be 0".into()));
         }
         let name = format!("wharf-forward-{}", self.queue.name());
         let mut link = Link::new(&self.url, self.heartbeat, name.clone())?;

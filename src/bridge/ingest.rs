@@ -13,8 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_core::Stream;
 use lapin::message::Delivery as AmqpDelivery;
@@ -24,8 +23,9 @@ use lapin::{Channel, Connection, Consumer};
 use parking_lot::Mutex;
 
 use super::{
-    sleep_or_stop, spawn, ConnectionState, End, LastError, Link, Reconnect, StateCell, StopRx,
-    StopTx, DEFAULT_HEARTBEAT, DEFAULT_STOP_DEADLINE,
+    after, close, sleep_or_stop, spawn, stop_deadline, unless_stopped, within, ConnectionState,
+    End, LastError, Link, Reconnect, StateCell, StopRx, StopTx, Worker, DEFAULT_HEARTBEAT,
+    DEFAULT_STOP_DEADLINE, IDLE_CHECK, JOIN_GRACE,
 };
 use crate::error::{Error, Result};
 use crate::options::Durability;
@@ -64,7 +64,7 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 pub struct Ingestor {
     counters: Arc<Counters>,
     stop: StopTx,
-    thread: Mutex<Option<JoinHandle<Result<()>>>>,
+    thread: Mutex<Option<Worker<()>>>,
     drop_deadline: Duration,
 }
 
@@ -175,21 +175,21 @@ impl Ingestor {
 
     /// Stops the ingestor: it finishes the batch it is pushing (acking it if it is durable
     /// before `deadline`), closes the connection (the broker requeues what it delivered and was
-    /// not acked) and ends its thread.
+    /// not acked) and ends its thread. Whatever its connection is doing (connecting, backing
+    /// off, consuming), it returns by `deadline` and a short grace for the close (2 s at most,
+    /// for a loaded machine).
     ///
     /// # Errors
-    /// The local store error that stopped the ingestor earlier, if one did.
+    /// The local store error that stopped the ingestor earlier, if one did; [`Error::Io`]
+    /// (`TimedOut`) if its thread did not end in time, which is then left to end on its own.
     pub fn stop(self, deadline: Duration) -> Result<()> {
         self.stop_now(deadline)
     }
 
     fn stop_now(&self, deadline: Duration) -> Result<()> {
         let Some(thread) = self.thread.lock().take() else { return Ok(()) };
-        let until = Instant::now().checked_add(deadline).unwrap_or_else(Instant::now);
-        self.stop.send_replace(Some(until));
-        thread
-            .join()
-            .map_err(|_| Error::Io(std::io::Error::other("the ingestor thread panicked")))?
+        self.stop.send_replace(Some(after(deadline)));
+        thread.finish(deadline.saturating_add(JOIN_GRACE))
     }
 }
 
@@ -212,7 +212,8 @@ impl IngestorBuilder {
         self
     }
 
-    /// Unacked deliveries the broker sends ahead (default [`DEFAULT_PREFETCH`], at least 1).
+    /// Unacked deliveries the broker sends ahead (default [`DEFAULT_PREFETCH`]; 0 is taken as
+    /// 1).
     pub fn prefetch(mut self, n: u16) -> Self {
         self.prefetch = n.max(1);
         self
@@ -231,13 +232,15 @@ impl IngestorBuilder {
         self
     }
 
-    /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`]).
+    /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`]), as
+    /// [`ForwarderBuilder::heartbeat`](super::ForwarderBuilder::heartbeat).
     pub fn heartbeat(mut self, d: Duration) -> Self {
         self.heartbeat = d;
         self
     }
 
-    /// How long dropping the ingestor waits for it (default [`DEFAULT_STOP_DEADLINE`]).
+    /// How long dropping the ingestor waits for it (default [`DEFAULT_STOP_DEADLINE`]), as
+    /// [`Ingestor::stop`]'s `deadline`.
     pub fn drop_deadline(mut self, d: Duration) -> Self {
         self.drop_deadline = d;
         self
@@ -284,37 +287,41 @@ async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Resu
     let mut reconnect = Reconnect::new(cfg.link.reconnect_min, cfg.link.reconnect_max);
     let mut max_id = 0u64;
     let result = loop {
-        if stop.borrow().is_some() {
+        if stop_deadline(&stop).is_some() {
             break Ok(());
         }
         c.state.set(ConnectionState::Connecting);
-        let opened = tokio::select! {
-            opened = open(&cfg) => opened,
-            _ = stop.changed() => break Ok(()),
-        };
-        let (conn, channel, consumer) = match opened {
-            Ok(x) => x,
-            Err(e) => {
+        // A stop is not kept waiting by a broker that does not answer, nor is the next try.
+        let limit = cfg.link.call_timeout;
+        let opened = match unless_stopped(&mut stop, limit, open(&cfg)).await {
+            Some(Ok(x)) => Some(x),
+            Some(Err(e)) => {
                 c.last_error.set(e);
-                if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
-                    break Ok(());
-                }
-                continue;
+                None
             }
+            None if stop_deadline(&stop).is_some() => break Ok(()),
+            None => {
+                c.last_error.set(format_args!("no connection within {limit:?}"));
+                None
+            }
+        };
+        let Some((conn, channel, consumer)) = opened else {
+            if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
+                break Ok(());
+            }
+            continue;
         };
         add(&c.connections, 1);
         c.state.set(ConnectionState::Connected);
         reconnect.reset();
-        // The channel lives as long as the session consumes on it.
-        let end = session(&cfg, &queue, &c, consumer, &mut stop, &mut max_id).await;
-        drop(channel);
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "wharf: bye".into()))
-            .await;
+        let link = Session { cfg: &cfg, queue: &queue, c: &c, conn: &conn, channel: &channel };
+        let end = link.run(consumer, &mut stop, &mut max_id).await;
+        c.state.set(ConnectionState::Connecting);
+        close(&conn, &mut stop, limit).await;
         match end {
             End::Stopped => break Ok(()),
             End::Fatal(e) => break Err(e),
             End::Broken => {
-                c.state.set(ConnectionState::Connecting);
                 if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
                     break Ok(());
                 }
@@ -325,149 +332,167 @@ async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Resu
     result
 }
 
+/// Connects, opens a channel, sets its prefetch and starts consuming.
 async fn open(cfg: &Cfg) -> lapin::Result<(Connection, Channel, Consumer)> {
+    // On an error, dropping the connection closes it in the background.
     let conn = cfg.link.connect().await?;
-    let opened = async {
-        let channel = conn.create_channel().await?;
-        channel.basic_qos(cfg.prefetch, BasicQosOptions::default()).await?;
-        let consumer = channel
-            .basic_consume(
-                cfg.source.as_str().into(),
-                cfg.tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok::<_, lapin::Error>((channel, consumer))
-    }
-    .await;
-    match opened {
-        Ok((channel, consumer)) => Ok((conn, channel, consumer)),
-        Err(e) => {
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "".into())).await;
-            Err(e)
-        }
-    }
+    let channel = conn.create_channel().await?;
+    channel.basic_qos(cfg.prefetch, BasicQosOptions::default()).await?;
+    let consumer = channel
+        .basic_consume(
+            cfg.source.as_str().into(),
+            cfg.tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, channel, consumer))
 }
 
-/// Receives, stores and acks in batches until the channel breaks or a stop comes.
-async fn session(
-    cfg: &Cfg,
-    queue: &Queue,
-    c: &Counters,
-    mut consumer: Consumer,
-    stop: &mut StopRx,
-    max_id: &mut u64,
-) -> End {
-    let limit = usize::from(cfg.prefetch);
-    loop {
-        if stop.borrow().is_some() {
-            return End::Stopped;
-        }
-        let first = tokio::select! {
-            biased;
-            _ = stop.changed() => return End::Stopped,
-            next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)) => next,
-        };
-        let mut batch = Vec::with_capacity(limit);
-        match first {
-            Some(Ok(d)) => batch.push(d),
-            Some(Err(e)) => {
-                c.last_error.set(e);
-                return End::Broken;
+/// One connection's consuming.
+struct Session<'a> {
+    cfg: &'a Cfg,
+    queue: &'a Queue,
+    c: &'a Counters,
+    conn: &'a Connection,
+    channel: &'a Channel,
+}
+
+impl Session<'_> {
+    /// Receives, stores and acks in batches until the channel breaks or a stop comes.
+    async fn run(&self, mut consumer: Consumer, stop: &mut StopRx, max_id: &mut u64) -> End {
+        let c = self.c;
+        let limit = usize::from(self.cfg.prefetch);
+        loop {
+            if stop_deadline(stop).is_some() {
+                return End::Stopped;
             }
-            None => {
-                c.last_error.set("the broker cancelled the consumer");
-                return End::Broken;
-            }
-        }
-        // Whatever else has arrived already joins the batch: one fsync for all of them.
-        let mut broken = false;
-        while batch.len() < limit {
-            let more = poll_fn(|cx| match Pin::new(&mut consumer).poll_next(cx) {
-                Poll::Ready(x) => Poll::Ready(Some(x)),
-                Poll::Pending => Poll::Ready(None),
-            })
-            .await;
-            match more {
-                Some(Some(Ok(d))) => batch.push(d),
-                Some(Some(Err(e))) => {
-                    c.last_error.set(e);
-                    broken = true;
-                    break;
+            let next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx));
+            // Look at the connection every second: lapin may end the stream of a connection
+            // the broker closed, or never wake it at all.
+            let first = match unless_stopped(stop, IDLE_CHECK, next).await {
+                Some(first) => first,
+                None if stop_deadline(stop).is_some() => return End::Stopped,
+                None if self.connected() => continue,
+                None => {
+                    c.last_error.set("the channel or connection closed");
+                    return End::Broken;
                 }
-                Some(None) => {
-                    broken = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        add(&c.received, batch.len() as u64);
-        match store(queue, c, &batch, max_id).await {
-            Ok(()) => {}
-            // No room locally: give the batch back (closing the channel requeues it) and try
-            // again after the reconnection backoff; what was stored is absorbed by dedup.
-            Err(Error::NoSpace | Error::Full { .. }) => return End::Broken,
-            Err(e) => return End::Fatal(e),
-        }
-        if let Some(last) = batch.last() {
-            let acked = last.acker.ack(BasicAckOptions { multiple: true }).await;
-            match acked {
-                Ok(_) => add(&c.acked, batch.len() as u64),
-                Err(e) => {
-                    // Stored, not acked: the broker delivers them again and dedup absorbs it.
+            };
+            let mut batch = Vec::with_capacity(limit.min(256));
+            match first {
+                Some(Ok(d)) => batch.push(d),
+                Some(Err(e)) => {
                     c.last_error.set(e);
                     return End::Broken;
                 }
+                None => {
+                    c.last_error.set("the broker cancelled the consumer");
+                    return End::Broken;
+                }
+            }
+            // Whatever else has arrived already joins the batch: one fsync for all of them.
+            let mut broken = false;
+            while batch.len() < limit {
+                let more = poll_fn(|cx| match Pin::new(&mut consumer).poll_next(cx) {
+                    Poll::Ready(x) => Poll::Ready(Some(x)),
+                    Poll::Pending => Poll::Ready(None),
+                })
+                .await;
+                match more {
+                    Some(Some(Ok(d))) => batch.push(d),
+                    Some(Some(Err(e))) => {
+                        c.last_error.set(e);
+                        broken = true;
+                        break;
+                    }
+                    Some(None) => {
+                        broken = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            add(&c.received, batch.len() as u64);
+            match self.store(&batch, max_id, stop).await {
+                Ok(()) => {}
+                // No room locally: give the batch back (closing the channel requeues it) and
+                // try again after the reconnection backoff; what was stored is absorbed by
+                // dedup.
+                Err(Error::NoSpace | Error::Full { .. }) => return End::Broken,
+                Err(e) => return End::Fatal(e),
+            }
+            if let Some(last) = batch.last() {
+                let ack = last.acker.ack(BasicAckOptions { multiple: true });
+                // Stored, not acked: the broker delivers them again and dedup absorbs it.
+                let alive = || self.connected();
+                match within(stop, self.cfg.link.call_timeout, alive, ack).await {
+                    Some(Ok(_)) => add(&c.acked, batch.len() as u64),
+                    Some(Err(e)) => {
+                        c.last_error.set(e);
+                        return End::Broken;
+                    }
+                    None => {
+                        c.last_error.set("an ack not written out: the connection closed or hung");
+                        return End::Broken;
+                    }
+                }
+            }
+            if broken {
+                return End::Broken;
             }
         }
-        if broken {
-            return End::Broken;
-        }
     }
-}
 
-/// Pushes a batch, the last push `Immediate` (which makes every earlier one durable too), and
-/// rejects the messages the queue refuses. Returns once everything kept is durable.
-async fn store(
-    queue: &Queue,
-    c: &Counters,
-    batch: &[AmqpDelivery],
-    max_id: &mut u64,
-) -> Result<()> {
-    let n = batch.len();
-    for (i, d) in batch.iter().enumerate() {
-        let durability = if i + 1 == n { Durability::Immediate } else { Durability::None };
-        let mut opts = PushOptions::new().durability(durability);
-        let key = d.properties.message_id().as_ref().map(|k| k.as_str().as_bytes());
-        let key = key.filter(|k| !k.is_empty() && k.len() <= MAX_DEDUP_KEY);
-        if let Some(key) = key {
-            opts = opts.dedup_key(key);
-        }
-        match queue.push_with(&d.data, opts) {
-            Ok(id) => {
-                add(&c.stored, 1);
-                if id.get() <= *max_id {
-                    add(&c.duplicates, 1);
-                }
-                *max_id = (*max_id).max(id.get());
-            }
-            Err(e @ (Error::PayloadTooLarge { .. } | Error::QueueFull { .. })) => {
-                c.last_error.set(&e);
-                add(&c.rejected, 1);
-                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
-                if i + 1 == n && i > 0 {
-                    sync(queue)?;
-                }
-            }
-            Err(e) => {
-                c.last_error.set(&e);
-                return Err(e);
-            }
-        }
+    fn connected(&self) -> bool {
+        self.channel.status().connected() && self.conn.status().connected()
     }
-    Ok(())
+
+    /// Pushes a batch, the last push `Immediate` (which makes every earlier one durable too),
+    /// and rejects the messages the queue refuses. Returns once everything kept is durable.
+    async fn store(
+        &self,
+        batch: &[AmqpDelivery],
+        max_id: &mut u64,
+        stop: &mut StopRx,
+    ) -> Result<()> {
+        let (queue, c) = (self.queue, self.c);
+        let n = batch.len();
+        for (i, d) in batch.iter().enumerate() {
+            let durability = if i + 1 == n { Durability::Immediate } else { Durability::None };
+            let mut opts = PushOptions::new().durability(durability);
+            let key = d.properties.message_id().as_ref().map(|k| k.as_str().as_bytes());
+            let key = key.filter(|k| !k.is_empty() && k.len() <= MAX_DEDUP_KEY);
+            if let Some(key) = key {
+                opts = opts.dedup_key(key);
+            }
+            match queue.push_with(&d.data, opts) {
+                Ok(id) => {
+                    add(&c.stored, 1);
+                    if id.get() <= *max_id {
+                        add(&c.duplicates, 1);
+                    }
+                    *max_id = (*max_id).max(id.get());
+                }
+                Err(e @ (Error::PayloadTooLarge { .. } | Error::QueueFull { .. })) => {
+                    c.last_error.set(&e);
+                    add(&c.rejected, 1);
+                    let reject = d.acker.reject(BasicRejectOptions { requeue: false });
+                    // Unanswered: the broker delivers it again, to be refused again.
+                    let alive = || self.connected();
+                    let _ = within(stop, self.cfg.link.call_timeout, alive, reject).await;
+                    if i + 1 == n && i > 0 {
+                        sync(queue)?;
+                    }
+                }
+                Err(e) => {
+                    c.last_error.set(&e);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Makes every push staged so far durable (the log is durable as a prefix) by writing the

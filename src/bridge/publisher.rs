@@ -15,16 +15,16 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::forward::{bump, Counters, ForwardStopReport};
-use super::{sleep_or_stop, ConnectionState, End, Link, Reconnect, StopRx};
+use super::{
+    after, close, sleep_or_stop, stop_deadline, stopped, unless_stopped, within, ConnectionState,
+    End, Link, Reconnect, StopRx, IDLE_CHECK,
+};
 use crate::error::{Error, Result};
 use crate::lease::Delivery;
 use crate::queue::Queue;
-
-/// How often an idle forwarder looks at its channel (lapin marks it closed once heartbeats
-/// are missed or the broker closed it).
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// The most messages a forwarder pops at once.
 const POP_BATCH: usize = 256;
@@ -57,44 +57,39 @@ pub(super) async fn run(
         stopping: None,
     };
     let result = loop {
-        if stop.borrow().is_some() {
+        if stop_deadline(&stop).is_some() {
             break Ok(());
         }
         c.state.set(ConnectionState::Connecting);
-        let connect = async {
-            let conn = cfg.link.connect().await?;
-            match open_channel(&conn).await {
-                Ok(ch) => Ok((conn, ch)),
-                Err(e) => {
-                    close(&conn, None).await;
-                    Err(e)
-                }
-            }
-        };
-        // A stop is not kept waiting by a broker that does not answer.
-        let opened = tokio::select! {
-            opened = connect => opened,
-            _ = stop.changed() => break Ok(()),
-        };
-        let (conn, channel) = match opened {
-            Ok(x) => x,
-            Err(e) => {
+        // A stop is not kept waiting by a broker that does not answer, nor is the next try.
+        let limit = cfg.link.call_timeout;
+        let opened = match unless_stopped(&mut stop, limit, open(&cfg.link)).await {
+            Some(Ok(x)) => Some(x),
+            Some(Err(e)) => {
                 c.last_error.set(e);
-                if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
-                    break Ok(());
-                }
-                continue;
+                None
             }
+            None if stop_deadline(&stop).is_some() => break Ok(()),
+            None => {
+                c.last_error.set(format_args!("no connection within {limit:?}"));
+                None
+            }
+        };
+        let Some((conn, channel)) = opened else {
+            if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
+                break Ok(());
+            }
+            continue;
         };
         bump(&c.connections);
         c.state.set(ConnectionState::Connected);
-        let end = s.run(&channel, &mut stop, &mut reconnect).await;
-        close(&conn, s.stopping).await;
+        let end = s.run(&conn, &channel, &mut stop, &mut reconnect).await;
+        c.state.set(ConnectionState::Connecting);
+        close(&conn, &mut stop, limit).await;
         match end {
             End::Stopped => break Ok(()),
             End::Fatal(e) => break Err(e),
             End::Broken => {
-                c.state.set(ConnectionState::Connecting);
                 if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
                     break Ok(());
                 }
@@ -105,21 +100,13 @@ pub(super) async fn run(
     result.map(|()| s.report)
 }
 
-async fn open_channel(conn: &Connection) -> lapin::Result<Channel> {
+/// Connects and opens a channel in confirm mode.
+async fn open(link: &Link) -> lapin::Result<(Connection, Channel)> {
+    // On an error, dropping the connection closes it in the background.
+    let conn = link.connect().await?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok(channel)
-}
-
-/// Closes a connection, waiting at most 2 s (a dead broker answers nothing), and not much past
-/// `deadline` (100 ms at least, for the close to go out).
-async fn close(conn: &Connection, deadline: Option<Instant>) {
-    let mut limit = Duration::from_secs(2);
-    if let Some(t) = deadline {
-        let left = t.saturating_duration_since(Instant::now());
-        limit = limit.min(left.max(Duration::from_millis(100)));
-    }
-    let _ = tokio::time::timeout(limit, conn.close(200, "wharf: bye".into())).await;
+    Ok((conn, channel))
 }
 
 /// State that outlives one connection.
@@ -141,11 +128,15 @@ impl Session<'_> {
     /// still in flight then is released.
     async fn run(
         &mut self,
+        conn: &Connection,
         channel: &Channel,
         stop: &mut StopRx,
         reconnect: &mut Reconnect,
     ) -> End {
         let (tx, mut rx) = mpsc::unbounded_channel::<ConfirmResult>();
+        // The confirm waits of this channel, aborted with it: lapin may never resolve the
+        // confirms of a connection that died.
+        let mut confirms = JoinSet::new();
         let mut inflight: HashMap<u64, Delivery> = HashMap::new();
         let mut order: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut next_seq = 0u64;
@@ -155,6 +146,14 @@ impl Session<'_> {
             self.c.window.store(inflight.len(), Ordering::Relaxed);
             while order.front().is_some_and(|(s, _)| !inflight.contains_key(s)) {
                 order.pop_front();
+            }
+            // Reap the confirm waits that finished, so that the set holds only pending ones.
+            while confirms.try_join_next().is_some() {}
+            if self.stopping.is_none() {
+                if let Some(t) = stop_deadline(stop) {
+                    self.stopping = Some(t);
+                    self.report.unconfirmed_at_stop = inflight.len();
+                }
             }
             let now = Instant::now();
             if let Some(t) = self.stopping {
@@ -169,18 +168,15 @@ impl Session<'_> {
             let enough = room >= min_room || (inflight.is_empty() && room > 0);
             let can_pop = self.stopping.is_none() && enough && paused.is_none();
             // Wake at least every second to notice a connection lost while idle (heartbeats).
-            let tick = [confirm_deadline, paused, self.stopping, Some(now + IDLE_CHECK)]
+            let idle_check = now + IDLE_CHECK;
+            let tick = [confirm_deadline, paused, self.stopping, Some(idle_check)]
                 .into_iter()
                 .flatten()
                 .min()
-                .unwrap_or(now + IDLE_CHECK);
+                .unwrap_or(idle_check);
             tokio::select! {
                 biased;
-                changed = stop.changed(), if self.stopping.is_none() => {
-                    let until = if changed.is_ok() { *stop.borrow() } else { None };
-                    self.stopping = Some(until.unwrap_or(now));
-                    self.report.unconfirmed_at_stop = inflight.len();
-                }
+                () = stopped(stop), if self.stopping.is_none() => {}
                 Some(first) = rx.recv() => {
                     // Settle every confirm that has arrived, not just the first.
                     let mut next = Some(first);
@@ -190,7 +186,7 @@ impl Session<'_> {
                             match self.settle(d, res) {
                                 Ok(Outcome::Confirmed) => reconnect.reset(),
                                 Ok(Outcome::Retry) => {
-                                    paused_until = Some(Instant::now() + self.cfg.retry_delay);
+                                    paused_until = Some(after(self.cfg.retry_delay));
                                 }
                                 Ok(Outcome::Broken) => {
                                     end = Some(End::Broken);
@@ -216,7 +212,7 @@ impl Session<'_> {
                         ));
                         break End::Broken;
                     }
-                    if !channel.status().connected() {
+                    if !channel.status().connected() || !conn.status().connected() {
                         self.c.last_error.set("the channel or connection closed");
                         break End::Broken;
                     }
@@ -229,7 +225,7 @@ impl Session<'_> {
                             // One unreadable message (say, a failed checksum): it stays leased
                             // until its lease lapses; keep going after a pause.
                             self.c.last_error.set(e);
-                            paused_until = Some(Instant::now() + self.cfg.retry_delay);
+                            paused_until = Some(after(self.cfg.retry_delay));
                             continue;
                         }
                     };
@@ -239,20 +235,35 @@ impl Session<'_> {
                             self.give_back(d, false);
                             continue;
                         }
-                        match self.publish(channel, &d).await {
-                            Ok(confirm) => {
+                        if stop_deadline(stop).is_some() {
+                            // A stop ends the batch: what was never sent goes back, uncounted.
+                            let _ = d.release();
+                            continue;
+                        }
+                        let limit = self.cfg.link.call_timeout;
+                        let alive = || channel.status().connected() && conn.status().connected();
+                        match within(stop, limit, alive, self.publish(channel, &d)).await {
+                            Some(Ok(confirm)) => {
                                 let seq = next_seq;
                                 next_seq += 1;
-                                let deadline = Instant::now() + self.cfg.confirm_timeout;
                                 inflight.insert(seq, d);
-                                order.push_back((seq, deadline));
+                                order.push_back((seq, after(self.cfg.confirm_timeout)));
                                 let tx = tx.clone();
-                                tokio::spawn(async move {
+                                confirms.spawn(async move {
                                     let _ = tx.send((seq, confirm.await));
                                 });
                             }
-                            Err(e) => {
+                            Some(Err(e)) => {
                                 self.c.last_error.set(e);
+                                self.give_back(d, false);
+                                broken = true;
+                            }
+                            None => {
+                                // Perhaps sent: released, it goes out again (a duplicate at
+                                // worst).
+                                self.c.last_error.set(
+                                    "a publish not written out: the connection closed or hung",
+                                );
                                 self.give_back(d, false);
                                 broken = true;
                             }

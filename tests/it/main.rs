@@ -21,6 +21,7 @@ mod quota;
 mod recovery;
 mod salvage;
 mod soak;
+mod state_damage;
 mod sweeps;
 mod typed;
 mod verify;

@@ -465,7 +465,7 @@ fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
 
 #[test]
 fn a_damaged_relocated_payload_is_reported_and_the_open_fails_with_corruption() {
-    let (dir, held_id, _) = closed_relocated_store();
+    let (dir, ..) = closed_relocated_store();
     let path = state_file(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
     let hits = find_all(&bytes, &payload(1_000_000, STRAGGLER_LEN));
@@ -475,17 +475,15 @@ fn a_damaged_relocated_payload_is_reported_and_the_open_fails_with_corruption() 
     }
     std::fs::write(&path, &bytes).unwrap();
 
+    // The payload's page fails redb's page checksum: verify refuses the file before it reads a
+    // row (redb can panic on pages it has not verified), naming the file.
     let report = Wharf::verify(dir.path()).unwrap();
-    let id = format!("{:x}", held_id.get());
     assert!(
-        report.problems.iter().any(|p| p.file == path
-            && p.offset == 0
-            && p.reason.contains(&id)
-            && p.reason.contains("checksum")),
+        report.problems.iter().any(|p| p.file == path && p.offset == 0),
         "{:#?}",
         report.problems
     );
-    assert_eq!(report.relocated, 2, "the rows are intact");
+    assert!(matches!(report.state, StateDb::NotOpened(_)), "{:?}", report.state);
     // The open checks every page of the state database (redb's integrity check): it refuses
     // the store, naming the file, rather than hand out damaged bytes later.
     match manual().open(dir.path()) {

@@ -11,3 +11,4 @@ mod oracle;
 mod quota;
 mod redb_crash;
 mod salvage;
+mod state_damage;
