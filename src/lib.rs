@@ -33,7 +33,10 @@
 //!   was logged before it survives too.
 //! - A torn write at the end of the log is cut off on open (and reported in the
 //!   [`RecoveryReport`]); damage anywhere else fails the open with [`Error::Corrupted`],
-//!   naming the file and offset. Every payload is checked against its CRC-32C before use.
+//!   naming the file and offset, unless the store is opened with
+//!   [`WharfBuilder::salvage`]: then every intact message is kept, the damaged files are moved
+//!   aside, and [`SalvageReport`] lists what was lost. Every payload is checked against its
+//!   CRC-32C before use.
 //! - A failed write or `fdatasync` poisons the store: every later call fails until reopen.
 //!
 //! # It is not
@@ -62,6 +65,7 @@ mod options;
 mod queue;
 mod record;
 mod recovery;
+mod salvage;
 mod segment;
 mod state;
 mod storage;
@@ -88,6 +92,7 @@ pub use queue::{
     Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf, MAX_NAME_LEN, MAX_PRIORITY,
 };
 pub use recovery::RecoveryReport;
+pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
 pub use segment::FORMAT_VERSION;
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
 pub use verify::{QueueSummary, RecordCounts, StateDb, VerifyReport};

@@ -67,6 +67,8 @@ pub(crate) struct Options {
     pub checkpoint_bytes: u64,
     /// Take a checkpoint at least this often while the log moves.
     pub checkpoint_interval: Option<Duration>,
+    /// Open past damage by salvaging the store (`salvage/`).
+    pub salvage: bool,
 }
 
 /// Default size of a log segment file: 64 MiB.
@@ -92,6 +94,7 @@ impl Default for Options {
             max_disk_bytes: None,
             checkpoint_bytes: 0,
             checkpoint_interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
+            salvage: false,
         }
     }
 }
@@ -251,6 +254,37 @@ impl WharfBuilder {
     /// by bytes and on demand. Not zero; `Some(Duration::MAX)` is as `None`.
     pub fn checkpoint_interval(mut self, every: Option<Duration>) -> Self {
         self.opts.checkpoint_interval = every;
+        self
+    }
+
+    /// Whether to open past damage (default `false`: damage below the durable end of the log
+    /// fails the open with [`Error::Corrupted`](crate::Error::Corrupted)).
+    ///
+    /// With `true`, an open that finds damage — bad checksums, torn or missing segments, a
+    /// damaged or missing `state.redb`, a damaged `mark` — salvages the store instead of
+    /// failing: every message whose records are intact is kept (with its id, payload,
+    /// attempts, priority, due time, expiry, dedup key and dead-letter note), the store is
+    /// rewritten as a fresh, healthy log, the damaged files are moved untouched into
+    /// `DIR/damaged-<unix time>/` with a `salvage-report.txt`, and
+    /// [`RecoveryReport::salvage`](crate::RecoveryReport::salvage) lists what could not be
+    /// kept: lost messages by id (and queue, where a surviving record names it), messages that
+    /// may be redelivered because a damaged range may have held their ack, and the ranges lost
+    /// where ids cannot be named one by one. A crash during salvage is finished (or redone) by
+    /// the next open, with the same result. A healthy store is simply opened: nothing is moved
+    /// and `salvage` is `None`. (The strict recovery tried first may, like any open, cut a torn
+    /// tail or let redb finish an unclean shutdown before it finds the damage.)
+    ///
+    /// ```
+    /// use wharf::Wharf;
+    /// # let dir = tempfile::tempdir()?;
+    /// let wharf = Wharf::builder().salvage(true).open(dir.path())?;
+    /// wharf.queue("jobs")?.push(b"resize photo 17")?;
+    /// // A healthy store: opened as it is.
+    /// assert!(wharf.recovery_report().salvage.is_none());
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    pub fn salvage(mut self, on: bool) -> Self {
+        self.opts.salvage = on;
         self
     }
 

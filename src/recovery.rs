@@ -51,6 +51,10 @@ pub struct RecoveryReport {
     pub relocated: u64,
     /// How long recovery took.
     pub duration: Duration,
+    /// What salvage kept and lost, when the store was salvaged (see
+    /// [`WharfBuilder::salvage`](crate::WharfBuilder::salvage)) by this open, or by an earlier
+    /// one that a crash interrupted and this open finished. `None`: opened as it was.
+    pub salvage: Option<crate::SalvageReport>,
 }
 
 /// The state rebuilt from the log.
@@ -596,6 +600,18 @@ impl Replay {
         Ok(r)
     }
 
+    /// Adds queue `name` to the catalog before any record is replayed (salvage names every
+    /// queue it found anywhere in the log first, so that a lost catalog record costs nothing).
+    pub(crate) fn seed_queue(&mut self, name: String) {
+        self.queues.push((name, QueueIndex::default()));
+        self.configs.push(None);
+    }
+
+    /// Each queue's configuration as replayed so far.
+    pub(crate) fn configs(&self) -> &[Option<QueueConfig>] {
+        &self.configs
+    }
+
     /// The last epoch used: by the log's records or by the checkpoint.
     pub(crate) fn epoch(&self) -> u32 {
         self.max_epoch.max(self.checkpoint_epoch)
@@ -870,7 +886,7 @@ fn zero(seg: &Segment, at: u64, len: u64) -> Result<()> {
 }
 
 /// A random store id, from the standard library's randomly keyed hasher, the clock and the pid.
-fn new_store_id() -> u128 {
+pub(crate) fn new_store_id() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let mut id = 0u128;
     for _ in 0..2 {

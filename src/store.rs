@@ -26,6 +26,7 @@ use crate::mark::{self, Mark};
 use crate::options::{Options, ReadMode};
 use crate::record::Body;
 use crate::recovery::{self, RecoveryReport};
+use crate::salvage;
 use crate::segment::Segment;
 use crate::state::{self, StateDb};
 use crate::storage::{LockGuard, Storage};
@@ -175,15 +176,28 @@ impl Core {
     pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, opts: Options) -> Result<Core> {
         storage.create_dir_all(dir)?;
         let lock = take_lock(&*storage, dir)?;
+        // A salvage interrupted after its commit point is finished before anything reads.
+        let mut salvaged = salvage::finish_interrupted(&*storage, dir)?;
         let log_dir = dir.join("log");
         storage.create_dir_all(&log_dir)?;
         storage.sync_dir(dir)?;
         let map = opts.read_mode == ReadMode::Map;
         // The state database is opened if it exists; the first checkpoint makes it.
         let state_path = dir.join(state::FILE);
-        let db = StateDb::open_existing(&*storage, dir)?;
-        let loaded = db.as_ref().map(StateDb::load).transpose()?.unwrap_or_default();
-        let rec = recovery::recover(&*storage, &log_dir, map, &loaded, &state_path)?;
+        let recover = || -> Result<_> {
+            let db = StateDb::open_existing(&*storage, dir)?;
+            let loaded = db.as_ref().map(StateDb::load).transpose()?.unwrap_or_default();
+            let rec = recovery::recover(&*storage, &log_dir, map, &loaded, &state_path)?;
+            Ok((db, rec))
+        };
+        let (db, mut rec) = match recover() {
+            Err(e) if opts.salvage && salvage::salvageable(&e) => {
+                salvaged = Some(salvage::in_place(&*storage, dir, Some(opts.segment_bytes))?);
+                recover()?
+            }
+            r => r?,
+        };
+        rec.report.salvage = salvaged;
         let epoch = rec.max_epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
             Error::Io(std::io::Error::other("the store has used up its id epochs"))
         })?;
@@ -458,7 +472,7 @@ impl Shared {
 /// Takes the directory lock. A lock that a handle of this process just released can still be
 /// held for a moment by a child process forked meanwhile (it keeps the descriptor until it
 /// execs), so a busy lock is tried again for up to 50 ms before the open fails with `Locked`.
-fn take_lock(storage: &dyn Storage, dir: &Path) -> Result<LockGuard> {
+pub(crate) fn take_lock(storage: &dyn Storage, dir: &Path) -> Result<LockGuard> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(50);
     loop {
         if let Some(guard) = storage.lock(&dir.join("LOCK"))? {

@@ -858,7 +858,7 @@ impl Image for Window<'_> {
 }
 
 /// An error of a check as a problem of `file` (or of the file the error names).
-fn corruption(file: &Path, e: Error) -> Corruption {
+pub(crate) fn corruption(file: &Path, e: Error) -> Corruption {
     match e {
         Error::Corrupted(c) => c,
         Error::UnsupportedVersion { file, found, supported } => Corruption {
@@ -884,17 +884,17 @@ fn corruption(file: &Path, e: Error) -> Corruption {
 }
 
 /// What reading the state database found.
-struct StateCheck {
-    state: StateDb,
+pub(crate) struct StateCheck {
+    pub state: StateDb,
     /// Its checkpoint, when it could be read.
-    loaded: Option<state::Loaded>,
-    problems: Vec<Corruption>,
+    pub loaded: Option<state::Loaded>,
+    pub problems: Vec<Corruption>,
 }
 
 /// Reads and checks the state database at `path`. A store open elsewhere may commit a
 /// checkpoint while it is read, and pages of the commit read may then be reused under it: when
 /// problems are found and redb's header changed meanwhile, it is read again.
-fn read_state(storage: &dyn Storage, path: &Path) -> StateCheck {
+pub(crate) fn read_state(storage: &dyn Storage, path: &Path) -> StateCheck {
     for _ in 0..STATE_ATTEMPTS {
         let before = state_header(storage, path);
         let check = check_state(storage, path);

@@ -91,13 +91,16 @@ fn s(p: &Path) -> &str {
 fn help_shows_every_command_with_examples() {
     let run = wharf(&["--help"], None).expect(0);
     let help = run.out();
-    for cmd in
-        ["stats", "peek", "push", "pop", "dlq", "purge", "verify", "export", "import", "bench"]
-    {
+    for cmd in [
+        "stats", "peek", "push", "pop", "dlq", "purge", "verify", "salvage", "export", "import",
+        "bench",
+    ] {
         assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
     }
     assert!(help.contains("Examples:") && help.contains("Exit status"), "{help}");
-    for cmd in ["stats", "peek", "push", "pop", "purge", "verify", "export", "import", "bench"] {
+    for cmd in
+        ["stats", "peek", "push", "pop", "purge", "verify", "salvage", "export", "import", "bench"]
+    {
         let help = wharf(&[cmd, "--help"], None).expect(0).out();
         assert!(help.contains("Examples:\n  wharf "), "{cmd} --help:\n{help}");
     }
@@ -482,6 +485,69 @@ fn verify_finds_a_flipped_byte_and_names_the_file() {
     let run = wharf(&["stats", d], None).expect(1);
     assert!(run.stderr.contains("is corrupt") && run.stderr.contains(name), "{}", run.stderr);
     assert!(run.stderr.contains("at offset"), "{}", run.stderr);
+}
+
+#[test]
+fn salvage_keeps_the_intact_messages_and_lists_the_lost_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    {
+        let w = Wharf::open(dir.path()).unwrap();
+        let q = w.queue("jobs").unwrap();
+        for i in 0..50 {
+            q.push(format!("message number {i:04} with some padding to make it longer")).unwrap();
+        }
+        drop(q);
+        w.close().unwrap();
+    }
+    let seg = dir.path().join("log").join("00000000000000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[1040] ^= 0x40; // in a payload
+    std::fs::write(&seg, &bytes).unwrap();
+    let run = wharf(&["stats", d], None).expect(1);
+    assert!(run.stderr.contains("wharf salvage"), "{}", run.stderr);
+
+    // Into a new directory: the damaged store stays as it is.
+    let new = tempfile::tempdir().unwrap();
+    let into = new.path().join("salvaged");
+    let run = wharf(&["salvage", d, "--into", s(&into), "--json"], None).expect(0);
+    let doc: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!((doc["salvaged"].as_bool(), doc["kept"].as_u64()), (Some(true), Some(49)), "{doc}");
+    // The damaged push, by id (its bytes still read as that one push: no ack was lost with it).
+    let lost = doc["lost"].as_array().unwrap();
+    assert_eq!(lost.len(), 1, "{doc}");
+    assert_eq!((lost[0]["fate"].as_str(), lost[0]["queue"].as_str()), (Some("lost"), None));
+    assert_eq!(lost[0]["id"], doc["lost_ranges"][0]["ids"]["first"], "{doc}");
+    assert_eq!(doc["lost_ranges"][0]["ids"]["kind"], "exact", "{doc}");
+    assert!(doc["damaged_dir"].is_null());
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "left untouched");
+    wharf(&["verify", s(&into)], None).expect(0);
+    assert!(wharf(&["stats", s(&into)], None).expect(0).out().contains("jobs"));
+
+    // In place: the damaged files move aside, the store is healthy again.
+    let run = wharf(&["salvage", d], None).expect(0);
+    let out = run.out();
+    assert!(out.contains("kept 49 messages; 1 lost"), "{out}");
+    assert!(out.contains("damaged files moved to"), "{out}");
+    assert!(out.contains("lost: message"), "{out}");
+    wharf(&["verify", d], None).expect(0);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let moved = dir.path().join(&aside[0]);
+    assert_eq!(std::fs::read(moved.join("log/00000000000000000000.seg")).unwrap(), bytes);
+    let report = std::fs::read_to_string(moved.join("salvage-report.txt")).unwrap();
+    assert!(report.contains("message\t") && report.contains("\tlost\t"), "{report}");
+    // Once healthy, salvage only opens it.
+    let out = wharf(&["salvage", d], None).expect(0).out();
+    assert!(out.contains("healthy; opened as it was"), "{out}");
+    let doc: Value =
+        serde_json::from_slice(&wharf(&["salvage", d, "--json"], None).expect(0).stdout).unwrap();
+    assert_eq!(doc["salvaged"], false);
+    assert!(wharf(&["salvage", "/nonexistent/wharf"], None).expect(2).stderr.contains("no such"));
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod operate;
 mod poison;
 mod quota;
 mod recovery;
+mod salvage;
 mod soak;
 mod state_damage;
 mod sweeps;

@@ -10,4 +10,5 @@ mod model;
 mod oracle;
 mod quota;
 mod redb_crash;
+mod salvage;
 mod state_damage;

@@ -7,6 +7,7 @@
 mod bench;
 mod inspect;
 mod operate;
+mod salvage;
 mod store;
 mod transfer;
 mod verify;
@@ -30,6 +31,7 @@ Examples:
   wharf dlq requeue ./jobs-data mail --all
   wharf purge ./jobs-data mail --yes
   wharf verify ./jobs-data                 exit status 1 if anything is damaged
+  wharf salvage ./jobs-data --into ./new   keep every intact message of a damaged store
   wharf export ./jobs-data mail > mail.jsonl
   wharf import ./other-data mail < mail.jsonl
   wharf bench --quick
@@ -144,6 +146,28 @@ ready again, with this delivery counted as an attempt.\n\nExamples:\n  wharf pop
         #[arg(long)]
         json: bool,
     },
+    /// Open a damaged store past its damage: keep every intact message, move the damaged
+    /// files aside, list what was lost.
+    #[command(
+        after_help = "In place (the default), the salvaged store replaces the damaged one, whose \
+files go to DIR/damaged-<unix time>/ untouched, with salvage-report.txt. With --into NEW, DIR is \
+left as it is and the salvaged store is written to NEW. A healthy store is opened as it is.\n\n\
+Each lost message is listed by id (and queue, where a surviving record names it); \"may be \
+redelivered\" means it was kept but a damaged range may have held its ack. Ranges whose ids \
+cannot be named one by one are listed with the id span they could hold.\n\nExamples:\n  \
+wharf verify ./jobs-data            see the damage first\n  wharf salvage ./jobs-data --into \
+./jobs-salvaged\n  wharf salvage ./jobs-data --json | jq '.lost[]'"
+    )]
+    Salvage {
+        /// The store directory.
+        dir: PathBuf,
+        /// Write the salvaged store into this new (empty) directory and leave DIR untouched.
+        #[arg(long)]
+        into: Option<PathBuf>,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a queue's waiting messages as JSON lines (payloads in base64) to standard output.
     #[command(
         after_help = "Each line: {\"payload\": base64, \"priority\": 0-9, and when set \"due_ms\", \
@@ -227,6 +251,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         }
         Command::Purge { dir, queue, yes } => operate::purge(&dir, &queue, yes),
         Command::Verify { dir, json } => verify::verify(&dir, json),
+        Command::Salvage { dir, into, json } => salvage::salvage(&dir, into.as_deref(), json),
         Command::Export { dir, queue } => transfer::export(&dir, &queue),
         Command::Import { dir, queue } => transfer::import(&dir, &queue),
         Command::Bench { dir, quick } => bench::bench(dir, quick),

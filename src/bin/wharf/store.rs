@@ -40,7 +40,7 @@ impl CliError {
             ),
             Error::Corrupted(c) => format!(
                 "the store at {dir} is corrupt: {} in {} at offset {}; run `wharf verify {dir}` \
-                 for every problem",
+                 for every problem, `wharf salvage {dir}` to keep every intact message",
                 c.reason,
                 c.file.display(),
                 c.offset
