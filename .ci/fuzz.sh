@@ -7,7 +7,7 @@
 #
 # Environment:
 #   WHARF_FUZZ_SECS       seconds per target (default 20)
-#   WHARF_FUZZ_TARGETS    the targets to run, space-separated (default: all eight)
+#   WHARF_FUZZ_TARGETS    the targets to run, space-separated (default: all nine)
 #   WHARF_FUZZ_TOOLCHAIN  `stable` forces the stable fallback even when nightly exists
 #   WHARF_FUZZ_SKIP_KNOWN `1` (default): the targets do not explore the open findings listed in
 #                         fuzz/README.md ("Known open findings"), so CI flags new ones only;
@@ -18,7 +18,7 @@ export CARGO_TERM_COLOR=never
 
 secs=${WHARF_FUZZ_SECS:-20}
 export WHARF_FUZZ_SKIP_KNOWN=${WHARF_FUZZ_SKIP_KNOWN:-1}
-all="record_decode segment_recover dir_open ops_model ops_crash ops_faults corrupt_then_recover verify"
+all="record_decode segment_recover dir_open ops_model ops_crash ops_faults corrupt_then_recover salvage verify"
 targets=${WHARF_FUZZ_TARGETS:-$all}
 started=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/wharf-fuzz.XXXXXX")

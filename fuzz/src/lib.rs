@@ -17,7 +17,7 @@ pub mod targets;
 pub mod workload;
 
 /// The names of the targets, as in `fuzz_targets/<name>.rs` and `seeds/<name>/`.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "record_decode",
     "segment_recover",
     "dir_open",
@@ -25,6 +25,7 @@ pub const TARGETS: [&str; 7] = [
     "ops_crash",
     "ops_faults",
     "corrupt_then_recover",
+    "salvage",
 ];
 
 /// Runs the target `name` on `data`, as its fuzz target does.
@@ -40,6 +41,7 @@ pub fn run_target(name: &str, data: &[u8]) {
         "ops_crash" => targets::ops_crash(data),
         "ops_faults" => targets::ops_faults(data),
         "corrupt_then_recover" => targets::corrupt_then_recover(data),
+        "salvage" => targets::salvage(data),
         _ => panic!("unknown fuzz target {name}"),
     }
 }
@@ -58,7 +60,7 @@ pub fn describe(name: &str, data: &[u8]) -> String {
         "ops_model" => show::<targets::ModelInput>(data),
         "ops_crash" => show::<targets::CrashInput>(data),
         "ops_faults" => show::<targets::FaultInput>(data),
-        "corrupt_then_recover" => show::<targets::CorruptInput>(data),
+        "corrupt_then_recover" | "salvage" => show::<targets::CorruptInput>(data),
         _ => format!("{} raw bytes, mode byte {:?}: {:02x?}", data.len(), data.first(), data),
     }
 }
