@@ -259,6 +259,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     // Something durable says the log went further than it does now.
     let store_id = scanned.store_id;
     let mut durable_end = checkpoint;
+    let mut mark_damaged = false;
     match mark::read(storage, &log_dir, store_id) {
         Ok(Some(m)) if m.end > durable_end => {
             durable_end = m.end;
@@ -266,7 +267,10 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         Ok(_) => {}
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(Error::Io(e)) => return Err(Error::Io(e)),
-        Err(e) => report.problems.push(corruption(&log_dir.join(mark::FILE), e)),
+        Err(e) => {
+            report.problems.push(corruption(&log_dir.join(mark::FILE), e));
+            mark_damaged = true;
+        }
     }
     let why = format!(
         "the log ends at position {}, but it was durable up to {durable_end} (the durable mark \
@@ -274,6 +278,19 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         scanned.log_end.unwrap_or(0)
     );
     scan::lost_end(&mut scanned, &log_dir, durable_end, why);
+    // Without the mark, a torn tail cannot be told from durable records damaged at the end of
+    // the log: when the bytes after the last record are not all zeros (as a clean close leaves
+    // them), what followed is reported as possibly lost.
+    let tail_dirty =
+        scanned.segs.iter().rev().find(|s| s.has_records).is_some_and(|s| s.dirty_tail > 0);
+    if mark_damaged && tail_dirty {
+        let why = format!(
+            "the durable mark is damaged: whether the log went on past position {} cannot be \
+             checked (what a clean close made durable after it may be lost with the mark)",
+            scanned.log_end.unwrap_or(0)
+        );
+        scan::unknown_end(&mut scanned, &log_dir, why);
+    }
     // The log's anchors say where it starts and what checkpoint the state database holds.
     if let Some(a) = pass.replay.anchor {
         let first = scanned.segs.first().map(|s| s.base);

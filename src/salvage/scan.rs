@@ -380,6 +380,30 @@ pub(crate) fn lost_end(out: &mut LogScan, log_dir: &Path, durable_end: u64, why:
     out.gaps.sort_by_key(|g| g.lsn_from);
 }
 
+/// A gap of unknown length at the end of the log, when nothing can tell whether the log went
+/// on (the durable mark of the last clean close is damaged): records a clean close made durable
+/// after the end may have been lost with it, and a torn tail cannot be told from them.
+pub(crate) fn unknown_end(out: &mut LogScan, log_dir: &Path, why: String) {
+    let end = out.log_end.unwrap_or(0);
+    if out.gaps.iter().any(|g| g.lsn_from >= end && g.lsn_to.is_none()) {
+        return;
+    }
+    // A gap up to the end some other file names (`lost_end`) now has no known end.
+    if let Some(g) = out.gaps.iter_mut().find(|g| g.lsn_from == end) {
+        (g.to, g.lsn_to) = (None, None);
+        g.why = format!("{}; {why}", g.why);
+        out.problems.push(problem(&g.file.clone(), g.from, why));
+        return;
+    }
+    let (file, from) = match out.segs.iter().find(|s| s.base <= end && end < s.end()) {
+        Some(s) => (s.path.clone(), end - s.base),
+        None => (log_dir.join(segment::file_name(end)), 0),
+    };
+    out.problems.push(problem(&file, from, why.clone()));
+    out.gaps.push(Gap { file, from, to: None, lsn_from: end, lsn_to: None, why, claimed: None });
+    out.gaps.sort_by_key(|g| g.lsn_from);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
