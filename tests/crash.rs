@@ -27,6 +27,8 @@ const GEN_ENV: &str = "WHARF_CRASH_GEN";
 const CHILD_SEED_ENV: &str = "WHARF_CRASH_CHILD_SEED";
 const RUN_MS_ENV: &str = "WHARF_CRASH_RUN_MS";
 const CONSUMERS_ENV: &str = "WHARF_CRASH_CONSUMERS";
+/// `0`: consumers hold no delivery until the end of the run (see `consumer`).
+const HOLD_ENV: &str = "WHARF_CRASH_HOLD";
 const FAILPOINT_ENV: &str = "WHARF_FAILPOINT";
 const QUEUES: [&str; 2] = ["q0", "q1"];
 const PUSHERS: u64 = 3;
@@ -231,6 +233,7 @@ mod child {
         // Now and then a delivery is held (leased, never settled) until the run ends: a
         // straggler that keeps its segment, until a checkpoint relocates it into state.redb.
         let mut held = Vec::new();
+        let hold = env_u64(HOLD_ENV, 1) != 0;
         while Instant::now() < deadline {
             let d = match q.pop_timeout(Duration::from_millis(20)) {
                 Ok(Some(d)) => d,
@@ -249,7 +252,7 @@ mod child {
                     emit(&format!("ACK {g} {s} {id}"));
                 }
                 17..=18 => d.nack().unwrap_or_else(|e| die("nack", &e)),
-                _ if rng.below(8) == 0 => held.push(d),
+                _ if hold && rng.below(8) == 0 => held.push(d),
                 _ => drop(d),
             }
         }
@@ -865,7 +868,14 @@ mod parent {
                     }
                     let child_seed = run.rng.next();
                     let run_ms = if name.starts_with("mark-") { "300" } else { "10000" };
-                    let env = [(FAILPOINT_ENV, spec.clone()), (RUN_MS_ENV, run_ms.to_owned())];
+                    let mut env =
+                        vec![(FAILPOINT_ENV, spec.clone()), (RUN_MS_ENV, run_ms.to_owned())];
+                    if name == "segment-removed-before-dir-sync" {
+                        // Deliveries held for the whole run pin their segments (unless a
+                        // checkpoint relocates them, which the share of them held decides): a
+                        // run that must delete segments holds none.
+                        env.push((HOLD_ENV, "0".to_owned()));
+                    }
                     let out = run_child(&run.dir.clone(), gen, child_seed, None, &env);
                     run.not_hung(&what, &out);
                     gen += 1;
