@@ -363,7 +363,7 @@ pub(crate) fn lost_end(out: &mut LogScan, log_dir: &Path, durable_end: u64, why:
     if end >= durable_end {
         return;
     }
-    let (file, from) = match out.segs.iter().find(|s| s.base <= end && end < s.end()) {
+    let (file, from) = match out.segs.iter().rev().find(|s| s.base <= end && end < s.end()) {
         Some(s) => (s.path.clone(), end - s.base),
         None => (log_dir.join(segment::file_name(end)), 0),
     };
@@ -395,7 +395,7 @@ pub(crate) fn unknown_end(out: &mut LogScan, log_dir: &Path, why: String) {
         out.problems.push(problem(&g.file.clone(), g.from, why));
         return;
     }
-    let (file, from) = match out.segs.iter().find(|s| s.base <= end && end < s.end()) {
+    let (file, from) = match out.segs.iter().rev().find(|s| s.base <= end && end < s.end()) {
         Some(s) => (s.path.clone(), end - s.base),
         None => (log_dir.join(segment::file_name(end)), 0),
     };

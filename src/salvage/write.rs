@@ -156,7 +156,9 @@ fn payload_of(
         return Ok((payload, k.key.as_deref().unwrap_or(&[]).to_vec(), k.pushed));
     }
     let lsn = k.entry.lsn;
-    let seg = plan.segs.iter().find(|s| s.base <= lsn && lsn < s.end());
+    // The segment with the highest base at or below `lsn` (segments are in base order; a file
+    // longer than its header says may reach past the next one's base).
+    let seg = plan.segs.iter().rev().find(|s| s.base <= lsn && lsn < s.end());
     let changed = |why: &str| {
         let file = seg.map_or_else(PathBuf::new, |s| s.path.clone());
         let offset = seg.map_or(0, |s| lsn - s.base);
