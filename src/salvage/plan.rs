@@ -426,7 +426,6 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         }
     }
     // The ids of the pushes each damaged range could have held.
-    let checkpoint_epoch = loaded.as_ref().map_or(0, |l| l.epoch);
     // The end of the last range that may have held an ack.
     let mut latest_ack_range: Option<u64> = None;
     for g in &scanned.gaps {
@@ -436,13 +435,12 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
             Some(to) => pushes.get(pushes.partition_point(|&(lsn, _)| lsn < to)).map(|p| p.1),
             None => None,
         };
-        let epoch_then = epochs
-            .iter()
-            .take_while(|&&(lsn, _)| lsn < g.lsn_from)
-            .map(|&(_, e)| e)
-            .max()
-            .unwrap_or(checkpoint_epoch);
-        let first = prev.map_or(u64::from(epoch_then) << SEQ_BITS | 1, |p| p + 1);
+        // With no epoch record before the range, its pushes may be of any epoch up to the
+        // first one seen after it (the checkpoint's epoch is the one when it was taken; older
+        // unsettled messages lie below it): from the first id there is.
+        let epoch_then =
+            epochs.iter().take_while(|&&(lsn, _)| lsn < g.lsn_from).map(|&(_, e)| e).max();
+        let first = prev.map_or(u64::from(epoch_then.unwrap_or(0)) << SEQ_BITS | 1, |p| p + 1);
         let ids = match (prev, next) {
             (Some(_), Some(n)) if n >> SEQ_BITS == first >> SEQ_BITS => {
                 if n <= first {
