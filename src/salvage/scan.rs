@@ -310,7 +310,15 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                 });
             }
         }
-        let Some(last) = last else { continue };
+        let Some(last) = last else {
+            // No segment holds a valid record: one whose bytes are not zeros lost them all.
+            if seg.dirty_tail > 0 {
+                let why = "the segment holds bytes but no valid record: all of them are damaged";
+                out.problems.push(problem(&seg.path, HEADER_LEN, why));
+                gaps.push(unreadable(seg, why));
+            }
+            continue;
+        };
         if i < last && !seg.sealed {
             let why = "the segment ends without a seal before the end of the log";
             out.problems.push(problem(&seg.path, seg.records_end - seg.base, why));
@@ -340,20 +348,25 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
             // A spare made ahead of time holds only zeros after its header.
             let why = "a segment after the end of the log holds bytes that are not records";
             out.problems.push(problem(&seg.path, HEADER_LEN, why));
-            gaps.push(Gap {
-                file: seg.path.clone(),
-                from: HEADER_LEN,
-                to: Some(seg.len),
-                lsn_from: seg.base + HEADER_LEN,
-                lsn_to: Some(seg.end()),
-                why: why.into(),
-                claimed: None,
-            });
+            gaps.push(unreadable(seg, why));
         }
     }
     out.log_end = last.and_then(|i| out.segs.get(i)).map(|s| s.records_end);
     out.gaps.extend(gaps);
     out.gaps.sort_by_key(|g| g.lsn_from);
+}
+
+/// The gap of a whole segment's records (all of them past its header).
+fn unreadable(seg: &SegFile, why: &str) -> Gap {
+    Gap {
+        file: seg.path.clone(),
+        from: HEADER_LEN,
+        to: Some(seg.len),
+        lsn_from: seg.base + HEADER_LEN,
+        lsn_to: Some(seg.end()),
+        why: why.into(),
+        claimed: None,
+    }
 }
 
 /// A gap for the end of the log when something durable (the mark of the last clean close, or
