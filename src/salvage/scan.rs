@@ -310,15 +310,7 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                 });
             }
         }
-        let Some(last) = last else {
-            // No segment holds a valid record: one whose bytes are not zeros lost them all.
-            if seg.dirty_tail > 0 {
-                let why = "the segment holds bytes but no valid record: all of them are damaged";
-                out.problems.push(problem(&seg.path, HEADER_LEN, why));
-                gaps.push(unreadable(seg, why));
-            }
-            continue;
-        };
+        let Some(last) = last else { continue };
         if i < last && !seg.sealed {
             let why = "the segment ends without a seal before the end of the log";
             out.problems.push(problem(&seg.path, seg.records_end - seg.base, why));
@@ -350,6 +342,21 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
             out.problems.push(problem(&seg.path, HEADER_LEN, why));
             gaps.push(unreadable(seg, why));
         }
+    }
+    if let (None, Some(first)) = (last, out.segs.first()) {
+        // Segment files, and not one valid record: every open writes records (its preamble)
+        // before anything else, so they were all lost, whatever held them.
+        let why = "no segment holds a valid record: every record of the log is damaged or gone";
+        out.problems.push(problem(&first.path, 0, why));
+        gaps.push(Gap {
+            file: first.path.clone(),
+            from: 0,
+            to: None,
+            lsn_from: first.base,
+            lsn_to: None,
+            why: why.into(),
+            claimed: None,
+        });
     }
     out.log_end = last.and_then(|i| out.segs.get(i)).map(|s| s.records_end);
     out.gaps.extend(gaps);
