@@ -2,8 +2,9 @@
 //! `tests/fixtures/v<N>/` by the code of that version, open with today's code and read exactly
 //! as their writer left them.
 //!
-//! Each fixture holds `store/` (the directory, closed cleanly) and `expected.txt`, the dump of
-//! every queue (see [`dump`]) that its writer took just before closing it. The writer is
+//! Each fixture holds `store/` (the directory, closed cleanly) and `expected.txt`, what its
+//! writer's version reads of it: for version 2 and later the dump of every queue (see [`dump`]),
+//! for version 1 (which had no `peek`) what a drain of a copy popped. The writer is
 //! [`write_fixture`], an ignored test: `WHARF_WRITE_FIXTURE=1 cargo test --all-features --test it
 //! write_fixture -- --ignored` writes the fixture of the current `FORMAT_VERSION` (do it once,
 //! when a version is new, and never again for that version).
@@ -126,6 +127,34 @@ fn write_fixture() {
     w.close().unwrap();
     std::fs::write(out.join("expected.txt"), expected).unwrap();
     std::fs::remove_file(store.join("LOCK")).ok();
+}
+
+/// The format-1 store of `tests/fixtures/v1/`, written by the code of 764151e (format version
+/// 1; `writer.rs.txt` beside it is the program, an example of that version), opens with
+/// today's code, verifies healthy, and a drain pops exactly what a drain by its writer's
+/// version popped (`expected.txt`: queue, id, attempt, payload per message, in pop order).
+#[test]
+fn a_format_1_store_drains_as_its_writer_drained_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&fixture_dir(1).join("store"), &store);
+    let report = Wharf::verify(&store).unwrap();
+    assert!(report.is_healthy(), "v1 fixture: {:?}", report.problems);
+    let w = builder().open(&store).unwrap();
+    let mut names = w.queue_names();
+    names.sort();
+    let mut got = String::new();
+    for name in names {
+        let q = w.queue(&name).unwrap();
+        let mut held = Vec::new();
+        while let Some(d) = q.try_pop().unwrap() {
+            let payload = String::from_utf8_lossy(d.payload()).into_owned();
+            writeln!(got, "{name} {} {} {payload}", d.id().get(), d.attempt()).unwrap();
+            held.push(d);
+        }
+    }
+    let expected = std::fs::read_to_string(fixture_dir(1).join("expected.txt")).unwrap();
+    assert_eq!(got, expected, "the v1 fixture drains otherwise");
 }
 
 /// Each checked-in fixture opens with today's code, reads exactly as its writer dumped it,
