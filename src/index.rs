@@ -381,12 +381,7 @@ impl QueueIndex {
         now: Instant,
         by: Duration,
     ) -> Result<(), Expired> {
-        self.check(id, attempt, now)?;
-        let l = self.leased.get_mut(&id).ok_or(Expired)?;
-        l.deadline = deadline_after(now, by);
-        self.deadlines.push(Reverse((l.deadline, id, attempt)));
-        self.compact_deadlines();
-        Ok(())
+        self.move_deadline(id, attempt, now, Some(deadline_after(now, by)), false)
     }
 
     /// Moves the deadline of a lease to `now + by` unless it is already later: a keep-alive
@@ -399,15 +394,25 @@ impl QueueIndex {
         now: Instant,
         by: Duration,
     ) -> Result<(), Expired> {
+        self.move_deadline(id, attempt, now, now.checked_add(by), true)
+    }
+
+    /// Sets the deadline of a current lease to `to` (if any, and, with `only_later`, if it is
+    /// later than the one it has).
+    fn move_deadline(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        now: Instant,
+        to: Option<Instant>,
+        only_later: bool,
+    ) -> Result<(), Expired> {
         self.check(id, attempt, now)?;
         let l = self.leased.get_mut(&id).ok_or(Expired)?;
-        match now.checked_add(by) {
-            Some(deadline) if deadline > l.deadline => {
-                l.deadline = deadline;
-                self.deadlines.push(Reverse((deadline, id, attempt)));
-                self.compact_deadlines();
-            }
-            _ => {}
+        if let Some(deadline) = to.filter(|&d| !only_later || d > l.deadline) {
+            l.deadline = deadline;
+            self.deadlines.push(Reverse((deadline, id, attempt)));
+            self.compact_deadlines();
         }
         Ok(())
     }

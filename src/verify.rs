@@ -568,7 +568,7 @@ impl Verifier<'_> {
                 // were the ones before it (segments go oldest first), which it may have deleted
                 // after this opened them: the log now starts after it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.report.segments -= segs.len();
+                    self.report.segments = self.report.segments.saturating_sub(segs.len());
                     self.paths.clear();
                     segs.clear();
                     prev_end = None;
