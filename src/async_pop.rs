@@ -165,7 +165,7 @@ impl<'a> Waiter<'a> {
             return self.finish(&mut g, Err(e));
         }
         let now = shared.opts.clock.now();
-        let now_ms = crate::jobs::now_ms(shared);
+        let now_ms = crate::clock::now_ms(&*shared.opts.clock);
         let qs = &mut g.queues[q];
         qs.index.expire(now);
         qs.index.promote(now_ms);

@@ -94,6 +94,11 @@ impl Clock for ManualClock {
     }
 }
 
+/// The wall-clock time of `clock`, in Unix ms.
+pub(crate) fn now_ms(clock: &dyn Clock) -> u64 {
+    unix_ms(clock.wall())
+}
+
 /// Milliseconds since the Unix epoch (0 for times before it).
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -742,7 +742,7 @@ pub(crate) fn background(shared: &Shared) {
 /// Only queues with wakers count: an idle store, or one whose waiters are all blocking pops
 /// (which keep their own timers), never wakes this thread for them.
 fn wake_async_pops(shared: &Shared, g: &mut State, now: Instant) -> Option<Duration> {
-    let now_ms = crate::jobs::now_ms(shared);
+    let now_ms = crate::clock::now_ms(&*shared.opts.clock);
     let mut next: Option<Instant> = None;
     for qs in &mut g.queues {
         if qs.wakers.is_empty() {

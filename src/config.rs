@@ -263,7 +263,7 @@ impl QueueConfig {
             return bad("max_attempts must be at least 1");
         }
         if let DeadLetters::To(name) = &self.dead_letters {
-            if !crate::queue::valid_name(name) {
+            if !crate::limits::valid_name(name) {
                 return Err(crate::Error::InvalidName(name.clone()));
             }
         }
@@ -366,7 +366,7 @@ impl QueueConfig {
             0 if rest.is_empty() => DeadLetters::Default,
             1 => {
                 let name = std::str::from_utf8(rest).ok()?;
-                if !crate::queue::valid_name(name) {
+                if !crate::limits::valid_name(name) {
                     return None;
                 }
                 DeadLetters::To(name.to_owned())

@@ -107,7 +107,7 @@ impl fmt::Display for Error {
             Error::InvalidName(name) => write!(
                 f,
                 "invalid queue name {name:?}: use 1 to {} characters from A-Z a-z 0-9 . _ -",
-                crate::queue::MAX_NAME_LEN
+                crate::limits::MAX_NAME_LEN
             ),
             Error::InvalidOption(why) => write!(f, "invalid option: {why}"),
             Error::LeaseExpired => write!(f, "the lease of this delivery has expired"),

@@ -102,7 +102,7 @@ impl Hasher for IdHasher {
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Priorities, `0..=MAX_PRIORITY`.
-const LEVELS: usize = crate::queue::MAX_PRIORITY as usize + 1;
+const LEVELS: usize = crate::limits::MAX_PRIORITY as usize + 1;
 
 /// A dedup key, its message id and the Unix ms until which it holds once settled.
 pub(crate) type DedupEntry = (Box<[u8]>, u64, u64);

@@ -14,7 +14,7 @@ use crate::commit::Room;
 use crate::config::DeadLetters;
 use crate::error::{Error, Result};
 use crate::index::{Entry, Note};
-use crate::queue::MAX_NAME_LEN;
+use crate::limits::{clip, default_dlq_name};
 use crate::record::{Body, RECORD_HEADER_LEN};
 use crate::store::{QueueState, Shared, State};
 
@@ -51,27 +51,6 @@ impl DeadReason {
             _ => return None,
         })
     }
-}
-
-/// Longest error text kept with a message (longer ones are cut at a character boundary).
-pub(crate) const MAX_ERROR_LEN: usize = 4096;
-
-/// `text` cut to at most [`MAX_ERROR_LEN`] bytes.
-pub(crate) fn clip(text: &str) -> &str {
-    if text.len() <= MAX_ERROR_LEN {
-        return text;
-    }
-    let mut end = MAX_ERROR_LEN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or("")
-}
-
-/// The default dead-letter queue of `name`: `<name>.dlq` (the name cut to fit).
-pub(crate) fn default_dlq_name(name: &str) -> String {
-    let keep = name.len().min(MAX_NAME_LEN - 4);
-    format!("{}.dlq", name.get(..keep).unwrap_or(name))
 }
 
 /// Where queue `q`'s dead letters go: `Some((name, existing id))`, or `None` to drop them.
@@ -194,9 +173,4 @@ pub(crate) fn dead_letter(
         dst.notify_one();
     }
     Ok(())
-}
-
-/// The wall-clock time of the store's clock, in Unix ms.
-pub(crate) fn now_ms(shared: &Shared) -> u64 {
-    crate::clock::unix_ms(shared.opts.clock.wall())
 }

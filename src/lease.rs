@@ -263,8 +263,8 @@ impl Delivery {
             // A failed last attempt is a dead letter.
             let last = cfg.max_attempts.is_some_and(|m| attempt >= m);
             let error = match &how {
-                Settle::Nack(o) => jobs::clip(o.error.as_deref().unwrap_or("")),
-                Settle::DeadLetter(r) => jobs::clip(r),
+                Settle::Nack(o) => crate::limits::clip(o.error.as_deref().unwrap_or("")),
+                Settle::DeadLetter(r) => crate::limits::clip(r),
                 _ => "",
             };
             let dead = match &how {
@@ -278,7 +278,7 @@ impl Delivery {
                     if delay.is_zero() {
                         0
                     } else {
-                        jobs::now_ms(shared).saturating_add(millis(delay)).max(1)
+                        crate::clock::now_ms(&*shared.opts.clock).saturating_add(millis(delay)).max(1)
                     }
                 }
                 _ => 0,

@@ -59,6 +59,7 @@ mod failpoint;
 mod index;
 mod jobs;
 mod lease;
+mod limits;
 mod log;
 mod mark;
 mod options;
@@ -84,12 +85,13 @@ pub use config::{Backoff, DeadLetters, OnExpiry, Overflow, QueueConfig};
 pub use error::{Corruption, Error, Result};
 pub use jobs::DeadReason;
 pub use lease::{Delivery, NackOptions};
+pub use limits::{MAX_NAME_LEN, MAX_PRIORITY};
 pub use options::{
     Durability, ReadMode, WharfBuilder, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES,
     MIN_SEGMENT_BYTES,
 };
 pub use queue::{
-    Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf, MAX_NAME_LEN, MAX_PRIORITY,
+    Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf,
 };
 pub use recovery::RecoveryReport;
 pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};

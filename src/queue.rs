@@ -11,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, MutexGuard};
 
 use crate::checkpoint::CheckpointReport;
-use crate::clock::{deadline_after, from_unix_ms, millis, unix_ms};
+use crate::clock::{deadline_after, from_unix_ms, millis, now_ms, unix_ms};
 use crate::commit::{Room, Stats};
 use crate::config::{OnExpiry, Overflow, QueueConfig};
 use crate::error::{Error, Result};
 use crate::index::{Entry, Waiting, RELOCATED};
 use crate::jobs::{self, DeadReason};
+use crate::limits::{valid_name, MAX_DEDUP_KEY, MAX_PRIORITY};
 use crate::lease::{Delivery, Payload};
 use crate::options::{Durability, Options, WharfBuilder};
 use crate::record::{self, Body, PUSH_EX_OVERHEAD};
@@ -24,15 +25,6 @@ use crate::recovery::RecoveryReport;
 use crate::segment::Segment;
 use crate::storage::RealFs;
 use crate::store::{Core, Shared, State};
-
-/// Longest queue name, in bytes.
-pub const MAX_NAME_LEN: usize = 128;
-
-/// Whether `name` is a valid queue name: 1 to 128 characters from `A-Z a-z 0-9 . _ -`.
-pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 /// The id of a message: unique within its store for ever (never reused, not even after a crash
 /// cut the log), and increasing in push order.
@@ -51,12 +43,6 @@ impl fmt::Display for MessageId {
         write!(f, "{:016x}", self.0)
     }
 }
-
-/// The highest priority; [`PushOptions::priority`] takes `0..=MAX_PRIORITY`.
-pub const MAX_PRIORITY: u8 = 9;
-
-/// Longest dedup key, in bytes.
-pub const MAX_DEDUP_KEY: usize = 1024;
 
 /// Options of one push: durability, delay, priority, time-to-live, dedup key.
 ///
@@ -563,7 +549,7 @@ impl Queue {
         let mut g = shared.state.lock();
         let ids = loop {
             g.check()?;
-            let now_ms = jobs::now_ms(shared);
+            let now_ms = now_ms(&*shared.opts.clock);
             let cfg = &g.queues[q].config;
             let plan = Planned {
                 priority: opts.priority,
@@ -789,7 +775,7 @@ impl Queue {
         if g.closed {
             return Err(Error::Closed);
         }
-        let now_ms = jobs::now_ms(shared);
+        let now_ms = now_ms(&*shared.opts.clock);
         let qs = &mut g.queues[self.id as usize];
         qs.index.expire(shared.opts.clock.now());
         qs.index.promote(now_ms);
@@ -892,7 +878,7 @@ impl Queue {
         {
             let mut g = shared.state.lock();
             g.check()?;
-            let now_ms = jobs::now_ms(shared);
+            let now_ms = now_ms(&*shared.opts.clock);
             g.queues[self.id as usize].index.promote(now_ms);
             let waiting = g.queues[self.id as usize].index.waiting(max);
             for w in waiting {
@@ -924,7 +910,7 @@ impl Queue {
         let shared = &self.core.shared;
         let mut g = shared.state.lock();
         g.check()?;
-        let now_ms = jobs::now_ms(shared);
+        let now_ms = now_ms(&*shared.opts.clock);
         let index = &mut g.queues[self.id as usize].index;
         index.promote(now_ms);
         Ok(index.waiting_ids().into_iter().map(MessageId).collect())
@@ -940,7 +926,7 @@ impl Queue {
         let found = {
             let mut g = shared.state.lock();
             g.check()?;
-            let now_ms = jobs::now_ms(shared);
+            let now_ms = now_ms(&*shared.opts.clock);
             g.queues[self.id as usize].index.promote(now_ms);
             match g.queues[self.id as usize].index.waiting_one(id.0) {
                 Some(w) => Some(self.unloaded(&g, w)?),
@@ -1185,7 +1171,7 @@ impl Queue {
         loop {
             g.check()?;
             let now = shared.opts.clock.now();
-            let now_ms = jobs::now_ms(shared);
+            let now_ms = now_ms(&*shared.opts.clock);
             let index = &mut g.queues[self.id as usize].index;
             index.expire(now);
             index.promote(now_ms);
@@ -1269,7 +1255,7 @@ impl Queue {
         let q = self.id as usize;
         loop {
             g.check()?;
-            let now_ms = jobs::now_ms(shared);
+            let now_ms = now_ms(&*shared.opts.clock);
             g.queues[q].index.promote(now_ms);
             let Some((id, entry)) = g.queues[q].index.head() else { return Ok(None) };
             let cfg = &g.queues[q].config;

@@ -17,7 +17,7 @@ use crate::failpoint;
 use crate::index::{Entry, Note, QueueIndex, RELOCATED};
 use crate::log::{Log, SegInfo};
 use crate::mark::{self, Mark};
-use crate::queue::valid_name;
+use crate::limits::valid_name;
 use crate::record::{self, Body, DecodeError, RECORD_HEADER_LEN};
 use crate::segment::{self, Name, Segment, HEADER_LEN};
 use crate::state;

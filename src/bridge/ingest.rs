@@ -29,7 +29,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::options::Durability;
-use crate::queue::{PushOptions, Queue, MAX_DEDUP_KEY};
+use crate::limits::MAX_DEDUP_KEY;
+use crate::queue::{PushOptions, Queue};
 
 /// Unacked broker deliveries an ingestor takes at once (`basic.qos` prefetch) unless told
 /// otherwise; they are pushed together and made durable with one `fdatasync`.
