@@ -47,28 +47,20 @@
 //! - exactly-once: handlers must tolerate a redelivery;
 //! - an ordered log for replay: acked messages are gone.
 
-mod async_pop;
 #[cfg(feature = "amqp")]
 pub mod bridge;
 mod checkpoint;
 mod clock;
-mod commit;
 mod config;
 mod error;
 mod failpoint;
-mod index;
-mod jobs;
-mod lease;
 mod limits;
 mod log;
-mod mark;
 mod options;
 mod queue;
 mod record;
 mod recovery;
 mod salvage;
-mod segment;
-mod state;
 mod storage;
 mod store;
 #[cfg(feature = "testing")]
@@ -77,25 +69,23 @@ mod typed;
 mod verify;
 mod worker;
 
-pub use async_pop::{PopBatchFuture, PopFuture};
 pub use checkpoint::CheckpointReport;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use commit::Stats;
 pub use config::{Backoff, DeadLetters, OnExpiry, Overflow, QueueConfig};
 pub use error::{Corruption, Error, Result};
-pub use jobs::DeadReason;
-pub use lease::{Delivery, NackOptions};
 pub use limits::{MAX_NAME_LEN, MAX_PRIORITY};
+pub use log::Stats;
+pub use log::FORMAT_VERSION;
 pub use options::{
     Durability, ReadMode, WharfBuilder, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES,
     MIN_SEGMENT_BYTES,
 };
 pub use queue::{
-    Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf,
+    DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture, PopFuture,
+    PushOptions, Queue, QueueStats, Wharf,
 };
 pub use recovery::RecoveryReport;
 pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
-pub use segment::FORMAT_VERSION;
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
 pub use verify::{QueueSummary, RecordCounts, StateDb, VerifyReport};
 pub use worker::{

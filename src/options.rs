@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::log::HEADER_LEN;
 use crate::record::{PUSH_EX_OVERHEAD, TAIL_RESERVE};
-use crate::segment::HEADER_LEN;
 use crate::Wharf;
 
 /// When a write is durable: what survives a power loss once the call returned `Ok`.

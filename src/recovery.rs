@@ -11,16 +11,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::{Loaded, Row};
 use crate::config::QueueConfig;
 use crate::error::{Corruption, Error, Result};
 use crate::failpoint;
-use crate::index::{Entry, Note, QueueIndex, RELOCATED};
-use crate::log::{Log, SegInfo};
-use crate::mark::{self, Mark};
 use crate::limits::valid_name;
+use crate::log::Mark;
+use crate::log::{
+    parse_segment_name, read_mark, segment_file_name, segment_gap, MARK_FILE, MARK_TMP_FILE,
+};
+use crate::log::{Log, SegInfo};
+use crate::log::{Segment, SegmentName, HEADER_LEN};
+use crate::queue::{Entry, Note, QueueIndex, RELOCATED};
 use crate::record::{self, Body, DecodeError, RECORD_HEADER_LEN};
-use crate::segment::{self, Name, Segment, HEADER_LEN};
-use crate::state;
 use crate::storage::Storage;
 
 /// What opening a store found and did.
@@ -67,7 +70,7 @@ pub(crate) struct Recovered {
     /// Each queue's configuration, if it was ever set.
     pub configs: Vec<Option<QueueConfig>>,
     /// Relocated messages (payloads in the state database), by id.
-    pub relocated: HashMap<u64, state::Row>,
+    pub relocated: HashMap<u64, Row>,
     /// The durable mark of the last clean close, if any.
     pub mark: Option<Mark>,
     pub report: RecoveryReport,
@@ -318,7 +321,7 @@ pub(crate) struct Replay {
     /// already in its row.
     floor: u64,
     /// Relocated messages (rows of the state database) by id.
-    pub relocated: HashMap<u64, state::Row>,
+    pub relocated: HashMap<u64, Row>,
     pub queues: Vec<(String, QueueIndex)>,
     configs: Vec<Option<QueueConfig>>,
     /// Messages delivered and not settled since, with the epoch (run) that delivered them:
@@ -363,7 +366,7 @@ impl Anchor {
     ) -> Option<Corruption> {
         if let Some(first) = first.filter(|&f| f > self.start) {
             return Some(Corruption {
-                file: log_dir.join(segment::file_name(self.start)),
+                file: log_dir.join(segment_file_name(self.start)),
                 offset: 0,
                 reason: format!(
                     "segment file missing: the log must start at position {}, but its oldest \
@@ -398,7 +401,7 @@ impl Replay {
         self.records += 1;
         // A map lookup per record only while it can matter: below the checkpoint, and past it
         // until the first sensitive record (records come in log order).
-        let relocated = |body: &Body<'_>, map: &HashMap<u64, state::Row>| {
+        let relocated = |body: &Body<'_>, map: &HashMap<u64, Row>| {
             !map.is_empty() && body.message_id().is_some_and(|id| map.contains_key(&id))
         };
         if lsn < self.floor {
@@ -545,7 +548,7 @@ impl Replay {
 impl Replay {
     /// Starts from a checkpoint of the state database: its catalog, configs, dedup keys and
     /// relocated messages. The log's own records then restate (and extend) the catalog.
-    pub(crate) fn from_checkpoint(loaded: &state::Loaded, file: &Path) -> Result<Replay> {
+    pub(crate) fn from_checkpoint(loaded: &Loaded, file: &Path) -> Result<Replay> {
         let bad = |why: String| corrupt(file, 0, why);
         let mut r = Replay {
             floor: loaded.checkpoint,
@@ -679,7 +682,7 @@ pub(crate) fn recover(
     storage: &dyn Storage,
     log_dir: &Path,
     map: bool,
-    loaded: &state::Loaded,
+    loaded: &Loaded,
     state_file: &Path,
 ) -> Result<Recovered> {
     let until = storage.suspect(log_dir).unwrap_or(u64::MAX);
@@ -687,21 +690,21 @@ pub(crate) fn recover(
     let mut report = RecoveryReport::default();
     let mut bases = Vec::new();
     for name in storage.list(log_dir)? {
-        if name == mark::FILE {
+        if name == MARK_FILE {
             continue;
         }
-        if name == mark::TMP_FILE {
+        if name == MARK_TMP_FILE {
             storage.remove(&log_dir.join(&name))?;
             report.removed_files.push(name);
             continue;
         }
-        match segment::parse_name(&name) {
-            Name::Segment(base) => bases.push(base),
-            Name::Temporary => {
+        match parse_segment_name(&name) {
+            SegmentName::Segment(base) => bases.push(base),
+            SegmentName::Temporary => {
                 storage.remove(&log_dir.join(&name))?;
                 report.removed_files.push(name);
             }
-            Name::Foreign => report.ignored_files.push(name),
+            SegmentName::Foreign => report.ignored_files.push(name),
         }
     }
     if !report.removed_files.is_empty() {
@@ -712,12 +715,12 @@ pub(crate) fn recover(
     let mut segs: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut store_id = None;
     for &base in &bases {
-        let path = log_dir.join(segment::file_name(base));
+        let path = log_dir.join(segment_file_name(base));
         let (seg, header) = Segment::open(storage, path, base, store_id, map)?;
         store_id = Some(header.store_id);
         if let Some(prev) = segs.last() {
             if prev.end() != base {
-                return Err(corrupt(&seg.path, 0, segment::gap(prev.end(), base)));
+                return Err(corrupt(&seg.path, 0, segment_gap(prev.end(), base)));
             }
         }
         segs.push(Arc::new(seg));
@@ -729,7 +732,7 @@ pub(crate) fn recover(
         }
     }
     let store_id = store_id.or(loaded.store_id);
-    let mark = mark::read(storage, log_dir, store_id)?;
+    let mark = read_mark(storage, log_dir, store_id)?;
     let mark_end = mark.map_or(0, |m| m.end);
     let below = |file: &Path, offset: u64, at: u64| corrupt(file, offset, below_mark(at, mark_end));
 
@@ -784,7 +787,7 @@ pub(crate) fn recover(
              segment",
             last.end()
         );
-        return Err(corrupt(&log_dir.join(segment::file_name(last.end())), 0, why));
+        return Err(corrupt(&log_dir.join(segment_file_name(last.end())), 0, why));
     }
     if let Some(anchor) = &replay.anchor {
         let first = segs.first().map(|s| s.base);
@@ -794,7 +797,7 @@ pub(crate) fn recover(
     }
     let log_end = active.as_ref().map(|(_, at)| *at).or_else(|| segs.last().map(|s| s.end()));
     if log_end.unwrap_or(0) < mark_end {
-        let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
+        let file = segs.last().map_or_else(|| log_dir.join(MARK_FILE), |s| s.path.clone());
         return Err(below(&file, 0, log_end.unwrap_or(0)));
     }
     if log_end.unwrap_or(0) < loaded.checkpoint {

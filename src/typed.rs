@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::lease::{Delivery, NackOptions};
 use crate::options::Durability;
+use crate::queue::{Delivery, NackOptions};
 use crate::queue::{MessageId, PushOptions, Queue};
 
 /// How a [`TypedQueue`] turns values into payload bytes and back.

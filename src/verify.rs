@@ -17,15 +17,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::checkpoint::{Loaded, STATE_FILE, STATE_TMP_FILE};
 use crate::clock::unix_ms;
 use crate::error::{Corruption, Error, Result};
-use crate::index::RELOCATED;
-use crate::mark;
+use crate::log::{
+    mark_wrong_len, parse_mark, parse_segment_name, read_segment_header, segment_file_name,
+    segment_gap, Mark, MARK_FILE, MARK_LEN, MARK_TMP_FILE,
+};
+use crate::log::{SegmentName, HEADER_LEN};
 use crate::queue::Wharf;
+use crate::queue::RELOCATED;
 use crate::record::{self, Body, Record, RECORD_HEADER_LEN};
 use crate::recovery::{self, End, Ending, Image, Replay};
-use crate::segment::{self, Name, HEADER_LEN};
-use crate::state;
 use crate::storage::{RealFs, Storage, StorageFile};
 
 /// Problems listed in a report; later ones are only counted.
@@ -285,12 +288,12 @@ fn verify_with(
     progress: Option<&mut dyn FnMut(u64, u64)>,
 ) -> Result<VerifyReport> {
     let top = storage.list(dir)?;
-    let mut v = Verifier { state_path: dir.join(state::FILE), ..Verifier::default() };
+    let mut v = Verifier { state_path: dir.join(STATE_FILE), ..Verifier::default() };
     v.progress.report = progress;
-    if top.iter().any(|n| n == state::TMP_FILE) {
-        v.report.temporary_files.push(state::TMP_FILE.to_owned());
+    if top.iter().any(|n| n == STATE_TMP_FILE) {
+        v.report.temporary_files.push(STATE_TMP_FILE.to_owned());
     }
-    if top.iter().any(|n| n == state::FILE) {
+    if top.iter().any(|n| n == STATE_FILE) {
         let check = read_state(storage, &v.state_path);
         v.report.state = check.state;
         for p in check.problems {
@@ -381,7 +384,7 @@ impl Verifier<'_> {
     }
 
     /// Starts the replay from the checkpoint the state database holds, as recovery does.
-    fn start_from(&mut self, mut loaded: state::Loaded) {
+    fn start_from(&mut self, mut loaded: Loaded) {
         let r = &mut self.report;
         r.checkpoint = Some(loaded.checkpoint);
         r.relocated = loaded.rows.len() as u64;
@@ -408,18 +411,18 @@ impl Verifier<'_> {
         let mut bases = Vec::new();
         let mut has_mark = false;
         for name in names {
-            if name == mark::FILE {
+            if name == MARK_FILE {
                 has_mark = true;
                 continue;
             }
-            if name == mark::TMP_FILE {
+            if name == MARK_TMP_FILE {
                 self.report.temporary_files.push(name);
                 continue;
             }
-            match segment::parse_name(&name) {
-                Name::Segment(base) => bases.push(base),
-                Name::Temporary => self.report.temporary_files.push(name),
-                Name::Foreign => self.report.ignored_files.push(name),
+            match parse_segment_name(&name) {
+                SegmentName::Segment(base) => bases.push(base),
+                SegmentName::Temporary => self.report.temporary_files.push(name),
+                SegmentName::Foreign => self.report.ignored_files.push(name),
             }
         }
         bases.sort_unstable();
@@ -459,12 +462,12 @@ impl Verifier<'_> {
             let end = last.base + last.len;
             // A store open elsewhere may have rolled into segments made after the listing (and
             // even deleted some of them since): the log then goes on past `end` now.
-            let next = log_dir.join(segment::file_name(end));
+            let next = log_dir.join(segment_file_name(end));
             let later = storage
                 .list(log_dir)
                 .unwrap_or_default()
                 .iter()
-                .any(|n| matches!(segment::parse_name(n), Name::Segment(b) if b >= end));
+                .any(|n| matches!(parse_segment_name(n), SegmentName::Segment(b) if b >= end));
             if !later {
                 let why = format!(
                 "segment file missing: the log continues at position {end} after the seal of the \
@@ -496,13 +499,13 @@ impl Verifier<'_> {
                 format!(
                     "segment file {} is missing after the last one, which ends at log position \
                      {log_end}",
-                    segment::file_name(log_end)
+                    segment_file_name(log_end)
                 )
             }
         };
         // (A log that ends inside a segment below the mark was reported with that segment.)
         if ran_out && log_end < mark_end {
-            let file = segs.last().map_or_else(|| log_dir.join(mark::FILE), |s| s.path.clone());
+            let file = segs.last().map_or_else(|| log_dir.join(MARK_FILE), |s| s.path.clone());
             let why = format!("{}: {}", missing(log_end), recovery::below_mark(log_end, mark_end));
             self.problem(&file, 0, why);
         }
@@ -561,7 +564,7 @@ impl Verifier<'_> {
         let mut store_id = None;
         let mut prev_end = None;
         for &base in bases {
-            let path = log_dir.join(segment::file_name(base));
+            let path = log_dir.join(segment_file_name(base));
             let file = match storage.open_read(&path) {
                 Ok(f) => f,
                 // Deleted since the listing, by a store open elsewhere: it was settled, and so
@@ -581,7 +584,7 @@ impl Verifier<'_> {
                 }
             };
             self.report.segments += 1;
-            let header = match segment::read_header(&*file, &path, base, store_id) {
+            let header = match read_segment_header(&*file, &path, base, store_id) {
                 Ok(h) => h,
                 Err(e) => {
                     self.error(&path, e);
@@ -591,7 +594,7 @@ impl Verifier<'_> {
             };
             store_id.get_or_insert(header.store_id);
             if let Some(end) = prev_end.filter(|&end| end != base) {
-                self.problem(&path, 0, segment::gap(end, base));
+                self.problem(&path, 0, segment_gap(end, base));
             }
             prev_end = Some(base + header.len);
             self.paths.insert(base, path.clone());
@@ -602,16 +605,16 @@ impl Verifier<'_> {
 
     /// Checks the durable mark; returns its end (0 when it is damaged).
     fn mark(&mut self, storage: &dyn Storage, log_dir: &Path, store_id: Option<u128>) -> u64 {
-        let path = log_dir.join(mark::FILE);
-        let read = || -> Result<mark::Mark> {
+        let path = log_dir.join(MARK_FILE);
+        let read = || -> Result<Mark> {
             let file = storage.open_read(&path)?;
             let len = file.len()?;
-            if len != mark::LEN {
-                return Err(mark::wrong_len(&path, len));
+            if len != MARK_LEN {
+                return Err(mark_wrong_len(&path, len));
             }
-            let mut bytes = [0u8; mark::LEN as usize];
+            let mut bytes = [0u8; MARK_LEN as usize];
             file.read_at(&mut bytes, 0)?;
-            mark::parse(&bytes, &path, store_id)
+            parse_mark(&bytes, &path, store_id)
         };
         match read() {
             Ok(m) => {
@@ -887,7 +890,7 @@ pub(crate) fn corruption(file: &Path, e: Error) -> Corruption {
 pub(crate) struct StateCheck {
     pub state: StateDb,
     /// Its checkpoint, when it could be read.
-    pub loaded: Option<state::Loaded>,
+    pub loaded: Option<Loaded>,
     pub problems: Vec<Corruption>,
 }
 
@@ -923,7 +926,7 @@ fn check_state(storage: &dyn Storage, path: &Path) -> StateCheck {
         let c = corruption(path, e);
         StateCheck { state: StateDb::NotOpened(c.reason.clone()), loaded: None, problems: vec![c] }
     };
-    let mut db = match state::StateDb::open_read_only(storage, path) {
+    let mut db = match crate::checkpoint::StateDb::open_read_only(storage, path) {
         Ok(db) => db,
         Err(e) => return failed(e),
     };
@@ -972,6 +975,7 @@ fn check_state(storage: &dyn Storage, path: &Path) -> StateCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::{QueueRow, Row};
     use crate::storage::MapView;
     use std::io;
 
@@ -1073,12 +1077,12 @@ mod tests {
 
     /// Replays a push of message 7 at `lsn` after a checkpoint at 1000 that relocated it.
     fn replay_after_relocation(lsn: u64) -> Verifier<'static> {
-        let row = state::Row { queue: 0, len: 3, ..state::Row::default() };
-        let loaded = state::Loaded {
+        let row = Row { queue: 0, len: 3, ..Row::default() };
+        let loaded = Loaded {
             checkpoint: 1000,
-            queues: vec![state::QueueRow { name: "q".into(), config: None }],
+            queues: vec![QueueRow { name: "q".into(), config: None }],
             rows: vec![(7, row)],
-            ..state::Loaded::default()
+            ..Loaded::default()
         };
         let mut v = Verifier { state_path: PathBuf::from("state.redb"), ..Verifier::default() };
         v.start_from(loaded);

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::lease::{Delivery, NackOptions};
 use crate::queue::Queue;
+use crate::queue::{Delivery, NackOptions};
 use crate::typed::{Bincode, Codec, TypedQueue};
 
 /// How long an idle worker thread waits in [`Queue::pop_timeout`] before it looks whether

@@ -28,8 +28,8 @@ use super::{
     DEFAULT_STOP_DEADLINE, IDLE_CHECK, JOIN_GRACE,
 };
 use crate::error::{Error, Result};
-use crate::options::Durability;
 use crate::limits::MAX_DEDUP_KEY;
+use crate::options::Durability;
 use crate::queue::{PushOptions, Queue};
 
 /// Unacked broker deliveries an ingestor takes at once (`basic.qos` prefetch) unless told

@@ -23,7 +23,7 @@ use super::{
     End, Link, Reconnect, StopRx, IDLE_CHECK,
 };
 use crate::error::{Error, Result};
-use crate::lease::Delivery;
+use crate::queue::Delivery;
 use crate::queue::Queue;
 
 /// The most messages a forwarder pops at once.

@@ -9,21 +9,22 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::commit::{MAX_EPOCH, SEQ_BITS};
+use crate::checkpoint::Loaded;
 use crate::config::QueueConfig;
 use crate::error::{Corruption, Error, Result};
-use crate::index::{Entry, Note, RELOCATED};
-use crate::mark;
 use crate::limits::valid_name;
+use crate::log::{MAX_EPOCH, SEQ_BITS};
 use crate::queue::MessageId;
+use crate::queue::{Entry, Note, RELOCATED};
 use crate::record::{self, Body, Record};
 use crate::recovery::Replay;
-use crate::state::{self, Loaded};
 use crate::storage::Storage;
 use crate::verify::{self, corruption};
 
 use super::report::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
 use super::scan::{self, Gap, Seen, SegFile};
+use crate::checkpoint::{StateDb, STATE_FILE};
+use crate::log::{read_mark, MARK_FILE};
 
 /// Epochs skipped when the log's end is lost: opens of the store whose `Epoch` records may have
 /// been in the lost range, so that no id of theirs is handed out again.
@@ -176,14 +177,14 @@ impl Pass {
 
 /// Reads the store in `dir` and plans its salvage.
 pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>) -> Result<Plan> {
-    let state_path = dir.join(state::FILE);
+    let state_path = dir.join(STATE_FILE);
     let log_dir = dir.join("log");
     let mut report = SalvageReport::default();
     let top = storage.list(dir)?;
 
     // The checkpoint, if the state database can be read.
     let mut loaded: Option<Loaded> = None;
-    if top.iter().any(|n| n == state::FILE) {
+    if top.iter().any(|n| n == STATE_FILE) {
         let check = verify::read_state(storage, &state_path);
         report.problems.extend(check.problems);
         loaded = check.loaded;
@@ -261,7 +262,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     let store_id = scanned.store_id;
     let mut durable_end = checkpoint;
     let mut mark_damaged = false;
-    match mark::read(storage, &log_dir, store_id) {
+    match read_mark(storage, &log_dir, store_id) {
         Ok(Some(m)) if m.end > durable_end => {
             durable_end = m.end;
         }
@@ -269,7 +270,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(Error::Io(e)) => return Err(Error::Io(e)),
         Err(e) => {
-            report.problems.push(corruption(&log_dir.join(mark::FILE), e));
+            report.problems.push(corruption(&log_dir.join(MARK_FILE), e));
             mark_damaged = true;
         }
     }
@@ -296,7 +297,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     if let Some(a) = pass.replay.anchor {
         let first = scanned.segs.first().map(|s| s.base);
         if let Some(first) = first.filter(|&f| f > a.start) {
-            let file = log_dir.join(crate::segment::file_name(a.start));
+            let file = log_dir.join(crate::log::segment_file_name(a.start));
             let why = format!(
                 "segment file(s) missing: the log must start at position {}, but its oldest \
                  segment starts at {first}",
@@ -359,7 +360,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     let db = if replay.relocated.is_empty() {
         None
     } else {
-        match state::StateDb::open_read_only(storage, &state_path) {
+        match StateDb::open_read_only(storage, &state_path) {
             Ok(db) => Some(db),
             Err(e) => {
                 report.problems.push(corruption(&state_path, e));

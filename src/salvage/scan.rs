@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, Error, Result};
+use crate::log::{parse_segment_name, read_segment_header, segment_file_name};
+use crate::log::{SegmentName, HEADER_LEN};
 use crate::record::{self, Body, Record, RECORD_HEADER_LEN};
 use crate::recovery::last_nonzero;
-use crate::segment::{self, Name, HEADER_LEN};
 use crate::storage::Storage;
 use crate::verify::corruption;
 
@@ -109,14 +110,14 @@ pub(crate) fn scan_log(
     };
     let mut bases: Vec<u64> = names
         .iter()
-        .filter_map(|n| match segment::parse_name(n) {
-            Name::Segment(b) => Some(b),
+        .filter_map(|n| match parse_segment_name(n) {
+            SegmentName::Segment(b) => Some(b),
             _ => None,
         })
         .collect();
     bases.sort_unstable();
     for base in bases {
-        let path = log_dir.join(segment::file_name(base));
+        let path = log_dir.join(segment_file_name(base));
         if base > MAX_POSITION {
             out.problems.push(problem(&path, 0, "segment name beyond any log position: left out"));
             continue;
@@ -160,7 +161,7 @@ fn read_segment(
     };
     let len = file.len()?.min(MAX_POSITION);
     out.max_end = out.max_end.max(base + len);
-    match segment::read_header(&*file, path, base, out.store_id) {
+    match read_segment_header(&*file, path, base, out.store_id) {
         Ok(h) => {
             out.store_id.get_or_insert(h.store_id);
             out.seg_len = Some(h.len);
@@ -290,9 +291,9 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
             if seg.end() < next.base && !may_hold {
                 let why =
                     format!("missing spare segment(s) after the end of the log at {}", seg.end());
-                out.problems.push(problem(&log_dir.join(segment::file_name(seg.end())), 0, why));
+                out.problems.push(problem(&log_dir.join(segment_file_name(seg.end())), 0, why));
             } else if seg.end() < next.base {
-                let missing = log_dir.join(segment::file_name(seg.end()));
+                let missing = log_dir.join(segment_file_name(seg.end()));
                 let why = format!(
                     "missing segment(s): no file holds positions {}..{}",
                     seg.end(),
@@ -324,7 +325,7 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                 claimed: None,
             });
         } else if i == last && seg.sealed && out.segs.get(i + 1).is_none() {
-            let missing = log_dir.join(segment::file_name(seg.end()));
+            let missing = log_dir.join(segment_file_name(seg.end()));
             let why = "the last segment is sealed but the next one is missing";
             out.problems.push(problem(&missing, 0, why));
             gaps.push(Gap {
@@ -385,7 +386,7 @@ pub(crate) fn lost_end(out: &mut LogScan, log_dir: &Path, durable_end: u64, why:
     }
     let (file, from) = match out.segs.iter().rev().find(|s| s.base <= end && end < s.end()) {
         Some(s) => (s.path.clone(), end - s.base),
-        None => (log_dir.join(segment::file_name(end)), 0),
+        None => (log_dir.join(segment_file_name(end)), 0),
     };
     out.problems.push(problem(&file, from, why.clone()));
     out.gaps.push(Gap {
@@ -417,7 +418,7 @@ pub(crate) fn unknown_end(out: &mut LogScan, log_dir: &Path, why: String) {
     }
     let (file, from) = match out.segs.iter().rev().find(|s| s.base <= end && end < s.end()) {
         Some(s) => (s.path.clone(), end - s.base),
-        None => (log_dir.join(segment::file_name(end)), 0),
+        None => (log_dir.join(segment_file_name(end)), 0),
     };
     out.problems.push(problem(&file, from, why.clone()));
     out.gaps.push(Gap { file, from, to: None, lsn_from: end, lsn_to: None, why, claimed: None });

@@ -20,12 +20,12 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::error::{Corruption, Error, Result};
-use crate::segment;
-use crate::state;
 use crate::storage::Storage;
 
 use super::report::{self, SalvageReport};
 use super::write::{temp_name, SUFFIX};
+use crate::checkpoint::{STATE_FILE, STATE_TMP_FILE};
+use crate::log::segment_file_name;
 
 /// The commit marker in the store directory.
 pub(crate) const MARKER: &str = "salvage.swap";
@@ -133,7 +133,7 @@ pub(crate) fn finish(storage: &dyn Storage, dir: &Path) -> Result<SalvageReport>
     let log = dir.join("log");
     storage.create_dir_all(&log)?;
     let new: HashSet<String> =
-        decoded.bases.iter().flat_map(|&b| [temp_name(b), segment::file_name(b)]).collect();
+        decoded.bases.iter().flat_map(|&b| [temp_name(b), segment_file_name(b)]).collect();
     let report_path = match decoded.damaged.as_deref() {
         Some(d) => {
             let aside = dir.join(d);
@@ -145,7 +145,7 @@ pub(crate) fn finish(storage: &dyn Storage, dir: &Path) -> Result<SalvageReport>
                 }
             }
             let top = names(storage, dir)?;
-            for name in [state::FILE, state::TMP_FILE] {
+            for name in [STATE_FILE, STATE_TMP_FILE] {
                 if top.iter().any(|n| n == name) {
                     storage.rename(&dir.join(name), &aside.join(name))?;
                 }
@@ -162,7 +162,7 @@ pub(crate) fn finish(storage: &dyn Storage, dir: &Path) -> Result<SalvageReport>
     for &b in &decoded.bases {
         let temp = temp_name(b);
         if present.contains(&temp) {
-            storage.rename(&log.join(&temp), &log.join(segment::file_name(b)))?;
+            storage.rename(&log.join(&temp), &log.join(segment_file_name(b)))?;
         }
     }
     storage.sync_dir(&log)?;

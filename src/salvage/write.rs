@@ -13,23 +13,24 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::checkpoint::StateDb;
 use crate::error::{Corruption, Error, Result};
-use crate::index::RELOCATED;
+use crate::log::{Header, HEADER_LEN};
 use crate::options::MIN_SEGMENT_BYTES;
+use crate::queue::RELOCATED;
 use crate::record::{self, Body, PUSH_EX_OVERHEAD, TAIL_RESERVE};
 use crate::recovery::new_store_id;
-use crate::segment::{self, Header, HEADER_LEN};
-use crate::state::StateDb;
 use crate::storage::{Storage, StorageFile};
 
 use super::plan::{Kept, Plan};
+use crate::log::segment_file_name;
 
 /// The suffix of a segment written by salvage, until the swap renames it.
 pub(crate) const SUFFIX: &str = ".salvage";
 
 /// The name of the new segment at `base` while it is being made.
 pub(crate) fn temp_name(base: u64) -> String {
-    format!("{}{SUFFIX}", segment::file_name(base))
+    format!("{}{SUFFIX}", segment_file_name(base))
 }
 
 /// Writes the new log into `log_dir`; returns the bases of its segments.

@@ -19,13 +19,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::state::{self, Delta, Row, StateDb};
 use crate::clock::deadline_after;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::index::{Entry, RELOCATED};
+use crate::log::Segment;
+use crate::queue::{Entry, RELOCATED};
 use crate::record::{self, Body};
-use crate::segment::Segment;
-use crate::state::{self, Delta, Row, StateDb};
 use crate::storage::redb_backend::QuotaRefused;
 use crate::store::{Shared, State};
 

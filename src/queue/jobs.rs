@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use parking_lot::MutexGuard;
 
-use crate::commit::Room;
+use super::index::{Entry, Note};
 use crate::config::DeadLetters;
 use crate::error::{Error, Result};
-use crate::index::{Entry, Note};
 use crate::limits::{clip, default_dlq_name};
+use crate::log::Room;
 use crate::record::{Body, RECORD_HEADER_LEN};
 use crate::store::{QueueState, Shared, State};
 

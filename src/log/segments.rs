@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::segment::{Segment, HEADER_LEN};
+use crate::checkpoint::Row;
 use crate::checkpoint::{RELOCATE_MAX_LIVE, RELOCATE_MAX_SHARE};
 use crate::record::Body;
-use crate::segment::{Segment, HEADER_LEN};
-use crate::state::Row;
 
 /// A segment in use and its bookkeeping.
 pub(crate) struct SegInfo {
@@ -83,7 +83,7 @@ impl Log {
     /// A message whose push record is at `push_lsn` was settled by a record ending at `end`.
     /// Returns true when that left an older (not active) segment with nothing unsettled.
     pub(crate) fn note_settled(&mut self, push_lsn: u64, end: u64) -> bool {
-        if push_lsn == crate::index::RELOCATED {
+        if push_lsn == crate::queue::RELOCATED {
             return false;
         }
         let active = self.segments.last_key_value().map(|(&base, _)| base);

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
+use super::segment::{Segment, HEADER_LEN};
+use super::segments::{first_record, Log};
 use crate::clock::deadline_after;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::log::{first_record, Log};
 use crate::options::Durability;
 use crate::record::{self, Body, SEAL_LEN, TAIL_RESERVE};
-use crate::segment::{Segment, HEADER_LEN};
 use crate::store::{Shared, State};
 
 /// Staged bytes past which a non-waiting write hands them to the OS at once.
@@ -200,8 +200,8 @@ impl Wal {
     }
 
     /// The catalog as the state database keeps it.
-    pub(crate) fn catalog_rows(&self) -> Vec<crate::state::QueueRow> {
-        let rows = self.catalog.iter().map(|c| crate::state::QueueRow {
+    pub(crate) fn catalog_rows(&self) -> Vec<crate::checkpoint::QueueRow> {
+        let rows = self.catalog.iter().map(|c| crate::checkpoint::QueueRow {
             name: String::from_utf8_lossy(&c.name).into_owned(),
             config: c.config.clone(),
         });

@@ -26,9 +26,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::segment::FORMAT_VERSION;
 use crate::error::{Corruption, Error, Result};
 use crate::failpoint;
-use crate::segment::FORMAT_VERSION;
 use crate::storage::Storage;
 
 /// The mark's file name in the log directory.

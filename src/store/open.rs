@@ -14,21 +14,23 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::checkpoint::{self, Checkpointer};
+use crate::checkpoint::Checkpointer;
+use crate::checkpoint::StateDb;
+use crate::checkpoint::{run_checkpointer, STATE_FILE};
 use crate::clock::deadline_after;
-use crate::commit::{self, CatalogEntry, Room, Wal, MAX_EPOCH};
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::index::QueueIndex;
+use crate::log::Mark;
+use crate::log::Segment;
+use crate::log::{background, write_mark};
 use crate::log::{first_record, SegInfo};
-use crate::mark::{self, Mark};
+use crate::log::{CatalogEntry, Room, Wal, MAX_EPOCH};
 use crate::options::{Options, ReadMode};
+use crate::queue::QueueIndex;
 use crate::record::Body;
 use crate::recovery::{self, RecoveryReport};
 use crate::salvage;
-use crate::segment::Segment;
-use crate::state::{self, StateDb};
 use crate::storage::{LockGuard, Storage};
 
 /// Counters of one queue since the store was opened.
@@ -183,7 +185,7 @@ impl Core {
         storage.sync_dir(dir)?;
         let map = opts.read_mode == ReadMode::Map;
         // The state database is opened if it exists; the first checkpoint makes it.
-        let state_path = dir.join(state::FILE);
+        let state_path = dir.join(STATE_FILE);
         let recover = || -> Result<_> {
             let db = StateDb::open_existing(&*storage, dir)?;
             let loaded = db.as_ref().map(StateDb::load).transpose()?.unwrap_or_default();
@@ -293,7 +295,7 @@ impl Core {
             let bg_shared = Arc::clone(&shared);
             let thread = std::thread::Builder::new()
                 .name("wharf-background".into())
-                .spawn(move || commit::background(&bg_shared))?;
+                .spawn(move || background(&bg_shared))?;
             Some(thread)
         } else {
             None
@@ -302,7 +304,7 @@ impl Core {
             let ck_shared = Arc::clone(&shared);
             let thread = std::thread::Builder::new()
                 .name("wharf-checkpoint".into())
-                .spawn(move || checkpoint::run(&ck_shared));
+                .spawn(move || run_checkpointer(&ck_shared));
             match thread {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -352,7 +354,7 @@ impl Core {
                 // so that damage erasing its last records is not taken for a torn tail.
                 let (id, prev, end) = (g.wal.log.store_id, g.mark, g.wal.durable);
                 let written = MutexGuard::unlocked(&mut g, || {
-                    mark::write(&*shared.storage, &shared.log_dir, id, prev, end)
+                    write_mark(&*shared.storage, &shared.log_dir, id, prev, end)
                 });
                 match written {
                     Ok(m) => g.mark = Some(m),
@@ -388,7 +390,7 @@ impl Shared {
     /// deterministic tests on the simulated disk, where the background thread is off.
     #[cfg(feature = "testing")]
     pub(crate) fn maintain(&self) -> Result<()> {
-        use crate::commit::READY_SPARES;
+        use crate::log::READY_SPARES;
         while self.state.lock().wal.log.spares.len() < READY_SPARES {
             match self.create_spare(READY_SPARES) {
                 Ok(()) => {}

@@ -7,14 +7,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::handle::MessageId;
+use super::jobs::{self, DeadReason};
 use crate::clock::{from_unix_ms, millis};
-use crate::commit::Room;
 use crate::error::{Error, Result};
-use crate::jobs::{self, DeadReason};
+use crate::log::Room;
+use crate::log::Segment;
 use crate::options::Durability;
-use crate::queue::MessageId;
 use crate::record::{Body, RECORD_HEADER_LEN};
-use crate::segment::Segment;
 use crate::store::Core;
 
 /// Where a delivery's payload bytes are.
@@ -278,7 +278,9 @@ impl Delivery {
                     if delay.is_zero() {
                         0
                     } else {
-                        crate::clock::now_ms(&*shared.opts.clock).saturating_add(millis(delay)).max(1)
+                        crate::clock::now_ms(&*shared.opts.clock)
+                            .saturating_add(millis(delay))
+                            .max(1)
                     }
                 }
                 _ => 0,

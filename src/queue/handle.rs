@@ -10,19 +10,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, MutexGuard};
 
+use super::delivery::{Delivery, Payload};
+use super::index::{Entry, Waiting, RELOCATED};
+use super::jobs::{self, DeadReason};
 use crate::checkpoint::CheckpointReport;
 use crate::clock::{deadline_after, from_unix_ms, millis, now_ms, unix_ms};
-use crate::commit::{Room, Stats};
 use crate::config::{OnExpiry, Overflow, QueueConfig};
 use crate::error::{Error, Result};
-use crate::index::{Entry, Waiting, RELOCATED};
-use crate::jobs::{self, DeadReason};
 use crate::limits::{valid_name, MAX_DEDUP_KEY, MAX_PRIORITY};
-use crate::lease::{Delivery, Payload};
+use crate::log::Segment;
+use crate::log::{Room, Stats};
 use crate::options::{Durability, Options, WharfBuilder};
 use crate::record::{self, Body, PUSH_EX_OVERHEAD};
 use crate::recovery::RecoveryReport;
-use crate::segment::Segment;
 use crate::storage::RealFs;
 use crate::store::{Core, Shared, State};
 

@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 
 use parking_lot::MutexGuard;
 
+use super::delivery::Delivery;
+use super::handle::{Queue, Taken};
 use crate::error::Result;
-use crate::lease::Delivery;
-use crate::queue::{Queue, Taken};
 use crate::store::State;
 
 /// Numbers pending futures, to key their entries in a queue's `wakers`.
