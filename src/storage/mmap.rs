@@ -4,7 +4,7 @@
 //!
 //! 1. **Exclusive directory.** The store's directory is locked (`LOCK`, an exclusive `flock`)
 //!    by the one handle that maps its files, so no other wharf process writes them. Edits by
-//!    other programs are outside the contract (see `FORMAT.md`, "Assumptions").
+//!    other programs are outside the contract (see `docs/format.md`, "Assumptions").
 //! 2. **Never shrunk.** A segment is preallocated to its final length before it is mapped and
 //!    is never truncated or shortened afterwards: recovery repairs a torn tail by writing zeros
 //!    in place, and a deleted segment is only unlinked, which keeps the pages of a live mapping.
