@@ -77,12 +77,11 @@ pub use limits::{MAX_NAME_LEN, MAX_PRIORITY};
 pub use log::Stats;
 pub use log::FORMAT_VERSION;
 pub use options::{
-    Durability, ReadMode, WharfBuilder, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES,
-    MIN_SEGMENT_BYTES,
+    Durability, ReadMode, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
 pub use queue::{
     DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture, PopFuture,
-    PushOptions, Queue, QueueStats, Wharf,
+    PushOptions, Queue, QueueStats, Wharf, WharfBuilder,
 };
 pub use recovery::RecoveryReport;
 pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};

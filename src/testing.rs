@@ -45,7 +45,7 @@ pub fn verify(sim: &SimFs, dir: &Path) -> Result<crate::VerifyReport> {
 /// # Errors
 /// Whatever the storage returns; a failed write or sync poisons the store.
 pub fn maintain(wharf: &Wharf) -> Result<()> {
-    wharf.shared().maintain()
+    crate::store::maintain(wharf.shared())
 }
 
 /// Decodes the record at the start of `bytes`, which sits at log position `lsn`: its length,

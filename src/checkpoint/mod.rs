@@ -2,13 +2,16 @@
 //! the policy of when to take one, and the relocation of a few unsettled messages out of old
 //! segments so that those can be deleted.
 
+mod db;
+mod policy;
+mod relocate;
+mod rows;
 mod run;
-mod state;
 
+pub(crate) use self::db::{StateDb, FILE as STATE_FILE, TMP_FILE as STATE_TMP_FILE};
+pub(crate) use self::policy::Checkpointer;
+#[cfg(test)]
+pub(crate) use self::rows::QueueRow;
+pub(crate) use self::rows::{Loaded, Row};
 pub use self::run::CheckpointReport;
-pub(crate) use self::run::{
-    run as run_checkpointer, Checkpointer, RELOCATE_MAX_LIVE, RELOCATE_MAX_SHARE,
-};
-pub(crate) use self::state::{
-    Loaded, QueueRow, Row, StateDb, FILE as STATE_FILE, TMP_FILE as STATE_TMP_FILE,
-};
+pub(crate) use self::run::{due_by_log, run, state_db, state_db_failed, take};

@@ -1,18 +1,18 @@
-//! The write-ahead log: segment files, the ordered set of them, staging and group commit, the
+//! The write-ahead log: segment files, the ordered set of them, staging, group commit, and the
 //! durable mark of a clean close.
 //!
-//! Everything that writes or syncs a log file is here; the layers above stage records through
-//! [`Wal`] and wait for durability through the group commit.
+//! Everything that writes, syncs or deletes a log file is here. The layers above stage records
+//! through [`Wal`] and wait for durability through [`GroupCommit`], reaching the store's state
+//! through [`LogHost`]; nothing here names a queue or a checkpoint.
 
 mod commit;
 mod mark;
 mod segment;
 mod segments;
+mod stats;
+mod wal;
 
-pub use self::commit::Stats;
-pub(crate) use self::commit::{
-    background, CatalogEntry, Room, Wal, MAX_EPOCH, READY_SPARES, SEQ_BITS,
-};
+pub(crate) use self::commit::{GroupCommit, LogHost};
 pub(crate) use self::mark::{
     parse as parse_mark, read as read_mark, write as write_mark, wrong_len as mark_wrong_len, Mark,
     FILE as MARK_FILE, LEN as MARK_LEN, TMP_FILE as MARK_TMP_FILE,
@@ -22,4 +22,6 @@ pub(crate) use self::segment::{
     file_name as segment_file_name, gap as segment_gap, parse_name as parse_segment_name,
     read_header as read_segment_header, Header, Name as SegmentName, Segment, HEADER_LEN,
 };
-pub(crate) use self::segments::{first_record, Log, SegInfo};
+pub(crate) use self::segments::{first_record, Log, SegInfo, STRAGGLERS_MAX_SHARE};
+pub use self::stats::Stats;
+pub(crate) use self::wal::{CatalogEntry, Room, Wal, MAX_EPOCH, READY_SPARES, SEQ_BITS};

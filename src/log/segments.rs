@@ -12,59 +12,239 @@ use std::time::{Duration, Instant};
 
 use super::segment::{Segment, HEADER_LEN};
 use crate::checkpoint::Row;
-use crate::checkpoint::{RELOCATE_MAX_LIVE, RELOCATE_MAX_SHARE};
 use crate::record::Body;
 
 /// A segment in use and its bookkeeping.
 pub(crate) struct SegInfo {
-    pub seg: Arc<Segment>,
+    seg: Arc<Segment>,
     /// Unsettled messages whose push record lies in this segment.
-    pub live: u64,
+    live: u64,
     /// Messages pushed in this segment (as far as this process knows: replayed or pushed).
-    pub pushed: u64,
+    pushed: u64,
     /// Log position just past the latest record that settled one of its messages.
-    pub settled: u64,
+    settled: u64,
     /// Log position just past this segment's preamble.
-    pub preamble_end: u64,
+    preamble_end: u64,
+}
+
+/// A segment with more unsettled messages than this is left in the log when a checkpoint
+/// covers it (it is not a few stragglers but a backlog, which the log holds better than the
+/// state database).
+pub(crate) const STRAGGLERS_MAX_LIVE: u64 = 4096;
+/// A segment's unsettled messages are stragglers only if at most this fraction of its
+/// messages is left (and their payloads take at most this fraction of the segment).
+pub(crate) const STRAGGLERS_MAX_SHARE: u64 = 8;
+
+impl SegInfo {
+    /// A segment made active or found by recovery, with `live` of its `pushed` messages
+    /// unsettled.
+    pub(crate) fn new(seg: Arc<Segment>, live: u64, pushed: u64, preamble_end: u64) -> SegInfo {
+        SegInfo { seg, live, pushed, settled: 0, preamble_end }
+    }
+
+    /// The segment.
+    pub(crate) fn seg(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    /// Unsettled messages whose push record lies in this segment.
+    pub(crate) fn live(&self) -> u64 {
+        self.live
+    }
+
+    /// Whether the segment's unsettled messages are a few stragglers (at most
+    /// `STRAGGLERS_MAX_LIVE`, and at most one in `STRAGGLERS_MAX_SHARE` of those pushed in it),
+    /// which a checkpoint relocates rather than keep the whole segment for them.
+    pub(crate) fn few_stragglers(&self) -> bool {
+        self.live <= STRAGGLERS_MAX_LIVE && self.live * STRAGGLERS_MAX_SHARE <= self.pushed
+    }
 }
 
 /// All segments of the store, oldest first.
 pub(crate) struct Log {
-    pub store_id: u128,
+    store_id: u128,
     /// The active segment (last) and older ones that still exist, by base position.
-    pub segments: BTreeMap<u64, SegInfo>,
+    segments: BTreeMap<u64, SegInfo>,
     /// Empty segments created ahead of time, in log order after the active one.
-    pub spares: VecDeque<Arc<Segment>>,
+    spares: VecDeque<Arc<Segment>>,
     /// The log position the last checkpoint in the state database covers: no segment ending
     /// past it is deleted.
-    pub checkpoint: u64,
+    checkpoint: u64,
     /// Bytes of the state database file, counted against the disk quota.
-    pub state_bytes: u64,
+    state_bytes: u64,
     /// Messages whose payloads live in the state database, with their rows as last written.
-    pub relocated: HashMap<u64, Row>,
+    relocated: HashMap<u64, Row>,
     /// The lowest position of a record, staged since the last checkpoint began, that the state
     /// database must see before its segment may go: one about a relocated message, or a push
     /// with a dedup key. `u64::MAX` if none.
-    pub first_sensitive: u64,
+    first_sensitive: u64,
     /// The same for records below the position of the checkpoint being taken now.
-    pub inflight_sensitive: u64,
+    inflight_sensitive: u64,
     /// A thread is deleting segments it took (with the store's mutex released): no other
     /// takes any until it is done, or a later segment could go before an earlier one.
-    pub deleting: bool,
+    deleting: bool,
     /// Messages delivered in this run and not settled, nacked or moved since (whether their
     /// lease ran out or not): those recovery would count as in flight if the store stopped
     /// now. A checkpoint writes it into the rows of relocated messages, whose delivery records
     /// recovery skips.
-    pub delivered: HashSet<u64>,
+    delivered: HashSet<u64>,
     /// When this run last sealed a segment (rolled to the next).
-    pub last_sealed_at: Option<Instant>,
+    last_sealed_at: Option<Instant>,
     /// Whether the checkpointer was told about the stragglers of the segment sealed last.
-    pub stragglers_told: bool,
+    stragglers_told: bool,
 }
 
 impl Log {
     pub(crate) fn active(&self) -> Option<&Arc<Segment>> {
         self.segments.last_key_value().map(|(_, s)| &s.seg)
+    }
+
+    /// An empty set of segments of store `store_id`, whose state database covers the log up
+    /// to `checkpoint`; `first_sensitive` as recovery found it (see the field).
+    pub(crate) fn new(store_id: u128, checkpoint: u64, first_sensitive: u64) -> Log {
+        Log {
+            store_id,
+            segments: BTreeMap::new(),
+            spares: VecDeque::new(),
+            checkpoint,
+            state_bytes: 0,
+            relocated: HashMap::new(),
+            first_sensitive,
+            inflight_sensitive: u64::MAX,
+            deleting: false,
+            delivered: HashSet::new(),
+            last_sealed_at: None,
+            stragglers_told: false,
+        }
+    }
+
+    /// Adds a segment in use (recovery), in log order.
+    pub(crate) fn insert(&mut self, info: SegInfo) {
+        self.segments.insert(info.seg.base, info);
+    }
+
+    /// Adds a spare segment, after the others.
+    pub(crate) fn push_spare(&mut self, seg: Arc<Segment>) {
+        self.spares.push_back(seg);
+    }
+
+    /// Takes the last spare segment away (to delete it), if there is one.
+    pub(crate) fn pop_last_spare(&mut self) -> Option<Arc<Segment>> {
+        self.spares.pop_back()
+    }
+
+    /// Takes the first spare segment, to roll into it.
+    pub(crate) fn pop_first_spare(&mut self) -> Option<Arc<Segment>> {
+        self.spares.pop_front()
+    }
+
+    /// The spare segments, in log order.
+    pub(crate) fn spares(&self) -> impl Iterator<Item = &Arc<Segment>> {
+        self.spares.iter()
+    }
+
+    /// How many spare segments there are.
+    pub(crate) fn spare_count(&self) -> usize {
+        self.spares.len()
+    }
+
+    /// How many segments are in use (the active one and older ones still there).
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The segments in use, oldest first.
+    pub(crate) fn segments(&self) -> impl DoubleEndedIterator<Item = &SegInfo> {
+        self.segments.values()
+    }
+
+    /// Where the log starts: the base of its oldest segment, if any.
+    pub(crate) fn first_base(&self) -> Option<u64> {
+        self.segments.first_key_value().map(|(&b, _)| b)
+    }
+
+    /// Whether the oldest segment has nothing unsettled and is not the only one.
+    pub(crate) fn oldest_settled(&self) -> bool {
+        self.segments.len() > 1 && self.segments.first_key_value().is_some_and(|(_, s)| s.live == 0)
+    }
+
+    /// Notes where the preamble of the segment based at `base` ends.
+    pub(crate) fn set_preamble_end(&mut self, base: u64, end: u64) {
+        if let Some(info) = self.segments.get_mut(&base) {
+            info.preamble_end = end;
+        }
+    }
+
+    /// The store's id (in every segment header).
+    pub(crate) fn store_id(&self) -> u128 {
+        self.store_id
+    }
+
+    /// The log position the last checkpoint covers.
+    pub(crate) fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// Bytes of the state database file, counted against the disk quota.
+    pub(crate) fn state_bytes(&self) -> u64 {
+        self.state_bytes
+    }
+
+    /// Sets the bytes of the state database file (or reserved for it).
+    pub(crate) fn set_state_bytes(&mut self, bytes: u64) {
+        self.state_bytes = bytes;
+    }
+
+    /// Messages whose payloads live in the state database, with their rows as last written.
+    pub(crate) fn relocated(&self) -> &HashMap<u64, Row> {
+        &self.relocated
+    }
+
+    /// The same, to change.
+    pub(crate) fn relocated_mut(&mut self) -> &mut HashMap<u64, Row> {
+        &mut self.relocated
+    }
+
+    /// Whether message `id` was delivered in this run and not settled since.
+    pub(crate) fn is_delivered(&self, id: u64) -> bool {
+        self.delivered.contains(&id)
+    }
+
+    /// A checkpoint begins: the records it covers (below its position) that the state
+    /// database must see are now its own; those staged from here on wait for the next.
+    pub(crate) fn begin_checkpoint(&mut self) {
+        self.inflight_sensitive = self.first_sensitive;
+        self.first_sensitive = u64::MAX;
+    }
+
+    /// The checkpoint begun last committed at `c`. With `relocated_any`, records staged since
+    /// `c` about the messages it just relocated were not seen as sensitive: everything from
+    /// `c` on waits for the next checkpoint.
+    pub(crate) fn checkpoint_committed(&mut self, c: u64, relocated_any: bool) {
+        self.checkpoint = self.checkpoint.max(c);
+        self.inflight_sensitive = u64::MAX;
+        if relocated_any {
+            self.first_sensitive = self.first_sensitive.min(c);
+        }
+    }
+
+    /// The checkpoint begun last did not commit: what it covered waits for the next.
+    pub(crate) fn checkpoint_failed(&mut self) {
+        self.first_sensitive = self.first_sensitive.min(self.inflight_sensitive);
+        self.inflight_sensitive = u64::MAX;
+    }
+
+    /// Whether a thread is deleting segments it took (see the field).
+    pub(crate) fn set_deleting(&mut self, deleting: bool) {
+        self.deleting = deleting;
+    }
+
+    /// Whether a checkpoint is due for what the log holds, `next_lsn` being its end: enough
+    /// log since the last (`every` bytes), or a settled segment waits only for one. The one
+    /// rule for the checkpointer and the flush that wakes it.
+    pub(crate) fn checkpoint_due(&self, next_lsn: u64, every: u64) -> bool {
+        let since = next_lsn.saturating_sub(self.checkpoint);
+        since > 0 && (since >= every || self.deletable_after_checkpoint())
     }
 
     /// The segment holding log position `lsn`.
@@ -111,8 +291,7 @@ impl Log {
             self.last_sealed_at = Some(Instant::now());
             self.stragglers_told = false;
         }
-        self.segments
-            .insert(seg.base, SegInfo { seg, live: 0, pushed: 0, settled: 0, preamble_end });
+        self.segments.insert(seg.base, SegInfo::new(seg, 0, 0, preamble_end));
     }
 
     /// Where the next spare segment starts.
@@ -216,10 +395,7 @@ impl Log {
     /// another segment's worth of log was written.
     pub(crate) fn stragglers_due_at(&self) -> Option<Instant> {
         let sealed = self.segments.values().rev().nth(1)?;
-        let few = sealed.seg.end() > self.checkpoint
-            && sealed.live > 0
-            && sealed.live <= RELOCATE_MAX_LIVE
-            && sealed.live * RELOCATE_MAX_SHARE <= sealed.pushed;
+        let few = sealed.seg.end() > self.checkpoint && sealed.live > 0 && sealed.few_stragglers();
         few.then_some(self.last_sealed_at?.checked_add(STRAGGLER_GRACE)?)
     }
 

@@ -7,34 +7,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::handle::MessageId;
-use super::jobs::{self, DeadReason};
-use crate::clock::{from_unix_ms, millis};
+use super::payload::Payload;
+use super::settle::{settle, Settle};
+use super::types::MessageId;
+use crate::clock::from_unix_ms;
 use crate::error::{Error, Result};
-use crate::log::Room;
-use crate::log::Segment;
 use crate::options::Durability;
-use crate::record::{Body, RECORD_HEADER_LEN};
 use crate::store::Core;
-
-/// Where a delivery's payload bytes are.
-pub(crate) enum Payload {
-    /// A slice of a segment's read-only map, kept alive by the `Arc`.
-    Mapped { seg: Arc<Segment>, start: usize, len: usize },
-    /// A record copied into memory; the payload starts at `start`.
-    Owned { bytes: Vec<u8>, start: usize },
-}
-
-impl Payload {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Payload::Mapped { seg, start, len } => {
-                seg.mapped().and_then(|m| m.get(*start..start + len)).unwrap_or(&[])
-            }
-            Payload::Owned { bytes, start } => bytes.get(*start..).unwrap_or(&[]),
-        }
-    }
-}
 
 /// A message popped from a queue, leased to its holder until it is settled or its lease (the
 /// queue's visibility timeout) runs out, whichever comes first.
@@ -72,8 +51,8 @@ impl fmt::Debug for Delivery {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use]
 pub struct NackOptions {
-    delay: Option<Duration>,
-    error: Option<String>,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) error: Option<String>,
 }
 
 impl NackOptions {
@@ -95,15 +74,6 @@ impl NackOptions {
         self.error = Some(text.into());
         self
     }
-}
-
-enum Settle<'a> {
-    Ack,
-    /// Ready again at once, not a failure (release, drop).
-    Release,
-    /// A failed attempt.
-    Nack(&'a NackOptions),
-    DeadLetter(&'a str),
 }
 
 impl Delivery {
@@ -148,7 +118,7 @@ impl Delivery {
     /// [`Error::LeaseExpired`] if the lease ran out first (nothing changed); [`Error::Closed`];
     /// [`Error::Poisoned`]; [`Error::NoSpace`].
     pub fn ack(self) -> Result<()> {
-        let d = self.core.shared.opts.ack_durability;
+        let d = self.core.shared().opts().ack_durability;
         self.ack_with(d)
     }
 
@@ -158,7 +128,7 @@ impl Delivery {
     /// As [`Delivery::ack`].
     pub fn ack_with(mut self, d: Durability) -> Result<()> {
         self.settled = true;
-        self.settle(Settle::Ack, Some(d))
+        self.settle(Settle::Ack, d)
     }
 
     /// Marks this attempt failed: the message is delivered again after the queue's
@@ -189,8 +159,8 @@ impl Delivery {
     /// As [`Delivery::ack`].
     pub fn nack_with(mut self, opts: NackOptions) -> Result<()> {
         self.settled = true;
-        let d = self.core.shared.opts.ack_durability;
-        self.settle(Settle::Nack(&opts), Some(d))
+        let d = self.core.shared().opts().ack_durability;
+        self.settle(Settle::Nack(&opts), d)
     }
 
     /// Moves the message to the queue's dead-letter queue now, with `reason` as its error
@@ -200,8 +170,8 @@ impl Delivery {
     /// As [`Delivery::ack`].
     pub fn dead_letter(mut self, reason: &str) -> Result<()> {
         self.settled = true;
-        let d = self.core.shared.opts.ack_durability;
-        self.settle(Settle::DeadLetter(reason), Some(d))
+        let d = self.core.shared().opts().ack_durability;
+        self.settle(Settle::DeadLetter(reason), d)
     }
 
     /// Gives the message back, ready again at once, for this or another consumer; not counted
@@ -212,8 +182,8 @@ impl Delivery {
     /// As [`Delivery::ack`].
     pub fn release(mut self) -> Result<()> {
         self.settled = true;
-        let d = self.core.shared.opts.ack_durability;
-        self.settle(Settle::Release, Some(d))
+        let d = self.core.shared().opts().ack_durability;
+        self.settle(Settle::Release, d)
     }
 
     /// Extends the lease to `by` from now: `Duration::ZERO` ends it now (the message is ready
@@ -223,11 +193,11 @@ impl Delivery {
     /// [`Error::LeaseExpired`] if the lease already ran out; [`Error::Closed`];
     /// [`Error::Poisoned`].
     pub fn extend(&self, by: Duration) -> Result<()> {
-        let mut g = self.core.shared.state.lock();
+        let mut g = self.core.shared().lock();
         g.check()?;
-        let q = &mut g.queues[self.queue as usize];
-        q.index
-            .extend(self.id, self.attempt, self.core.shared.opts.clock.now(), by)
+        let q = g.queue_mut(self.queue);
+        q.index_mut()
+            .extend(self.id, self.attempt, self.core.shared().opts().clock.now(), by)
             .map_err(|_| Error::LeaseExpired)?;
         // A shorter lease may end before the wake time of blocked pops: let them look again.
         q.notify_all();
@@ -238,112 +208,20 @@ impl Delivery {
     /// longer, and returns that timeout: the [`Worker`](crate::Worker)'s keep-alive. Like
     /// `extend` it changes only the in-memory index, no log record.
     pub(crate) fn renew(&self) -> Result<Duration> {
-        let shared = &self.core.shared;
-        let mut g = shared.state.lock();
+        let shared = self.core.shared();
+        let mut g = shared.lock();
         g.check()?;
-        let q = &mut g.queues[self.queue as usize];
-        let visibility = q.config.visibility_timeout.unwrap_or(shared.opts.visibility_timeout);
-        q.index
-            .renew(self.id, self.attempt, shared.opts.clock.now(), visibility)
+        let q = g.queue_mut(self.queue);
+        let visibility = q.config().visibility_timeout.unwrap_or(shared.opts().visibility_timeout);
+        q.index_mut()
+            .renew(self.id, self.attempt, shared.opts().clock.now(), visibility)
             .map_err(|_| Error::LeaseExpired)?;
         Ok(visibility)
     }
 
-    /// Stages the settlement record; `None` durability means "drop": no waiting at all.
-    fn settle(&self, how: Settle<'_>, d: Option<Durability>) -> Result<()> {
-        let shared = &self.core.shared;
-        let q = self.queue as usize;
-        let (id, attempt) = (self.id, self.attempt);
-        let mut g = shared.state.lock();
-        loop {
-            g.check()?;
-            let now = shared.opts.clock.now();
-            g.queues[q].index.holds(id, attempt, now).map_err(|_| Error::LeaseExpired)?;
-            let cfg = &g.queues[q].config;
-            // A failed last attempt is a dead letter.
-            let last = cfg.max_attempts.is_some_and(|m| attempt >= m);
-            let error = match &how {
-                Settle::Nack(o) => crate::limits::clip(o.error.as_deref().unwrap_or("")),
-                Settle::DeadLetter(r) => crate::limits::clip(r),
-                _ => "",
-            };
-            let dead = match &how {
-                Settle::DeadLetter(_) => Some(DeadReason::Explicit),
-                Settle::Nack(_) if last => Some(DeadReason::MaxAttempts),
-                _ => None,
-            };
-            let due = match &how {
-                Settle::Nack(o) => {
-                    let delay = o.delay.unwrap_or_else(|| cfg.backoff.delay(attempt, id));
-                    if delay.is_zero() {
-                        0
-                    } else {
-                        crate::clock::now_ms(&*shared.opts.clock)
-                            .saturating_add(millis(delay))
-                            .max(1)
-                    }
-                }
-                _ => 0,
-            };
-            let lens = match (&how, dead) {
-                (_, Some(_)) => jobs::dead_letter_lens(&g, self.queue, error),
-                (Settle::Ack | Settle::Release, _) => vec![RECORD_HEADER_LEN + 12],
-                _ => vec![RECORD_HEADER_LEN + 20 + error.len()],
-            };
-            if !jobs::room(shared, &mut g, &lens, Room::Settle)? {
-                continue;
-            }
-            match (&how, dead) {
-                (_, Some(why)) => {
-                    let entry = g.queues[q]
-                        .index
-                        .take(id, attempt, now)
-                        .map_err(|_| Error::LeaseExpired)?;
-                    if matches!(how, Settle::Nack(_)) {
-                        g.queues[q].counters.failed += 1;
-                    }
-                    jobs::dead_letter(shared, &mut g, self.queue, id, entry, why, error)?;
-                }
-                (Settle::Ack, _) => {
-                    let entry = g.queues[q]
-                        .index
-                        .take(id, attempt, now)
-                        .map_err(|_| Error::LeaseExpired)?;
-                    g.queues[q].counters.processed += 1;
-                    jobs::drop_message(shared, &mut g, self.queue, id, entry)?;
-                }
-                (Settle::Release, _) => {
-                    g.queues[q]
-                        .index
-                        .put_back(id, attempt, now, 0)
-                        .map_err(|_| Error::LeaseExpired)?;
-                    g.wal.append(&Body::Nack { queue: self.queue, id }).ok_or(Error::NoSpace)?;
-                    g.queues[q].notify_one();
-                }
-                (_, None) => {
-                    g.queues[q]
-                        .index
-                        .put_back(id, attempt, now, due)
-                        .map_err(|_| Error::LeaseExpired)?;
-                    let body = Body::Retry { queue: self.queue, id, due, error: error.as_bytes() };
-                    g.wal.append(&body).ok_or(Error::NoSpace)?;
-                    let qs = &mut g.queues[q];
-                    qs.counters.failed += 1;
-                    qs.index.set_error(id, error);
-                    if due == 0 {
-                        qs.notify_one();
-                    } else {
-                        qs.notify_all();
-                    }
-                }
-            }
-            break;
-        }
-        let end = g.wal.next_lsn;
-        match d {
-            Some(d) => shared.commit(&mut g, end, d),
-            None => shared.commit(&mut g, end, Durability::None),
-        }
+    /// Settles this delivery as `how` says, with durability `d`.
+    fn settle(&self, how: Settle<'_>, d: Durability) -> Result<()> {
+        settle(self.core.shared(), (self.queue, self.id, self.attempt), how, d)
     }
 }
 
@@ -352,7 +230,7 @@ impl Drop for Delivery {
         if !self.settled {
             // Releasing is best effort: if the store is closed or poisoned the lease simply
             // lapses, and recovery makes the message ready again anyway.
-            let _ = self.settle(Settle::Release, None);
+            let _ = self.settle(Settle::Release, Durability::None);
         }
     }
 }

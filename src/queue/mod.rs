@@ -1,14 +1,23 @@
 //! Queues and the life of a message in them: the handles, push, pop and its lease, settling
 //! (ack, nack, dead-letter), administration, async pops, and the in-memory index.
 
+mod admin;
 mod async_pop;
 mod delivery;
 mod handle;
 mod index;
-mod jobs;
+mod payload;
+mod pop;
+mod push;
+mod settle;
+mod target;
+mod types;
+mod wharf;
 
 pub use self::async_pop::{PopBatchFuture, PopFuture};
 pub use self::delivery::{Delivery, NackOptions};
-pub use self::handle::{Depth, MessageId, Peeked, PushOptions, Queue, QueueStats, Wharf};
-pub(crate) use self::index::{Entry, Note, QueueIndex, RELOCATED};
-pub use self::jobs::DeadReason;
+pub use self::handle::Queue;
+pub(crate) use self::index::{Entry, Note, QueueIndex, Waiting, RELOCATED};
+pub use self::settle::DeadReason;
+pub use self::types::{Depth, MessageId, Peeked, PushOptions, QueueStats};
+pub use self::wharf::{Wharf, WharfBuilder};

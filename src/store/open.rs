@@ -1,172 +1,27 @@
-//! The core of an open store: one mutex over the write state and the queue indexes, the
-//! condition variables, the directory lock and the background thread.
-//!
-//! Invariants: the mutex guards in-memory state only and is released for every I/O call
-//! (`MutexGuard::unlocked`); the directory lock is held for the whole life of the store.
-//! Lock order: `Shared::creating` before `Shared::state`.
+//! Opening and closing a store: the directory lock, recovery, the new id epoch, and the
+//! background threads.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::task::Waker;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 
-use crate::checkpoint::Checkpointer;
-use crate::checkpoint::StateDb;
-use crate::checkpoint::{run_checkpointer, STATE_FILE};
-use crate::clock::deadline_after;
-use crate::config::QueueConfig;
+use super::background;
+use super::state::{QueueState, Shared, State};
+use crate::checkpoint::{self, StateDb, STATE_FILE};
 use crate::error::{Error, Result};
-use crate::failpoint;
-use crate::log::Mark;
-use crate::log::Segment;
-use crate::log::{background, write_mark};
-use crate::log::{first_record, SegInfo};
-use crate::log::{CatalogEntry, Room, Wal, MAX_EPOCH};
+use crate::log::{first_record, write_mark, CatalogEntry, LogHost, Room, Segment, Wal, MAX_EPOCH};
 use crate::options::{Options, ReadMode};
-use crate::queue::QueueIndex;
 use crate::record::Body;
-use crate::recovery::{self, RecoveryReport};
+use crate::recovery;
 use crate::salvage;
 use crate::storage::{LockGuard, Storage};
-
-/// Counters of one queue since the store was opened.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Counters {
-    pub processed: u64,
-    pub failed: u64,
-    pub dead_lettered: u64,
-    pub expired: u64,
-    /// Wake-ups of blocked pops on this queue (for the no-polling test and operators).
-    pub wakeups: u64,
-}
-
-/// One queue's in-memory state.
-pub(crate) struct QueueState {
-    pub name: Arc<str>,
-    pub index: QueueIndex,
-    pub config: QueueConfig,
-    pub counters: Counters,
-    /// Waiters of `pop` on this queue.
-    pub cv: Arc<Condvar>,
-    /// Wakers of `pop_async` futures waiting on this queue: one per pending future, keyed by
-    /// the future's own number, so that a future re-polled by another task replaces its entry
-    /// and a dropped future removes exactly its own.
-    pub wakers: Vec<(u64, Waker)>,
-    /// The store-clock time at which the background thread will next look at this queue for
-    /// its wakers (a delayed message due, a lease expiring); `None` if it will not. A future
-    /// that needs an earlier look sets it and wakes the background thread.
-    pub waker_timer: Option<Instant>,
-}
-
-impl QueueState {
-    pub(crate) fn new(name: Arc<str>, index: QueueIndex, config: QueueConfig) -> QueueState {
-        QueueState {
-            name,
-            index,
-            config,
-            counters: Counters::default(),
-            cv: Arc::new(Condvar::new()),
-            wakers: Vec::new(),
-            waker_timer: None,
-        }
-    }
-
-    /// Wakes one blocked pop and every async one (a woken future that finds nothing re-arms).
-    pub(crate) fn notify_one(&mut self) {
-        self.cv.notify_one();
-        self.wake_async();
-    }
-
-    /// Wakes every blocked and async pop (their wait times must be recomputed).
-    pub(crate) fn notify_all(&mut self) {
-        self.cv.notify_all();
-        self.wake_async();
-    }
-
-    /// Wakes every async pop of this queue. All of them, not one: a woken future may be
-    /// dropped before it is polled again, and the message must not wait for it.
-    pub(crate) fn wake_async(&mut self) {
-        for (_, w) in self.wakers.drain(..) {
-            w.wake();
-        }
-    }
-
-    /// When, on the store clock, a message of this queue may next become ready without a log
-    /// record saying so: the earliest lease deadline or delayed message's due time (`now` and
-    /// `now_ms` are the same moment on the store's two clocks).
-    pub(crate) fn next_timer(&mut self, now: Instant, now_ms: u64) -> Option<Instant> {
-        let due = self.index.next_due().map(|due| {
-            deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1)))
-        });
-        [self.index.next_deadline(), due].into_iter().flatten().min()
-    }
-}
-
-/// Everything guarded by the store's mutex.
-pub(crate) struct State {
-    pub wal: Wal,
-    pub queues: Vec<QueueState>,
-    pub names: HashMap<Arc<str>, u32>,
-    pub closed: bool,
-    /// The durable mark last written (`log/mark`), if the store has one.
-    pub mark: Option<Mark>,
-    /// Tells the background thread to stop.
-    pub shutdown: bool,
-    /// Something (a push waiting for space) wants a checkpoint now.
-    pub checkpoint_wanted: bool,
-}
-
-impl State {
-    /// Fails when the store is closed or poisoned.
-    pub(crate) fn check(&self) -> Result<()> {
-        if self.closed {
-            return Err(Error::Closed);
-        }
-        if let Some(why) = &self.wal.poisoned {
-            return Err(Error::Poisoned(why.clone()));
-        }
-        Ok(())
-    }
-}
-
-/// State shared by every handle of one open store and by its background thread.
-pub(crate) struct Shared {
-    pub state: Mutex<State>,
-    /// Signalled when a flush ends (callers waiting for durability, or to lead the next one).
-    pub durable_cv: Condvar,
-    /// Wakes the background thread.
-    pub bg_cv: Condvar,
-    /// Serialises segment creation.
-    pub creating: Mutex<()>,
-    /// Signalled when segments were deleted (pushes waiting for space).
-    pub space_cv: Condvar,
-    pub storage: Arc<dyn Storage>,
-    /// The state database (`state.redb`), made by the first checkpoint; closed with the store.
-    pub db: Mutex<Option<Arc<StateDb>>>,
-    /// Serialises checkpoints; taken before `state`.
-    pub checkpointing: Mutex<Checkpointer>,
-    /// Wakes the checkpointer thread.
-    pub ck_cv: Condvar,
-    pub opts: Options,
-    pub dir: PathBuf,
-    pub log_dir: PathBuf,
-    pub report: RecoveryReport,
-}
-
-impl Shared {
-    pub(crate) fn map_reads(&self) -> bool {
-        self.opts.read_mode == ReadMode::Map
-    }
-}
 
 /// An open store: owns the directory lock and the background thread. Dropping the last
 /// reference closes it (flushing and syncing whatever is staged, best effort).
 pub(crate) struct Core {
-    pub shared: Arc<Shared>,
+    shared: Arc<Shared>,
     bg: Mutex<Option<JoinHandle<()>>>,
     ck: Mutex<Option<JoinHandle<()>>>,
     /// The directory lock, released by `close`.
@@ -174,6 +29,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// The state every handle and thread of the store shares.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Opens the store in `dir` on `storage`: lock, recover, start a new id epoch durably.
     pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, opts: Options) -> Result<Core> {
         storage.create_dir_all(dir)?;
@@ -207,11 +67,11 @@ impl Core {
         let (active, next_lsn) = match rec.active {
             Some((seg, at)) => (seg, at),
             None => {
-                let base = log.segments.last_key_value().map_or(0, |(_, s)| s.seg.end());
+                let base = log.segments().next_back().map_or(0, |s| s.seg().end());
                 let seg = Segment::create(
                     &*storage,
                     &log_dir,
-                    log.store_id,
+                    log.store_id(),
                     base,
                     opts.segment_bytes,
                     map,
@@ -232,79 +92,54 @@ impl Core {
                 config: c.as_ref().map(|c| c.encode().into()),
             })
             .collect();
-        let mut names = HashMap::new();
-        let mut queues = Vec::new();
-        for (i, ((name, index), config)) in rec.queues.into_iter().zip(rec.configs).enumerate() {
-            let name: Arc<str> = name.into();
-            names.insert(Arc::clone(&name), u32::try_from(i).unwrap_or(u32::MAX));
-            queues.push(QueueState::new(name, index, config.unwrap_or_default()));
-        }
-        let mark = rec.mark;
-        log.relocated = rec.relocated;
-        log.state_bytes = match &db {
+        let queues = rec.queues.into_iter().zip(rec.configs);
+        let queues = queues
+            .map(|((name, index), config)| {
+                QueueState::new(name.into(), index, config.unwrap_or_default())
+            })
+            .collect();
+        *log.relocated_mut() = rec.relocated;
+        log.set_state_bytes(match &db {
             Some(db) => storage.open(db.path(), false).and_then(|f| f.len()).unwrap_or(0),
             None => 0,
-        };
-        let wal = Wal::new(log, active, next_lsn, epoch, catalog);
-        let state = State {
-            wal,
-            queues,
-            names,
-            closed: false,
-            mark,
-            shutdown: false,
-            checkpoint_wanted: false,
-        };
-        let checkpointer = Checkpointer { last: Instant::now(), reconcile: false };
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            durable_cv: Condvar::new(),
-            bg_cv: Condvar::new(),
-            creating: Mutex::new(()),
-            space_cv: Condvar::new(),
-            storage,
-            db: Mutex::new(db.map(Arc::new)),
-            checkpointing: Mutex::new(checkpointer),
-            ck_cv: Condvar::new(),
-            opts,
-            dir: dir.to_owned(),
-            log_dir,
-            report: rec.report,
         });
+        let wal = Wal::new(log, active, next_lsn, epoch, catalog);
+        let state = State::new(wal, queues, rec.mark);
+        let shared = Arc::new(Shared::new(state, storage, db, opts, dir, rec.report));
         {
             // The new epoch is durable before any id of it is handed out, so ids are never
             // reused, even when a crash cut the log's tail (recovered bytes are synced too).
-            let mut g = shared.state.lock();
+            let mut g = shared.lock();
             if fresh {
-                g.wal.stage_preamble();
+                g.wal_mut().stage_preamble();
             } else {
                 // With the anchor as it stands: a store written before anchors has one from now
                 // on.
-                let anchor = g.wal.anchor();
-                let lens = [Body::Epoch { epoch }.encoded_len(), anchor.encoded_len()];
-                shared.ensure_room(&mut g, &lens, Room::Settle)?;
-                g.wal.append(&Body::Epoch { epoch }).ok_or(Error::NoSpace)?;
-                g.wal.append(&anchor).ok_or(Error::NoSpace)?;
+                let bodies = [Body::Epoch { epoch }, g.wal().anchor()];
+                let lens = bodies.each_ref().map(Body::encoded_len);
+                shared.reserve(&mut g, &lens, Room::Settle)?;
+                for body in &bodies {
+                    g.wal_mut().append(body).ok_or(Error::NoSpace)?;
+                }
             }
-            let end = g.wal.next_lsn;
-            shared.wait_durable(&mut g, end)?;
+            shared.sync(&mut g)?;
         }
         // Recovery cut whatever an earlier failed sync left in doubt, and the cut is durable.
-        shared.storage.set_suspect(&shared.log_dir, None);
-        let bg = if shared.opts.background {
+        shared.storage().set_suspect(shared.log().dir(), None);
+        let bg = if shared.opts().background {
             let bg_shared = Arc::clone(&shared);
             let thread = std::thread::Builder::new()
                 .name("wharf-background".into())
-                .spawn(move || background(&bg_shared))?;
+                .spawn(move || background::run(&bg_shared))?;
             Some(thread)
         } else {
             None
         };
-        let ck = if shared.opts.background {
+        let ck = if shared.opts().background {
             let ck_shared = Arc::clone(&shared);
             let thread = std::thread::Builder::new()
                 .name("wharf-checkpoint".into())
-                .spawn(move || run_checkpointer(&ck_shared));
+                .spawn(move || checkpoint::run(&ck_shared));
             match thread {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -329,35 +164,31 @@ impl Core {
     pub(crate) fn close(&self) -> Result<()> {
         let shared = &self.shared;
         let result = {
-            let mut g = shared.state.lock();
-            let was_open = !g.closed;
-            let mut result = if g.closed {
+            let mut g = shared.lock();
+            let was_open = !g.is_closed();
+            let mut result = if !was_open {
                 Ok(())
-            } else if let Some(why) = &g.wal.poisoned {
+            } else if let Some(why) = g.wal().poisoned() {
                 // Nothing more can be made durable: say so rather than pretend.
-                Err(Error::Poisoned(why.clone()))
+                Err(Error::Poisoned(why.to_owned()))
             } else {
-                shared.flush_now(&mut g, true)
+                shared.log().flush_now(&mut g, true)
             };
-            g.closed = true;
-            g.shutdown = true;
-            for q in &mut g.queues {
-                q.notify_all();
-            }
-            shared.bg_cv.notify_all();
-            shared.ck_cv.notify_all();
-            shared.durable_cv.notify_all();
-            // Pushes waiting for room (for ever, with `wait_for_space(Duration::MAX)`).
-            shared.space_cv.notify_all();
+            g.close();
+            // Blocked pops, waits for durability, the threads, and pushes waiting for room (for
+            // ever, with `wait_for_space(Duration::MAX)`).
+            g.wake_queues();
+            shared.log().wake_all();
             if was_open && result.is_ok() {
                 // Everything is durable and nothing more is logged: record where the log ends,
                 // so that damage erasing its last records is not taken for a torn tail.
-                let (id, prev, end) = (g.wal.log.store_id, g.mark, g.wal.durable);
+                let (id, prev, end) = (g.wal().log().store_id(), g.mark(), g.wal().durable());
+                let log = shared.log();
                 let written = MutexGuard::unlocked(&mut g, || {
-                    write_mark(&*shared.storage, &shared.log_dir, id, prev, end)
+                    write_mark(log.storage(), log.dir(), id, prev, end)
                 });
                 match written {
-                    Ok(m) => g.mark = Some(m),
+                    Ok(m) => g.set_mark(m),
                     Err(e) => result = Err(e.into()),
                 }
             }
@@ -374,8 +205,8 @@ impl Core {
             // A checkpoint in progress ends first; later ones see the store closed. The state
             // database is closed now, not when the last handle goes: a handle kept past a
             // reopen must not write its stale view over the file.
-            let _no_checkpoint = shared.checkpointing.lock();
-            shared.db.lock().take();
+            let _no_checkpoint = shared.checkpointing().lock();
+            shared.db().lock().take();
         }
         // Nothing writes any more: the directory may be opened again, even while old handles
         // (which now fail with `Closed`) are still around.
@@ -384,91 +215,38 @@ impl Core {
     }
 }
 
-impl Shared {
-    /// Does at once, on the calling thread, what the background thread does over time: makes
-    /// a spare segment, writes and syncs whatever is staged, and deletes settled segments. For
-    /// deterministic tests on the simulated disk, where the background thread is off.
-    #[cfg(feature = "testing")]
-    pub(crate) fn maintain(&self) -> Result<()> {
-        use crate::log::READY_SPARES;
-        while self.state.lock().wal.log.spares.len() < READY_SPARES {
-            match self.create_spare(READY_SPARES) {
-                Ok(()) => {}
-                // As the background thread: no room for a spare now; deleting settled
-                // segments below is what makes room.
-                Err(Error::Full { .. } | Error::NoSpace) => break,
-                Err(e) => return Err(e),
-            }
+/// Does at once, on the calling thread, what the background threads do over time: makes a
+/// spare segment, writes and syncs whatever is staged, takes a checkpoint if one is due by the
+/// log, and deletes settled segments. For deterministic tests on the simulated disk, where the
+/// background threads are off.
+#[cfg(feature = "testing")]
+pub(crate) fn maintain(shared: &Shared) -> Result<()> {
+    use crate::log::READY_SPARES;
+    while shared.lock().wal().log().spare_count() < READY_SPARES {
+        match shared.create_spare(READY_SPARES) {
+            Ok(()) => {}
+            // As the background thread: no room for a spare now; deleting settled segments
+            // below is what makes room.
+            Err(Error::Full { .. } | Error::NoSpace) => break,
+            Err(e) => return Err(e),
         }
-        let mut g = self.state.lock();
-        g.check()?;
-        self.flush_now(&mut g, true)?;
-        let due = self.checkpoint_due_by_log(&g);
-        drop(g);
-        if due {
-            match self.checkpoint() {
-                // As the checkpointer thread: no room for the state database now; segments
-                // that need no checkpoint go below, and make room for the next one.
-                Ok(_) | Err(Error::Full { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            self.state.lock().checkpoint_wanted = false;
-        }
-        let mut g = self.state.lock();
-        let durable = g.wal.durable;
-        let dead = g.wal.log.take_deletable(durable);
-        self.delete_segments(&mut g, dead).map(drop)
     }
-
-    /// Deletes the files of settled segments (already taken out of the log), oldest first,
-    /// each removal made durable before the next, so that a crash never leaves a gap. Before
-    /// the first, an anchor stating where the log now starts is made durable, so that a
-    /// segment found missing later is never taken for one deleted (`Body::Anchor`); when the
-    /// log has no room for it yet, the segments are put back, to go once a spare exists.
-    /// Returns how many went. A failure poisons the store.
-    pub(crate) fn delete_segments(
-        &self,
-        g: &mut MutexGuard<'_, State>,
-        dead: Vec<SegInfo>,
-    ) -> Result<usize> {
-        if dead.is_empty() {
-            return Ok(0);
+    let mut g = shared.lock();
+    g.check()?;
+    shared.log().flush_now(&mut g, true)?;
+    let due = checkpoint::due_by_log(shared, &g);
+    drop(g);
+    if due {
+        match checkpoint::take(shared) {
+            // As the checkpointer thread: no room for the state database now; segments that
+            // need no checkpoint go below, and make room for the next one.
+            Ok(_) | Err(Error::Full { .. }) => {}
+            Err(e) => return Err(e),
         }
-        if g.wal.append_anchor().is_none() {
-            g.wal.log.restore(dead);
-            g.wal.anchor_waits = true;
-            return Ok(0);
-        }
-        // Taken under the mutex with these segments: until they are gone, nobody else takes
-        // (and deletes) later ones.
-        g.wal.log.deleting = true;
-        let end = g.wal.next_lsn;
-        if let Err(e) = self.wait_durable(g, end) {
-            g.wal.log.deleting = false;
-            g.wal.log.restore(dead);
-            return Err(e);
-        }
-        let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
-            for s in &dead {
-                self.storage.remove(&s.seg.path)?;
-                failpoint::hit("segment-removed-before-dir-sync");
-                self.storage.sync_dir(&self.log_dir)?;
-            }
-            Ok(())
-        });
-        g.wal.log.deleting = false;
-        // Others may have found segments to delete meanwhile and left them: look again.
-        g.wal.maybe_delete = true;
-        self.bg_cv.notify_one();
-        self.space_cv.notify_all();
-        if let Err(e) = removed {
-            let why = format!("deleting a settled segment failed: {e}");
-            g.wal.poisoned = Some(why.clone());
-            self.durable_cv.notify_all();
-            return Err(Error::Poisoned(why));
-        }
-        Ok(dead.len())
+        shared.lock().set_checkpoint_wanted(false);
     }
+    let mut g = shared.lock();
+    shared.log().delete_settled(&mut g).map(drop)
 }
 
 /// Takes the directory lock. A lock that a handle of this process just released can still be
@@ -504,8 +282,7 @@ mod tests {
 
     fn open(dir: &std::path::Path, faults: &Arc<Faults>) -> Wharf {
         let fs = Arc::new(FaultyFs { faults: Arc::clone(faults) });
-        let mut opts = crate::options::Options::default();
-        opts.segment_bytes = 64 << 10;
+        let mut opts = crate::options::Options { segment_bytes: 64 << 10, ..Default::default() };
         opts.validate().unwrap();
         Wharf::open_on(fs, dir, opts).unwrap()
     }

@@ -1,0 +1,269 @@
+//! Settling: a message leaves its queue only by a record naming it. Acks, nacks and retries,
+//! dead-lettering (to the queue's dead-letter queue, created on first use) and dropping, each
+//! staged under the store's mutex in the same step as the index change.
+//!
+//! Invariant: a message leaves a queue only by a record naming it (`Ack`, `DeadLetter`,
+//! `Requeue`); a move between queues is one record, so a crash never leaves it in both or
+//! neither.
+
+use parking_lot::MutexGuard;
+
+use super::index::{Entry, Note};
+use crate::clock::millis;
+use crate::config::DeadLetters;
+use crate::error::{Error, Result};
+use crate::limits::{clip, default_dlq_name};
+use crate::log::Room;
+use crate::options::Durability;
+use crate::record::Body;
+use crate::store::{Shared, State};
+
+use super::delivery::NackOptions;
+
+/// Why a message was dead-lettered (stored in its `DeadLetter` record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadReason {
+    /// A consumer called [`Delivery::dead_letter`](crate::Delivery::dead_letter).
+    Explicit,
+    /// It failed (or its consumer crashed) on each of the queue's `max_attempts` deliveries.
+    MaxAttempts,
+    /// Its time-to-live ran out before it was delivered.
+    Expired,
+    /// It was the oldest message of a full queue whose overflow policy dead-letters.
+    Overflow,
+}
+
+impl DeadReason {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            DeadReason::Explicit => 1,
+            DeadReason::MaxAttempts => 2,
+            DeadReason::Expired => 3,
+            DeadReason::Overflow => 4,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<DeadReason> {
+        Some(match c {
+            1 => DeadReason::Explicit,
+            2 => DeadReason::MaxAttempts,
+            3 => DeadReason::Expired,
+            4 => DeadReason::Overflow,
+            _ => return None,
+        })
+    }
+}
+
+/// Where queue `q`'s dead letters go: `Some((name, existing id))`, or `None` to drop them.
+pub(crate) fn dlq_target(g: &State, q: u32) -> Option<(String, Option<u32>)> {
+    let qs = g.get_queue(q)?;
+    let name = match &qs.config().dead_letters {
+        DeadLetters::Default => default_dlq_name(qs.name()),
+        DeadLetters::To(n) => n.clone(),
+        DeadLetters::Drop => return None,
+    };
+    if *name == **qs.name() {
+        return None;
+    }
+    let id = g.queue_id(&name);
+    Some((name, id))
+}
+
+/// Record lengths a dead-lettering of queue `q` with `error` needs: the `DeadLetter` (or the
+/// `Ack` that drops it) and, if the dead-letter queue does not exist yet, its catalog record
+/// (twice: once in the log, once more in each later preamble).
+pub(crate) fn dead_letter_lens(g: &State, q: u32, error: &str) -> Vec<usize> {
+    match dlq_target(g, q) {
+        None => vec![Body::Ack { queue: q, id: 0 }.encoded_len()],
+        Some((name, existing)) => {
+            let error = clip(error).as_bytes();
+            let mut v =
+                vec![Body::DeadLetter { queue: q, id: 0, to: 0, reason: 0, error }.encoded_len()];
+            if existing.is_none() {
+                let len = Body::Queue { queue: 0, name: name.as_bytes() }.encoded_len();
+                v.extend([len, len]);
+            }
+            v
+        }
+    }
+}
+
+/// Creates queue `name` (room for its record was made); returns its id.
+pub(crate) fn create_queue(g: &mut MutexGuard<'_, State>, name: &str) -> Result<u32> {
+    if let Some(id) = g.queue_id(name) {
+        return Ok(id);
+    }
+    let id = u32::try_from(g.queues().len())
+        .map_err(|_| Error::InvalidOption("too many queues".into()))?;
+    g.wal_mut().append(&Body::Queue { queue: id, name: name.as_bytes() }).ok_or(Error::NoSpace)?;
+    g.wal_mut().add_to_catalog(name);
+    g.add_queue(name)
+}
+
+/// Settles message `id` of queue `q` for good with an `Ack` record: it was already taken out
+/// of the index (`entry`).
+pub(crate) fn drop_message(
+    shared: &Shared,
+    g: &mut MutexGuard<'_, State>,
+    q: u32,
+    id: u64,
+    entry: Entry,
+) -> Result<()> {
+    let body = Body::Ack { queue: q, id };
+    let lsn = g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+    let end = lsn + body.encoded_len() as u64;
+    if let Some(qs) = g.get_queue_mut(q) {
+        qs.index_mut().forget(id);
+    }
+    if g.wal_mut().log_mut().note_settled(entry.lsn, end) {
+        g.wal_mut().set_maybe_delete(true);
+        shared.log().background().notify_one();
+    }
+    Ok(())
+}
+
+/// Moves message `id` (already taken out of queue `q`'s index as `entry`) to the queue's
+/// dead-letter queue with one `DeadLetter` record, or drops it if the queue has none. Room
+/// for [`dead_letter_lens`] was made.
+pub(crate) fn dead_letter(
+    shared: &Shared,
+    g: &mut MutexGuard<'_, State>,
+    q: u32,
+    id: u64,
+    entry: Entry,
+    reason: DeadReason,
+    error: &str,
+) -> Result<()> {
+    let error = clip(error);
+    if let Some(qs) = g.get_queue_mut(q) {
+        qs.counters_mut().dead_lettered += 1;
+    }
+    let Some((name, existing)) = dlq_target(g, q) else {
+        return drop_message(shared, g, q, id, entry);
+    };
+    let to = match existing {
+        Some(to) => to,
+        None => create_queue(g, &name)?,
+    };
+    let body =
+        Body::DeadLetter { queue: q, id, to, reason: reason.code(), error: error.as_bytes() };
+    g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+    if let Some(qs) = g.get_queue_mut(q) {
+        qs.index_mut().forget(id);
+    }
+    if let Some(dst) = g.get_queue_mut(to) {
+        dst.index_mut().insert(id, Entry { expires: 0, priority: 0, ..entry }, 0);
+        let note = Note { origin: Some(q), reason: reason.code(), error: error.into() };
+        dst.index_mut().set_note(id, note);
+        dst.notify_one();
+    }
+    Ok(())
+}
+
+/// How a delivery is settled.
+pub(crate) enum Settle<'a> {
+    Ack,
+    /// Ready again at once, not a failure (release, drop).
+    Release,
+    /// A failed attempt.
+    Nack(&'a NackOptions),
+    DeadLetter(&'a str),
+}
+
+/// Settles the delivery `attempt` of message `id` of queue `q` as `how` says, staging its one
+/// record, and applies durability `d`. Fails with `LeaseExpired` unless the lease is current.
+pub(crate) fn settle(
+    shared: &Shared,
+    (q, id, attempt): (u32, u64, u32),
+    how: Settle<'_>,
+    d: Durability,
+) -> Result<()> {
+    let mut g = shared.lock();
+    loop {
+        g.check()?;
+        let now = shared.opts().clock.now();
+        g.queue_mut(q).index_mut().holds(id, attempt, now).map_err(|_| Error::LeaseExpired)?;
+        let cfg = &g.queue_mut(q).config();
+        // A failed last attempt is a dead letter.
+        let last = cfg.max_attempts.is_some_and(|m| attempt >= m);
+        let error = match &how {
+            Settle::Nack(o) => crate::limits::clip(o.error.as_deref().unwrap_or("")),
+            Settle::DeadLetter(r) => crate::limits::clip(r),
+            _ => "",
+        };
+        let dead = match &how {
+            Settle::DeadLetter(_) => Some(DeadReason::Explicit),
+            Settle::Nack(_) if last => Some(DeadReason::MaxAttempts),
+            _ => None,
+        };
+        let due = match &how {
+            Settle::Nack(o) => {
+                let delay = o.delay.unwrap_or_else(|| cfg.backoff.delay(attempt, id));
+                if delay.is_zero() {
+                    0
+                } else {
+                    shared.now_ms().saturating_add(millis(delay)).max(1)
+                }
+            }
+            _ => 0,
+        };
+        let lens = match (&how, dead) {
+            (_, Some(_)) => dead_letter_lens(&g, q, error),
+            (Settle::Ack, _) => vec![Body::Ack { queue: q, id }.encoded_len()],
+            (Settle::Release, _) => vec![Body::Nack { queue: q, id }.encoded_len()],
+            _ => vec![Body::Retry { queue: q, id, due, error: error.as_bytes() }.encoded_len()],
+        };
+        if !shared.reserve(&mut g, &lens, Room::Settle)? {
+            continue;
+        }
+        match (&how, dead) {
+            (_, Some(why)) => {
+                let entry = g
+                    .queue_mut(q)
+                    .index_mut()
+                    .take(id, attempt, now)
+                    .map_err(|_| Error::LeaseExpired)?;
+                if matches!(how, Settle::Nack(_)) {
+                    g.queue_mut(q).counters_mut().failed += 1;
+                }
+                dead_letter(shared, &mut g, q, id, entry, why, error)?;
+            }
+            (Settle::Ack, _) => {
+                let entry = g
+                    .queue_mut(q)
+                    .index_mut()
+                    .take(id, attempt, now)
+                    .map_err(|_| Error::LeaseExpired)?;
+                g.queue_mut(q).counters_mut().processed += 1;
+                drop_message(shared, &mut g, q, id, entry)?;
+            }
+            (Settle::Release, _) => {
+                g.queue_mut(q)
+                    .index_mut()
+                    .put_back(id, attempt, now, 0)
+                    .map_err(|_| Error::LeaseExpired)?;
+                g.wal_mut().append(&Body::Nack { queue: q, id }).ok_or(Error::NoSpace)?;
+                g.queue_mut(q).notify_one();
+            }
+            (_, None) => {
+                g.queue_mut(q)
+                    .index_mut()
+                    .put_back(id, attempt, now, due)
+                    .map_err(|_| Error::LeaseExpired)?;
+                let body = Body::Retry { queue: q, id, due, error: error.as_bytes() };
+                g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+                let qs = &mut g.queue_mut(q);
+                qs.counters_mut().failed += 1;
+                qs.index_mut().set_error(id, error);
+                if due == 0 {
+                    qs.notify_one();
+                } else {
+                    qs.notify_all();
+                }
+            }
+        }
+        break;
+    }
+    shared.commit(&mut g, d)
+}

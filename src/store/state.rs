@@ -1,0 +1,431 @@
+//! What an open store holds: [`Shared`] (one per store, behind every handle and thread) and
+//! [`State`], everything its one mutex guards: the log's write state and each queue's
+//! in-memory state.
+//!
+//! Invariants: the mutex guards in-memory state only and is released for every I/O call
+//! (`MutexGuard::unlocked`). Lock order: `Shared::checkpointing`, then
+//! `GroupCommit::creating`, then the state mutex; `Shared::db` is taken alone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::checkpoint::{Checkpointer, StateDb};
+use crate::clock::deadline_after;
+use crate::config::QueueConfig;
+use crate::error::{Error, Result};
+use crate::log::{GroupCommit, LogHost, Mark, Room, Wal};
+use crate::options::{Durability, Options};
+use crate::queue::QueueIndex;
+use crate::recovery::RecoveryReport;
+use crate::storage::Storage;
+
+/// Counters of one queue since the store was opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    pub processed: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub expired: u64,
+    /// Wake-ups of blocked pops on this queue (for the no-polling test and operators).
+    pub wakeups: u64,
+}
+
+/// One queue's in-memory state.
+pub(crate) struct QueueState {
+    name: Arc<str>,
+    index: QueueIndex,
+    config: QueueConfig,
+    counters: Counters,
+    /// Waiters of `pop` on this queue.
+    cv: Arc<Condvar>,
+    /// Wakers of `pop_async` futures waiting on this queue: one per pending future, keyed by
+    /// the future's own number, so that a future re-polled by another task replaces its entry
+    /// and a dropped future removes exactly its own.
+    wakers: Vec<(u64, Waker)>,
+    /// The store-clock time at which the background thread will next look at this queue for
+    /// its wakers (a delayed message due, a lease expiring); `None` if it will not. A future
+    /// that needs an earlier look sets it and wakes the background thread.
+    waker_timer: Option<Instant>,
+}
+
+impl QueueState {
+    pub(crate) fn new(name: Arc<str>, index: QueueIndex, config: QueueConfig) -> QueueState {
+        QueueState {
+            name,
+            index,
+            config,
+            counters: Counters::default(),
+            cv: Arc::new(Condvar::new()),
+            wakers: Vec::new(),
+            waker_timer: None,
+        }
+    }
+
+    /// The queue's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The queue's messages.
+    pub(crate) fn index(&self) -> &QueueIndex {
+        &self.index
+    }
+
+    /// The queue's messages, to change.
+    pub(crate) fn index_mut(&mut self) -> &mut QueueIndex {
+        &mut self.index
+    }
+
+    /// The queue's configuration.
+    pub(crate) fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Replaces the queue's configuration (its record was staged).
+    pub(crate) fn set_config(&mut self, config: QueueConfig) {
+        self.config = config;
+    }
+
+    /// The queue's counters since open.
+    pub(crate) fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The queue's counters, to count.
+    pub(crate) fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    /// The condition variable blocked pops of this queue wait on.
+    pub(crate) fn cv(&self) -> &Arc<Condvar> {
+        &self.cv
+    }
+
+    /// Wakes one blocked pop and every async one (a woken future that finds nothing re-arms).
+    pub(crate) fn notify_one(&mut self) {
+        self.cv.notify_one();
+        self.wake_async();
+    }
+
+    /// Wakes every blocked and async pop (their wait times must be recomputed).
+    pub(crate) fn notify_all(&mut self) {
+        self.cv.notify_all();
+        self.wake_async();
+    }
+
+    /// Wakes every async pop of this queue. All of them, not one: a woken future may be
+    /// dropped before it is polled again, and the message must not wait for it.
+    pub(crate) fn wake_async(&mut self) {
+        for (_, w) in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Whether async pops wait on this queue.
+    pub(crate) fn has_wakers(&self) -> bool {
+        !self.wakers.is_empty()
+    }
+
+    /// Registers the waker of the pending future numbered `key` (replacing its earlier one).
+    pub(crate) fn set_waker(&mut self, key: u64, waker: &Waker) {
+        match self.wakers.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, w)) if w.will_wake(waker) => {}
+            Some((_, w)) => w.clone_from(waker),
+            None => self.wakers.push((key, waker.clone())),
+        }
+    }
+
+    /// Removes the waker of the future numbered `key`, if it is still there.
+    pub(crate) fn remove_waker(&mut self, key: u64) {
+        self.wakers.retain(|(k, _)| *k != key);
+    }
+
+    /// When the background thread will next look at this queue for its wakers.
+    pub(crate) fn waker_timer(&self) -> Option<Instant> {
+        self.waker_timer
+    }
+
+    /// Sets when the background thread next looks at this queue for its wakers.
+    pub(crate) fn set_waker_timer(&mut self, t: Option<Instant>) {
+        self.waker_timer = t;
+    }
+
+    /// When, on the store clock, a message of this queue may next become ready without a log
+    /// record saying so: the earliest lease deadline or delayed message's due time (`now` and
+    /// `now_ms` are the same moment on the store's two clocks).
+    pub(crate) fn next_timer(&mut self, now: Instant, now_ms: u64) -> Option<Instant> {
+        let due = self.index.next_due().map(|due| {
+            deadline_after(now, Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+        });
+        [self.index.next_deadline(), due].into_iter().flatten().min()
+    }
+}
+
+/// Everything guarded by the store's mutex.
+pub(crate) struct State {
+    wal: Wal,
+    queues: Vec<QueueState>,
+    names: HashMap<Arc<str>, u32>,
+    closed: bool,
+    /// The durable mark last written (`log/mark`), if the store has one.
+    mark: Option<Mark>,
+    /// Tells the background threads to stop.
+    shutdown: bool,
+    /// Something (a push waiting for space) wants a checkpoint now.
+    checkpoint_wanted: bool,
+}
+
+impl State {
+    /// The state of a store just recovered: its write state, its queues (by id) and its mark.
+    pub(crate) fn new(wal: Wal, queues: Vec<QueueState>, mark: Option<Mark>) -> State {
+        let names = queues.iter().enumerate();
+        let names = names.map(|(i, q)| (Arc::clone(&q.name), u32::try_from(i).unwrap_or(u32::MAX)));
+        State {
+            wal,
+            names: names.collect(),
+            queues,
+            closed: false,
+            mark,
+            shutdown: false,
+            checkpoint_wanted: false,
+        }
+    }
+
+    /// Fails when the store is closed or poisoned.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        self.wal.check()
+    }
+
+    /// The log's write state.
+    pub(crate) fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// The log's write state, to stage records.
+    pub(crate) fn wal_mut(&mut self) -> &mut Wal {
+        &mut self.wal
+    }
+
+    /// Queue `q` (an id from a handle or the log: it exists).
+    pub(crate) fn queue(&self, q: u32) -> &QueueState {
+        &self.queues[q as usize]
+    }
+
+    /// Queue `q`, to change.
+    pub(crate) fn queue_mut(&mut self, q: u32) -> &mut QueueState {
+        &mut self.queues[q as usize]
+    }
+
+    /// Queue `q`, if it exists.
+    pub(crate) fn get_queue(&self, q: u32) -> Option<&QueueState> {
+        self.queues.get(q as usize)
+    }
+
+    /// Queue `q`, if it exists, to change.
+    pub(crate) fn get_queue_mut(&mut self, q: u32) -> Option<&mut QueueState> {
+        self.queues.get_mut(q as usize)
+    }
+
+    /// Every queue, by id.
+    pub(crate) fn queues(&self) -> &[QueueState] {
+        &self.queues
+    }
+
+    /// Every queue, by id, to change.
+    pub(crate) fn queues_mut(&mut self) -> &mut [QueueState] {
+        &mut self.queues
+    }
+
+    /// The id of the queue named `name`, if it exists.
+    pub(crate) fn queue_id(&self, name: &str) -> Option<u32> {
+        self.names.get(name).copied()
+    }
+
+    /// Adds queue `name` (its record was staged); returns its id.
+    pub(crate) fn add_queue(&mut self, name: &str) -> Result<u32> {
+        let id = u32::try_from(self.queues.len())
+            .map_err(|_| Error::InvalidOption("too many queues".into()))?;
+        let name: Arc<str> = name.into();
+        self.names.insert(Arc::clone(&name), id);
+        self.queues.push(QueueState::new(name, QueueIndex::default(), QueueConfig::default()));
+        Ok(id)
+    }
+
+    /// Whether the store was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Closes the store: every later call fails with `Closed`, the threads stop.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+        self.shutdown = true;
+    }
+
+    /// Whether the background threads are to stop.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutdown
+    }
+
+    /// The durable mark last written, if any.
+    pub(crate) fn mark(&self) -> Option<Mark> {
+        self.mark
+    }
+
+    /// Notes the durable mark just written.
+    pub(crate) fn set_mark(&mut self, mark: Mark) {
+        self.mark = Some(mark);
+    }
+
+    /// Whether something asked for a checkpoint now.
+    pub(crate) fn checkpoint_wanted(&self) -> bool {
+        self.checkpoint_wanted
+    }
+
+    /// Asks for a checkpoint now (true) or notes that one was taken (false).
+    pub(crate) fn set_checkpoint_wanted(&mut self, wanted: bool) {
+        self.checkpoint_wanted = wanted;
+    }
+}
+
+impl LogHost for State {
+    fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    fn wal_mut(&mut self) -> &mut Wal {
+        &mut self.wal
+    }
+
+    fn check(&self) -> Result<()> {
+        State::check(self)
+    }
+
+    fn wake_queues(&mut self) {
+        for q in &mut self.queues {
+            q.notify_all();
+        }
+    }
+}
+
+/// State shared by every handle of one open store and by its background threads.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    log: GroupCommit,
+    /// The state database (`state.redb`), made by the first checkpoint; closed with the store.
+    db: Mutex<Option<Arc<StateDb>>>,
+    /// Serialises checkpoints; taken before `state`.
+    checkpointing: Mutex<Checkpointer>,
+    opts: Options,
+    dir: PathBuf,
+    report: RecoveryReport,
+}
+
+impl Shared {
+    /// The shared state of a store in `dir`, recovered as `report` says.
+    pub(crate) fn new(
+        state: State,
+        storage: Arc<dyn Storage>,
+        db: Option<StateDb>,
+        opts: Options,
+        dir: &Path,
+        report: RecoveryReport,
+    ) -> Shared {
+        Shared {
+            state: Mutex::new(state),
+            log: GroupCommit::new(storage, dir.join("log"), &opts),
+            db: Mutex::new(db.map(Arc::new)),
+            checkpointing: Mutex::new(Checkpointer::new()),
+            opts,
+            dir: dir.to_owned(),
+            report,
+        }
+    }
+
+    /// Takes the store's mutex.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    /// The log: group commit, room, deletions and the log's condition variables.
+    pub(crate) fn log(&self) -> &GroupCommit {
+        &self.log
+    }
+
+    /// The open state database, if one is open.
+    pub(crate) fn db(&self) -> &Mutex<Option<Arc<StateDb>>> {
+        &self.db
+    }
+
+    /// The checkpointer's bookkeeping; taken before the store's mutex.
+    pub(crate) fn checkpointing(&self) -> &Mutex<Checkpointer> {
+        &self.checkpointing
+    }
+
+    /// The options the store was opened with.
+    pub(crate) fn opts(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The store's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What recovery found when the store was opened.
+    pub(crate) fn report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The storage the store's files are on.
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        self.log.storage()
+    }
+
+    /// The store clock's wall-clock time, in Unix ms.
+    pub(crate) fn now_ms(&self) -> u64 {
+        crate::clock::now_ms(&*self.opts.clock)
+    }
+
+    /// Makes room for records of these lengths (see `GroupCommit::reserve`): `Ok(false)`
+    /// when the lock was released meanwhile and the caller must look again.
+    pub(crate) fn reserve(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        lens: &[usize],
+        room: Room,
+    ) -> Result<bool> {
+        self.log.reserve(&self.state, g, lens, room)
+    }
+
+    /// Creates one spare segment unless there already are `want` of them.
+    pub(crate) fn create_spare(&self, want: usize) -> Result<()> {
+        self.log.create_spare(&self.state, want)
+    }
+
+    /// Gives spare segments back under a disk quota until `need` bytes are free (see
+    /// `GroupCommit::release_spares`).
+    pub(crate) fn release_spares(&self, need: u64) -> Result<()> {
+        self.log.release_spares(&self.state, need)
+    }
+
+    /// Applies durability `d` to the records staged up to now.
+    pub(crate) fn commit(&self, g: &mut MutexGuard<'_, State>, d: Durability) -> Result<()> {
+        let end = g.wal.next_lsn();
+        self.log.commit(g, end, d)
+    }
+
+    /// Makes the records staged up to now durable.
+    pub(crate) fn sync(&self, g: &mut MutexGuard<'_, State>) -> Result<()> {
+        let end = g.wal.next_lsn();
+        self.log.wait_durable(g, end)
+    }
+}
