@@ -17,6 +17,8 @@ mod state_check;
 mod verifier;
 mod window;
 
-pub use self::report::{QueueSummary, RecordCounts, StateDb, VerifyReport};
+#[allow(deprecated)]
+pub use self::report::StateDb;
+pub use self::report::{QueueSummary, RecordCounts, StateDbCheck, VerifyReport};
 pub(crate) use self::state_check::{corruption, read_state};
 pub(crate) use self::verifier::verify_on;

@@ -28,7 +28,7 @@ pub struct VerifyReport {
     /// The durable end recorded by the last clean close (`log/mark`), if there is a valid mark.
     pub mark_end: Option<u64>,
     /// What became of the state database, `state.redb`.
-    pub state: StateDb,
+    pub state: StateDbCheck,
     /// The log position the state database's checkpoint covers, if it was read (0: it holds no
     /// checkpoint yet). The replay skips records below it about relocated messages, as an open
     /// does.
@@ -154,7 +154,7 @@ impl QueueSummary {
 /// What became of the state database, `state.redb`, which the first checkpoint creates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum StateDb {
+pub enum StateDbCheck {
     /// There is none: no checkpoint was taken yet.
     #[default]
     Absent,
@@ -168,3 +168,7 @@ pub enum StateDb {
     /// problem.
     NotOpened(String),
 }
+
+/// The former name of [`StateDbCheck`].
+#[deprecated(note = "renamed to StateDbCheck")]
+pub type StateDb = StateDbCheck;

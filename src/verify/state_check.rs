@@ -7,7 +7,7 @@ use crate::checkpoint::Loaded;
 use crate::error::{Corruption, Error};
 use crate::storage::Storage;
 
-use super::report::StateDb;
+use super::report::StateDbCheck;
 
 /// Times the state database is read when it changes while it is read and shows problems (a
 /// store open elsewhere committed a checkpoint meanwhile).
@@ -43,7 +43,7 @@ pub(crate) fn corruption(file: &Path, e: Error) -> Corruption {
 
 /// What reading the state database found.
 pub(crate) struct StateCheck {
-    pub state: StateDb,
+    pub state: StateDbCheck,
     /// Its checkpoint, when it could be read.
     pub loaded: Option<Loaded>,
     pub problems: Vec<Corruption>,
@@ -61,7 +61,7 @@ pub(crate) fn read_state(storage: &dyn Storage, path: &Path) -> StateCheck {
         }
     }
     let why = "it changed each time it was read (a store open elsewhere is writing it)";
-    StateCheck { state: StateDb::NotOpened(why.into()), loaded: None, problems: Vec::new() }
+    StateCheck { state: StateDbCheck::NotOpened(why.into()), loaded: None, problems: Vec::new() }
 }
 
 /// The first bytes of the state database, which every commit rewrites (`None`: unreadable).
@@ -79,7 +79,11 @@ fn state_header(storage: &dyn Storage, path: &Path) -> Option<Vec<u8>> {
 fn check_state(storage: &dyn Storage, path: &Path) -> StateCheck {
     let failed = |e: Error| {
         let c = corruption(path, e);
-        StateCheck { state: StateDb::NotOpened(c.reason.clone()), loaded: None, problems: vec![c] }
+        StateCheck {
+            state: StateDbCheck::NotOpened(c.reason.clone()),
+            loaded: None,
+            problems: vec![c],
+        }
     };
     let mut db = match crate::checkpoint::StateDb::open_read_only(storage, path) {
         Ok(db) => db,
@@ -124,5 +128,5 @@ fn check_state(storage: &dyn Storage, path: &Path) -> StateCheck {
         Err(e) => problem(corruption(path, e).reason),
     }
     db.close_quietly();
-    StateCheck { state: StateDb::Opened, loaded: Some(loaded), problems }
+    StateCheck { state: StateDbCheck::Opened, loaded: Some(loaded), problems }
 }
