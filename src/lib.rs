@@ -86,7 +86,9 @@ pub use queue::{
 pub use recovery::RecoveryReport;
 pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
-pub use verify::{QueueSummary, RecordCounts, StateDb, VerifyReport};
+#[allow(deprecated)] // the former name of `StateDbCheck`, kept for compatibility
+pub use verify::StateDb;
+pub use verify::{QueueSummary, RecordCounts, StateDbCheck, VerifyReport};
 pub use worker::{
     ShutdownReport, ShutdownSignal, TypedWorkerBuilder, Worker, WorkerBuilder, WorkerStats,
     DEFAULT_DROP_DEADLINE, DEFAULT_POLL_TIMEOUT,

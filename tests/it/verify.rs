@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wharf::{
-    Backoff, Delivery, Error, MessageId, PushOptions, QueueConfig, StateDb, VerifyReport, Wharf,
-    WharfBuilder,
+    Backoff, Delivery, Error, MessageId, PushOptions, QueueConfig, StateDbCheck, VerifyReport,
+    Wharf, WharfBuilder,
 };
 
 use crate::{as_if_crashed, copy_store, payload, segments, small};
@@ -117,7 +117,7 @@ fn a_healthy_store_with_every_record_kind_verifies_clean_while_open_and_after_cl
     assert!(report.segments >= 4);
     assert_eq!(report.torn_tail_bytes, 0);
     assert_eq!(report.mark_end, None, "never closed yet");
-    assert_eq!(report.state, StateDb::Opened, "read while the store holds it open");
+    assert_eq!(report.state, StateDbCheck::Opened, "read while the store holds it open");
     assert_eq!(report.checkpoint, Some(ck.position));
     assert_eq!((report.relocated, report.relocated_bytes, report.dedup_keys), (0, 0, 0));
     let names: Vec<_> = report.queues.iter().map(|q| q.name.as_str()).collect();
@@ -136,7 +136,7 @@ fn a_healthy_store_with_every_record_kind_verifies_clean_while_open_and_after_cl
     assert!(closed.mark_end.is_some());
     assert_eq!(closed.records.total(), r.total() + 1, "the release of the held delivery");
     assert_eq!(closed.queues[0].in_flight, 0);
-    assert_eq!((closed.state, closed.checkpoint), (StateDb::Opened, Some(ck.position)));
+    assert_eq!((closed.state, closed.checkpoint), (StateDbCheck::Opened, Some(ck.position)));
     // Verifying changed nothing: the store opens and recovers the same messages.
     let w = Wharf::open(dir.path()).unwrap();
     assert_eq!(w.recovery_report().records, closed.records.total());
@@ -363,7 +363,7 @@ fn foreign_temporary_and_state_files_are_reported_not_problems() {
     assert_eq!(report.ignored_files, ["notes.txt"]);
     assert_eq!(report.temporary_files, ["00000000000009999999.seg.tmp"]);
     assert!(log.join("00000000000009999999.seg.tmp").exists(), "verify removes nothing");
-    assert_eq!(report.state, StateDb::Absent);
+    assert_eq!(report.state, StateDbCheck::Absent);
     assert_eq!(report.checkpoint, None);
     // A temporary state database of an interrupted creation: the next open removes it.
     std::fs::write(dir.path().join("state.redb.tmp"), b"partial").unwrap();
@@ -430,7 +430,7 @@ fn relocated_stragglers_verify_clean_while_open_and_after_close_and_are_reported
     let s = relocated_store();
     let dir = s.dir.path();
     let check = |report: &VerifyReport| {
-        assert_eq!(report.state, StateDb::Opened);
+        assert_eq!(report.state, StateDbCheck::Opened);
         assert_eq!(report.checkpoint, Some(s.position));
         assert_eq!(report.relocated, 2);
         assert_eq!(report.relocated_bytes, 2 * STRAGGLER_LEN as u64);
@@ -483,7 +483,7 @@ fn a_damaged_relocated_payload_is_reported_and_the_open_fails_with_corruption() 
         "{:#?}",
         report.problems
     );
-    assert!(matches!(report.state, StateDb::NotOpened(_)), "{:?}", report.state);
+    assert!(matches!(report.state, StateDbCheck::NotOpened(_)), "{:?}", report.state);
     // The open checks every page of the state database (redb's integrity check): it refuses
     // the store, naming the file, rather than hand out damaged bytes later.
     match manual().open(dir.path()) {
@@ -560,7 +560,7 @@ fn an_empty_short_or_garbage_state_database_is_a_problem_and_never_panics() {
             report.problems.iter().any(|p| p.file == path && p.offset == 0),
             "{what}: {report:#?}"
         );
-        assert!(matches!(report.state, StateDb::NotOpened(_)), "{what}: {:?}", report.state);
+        assert!(matches!(report.state, StateDbCheck::NotOpened(_)), "{what}: {:?}", report.state);
         // An open refuses it too, naming the state database; a file shorter than redb's
         // header is an I/O error there (redb's read of the header comes up short).
         match manual().open(dir.path()) {
@@ -867,4 +867,12 @@ fn verify_beside_a_store_that_keeps_checkpointing_finds_no_problem() {
             assert!(closed.relocated > 0);
         },
     );
+}
+
+#[test]
+#[allow(deprecated)]
+fn the_former_name_state_db_still_names_the_status() {
+    let old: wharf::StateDb = wharf::StateDb::Absent;
+    assert_eq!(old, StateDbCheck::Absent);
+    assert!(matches!(StateDbCheck::NotOpened("x".into()), wharf::StateDb::NotOpened(_)));
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use wharf::{StateDb, VerifyReport, Wharf};
+use wharf::{StateDbCheck, VerifyReport, Wharf};
 
 use crate::store::{self, short_bytes, CliError};
 
@@ -93,15 +93,15 @@ fn summary(dir: &Path, report: &VerifyReport) -> String {
         );
     }
     t += &match &report.state {
-        StateDb::Absent => "  state database: none (no checkpoint yet)\n".to_owned(),
-        StateDb::Opened => format!(
+        StateDbCheck::Absent => "  state database: none (no checkpoint yet)\n".to_owned(),
+        StateDbCheck::Opened => format!(
             "  state database: checkpoint at {}, {} relocated messages ({}), {} dedup keys\n",
             report.checkpoint.unwrap_or(0),
             report.relocated,
             short_bytes(report.relocated_bytes),
             report.dedup_keys
         ),
-        StateDb::NotOpened(why) => format!("  state database: not read: {why}\n"),
+        StateDbCheck::NotOpened(why) => format!("  state database: not read: {why}\n"),
         _ => "  state database: unknown\n".to_owned(),
     };
     if report.torn_tail_bytes > 0 {

@@ -1,0 +1,312 @@
+//! [`Replay`]: the index rebuilt from a checkpoint and the log, record by record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::checkpoint::{Loaded, Row};
+use crate::config::QueueConfig;
+use crate::error::{Corruption, Error, Result};
+use crate::limits::valid_name;
+use crate::queue::{Entry, Note, QueueIndex, RELOCATED};
+use crate::record::{self, Body};
+
+use super::anchor::Anchor;
+
+pub(super) fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corrupted(Corruption { file: file.to_owned(), offset, reason: reason.into() })
+}
+
+/// Replay state: the index rebuilt from the log, record by record.
+#[derive(Default)]
+pub(crate) struct Replay {
+    /// The position the checkpoint covers: records below it about a relocated message are
+    /// already in its row.
+    floor: u64,
+    /// Relocated messages (rows of the state database) by id.
+    pub relocated: HashMap<u64, Row>,
+    pub queues: Vec<(String, QueueIndex)>,
+    pub(super) configs: Vec<Option<QueueConfig>>,
+    /// Messages delivered and not settled since, with the epoch (run) that delivered them:
+    /// those of the last run were in flight when the log ends.
+    pub leased: HashMap<(u32, u64), u32>,
+    /// The highest epoch seen in the log so far: the run whose records are being replayed (a
+    /// preamble restates it at the start of every segment).
+    max_epoch: u32,
+    /// The checkpoint's epoch: epochs up to it were used, whatever the log still holds.
+    checkpoint_epoch: u32,
+    /// Unsettled messages per segment base.
+    pub(super) live: BTreeMap<u64, u64>,
+    /// Messages pushed per segment base.
+    pub(super) pushed: BTreeMap<u64, u64>,
+    pub(super) records: u64,
+    /// The first record at or past the checkpoint that the state database must see before
+    /// its segment may go (as `Log::note_record` finds them): a push with a dedup key, or a
+    /// record about a relocated message. `u64::MAX` if none.
+    pub(super) first_sensitive: u64,
+    /// The latest anchor of the log (`Body::Anchor`): where it must start, and the checkpoint
+    /// the state database must hold at least; `None` in a log written before anchors.
+    pub anchor: Option<Anchor>,
+}
+
+impl Replay {
+    /// Applies the record at `lsn` of the segment `file` based at `base`. A record the index
+    /// cannot take (an unknown queue, a bad name or config) is corruption and changes nothing.
+    pub(crate) fn apply(
+        &mut self,
+        file: &Path,
+        base: u64,
+        lsn: u64,
+        rec: &record::Record<'_>,
+    ) -> Result<()> {
+        self.records += 1;
+        // A map lookup per record only while it can matter: below the checkpoint, and past it
+        // until the first sensitive record (records come in log order).
+        let relocated = |body: &Body<'_>, map: &HashMap<u64, Row>| {
+            !map.is_empty() && body.message_id().is_some_and(|id| map.contains_key(&id))
+        };
+        if lsn < self.floor {
+            if relocated(&rec.body, &self.relocated) {
+                return Ok(());
+            }
+        } else if self.first_sensitive == u64::MAX {
+            let keyed = matches!(rec.body, Body::PushEx { key, .. } if !key.is_empty());
+            if keyed || relocated(&rec.body, &self.relocated) {
+                self.first_sensitive = lsn;
+            }
+        }
+        let bad = |why: &str| corrupt(file, lsn - base, why);
+        let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
+        match rec.body {
+            Body::Epoch { epoch } => {
+                // A new epoch is a new run of the store: the leases of earlier runs ended with
+                // them (see `in_flight`); a preamble restates the current epoch.
+                self.max_epoch = self.max_epoch.max(epoch);
+            }
+            Body::Queue { queue, name } => {
+                let name = std::str::from_utf8(name)
+                    .ok()
+                    .filter(|n| valid_name(n))
+                    .ok_or_else(|| bad("invalid queue name in catalog record"))?;
+                match self.queues.get(queue as usize) {
+                    Some((existing, _)) if existing == name => {}
+                    None if queue as usize == self.queues.len() => {
+                        self.queues.push((name.to_owned(), QueueIndex::default()));
+                        self.configs.push(None);
+                    }
+                    _ => return Err(bad("queue catalog record out of order")),
+                }
+            }
+            Body::Push { queue, id, payload } => {
+                let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
+                let off = record::PUSH_OVERHEAD as u32;
+                let entry = Entry { lsn, len, off, attempts: 0, priority: 0, expires: 0 };
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("push to an unknown queue"))?;
+                q.insert(id, entry, 0);
+                *self.live.entry(base).or_default() += 1;
+                *self.pushed.entry(base).or_default() += 1;
+            }
+            Body::PushEx { queue, id, priority, not_before, expires, pushed, key, payload } => {
+                let len = u32::try_from(payload.len()).map_err(|_| bad("payload too long"))?;
+                let off = u32::try_from(rec.body.payload_offset()).unwrap_or(u32::MAX);
+                let entry = Entry { lsn, len, off, attempts: 0, priority, expires };
+                let window = self.window(queue);
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("push to an unknown queue"))?;
+                q.insert(id, entry, not_before);
+                if !key.is_empty() {
+                    q.dedup_insert(key, id, pushed.saturating_add(window), 0);
+                }
+                *self.live.entry(base).or_default() += 1;
+                *self.pushed.entry(base).or_default() += 1;
+            }
+            Body::Deliver { queue, id, attempt } => {
+                if !known(queue, &self.queues) {
+                    return Err(bad("delivery in an unknown queue"));
+                }
+                if let Some((_, q)) = self.queues.get_mut(queue as usize) {
+                    if q.replay_delivered(id, attempt) {
+                        self.leased.insert((queue, id), self.max_epoch);
+                    }
+                }
+            }
+            Body::Ack { queue, id } => {
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("ack in an unknown queue"))?;
+                if let Some(e) = q.remove(id) {
+                    q.forget(id);
+                    // A relocated message holds no segment.
+                    let live =
+                        self.live.range_mut(..=e.lsn).next_back().filter(|_| e.lsn != RELOCATED);
+                    if let Some((_, n)) = live {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                self.leased.remove(&(queue, id));
+            }
+            Body::Nack { queue, id } => {
+                if !known(queue, &self.queues) {
+                    return Err(bad("nack in an unknown queue"));
+                }
+                self.leased.remove(&(queue, id));
+            }
+            Body::Retry { queue, id, due, error } => {
+                let (_, q) = self
+                    .queues
+                    .get_mut(queue as usize)
+                    .ok_or_else(|| bad("retry in an unknown queue"))?;
+                if q.replay_retry(id, due) {
+                    q.set_error(id, &String::from_utf8_lossy(error));
+                }
+                self.leased.remove(&(queue, id));
+            }
+            Body::DeadLetter { queue, id, to, reason, error } => {
+                if !known(queue, &self.queues) || !known(to, &self.queues) || queue == to {
+                    return Err(bad("dead letter between unknown queues"));
+                }
+                if let (Some(e), Some((_, dst))) = self.take_for_move(queue, id, to) {
+                    dst.insert(id, Entry { expires: 0, priority: 0, ..e }, 0);
+                    let error = String::from_utf8_lossy(error).into();
+                    dst.set_note(id, Note { origin: Some(queue), reason, error });
+                }
+            }
+            Body::Requeue { queue, id, to } => {
+                if !known(queue, &self.queues) || !known(to, &self.queues) || queue == to {
+                    return Err(bad("requeue between unknown queues"));
+                }
+                if let (Some(e), Some((_, dst))) = self.take_for_move(queue, id, to) {
+                    dst.insert(id, Entry { attempts: 0, ..e }, 0);
+                }
+            }
+            Body::Config { queue, config } => {
+                if !known(queue, &self.queues) {
+                    return Err(bad("config of an unknown queue"));
+                }
+                let config =
+                    QueueConfig::decode(config).ok_or_else(|| bad("invalid queue config"))?;
+                if let Some(c) = self.configs.get_mut(queue as usize) {
+                    *c = Some(config);
+                }
+            }
+            Body::Anchor { start, checkpoint } => {
+                let a = self.anchor.get_or_insert_default();
+                a.start = a.start.max(start);
+                a.checkpoint = a.checkpoint.max(checkpoint);
+            }
+            Body::Seal => {}
+        }
+        Ok(())
+    }
+}
+
+impl Replay {
+    /// Starts from a checkpoint of the state database: its catalog, configs, dedup keys and
+    /// relocated messages. The log's own records then restate (and extend) the catalog.
+    pub(crate) fn from_checkpoint(loaded: &Loaded, file: &Path) -> Result<Replay> {
+        let bad = |why: String| corrupt(file, 0, why);
+        let mut r = Replay {
+            floor: loaded.checkpoint,
+            checkpoint_epoch: loaded.epoch,
+            first_sensitive: u64::MAX,
+            ..Replay::default()
+        };
+        for q in &loaded.queues {
+            if !valid_name(&q.name) {
+                return Err(bad(format!("invalid queue name {:?} in the catalog", q.name)));
+            }
+            let config = match &q.config {
+                Some(c) => Some(
+                    QueueConfig::decode(c)
+                        .ok_or_else(|| bad(format!("invalid config of queue {:?}", q.name)))?,
+                ),
+                None => None,
+            };
+            r.queues.push((q.name.clone(), QueueIndex::default()));
+            r.configs.push(config);
+        }
+        for (id, row) in &loaded.rows {
+            let Some((_, q)) = r.queues.get_mut(row.queue as usize) else {
+                return Err(bad(format!("message {id:x} is in an unknown queue")));
+            };
+            let entry = Entry {
+                lsn: RELOCATED,
+                len: row.len,
+                off: 0,
+                attempts: row.attempts,
+                priority: row.priority,
+                expires: row.expires,
+            };
+            q.insert(*id, entry, row.due);
+            if row.origin.is_some() || !row.error.is_empty() {
+                q.set_note(
+                    *id,
+                    Note { origin: row.origin, reason: row.reason, error: row.error.clone() },
+                );
+            }
+            if row.leased != 0 {
+                r.leased.insert((row.queue, *id), row.leased);
+            }
+            r.relocated.insert(*id, row.clone());
+        }
+        for (queue, key, id, until) in &loaded.dedup {
+            let Some((_, q)) = r.queues.get_mut(*queue as usize) else {
+                return Err(bad(format!("a dedup key of an unknown queue {queue}")));
+            };
+            q.dedup_insert(key, *id, *until, 0);
+        }
+        Ok(r)
+    }
+
+    /// Adds queue `name` to the catalog before any record is replayed (salvage names every
+    /// queue it found anywhere in the log first, so that a lost catalog record costs nothing).
+    pub(crate) fn seed_queue(&mut self, name: String) {
+        self.queues.push((name, QueueIndex::default()));
+        self.configs.push(None);
+    }
+
+    /// Each queue's configuration as replayed so far.
+    pub(crate) fn configs(&self) -> &[Option<QueueConfig>] {
+        &self.configs
+    }
+
+    /// The last epoch used: by the log's records or by the checkpoint.
+    pub(crate) fn epoch(&self) -> u32 {
+        self.max_epoch.max(self.checkpoint_epoch)
+    }
+
+    /// Messages in flight when the log ends: delivered by the last run and not settled since
+    /// (the leases of earlier runs ended when the run after them began).
+    pub(crate) fn in_flight(&self) -> u64 {
+        let last = self.epoch();
+        self.leased.values().filter(|&&e| e == last).count() as u64
+    }
+
+    /// A move of message `id` from queue `from` to queue `to`: takes it out of `from` (if it
+    /// is still there) and returns it with the destination.
+    fn take_for_move(
+        &mut self,
+        from: u32,
+        id: u64,
+        to: u32,
+    ) -> (Option<Entry>, Option<&mut (String, QueueIndex)>) {
+        self.leased.remove(&(from, id));
+        let moved = self.queues.get_mut(from as usize).and_then(|(_, q)| {
+            let e = q.remove(id)?;
+            q.forget(id);
+            Some(e)
+        });
+        (moved, self.queues.get_mut(to as usize))
+    }
+
+    /// The dedup window of queue `q` as configured so far.
+    fn window(&self, q: u32) -> u64 {
+        let cfg = self.configs.get(q as usize).and_then(Option::as_ref);
+        cfg.map_or(0, |c| crate::clock::millis(c.dedup_window))
+    }
+}
