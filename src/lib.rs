@@ -59,7 +59,6 @@ mod log;
 mod options;
 mod queue;
 mod record;
-mod recovery;
 mod salvage;
 mod storage;
 mod store;
@@ -74,6 +73,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Backoff, DeadLetters, OnExpiry, Overflow, QueueConfig};
 pub use error::{Corruption, Error, Result};
 pub use limits::{MAX_NAME_LEN, MAX_PRIORITY};
+pub use log::RecoveryReport;
 pub use log::Stats;
 pub use log::FORMAT_VERSION;
 pub use options::{
@@ -83,7 +83,6 @@ pub use queue::{
     DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture, PopFuture,
     PushOptions, Queue, QueueStats, Wharf, WharfBuilder,
 };
-pub use recovery::RecoveryReport;
 pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};
 #[allow(deprecated)] // the former name of `StateDbCheck`, kept for compatibility

@@ -28,7 +28,7 @@
 //! A group is a run of records written by one call as one step (a batch of pushes, the
 //! dead letters a full queue makes room with and the push that needed the room): each record
 //! of it but the last carries `MORE`. Replay applies a group only once its last record is
-//! read, so a crash keeps all of it or none (`recovery::Group`); a seal and the next segment's
+//! read, so a crash keeps all of it or none (`crate::log::Group`); a seal and the next segment's
 //! preamble may come between its records.
 
 /// Bytes of the fixed record header.

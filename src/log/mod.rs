@@ -1,5 +1,5 @@
-//! The write-ahead log: segment files, the ordered set of them, staging, group commit, and the
-//! durable mark of a clean close.
+//! The write-ahead log: segment files, the ordered set of them, staging, group commit, the
+//! durable mark of a clean close, and recovery (scan, replay, torn-tail cut).
 //!
 //! Everything that writes, syncs or deletes a log file is here. The layers above stage records
 //! through [`Wal`] and wait for durability through [`GroupCommit`], reaching the store's state
@@ -7,6 +7,7 @@
 
 mod commit;
 mod mark;
+mod recovery;
 mod segment;
 mod segments;
 mod stats;
@@ -16,6 +17,11 @@ pub(crate) use self::commit::{GroupCommit, LogHost};
 pub(crate) use self::mark::{
     parse as parse_mark, read as read_mark, write as write_mark, wrong_len as mark_wrong_len, Mark,
     FILE as MARK_FILE, LEN as MARK_LEN, TMP_FILE as MARK_TMP_FILE,
+};
+pub use self::recovery::RecoveryReport;
+pub(crate) use self::recovery::{
+    below_mark, damaged, explain_at, judge_end, last_nonzero, new_store_id, record_at, recover,
+    scan, End, Ending, Group, Image, Replay,
 };
 pub use self::segment::FORMAT_VERSION;
 pub(crate) use self::segment::{

@@ -10,9 +10,9 @@ use super::handle::Queue;
 use crate::checkpoint::{self, CheckpointReport};
 use crate::clock::Clock;
 use crate::error::Result;
+use crate::log::RecoveryReport;
 use crate::log::Stats;
 use crate::options::{Durability, Options, ReadMode};
-use crate::recovery::RecoveryReport;
 use crate::storage::{RealFs, Storage};
 use crate::store::{Core, Shared};
 

@@ -1,5 +1,5 @@
 //! Salvage's plan: replay every valid record the tolerant scan finds, exactly as recovery would
-//! (`recovery::Replay`, from the state database's checkpoint when it can be read), decide which
+//! (`crate::log::Replay`, from the state database's checkpoint when it can be read), decide which
 //! messages are kept, and name what was lost.
 //!
 //! Invariant: reads only. A message is kept only if its push record (or relocated payload)
@@ -13,11 +13,11 @@ use crate::checkpoint::Loaded;
 use crate::config::QueueConfig;
 use crate::error::{Corruption, Error, Result};
 use crate::limits::valid_name;
+use crate::log::Replay;
 use crate::log::{MAX_EPOCH, SEQ_BITS};
 use crate::queue::MessageId;
 use crate::queue::{Entry, Note, RELOCATED};
 use crate::record::{self, Body, Record};
-use crate::recovery::Replay;
 use crate::storage::Storage;
 use crate::verify::{self, corruption};
 

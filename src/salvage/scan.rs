@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, Error, Result};
+use crate::log::last_nonzero;
 use crate::log::{parse_segment_name, read_segment_header, segment_file_name};
 use crate::log::{SegmentName, HEADER_LEN};
 use crate::record::{self, Body, Record, RECORD_HEADER_LEN};
-use crate::recovery::last_nonzero;
 use crate::storage::Storage;
 use crate::verify::corruption;
 

@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use crate::checkpoint::StateDb;
 use crate::error::{Corruption, Error, Result};
+use crate::log::new_store_id;
 use crate::log::{Header, HEADER_LEN};
 use crate::options::MIN_SEGMENT_BYTES;
 use crate::queue::RELOCATED;
 use crate::record::{self, Body, PUSH_EX_OVERHEAD, TAIL_RESERVE};
-use crate::recovery::new_store_id;
 use crate::storage::{Storage, StorageFile};
 
 use super::plan::{Kept, Plan};

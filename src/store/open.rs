@@ -11,10 +11,10 @@ use super::background;
 use super::state::{QueueState, Shared, State};
 use crate::checkpoint::{self, StateDb, STATE_FILE};
 use crate::error::{Error, Result};
+use crate::log::recover;
 use crate::log::{first_record, write_mark, CatalogEntry, LogHost, Room, Segment, Wal, MAX_EPOCH};
 use crate::options::{Options, ReadMode};
 use crate::record::Body;
-use crate::recovery;
 use crate::salvage;
 use crate::storage::{LockGuard, Storage};
 
@@ -49,7 +49,7 @@ impl Core {
         let recover = || -> Result<_> {
             let db = StateDb::open_existing(&*storage, dir)?;
             let loaded = db.as_ref().map(StateDb::load).transpose()?.unwrap_or_default();
-            let rec = recovery::recover(&*storage, &log_dir, map, &loaded, &state_path)?;
+            let rec = recover(&*storage, &log_dir, map, &loaded, &state_path)?;
             Ok((db, rec))
         };
         let (db, mut rec) = match recover() {

@@ -18,10 +18,10 @@ use crate::checkpoint::{Checkpointer, StateDb};
 use crate::clock::deadline_after;
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
+use crate::log::RecoveryReport;
 use crate::log::{GroupCommit, LogHost, Mark, Room, Wal};
 use crate::options::{Durability, Options};
 use crate::queue::QueueIndex;
-use crate::recovery::RecoveryReport;
 use crate::storage::Storage;
 
 /// Counters of one queue since the store was opened.

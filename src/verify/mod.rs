@@ -8,7 +8,7 @@
 //! one record or relocated payload, when larger), what redb writes while it opens the state
 //! database (kept in memory, never in the file) and the rebuilt index, never all the payloads.
 //! It starts the replay from the checkpoint as recovery does (`Replay::from_checkpoint`) and
-//! judges the end of the log by the same code (`recovery::judge_end`), so a torn tail it reports
+//! judges the end of the log by the same code (`crate::log::judge_end`), so a torn tail it reports
 //! is one an open would cut, damage it reports is damage an open would refuse, and the
 //! unsettled messages it counts are those an open finds.
 

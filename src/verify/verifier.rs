@@ -13,16 +13,17 @@ use crate::log::{
     mark_wrong_len, parse_mark, parse_segment_name, read_segment_header, segment_file_name,
     segment_gap, Mark, MARK_FILE, MARK_LEN, MARK_TMP_FILE,
 };
+use crate::log::{End, Ending, Replay};
 use crate::log::{SegmentName, HEADER_LEN};
 use crate::queue::Wharf;
 use crate::queue::RELOCATED;
 use crate::record::{self, Body, Record};
-use crate::recovery::{self, End, Ending, Replay};
 use crate::storage::{RealFs, Storage, StorageFile};
 
 use super::report::{QueueSummary, VerifyReport};
 use super::state_check::{corruption, read_state};
 use super::window::{after_seal, written_since, Window, CHUNK};
+use crate::log::{below_mark, damaged, explain_at, judge_end, record_at, scan, Group};
 
 /// Problems listed in a report; later ones are only counted.
 const MAX_PROBLEMS: usize = 1000;
@@ -183,7 +184,7 @@ struct Verifier<'a> {
     /// Where the seal of the segment being scanned is.
     seal_at: Option<u64>,
     /// The group of records the log is inside of, carried from one segment to the next.
-    group: recovery::Group,
+    group: Group,
     /// The segment files by base.
     paths: HashMap<u64, PathBuf>,
 }
@@ -329,7 +330,7 @@ impl Verifier<'_> {
         // (A log that ends inside a segment below the mark was reported with that segment.)
         if ran_out && log_end < mark_end {
             let file = segs.last().map_or_else(|| log_dir.join(MARK_FILE), |s| s.path.clone());
-            let why = format!("{}: {}", missing(log_end), recovery::below_mark(log_end, mark_end));
+            let why = format!("{}: {}", missing(log_end), below_mark(log_end, mark_end));
             self.problem(&file, 0, why);
         }
         if log_end < self.checkpoint {
@@ -454,7 +455,7 @@ impl Verifier<'_> {
     fn starts_with_record(&mut self, seg: &Seg) -> bool {
         let mut img = Window::new(&*seg.file, seg.len);
         let first = HEADER_LEN as usize;
-        match recovery::record_at(&mut img, first) {
+        match record_at(&mut img, first) {
             Ok(rec) => record::decode(rec, seg.base + HEADER_LEN).is_ok(),
             Err(e) => {
                 self.error(&seg.path, e);
@@ -469,7 +470,7 @@ impl Verifier<'_> {
         let mut img = Window::new(&*seg.file, seg.len);
         self.seal_at = None;
         let mut group = std::mem::take(&mut self.group);
-        let end = recovery::scan(&mut img, seg.base, u64::MAX, &mut group, |base, lsn, rec| {
+        let end = scan(&mut img, seg.base, u64::MAX, &mut group, |base, lsn, rec| {
             self.record(seg, base, lsn, rec);
             Ok(())
         });
@@ -492,18 +493,14 @@ impl Verifier<'_> {
             }
         };
         let off = at - seg.base;
-        match recovery::judge_end(&mut img, seg.base, at, mark_end, || Ok(later)) {
+        match judge_end(&mut img, seg.base, at, mark_end, || Ok(later)) {
             Ok(Ending::BelowMark) => {
-                let why = recovery::explain_at(&mut img, seg.base, at);
-                self.problem(
-                    &seg.path,
-                    off,
-                    format!("{why}; {}", recovery::below_mark(at, mark_end)),
-                );
+                let why = explain_at(&mut img, seg.base, at);
+                self.problem(&seg.path, off, format!("{why}; {}", below_mark(at, mark_end)));
             }
             Ok(Ending::Damaged) => {
                 if !written_since(&mut img, seg.base, at) {
-                    self.problem(&seg.path, off, recovery::damaged(&mut img, seg.base, at));
+                    self.problem(&seg.path, off, damaged(&mut img, seg.base, at));
                 }
             }
             Ok(Ending::Torn { dirty: Some(len) }) => {

@@ -2,8 +2,9 @@
 //! checks with it after a seal or where the log ends.
 
 use crate::error::Result;
+use crate::log::Image;
+use crate::log::{last_nonzero, record_at};
 use crate::record::{self, RECORD_HEADER_LEN};
-use crate::recovery::{self, Image};
 use crate::storage::StorageFile;
 
 /// Bytes read from a segment at a time.
@@ -23,7 +24,7 @@ pub(super) fn after_seal(
     for off in first..=last {
         let lsn = base + off as u64;
         if record::peek_lsn(img.at(off, RECORD_HEADER_LEN)?) == Some(lsn)
-            && record::decode(recovery::record_at(img, off)?, lsn).is_ok()
+            && record::decode(record_at(img, off)?, lsn).is_ok()
         {
             return Ok(Some((
                 off,
@@ -44,7 +45,7 @@ pub(super) fn after_seal(
 pub(super) fn written_since(img: &mut Window<'_>, base: u64, at: u64) -> bool {
     img.forget();
     let off = usize::try_from(at - base).unwrap_or(usize::MAX);
-    recovery::record_at(img, off).is_ok_and(|rec| record::decode(rec, at).is_ok())
+    record_at(img, off).is_ok_and(|rec| record::decode(rec, at).is_ok())
 }
 
 /// A segment file read through `pread`, one chunk at a time: the image `scan` walks without
@@ -115,7 +116,7 @@ impl Image for Window<'_> {
         while end > from {
             let start = end.saturating_sub(self.chunk).max(from);
             let chunk = self.at(start, end - start)?;
-            if let Some(i) = recovery::last_nonzero(chunk.get(..end - start).unwrap_or(chunk)) {
+            if let Some(i) = last_nonzero(chunk.get(..end - start).unwrap_or(chunk)) {
                 return Ok(Some(start + i - from));
             }
             end = start;
@@ -128,8 +129,9 @@ impl Image for Window<'_> {
 mod tests {
     use super::*;
     use crate::log::HEADER_LEN;
+    use crate::log::{judge_end, scan};
+    use crate::log::{End, Ending};
     use crate::record::Body;
-    use crate::recovery::{End, Ending};
     use crate::storage::MapView;
     use std::io;
 
@@ -196,13 +198,13 @@ mod tests {
     /// What scanning and judging an image finds: each record's position, the end, its judgement.
     fn walk(img: &mut impl Image) -> (Vec<u64>, End, Option<Ending>) {
         let mut seen = Vec::new();
-        let end = recovery::scan(img, 0, u64::MAX, &mut Default::default(), |_, lsn, _| {
+        let end = scan(img, 0, u64::MAX, &mut Default::default(), |_, lsn, _| {
             seen.push(lsn);
             Ok(())
         })
         .unwrap();
         let ending = match end {
-            End::Open { at, .. } => Some(recovery::judge_end(img, 0, at, 0, || Ok(false)).unwrap()),
+            End::Open { at, .. } => Some(judge_end(img, 0, at, 0, || Ok(false)).unwrap()),
             End::Sealed => None,
         };
         (seen, end, ending)
@@ -220,7 +222,7 @@ mod tests {
                 w.chunk = chunk;
                 assert_eq!(walk(&mut w), want, "seed {seed} chunk {chunk}");
                 for from in [0, 64, 1000, bytes.len() - 101, bytes.len() - 1, bytes.len()] {
-                    let want = bytes.get(from..).and_then(recovery::last_nonzero);
+                    let want = bytes.get(from..).and_then(last_nonzero);
                     assert_eq!(w.last_nonzero_from(from).unwrap(), want, "from {from}");
                     let want = bytes[from..].iter().position(|&b| b != 0).map(|i| from + i);
                     assert_eq!(w.first_nonzero_from(from).unwrap(), want, "from {from}");
@@ -236,7 +238,7 @@ mod tests {
         let file = MemFile(bytes);
         let mut w = Window::new(&file, 10_000);
         w.chunk = 256;
-        let rec = recovery::record_at(&mut w, 64).unwrap();
+        let rec = record_at(&mut w, 64).unwrap();
         assert!(rec.len() <= 256);
         assert_eq!(record::decode(rec, 64).unwrap_err(), record::DecodeError::Truncated);
         assert!(w.buf.capacity() < 10_000);

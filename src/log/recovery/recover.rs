@@ -1,7 +1,7 @@
 //! [`recover`]: opening a store's log, from listing its segments to the [`Recovered`] state, and
 //! the [`RecoveryReport`] of what it found and did.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -240,31 +240,17 @@ pub(crate) fn recover(
     report.messages = replay.queues.iter().map(|(_, q)| q.waiting_len() as u64).sum();
 
     let store_id = store_id.unwrap_or_else(new_store_id);
-    let mut log = Log {
-        store_id,
-        segments: BTreeMap::new(),
-        spares: Default::default(),
-        checkpoint: loaded.checkpoint,
-        state_bytes: 0,
-        relocated: HashMap::new(),
-        // Records past the checkpoint that the state database must see before their segment
-        // goes, as replay found them.
-        first_sensitive: replay.first_sensitive,
-        inflight_sensitive: u64::MAX,
-        deleting: false,
-        delivered: HashSet::new(),
-        last_sealed_at: None,
-        stragglers_told: false,
-    };
+    // Records past the checkpoint that the state database must see before their segment
+    // goes, as replay found them.
+    let mut log = Log::new(store_id, loaded.checkpoint, replay.first_sensitive);
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
             let live = replay.live.get(&seg.base).copied().unwrap_or(0);
             let first = seg.base + HEADER_LEN;
             let pushed = replay.pushed.get(&seg.base).copied().unwrap_or(0);
-            let info = SegInfo { seg, live, pushed, settled: 0, preamble_end: first };
-            log.segments.insert(info.seg.base, info);
+            log.insert(SegInfo::new(seg, live, pushed, first));
         } else {
-            log.spares.push_back(seg);
+            log.push_spare(seg);
         }
     }
     report.duration = started.elapsed();
