@@ -1,11 +1,11 @@
 //! Named fail points for the crash tests: with the `failpoints` feature, `WHARF_FAILPOINT=name:n`
 //! aborts the process the n-th time the point `name` is reached; without it they compile away.
 //!
-//! Points: `after-write-before-sync`, `after-sync-before-wake` (commit.rs, a synced group);
-//! `segment-created-before-dir-sync` (segment.rs); `segment-removed-before-dir-sync`
-//! (commit.rs, deletion); `recovery-after-zero-before-sync`, `recovery-replay` (recovery.rs);
-//! `mark-created-before-dir-sync`, `mark-written-before-sync` (mark.rs, at a clean close);
-//! `checkpoint-before-commit`, `checkpoint-after-commit` (checkpoint.rs, around the state
+//! Points: `after-write-before-sync`, `after-sync-before-wake` (log/wal.rs, a synced group);
+//! `segment-created-before-dir-sync` (log/segment.rs); `segment-removed-before-dir-sync`
+//! (log/commit.rs, deletion); `recovery-after-zero-before-sync`, `recovery-replay` (log/recovery/);
+//! `mark-created-before-dir-sync`, `mark-written-before-sync` (log/mark.rs, at a clean close);
+//! `checkpoint-before-commit`, `checkpoint-after-commit` (checkpoint/run.rs, around the state
 //! database's transaction).
 
 /// Marks the fail point `name`; does nothing without the `failpoints` feature.

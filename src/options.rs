@@ -52,7 +52,7 @@ pub(crate) struct Options {
     pub visibility_timeout: Duration,
     pub read_mode: ReadMode,
     /// Run the background thread (tests on the simulated disk turn it off and call
-    /// `Shared::maintain` instead, so that every run issues the same operations).
+    /// `store::maintain` instead, so that every run issues the same operations).
     pub background: bool,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,

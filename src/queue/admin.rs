@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::payload::{load_with, source_of, PushMeta, Taken};
-use super::settle::{create_queue, dlq_target, drop_message, DeadReason};
+use super::settle::{create_queue, dlq_target, drop_message};
 use super::target::QueueRef;
-use super::types::{MessageId, Peeked, QueueStats};
+use super::types::{DeadReason, MessageId, Peeked, QueueStats};
 use super::{Entry, Waiting};
 use crate::clock::from_unix_ms;
 use crate::config::QueueConfig;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::payload::Payload;
 use super::settle::{settle, Settle};
-use super::types::MessageId;
+use super::types::{MessageId, NackOptions};
 use crate::clock::from_unix_ms;
 use crate::error::{Error, Result};
 use crate::options::Durability;
@@ -44,35 +44,6 @@ impl fmt::Debug for Delivery {
             .field("attempt", &self.attempt)
             .field("len", &self.payload().len())
             .finish_non_exhaustive()
-    }
-}
-
-/// How a failed delivery is retried: see [`Delivery::nack_with`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[must_use]
-pub struct NackOptions {
-    pub(crate) delay: Option<Duration>,
-    pub(crate) error: Option<String>,
-}
-
-impl NackOptions {
-    /// The queue's backoff, no error text.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Retry after this delay instead of the queue's backoff (`Duration::MAX`: never; the
-    /// message stays delayed, across restarts too).
-    pub fn delay(mut self, d: Duration) -> Self {
-        self.delay = Some(d);
-        self
-    }
-
-    /// Why it failed: kept with the message (up to 4 KiB), shown by
-    /// [`Queue::peek`](crate::Queue::peek) once it is dead-lettered.
-    pub fn error(mut self, text: impl Into<String>) -> Self {
-        self.error = Some(text.into());
-        self
     }
 }
 

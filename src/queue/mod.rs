@@ -15,9 +15,8 @@ mod types;
 mod wharf;
 
 pub use self::async_pop::{PopBatchFuture, PopFuture};
-pub use self::delivery::{Delivery, NackOptions};
+pub use self::delivery::Delivery;
 pub use self::handle::Queue;
 pub(crate) use self::index::{Entry, Note, QueueIndex, Waiting, RELOCATED};
-pub use self::settle::DeadReason;
-pub use self::types::{Depth, MessageId, Peeked, PushOptions, QueueStats};
+pub use self::types::{DeadReason, Depth, MessageId, NackOptions, Peeked, PushOptions, QueueStats};
 pub use self::wharf::{Wharf, WharfBuilder};

@@ -8,8 +8,9 @@ use parking_lot::MutexGuard;
 
 use super::delivery::Delivery;
 use super::payload::{load_with, source_of, PushMeta, Taken};
-use super::settle::{dead_letter, dead_letter_lens, drop_message, DeadReason};
+use super::settle::{dead_letter, dead_letter_lens, drop_message};
 use super::target::QueueRef;
+use super::types::DeadReason;
 use crate::clock::deadline_after;
 use crate::config::OnExpiry;
 use crate::error::{Error, Result};

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
-use super::settle::{dead_letter, dead_letter_lens, DeadReason};
+use super::settle::{dead_letter, dead_letter_lens};
 use super::target::QueueRef;
-use super::types::{MessageId, PushOptions};
+use super::types::{DeadReason, MessageId, PushOptions};
 use super::Entry;
 use crate::clock::{deadline_after, millis, unix_ms};
 use crate::config::Overflow;

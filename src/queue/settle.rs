@@ -18,42 +18,7 @@ use crate::options::Durability;
 use crate::record::Body;
 use crate::store::{Shared, State};
 
-use super::delivery::NackOptions;
-
-/// Why a message was dead-lettered (stored in its `DeadLetter` record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DeadReason {
-    /// A consumer called [`Delivery::dead_letter`](crate::Delivery::dead_letter).
-    Explicit,
-    /// It failed (or its consumer crashed) on each of the queue's `max_attempts` deliveries.
-    MaxAttempts,
-    /// Its time-to-live ran out before it was delivered.
-    Expired,
-    /// It was the oldest message of a full queue whose overflow policy dead-letters.
-    Overflow,
-}
-
-impl DeadReason {
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            DeadReason::Explicit => 1,
-            DeadReason::MaxAttempts => 2,
-            DeadReason::Expired => 3,
-            DeadReason::Overflow => 4,
-        }
-    }
-
-    pub(crate) fn from_code(c: u8) -> Option<DeadReason> {
-        Some(match c {
-            1 => DeadReason::Explicit,
-            2 => DeadReason::MaxAttempts,
-            3 => DeadReason::Expired,
-            4 => DeadReason::Overflow,
-            _ => return None,
-        })
-    }
-}
+use super::types::{DeadReason, NackOptions};
 
 /// Where queue `q`'s dead letters go: `Some((name, existing id))`, or `None` to drop them.
 pub(crate) fn dlq_target(g: &State, q: u32) -> Option<(String, Option<u32>)> {

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use super::settle::DeadReason;
 use crate::options::Durability;
 
 /// The id of a message: unique within its store for ever (never reused, not even after a crash
@@ -198,4 +197,68 @@ pub struct Peeked {
     pub expires: Option<SystemTime>,
     /// Its dedup key, if it was pushed with one (`None` for a relocated message).
     pub dedup_key: Option<Vec<u8>>,
+}
+
+/// Why a message was dead-lettered (stored in its `DeadLetter` record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadReason {
+    /// A consumer called [`Delivery::dead_letter`](crate::Delivery::dead_letter).
+    Explicit,
+    /// It failed (or its consumer crashed) on each of the queue's `max_attempts` deliveries.
+    MaxAttempts,
+    /// Its time-to-live ran out before it was delivered.
+    Expired,
+    /// It was the oldest message of a full queue whose overflow policy dead-letters.
+    Overflow,
+}
+
+impl DeadReason {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            DeadReason::Explicit => 1,
+            DeadReason::MaxAttempts => 2,
+            DeadReason::Expired => 3,
+            DeadReason::Overflow => 4,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<DeadReason> {
+        Some(match c {
+            1 => DeadReason::Explicit,
+            2 => DeadReason::MaxAttempts,
+            3 => DeadReason::Expired,
+            4 => DeadReason::Overflow,
+            _ => return None,
+        })
+    }
+}
+
+/// How a failed delivery is retried: see [`Delivery::nack_with`](crate::Delivery::nack_with).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct NackOptions {
+    pub(crate) delay: Option<Duration>,
+    pub(crate) error: Option<String>,
+}
+
+impl NackOptions {
+    /// The queue's backoff, no error text.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Retry after this delay instead of the queue's backoff (`Duration::MAX`: never; the
+    /// message stays delayed, across restarts too).
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+
+    /// Why it failed: kept with the message (up to 4 KiB), shown by
+    /// [`Queue::peek`](crate::Queue::peek) once it is dead-lettered.
+    pub fn error(mut self, text: impl Into<String>) -> Self {
+        self.error = Some(text.into());
+        self
+    }
 }

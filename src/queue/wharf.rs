@@ -13,8 +13,10 @@ use crate::error::Result;
 use crate::log::RecoveryReport;
 use crate::log::Stats;
 use crate::options::{Durability, Options, ReadMode};
+use crate::salvage::{self, SalvageReport};
 use crate::storage::{RealFs, Storage};
 use crate::store::{Core, Shared};
+use crate::verify::{self, VerifyReport};
 
 /// An open store: a directory holding any number of named queues.
 ///
@@ -163,6 +165,110 @@ impl Wharf {
     /// [`Error::Poisoned`] if the final sync fails.
     pub fn close(self) -> Result<()> {
         self.core.close()
+    }
+
+    /// Checks the store in `dir` without changing it, and reports what it holds and every
+    /// problem found.
+    ///
+    /// It reads the state database (`state.redb`, if a checkpoint made one) and checks its
+    /// pages against redb's checksums, every relocated payload against its length and CRC, and
+    /// that it belongs to this store, that its checkpoint is not past the end of the log, that
+    /// its messages and dedup keys name queues of its catalog and that no relocated message is
+    /// also unsettled in the log. It reads every segment and checks every header and record
+    /// checksum, the chain of segments (contiguous, one store, a known format version), the
+    /// durable mark, and the index the checkpoint and the log rebuild, replayed as an open
+    /// replays them (every delivery, ack, retry, dead letter and requeue names a queue of the
+    /// catalog, message ids are unique, no record follows a seal). A torn tail is reported as
+    /// such, in [`VerifyReport::torn_tail_bytes`], not as a problem: the next open cuts it.
+    ///
+    /// It never writes, creates, removes or locks a file, so it may run while the store is
+    /// open, here or in another process; records written while it runs may or may not be
+    /// counted, and a state database that changes while it is read is read again. Memory stays
+    /// at one read buffer (1 MiB, or one record or relocated payload if larger), the pages redb
+    /// writes while it opens the state database (kept in memory: the file is never written)
+    /// and the index, never all the payloads.
+    ///
+    /// ```
+    /// use wharf::Wharf;
+    /// # let dir = tempfile::tempdir()?;
+    /// let wharf = Wharf::open(dir.path())?;
+    /// wharf.queue("jobs")?.push(b"resize photo 17")?;
+    ///
+    /// // While it is open, and after it is closed.
+    /// let report = Wharf::verify(dir.path())?;
+    /// assert!(report.is_healthy(), "{:?}", report.problems);
+    /// assert_eq!(report.queues[0].name, "jobs");
+    /// assert_eq!(report.queues[0].unsettled(), 1);
+    /// wharf.close()?;
+    /// assert!(Wharf::verify(dir.path())?.is_healthy());
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `dir` cannot be listed. Everything found inside it, a missing or
+    /// unreadable file included, is reported in [`VerifyReport::problems`].
+    pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
+        verify::verify_on(&RealFs, dir.as_ref())
+    }
+
+    /// [`Wharf::verify`], calling `progress(done, total)` as it reads the log: `total` is the
+    /// bytes of the segment files it found, `done` how many of them it has read (or skipped,
+    /// for spares past the end of the log). It is called with `done == 0` once the segments
+    /// are listed, after each segment and about every MiB within one, and with
+    /// `done == total` at the end.
+    ///
+    /// ```
+    /// use wharf::Wharf;
+    /// # let dir = tempfile::tempdir()?;
+    /// # Wharf::open(dir.path())?.queue("jobs")?.push(b"resize photo 17")?;
+    /// let mut last = (0, 0);
+    /// let report = Wharf::verify_with_progress(dir.path(), |done, total| last = (done, total))?;
+    /// assert!(report.is_healthy());
+    /// assert!(last.1 > 0 && last.0 == last.1);
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Wharf::verify`].
+    pub fn verify_with_progress(
+        dir: impl AsRef<Path>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<VerifyReport> {
+        verify::verify_with(&RealFs, dir.as_ref(), Some(&mut progress))
+    }
+
+    /// Salvages the damaged store in `dir` into a new store in `into` (which must be empty or
+    /// not exist), leaving `dir` exactly as it is: every message whose records are intact is
+    /// written to `into` with its id, queue, payload, attempts, priority, due time, expiry,
+    /// dedup key and dead-letter note; the report lists what could not be kept. To salvage a
+    /// store in place, open it with [`WharfBuilder::salvage`](crate::WharfBuilder::salvage).
+    ///
+    /// It works on a healthy store too (a compacted copy, nothing lost):
+    ///
+    /// ```
+    /// use wharf::Wharf;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let new = tempfile::tempdir()?;
+    /// let wharf = Wharf::open(dir.path())?;
+    /// let id = wharf.queue("jobs")?.push(b"resize photo 17")?;
+    /// wharf.close()?;
+    ///
+    /// let report = Wharf::salvage_into(dir.path(), new.path().join("copy"))?;
+    /// assert_eq!(report.kept, 1);
+    /// assert!(report.is_lossless(), "{report}");
+    ///
+    /// let copy = Wharf::open(new.path().join("copy"))?;
+    /// let job = copy.queue("jobs")?.pop()?;
+    /// assert_eq!((job.id(), job.payload()), (id, &b"resize photo 17"[..]));
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if either directory is open elsewhere; [`Error::InvalidOption`] if
+    /// `into` is not empty or `dir` holds an interrupted in-place salvage (open it to finish
+    /// that); [`Error::Io`]. Damage in `dir` is never an error: it is what the report lists.
+    pub fn salvage_into(dir: impl AsRef<Path>, into: impl AsRef<Path>) -> Result<SalvageReport> {
+        salvage::into_dir(dir.as_ref(), into.as_ref())
     }
 }
 

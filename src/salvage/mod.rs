@@ -24,8 +24,8 @@ use std::path::Path;
 pub use report::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
 
 use crate::error::{Error, Result};
-use crate::queue::Wharf;
 use crate::storage::{RealFs, Storage};
+use crate::store::take_lock;
 
 pub(crate) use swap::finish_interrupted;
 
@@ -69,7 +69,7 @@ pub(crate) fn into_new(
         )));
     }
     storage.create_dir_all(into)?;
-    let _into_lock = crate::store::take_lock(storage, into)?;
+    let _into_lock = take_lock(storage, into)?;
     if let Some(report) = finish_interrupted(storage, into)? {
         return Ok(report);
     }
@@ -88,43 +88,11 @@ pub(crate) fn into_new(
     swap::finish(storage, into)
 }
 
-impl Wharf {
-    /// Salvages the damaged store in `dir` into a new store in `into` (which must be empty or
-    /// not exist), leaving `dir` exactly as it is: every message whose records are intact is
-    /// written to `into` with its id, queue, payload, attempts, priority, due time, expiry,
-    /// dedup key and dead-letter note; the report lists what could not be kept. To salvage a
-    /// store in place, open it with [`WharfBuilder::salvage`](crate::WharfBuilder::salvage).
-    ///
-    /// It works on a healthy store too (a compacted copy, nothing lost):
-    ///
-    /// ```
-    /// use wharf::Wharf;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let new = tempfile::tempdir()?;
-    /// let wharf = Wharf::open(dir.path())?;
-    /// let id = wharf.queue("jobs")?.push(b"resize photo 17")?;
-    /// wharf.close()?;
-    ///
-    /// let report = Wharf::salvage_into(dir.path(), new.path().join("copy"))?;
-    /// assert_eq!(report.kept, 1);
-    /// assert!(report.is_lossless(), "{report}");
-    ///
-    /// let copy = Wharf::open(new.path().join("copy"))?;
-    /// let job = copy.queue("jobs")?.pop()?;
-    /// assert_eq!((job.id(), job.payload()), (id, &b"resize photo 17"[..]));
-    /// # Ok::<(), wharf::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::Locked`] if either directory is open elsewhere; [`Error::InvalidOption`] if
-    /// `into` is not empty or `dir` holds an interrupted in-place salvage (open it to finish
-    /// that); [`Error::Io`]. Damage in `dir` is never an error: it is what the report lists.
-    pub fn salvage_into(dir: impl AsRef<Path>, into: impl AsRef<Path>) -> Result<SalvageReport> {
-        let (dir, into) = (dir.as_ref(), into.as_ref());
-        if !RealFs.list(dir).is_ok_and(|n| !n.is_empty()) {
-            return Err(Error::InvalidOption(format!("{} holds no store", dir.display())));
-        }
-        let _lock = crate::store::take_lock(&RealFs, dir)?;
-        into_new(&RealFs, dir, into, None)
+/// Salvages the damaged store in `dir` into a new store in `into` (see `Wharf::salvage_into`).
+pub(crate) fn into_dir(dir: &Path, into: &Path) -> Result<SalvageReport> {
+    if !RealFs.list(dir).is_ok_and(|n| !n.is_empty()) {
+        return Err(Error::InvalidOption(format!("{} holds no store", dir.display())));
     }
+    let _lock = take_lock(&RealFs, dir)?;
+    into_new(&RealFs, dir, into, None)
 }

@@ -2,10 +2,12 @@
 //! the background threads.
 
 mod background;
+mod lock;
 mod open;
 mod state;
 
+pub(crate) use self::lock::take_lock;
 #[cfg(feature = "testing")]
 pub(crate) use self::open::maintain;
-pub(crate) use self::open::{take_lock, Core};
+pub(crate) use self::open::Core;
 pub(crate) use self::state::{Shared, State};

@@ -21,4 +21,4 @@ mod window;
 pub use self::report::StateDb;
 pub use self::report::{QueueSummary, RecordCounts, StateDbCheck, VerifyReport};
 pub(crate) use self::state_check::{corruption, read_state};
-pub(crate) use self::verifier::verify_on;
+pub(crate) use self::verifier::{verify_on, verify_with};

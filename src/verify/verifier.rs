@@ -15,10 +15,9 @@ use crate::log::{
 };
 use crate::log::{End, Ending, Replay};
 use crate::log::{SegmentName, HEADER_LEN};
-use crate::queue::Wharf;
 use crate::queue::RELOCATED;
 use crate::record::{self, Body, Record};
-use crate::storage::{RealFs, Storage, StorageFile};
+use crate::storage::{Storage, StorageFile};
 
 use super::report::{QueueSummary, VerifyReport};
 use super::state_check::{corruption, read_state};
@@ -28,85 +27,13 @@ use crate::log::{below_mark, damaged, explain_at, judge_end, record_at, scan, Gr
 /// Problems listed in a report; later ones are only counted.
 const MAX_PROBLEMS: usize = 1000;
 
-impl Wharf {
-    /// Checks the store in `dir` without changing it, and reports what it holds and every
-    /// problem found.
-    ///
-    /// It reads the state database (`state.redb`, if a checkpoint made one) and checks its
-    /// pages against redb's checksums, every relocated payload against its length and CRC, and
-    /// that it belongs to this store, that its checkpoint is not past the end of the log, that
-    /// its messages and dedup keys name queues of its catalog and that no relocated message is
-    /// also unsettled in the log. It reads every segment and checks every header and record
-    /// checksum, the chain of segments (contiguous, one store, a known format version), the
-    /// durable mark, and the index the checkpoint and the log rebuild, replayed as an open
-    /// replays them (every delivery, ack, retry, dead letter and requeue names a queue of the
-    /// catalog, message ids are unique, no record follows a seal). A torn tail is reported as
-    /// such, in [`VerifyReport::torn_tail_bytes`], not as a problem: the next open cuts it.
-    ///
-    /// It never writes, creates, removes or locks a file, so it may run while the store is
-    /// open, here or in another process; records written while it runs may or may not be
-    /// counted, and a state database that changes while it is read is read again. Memory stays
-    /// at one read buffer (1 MiB, or one record or relocated payload if larger), the pages redb
-    /// writes while it opens the state database (kept in memory: the file is never written)
-    /// and the index, never all the payloads.
-    ///
-    /// ```
-    /// use wharf::Wharf;
-    /// # let dir = tempfile::tempdir()?;
-    /// let wharf = Wharf::open(dir.path())?;
-    /// wharf.queue("jobs")?.push(b"resize photo 17")?;
-    ///
-    /// // While it is open, and after it is closed.
-    /// let report = Wharf::verify(dir.path())?;
-    /// assert!(report.is_healthy(), "{:?}", report.problems);
-    /// assert_eq!(report.queues[0].name, "jobs");
-    /// assert_eq!(report.queues[0].unsettled(), 1);
-    /// wharf.close()?;
-    /// assert!(Wharf::verify(dir.path())?.is_healthy());
-    /// # Ok::<(), wharf::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::Io`] if `dir` cannot be listed. Everything found inside it, a missing or
-    /// unreadable file included, is reported in [`VerifyReport::problems`].
-    pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
-        verify_on(&RealFs, dir.as_ref())
-    }
-
-    /// [`Wharf::verify`], calling `progress(done, total)` as it reads the log: `total` is the
-    /// bytes of the segment files it found, `done` how many of them it has read (or skipped,
-    /// for spares past the end of the log). It is called with `done == 0` once the segments
-    /// are listed, after each segment and about every MiB within one, and with
-    /// `done == total` at the end.
-    ///
-    /// ```
-    /// use wharf::Wharf;
-    /// # let dir = tempfile::tempdir()?;
-    /// # Wharf::open(dir.path())?.queue("jobs")?.push(b"resize photo 17")?;
-    /// let mut last = (0, 0);
-    /// let report = Wharf::verify_with_progress(dir.path(), |done, total| last = (done, total))?;
-    /// assert!(report.is_healthy());
-    /// assert!(last.1 > 0 && last.0 == last.1);
-    /// # Ok::<(), wharf::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`Wharf::verify`].
-    pub fn verify_with_progress(
-        dir: impl AsRef<Path>,
-        mut progress: impl FnMut(u64, u64),
-    ) -> Result<VerifyReport> {
-        verify_with(&RealFs, dir.as_ref(), Some(&mut progress))
-    }
-}
-
 /// Verifies the store in `dir` on `storage` (the state database is read through it too).
 pub(crate) fn verify_on(storage: &dyn Storage, dir: &Path) -> Result<VerifyReport> {
     verify_with(storage, dir, None)
 }
 
 /// [`verify_on`], reporting the bytes of the log read to `progress`.
-fn verify_with(
+pub(crate) fn verify_with(
     storage: &dyn Storage,
     dir: &Path,
     progress: Option<&mut dyn FnMut(u64, u64)>,
