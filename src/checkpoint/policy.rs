@@ -49,13 +49,13 @@ impl Checkpointer {
 
 /// The store's state as the policy reads it: the write state, whether something asked for a
 /// checkpoint now, and the options.
-pub(crate) struct View<'a> {
+pub(crate) struct Policy<'a> {
     pub wal: &'a Wal,
     pub wanted: bool,
     pub opts: &'a Options,
 }
 
-impl View<'_> {
+impl Policy<'_> {
     /// Whether a checkpoint is due for what the log holds (not for the time since the last
     /// one): asked for, enough log since the last, or a settled segment waits for one. The
     /// deterministic tests' `maintain` goes by this alone.

@@ -73,7 +73,7 @@ pub(crate) fn stragglers(g: &State, c: u64, segment_bytes: u64, max_bytes: u64) 
         if !info.few_stragglers() {
             break;
         }
-        segs.push((info.seg().base, Arc::clone(info.seg())));
+        segs.push((info.seg().base(), Arc::clone(info.seg())));
     }
     let (Some((from, _)), Some((_, last))) = (segs.first(), segs.last()) else {
         return Vec::new();
@@ -117,7 +117,7 @@ pub(crate) fn read_payload(m: &Move) -> Option<(Vec<u8>, u64)> {
         return None;
     }
     let len = m.entry.record_len();
-    let start = usize::try_from(m.entry.lsn.checked_sub(m.seg.base)?).ok()?;
+    let start = usize::try_from(m.entry.lsn.checked_sub(m.seg.base())?).ok()?;
     let owned;
     let bytes = match m.seg.mapped().and_then(|b| b.get(start..start.checked_add(len)?)) {
         Some(b) => b,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::db::{StateDb, FILE as STATE_FILE};
-use super::policy::{Checkpointer, Next, View};
+use super::policy::{Checkpointer, Next, Policy};
 use super::relocate::{current_row, find, read_payload, stragglers};
 use super::rows::{Delta, QueueRow, Row};
 use crate::error::{Error, Result};
@@ -274,13 +274,13 @@ fn checkpoint_failed(shared: &Shared, db: &StateDb) {
     log.checkpoint_failed();
 }
 
-/// Whether a checkpoint is due for what the log holds (see `View::due_by_log`).
+/// Whether a checkpoint is due for what the log holds (see `Policy::due_by_log`).
 pub(crate) fn due_by_log(shared: &Shared, g: &State) -> bool {
-    View { wal: g.wal(), wanted: g.checkpoint_wanted(), opts: shared.opts() }.due_by_log()
+    Policy { wal: g.wal(), wanted: g.checkpoint_wanted(), opts: shared.opts() }.due_by_log()
 }
 
 /// The checkpointer thread: takes a checkpoint whenever one is due, until shutdown, and
-/// otherwise sleeps (see [`View::next`]).
+/// otherwise sleeps (see [`Policy::next`]).
 pub(crate) fn run(shared: &Shared) {
     let mut retry_at: Option<Instant> = None;
     let wake = shared.log().checkpointer();
@@ -291,7 +291,7 @@ pub(crate) fn run(shared: &Shared) {
         if g.shutting_down() {
             return;
         }
-        let view = View { wal: g.wal(), wanted: g.checkpoint_wanted(), opts: shared.opts() };
+        let view = Policy { wal: g.wal(), wanted: g.checkpoint_wanted(), opts: shared.opts() };
         match view.next(last, retry_at, Instant::now()) {
             Next::Checkpoint => {
                 g.set_checkpoint_wanted(false);

@@ -347,7 +347,7 @@ impl GroupCommit {
         }
         let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
             for s in &dead {
-                self.storage.remove(&s.seg().path)?;
+                self.storage.remove(s.seg().path())?;
                 failpoint::hit("segment-removed-before-dir-sync");
                 self.storage.sync_dir(&self.log_dir)?;
             }
@@ -394,7 +394,7 @@ impl GroupCommit {
                     None => return Ok(()),
                 }
             };
-            let path = spare.path.clone();
+            let path = spare.path().to_path_buf();
             drop(spare);
             let removed =
                 self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));

@@ -205,15 +205,30 @@ pub(crate) fn gap(end: u64, base: u64) -> String {
 /// One segment file, open for reads and (while it is active) appends.
 pub(crate) struct Segment {
     /// Log position of the file's first byte (its header).
-    pub base: u64,
+    base: u64,
     /// The file's length in bytes.
-    pub len: u64,
-    pub path: PathBuf,
+    len: u64,
+    path: PathBuf,
     file: Arc<dyn StorageFile>,
     map: Option<MapView>,
 }
 
 impl Segment {
+    /// Log position of the file's first byte (its header).
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The file's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// One past the last log position this segment covers.
     pub(crate) fn end(&self) -> u64 {
         self.base + self.len

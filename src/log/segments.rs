@@ -120,7 +120,7 @@ impl Log {
 
     /// Adds a segment in use (recovery), in log order.
     pub(crate) fn insert(&mut self, info: SegInfo) {
-        self.segments.insert(info.seg.base, info);
+        self.segments.insert(info.seg.base(), info);
     }
 
     /// Adds a spare segment, after the others.
@@ -291,7 +291,7 @@ impl Log {
             self.last_sealed_at = Some(Instant::now());
             self.stragglers_told = false;
         }
-        self.segments.insert(seg.base, SegInfo::new(seg, 0, 0, preamble_end));
+        self.segments.insert(seg.base(), SegInfo::new(seg, 0, 0, preamble_end));
     }
 
     /// Where the next spare segment starts.
@@ -329,7 +329,7 @@ impl Log {
     /// Puts back segments taken by `take_deletable` that could not be deleted now.
     pub(crate) fn restore(&mut self, taken: Vec<SegInfo>) {
         for s in taken {
-            self.segments.insert(s.seg.base, s);
+            self.segments.insert(s.seg.base(), s);
         }
     }
 
@@ -411,8 +411,8 @@ impl Log {
 
     /// Bytes of segment files in use or ready, headers and preallocated space included.
     pub(crate) fn disk_bytes(&self) -> u64 {
-        self.segments.values().map(|s| s.seg.len).sum::<u64>()
-            + self.spares.iter().map(|s| s.len).sum::<u64>()
+        self.segments.values().map(|s| s.seg.len()).sum::<u64>()
+            + self.spares.iter().map(|s| s.len()).sum::<u64>()
             + self.state_bytes
     }
 }
@@ -422,5 +422,5 @@ const STRAGGLER_GRACE: Duration = Duration::from_millis(250);
 
 /// Where records of a fresh segment start.
 pub(crate) fn first_record(seg: &Segment) -> u64 {
-    seg.base + HEADER_LEN
+    seg.base() + HEADER_LEN
 }

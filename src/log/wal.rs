@@ -168,7 +168,7 @@ impl Wal {
 
     /// The anchor as the log stands: its oldest segment, and the last checkpoint.
     pub(crate) fn anchor(&self) -> Body<'static> {
-        let start = self.log.first_base().unwrap_or(self.active.base);
+        let start = self.log.first_base().unwrap_or(self.active.base());
         Body::Anchor { start, checkpoint: self.log.checkpoint() }
     }
 
@@ -300,15 +300,15 @@ impl Wal {
             self.stage_encoded(&rec);
         }
         let end = self.next_lsn;
-        self.log.set_preamble_end(self.active.base, end);
+        self.log.set_preamble_end(self.active.base(), end);
     }
 
     /// Appends bytes written by `write` to the staged chunk of the active segment, starting a
     /// new chunk when there is none (or the last one is sealed).
     fn stage_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let active = self.active.base;
+        let active = self.active.base();
         let len = match self.staged.last_mut() {
-            Some(c) if c.seg.base == active && !c.seal => {
+            Some(c) if c.seg.base() == active && !c.seal => {
                 let before = c.bytes.len();
                 write(&mut c.bytes);
                 c.bytes.len() - before

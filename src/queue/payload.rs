@@ -89,7 +89,7 @@ pub(crate) fn load_with(
     let mut check = |bytes: &[u8], seg: Option<&Segment>| -> Result<()> {
         let fail = |why: &str| {
             let (file, offset) =
-                seg.map_or_else(Default::default, |s| (s.path.clone(), lsn - s.base));
+                seg.map_or_else(Default::default, |s| (s.path().to_path_buf(), lsn - s.base()));
             Error::Corrupted(crate::error::Corruption { file, offset, reason: why.into() })
         };
         match record::decode(bytes, lsn) {
@@ -108,7 +108,7 @@ pub(crate) fn load_with(
     };
     match t.source {
         Source::Segment(seg) => {
-            let start = usize::try_from(lsn - seg.base).unwrap_or(usize::MAX);
+            let start = usize::try_from(lsn - seg.base()).unwrap_or(usize::MAX);
             let in_map = seg.mapped().and_then(|m| m.get(start..start.saturating_add(rec_len)));
             if let Some(bytes) = in_map {
                 check(bytes, Some(&seg))?;

@@ -79,19 +79,19 @@ fn image(seg: &Segment) -> Result<std::borrow::Cow<'_, [u8]>> {
     match seg.mapped() {
         Some(b) => Ok(std::borrow::Cow::Borrowed(b)),
         None => Ok(std::borrow::Cow::Owned(
-            seg.read(seg.base, usize::try_from(seg.len).unwrap_or(usize::MAX))?,
+            seg.read(seg.base(), usize::try_from(seg.len()).unwrap_or(usize::MAX))?,
         )),
     }
 }
 
 /// Whether a segment's first record is valid (spares made ahead of time have none).
 fn starts_with_record(seg: &Segment) -> Result<bool> {
-    let first = seg.base + HEADER_LEN;
+    let first = seg.base() + HEADER_LEN;
     if let Some(bytes) = seg.mapped() {
         let rest = bytes.get(HEADER_LEN as usize..).unwrap_or(&[]);
         return Ok(record::decode(rest, first).is_ok());
     }
-    let room = seg.len.saturating_sub(HEADER_LEN);
+    let room = seg.len().saturating_sub(HEADER_LEN);
     let len_field = seg.read(first, 4.min(room as usize))?;
     let len = len_field.try_into().map_or(0, u32::from_le_bytes);
     let len = u64::from(len).min(room);
@@ -143,7 +143,7 @@ pub(crate) fn recover(
         store_id = Some(header.store_id);
         if let Some(prev) = segs.last() {
             if prev.end() != base {
-                return Err(corrupt(&seg.path, 0, segment_gap(prev.end(), base)));
+                return Err(corrupt(seg.path(), 0, segment_gap(prev.end(), base)));
             }
         }
         segs.push(Arc::new(seg));
@@ -167,8 +167,8 @@ pub(crate) fn recover(
         failpoint::hit("recovery-replay");
         let bytes = image(seg)?;
         let mut img: &[u8] = &bytes;
-        let end = scan(&mut img, seg.base, until, &mut group, |base, lsn, rec| {
-            let path = if base == seg.base { &seg.path } else { path_of(&segs, base) };
+        let end = scan(&mut img, seg.base(), until, &mut group, |base, lsn, rec| {
+            let path = if base == seg.base() { seg.path() } else { path_of(&segs, base) };
             replay.apply(path, base, lsn, rec)
         })?;
         let End::Open { at, .. } = end else { continue };
@@ -181,14 +181,17 @@ pub(crate) fn recover(
             }
             Ok(false)
         };
-        let dirty = match judge_end(&mut img, seg.base, at, mark_end, later)? {
+        let dirty = match judge_end(&mut img, seg.base(), at, mark_end, later)? {
             Ending::BelowMark => {
-                let why =
-                    format!("{}; {}", explain_at(&mut img, seg.base, at), below_mark(at, mark_end));
-                return Err(corrupt(&seg.path, at - seg.base, why));
+                let why = format!(
+                    "{}; {}",
+                    explain_at(&mut img, seg.base(), at),
+                    below_mark(at, mark_end)
+                );
+                return Err(corrupt(seg.path(), at - seg.base(), why));
             }
             Ending::Damaged => {
-                return Err(corrupt(&seg.path, at - seg.base, damaged(&mut img, seg.base, at)))
+                return Err(corrupt(seg.path(), at - seg.base(), damaged(&mut img, seg.base(), at)))
             }
             Ending::Torn { dirty } => dirty,
         };
@@ -196,7 +199,7 @@ pub(crate) fn recover(
         if let Some(len) = dirty {
             zero(seg, at, len)?;
             report.bytes_truncated = len;
-            report.truncated_at = Some((seg.path.clone(), at - seg.base));
+            report.truncated_at = Some((seg.path().to_path_buf(), at - seg.base()));
         }
         active = Some((Arc::clone(seg), at));
         tail_index = i;
@@ -213,18 +216,18 @@ pub(crate) fn recover(
         return Err(corrupt(&log_dir.join(segment_file_name(last.end())), 0, why));
     }
     if let Some(anchor) = &replay.anchor {
-        let first = segs.first().map(|s| s.base);
+        let first = segs.first().map(|s| s.base());
         if let Some(c) = anchor.check(log_dir, first, state_file, loaded.checkpoint) {
             return Err(Error::Corrupted(c));
         }
     }
     let log_end = active.as_ref().map(|(_, at)| *at).or_else(|| segs.last().map(|s| s.end()));
     if log_end.unwrap_or(0) < mark_end {
-        let file = segs.last().map_or_else(|| log_dir.join(MARK_FILE), |s| s.path.clone());
+        let file = segs.last().map_or_else(|| log_dir.join(MARK_FILE), |s| s.path().to_path_buf());
         return Err(below(&file, 0, log_end.unwrap_or(0)));
     }
     if log_end.unwrap_or(0) < loaded.checkpoint {
-        let file = segs.last().map_or_else(|| state_file.to_owned(), |s| s.path.clone());
+        let file = segs.last().map_or_else(|| state_file.to_owned(), |s| s.path().to_path_buf());
         let at = log_end.unwrap_or(0);
         let why = format!(
             "the log ends at position {at}, but the state database's checkpoint covers it up \
@@ -245,9 +248,9 @@ pub(crate) fn recover(
     let mut log = Log::new(store_id, loaded.checkpoint, replay.first_sensitive);
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
-            let live = replay.live.get(&seg.base).copied().unwrap_or(0);
-            let first = seg.base + HEADER_LEN;
-            let pushed = replay.pushed.get(&seg.base).copied().unwrap_or(0);
+            let live = replay.live.get(&seg.base()).copied().unwrap_or(0);
+            let first = seg.base() + HEADER_LEN;
+            let pushed = replay.pushed.get(&seg.base()).copied().unwrap_or(0);
             log.insert(SegInfo::new(seg, live, pushed, first));
         } else {
             log.push_spare(seg);

@@ -203,9 +203,7 @@ impl Replay {
         }
         Ok(())
     }
-}
 
-impl Replay {
     /// Starts from a checkpoint of the state database: its catalog, configs, dedup keys and
     /// relocated messages. The log's own records then restate (and extend) the catalog.
     pub(crate) fn from_checkpoint(loaded: &Loaded, file: &Path) -> Result<Replay> {

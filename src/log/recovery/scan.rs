@@ -137,7 +137,7 @@ pub(crate) fn scan(
 
 /// The file of the segment based at `base` (one of `segs`).
 pub(super) fn path_of(segs: &[Arc<Segment>], base: u64) -> &Path {
-    segs.iter().find(|s| s.base == base).map_or(Path::new("log"), |s| &s.path)
+    segs.iter().find(|s| s.base() == base).map_or(Path::new("log"), |s| s.path())
 }
 
 /// Decodes a record that decoded before (a group's, read again when it is whole).
