@@ -27,7 +27,7 @@ use crate::record::{self, Body};
 use crate::segment::Segment;
 use crate::state::{self, Delta, Row, StateDb};
 use crate::storage::redb_backend::QuotaRefused;
-use crate::store::{Shared, State};
+use crate::store::{Shared, State, Thread};
 
 /// A segment with more unsettled messages than this is left in the log (it is not a few
 /// stragglers but a backlog, which the log holds better than the state database).
@@ -433,6 +433,7 @@ pub(crate) fn run(shared: &Shared) {
         if g.shutdown {
             return;
         }
+        shared.panic_point(Thread::Checkpointer);
         match shared.checkpointer_next(&g, last, retry_at, Instant::now()) {
             Next::Checkpoint => {
                 g.checkpoint_wanted = false;

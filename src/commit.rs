@@ -19,7 +19,7 @@ use crate::log::{first_record, Log};
 use crate::options::Durability;
 use crate::record::{self, Body, SEAL_LEN, TAIL_RESERVE};
 use crate::segment::{Segment, HEADER_LEN};
-use crate::store::{Shared, State};
+use crate::store::{Shared, State, Thread};
 
 /// Staged bytes past which a non-waiting write hands them to the OS at once.
 pub(crate) const GROUP_BYTES: usize = 1 << 20;
@@ -517,7 +517,8 @@ impl Shared {
     /// Waits until no leader is writing and then writes (and with `sync`, syncs) everything
     /// staged.
     pub(crate) fn flush_now(&self, g: &mut MutexGuard<'_, State>, sync: bool) -> Result<()> {
-        while g.wal.flushing {
+        // A thread that panicked while flushing never ends its flush; it poisoned the store.
+        while g.wal.flushing && g.wal.poisoned.is_none() {
             self.durable_cv.wait(g);
         }
         if let Some(why) = &g.wal.poisoned {
@@ -645,6 +646,7 @@ pub(crate) fn background(shared: &Shared) {
         if g.shutdown {
             return;
         }
+        shared.panic_point(Thread::Background);
         let now = Instant::now();
         if g.wal.poisoned.is_some() {
             shared.bg_cv.wait(&mut g);

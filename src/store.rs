@@ -6,7 +6,10 @@
 //! Lock order: `Shared::creating` before `Shared::state`.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "testing")]
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -153,9 +156,69 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub log_dir: PathBuf,
     pub report: RecoveryReport,
+    /// Panics armed by `testing::panic_in`, one per [`Thread`].
+    #[cfg(feature = "testing")]
+    pub panic_armed: [AtomicBool; 2],
+}
+
+/// A thread of an open store, as the error its panic leaves names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Thread {
+    /// The background thread: write-behind, interval syncs, spare segments, segment deletion,
+    /// the timers of async pops.
+    Background,
+    /// The checkpointer thread: writes `state.redb` and relocates stragglers.
+    Checkpointer,
+}
+
+impl Thread {
+    fn name(self) -> &'static str {
+        match self {
+            Thread::Background => "background",
+            Thread::Checkpointer => "checkpointer",
+        }
+    }
+}
+
+/// Runs the body of the store's `thread`: a panic in it poisons the store at once, naming the
+/// thread, and wakes every waiter, instead of going unnoticed until the close.
+fn guarded(shared: &Shared, thread: Thread, body: impl FnOnce()) {
+    let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(body)) else { return };
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    // Unwinding dropped every guard the thread held: the mutex is free to take.
+    let mut g = shared.state.lock();
+    shared.poison(&mut g, format!("the {} thread panicked: {what}", thread.name()));
 }
 
 impl Shared {
+    /// Poisons the store (the first cause stands) and wakes every waiter, so that each fails
+    /// with [`Error::Poisoned`] instead of waiting for what will never come.
+    pub(crate) fn poison(&self, g: &mut State, why: String) {
+        g.wal.poisoned.get_or_insert(why);
+        for q in &mut g.queues {
+            q.notify_all();
+        }
+        self.durable_cv.notify_all();
+        self.space_cv.notify_all();
+        self.bg_cv.notify_all();
+        self.ck_cv.notify_all();
+    }
+
+    /// Panics here if a test armed a panic in `thread` (`testing::panic_in`).
+    pub(crate) fn panic_point(&self, thread: Thread) {
+        #[cfg(feature = "testing")]
+        if self.panic_armed[thread as usize].swap(false, Ordering::SeqCst) {
+            panic!("injected by wharf::testing::panic_in");
+        }
+        #[cfg(not(feature = "testing"))]
+        let _ = thread;
+    }
+
     pub(crate) fn map_reads(&self) -> bool {
         self.opts.read_mode == ReadMode::Map
     }
@@ -268,6 +331,8 @@ impl Core {
             dir: dir.to_owned(),
             log_dir,
             report: rec.report,
+            #[cfg(feature = "testing")]
+            panic_armed: Default::default(),
         });
         {
             // The new epoch is durable before any id of it is handed out, so ids are never
@@ -291,18 +356,20 @@ impl Core {
         shared.storage.set_suspect(&shared.log_dir, None);
         let bg = if shared.opts.background {
             let bg_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name("wharf-background".into())
-                .spawn(move || commit::background(&bg_shared))?;
+            let thread =
+                std::thread::Builder::new().name("wharf-background".into()).spawn(move || {
+                    guarded(&bg_shared, Thread::Background, || commit::background(&bg_shared))
+                })?;
             Some(thread)
         } else {
             None
         };
         let ck = if shared.opts.background {
             let ck_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name("wharf-checkpoint".into())
-                .spawn(move || checkpoint::run(&ck_shared));
+            let thread =
+                std::thread::Builder::new().name("wharf-checkpoint".into()).spawn(move || {
+                    guarded(&ck_shared, Thread::Checkpointer, || checkpoint::run(&ck_shared))
+                });
             match thread {
                 Ok(t) => Some(t),
                 Err(e) => {

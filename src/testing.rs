@@ -29,6 +29,19 @@ pub fn open_threaded(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<W
 }
 
 pub use crate::clock::ManualClock;
+pub use crate::store::Thread;
+
+/// Makes `thread` of the store panic the next time it looks at its work (at once if it is
+/// asleep): for tests of what such a bug does, which is poison the store, naming the thread.
+/// Does nothing on a store opened without its threads ([`open`]).
+pub fn panic_in(wharf: &Wharf, thread: Thread) {
+    let shared = wharf.shared();
+    shared.panic_armed[thread as usize].store(true, std::sync::atomic::Ordering::SeqCst);
+    // Taken so that the thread either saw the flag or sleeps, and wakes now.
+    let _g = shared.state.lock();
+    shared.bg_cv.notify_all();
+    shared.ck_cv.notify_all();
+}
 
 /// [`Wharf::verify`] on the simulated disk; `state.redb`, if present, is read through it too
 /// (read-only, as on the real file system).

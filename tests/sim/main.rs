@@ -12,3 +12,4 @@ mod quota;
 mod redb_crash;
 mod salvage;
 mod state_damage;
+mod threads;
