@@ -6,6 +6,7 @@
 mod checkpoint;
 mod crash_points;
 mod jobs;
+mod lapse;
 mod model;
 mod oracle;
 mod quota;
