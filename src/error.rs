@@ -89,6 +89,10 @@ pub enum Error {
     /// A typed payload could not be encoded or decoded (wrong type, or bytes from another
     /// producer); the message is untouched and can be dead-lettered.
     Codec(String),
+    /// An internal invariant or limit of wharf failed, not the disk: a bug (a thread that
+    /// panicked, a message with no bytes where the index says), or a limit no ordinary use
+    /// reaches (the message ids of one open, or the id epochs of a store, are used up).
+    Internal(String),
 }
 
 impl fmt::Display for Error {
@@ -129,6 +133,7 @@ impl fmt::Display for Error {
                 write!(f, "queue {queue:?} is full: it holds its maximum of {max_len} messages")
             }
             Error::Codec(why) => write!(f, "payload codec: {why}"),
+            Error::Internal(why) => write!(f, "internal error: {why}"),
         }
     }
 }

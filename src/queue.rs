@@ -1336,9 +1336,7 @@ fn source_of(g: &State, id: u64, entry: &Entry) -> Result<Source> {
     } else {
         g.wal.copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
     };
-    source.ok_or_else(|| {
-        Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
-    })
+    source.ok_or_else(|| Error::Internal(format!("message {id:x} has no bytes in the log")))
 }
 
 /// The shortest sleep of a blocked pop, so that a wake time that is due now cannot spin.

@@ -261,9 +261,11 @@ impl Core {
             r => r?,
         };
         rec.report.salvage = salvaged;
-        let epoch = rec.max_epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
-            Error::Io(std::io::Error::other("the store has used up its id epochs"))
-        })?;
+        let epoch = rec
+            .max_epoch
+            .checked_add(1)
+            .filter(|e| *e <= MAX_EPOCH)
+            .ok_or_else(|| Error::Internal("the store has used up its id epochs".into()))?;
         let mut log = rec.log;
         let (active, next_lsn) = match rec.active {
             Some((seg, at)) => (seg, at),
@@ -432,7 +434,7 @@ impl Core {
         for thread in [self.bg.lock().take(), self.ck.lock().take()].into_iter().flatten() {
             // The threads only return; a panic in one would be a bug, reported as an error.
             if thread.join().is_err() {
-                joined = Err(Error::Io(std::io::Error::other("a background thread panicked")));
+                joined = Err(Error::Internal("a background thread panicked".into()));
             }
         }
         {
