@@ -34,8 +34,9 @@ pub enum Error {
     Io(io::Error),
     /// A file of the store is damaged below the durable end of the log.
     Corrupted(Corruption),
-    /// An earlier write or `fdatasync` failed, so the page cache can no longer be trusted. Every
-    /// call fails with this error until the store is reopened, which recovers from disk.
+    /// An earlier write or `fdatasync` failed, so the page cache can no longer be trusted, or one
+    /// of the store's threads panicked (the text names it). Every call fails with this error
+    /// until the store is reopened, which recovers from disk.
     Poisoned(String),
     /// Another handle, in this process or another, has the directory open.
     Locked(PathBuf),
@@ -88,6 +89,10 @@ pub enum Error {
     /// A typed payload could not be encoded or decoded (wrong type, or bytes from another
     /// producer); the message is untouched and can be dead-lettered.
     Codec(String),
+    /// An internal invariant or limit of wharf failed, not the disk: a bug (a thread that
+    /// panicked, a message with no bytes where the index says), or a limit no ordinary use
+    /// reaches (the message ids of one open, or the id epochs of a store, are used up).
+    Internal(String),
 }
 
 impl fmt::Display for Error {
@@ -96,7 +101,7 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::Corrupted(c) => write!(f, "corrupt store: {c}"),
             Error::Poisoned(why) => {
-                write!(f, "store is poisoned by an earlier write failure ({why}); reopen it")
+                write!(f, "store is poisoned by an earlier failure ({why}); reopen it")
             }
             Error::Locked(dir) => {
                 write!(f, "{} is already open in another handle or process", dir.display())
@@ -128,6 +133,7 @@ impl fmt::Display for Error {
                 write!(f, "queue {queue:?} is full: it holds its maximum of {max_len} messages")
             }
             Error::Codec(why) => write!(f, "payload codec: {why}"),
+            Error::Internal(why) => write!(f, "internal error: {why}"),
         }
     }
 }

@@ -29,6 +29,14 @@ pub fn open_threaded(builder: WharfBuilder, sim: &SimFs, dir: &Path) -> Result<W
 }
 
 pub use crate::clock::ManualClock;
+pub use crate::store::Thread;
+
+/// Makes `thread` of the store panic the next time it looks at its work (at once if it is
+/// asleep): for tests of what such a bug does, which is poison the store, naming the thread.
+/// Does nothing on a store opened without its threads ([`open`]).
+pub fn panic_in(wharf: &Wharf, thread: Thread) {
+    wharf.shared().arm_panic(thread);
+}
 
 /// [`Wharf::verify`] on the simulated disk; `state.redb`, if present, is read through it too
 /// (read-only, as on the real file system).
@@ -74,14 +82,62 @@ pub fn segment_file_name(base: u64) -> String {
     crate::log::segment_file_name(base)
 }
 
-/// A redb database in a file of the simulated disk, so that tests crash redb and the log in
-/// one order. A missing file is created the way the state database must be: initialised under
-/// a temporary name, synced, renamed into place and the directory synced (redb's own creation
-/// is not atomic: a crash during it leaves a file redb refuses).
-///
-/// # Errors
-/// The file cannot be opened or created, or redb refuses it.
-pub fn redb_on_sim(sim: &SimFs, path: &Path) -> std::result::Result<redb::Database, String> {
+/// A redb database in a file of the simulated disk holding one counter: for tests that crash
+/// redb on the simulated disk (through wharf's storage trait, as the state database is) and
+/// check that every committed transaction survives.
+pub struct RedbCounter(redb::Database);
+
+/// The counter's table: one key, 0.
+const COUNTER: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("counter");
+
+impl RedbCounter {
+    /// Opens the database in `path`. A missing file is created the way the state database
+    /// must be: initialised under a temporary name, synced, renamed into place and the
+    /// directory synced (redb's own creation is not atomic: a crash during it leaves a file
+    /// redb refuses).
+    ///
+    /// # Errors
+    /// The file cannot be opened or created, or redb refuses it.
+    pub fn open(sim: &SimFs, path: &Path) -> std::result::Result<RedbCounter, String> {
+        redb_on_sim(sim, path).map(RedbCounter)
+    }
+
+    /// Sets the counter to `value` in one committed write transaction.
+    ///
+    /// # Errors
+    /// Whatever redb returns (the transaction did not commit, or may not have).
+    pub fn set(&self, value: u64) -> std::result::Result<(), String> {
+        let tx = self.0.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut t = tx.open_table(COUNTER).map_err(|e| e.to_string())?;
+            t.insert(0, value).map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+
+    /// The counter as last committed; 0 if it never was.
+    ///
+    /// # Errors
+    /// Whatever redb returns reading it.
+    pub fn get(&self) -> std::result::Result<u64, String> {
+        use redb::ReadableDatabase;
+        let tx = self.0.begin_read().map_err(|e| e.to_string())?;
+        let t = match tx.open_table(COUNTER) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.to_string()),
+        };
+        Ok(t.get(0).map_err(|e| e.to_string())?.map_or(0, |v| v.value()))
+    }
+}
+
+impl std::fmt::Debug for RedbCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbCounter").finish_non_exhaustive()
+    }
+}
+
+fn redb_on_sim(sim: &SimFs, path: &Path) -> std::result::Result<redb::Database, String> {
     use crate::storage::redb_backend::RedbBackend;
     use crate::storage::Storage;
     let err = |e: &dyn std::fmt::Display| e.to_string();

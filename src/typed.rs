@@ -276,7 +276,7 @@ impl<T, C: Codec<T>> TypedQueue<T, C> {
 /// # Ok::<(), wharf::Error>(())
 /// ```
 ///
-/// Dropping it unsettled releases the message, as dropping a [`Delivery`] does.
+/// Dropping it unsettled lets its lease lapse, as dropping a [`Delivery`] does.
 pub struct TypedDelivery<T, C = Bincode> {
     delivery: Delivery,
     codec: Arc<C>,

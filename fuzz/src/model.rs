@@ -37,6 +37,9 @@ struct M {
     expires: u64,
     attempts: u32,
     leased: bool,
+    /// Its delivery was dropped (the lease lapsed in memory) and nothing logged about it since:
+    /// the log still says delivered, so a close now finds it in flight.
+    lapsed: bool,
     /// The error text kept with it ("" for none).
     error: String,
     /// Why it was dead-lettered, while it is a dead letter.
@@ -169,6 +172,7 @@ impl Model {
         m.due = 0;
         m.expires = 0;
         m.leased = false;
+        m.lapsed = false;
         m.error = error[..error.len().min(MAX_ERROR_LEN)].to_owned();
         m.reason = Some(reason);
     }
@@ -202,6 +206,7 @@ impl Model {
             let m = self.msgs.get_mut(&id).expect("known id");
             m.attempts += 1;
             m.leased = true;
+            m.lapsed = false;
             return Some((id, m.attempts));
         }
     }
@@ -287,6 +292,7 @@ impl Model {
                 expires: ttl.map_or(0, |t| now + millis(t)),
                 attempts: 0,
                 leased: false,
+                lapsed: false,
                 error: String::new(),
                 reason: None,
             };
@@ -349,11 +355,23 @@ impl Model {
         }
     }
 
-    /// A held delivery was released (or dropped).
+    /// A held delivery was released.
     pub fn released(&mut self, id: u64) {
         let m = self.msgs.get_mut(&id).expect("known id");
         m.leased = false;
         m.due = 0;
+    }
+
+    /// A held delivery was dropped: ready again at once, like a release, but nothing is logged,
+    /// so the message stays in flight for a close until a record names it.
+    pub fn dropped(&mut self, id: u64) {
+        self.released(id);
+        self.msgs.get_mut(&id).expect("known id").lapsed = true;
+    }
+
+    /// Messages whose dropped delivery a close finds in flight.
+    pub fn lapsed(&self) -> u64 {
+        self.msgs.values().filter(|m| m.lapsed).count() as u64
     }
 
     /// A held delivery of a queue was dead-lettered explicitly.
@@ -371,6 +389,7 @@ impl Model {
         let m = self.msgs.get_mut(&id).expect("known id");
         m.dead = false;
         m.attempts = 0;
+        m.lapsed = false;
         m.error.clear();
         m.reason = None;
         m.due = 0;
@@ -384,6 +403,7 @@ impl Model {
     pub fn reopened(&mut self) {
         for m in self.msgs.values_mut() {
             m.leased = false;
+            m.lapsed = false;
         }
         self.counters = vec![Counters::default(); ops::QUEUES.len()];
         for q in 0..ops::QUEUES.len() {

@@ -83,7 +83,8 @@ pub enum Op {
     Nack {
         pick: u8,
     },
-    /// Drops one of the held deliveries (released like a nack, with no I/O).
+    /// Drops one of the held deliveries: its lease lapses in memory (ready again at once, no
+    /// record, no I/O).
     Release {
         pick: u8,
     },

@@ -699,7 +699,7 @@ impl ModelRun {
                 if !m.held.is_empty() {
                     let (id, _, d) = m.held.remove(usize::from(pick) % m.held.len());
                     drop(d);
-                    m.released(id);
+                    m.dropped(id);
                 }
             }
             Op::DeadLetter { pick } => {
@@ -753,9 +753,13 @@ impl ModelRun {
             Op::Maintain => testing::maintain(w).expect("maintain"),
             Op::Reopen { release_first } => {
                 let held: Vec<_> = m.held.drain(..).collect();
-                let in_flight = if release_first { 0 } else { held.len() as u64 };
+                // Dropped deliveries logged nothing since: in flight at the close too.
+                let in_flight = m.lapsed() + if release_first { 0 } else { held.len() as u64 };
                 if release_first {
-                    drop(held);
+                    for (id, _, d) in held {
+                        d.release().expect("release");
+                        m.released(id);
+                    }
                     w.clone().close().expect("close");
                 } else {
                     w.clone().close().expect("close");

@@ -324,7 +324,8 @@ impl<T> Worker<T> {
     /// detached (it is told to stop already and ends on its own), with a line on stderr.
     ///
     /// # Errors
-    /// The thread's own error; [`Error::Io`] if it panicked or did not end within `limit`.
+    /// The thread's own error; [`Error::Internal`] if it panicked, [`Error::Io`] if it did not
+    /// end within `limit`.
     pub(crate) fn finish(self, limit: Duration) -> Result<T> {
         match self.done.recv_timeout(limit) {
             Ok(r) => {
@@ -334,7 +335,7 @@ impl<T> Worker<T> {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = self.thread.join();
-                Err(Error::Io(io::Error::other(format!("the {} thread panicked", self.name))))
+                Err(Error::Internal(format!("the {} thread panicked", self.name)))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let why = format!("the {} thread did not stop within {limit:?}", self.name);

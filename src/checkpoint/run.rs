@@ -26,7 +26,7 @@ use super::rows::{Delta, QueueRow, Row};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::storage::redb_backend::QuotaRefused;
-use crate::store::{Shared, State};
+use crate::store::{Shared, State, Thread};
 
 /// At most this many payload bytes are relocated by one checkpoint.
 const RELOCATE_MAX_BYTES: u64 = 64 << 20;
@@ -291,6 +291,7 @@ pub(crate) fn run(shared: &Shared) {
         if g.shutting_down() {
             return;
         }
+        shared.panic_point(Thread::Checkpointer);
         let view = Policy { wal: g.wal(), wanted: g.checkpoint_wanted(), opts: shared.opts() };
         match view.next(last, retry_at, Instant::now()) {
             Next::Checkpoint => {

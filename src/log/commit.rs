@@ -275,7 +275,8 @@ impl GroupCommit {
         g: &mut MutexGuard<'_, H>,
         sync: bool,
     ) -> Result<()> {
-        while g.wal().flushing() {
+        // A thread that panicked while flushing never ends its flush; it poisoned the store.
+        while g.wal().flushing() && g.wal().poisoned().is_none() {
             self.durable_cv.wait(g);
         }
         g.wal().check()?;

@@ -143,9 +143,9 @@ impl Wal {
     /// The next message id of this epoch.
     pub(crate) fn next_id(&mut self) -> Result<u64> {
         if self.seq >= (1 << SEQ_BITS) - 1 {
-            return Err(Error::Io(std::io::Error::other(
-                "message ids of this open are exhausted; reopen the store",
-            )));
+            return Err(Error::Internal(
+                "message ids of this open are exhausted; reopen the store".into(),
+            ));
         }
         self.seq += 1;
         Ok(u64::from(self.epoch) << SEQ_BITS | self.seq)

@@ -1,7 +1,8 @@
 //! `Delivery`: one leased message, its payload, and how it is settled.
 //!
 //! Invariant: a delivery settles its message only while its lease is current (same attempt,
-//! deadline not passed); dropping an unsettled delivery releases the message (never acks it).
+//! deadline not passed); dropping an unsettled delivery lets its lease lapse in memory (no
+//! record, no I/O; never an ack).
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,8 +25,12 @@ use crate::store::Core;
 /// out makes the message ready for another consumer, and the old holder's settlement then
 /// fails with [`Error::LeaseExpired`].
 ///
-/// **Dropping** an unsettled delivery releases it like a `nack` (ready again at once); it does
-/// no I/O and never blocks.
+/// **Dropping** an unsettled delivery lets its lease lapse now: the message is ready again at
+/// once, as if its visibility timeout had run out (its delivery still counts as an attempt, and
+/// it is not counted as failed). Only the in-memory index changes: no record is logged and no
+/// I/O is done, so a drop never waits for the disk (it takes the store's mutex briefly). A
+/// crash or close before the message is delivered again finds it in flight, and recovery makes
+/// it ready, as for any lease that ran out. Call [`Delivery::release`] to log the release.
 pub struct Delivery {
     core: Arc<Core>,
     queue: u32,
@@ -146,8 +151,8 @@ impl Delivery {
     }
 
     /// Gives the message back, ready again at once, for this or another consumer; not counted
-    /// as a failure (its delivery still counts as an attempt). Dropping a delivery does the
-    /// same.
+    /// as a failure (its delivery still counts as an attempt). Unlike a drop, which only lets
+    /// the lease lapse in memory, this logs the release.
     ///
     /// # Errors
     /// As [`Delivery::ack`].
@@ -197,11 +202,23 @@ impl Delivery {
 }
 
 impl Drop for Delivery {
+    /// Lets an unsettled delivery's lease lapse now, in memory only: the message is ready
+    /// again at once, exactly as if its lease had run out (no record, no I/O; the mutex is
+    /// taken only for the index change). The log still says delivered, so recovery makes it
+    /// ready too (counted in flight at the crash or close).
     fn drop(&mut self) {
-        if !self.settled {
-            // Releasing is best effort: if the store is closed or poisoned the lease simply
-            // lapses, and recovery makes the message ready again anyway.
-            let _ = self.settle(Settle::Release, Durability::None);
+        if self.settled {
+            return;
+        }
+        let shared = self.core.shared();
+        let mut g = shared.lock();
+        if g.check().is_err() {
+            return;
+        }
+        let now = shared.opts().clock.now();
+        let qs = g.queue_mut(self.queue);
+        if qs.index_mut().put_back(self.id, self.attempt, now, 0).is_ok() {
+            qs.notify_one();
         }
     }
 }

@@ -63,9 +63,7 @@ pub(crate) fn source_of(g: &State, id: u64, entry: &Entry) -> Result<Source> {
     } else {
         g.wal().copy_unwritten(entry.lsn, rec_len).map(Source::Copied)
     };
-    source.ok_or_else(|| {
-        Error::Io(std::io::Error::other(format!("message {id:x} has no bytes in the log")))
-    })
+    source.ok_or_else(|| Error::Internal(format!("message {id:x} has no bytes in the log")))
 }
 
 /// What a push record says besides the payload: its wall-clock time (0: not recorded) and

@@ -129,7 +129,7 @@ pub(crate) fn dead_letter(
 /// How a delivery is settled.
 pub(crate) enum Settle<'a> {
     Ack,
-    /// Ready again at once, not a failure (release, drop).
+    /// Ready again at once, not a failure.
     Release,
     /// A failed attempt.
     Nack(&'a NackOptions),

@@ -510,7 +510,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     let epoch = used
         .checked_add(if end_lost { EPOCH_MARGIN } else { 1 })
         .filter(|&e| e <= MAX_EPOCH)
-        .ok_or_else(|| Error::Io(std::io::Error::other("the store has used up its id epochs")))?;
+        .ok_or_else(|| Error::Internal("the store has used up its id epochs".into()))?;
 
     let mut per_queue = vec![0u64; replay.queues.len()];
     for k in &kept {

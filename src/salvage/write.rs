@@ -151,7 +151,7 @@ fn payload_of(
 ) -> Result<(Vec<u8>, Vec<u8>, u64)> {
     if k.entry.lsn == RELOCATED {
         let db = db.ok_or_else(|| {
-            Error::Io(std::io::Error::other("a relocated message without its state database"))
+            Error::Internal("a relocated message without its state database".into())
         })?;
         let payload = db.payload(k.id, k.crc, k.entry.len)?;
         return Ok((payload, k.key.as_deref().unwrap_or(&[]).to_vec(), k.pushed));

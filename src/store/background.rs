@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
-use super::state::{Shared, State};
+use super::state::{Shared, State, Thread};
 use crate::clock::deadline_after;
 use crate::error::Error;
 use crate::log::READY_SPARES;
@@ -24,6 +24,7 @@ pub(crate) fn run(shared: &Shared) {
         if g.shutting_down() {
             return;
         }
+        shared.panic_point(Thread::Background);
         let now = Instant::now();
         if g.wal().poisoned().is_some() {
             log.background().wait(&mut g);

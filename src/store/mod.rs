@@ -10,4 +10,5 @@ pub(crate) use self::lock::take_lock;
 #[cfg(feature = "testing")]
 pub(crate) use self::open::maintain;
 pub(crate) use self::open::Core;
+pub use self::state::Thread;
 pub(crate) use self::state::{Shared, State};

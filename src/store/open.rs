@@ -1,6 +1,7 @@
 //! Opening and closing a store: the directory lock, recovery, the new id epoch, and the
 //! background threads.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -9,7 +10,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::background;
 use super::lock::take_lock;
-use super::state::{QueueState, Shared, State};
+use super::state::{QueueState, Shared, State, Thread};
 use crate::checkpoint::{self, StateDb, STATE_FILE};
 use crate::error::{Error, Result};
 use crate::log::recover;
@@ -61,9 +62,11 @@ impl Core {
             r => r?,
         };
         rec.report.salvage = salvaged;
-        let epoch = rec.max_epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
-            Error::Io(std::io::Error::other("the store has used up its id epochs"))
-        })?;
+        let epoch = rec
+            .max_epoch
+            .checked_add(1)
+            .filter(|e| *e <= MAX_EPOCH)
+            .ok_or_else(|| Error::Internal("the store has used up its id epochs".into()))?;
         let mut log = rec.log;
         let (active, next_lsn) = match rec.active {
             Some((seg, at)) => (seg, at),
@@ -129,18 +132,20 @@ impl Core {
         shared.storage().set_suspect(shared.log().dir(), None);
         let bg = if shared.opts().background {
             let bg_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name("wharf-background".into())
-                .spawn(move || background::run(&bg_shared))?;
+            let thread =
+                std::thread::Builder::new().name("wharf-background".into()).spawn(move || {
+                    guarded(&bg_shared, Thread::Background, || background::run(&bg_shared))
+                })?;
             Some(thread)
         } else {
             None
         };
         let ck = if shared.opts().background {
             let ck_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name("wharf-checkpoint".into())
-                .spawn(move || checkpoint::run(&ck_shared));
+            let thread =
+                std::thread::Builder::new().name("wharf-checkpoint".into()).spawn(move || {
+                    guarded(&ck_shared, Thread::Checkpointer, || checkpoint::run(&ck_shared))
+                });
             match thread {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -199,7 +204,7 @@ impl Core {
         for thread in [self.bg.lock().take(), self.ck.lock().take()].into_iter().flatten() {
             // The threads only return; a panic in one would be a bug, reported as an error.
             if thread.join().is_err() {
-                joined = Err(Error::Io(std::io::Error::other("a background thread panicked")));
+                joined = Err(Error::Internal("a background thread panicked".into()));
             }
         }
         {
@@ -248,6 +253,20 @@ pub(crate) fn maintain(shared: &Shared) -> Result<()> {
     }
     let mut g = shared.lock();
     shared.log().delete_settled(&mut g).map(drop)
+}
+
+/// Runs the body of the store's `thread`: a panic in it poisons the store at once, naming the
+/// thread, and wakes every waiter, instead of going unnoticed until the close.
+fn guarded(shared: &Shared, thread: Thread, body: impl FnOnce()) {
+    let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(body)) else { return };
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    // Unwinding dropped every guard the thread held: the mutex is free to take.
+    let mut g = shared.lock();
+    shared.log().poison(&mut g, format!("the {} thread panicked: {what}", thread.name()));
 }
 
 impl Drop for Core {

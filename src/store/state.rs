@@ -316,6 +316,27 @@ impl LogHost for State {
     }
 }
 
+/// A thread of an open store, as the error its panic leaves names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Thread {
+    /// The background thread: write-behind, interval syncs, spare segments, segment deletion,
+    /// the timers of async pops.
+    Background,
+    /// The checkpointer thread: writes `state.redb` and relocates stragglers.
+    Checkpointer,
+}
+
+impl Thread {
+    /// The thread's name in errors.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Thread::Background => "background",
+            Thread::Checkpointer => "checkpointer",
+        }
+    }
+}
+
 /// State shared by every handle of one open store and by its background threads.
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -327,6 +348,9 @@ pub(crate) struct Shared {
     opts: Options,
     dir: PathBuf,
     report: RecoveryReport,
+    /// Panics armed by `testing::panic_in`, one per [`Thread`].
+    #[cfg(feature = "testing")]
+    panic_armed: [std::sync::atomic::AtomicBool; 2],
 }
 
 impl Shared {
@@ -347,7 +371,30 @@ impl Shared {
             opts,
             dir: dir.to_owned(),
             report,
+            #[cfg(feature = "testing")]
+            panic_armed: Default::default(),
         }
+    }
+
+    /// Makes `thread` panic the next time it looks at its work, and wakes it (see
+    /// `testing::panic_in`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn arm_panic(&self, thread: Thread) {
+        self.panic_armed[thread as usize].store(true, std::sync::atomic::Ordering::SeqCst);
+        // Taken so that the thread either saw the flag or sleeps, and wakes now.
+        let _g = self.state.lock();
+        self.log.background().notify_all();
+        self.log.checkpointer().notify_all();
+    }
+
+    /// Panics here if a test armed a panic in `thread` (`testing::panic_in`).
+    pub(crate) fn panic_point(&self, thread: Thread) {
+        #[cfg(feature = "testing")]
+        if self.panic_armed[thread as usize].swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected by wharf::testing::panic_in");
+        }
+        #[cfg(not(feature = "testing"))]
+        let _ = thread;
     }
 
     /// Takes the store's mutex.

@@ -6,9 +6,11 @@
 mod checkpoint;
 mod crash_points;
 mod jobs;
+mod lapse;
 mod model;
 mod oracle;
 mod quota;
 mod redb_crash;
 mod salvage;
 mod state_damage;
+mod threads;

@@ -4,25 +4,16 @@
 
 use std::path::Path;
 
-use redb::{ReadableDatabase, TableDefinition};
-use wharf::testing::{redb_on_sim, CrashPolicy, SimFs};
+use wharf::testing::{CrashPolicy, RedbCounter, SimFs};
 
-const TABLE: TableDefinition<u64, u64> = TableDefinition::new("counter");
 const FILE: &str = "/store/state.redb";
 
-/// Commits 1, 2, 3, … into one key until an error; returns the last committed value.
+/// Commits 1, 2, 3, … into the counter until an error; returns the last committed value.
 fn workload(sim: &SimFs) -> u64 {
-    let Ok(db) = redb_on_sim(sim, Path::new(FILE)) else { return 0 };
+    let Ok(db) = RedbCounter::open(sim, Path::new(FILE)) else { return 0 };
     let mut committed = 0;
     for i in 1..=6u64 {
-        let Ok(tx) = db.begin_write() else { break };
-        {
-            let Ok(mut t) = tx.open_table(TABLE) else { break };
-            if t.insert(0, i).is_err() {
-                break;
-            }
-        }
-        if tx.commit().is_err() {
+        if db.set(i).is_err() {
             break;
         }
         committed = i;
@@ -31,14 +22,7 @@ fn workload(sim: &SimFs) -> u64 {
 }
 
 fn read(sim: &SimFs) -> Result<u64, String> {
-    let db = redb_on_sim(sim, Path::new(FILE))?;
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let t = match tx.open_table(TABLE) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.to_string()),
-    };
-    Ok(t.get(0).map_err(|e| e.to_string())?.map_or(0, |v| v.value()))
+    RedbCounter::open(sim, Path::new(FILE))?.get()
 }
 
 #[test]
