@@ -939,22 +939,23 @@ fn faults_in(sim: &SimFs, files: &[&str]) -> u64 {
     hit.map(|(_, c)| c.injected).sum()
 }
 
-/// Injected failures at the log's write and sync call sites (in `src/commit.rs`).
+/// Injected failures at the log's write and sync call sites (a group commit's I/O, in
+/// `src/log/wal.rs`).
 fn log_faults(sim: &SimFs) -> u64 {
-    faults_in(sim, &["src/commit.rs"])
+    faults_in(sim, &["src/log/wal.rs"])
 }
 
-/// Injected failures where the store deletes settled segments (`src/store.rs`), which poisons
-/// it too.
+/// Injected failures where the log deletes settled segments, or spares to make room for the
+/// state database under a quota (`src/log/commit.rs`), which poisons the store too.
 fn deletion_faults(sim: &SimFs) -> u64 {
-    faults_in(sim, &["src/store.rs"])
+    faults_in(sim, &["src/log/commit.rs"])
 }
 
 /// Injected failures in calls on the state database (`state.redb`: redb's own reads, writes
 /// and syncs, and its creation): they fail a checkpoint (or a read of a relocated payload)
 /// without poisoning the store.
 fn state_faults(sim: &SimFs) -> u64 {
-    faults_in(sim, &["src/state.rs", "src/storage/redb_backend.rs", "src/checkpoint.rs"])
+    faults_in(sim, &["src/checkpoint/", "src/storage/redb_backend.rs"])
 }
 
 /// Operations with one injected fault: no panic; a failed log write or sync poisons the store

@@ -230,8 +230,8 @@ fn every_crash_point_of_every_checkpoint_scenario_recovers_to_an_allowed_state()
         let calls = |file: &str| -> u64 {
             sites.iter().filter(|(s, _)| s.starts_with(file)).map(|(_, c)| c.calls).sum()
         };
-        let (redb, state) = (calls("src/storage/redb_backend.rs"), calls("src/state.rs"));
-        assert!(redb > 0 && state > 0, "{name}: redb ops {redb}, state.rs ops {state}");
+        let (redb, state) = (calls("src/storage/redb_backend.rs"), calls("src/checkpoint/db.rs"));
+        assert!(redb > 0 && state > 0, "{name}: redb ops {redb}, checkpoint/db.rs ops {state}");
     }
     let f = enumerate(&scenarios);
     println!(
@@ -264,7 +264,7 @@ fn injected_errors_in_checkpoint_scenarios_reach_every_state_database_call_site(
         + after_a_failed_creation(&all_sites)
         + after_a_failed_transaction(&all_sites);
     let sites = all_sites.sites();
-    let ours = ["src/state.rs", "src/checkpoint.rs", "src/storage/redb_backend.rs"];
+    let ours = ["src/checkpoint/db.rs", "src/checkpoint/", "src/storage/redb_backend.rs"];
     let mine: Vec<_> =
         sites.iter().filter(|(s, _)| ours.iter().any(|o| s.starts_with(o))).collect();
     let injected: u64 = sites.values().map(|c| c.injected).sum();
