@@ -4,17 +4,13 @@
 //! Invariant: the handle only starts, watches and stops the thread; it touches no message.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
-use super::publisher::{run, Cfg};
-use super::{
-    after, spawn, ConnectionState, LastError, Link, StateCell, StopTx, Worker, DEFAULT_HEARTBEAT,
-    DEFAULT_STOP_DEADLINE, JOIN_GRACE,
-};
+use super::link::{get, ConnectionState, LinkOptions};
+use super::publisher::{run, Cfg, Counters, ForwardStopReport};
+use super::thread::Handle;
 use crate::error::{Error, Result};
 use crate::queue::Queue;
 
@@ -54,13 +50,12 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
 /// delivery): leave it unset on a queue a forwarder drains, or set it high.
 ///
 /// **Dropping** a forwarder stops it as [`Forwarder::stop`] does with
-/// [`DEFAULT_STOP_DEADLINE`] (or [`ForwarderBuilder::drop_deadline`]): the drop blocks that long
-/// at most while outstanding confirms arrive, then releases the rest.
+/// [`DEFAULT_STOP_DEADLINE`](super::DEFAULT_STOP_DEADLINE) (or
+/// [`ForwarderBuilder::drop_deadline`]): the drop blocks that long at most while outstanding
+/// confirms arrive, then releases the rest.
 pub struct Forwarder {
     counters: Arc<Counters>,
-    stop: StopTx,
-    thread: Mutex<Option<Worker<ForwardStopReport>>>,
-    drop_deadline: Duration,
+    handle: Handle<ForwardStopReport>,
 }
 
 /// Options of a [`Forwarder`]: see [`Forwarder::builder`].
@@ -68,16 +63,13 @@ pub struct Forwarder {
 #[must_use]
 pub struct ForwarderBuilder {
     queue: Queue,
-    url: String,
+    link: LinkOptions,
     exchange: String,
     routing_key: Option<String>,
     window: usize,
     max_unroutable_tries: u32,
-    reconnect: (Duration, Duration),
-    heartbeat: Duration,
     confirm_timeout: Duration,
     retry_delay: Duration,
-    drop_deadline: Duration,
 }
 
 /// What a [`Forwarder`] did since it started.
@@ -109,39 +101,6 @@ pub struct ForwarderStats {
     pub last_error: Option<String>,
 }
 
-/// What [`Forwarder::stop`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ForwardStopReport {
-    /// Unconfirmed messages when the stop was asked for.
-    pub unconfirmed_at_stop: usize,
-    /// Of those, messages whose confirm came before the deadline (acked locally).
-    pub confirmed_while_stopping: u64,
-    /// Messages released to the local queue unconfirmed (they will be published again by the
-    /// next forwarder; the broker may hold them already).
-    pub released: u64,
-}
-
-/// The counters behind [`ForwarderStats`], shared by the handle and the thread.
-#[derive(Debug, Default)]
-pub(super) struct Counters {
-    pub(super) forwarded: AtomicU64,
-    pub(super) confirmed: AtomicU64,
-    pub(super) republished: AtomicU64,
-    pub(super) returned: AtomicU64,
-    pub(super) nacked: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
-    pub(super) timeouts: AtomicU64,
-    pub(super) connections: AtomicU64,
-    pub(super) window: AtomicUsize,
-    pub(super) state: StateCell,
-    pub(super) last_error: LastError,
-}
-
-pub(super) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
 impl Forwarder {
     /// A forwarder draining `queue` into the broker at `url`
     /// (`amqp://user:password@host:port/vhost`, the vhost URL-encoded: `%2f` for `/`; no TLS:
@@ -169,35 +128,31 @@ impl Forwarder {
     pub fn builder(queue: &Queue, url: impl Into<String>) -> ForwarderBuilder {
         ForwarderBuilder {
             queue: queue.clone(),
-            url: url.into(),
+            link: LinkOptions::new(url.into()),
             exchange: String::new(),
             routing_key: None,
             window: DEFAULT_WINDOW,
             max_unroutable_tries: 5,
-            reconnect: (Duration::from_millis(100), Duration::from_secs(30)),
-            heartbeat: DEFAULT_HEARTBEAT,
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             retry_delay: Duration::from_secs(1),
-            drop_deadline: DEFAULT_STOP_DEADLINE,
         }
     }
 
     /// What the forwarder did so far, and where its connection stands.
     pub fn stats(&self) -> ForwarderStats {
         let c = &self.counters;
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ForwarderStats {
-            forwarded: n(&c.forwarded),
-            confirmed: n(&c.confirmed),
-            republished: n(&c.republished),
-            returned: n(&c.returned),
-            nacked: n(&c.nacked),
-            dead_lettered: n(&c.dead_lettered),
-            timeouts: n(&c.timeouts),
-            connections: n(&c.connections),
+            forwarded: get(&c.forwarded),
+            confirmed: get(&c.confirmed),
+            republished: get(&c.republished),
+            returned: get(&c.returned),
+            nacked: get(&c.nacked),
+            dead_lettered: get(&c.dead_lettered),
+            timeouts: get(&c.timeouts),
+            connections: get(&c.link.connections),
             window: c.window.load(Ordering::Relaxed),
-            state: c.state.get(),
-            last_error: c.last_error.get(),
+            state: c.link.state.get(),
+            last_error: c.link.last_error.get(),
         }
     }
 
@@ -214,23 +169,7 @@ impl Forwarder {
     /// ([`Error::Closed`], [`Error::Poisoned`], ...); [`Error::Io`] (`TimedOut`) if its thread
     /// did not end in time, which is then left to end on its own.
     pub fn stop(self, deadline: Duration) -> Result<ForwardStopReport> {
-        self.stop_now(deadline)
-    }
-
-    fn stop_now(&self, deadline: Duration) -> Result<ForwardStopReport> {
-        let Some(thread) = self.thread.lock().take() else {
-            return Ok(ForwardStopReport::default());
-        };
-        self.stop.send_replace(Some(after(deadline)));
-        thread.finish(deadline.saturating_add(JOIN_GRACE))
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        // Best effort: a store error already stopped the thread (`stop` shows it); a thread that
-        // does not end in time is reported on stderr and left detached.
-        let _ = self.stop_now(self.drop_deadline);
+        self.handle.stop(deadline)
     }
 }
 
@@ -273,15 +212,16 @@ impl ForwarderBuilder {
     /// doubles the ceiling up to `max` (defaults 100 ms and 30 s), each wait is jittered. A
     /// `min` below 10 ms is taken as 10 ms, a `max` below `min` as `min`.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect = (min, max);
+        self.link.reconnect = (min, max);
         self
     }
 
-    /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`]; a `heartbeat=` in the URL
-    /// wins), in whole seconds from 1 to `u16::MAX` (outside values are brought in). The broker
-    /// and the forwarder each take the other for dead after two silent intervals.
+    /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`](super::DEFAULT_HEARTBEAT);
+    /// a `heartbeat=` in the URL wins), in whole seconds from 1 to `u16::MAX` (outside values
+    /// are brought in). The broker and the forwarder each take the other for dead after two
+    /// silent intervals.
     pub fn heartbeat(mut self, d: Duration) -> Self {
-        self.heartbeat = d;
+        self.link.heartbeat = d;
         self
     }
 
@@ -301,9 +241,10 @@ impl ForwarderBuilder {
     }
 
     /// How long dropping the forwarder waits for outstanding confirms (default
-    /// [`DEFAULT_STOP_DEADLINE`]), as [`Forwarder::stop`]'s `deadline`.
+    /// [`DEFAULT_STOP_DEADLINE`](super::DEFAULT_STOP_DEADLINE)), as [`Forwarder::stop`]'s
+    /// `deadline`.
     pub fn drop_deadline(mut self, d: Duration) -> Self {
-        self.drop_deadline = d;
+        self.link.drop_deadline = d;
         self
     }
 
@@ -321,11 +262,8 @@ impl ForwarderBuilder {
             return Err(Error::InvalidOption("a forwarder's confirm timeout must not be 0".into()));
         }
         let name = format!("wharf-forward-{}", self.queue.name());
-        let mut link = Link::new(&self.url, self.heartbeat, name.clone())?;
-        (link.reconnect_min, link.reconnect_max) = self.reconnect;
+        let link = self.link.link(name.clone())?;
         let counters = Arc::new(Counters::default());
-        let (stop, stop_rx) = tokio::sync::watch::channel(None);
-        let drop_deadline = self.drop_deadline;
         let routing_key = self.routing_key.clone().unwrap_or_else(|| self.queue.name().into());
         let cfg = Cfg {
             link,
@@ -337,7 +275,8 @@ impl ForwarderBuilder {
             retry_delay: self.retry_delay,
         };
         let (queue, c) = (self.queue, Arc::clone(&counters));
-        let thread = spawn(&name, move || run(cfg, queue, c, stop_rx))?;
-        Ok(Forwarder { counters, stop, thread: Mutex::new(Some(thread)), drop_deadline })
+        let handle =
+            Handle::start(&name, self.link.drop_deadline, move |stop| run(cfg, queue, c, stop))?;
+        Ok(Forwarder { counters, handle })
     }
 }

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -20,13 +20,12 @@ use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use parking_lot::Mutex;
 
-use super::{
-    after, close, sleep_or_stop, spawn, stop_deadline, unless_stopped, within, ConnectionState,
-    End, LastError, Link, Reconnect, StateCell, StopRx, StopTx, Worker, DEFAULT_HEARTBEAT,
-    DEFAULT_STOP_DEADLINE, IDLE_CHECK, JOIN_GRACE,
+use super::link::{
+    add, get, keep_connected, ConnectionState, End, Link, LinkOptions, LinkStats, Reconnect, Side,
 };
+use super::thread::Handle;
+use super::wait::{stop_deadline, unless_stopped, within, StopRx, IDLE_CHECK};
 use crate::error::{Error, Result};
 use crate::limits::MAX_DEDUP_KEY;
 use crate::options::Durability;
@@ -64,9 +63,7 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 /// **Dropping** an ingestor stops it as [`Ingestor::stop`] does.
 pub struct Ingestor {
     counters: Arc<Counters>,
-    stop: StopTx,
-    thread: Mutex<Option<Worker<()>>>,
-    drop_deadline: Duration,
+    handle: Handle<()>,
 }
 
 /// Options of an [`Ingestor`]: see [`Ingestor::builder`].
@@ -74,13 +71,10 @@ pub struct Ingestor {
 #[must_use]
 pub struct IngestorBuilder {
     queue: Queue,
-    url: String,
+    link: LinkOptions,
     source: Option<String>,
     prefetch: u16,
     dedup_window: Duration,
-    reconnect: (Duration, Duration),
-    heartbeat: Duration,
-    drop_deadline: Duration,
 }
 
 /// What an [`Ingestor`] did since it started.
@@ -114,13 +108,7 @@ struct Counters {
     duplicates: AtomicU64,
     acked: AtomicU64,
     rejected: AtomicU64,
-    connections: AtomicU64,
-    state: StateCell,
-    last_error: LastError,
-}
-
-fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+    link: LinkStats,
 }
 
 impl Ingestor {
@@ -148,29 +136,25 @@ impl Ingestor {
     pub fn builder(queue: &Queue, url: impl Into<String>) -> IngestorBuilder {
         IngestorBuilder {
             queue: queue.clone(),
-            url: url.into(),
+            link: LinkOptions::new(url.into()),
             source: None,
             prefetch: DEFAULT_PREFETCH,
             dedup_window: DEFAULT_DEDUP_WINDOW,
-            reconnect: (Duration::from_millis(100), Duration::from_secs(30)),
-            heartbeat: DEFAULT_HEARTBEAT,
-            drop_deadline: DEFAULT_STOP_DEADLINE,
         }
     }
 
     /// What the ingestor did so far, and where its connection stands.
     pub fn stats(&self) -> IngestorStats {
         let c = &self.counters;
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         IngestorStats {
-            received: n(&c.received),
-            stored: n(&c.stored),
-            duplicates: n(&c.duplicates),
-            acked: n(&c.acked),
-            rejected: n(&c.rejected),
-            connections: n(&c.connections),
-            state: c.state.get(),
-            last_error: c.last_error.get(),
+            received: get(&c.received),
+            stored: get(&c.stored),
+            duplicates: get(&c.duplicates),
+            acked: get(&c.acked),
+            rejected: get(&c.rejected),
+            connections: get(&c.link.connections),
+            state: c.link.state.get(),
+            last_error: c.link.last_error.get(),
         }
     }
 
@@ -184,19 +168,7 @@ impl Ingestor {
     /// The local store error that stopped the ingestor earlier, if one did; [`Error::Io`]
     /// (`TimedOut`) if its thread did not end in time, which is then left to end on its own.
     pub fn stop(self, deadline: Duration) -> Result<()> {
-        self.stop_now(deadline)
-    }
-
-    fn stop_now(&self, deadline: Duration) -> Result<()> {
-        let Some(thread) = self.thread.lock().take() else { return Ok(()) };
-        self.stop.send_replace(Some(after(deadline)));
-        thread.finish(deadline.saturating_add(JOIN_GRACE))
-    }
-}
-
-impl Drop for Ingestor {
-    fn drop(&mut self) {
-        let _ = self.stop_now(self.drop_deadline);
+        self.handle.stop(deadline)
     }
 }
 
@@ -229,21 +201,22 @@ impl IngestorBuilder {
 
     /// The reconnection backoff, as [`ForwarderBuilder::reconnect_backoff`](super::ForwarderBuilder::reconnect_backoff).
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect = (min, max);
+        self.link.reconnect = (min, max);
         self
     }
 
-    /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`]), as
-    /// [`ForwarderBuilder::heartbeat`](super::ForwarderBuilder::heartbeat).
+    /// The AMQP heartbeat to ask for (default [`DEFAULT_HEARTBEAT`](super::DEFAULT_HEARTBEAT)),
+    /// as [`ForwarderBuilder::heartbeat`](super::ForwarderBuilder::heartbeat).
     pub fn heartbeat(mut self, d: Duration) -> Self {
-        self.heartbeat = d;
+        self.link.heartbeat = d;
         self
     }
 
-    /// How long dropping the ingestor waits for it (default [`DEFAULT_STOP_DEADLINE`]), as
+    /// How long dropping the ingestor waits for it (default
+    /// [`DEFAULT_STOP_DEADLINE`](super::DEFAULT_STOP_DEADLINE)), as
     /// [`Ingestor::stop`]'s `deadline`.
     pub fn drop_deadline(mut self, d: Duration) -> Self {
-        self.drop_deadline = d;
+        self.link.drop_deadline = d;
         self
     }
 
@@ -256,24 +229,18 @@ impl IngestorBuilder {
     /// window; [`Error::Io`] if the thread or its runtime cannot be created.
     pub fn start(self) -> Result<Ingestor> {
         let name = format!("wharf-ingest-{}", self.queue.name());
-        let mut link = Link::new(&self.url, self.heartbeat, name.clone())?;
-        (link.reconnect_min, link.reconnect_max) = self.reconnect;
+        let link = self.link.link(name.clone())?;
         let config = self.queue.config()?;
         if config.get_dedup_window() < self.dedup_window {
             self.queue.set_config(&config.dedup_window(self.dedup_window))?;
         }
         let counters = Arc::new(Counters::default());
-        let (stop, stop_rx) = tokio::sync::watch::channel(None);
         let source = self.source.clone().unwrap_or_else(|| self.queue.name().into());
         let cfg = Cfg { link, source, prefetch: self.prefetch, tag: name.clone() };
         let (queue, c) = (self.queue, Arc::clone(&counters));
-        let thread = spawn(&name, move || run(cfg, queue, c, stop_rx))?;
-        Ok(Ingestor {
-            counters,
-            stop,
-            thread: Mutex::new(Some(thread)),
-            drop_deadline: self.drop_deadline,
-        })
+        let handle =
+            Handle::start(&name, self.link.drop_deadline, move |stop| run(cfg, queue, c, stop))?;
+        Ok(Ingestor { counters, handle })
     }
 }
 
@@ -284,70 +251,53 @@ struct Cfg {
     tag: String,
 }
 
+/// The ingestor's thread: connect, consume, reconnect with backoff, until stopped.
 async fn run(cfg: Cfg, queue: Queue, c: Arc<Counters>, mut stop: StopRx) -> Result<()> {
-    let mut reconnect = Reconnect::new(cfg.link.reconnect_min, cfg.link.reconnect_max);
-    let mut max_id = 0u64;
-    let result = loop {
-        if stop_deadline(&stop).is_some() {
-            break Ok(());
-        }
-        c.state.set(ConnectionState::Connecting);
-        // A stop is not kept waiting by a broker that does not answer, nor is the next try.
-        let limit = cfg.link.call_timeout;
-        let opened = match unless_stopped(&mut stop, limit, open(&cfg)).await {
-            Some(Ok(x)) => Some(x),
-            Some(Err(e)) => {
-                c.last_error.set(e);
-                None
-            }
-            None if stop_deadline(&stop).is_some() => break Ok(()),
-            None => {
-                c.last_error.set(format_args!("no connection within {limit:?}"));
-                None
-            }
-        };
-        let Some((conn, channel, consumer)) = opened else {
-            if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
-                break Ok(());
-            }
-            continue;
-        };
-        add(&c.connections, 1);
-        c.state.set(ConnectionState::Connected);
-        reconnect.reset();
-        let link = Session { cfg: &cfg, queue: &queue, c: &c, conn: &conn, channel: &channel };
-        let end = link.run(consumer, &mut stop, &mut max_id).await;
-        c.state.set(ConnectionState::Connecting);
-        close(&conn, &mut stop, limit).await;
-        match end {
-            End::Stopped => break Ok(()),
-            End::Fatal(e) => break Err(e),
-            End::Broken => {
-                if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
-                    break Ok(());
-                }
-            }
-        }
-    };
-    c.state.set(ConnectionState::Stopped);
-    result
+    let mut side = Consume { cfg: &cfg, queue: &queue, c: &c, max_id: 0 };
+    keep_connected(&cfg.link, &c.link, &mut side, &mut stop).await
 }
 
-/// Connects, opens a channel, sets its prefetch and starts consuming.
-async fn open(cfg: &Cfg) -> lapin::Result<(Connection, Channel, Consumer)> {
-    // On an error, dropping the connection closes it in the background.
-    let conn = cfg.link.connect().await?;
-    let channel = conn.create_channel().await?;
-    channel.basic_qos(cfg.prefetch, BasicQosOptions::default()).await?;
-    let consumer = channel
-        .basic_consume(
-            cfg.source.as_str().into(),
-            cfg.tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((conn, channel, consumer))
+/// State that outlives one connection.
+struct Consume<'a> {
+    cfg: &'a Cfg,
+    queue: &'a Queue,
+    c: &'a Counters,
+    /// The newest id a push returned, to count duplicates.
+    max_id: u64,
+}
+
+impl Side for Consume<'_> {
+    type Opened = (Channel, Consumer);
+
+    /// Connects, opens a channel, sets its prefetch and starts consuming.
+    async fn open(&self, link: &Link) -> lapin::Result<(Connection, (Channel, Consumer))> {
+        let conn = link.connect().await?;
+        let channel = conn.create_channel().await?;
+        channel.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                self.cfg.source.as_str().into(),
+                self.cfg.tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, (channel, consumer)))
+    }
+
+    /// Resets the backoff at once: consuming started.
+    async fn run(
+        &mut self,
+        conn: &Connection,
+        (channel, consumer): (Channel, Consumer),
+        stop: &mut StopRx,
+        reconnect: &mut Reconnect,
+    ) -> End {
+        reconnect.reset();
+        let (cfg, queue, c) = (self.cfg, self.queue, self.c);
+        let session = Session { cfg, queue, c, conn, channel: &channel };
+        session.run(consumer, stop, &mut self.max_id).await
+    }
 }
 
 /// One connection's consuming.
@@ -376,7 +326,7 @@ impl Session<'_> {
                 None if stop_deadline(stop).is_some() => return End::Stopped,
                 None if self.connected() => continue,
                 None => {
-                    c.last_error.set("the channel or connection closed");
+                    c.link.last_error.set("the channel or connection closed");
                     return End::Broken;
                 }
             };
@@ -384,11 +334,11 @@ impl Session<'_> {
             match first {
                 Some(Ok(d)) => batch.push(d),
                 Some(Err(e)) => {
-                    c.last_error.set(e);
+                    c.link.last_error.set(e);
                     return End::Broken;
                 }
                 None => {
-                    c.last_error.set("the broker cancelled the consumer");
+                    c.link.last_error.set("the broker cancelled the consumer");
                     return End::Broken;
                 }
             }
@@ -403,7 +353,7 @@ impl Session<'_> {
                 match more {
                     Some(Some(Ok(d))) => batch.push(d),
                     Some(Some(Err(e))) => {
-                        c.last_error.set(e);
+                        c.link.last_error.set(e);
                         broken = true;
                         break;
                     }
@@ -430,11 +380,13 @@ impl Session<'_> {
                 match within(stop, self.cfg.link.call_timeout, alive, ack).await {
                     Some(Ok(_)) => add(&c.acked, batch.len() as u64),
                     Some(Err(e)) => {
-                        c.last_error.set(e);
+                        c.link.last_error.set(e);
                         return End::Broken;
                     }
                     None => {
-                        c.last_error.set("an ack not written out: the connection closed or hung");
+                        c.link
+                            .last_error
+                            .set("an ack not written out: the connection closed or hung");
                         return End::Broken;
                     }
                 }
@@ -476,7 +428,7 @@ impl Session<'_> {
                     *max_id = (*max_id).max(id.get());
                 }
                 Err(e @ (Error::PayloadTooLarge { .. } | Error::QueueFull { .. })) => {
-                    c.last_error.set(&e);
+                    c.link.last_error.set(&e);
                     add(&c.rejected, 1);
                     let reject = d.acker.reject(BasicRejectOptions { requeue: false });
                     // Unanswered: the broker delivers it again, to be refused again.
@@ -487,7 +439,7 @@ impl Session<'_> {
                     }
                 }
                 Err(e) => {
-                    c.last_error.set(&e);
+                    c.link.last_error.set(&e);
                     return Err(e);
                 }
             }

@@ -7,7 +7,7 @@
 //! with the same `message_id`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,11 +17,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::forward::{bump, Counters, ForwardStopReport};
-use super::{
-    after, close, sleep_or_stop, stop_deadline, stopped, unless_stopped, within, ConnectionState,
-    End, Link, Reconnect, StopRx, IDLE_CHECK,
-};
+use super::link::{add, keep_connected, End, Link, LinkStats, Reconnect, Side};
+use super::wait::{after, stop_deadline, stopped, within, StopRx, IDLE_CHECK};
 use crate::error::{Error, Result};
 use crate::queue::Delivery;
 use crate::queue::Queue;
@@ -40,6 +37,34 @@ pub(super) struct Cfg {
     pub(super) retry_delay: Duration,
 }
 
+/// What [`Forwarder::stop`](super::Forwarder::stop) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ForwardStopReport {
+    /// Unconfirmed messages when the stop was asked for.
+    pub unconfirmed_at_stop: usize,
+    /// Of those, messages whose confirm came before the deadline (acked locally).
+    pub confirmed_while_stopping: u64,
+    /// Messages released to the local queue unconfirmed (they will be published again by the
+    /// next forwarder; the broker may hold them already).
+    pub released: u64,
+}
+
+/// The counters behind [`ForwarderStats`](super::ForwarderStats), shared by the handle and the
+/// thread.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) forwarded: AtomicU64,
+    pub(super) confirmed: AtomicU64,
+    pub(super) republished: AtomicU64,
+    pub(super) returned: AtomicU64,
+    pub(super) nacked: AtomicU64,
+    pub(super) dead_lettered: AtomicU64,
+    pub(super) timeouts: AtomicU64,
+    pub(super) window: AtomicUsize,
+    pub(super) link: LinkStats,
+}
+
 /// The forwarder's thread: connect, run a session, reconnect with backoff, until stopped.
 pub(super) async fn run(
     cfg: Cfg,
@@ -47,7 +72,6 @@ pub(super) async fn run(
     c: Arc<Counters>,
     mut stop: StopRx,
 ) -> Result<ForwardStopReport> {
-    let mut reconnect = Reconnect::new(cfg.link.reconnect_min, cfg.link.reconnect_max);
     let mut s = Session {
         cfg: &cfg,
         queue: &queue,
@@ -56,57 +80,8 @@ pub(super) async fn run(
         report: ForwardStopReport::default(),
         stopping: None,
     };
-    let result = loop {
-        if stop_deadline(&stop).is_some() {
-            break Ok(());
-        }
-        c.state.set(ConnectionState::Connecting);
-        // A stop is not kept waiting by a broker that does not answer, nor is the next try.
-        let limit = cfg.link.call_timeout;
-        let opened = match unless_stopped(&mut stop, limit, open(&cfg.link)).await {
-            Some(Ok(x)) => Some(x),
-            Some(Err(e)) => {
-                c.last_error.set(e);
-                None
-            }
-            None if stop_deadline(&stop).is_some() => break Ok(()),
-            None => {
-                c.last_error.set(format_args!("no connection within {limit:?}"));
-                None
-            }
-        };
-        let Some((conn, channel)) = opened else {
-            if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
-                break Ok(());
-            }
-            continue;
-        };
-        bump(&c.connections);
-        c.state.set(ConnectionState::Connected);
-        let end = s.run(&conn, &channel, &mut stop, &mut reconnect).await;
-        c.state.set(ConnectionState::Connecting);
-        close(&conn, &mut stop, limit).await;
-        match end {
-            End::Stopped => break Ok(()),
-            End::Fatal(e) => break Err(e),
-            End::Broken => {
-                if !sleep_or_stop(&mut stop, reconnect.next_wait()).await {
-                    break Ok(());
-                }
-            }
-        }
-    };
-    c.state.set(ConnectionState::Stopped);
-    result.map(|()| s.report)
-}
-
-/// Connects and opens a channel in confirm mode.
-async fn open(link: &Link) -> lapin::Result<(Connection, Channel)> {
-    // On an error, dropping the connection closes it in the background.
-    let conn = link.connect().await?;
-    let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok((conn, channel))
+    keep_connected(&cfg.link, &c.link, &mut s, &mut stop).await?;
+    Ok(s.report)
 }
 
 /// State that outlives one connection.
@@ -123,10 +98,33 @@ struct Session<'a> {
 
 type ConfirmResult = (u64, lapin::Result<Confirmation>);
 
+impl Side for Session<'_> {
+    type Opened = Channel;
+
+    /// Connects and opens a channel in confirm mode.
+    async fn open(&self, link: &Link) -> lapin::Result<(Connection, Channel)> {
+        let conn = link.connect().await?;
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok((conn, channel))
+    }
+
+    /// Resets the backoff at the first confirm.
+    async fn run(
+        &mut self,
+        conn: &Connection,
+        channel: Channel,
+        stop: &mut StopRx,
+        reconnect: &mut Reconnect,
+    ) -> End {
+        self.stream(conn, &channel, stop, reconnect).await
+    }
+}
+
 impl Session<'_> {
     /// Publishes and settles on one channel until it breaks or a stop completes; whatever is
     /// still in flight then is released.
-    async fn run(
+    async fn stream(
         &mut self,
         conn: &Connection,
         channel: &Channel,
@@ -206,14 +204,14 @@ impl Session<'_> {
                 }
                 () = tokio::time::sleep_until(tick.into()) => {
                     if confirm_deadline.is_some_and(|t| t <= Instant::now()) {
-                        self.c.timeouts.fetch_add(1, Ordering::Relaxed);
-                        self.c.last_error.set(format_args!(
+                        add(&self.c.timeouts, 1);
+                        self.c.link.last_error.set(format_args!(
                             "no confirm within {:?}", self.cfg.confirm_timeout
                         ));
                         break End::Broken;
                     }
                     if !channel.status().connected() || !conn.status().connected() {
-                        self.c.last_error.set("the channel or connection closed");
+                        self.c.link.last_error.set("the channel or connection closed");
                         break End::Broken;
                     }
                 }
@@ -224,7 +222,7 @@ impl Session<'_> {
                         Err(e) => {
                             // One unreadable message (say, a failed checksum): it stays leased
                             // until its lease lapses; keep going after a pause.
-                            self.c.last_error.set(e);
+                            self.c.link.last_error.set(e);
                             paused_until = Some(after(self.cfg.retry_delay));
                             continue;
                         }
@@ -254,14 +252,14 @@ impl Session<'_> {
                                 });
                             }
                             Some(Err(e)) => {
-                                self.c.last_error.set(e);
+                                self.c.link.last_error.set(e);
                                 self.give_back(d, false);
                                 broken = true;
                             }
                             None => {
                                 // Perhaps sent: released, it goes out again (a duplicate at
                                 // worst).
-                                self.c.last_error.set(
+                                self.c.link.last_error.set(
                                     "a publish not written out: the connection closed or hung",
                                 );
                                 self.give_back(d, false);
@@ -315,7 +313,7 @@ impl Session<'_> {
                 props,
             )
             .await?;
-        bump(&self.c.forwarded);
+        add(&self.c.forwarded, 1);
         Ok(confirm)
     }
 
@@ -326,14 +324,14 @@ impl Session<'_> {
             Ok(Confirmation::Ack(None)) => {
                 self.unroutable.remove(&id);
                 self.local(d.ack())?;
-                bump(&self.c.confirmed);
+                add(&self.c.confirmed, 1);
                 if self.stopping.is_some() {
                     self.report.confirmed_while_stopping += 1;
                 }
                 Ok(Outcome::Confirmed)
             }
             Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                bump(&self.c.returned);
+                add(&self.c.returned, 1);
                 let why = format!(
                     "returned by the broker: {} {} (exchange {:?}, routing key {:?})",
                     returned.reply_code,
@@ -341,21 +339,21 @@ impl Session<'_> {
                     self.cfg.exchange,
                     self.cfg.routing_key
                 );
-                self.c.last_error.set(&why);
+                self.c.link.last_error.set(&why);
                 let tries = self.unroutable.entry(id).or_insert(0);
                 *tries += 1;
                 if *tries >= self.cfg.max_unroutable_tries {
                     self.unroutable.remove(&id);
                     self.local(d.dead_letter(&why))?;
-                    bump(&self.c.dead_lettered);
+                    add(&self.c.dead_lettered, 1);
                 } else {
                     self.give_back(d, false);
                 }
                 Ok(Outcome::Retry)
             }
             Ok(Confirmation::Nack(None)) => {
-                bump(&self.c.nacked);
-                self.c.last_error.set("nacked by the broker");
+                add(&self.c.nacked, 1);
+                self.c.link.last_error.set("nacked by the broker");
                 self.give_back(d, false);
                 Ok(Outcome::Retry)
             }
@@ -365,7 +363,7 @@ impl Session<'_> {
                 Ok(Outcome::Broken)
             }
             Err(e) => {
-                self.c.last_error.set(e);
+                self.c.link.last_error.set(e);
                 self.give_back(d, false);
                 Ok(Outcome::Broken)
             }
@@ -379,7 +377,7 @@ impl Session<'_> {
         if stopping {
             self.report.released += 1;
         } else {
-            bump(&self.c.republished);
+            add(&self.c.republished, 1);
         }
     }
 
@@ -390,7 +388,7 @@ impl Session<'_> {
             Ok(()) | Err(Error::LeaseExpired) => Ok(()),
             Err(e @ (Error::Closed | Error::Poisoned(_))) => Err(e),
             Err(e) => {
-                self.c.last_error.set(e);
+                self.c.link.last_error.set(e);
                 Ok(())
             }
         }

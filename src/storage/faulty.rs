@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{LockGuard, MapView, RealFs, Storage, StorageFile};
+use super::real::RealFs;
+use super::traits::{LockGuard, MapView, Storage, StorageFile};
 
 /// Which operations fail from now on.
 #[derive(Debug, Default)]

@@ -6,7 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{mmap, LockGuard, MapView, Storage, StorageFile};
+use super::mmap;
+use super::traits::{LockGuard, MapView, Storage, StorageFile};
 
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::StorageFile;
+use super::traits::StorageFile;
 
 /// A redb `StorageBackend` over one storage file, which redb may grow up to a limit.
 pub(crate) struct RedbBackend {
@@ -249,7 +249,7 @@ mod tests {
         fn set_len(&self, _: u64) -> io::Result<()> {
             Err(io::ErrorKind::PermissionDenied.into())
         }
-        fn map(&self) -> io::Result<Option<super::super::MapView>> {
+        fn map(&self) -> io::Result<Option<super::super::traits::MapView>> {
             Ok(None)
         }
     }
