@@ -73,7 +73,7 @@ impl Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Overflow {
-    /// The push fails with [`Error::QueueFull`](crate::Error::QueueFull) and stores nothing
+    /// The push fails with [`Error::QueueFull`](crate::error::Error::QueueFull) and stores nothing
     /// (the default).
     #[default]
     Reject,
@@ -245,14 +245,14 @@ impl QueueConfig {
     }
 
     /// The config as it is stored: durations rounded up to whole milliseconds.
-    pub(crate) fn stored(&self) -> crate::Result<QueueConfig> {
+    pub(crate) fn stored(&self) -> crate::error::Result<QueueConfig> {
         self.validate()?;
         QueueConfig::decode(&self.encode())
-            .ok_or_else(|| crate::Error::InvalidOption("config does not round-trip".into()))
+            .ok_or_else(|| crate::error::Error::InvalidOption("config does not round-trip".into()))
     }
 
-    pub(crate) fn validate(&self) -> crate::Result<()> {
-        let bad = |what: &str| Err(crate::Error::InvalidOption(what.into()));
+    pub(crate) fn validate(&self) -> crate::error::Result<()> {
+        let bad = |what: &str| Err(crate::error::Error::InvalidOption(what.into()));
         if self.visibility_timeout.is_some_and(|d| d.is_zero()) {
             return bad("visibility timeout must not be zero");
         }
@@ -264,7 +264,7 @@ impl QueueConfig {
         }
         if let DeadLetters::To(name) = &self.dead_letters {
             if !crate::limits::valid_name(name) {
-                return Err(crate::Error::InvalidName(name.clone()));
+                return Err(crate::error::Error::InvalidName(name.clone()));
             }
         }
         if let Backoff::Exponential { base, cap, .. } = self.backoff {

@@ -75,10 +75,8 @@ pub use error::{Corruption, Error, Result};
 pub use limits::{MAX_NAME_LEN, MAX_PRIORITY};
 pub use log::RecoveryReport;
 pub use log::Stats;
-pub use log::FORMAT_VERSION;
-pub use options::{
-    Durability, ReadMode, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
-};
+pub use log::{FORMAT_VERSION, MIN_SEGMENT_BYTES};
+pub use options::{Durability, ReadMode, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES};
 pub use queue::{
     DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture, PopFuture,
     PushOptions, Queue, QueueStats, Wharf, WharfBuilder,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::log::HEADER_LEN;
+use crate::log::{HEADER_LEN, MIN_SEGMENT_BYTES};
 use crate::record::{PUSH_EX_OVERHEAD, TAIL_RESERVE};
 
 /// When a write is durable: what survives a power loss once the call returned `Ok`.
@@ -41,6 +41,11 @@ pub enum ReadMode {
     Pread,
 }
 
+/// Default size of a log segment file: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default largest payload: 8 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
+
 /// The options a store is opened with; see [`WharfBuilder`] for each one and its default.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -68,13 +73,6 @@ pub(crate) struct Options {
     /// Open past damage by salvaging the store (`salvage/`).
     pub salvage: bool,
 }
-
-/// Default size of a log segment file: 64 MiB.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
-/// Default largest payload: 8 MiB.
-pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
-/// Smallest allowed segment size: 64 KiB.
-pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 
 impl Default for Options {
     fn default() -> Self {

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::Result;
+use crate::queue::{Wharf, WharfBuilder};
 pub use crate::storage::sim::{CrashPolicy, Fault, OpKind, Rng, SimFs, SiteCount};
-use crate::{Result, Wharf, WharfBuilder};
 
 /// Opens a store on the simulated disk. The background thread is off: call [`maintain`] where
 /// it would have done its work, so that the same calls always issue the same disk operations.
@@ -43,7 +44,7 @@ pub fn panic_in(wharf: &Wharf, thread: Thread) {
 ///
 /// # Errors
 /// As [`Wharf::verify`].
-pub fn verify(sim: &SimFs, dir: &Path) -> Result<crate::VerifyReport> {
+pub fn verify(sim: &SimFs, dir: &Path) -> Result<crate::verify::VerifyReport> {
     crate::verify::verify_on(sim, dir)
 }
 

@@ -23,11 +23,11 @@ pub(crate) use self::recovery::{
     below_mark, damaged, explain_at, judge_end, last_nonzero, new_store_id, record_at, recover,
     scan, End, Ending, Group, Image, Replay,
 };
-pub use self::segment::FORMAT_VERSION;
 pub(crate) use self::segment::{
     file_name as segment_file_name, gap as segment_gap, parse_name as parse_segment_name,
     read_header as read_segment_header, Header, Name as SegmentName, Segment, HEADER_LEN,
 };
+pub use self::segment::{FORMAT_VERSION, MIN_SEGMENT_BYTES};
 pub(crate) use self::segments::{first_record, Log, SegInfo, STRAGGLERS_MAX_SHARE};
 pub use self::stats::Stats;
 pub(crate) use self::wal::{CatalogEntry, Room, Wal, MAX_EPOCH, READY_SPARES, SEQ_BITS};

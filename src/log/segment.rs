@@ -18,6 +18,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
 /// The on-disk format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 3;
 /// Bytes of the segment header; the first record starts here.
+/// Smallest allowed segment size: 64 KiB.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+
 pub(crate) const HEADER_LEN: u64 = 64;
 const SUFFIX: &str = ".seg";
 const TMP_SUFFIX: &str = ".seg.tmp";
@@ -126,7 +129,7 @@ impl Header {
         let len = u64_at(40).ok_or_else(|| corrupt("bad segment header fields"))?;
         // wharf never makes a smaller segment, and a smaller one might not hold a preamble and
         // a seal: appending to it would overrun its end.
-        if len < crate::options::MIN_SEGMENT_BYTES || len > u64::from(u32::MAX) {
+        if len < MIN_SEGMENT_BYTES || len > u64::from(u32::MAX) {
             return Err(corrupt(&format!(
                 "segment header gives a length of {len} bytes, outside 64 KiB..=4 GiB"
             )));
