@@ -86,12 +86,13 @@ pub(crate) fn write_log(storage: &dyn Storage, log_dir: &Path, plan: &Plan) -> R
     result
 }
 
-/// At most the bytes of a kept message's records.
+/// At most the bytes of a kept message's records: sized by the records themselves, with its
+/// payload's length and the longest key it may have (read with the payload later).
 fn upper_bound(k: &Kept) -> usize {
     let key = (k.entry.off as usize).saturating_sub(PUSH_EX_OVERHEAD);
-    let key = key.max(k.key.as_ref().map_or(0, |k| k.len()));
-    let error = k.note.as_ref().map_or(0, |n| n.error.len());
-    PUSH_EX_OVERHEAD + key + k.entry.len as usize + 40 + 36 + 2 * (44 + error)
+    let key = vec![0; key.max(k.key.as_ref().map_or(0, |k| k.len()))];
+    let records: usize = bodies(k, &[], &key, 0).iter().map(Body::encoded_len).sum();
+    records + k.entry.len as usize
 }
 
 /// The records that restore message `k`: its push (into the queue it was dead-lettered from,
