@@ -1,12 +1,16 @@
 //! wharf's test oracles, one copy for `tests/` and `fuzz/`: which states of a store may survive
-//! a crash ([`oracle`]) and what every call of the job semantics must return ([`jobs`]).
+//! a crash ([`oracle`]), what every call of the job semantics must return ([`jobs`]), and small
+//! helpers on a store's files ([`files`]).
 //!
 //! They drive a store through its public API only, so this crate needs none of wharf's
 //! features; the simulated disk, scenarios and operation languages stay with their tests.
 #![allow(clippy::unwrap_used)] // a failed check must abort
 
+pub mod files;
 pub mod jobs;
 pub mod oracle;
+
+pub use files::segments;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
