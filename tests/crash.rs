@@ -783,13 +783,8 @@ mod parent {
 
         /// Segment files, oldest first, and whether each holds a record.
         fn segments(dir: &Path) -> Vec<(PathBuf, bool)> {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-                .collect();
-            v.sort();
-            v.into_iter()
+            wharf_check::segments(dir)
+                .into_iter()
                 .map(|p| {
                     let b = std::fs::read(&p).unwrap();
                     let first =

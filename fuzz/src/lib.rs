@@ -1,6 +1,7 @@
-//! Shared code of wharf's fuzz targets (CRASH-TESTING.md 3.6): the operation language, the
-//! allowed-states oracle (invariants I1–I5, after `tests/sim.rs`), an independent record scanner
-//! written from `docs/format.md`, seeded workloads, and one function per target.
+//! Shared code of wharf's fuzz targets (CRASH-TESTING.md 3.6): the operation language, its
+//! driver of the crash oracle (invariants I1–I5; the oracle itself and the jobs model are
+//! `wharf_check`'s, shared with tests/), an independent record scanner written from
+//! `docs/format.md`, seeded workloads, and one function per target.
 //!
 //! The targets in `fuzz_targets/` only forward their input to [`targets`], so every input can
 //! be replayed without libFuzzer: `cargo test` in this directory runs the committed seeds and
@@ -8,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check must abort
 
 pub mod encode;
-pub mod model;
 pub mod ops;
 pub mod oracle;
 pub mod scan;

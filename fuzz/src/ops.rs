@@ -8,6 +8,7 @@ use wharf::{
     Backoff, DeadLetters, Durability, OnExpiry, Overflow, PushOptions, QueueConfig, Wharf,
     WharfBuilder,
 };
+use wharf_check::jobs::Job;
 
 /// Most operations run per input (each is a handful of disk operations).
 pub const MAX_OPS: usize = 48;
@@ -227,6 +228,17 @@ impl JobOpts {
         }
         o
     }
+
+    /// The options as the jobs model takes them.
+    pub fn job(&self) -> Job {
+        let some = |t: u8| (t > 0).then(|| ticks(t));
+        Job {
+            delay: some(self.delay),
+            priority: self.priority(),
+            ttl: some(self.ttl),
+            key: self.key(),
+        }
+    }
 }
 
 /// A backoff, in ticks.
@@ -283,7 +295,12 @@ impl QueueCfg {
 
 /// The queue an operation names.
 pub fn queue_name(q: u8) -> &'static str {
-    QUEUES[usize::from(q) % QUEUES.len()]
+    QUEUES[queue_index(q)]
+}
+
+/// The index in `QUEUES` of the queue an operation names.
+pub fn queue_index(q: u8) -> usize {
+    usize::from(q) % QUEUES.len()
 }
 
 /// The dead-letter queue of a queue an operation names.

@@ -1,492 +1,30 @@
-//! The allowed-states oracle of `tests/sim/oracle.rs`, extended for long runs with several
-//! crashes: after each recovery it checks I1–I5 and then collapses what it knows to what was
-//! observed, so that operations (and more crashes) can continue on the recovered store.
+//! The operation sequences' driver of the crash oracle (`wharf_check::oracle`, shared with
+//! tests/sim), for long runs with several crashes: after each recovery it checks I1–I5 and
+//! then collapses what it knows to what was observed, so that operations (and more crashes) can
+//! continue on the recovered store.
 //!
 //! Messages move: a dead letter takes one from its queue to `<queue>.dlq`, a requeue brings it
 //! back (its attempts from zero), an ack or a drop (expiry, a queue whose dead letters are
-//! dropped) settles it for good. The oracle does not predict the moves the store makes on its
+//! dropped) settles it for good. The driver does not predict the moves the store makes on its
 //! own (expired or exhausted messages met by a pop, overflow victims of a push): it learns
-//! them from the live store after each call whose queue counters say something moved. After a
-//! crash, the moves of a message that survive are a prefix of its moves, at least up to the
-//! last one known durable; "present" means in its queue or in its dead-letter queue.
+//! them from the live store after each call whose queue counters say something moved, and
+//! knows only where they went (`Loc::InQueue`, `Loc::InDead`), not their details.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use wharf::testing::{self, ManualClock, SimFs};
-use wharf::{
-    Clock, Delivery, Durability, Error, NackOptions, Peeked, PushOptions, QueueConfig, Wharf,
-};
+use wharf::{Clock, Delivery, Durability, Error, NackOptions, PushOptions, Wharf};
+pub use wharf_check::oracle::{Loc, Move, Msg, Oracle, St};
+use wharf_check::{dlq, millis, unix_ms};
 
 use crate::ops::{self, Config, Op};
 use crate::stats;
 
 /// The store's directory on the simulated disk.
 pub const DIR: &str = "/s";
-
-/// What is known of one call that changes the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum St {
-    /// Never made (or refused: nothing was logged).
-    No,
-    /// Returned `Ok`, not durable yet.
-    Volatile,
-    /// Handed to the OS (a pop wrote everything staged before its delivery record): survives
-    /// a process crash, not necessarily a power loss.
-    Written,
-    /// Durable: returned `Ok` durably, or a later durable call covered it.
-    Durable,
-    /// The call failed or was cut by a crash: it may or may not have happened.
-    Unknown,
-}
-
-impl St {
-    /// Whether it must survive a crash; `keep_all`: a process crash (all that was written).
-    pub fn must_survive(self, keep_all: bool) -> bool {
-        self == St::Durable || (keep_all && self == St::Written)
-    }
-}
-
-/// Where a message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Where {
-    /// In its queue.
-    Queue,
-    /// In its queue's dead-letter queue.
-    Dead,
-    /// Settled for good.
-    Gone,
-    /// Anywhere: a failed call may have moved it (or not).
-    Any,
-}
-
-/// One move of a message, and what is known of its record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Move {
-    pub to: Where,
-    pub st: St,
-    /// A requeue: its attempts count from zero again.
-    pub resets: bool,
-}
-
-/// One pushed message.
-#[derive(Debug, Clone)]
-pub struct Msg {
-    pub queue: String,
-    pub payload: Vec<u8>,
-    pub id: Option<u64>,
-    pub push: St,
-    pub ack: St,
-    /// Not found by a recovery: settled or lost for good; it must never be delivered again.
-    pub gone: bool,
-    pub moves: Vec<Move>,
-    /// Its deliveries: how many moves came before each, and what is known of its record.
-    pub deliveries: Vec<(usize, St)>,
-    /// Unix ms from which it must not be delivered from its queue (0: never). A dead letter
-    /// clears it for good (a requeue does not bring it back).
-    pub expires: u64,
-    /// Found in its queue after a dead letter and a requeue that a crash may have undone: the
-    /// TTL may or may not still hold.
-    pub ttl_doubt: bool,
-}
-
-impl Msg {
-    /// Its moves, the ack (a move to `Gone`) included.
-    fn all_moves(&self) -> Vec<Move> {
-        let mut v = self.moves.clone();
-        if self.ack != St::No {
-            v.push(Move { to: Where::Gone, st: self.ack, resets: false });
-        }
-        v
-    }
-
-    /// Whether it expired by `now`: `Some(true)` if it has a TTL that ran out and was never
-    /// dead-lettered (a dead letter clears the TTL, for good); `None` if a dead letter that
-    /// may or may not have happened (or survived a crash) decides it.
-    fn expired(&self, now: u64) -> Option<bool> {
-        if self.expires == 0 || now < self.expires {
-            return Some(false);
-        }
-        let dead = self.moves.iter().any(|mv| matches!(mv.to, Where::Dead | Where::Any));
-        (!dead && !self.ttl_doubt).then_some(true)
-    }
-
-    /// Where this process last saw it.
-    pub fn at(&self) -> Where {
-        if self.ack != St::No {
-            return Where::Gone;
-        }
-        self.moves.last().map_or(Where::Queue, |m| m.to)
-    }
-}
-
-/// The dead-letter queue of `queue`.
-pub fn dlq(queue: &str) -> String {
-    format!("{queue}.dlq")
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// What the oracle knows of every message ever pushed.
-#[derive(Debug, Default, Clone)]
-pub struct Oracle {
-    pub msgs: Vec<Msg>,
-    by_payload: HashMap<Vec<u8>, usize>,
-    by_id: HashMap<u64, usize>,
-    /// The largest id handed out so far (I5: a new id is above it).
-    pub max_id: u64,
-    counter: u64,
-    /// Per queue, the configs set, in order.
-    pub configs: BTreeMap<String, Vec<(QueueConfig, St)>>,
-    /// A call failed where it may have delivered a message: attempts may exceed the
-    /// deliveries counted.
-    pub uncertain: bool,
-}
-
-/// One message as a recovered store shows it.
-struct Found {
-    queue: String,
-    p: Peeked,
-}
-
-impl Oracle {
-    /// A new, globally unique payload of about `len` bytes for `queue`.
-    pub fn payload(&mut self, queue: &str, len: usize) -> Vec<u8> {
-        let n = self.counter;
-        self.counter += 1;
-        let mut p = format!("{queue}:{n}:").into_bytes();
-        let fill = b'a' + (n % 26) as u8;
-        p.resize(len.max(p.len()), fill);
-        p
-    }
-
-    /// Registers a push about to be attempted; returns its index.
-    pub fn register(&mut self, queue: &str, payload: Vec<u8>) -> usize {
-        let i = self.msgs.len();
-        self.by_payload.insert(payload.clone(), i);
-        self.msgs.push(Msg {
-            queue: queue.to_owned(),
-            payload,
-            id: None,
-            push: St::Unknown,
-            ack: St::No,
-            gone: false,
-            moves: Vec::new(),
-            deliveries: Vec::new(),
-            expires: 0,
-            ttl_doubt: false,
-        });
-        i
-    }
-
-    /// A push returned `id` for message `i`: ids are fresh and increasing (I5).
-    pub fn pushed(&mut self, i: usize, id: u64) {
-        assert!(id > self.max_id, "I5: new id {id:x} is not above {:x}", self.max_id);
-        self.max_id = id;
-        self.learn_id(i, id);
-    }
-
-    /// Message `i` was seen with `id`: it keeps one id, and no other message has it (I5).
-    pub fn learn_id(&mut self, i: usize, id: u64) {
-        if let Some(known) = self.msgs[i].id {
-            assert_eq!(known, id, "I5: message {i} came back with another id");
-        }
-        if let Some(&other) = self.by_id.get(&id) {
-            assert_eq!(other, i, "I5: id {id:x} of message {other} reused for message {i}");
-        }
-        self.msgs[i].id = Some(id);
-        self.by_id.insert(id, i);
-        self.max_id = self.max_id.max(id);
-    }
-
-    /// The message with this id, if the oracle knows it.
-    pub fn by_id(&self, id: u64) -> Option<usize> {
-        self.by_id.get(&id).copied()
-    }
-
-    /// The message with this payload in this queue or its dead-letter queue; a phantom
-    /// otherwise (I3).
-    pub fn find(&self, queue: &str, payload: &[u8]) -> usize {
-        let i = *self.by_payload.get(payload).unwrap_or_else(|| {
-            panic!("I3: phantom payload in {queue}: {:?}", String::from_utf8_lossy(payload))
-        });
-        let m = &self.msgs[i];
-        assert!(
-            m.queue == queue || dlq(&m.queue) == queue,
-            "I3: message {i} of {} delivered from {queue}",
-            m.queue
-        );
-        i
-    }
-
-    /// Everything staged before a durable `Ok` is durable too (prefix durability): the pushes
-    /// of messages below `upto`, and every settlement, move, delivery and config.
-    pub fn all_durable(&mut self, upto: usize) {
-        let up = |st: &mut St| {
-            if matches!(*st, St::Volatile | St::Written) {
-                *st = St::Durable;
-            }
-        };
-        for m in self.msgs.iter_mut().take(upto) {
-            up(&mut m.push);
-        }
-        for m in &mut self.msgs {
-            up(&mut m.ack);
-            m.moves.iter_mut().for_each(|mv| up(&mut mv.st));
-            m.deliveries.iter_mut().for_each(|(_, st)| up(st));
-        }
-        for list in self.configs.values_mut() {
-            list.iter_mut().for_each(|(_, st)| up(st));
-        }
-    }
-
-    /// Everything staged was handed to the OS.
-    pub fn all_written(&mut self) {
-        let up = |st: &mut St| {
-            if *st == St::Volatile {
-                *st = St::Written;
-            }
-        };
-        for m in &mut self.msgs {
-            up(&mut m.push);
-            up(&mut m.ack);
-            m.moves.iter_mut().for_each(|mv| up(&mut mv.st));
-            m.deliveries.iter_mut().for_each(|(_, st)| up(st));
-        }
-    }
-
-    /// The store that staged the volatile calls is gone without making them durable: later
-    /// syncs of another open do not cover them, so they may or may not have happened. (A
-    /// reopen in the same process after a failed sync cuts what was only written, too.)
-    pub fn forget_volatile(&mut self) {
-        let down = |st: &mut St| {
-            if matches!(*st, St::Volatile | St::Written) {
-                *st = St::Unknown;
-            }
-        };
-        for m in &mut self.msgs {
-            down(&mut m.push);
-            down(&mut m.ack);
-            m.moves.iter_mut().for_each(|mv| down(&mut mv.st));
-            m.deliveries.iter_mut().for_each(|(_, st)| down(st));
-        }
-    }
-
-    pub fn all_durable_now(&mut self) {
-        let n = self.msgs.len();
-        self.all_durable(n);
-    }
-
-    /// Checks that message `i`, found as `found`, is where a prefix of its moves put it, at
-    /// least up to the last one known durable, with attempts between the deliveries of that
-    /// prefix known durable and all of them.
-    fn check_msg(&self, i: usize, found: Option<&Found>, keep_all: bool, what: &str) {
-        let m = &self.msgs[i];
-        if m.gone || m.push == St::No {
-            assert!(found.is_none(), "{what}: I2/I3 message {i} is there after it was gone");
-            return;
-        }
-        let moves = m.all_moves();
-        let mut least = 0;
-        for (k, mv) in moves.iter().enumerate() {
-            if mv.st.must_survive(keep_all) {
-                least = k + 1;
-            }
-        }
-        for &(before, st) in &m.deliveries {
-            if st.must_survive(keep_all) {
-                least = least.max(before);
-            }
-        }
-        if found.is_none() && least == 0 && !m.push.must_survive(keep_all) {
-            return; // the push itself may be lost
-        }
-        let at = found.map(|f| if f.queue == m.queue { Where::Queue } else { Where::Dead });
-        let at = at.unwrap_or(Where::Gone);
-        for k in least..=moves.len() {
-            let loc = if k == 0 { Where::Queue } else { moves[k - 1].to };
-            let reset = moves[..k].iter().rposition(|mv| mv.resets).map_or(0, |j| j + 1);
-            let counted = m.deliveries.iter().filter(|(b, _)| (reset..=k).contains(b));
-            let lo = counted.clone().filter(|(_, st)| st.must_survive(keep_all)).count() as u32;
-            let hi = counted.count() as u32;
-            let attempts_ok = found.is_none_or(|f| {
-                f.p.attempts >= lo
-                    && (self.uncertain
-                        || moves.iter().any(|mv| mv.to == Where::Any)
-                        || f.p.attempts <= hi)
-            });
-            if (loc == at || loc == Where::Any) && attempts_ok {
-                return;
-            }
-        }
-        panic!(
-            "{what}: message {i} ({}) found {at:?} with attempts {:?}; its moves {moves:?}, \
-             deliveries {:?}, keep_all {keep_all}",
-            m.queue,
-            found.map(|f| f.p.attempts),
-            m.deliveries
-        );
-    }
-
-    /// Checks I1–I5 for the store recovered from an image, that a durable config survived,
-    /// that delayed messages are not delivered before they are due and expired ones never;
-    /// then collapses the model to what was observed. `keep_all`: the image is what a process
-    /// crash leaves.
-    pub fn check_recovered(&mut self, w: &Wharf, now: u64, keep_all: bool, what: &str) {
-        let names = w.queue_names();
-        let mut found = peek_all(self, w, what);
-        for i in 0..self.msgs.len() {
-            self.check_msg(i, found.get(&i), keep_all, what);
-        }
-        // I4: a survivor implies every earlier message pushed with `Ok`, never settled and not
-        // gone, survived too (the log is durable as a prefix).
-        if let Some((&last, _)) = found.iter().next_back() {
-            for (i, m) in self.msgs.iter().enumerate().take(last) {
-                let may_go =
-                    m.all_moves().iter().any(|mv| matches!(mv.to, Where::Gone | Where::Any));
-                if !m.gone && !may_go && matches!(m.push, St::Volatile | St::Written | St::Durable)
-                {
-                    assert!(
-                        found.contains_key(&i),
-                        "{what}: I4 hole: {i} lost while {last} survived"
-                    );
-                }
-            }
-        }
-        // A durable config survives; a later one may have too.
-        for (queue, list) in &self.configs {
-            let least = list.iter().rposition(|(_, st)| st.must_survive(keep_all));
-            if !names.contains(queue) {
-                assert!(least.is_none(), "{what}: {queue} with a durable config is gone");
-                continue;
-            }
-            let got = w.queue(queue).expect("queue").config().expect("config");
-            let default = QueueConfig::new();
-            let mut allowed: Vec<&QueueConfig> =
-                list[least.unwrap_or(0)..].iter().map(|(c, _)| c).collect();
-            if least.is_none() {
-                allowed.push(&default);
-            }
-            assert!(
-                allowed.contains(&&got),
-                "{what}: config of {queue}: {got:?} not in {allowed:?}"
-            );
-        }
-        // Deliveries: only due messages, never an expired one, each with the next attempt
-        // number; every due, unexpired message with attempts left is delivered.
-        let mut held: Vec<Delivery> = Vec::new();
-        for name in &names {
-            let q = w.queue(name).expect("queue of a recovered store");
-            let max = q.config().expect("config").get_max_attempts();
-            let mut delivered = BTreeSet::new();
-            loop {
-                let d = match q.try_pop() {
-                    Ok(Some(d)) => d,
-                    Ok(None) => break,
-                    Err(e) => panic!("{what}: pop from a recovered store failed: {e}"),
-                };
-                assert!(held.len() <= 100_000, "draining {name} does not end");
-                let i = self.find(name, d.payload());
-                if let Some(f) = found.get(&i).filter(|f| f.queue == *name) {
-                    let m = &self.msgs[i];
-                    assert!(f.p.due.is_none(), "{what}: message {i} delivered before it is due");
-                    let expired = *name == m.queue && m.expired(now) == Some(true);
-                    assert!(!expired, "{what}: expired message {i} delivered");
-                    assert_eq!(d.attempt(), f.p.attempts + 1, "{what}: attempt of message {i}");
-                    delivered.insert(i);
-                }
-                held.push(d);
-            }
-            for (i, f) in &found {
-                let m = &self.msgs[*i];
-                let expired = *name == m.queue && m.expired(now) != Some(false);
-                let exhausted = max.is_some_and(|n| f.p.attempts >= n);
-                if f.queue == *name && f.p.due.is_none() && !expired && !exhausted {
-                    assert!(
-                        delivered.contains(i),
-                        "{what}: due message {i} in {name} not delivered"
-                    );
-                }
-            }
-        }
-        drop(held);
-        // What the drain changed (deliveries, dead letters) is made durable, and the model
-        // becomes what the store now holds.
-        w.sync().unwrap_or_else(|e| panic!("{what}: sync of a recovered store failed: {e}"));
-        found = peek_all(self, w, what);
-        for (i, m) in self.msgs.iter_mut().enumerate() {
-            match found.get(&i) {
-                Some(f) => {
-                    m.push = St::Durable;
-                    m.ack = St::No;
-                    let to = if f.queue == m.queue { Where::Queue } else { Where::Dead };
-                    let was_dead =
-                        m.moves.iter().any(|mv| matches!(mv.to, Where::Dead | Where::Any));
-                    if to == Where::Dead {
-                        m.expires = 0; // a dead letter's TTL is gone
-                    } else if was_dead {
-                        m.ttl_doubt = true; // back in its queue: with its TTL or not
-                    }
-                    m.moves = vec![Move { to, st: St::Durable, resets: false }];
-                    m.deliveries = vec![(1, St::Durable); f.p.attempts as usize];
-                }
-                None if m.push != St::No => m.gone = true,
-                None => {}
-            }
-        }
-        for (queue, list) in &mut self.configs {
-            if names.contains(queue) {
-                let got = w.queue(queue).expect("queue").config().expect("config");
-                *list = vec![(got, St::Durable)];
-            } else {
-                list.clear();
-            }
-        }
-        self.uncertain = false;
-    }
-}
-
-/// Every waiting message of every queue, by message index; checks the order of each queue
-/// (ready by priority, then id; delayed by due time), ids (I5) and that each is found once in
-/// its queue or dead-letter queue (I3).
-fn peek_all(o: &mut Oracle, w: &Wharf, what: &str) -> BTreeMap<usize, Found> {
-    let mut found = BTreeMap::new();
-    for name in w.queue_names() {
-        let list = w
-            .queue(&name)
-            .and_then(|q| q.peek(usize::MAX))
-            .unwrap_or_else(|e| panic!("{what}: peek of {name} failed: {e}"));
-        let ready: Vec<(u8, u64)> = list
-            .iter()
-            .filter(|p| p.due.is_none())
-            .map(|p| (u8::MAX - p.priority, p.id.get()))
-            .collect();
-        let delayed: Vec<(Option<std::time::SystemTime>, u64)> =
-            list.iter().skip(ready.len()).map(|p| (p.due, p.id.get())).collect();
-        assert!(ready.windows(2).all(|p| p[0] < p[1]), "{what}: I4 {name} out of order");
-        assert!(delayed.windows(2).all(|p| p[0] < p[1]), "{what}: I4 {name} delayed out of order");
-        assert!(
-            delayed.iter().all(|(due, _)| due.is_some()),
-            "{what}: I4 {name} ready after delayed"
-        );
-        for p in list {
-            let i = o.find(&name, &p.payload);
-            let m = &o.msgs[i];
-            assert!(!m.gone, "{what}: I2/I3 message {i} came back after it was gone");
-            assert!(m.push != St::No, "{what}: I3 message {i} never pushed");
-            o.learn_id(i, p.id.get());
-            assert!(
-                found.insert(i, Found { queue: name.clone(), p }).is_none(),
-                "{what}: I3 message {i} found twice"
-            );
-        }
-    }
-    found
-}
 
 /// How an operation's records became known to be durable.
 enum Promote {
@@ -534,7 +72,7 @@ impl Ctx {
 
     /// The clock's time in Unix ms.
     pub fn now(&self) -> u64 {
-        millis(self.clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default())
+        unix_ms(self.clock.wall())
     }
 
     /// Opens the store (dropping any handle first).
@@ -669,7 +207,7 @@ impl Ctx {
         self.o.uncertain = true;
         for m in &mut self.o.msgs {
             if m.queue == queue && !m.gone && m.push != St::No {
-                m.moves.push(Move { to: Where::Any, st: St::Unknown, resets: true });
+                m.moves.push(Move { to: Loc::Any, st: St::Unknown, resets: true });
             }
         }
     }
@@ -678,19 +216,19 @@ impl Ctx {
     /// elsewhere than the oracle thought has moved (the move is staged, not yet durable).
     fn learn_moves(&mut self, queue: &str) {
         let Ok(w) = self.w() else { return self.unknown_moves(queue) };
-        let mut at: HashMap<u64, Where> = HashMap::new();
-        for (name, place) in [(queue.to_owned(), Where::Queue), (dlq(queue), Where::Dead)] {
+        let mut at: HashMap<u64, Loc> = HashMap::new();
+        for (name, place) in [(queue.to_owned(), Loc::InQueue), (dlq(queue), Loc::InDead)] {
             if !w.queue_names().contains(&name) {
                 continue;
             }
             match w.queue(&name).and_then(|q| q.peek(usize::MAX)) {
-                Ok(list) => at.extend(list.iter().map(|p| (p.id.get(), place))),
+                Ok(list) => at.extend(list.iter().map(|p| (p.id.get(), place.clone()))),
                 Err(_) => return self.unknown_moves(queue),
             }
         }
         for (i, dead, _) in &self.held {
             if let Some(id) = self.o.msgs[*i].id {
-                at.insert(id, if *dead { Where::Dead } else { Where::Queue });
+                at.insert(id, if *dead { Loc::InDead } else { Loc::InQueue });
             }
         }
         for m in &mut self.o.msgs {
@@ -698,12 +236,12 @@ impl Ctx {
                 continue;
             }
             let Some(id) = m.id else { continue };
-            let now = at.get(&id).copied().unwrap_or(Where::Gone);
+            let now = at.get(&id).cloned().unwrap_or(Loc::Gone);
             let was = m.at();
             // After a failed call it may be leased without a holder here: not seen, it stays
             // unknown until it shows up again.
-            if now != was && !(was == Where::Any && now == Where::Gone) {
-                let resets = now == Where::Queue && was != Where::Queue;
+            if now != was && !(was == Loc::Any && now == Loc::Gone) {
+                let resets = now == Loc::InQueue && was != Loc::InQueue;
                 m.moves.push(Move { to: now, st: St::Volatile, resets });
             }
         }
@@ -754,7 +292,7 @@ impl Ctx {
                 let mut payloads = Vec::new();
                 for k in 0..ops::batch_len(n) {
                     let p = self.o.payload(name, len.bytes() / (k + 1));
-                    let i = self.o.register(name, p.clone());
+                    let i = self.o.register(name, p.clone(), Loc::InQueue);
                     self.o.msgs[i].expires = if ttl > 0 { now + ttl } else { 0 };
                     idx.push(i);
                     payloads.push(p);
@@ -956,7 +494,7 @@ impl Ctx {
         let ttl = if o.ttl > 0 { Some(ops::ticks(o.ttl)) } else { q.config()?.get_ttl() };
         let now = self.now();
         let payload = self.o.payload(name, len);
-        let i = self.o.register(name, payload.clone());
+        let i = self.o.register(name, payload.clone(), Loc::InQueue);
         self.o.msgs[i].expires = ttl.map_or(0, |t| now + millis(t));
         let id = match q.push_with(&payload, o.get(d)) {
             Ok(id) => id.get(),
@@ -1012,6 +550,6 @@ impl Ctx {
         }
         let now = self.now();
         let w = self.wharf.clone().expect("open");
-        self.o.check_recovered(&w, now, keep_all, what);
+        self.o.check_and_collapse(&w, now, keep_all, what);
     }
 }

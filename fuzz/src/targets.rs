@@ -10,12 +10,12 @@ use arbitrary::{Arbitrary, Unstructured};
 use wharf::testing::{self, CrashPolicy, ManualClock, SimFs};
 use wharf::{Error, NackOptions, PushOptions, Wharf, WharfBuilder};
 
-use crate::model::Model;
 use crate::ops::{self, Config, Dur, FaultSpec, JobOpts, Op, Policy, MAX_OPS};
 use crate::oracle::{Ctx, DIR};
 use crate::scan::{self, Rec};
 use crate::stats;
 use crate::workload::{self, log_dir, state_path, Store};
+use wharf_check::jobs::Model;
 
 /// The store id of hand-made segments.
 pub const STORE_ID: u128 = 0x5748_4152_465f_4655_5a5a_0000_0000_0001;
@@ -591,7 +591,7 @@ pub fn run_ops_model(input: &ModelInput) {
     let clock = ManualClock::new();
     let builder = input.cfg.builder().clock(Arc::new(clock.clone()));
     let w = testing::open(builder.clone(), &sim, dir()).expect("open on a healthy disk");
-    let m = Model::new(clock.clone());
+    let m = Model::new(clock.clone(), &ops::QUEUES);
     let mut run = ModelRun { cfg: input.cfg, sim, clock, builder, w: Some(w), m };
     for (k, op) in input.ops.iter().take(MAX_OPS).enumerate() {
         run.apply(*op);
@@ -637,24 +637,28 @@ impl ModelRun {
                 model_push(m, w, cfg, (queue, len, durability), opts);
             }
             Op::PushBatch { queue, n, len, durability } => {
-                let (q, h) = m.queue(w, queue);
+                let q = ops::queue_index(queue);
+                let h = m.queue(w, q);
                 let ps: Vec<Vec<u8>> =
                     (0..ops::batch_len(n)).map(|k| m.payload(q, len.bytes() / (k + 1))).collect();
                 let opts = PushOptions::new().durability(durability.resolve(cfg.push_default()));
                 let got = h.push_batch_with(&ps, opts);
-                m.pushed(q, ps, none, got.map(|ids| ids.iter().map(|id| id.get()).collect()));
+                m.pushed(q, ps, none.job(), got.map(|ids| ids.iter().map(|id| id.get()).collect()));
             }
             Op::Pop { queue } => {
-                let (q, h) = m.queue(w, queue);
+                let q = ops::queue_index(queue);
+                let h = m.queue(w, q);
                 m.popped(q, false, h.try_pop().expect("pop"));
             }
             Op::PopDead { queue } => {
-                if let Some((q, h)) = m.dlq(w, queue) {
+                let q = ops::queue_index(queue);
+                if let Some(h) = m.dlq(w, q) {
                     m.popped(q, true, h.try_pop().expect("pop of a dead-letter queue"));
                 }
             }
             Op::PopBatch { queue, max } => {
-                let (q, h) = m.queue(w, queue);
+                let q = ops::queue_index(queue);
+                let h = m.queue(w, q);
                 let max = usize::from(max % 5);
                 let got = h.pop_batch(max, Duration::ZERO).expect("pop_batch");
                 assert!(got.len() <= max, "pop_batch returned more than asked");
@@ -720,7 +724,8 @@ impl ModelRun {
                 }
             }
             Op::Requeue { queue, all, pick } => {
-                let Some((q, h)) = m.dlq(w, queue) else { return };
+                let q = ops::queue_index(queue);
+                let Some(h) = m.dlq(w, q) else { return };
                 let waiting = m.dead_waiting(q);
                 if all {
                     assert_eq!(h.requeue_all().expect("requeue_all"), waiting.len(), "requeued");
@@ -735,7 +740,7 @@ impl ModelRun {
                         m.requeued(p.id.get());
                     } else {
                         // Not a dead letter: a message waiting in a queue, if there is one.
-                        let (_, main) = m.queue(w, queue);
+                        let main = m.queue(w, q);
                         if let Some(p) = main.peek(1).expect("peek").first() {
                             assert!(!h.requeue(p.id).expect("requeue"), "requeued a live message");
                         }
@@ -744,7 +749,8 @@ impl ModelRun {
             }
             Op::Advance { by } => self.clock.advance(ops::ticks(by)),
             Op::SetConfig { queue, cfg: c } => {
-                let (q, h) = m.queue(w, queue);
+                let q = ops::queue_index(queue);
+                let h = m.queue(w, q);
                 let c = c.get();
                 h.set_config(&c).expect("set_config");
                 m.set_config(q, c);
@@ -813,10 +819,11 @@ fn model_push(
     (queue, len, d): (u8, ops::Len, Dur),
     o: JobOpts,
 ) {
-    let (q, h) = m.queue(w, queue);
+    let q = ops::queue_index(queue);
+    let h = m.queue(w, q);
     let p = m.payload(q, len.bytes());
     let got = h.push_with(&p, o.get(d.resolve(cfg.push_default())));
-    m.pushed(q, vec![p], o, got.map(|id| vec![id.get()]));
+    m.pushed(q, vec![p], o.job(), got.map(|id| vec![id.get()]));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 use wharf::{Error, Wharf};
 
-use crate::{copy_store, payload, segments, small};
+use crate::{copy_store, flip_a_bit_under_later_durable_records, payload, segments, small};
 
 /// A store whose log spans several segments, closed cleanly.
 fn multi_segment_store() -> tempfile::TempDir {
@@ -46,18 +46,7 @@ fn a_flipped_byte_in_a_sealed_segment_fails_the_open_naming_the_file() {
 #[test]
 fn damage_under_a_later_durable_record_of_the_active_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let w = Wharf::open(dir.path()).unwrap();
-        let q = w.queue("q").unwrap();
-        for i in 0..10 {
-            q.push(payload(i, 100)).unwrap(); // each push is synced before the next is staged
-        }
-    }
-    let seg = segments(dir.path())[0].clone();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes.windows(16).position(|w| w == &payload(4, 100)[..16]).unwrap();
-    bytes[at + 20] ^= 1;
-    std::fs::write(&seg, &bytes).unwrap();
+    let (seg, _) = flip_a_bit_under_later_durable_records(dir.path());
     match Wharf::open(dir.path()) {
         Err(Error::Corrupted(c)) => assert_eq!(c.file, seg),
         other => panic!("expected corruption, got {other:?}"),

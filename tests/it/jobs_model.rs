@@ -1,4 +1,5 @@
-//! Model-based test of the job semantics: random pushes with options (delay, priority, TTL,
+//! Model-based test of the job semantics (the model is `wharf_check::jobs`, shared with the
+//! `ops_model` fuzz target): random pushes with options (delay, priority, TTL,
 //! dedup key), pops, acks, nacks (backoff or an explicit delay, with error texts), releases,
 //! dead letters, requeues from the dead-letter queue, config changes, clock advances and clean
 //! reopens, on a real directory with small segments, against an in-memory model of what each
@@ -9,20 +10,20 @@
 //!
 //! Time is a `ManualClock`: nothing sleeps. `PROPTEST_CASES` sets the number of cases.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use wharf::{
-    Backoff, Clock, DeadLetters, DeadReason, Delivery, Durability, Error, ManualClock, NackOptions,
-    OnExpiry, Overflow, PushOptions, QueueConfig, Wharf,
+    Backoff, DeadLetters, Durability, ManualClock, NackOptions, OnExpiry, Overflow, PushOptions,
+    QueueConfig, Wharf,
 };
+use wharf_check::jobs::{Job, Model};
+use wharf_check::MAX_ERROR_LEN;
 
 const MAIN: &str = "jobs";
 const DLQ: &str = "jobs.dlq";
-/// Longest error text a message keeps (`jobs::MAX_ERROR_LEN`).
-const MAX_ERROR_LEN: usize = 4096;
 
 /// Error texts a nack or dead letter gives: none, short ones, and one longer than is kept.
 fn error_text(k: u8) -> String {
@@ -187,172 +188,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Loc {
-    Main,
-    Dlq,
-}
-
-/// One unsettled message, as the model knows it.
-#[derive(Debug, Clone)]
-struct M {
-    payload: Vec<u8>,
-    at: Loc,
-    priority: u8,
-    /// Unix ms from which it is ready (0: ready).
-    due: u64,
-    /// Unix ms from which it must not be delivered (0: never).
-    expires: u64,
-    attempts: u32,
-    leased: bool,
-    /// The error text kept with it ("" for none).
-    error: String,
-    /// Why it was dead-lettered, while it is in the dead-letter queue.
-    reason: Option<DeadReason>,
-}
-
-/// The main queue's counters since the store was opened.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counters {
-    processed: u64,
-    failed: u64,
-    dead_lettered: u64,
-    expired: u64,
-}
-
-struct Model {
-    clock: ManualClock,
-    msgs: BTreeMap<u64, M>,
-    cfg: QueueConfig,
-    /// Dedup key → (message id, Unix ms until which it holds once settled), as the store's
-    /// index holds it (a key found lapsed is forgotten) ...
-    dedup: HashMap<u8, (u64, u64)>,
-    /// ... and as replaying the log restores it (the last push with each key).
-    dedup_logged: HashMap<u8, (u64, u64)>,
-    counters: Counters,
-    dlq_exists: bool,
-    max_id: u64,
-    next_payload: u64,
-}
-
-impl Model {
-    fn now(&self) -> u64 {
-        let since = self.clock.wall().duration_since(UNIX_EPOCH).unwrap();
-        u64::try_from(since.as_millis()).unwrap()
-    }
-
-    fn ready(&self, m: &M, at: Loc, now: u64) -> bool {
-        m.at == at && !m.leased && m.due <= now
-    }
-
-    /// The message a pop of `at` leases next: highest priority, then oldest.
-    fn head(&self, at: Loc, now: u64) -> Option<u64> {
-        self.msgs
-            .iter()
-            .filter(|(_, m)| self.ready(m, at, now))
-            .min_by_key(|(id, m)| (u8::MAX - m.priority, **id))
-            .map(|(id, _)| *id)
-    }
-
-    /// Waiting messages of `at` in the order `peek` lists them: ready ones by priority and
-    /// age, then delayed ones by due time.
-    fn waiting(&self, at: Loc, now: u64) -> Vec<u64> {
-        let mut ready: Vec<(u8, u64)> = Vec::new();
-        let mut delayed: Vec<(u64, u64)> = Vec::new();
-        for (&id, m) in &self.msgs {
-            if m.at != at || m.leased {
-                continue;
-            }
-            if m.due <= now {
-                ready.push((u8::MAX - m.priority, id));
-            } else {
-                delayed.push((m.due, id));
-            }
-        }
-        ready.sort_unstable();
-        delayed.sort_unstable();
-        ready.into_iter().map(|(_, id)| id).chain(delayed.into_iter().map(|(_, id)| id)).collect()
-    }
-
-    /// Moves main-queue message `id` to the dead-letter queue (or drops it).
-    fn dead_letter(&mut self, id: u64, reason: DeadReason, error: &str) {
-        self.counters.dead_lettered += 1;
-        if self.cfg.get_dead_letters() == &DeadLetters::Drop {
-            self.msgs.remove(&id);
-            return;
-        }
-        self.dlq_exists = true;
-        let m = self.msgs.get_mut(&id).unwrap();
-        m.at = Loc::Dlq;
-        m.priority = 0;
-        m.due = 0;
-        m.expires = 0;
-        m.leased = false;
-        m.error = clip(error).to_owned();
-        m.reason = Some(reason);
-    }
-
-    /// What a pop of `at` returns: (id, attempt), after dropping or dead-lettering the expired
-    /// and exhausted messages in front of it.
-    fn pop(&mut self, at: Loc) -> Option<(u64, u32)> {
-        let now = self.now();
-        loop {
-            let id = self.head(at, now)?;
-            let m = &self.msgs[&id];
-            if at == Loc::Main {
-                let expired = m.expires != 0 && m.expires <= now;
-                let exhausted = self.cfg.get_max_attempts().is_some_and(|n| m.attempts >= n);
-                if expired || exhausted {
-                    let error = m.error.clone();
-                    if expired {
-                        self.counters.expired += 1;
-                    }
-                    if !expired {
-                        self.dead_letter(id, DeadReason::MaxAttempts, &error);
-                    } else if self.cfg.get_on_expiry() == OnExpiry::DeadLetter {
-                        self.dead_letter(id, DeadReason::Expired, &error);
-                    } else {
-                        self.msgs.remove(&id);
-                    }
-                    continue;
-                }
-            }
-            let m = self.msgs.get_mut(&id).unwrap();
-            m.attempts += 1;
-            m.leased = true;
-            return Some((id, m.attempts));
-        }
-    }
-
-    /// The delay before the retry of a failed delivery `attempt` of `id`.
-    fn backoff(&self, attempt: u32, id: u64) -> Duration {
-        match self.cfg.get_backoff() {
-            Backoff::Fixed(d) => d,
-            Backoff::Exponential { base, cap, jitter: false } => {
-                let factor = 1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX);
-                base.checked_mul(factor).unwrap_or(cap).min(cap)
-            }
-            // Jitter is a hash of id and attempt: the library's own function.
-            b => b.delay(attempt, id),
-        }
-    }
-}
-
-fn clip(s: &str) -> &str {
-    &s[..s.len().min(MAX_ERROR_LEN)]
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap()
-}
-
-/// The store under test and the deliveries the test holds: (id, from the DLQ, delivery).
+/// The store under test: its directory and clock, and every id it handed out.
 struct Sut {
     dir: tempfile::TempDir,
     clock: ManualClock,
     w: Option<Wharf>,
-    held: Vec<(u64, bool, Delivery)>,
-    /// Every id the store handed out.
     ids: BTreeMap<u64, wharf::MessageId>,
 }
 
@@ -368,197 +208,101 @@ impl Sut {
     fn w(&self) -> &Wharf {
         self.w.as_ref().unwrap()
     }
-
-    fn main(&self) -> wharf::Queue {
-        self.w().queue(MAIN).unwrap()
-    }
-
-    fn dlq(&self) -> wharf::Queue {
-        self.w().queue(DLQ).unwrap()
-    }
 }
 
-fn payload(n: u64, len: u16) -> Vec<u8> {
-    let mut p = format!("m{n}:").into_bytes();
-    p.resize(usize::from(len).max(p.len()), b'a' + (n % 26) as u8);
-    p
+fn ms(n: u16) -> Duration {
+    Duration::from_millis(u64::from(n))
 }
 
+/// Runs `op` on the store and tells the model (queue 0 is `MAIN`), which checks what each call
+/// returned; the held deliveries are the model's.
 fn apply(s: &mut Sut, m: &mut Model, op: &Op) {
+    let w = s.w().clone();
     match *op {
         Op::Push { len, delay_ms, priority, ttl_ms, key, durable } => {
-            let now = m.now();
-            m.next_payload += 1;
-            let p = payload(m.next_payload, len);
+            let job = Job {
+                delay: delay_ms.map(ms),
+                priority,
+                ttl: ttl_ms.map(ms),
+                key: key.map(|k| format!("key-{k}")),
+            };
             let mut opts = PushOptions::new().priority(priority);
             if durable {
                 opts = opts.durability(Durability::Immediate);
             }
-            if let Some(d) = delay_ms {
-                opts = opts.delay(Duration::from_millis(u64::from(d)));
+            if let Some(d) = job.delay {
+                opts = opts.delay(d);
             }
-            if let Some(t) = ttl_ms {
-                opts = opts.ttl(Duration::from_millis(u64::from(t)));
+            if let Some(t) = job.ttl {
+                opts = opts.ttl(t);
             }
-            if let Some(k) = key {
-                opts = opts.dedup_key(format!("key-{k}"));
+            if let Some(k) = &job.key {
+                opts = opts.dedup_key(k.clone());
             }
-            let got = s.main().push_with(&p, opts);
-            // A live dedup key: nothing is stored, the first id comes back.
-            if let Some(k) = key {
-                if let Some(&(id, until)) = m.dedup.get(&k) {
-                    let unsettled = m.msgs.get(&id).is_some_and(|x| x.at == Loc::Main);
-                    if unsettled || now < until {
-                        assert_eq!(got.unwrap().get(), id, "a duplicate push of key {k}");
-                        return;
-                    }
-                    m.dedup.remove(&k);
-                }
+            let p = m.payload(0, usize::from(len));
+            let got = m.queue(&w, 0).push_with(&p, opts);
+            if let Ok(id) = &got {
+                s.ids.insert(id.get(), *id);
             }
-            if let Some((limit, overflow)) = m.cfg.get_max_len() {
-                let waiting = m.msgs.values().filter(|x| x.at == Loc::Main && !x.leased).count();
-                let excess = (waiting as u64 + 1).saturating_sub(limit);
-                if excess > 0 {
-                    if overflow == Overflow::Reject || limit == 0 {
-                        let err = got.unwrap_err();
-                        assert!(matches!(err, Error::QueueFull { .. }), "{err}");
-                        return;
-                    }
-                    for _ in 0..excess {
-                        // The oldest waiting message: the next one a pop would take, else
-                        // the earliest-due delayed one.
-                        let victim = m.head(Loc::Main, now).or_else(|| {
-                            m.waiting(Loc::Main, now).into_iter().find(|id| m.msgs[id].due > now)
-                        });
-                        let victim = victim.expect("a waiting message to make room");
-                        m.dead_letter(victim, DeadReason::Overflow, "");
-                    }
-                }
-            }
-            let typed = got.unwrap();
-            let id = typed.get();
-            s.ids.insert(id, typed);
-            assert!(id > m.max_id, "id {id:x} is not above {:x}", m.max_id);
-            m.max_id = id;
-            let delay = delay_ms.map_or(0, u64::from);
-            let ttl = ttl_ms.map(u64::from).or(m.cfg.get_ttl().map(millis));
-            m.msgs.insert(
-                id,
-                M {
-                    payload: p,
-                    at: Loc::Main,
-                    priority,
-                    due: if delay > 0 { now + delay } else { 0 },
-                    expires: ttl.map_or(0, |t| now + t),
-                    attempts: 0,
-                    leased: false,
-                    error: String::new(),
-                    reason: None,
-                },
-            );
-            if let Some(k) = key {
-                let until = now + millis(m.cfg.get_dedup_window());
-                m.dedup.insert(k, (id, until));
-                m.dedup_logged.insert(k, (id, until));
-            }
+            m.pushed(0, vec![p], job, got.map(|id| vec![id.get()]));
         }
         Op::Pop { dlq } => {
-            let (q, at) = if dlq { (s.dlq(), Loc::Dlq) } else { (s.main(), Loc::Main) };
-            m.dlq_exists |= dlq;
+            let q = if dlq { m.dlq_or_create(&w, 0) } else { m.queue(&w, 0) };
             let got = q.try_pop().unwrap();
-            let want = m.pop(at);
-            match (got, want) {
-                (None, None) => {}
-                (Some(d), Some((id, attempt))) => {
-                    assert_eq!(d.id().get(), id, "pop of {at:?} returned another message");
-                    assert_eq!(d.attempt(), attempt, "attempt of {id:x}");
-                    assert_eq!(d.payload(), &m.msgs[&id].payload[..], "payload of {id:x}");
-                    s.held.push((id, dlq, d));
-                }
-                (got, want) => panic!(
-                    "pop of {at:?} returned {:?}, the model says {want:?}",
-                    got.map(|d| d.id().get())
-                ),
-            }
+            m.popped(0, dlq, got);
         }
         Op::Ack { pick } => {
-            if !s.held.is_empty() {
-                let (id, dlq, d) = s.held.remove(usize::from(pick) % s.held.len());
+            if !m.held.is_empty() {
+                let (id, dlq, d) = m.held.remove(usize::from(pick) % m.held.len());
                 d.ack().unwrap();
-                m.msgs.remove(&id);
-                if !dlq {
-                    m.counters.processed += 1;
-                }
+                m.acked(id, dlq);
             }
         }
         Op::Nack { pick, delay_ms, error } => {
-            if s.held.is_empty() {
+            if m.held.is_empty() {
                 return;
             }
-            let (id, dlq, d) = s.held.remove(usize::from(pick) % s.held.len());
+            let (id, dlq, d) = m.held.remove(usize::from(pick) % m.held.len());
             let attempt = d.attempt();
             let text = error_text(error);
             let mut opts = NackOptions::new();
-            if let Some(ms) = delay_ms {
-                opts = opts.delay(Duration::from_millis(u64::from(ms)));
+            if let Some(n) = delay_ms {
+                opts = opts.delay(ms(n));
             }
             if !text.is_empty() {
                 opts = opts.error(text.clone());
             }
             d.nack_with(opts).unwrap();
-            let now = m.now();
-            if !dlq {
-                m.counters.failed += 1;
-                if m.cfg.get_max_attempts().is_some_and(|n| attempt >= n) {
-                    m.dead_letter(id, DeadReason::MaxAttempts, &text);
-                    return;
-                }
-            }
-            let delay = match delay_ms {
-                Some(ms) => Duration::from_millis(u64::from(ms)),
-                None if dlq => Duration::ZERO, // the DLQ has the default config
-                None => m.backoff(attempt, id),
-            };
-            let x = m.msgs.get_mut(&id).unwrap();
-            x.leased = false;
-            x.due = if delay.is_zero() { 0 } else { now + millis(delay) };
-            if !text.is_empty() {
-                x.error = clip(&text).to_owned();
-            }
+            m.nacked(id, dlq, attempt, delay_ms.map(ms), &text);
         }
         Op::Release { pick } => {
-            if !s.held.is_empty() {
-                let (id, _, d) = s.held.remove(usize::from(pick) % s.held.len());
+            if !m.held.is_empty() {
+                let (id, _, d) = m.held.remove(usize::from(pick) % m.held.len());
                 d.release().unwrap();
-                let x = m.msgs.get_mut(&id).unwrap();
-                x.leased = false;
-                x.due = 0;
+                m.released(id);
             }
         }
         Op::DeadLetter { pick, error } => {
-            let mains: Vec<usize> = (0..s.held.len()).filter(|&i| !s.held[i].1).collect();
+            let mains: Vec<usize> = (0..m.held.len()).filter(|&i| !m.held[i].1).collect();
             if mains.is_empty() {
                 return;
             }
-            let (id, _, d) = s.held.remove(mains[usize::from(pick) % mains.len()]);
+            let (id, _, d) = m.held.remove(mains[usize::from(pick) % mains.len()]);
             let text = error_text(error);
             d.dead_letter(&text).unwrap();
-            m.dead_letter(id, DeadReason::Explicit, &text);
+            m.dead_lettered(id, &text);
         }
         Op::RequeueAll => {
-            m.dlq_exists = true;
-            let n = s.dlq().requeue_all().unwrap();
-            let now = m.now();
-            let moved = m.waiting(Loc::Dlq, now);
+            let n = m.dlq_or_create(&w, 0).requeue_all().unwrap();
+            let moved = m.dead_waiting(0);
             assert_eq!(n, moved.len(), "requeue_all count");
             for id in moved {
-                requeued(m, id);
+                m.requeued(id);
             }
         }
         Op::Requeue { pick } => {
-            m.dlq_exists = true;
-            let now = m.now();
-            let waiting = m.waiting(Loc::Dlq, now);
+            let dlq = m.dlq_or_create(&w, 0);
+            let waiting = m.dead_waiting(0);
             let k = usize::from(pick) % (waiting.len() + 1);
             // Past the end: an id that is not a waiting dead letter (in the main queue, in
             // flight, or settled).
@@ -567,20 +311,20 @@ fn apply(s: &mut Sut, m: &mut Model, op: &Op) {
                 None => s.ids.keys().copied().find(|id| !waiting.contains(id)),
             };
             let Some(id) = id else { return };
-            let moved = s.dlq().requeue(s.ids[&id]).unwrap();
+            let moved = dlq.requeue(s.ids[&id]).unwrap();
             assert_eq!(moved, k < waiting.len(), "requeue of {id:x}");
             if moved {
-                requeued(m, id);
+                m.requeued(id);
             }
         }
         Op::SetConfig(ref c) => {
             let cfg = c.get();
-            s.main().set_config(&cfg).unwrap();
-            m.cfg = cfg;
+            m.queue(&w, 0).set_config(&cfg).unwrap();
+            m.set_config(0, cfg);
         }
-        Op::Advance { ms } => s.clock.advance(Duration::from_millis(u64::from(ms))),
+        Op::Advance { ms: n } => s.clock.advance(ms(n)),
         Op::Reopen { release_first } => {
-            let held: Vec<_> = s.held.drain(..).collect();
+            let held: Vec<_> = m.held.drain(..).collect();
             if release_first {
                 drop(held);
                 s.w.take().unwrap().close().unwrap();
@@ -588,71 +332,9 @@ fn apply(s: &mut Sut, m: &mut Model, op: &Op) {
                 s.w.take().unwrap().close().unwrap();
                 drop(held); // in flight at the close: ready again after the reopen
             }
+            drop(w);
             s.open();
-            for x in m.msgs.values_mut() {
-                x.leased = false;
-            }
-            m.counters = Counters::default();
-            m.dedup = m.dedup_logged.clone();
-            let mut names = vec![MAIN.to_owned()];
-            if m.dlq_exists {
-                names.push(DLQ.to_owned());
-            }
-            assert_eq!(s.w().queue_names(), names, "catalog after the reopen");
-        }
-    }
-}
-
-fn requeued(m: &mut Model, id: u64) {
-    let x = m.msgs.get_mut(&id).unwrap();
-    x.at = Loc::Main;
-    x.attempts = 0;
-    x.error.clear();
-    x.reason = None;
-    x.due = 0;
-}
-
-/// The store matches the model: config, depths, counters, and every waiting message.
-fn check(s: &Sut, m: &Model, what: &str) {
-    let now = m.now();
-    let main = s.main();
-    assert_eq!(main.config().unwrap(), m.cfg, "{what}: config");
-    let stats = main.stats().unwrap();
-    let counters = Counters {
-        processed: stats.processed,
-        failed: stats.failed,
-        dead_lettered: stats.dead_lettered,
-        expired: stats.expired,
-    };
-    assert_eq!(counters, m.counters, "{what}: counters of {MAIN}");
-    let mut queues = vec![(MAIN, Loc::Main, main)];
-    if m.dlq_exists {
-        queues.push((DLQ, Loc::Dlq, s.dlq()));
-    }
-    for (name, at, q) in queues {
-        let depth = q.depth().unwrap();
-        let of = |f: &dyn Fn(&M) -> bool| m.msgs.values().filter(|x| x.at == at && f(x)).count();
-        let want = (
-            of(&|x| !x.leased && x.due <= now),
-            of(&|x| !x.leased && x.due > now),
-            of(&|x| x.leased),
-        );
-        assert_eq!((depth.ready, depth.delayed, depth.in_flight), want, "{what}: depth of {name}");
-        let peeked = q.peek(usize::MAX).unwrap();
-        let got: Vec<u64> = peeked.iter().map(|p| p.id.get()).collect();
-        assert_eq!(got, m.waiting(at, now), "{what}: waiting messages of {name}");
-        for p in &peeked {
-            let x = &m.msgs[&p.id.get()];
-            let id = p.id;
-            assert_eq!(p.payload, x.payload, "{what}: payload of {id}");
-            assert_eq!(p.attempts, x.attempts, "{what}: attempts of {id}");
-            assert_eq!(p.priority, x.priority, "{what}: priority of {id}");
-            let due = p.due.map(|t| millis(t.duration_since(UNIX_EPOCH).unwrap()));
-            assert_eq!(due, (x.due > now).then_some(x.due), "{what}: due time of {id}");
-            let from = x.reason.map(|r| (MAIN.to_owned(), r));
-            assert_eq!(p.dead_lettered_from, from, "{what}: dead-letter origin of {id}");
-            let error = (!x.error.is_empty()).then(|| x.error.clone());
-            assert_eq!(p.last_error, error, "{what}: last error of {id}");
+            m.reopened();
         }
     }
 }
@@ -663,32 +345,22 @@ fn run(ops: &[Op]) {
         dir: tempfile::tempdir().unwrap(),
         clock: clock.clone(),
         w: None,
-        held: vec![],
         ids: BTreeMap::new(),
     };
     s.open();
-    let mut m = Model {
-        clock,
-        msgs: BTreeMap::new(),
-        cfg: QueueConfig::new(),
-        dedup: HashMap::new(),
-        dedup_logged: HashMap::new(),
-        counters: Counters::default(),
-        dlq_exists: false,
-        max_id: 0,
-        next_payload: 0,
-    };
-    check(&s, &m, "start");
+    let mut m = Model::new(clock, &[MAIN]);
+    m.queue(s.w(), 0);
+    m.check(s.w(), "start");
     for (k, op) in ops.iter().enumerate() {
         apply(&mut s, &mut m, op);
         // Not after a clock advance: the checks read the store (which makes due messages
         // ready), and the next call must find them as the clock left them.
         if !matches!(op, Op::Advance { .. }) {
-            check(&s, &m, &format!("after op {k} {op:?}"));
+            m.check(s.w(), &format!("after op {k} {op:?}"));
         }
     }
     apply(&mut s, &mut m, &Op::Reopen { release_first: false });
-    check(&s, &m, "after the final reopen");
+    m.check(s.w(), "after the final reopen");
 }
 
 proptest! {

@@ -38,15 +38,25 @@ pub fn small() -> WharfBuilder {
     Wharf::builder().segment_bytes(64 << 10)
 }
 
-/// The segment files of a store, oldest first.
-pub fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    v.sort();
-    v
+pub use wharf_check::segments;
+
+/// Makes a store in `dir` of ten durable pushes of `payload(i, 100)` into one (active) segment,
+/// then flips a bit in the payload of the fifth, under the later durable records; returns the
+/// segment and the offset of that payload in it.
+pub fn flip_a_bit_under_later_durable_records(dir: &Path) -> (PathBuf, usize) {
+    {
+        let w = Wharf::open(dir).unwrap();
+        let q = w.queue("q").unwrap();
+        for i in 0..10 {
+            q.push(payload(i, 100)).unwrap(); // each push is synced before the next is staged
+        }
+    }
+    let seg = segments(dir)[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(16).position(|w| w == &payload(4, 100)[..16]).unwrap();
+    bytes[at + 20] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    (seg, at)
 }
 
 /// Pops everything ready in `queue` without acking it, then releases it all; returns payloads.

@@ -10,7 +10,9 @@ use wharf::{
     Wharf, WharfBuilder,
 };
 
-use crate::{as_if_crashed, copy_store, payload, segments, small};
+use crate::{
+    as_if_crashed, copy_store, flip_a_bit_under_later_durable_records, payload, segments, small,
+};
 
 /// Small segments, and checkpoints only when a test takes one.
 fn manual() -> WharfBuilder {
@@ -165,18 +167,7 @@ fn a_flipped_bit_in_a_sealed_segment_is_reported_where_open_fails() {
 #[test]
 fn a_flipped_bit_in_the_active_segment_is_reported_where_open_fails() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let w = Wharf::open(dir.path()).unwrap();
-        let q = w.queue("q").unwrap();
-        for i in 0..10 {
-            q.push(payload(i, 100)).unwrap(); // each push is synced before the next is staged
-        }
-    }
-    let seg = segments(dir.path())[0].clone();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes.windows(16).position(|w| w == &payload(4, 100)[..16]).unwrap();
-    bytes[at + 20] ^= 1;
-    std::fs::write(&seg, &bytes).unwrap();
+    let (seg, at) = flip_a_bit_under_later_durable_records(dir.path());
     // The push record's header and body come before its payload.
     let off = check_damage_agrees_with_open(dir.path(), &seg);
     assert_eq!(off, at as u64 - 64);

@@ -1,7 +1,7 @@
 //! Crash-point enumeration and fault sweeps (see `crash_points.rs`) over scenarios that use the
 //! job semantics: delayed pushes, priorities, retries with backoff, dead letters (explicit, by
 //! exhausted attempts, by expiry, by overflow), requeues, config changes, TTLs and dedup keys.
-//! The oracle (`oracle.rs`) follows each message through its moves: after a crash it must be
+//! The oracle (`wharf_check::oracle`, driven by `oracle.rs`) follows each message through its moves: after a crash it must be
 //! where a prefix of them put it (its queue or its dead-letter queue, or gone), at least as
 //! far as the last one known durable, a durable config must have survived, and attempts
 //! never go back below the deliveries known durable (after a process crash, `KeepAll`, also

@@ -20,7 +20,7 @@ use proptest::test_runner::{Config, TestRunner};
 use wharf::testing::{CrashPolicy, SimFs};
 use wharf::{Durability, Wharf};
 
-use crate::oracle::{check, observe, Ctx, St};
+use crate::oracle::{check, probe_fresh_id, Ctx, St};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -92,38 +92,18 @@ const QUEUES: [&str; 3] = ["a", "b", "c"];
 
 /// The message the model says a pop of `queue` must return: the oldest ready one.
 fn expected_head(c: &Ctx, queue: &str) -> Option<usize> {
-    c.msgs
+    c.o.msgs
         .iter()
         .enumerate()
         .filter(|(i, m)| {
             m.queue == queue
-                && matches!(m.push, St::Volatile | St::Written | St::Durable)
+                && m.push.happened()
                 && m.ack == St::No
+                && !m.gone
                 && !c.held.iter().any(|(h, _)| h == i)
         })
         .min_by_key(|(_, m)| m.id)
         .map(|(i, _)| i)
-}
-
-/// After a crash: the model becomes what the recovered store holds.
-fn collapse(c: &mut Ctx) {
-    let seen = observe(c.wharf.as_ref().unwrap());
-    for m in &mut c.msgs {
-        let found = seen.get(&m.queue).and_then(|l| l.iter().find(|(_, p)| *p == m.payload));
-        match found {
-            Some((id, _)) => {
-                m.id = Some(*id);
-                m.push = St::Durable;
-                m.ack = St::No;
-                m.deliveries.clear();
-            }
-            None => {
-                // Acked, or lost with the tail: gone for good either way.
-                m.push = St::Durable;
-                m.ack = St::Durable;
-            }
-        }
-    }
 }
 
 /// What the checkpoints of a run did.
@@ -199,9 +179,10 @@ fn apply(c: &mut Ctx, op: &Op, stats: &mut Stats) {
             c.wharf = None; // closing runs into the crash
             c.sim = c.sim.crash_image(policy, seed);
             c.open().unwrap_or_else(|e| panic!("open after {op:?} failed: {e}"));
-            let keep_all = policy == CrashPolicy::KeepAll;
-            check(c.wharf.as_ref().unwrap(), &c.record(), keep_all, &format!("after {op:?}"));
-            collapse(c);
+            // The model becomes what the recovered store holds.
+            let (w, now, what) = (c.wharf.clone().unwrap(), c.now_ms(), format!("after {op:?}"));
+            c.o.check_and_collapse(&w, now, policy == CrashPolicy::KeepAll, &what);
+            probe_fresh_id(&w, c.o.max_id, &what);
         }
     }
 }
@@ -211,8 +192,6 @@ fn run(ops: &[Op], real: Option<&Path>) -> Stats {
         Wharf::builder().segment_bytes(64 << 10).visibility_timeout(Duration::from_secs(3600));
     let mut c = Ctx::new(SimFs::new(), builder);
     c.real = real.map(Path::to_path_buf);
-    // The observations after a crash deliver messages the record does not count.
-    c.uncertain = true;
     c.open().unwrap();
     let mut stats = Stats::default();
     for op in ops {

@@ -61,7 +61,7 @@ fn drain(c: &mut Ctx, d: Durability) -> Result<usize, Error> {
 
 /// The messages the scenario stored (not refused).
 fn stored(c: &Ctx) -> usize {
-    c.msgs.iter().filter(|m| m.push != St::No).count()
+    c.o.msgs.iter().filter(|m| m.push != St::No).count()
 }
 
 pub fn quota_scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {

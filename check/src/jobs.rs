@@ -1,31 +1,39 @@
-//! The reference model of `ops_model`: what every call on a healthy store must return, with
-//! the job semantics (priorities, delays, TTLs, retries with backoff, dead letters, requeues,
-//! length limits, dedup keys, per-queue config), checked exactly after every operation.
-//! The same semantics as `tests/it/jobs_model.rs`, over three queues and their dead-letter
-//! queues.
+//! The jobs model: what every call on a healthy store must return, with the job semantics
+//! (priorities, delays, TTLs, retries with backoff, dead letters, requeues, length limits,
+//! dedup keys, per-queue config), over a few named queues and their dead-letter queues. A
+//! driver makes each call on the store, tells the model, and calls [`Model::check`]: the store
+//! must match the model exactly.
+//!
+//! Drivers: `tests/it/jobs_model.rs` (proptest, one queue, a real directory) and the
+//! `ops_model` fuzz target (`fuzz/src/targets.rs`, three queues, the simulated disk).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use wharf::testing::ManualClock;
 use wharf::{
-    Backoff, Clock, DeadLetters, DeadReason, Delivery, Error, OnExpiry, Overflow, QueueConfig,
-    Wharf,
+    Backoff, Clock, DeadLetters, DeadReason, Delivery, Error, ManualClock, OnExpiry, Overflow,
+    QueueConfig, Wharf,
 };
 
-use crate::ops::{self, JobOpts};
+use crate::{clip, dlq, millis, unix_ms};
 
-/// Longest error text a message keeps.
-const MAX_ERROR_LEN: usize = 4096;
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// The options of a push.
+#[derive(Debug, Clone, Default)]
+pub struct Job {
+    /// `None` or zero: ready at once.
+    pub delay: Option<Duration>,
+    /// Its priority (0 to `wharf::MAX_PRIORITY`).
+    pub priority: u8,
+    /// `None`: the queue's TTL.
+    pub ttl: Option<Duration>,
+    /// A dedup key.
+    pub key: Option<String>,
 }
 
 /// One unsettled message.
 #[derive(Debug, Clone)]
 struct M {
-    /// Its queue (index into `ops::QUEUES`).
+    /// Its queue (index into the model's queues).
     q: usize,
     payload: Vec<u8>,
     /// In the queue's dead-letter queue.
@@ -55,9 +63,12 @@ struct Counters {
     expired: u64,
 }
 
-/// The model, and the deliveries the target holds.
+/// The model, and the deliveries the driver holds.
 pub struct Model {
+    /// The store's clock (the driver moves it).
     pub clock: ManualClock,
+    /// The queues' names; a queue is named by its index here.
+    queues: Vec<String>,
     msgs: BTreeMap<u64, M>,
     cfgs: Vec<QueueConfig>,
     /// Dedup key → (message id, Unix ms until which it holds once settled), per queue, as the
@@ -77,10 +88,12 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(clock: ManualClock) -> Model {
-        let n = ops::QUEUES.len();
+    /// A model of an empty store whose clock is `clock`, over the queues `queues`.
+    pub fn new(clock: ManualClock, queues: &[&str]) -> Model {
+        let n = queues.len();
         Model {
             clock,
+            queues: queues.iter().map(|&q| q.to_owned()).collect(),
             msgs: BTreeMap::new(),
             cfgs: vec![QueueConfig::new(); n],
             dedup: vec![HashMap::new(); n],
@@ -93,28 +106,43 @@ impl Model {
         }
     }
 
+    /// The clock's time in Unix ms.
     pub fn now(&self) -> u64 {
-        millis(self.clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default())
+        unix_ms(self.clock.wall())
+    }
+
+    fn create(&mut self, name: String) {
+        if !self.created.contains(&name) {
+            self.created.push(name);
+        }
     }
 
     /// The handle of queue `q` (created on first use, like the store does).
-    pub fn queue(&mut self, w: &Wharf, q: u8) -> (usize, wharf::Queue) {
-        let name = ops::queue_name(q);
-        let queue = w.queue(name).expect("queue");
-        if !self.created.iter().any(|n| n == name) {
-            self.created.push(name.to_owned());
-        }
-        (usize::from(q) % ops::QUEUES.len(), queue)
+    ///
+    /// # Panics
+    /// If the store refuses it.
+    pub fn queue(&mut self, w: &Wharf, q: usize) -> wharf::Queue {
+        let name = self.queues[q].clone();
+        let queue = w.queue(&name).unwrap();
+        self.create(name);
+        queue
     }
 
     /// The dead-letter queue of queue `q`, if it exists.
-    pub fn dlq(&self, w: &Wharf, q: u8) -> Option<(usize, wharf::Queue)> {
-        let name = ops::dlq_name(q);
-        self.created.contains(&name).then(|| {
-            (usize::from(q) % ops::QUEUES.len(), w.queue(&name).expect("dead-letter queue"))
-        })
+    pub fn dlq(&self, w: &Wharf, q: usize) -> Option<wharf::Queue> {
+        let name = dlq(&self.queues[q]);
+        self.created.contains(&name).then(|| w.queue(&name).unwrap())
     }
 
+    /// The dead-letter queue of queue `q`, created if it does not exist yet.
+    pub fn dlq_or_create(&mut self, w: &Wharf, q: usize) -> wharf::Queue {
+        let name = dlq(&self.queues[q]);
+        let queue = w.queue(&name).unwrap();
+        self.create(name);
+        queue
+    }
+
+    /// A new payload of about `len` bytes for queue `q`.
     pub fn payload(&mut self, q: usize, len: usize) -> Vec<u8> {
         self.counter += 1;
         let mut p = format!("{q}:{}:", self.counter).into_bytes();
@@ -135,7 +163,8 @@ impl Model {
             .map(|(id, _)| *id)
     }
 
-    /// Waiting messages in the order `peek` lists them.
+    /// Waiting messages in the order `peek` lists them: ready ones by priority and age, then
+    /// delayed ones by due time.
     fn waiting(&self, q: usize, dead: bool, now: u64) -> Vec<u64> {
         let mut ready = Vec::new();
         let mut delayed = Vec::new();
@@ -154,7 +183,7 @@ impl Model {
         ready.into_iter().map(|(_, id)| id).chain(delayed.into_iter().map(|(_, id)| id)).collect()
     }
 
-    /// Moves message `id` of queue `q` to its dead-letter queue (or drops it).
+    /// Moves message `id` to its queue's dead-letter queue (or drops it).
     fn dead_letter(&mut self, id: u64, reason: DeadReason, error: &str) {
         let q = self.msgs[&id].q;
         self.counters[q].dead_lettered += 1;
@@ -162,18 +191,15 @@ impl Model {
             self.msgs.remove(&id);
             return;
         }
-        let name = ops::dlq_name(q as u8);
-        if !self.created.contains(&name) {
-            self.created.push(name);
-        }
-        let m = self.msgs.get_mut(&id).expect("known id");
+        self.create(dlq(&self.queues[q]));
+        let m = self.msgs.get_mut(&id).unwrap();
         m.dead = true;
         m.priority = 0;
         m.due = 0;
         m.expires = 0;
         m.leased = false;
         m.lapsed = false;
-        m.error = error[..error.len().min(MAX_ERROR_LEN)].to_owned();
+        m.error = clip(error).to_owned();
         m.reason = Some(reason);
     }
 
@@ -203,7 +229,7 @@ impl Model {
                     continue;
                 }
             }
-            let m = self.msgs.get_mut(&id).expect("known id");
+            let m = self.msgs.get_mut(&id).unwrap();
             m.attempts += 1;
             m.leased = true;
             m.lapsed = false;
@@ -211,7 +237,11 @@ impl Model {
         }
     }
 
-    /// A delivery of queue `q` (or its DLQ) must be what the model says a pop returns.
+    /// A pop of queue `q` (or its dead-letter queue) returned `got`: it must be what the model
+    /// says a pop returns; the delivery is held.
+    ///
+    /// # Panics
+    /// If it is not.
     pub fn popped(&mut self, q: usize, dead: bool, got: Option<Delivery>) {
         let want = self.pop(q, dead);
         match (got, want) {
@@ -229,18 +259,18 @@ impl Model {
         }
     }
 
-    /// How many messages a push of `n` into queue `q` makes room for by dead-lettering, or
-    /// `None` if it is refused.
-    fn make_room(&mut self, q: usize, n: usize) -> Option<()> {
-        let Some((limit, overflow)) = self.cfgs[q].get_max_len() else { return Some(()) };
+    /// Whether a push of `n` into queue `q` is accepted; dead-letters the messages it makes
+    /// room for.
+    fn make_room(&mut self, q: usize, n: usize) -> bool {
+        let Some((limit, overflow)) = self.cfgs[q].get_max_len() else { return true };
         let now = self.now();
         let waiting = self.msgs.values().filter(|m| m.q == q && !m.dead && !m.leased).count();
         let excess = (waiting as u64 + n as u64).saturating_sub(limit);
         if excess == 0 {
-            return Some(());
+            return true;
         }
         if overflow == Overflow::Reject || n as u64 > limit {
-            return None;
+            return false;
         }
         for _ in 0..excess {
             // The next message a pop would take, else the earliest-due delayed one.
@@ -248,38 +278,42 @@ impl Model {
                 self.head(q, false, now).or_else(|| self.waiting(q, false, now).first().copied());
             self.dead_letter(victim.expect("a waiting message"), DeadReason::Overflow, "");
         }
-        Some(())
+        true
     }
 
-    /// A push of `payloads` into queue `q` with `opts` returned `got`: checks it against the
+    /// A push of `payloads` into queue `q` with `job` returned `got`: checks it against the
     /// model and records the new messages.
+    ///
+    /// # Panics
+    /// If it is not what the model says.
     pub fn pushed(
         &mut self,
         q: usize,
         payloads: Vec<Vec<u8>>,
-        opts: JobOpts,
+        job: Job,
         got: Result<Vec<u64>, Error>,
     ) {
         let now = self.now();
-        if let Some(key) = opts.key() {
-            if let Some(&(id, until)) = self.dedup[q].get(&key) {
+        if let Some(key) = &job.key {
+            if let Some(&(id, until)) = self.dedup[q].get(key) {
                 let unsettled = self.msgs.get(&id).is_some_and(|m| !m.dead && m.q == q);
                 if unsettled || now < until {
                     let hit = matches!(&got, Ok(ids) if ids == &[id]);
                     assert!(hit, "a duplicate push of {key} returned {got:?}, not [{id:x}]");
                     return;
                 }
-                self.dedup[q].remove(&key);
+                self.dedup[q].remove(key);
             }
         }
-        if self.make_room(q, payloads.len()).is_none() {
+        if !self.make_room(q, payloads.len()) {
             let err = got.expect_err("a push into a full queue");
             assert!(matches!(err, Error::QueueFull { .. }), "{err}");
             return;
         }
         let ids = got.expect("push");
         assert_eq!(ids.len(), payloads.len(), "push returned the wrong id count");
-        let ttl = if opts.ttl > 0 { Some(ops::ticks(opts.ttl)) } else { self.cfgs[q].get_ttl() };
+        let ttl = job.ttl.or(self.cfgs[q].get_ttl());
+        let delay = job.delay.unwrap_or_default();
         for (id, payload) in ids.iter().zip(payloads) {
             assert!(*id > self.max_id, "id {id:x} is not above {:x}", self.max_id);
             self.max_id = *id;
@@ -287,8 +321,8 @@ impl Model {
                 q,
                 payload,
                 dead: false,
-                priority: opts.priority(),
-                due: if opts.delay > 0 { now + millis(ops::ticks(opts.delay)) } else { 0 },
+                priority: job.priority,
+                due: if delay.is_zero() { 0 } else { now + millis(delay) },
                 expires: ttl.map_or(0, |t| now + millis(t)),
                 attempts: 0,
                 leased: false,
@@ -298,13 +332,14 @@ impl Model {
             };
             self.msgs.insert(*id, m);
         }
-        if let (Some(key), Some(&id)) = (opts.key(), ids.first()) {
+        if let (Some(key), Some(&id)) = (job.key, ids.first()) {
             let until = now + millis(self.cfgs[q].get_dedup_window());
             self.dedup[q].insert(key.clone(), (id, until));
             self.logged[q].insert(key, (id, until));
         }
     }
 
+    /// The delay before the retry of a failed delivery `attempt` of `id` of queue `q`.
     fn backoff(&self, q: usize, attempt: u32, id: u64) -> Duration {
         match self.cfgs[q].get_backoff() {
             Backoff::Fixed(d) => d,
@@ -325,7 +360,8 @@ impl Model {
         }
     }
 
-    /// A held delivery of attempt `attempt` was nacked.
+    /// A held delivery of attempt `attempt` was nacked, with `delay` (else the backoff) and
+    /// `error` ("" for none).
     pub fn nacked(
         &mut self,
         id: u64,
@@ -351,7 +387,7 @@ impl Model {
         m.leased = false;
         m.due = if delay.is_zero() { 0 } else { now + millis(delay) };
         if !error.is_empty() {
-            m.error = error.to_owned();
+            m.error = clip(error).to_owned();
         }
     }
 
@@ -395,6 +431,7 @@ impl Model {
         m.due = 0;
     }
 
+    /// Queue `q`'s config was set.
     pub fn set_config(&mut self, q: usize, cfg: QueueConfig) {
         self.cfgs[q] = cfg;
     }
@@ -405,31 +442,29 @@ impl Model {
             m.leased = false;
             m.lapsed = false;
         }
-        self.counters = vec![Counters::default(); ops::QUEUES.len()];
-        for q in 0..ops::QUEUES.len() {
-            self.dedup[q] = self.logged[q].clone();
-        }
+        self.counters = vec![Counters::default(); self.queues.len()];
+        self.dedup.clone_from(&self.logged);
     }
 
-    /// The store matches the model: catalog, configs, counters, depths, every waiting
-    /// message of every queue and dead-letter queue.
+    /// Checks that the store matches the model: catalog, configs, counters, depths, every
+    /// waiting message of every queue and dead-letter queue (payload, attempts, priority, due
+    /// time, dead-letter origin and reason, last error).
+    ///
+    /// # Panics
+    /// Where it does not, naming `what`.
     pub fn check(&self, w: &Wharf, what: &str) {
         assert_eq!(w.queue_names(), self.created, "{what}: catalog");
         let now = self.now();
-        for (q, name) in ops::QUEUES.iter().enumerate() {
+        for (q, queue) in self.queues.iter().enumerate() {
             for dead in [false, true] {
-                let name = if dead { format!("{name}.dlq") } else { (*name).to_owned() };
+                let name = if dead { dlq(queue) } else { queue.clone() };
                 if !self.created.contains(&name) {
                     continue;
                 }
-                let h = w.queue(&name).expect("queue");
+                let h = w.queue(&name).unwrap();
                 if !dead {
-                    assert_eq!(
-                        h.config().expect("config"),
-                        self.cfgs[q],
-                        "{what}: config of {name}"
-                    );
-                    let s = h.stats().expect("stats");
+                    assert_eq!(h.config().unwrap(), self.cfgs[q], "{what}: config of {name}");
+                    let s = h.stats().unwrap();
                     let c = Counters {
                         processed: s.processed,
                         failed: s.failed,
@@ -446,9 +481,9 @@ impl Model {
                     of(&|m| !m.leased && m.due > now),
                     of(&|m| m.leased),
                 );
-                let d = h.depth().expect("depth");
+                let d = h.depth().unwrap();
                 assert_eq!((d.ready, d.delayed, d.in_flight), want, "{what}: depth of {name}");
-                let peeked = h.peek(usize::MAX).expect("peek");
+                let peeked = h.peek(usize::MAX).unwrap();
                 let got: Vec<u64> = peeked.iter().map(|p| p.id.get()).collect();
                 assert_eq!(got, self.waiting(q, dead, now), "{what}: waiting in {name}");
                 for p in &peeked {
@@ -457,10 +492,9 @@ impl Model {
                     assert_eq!(p.payload, m.payload, "{what}: payload of {id}");
                     assert_eq!(p.attempts, m.attempts, "{what}: attempts of {id}");
                     assert_eq!(p.priority, m.priority, "{what}: priority of {id}");
-                    let due =
-                        p.due.map(|t| millis(t.duration_since(UNIX_EPOCH).unwrap_or_default()));
+                    let due = p.due.map(unix_ms);
                     assert_eq!(due, (m.due > now).then_some(m.due), "{what}: due time of {id}");
-                    let from = m.reason.map(|r| (ops::QUEUES[q].to_owned(), r));
+                    let from = m.reason.map(|r| (queue.clone(), r));
                     assert_eq!(p.dead_lettered_from, from, "{what}: dead-letter origin of {id}");
                     let error = (!m.error.is_empty()).then(|| m.error.clone());
                     assert_eq!(p.last_error, error, "{what}: last error of {id}");
