@@ -81,37 +81,44 @@ impl GroupCommit {
     }
 
     /// The log directory.
+    #[inline]
     pub(crate) fn dir(&self) -> &std::path::Path {
         &self.log_dir
     }
 
     /// The storage the log's files are on.
+    #[inline]
     pub(crate) fn storage(&self) -> &dyn Storage {
         &*self.storage
     }
 
     /// Wakes the background thread, which waits on this.
+    #[inline]
     pub(crate) fn background(&self) -> &Condvar {
         &self.bg_cv
     }
 
     /// Wakes the checkpointer thread, which waits on this.
+    #[inline]
     pub(crate) fn checkpointer(&self) -> &Condvar {
         &self.ck_cv
     }
 
     /// Pushes waiting for room wait on this; a deletion wakes them.
+    #[inline]
     pub(crate) fn space(&self) -> &Condvar {
         &self.space_cv
     }
 
     /// Signalled whenever a flush ends.
+    #[inline]
     pub(crate) fn flushed(&self) -> &Condvar {
         &self.durable_cv
     }
 
     /// Whether checkpoints are asked for at least once a segment, which makes a sealed
     /// segment's stragglers due soon after the seal.
+    #[inline]
     pub(crate) fn relocates_after_seals(&self) -> bool {
         self.checkpoint_bytes <= self.segment_bytes
     }
@@ -137,6 +144,7 @@ impl GroupCommit {
     /// segments as needed. `Ok(true)`: there was room, the lock was held throughout; `Ok(false)`:
     /// the lock was released to make room, so the caller must look at the state again. Fails
     /// with `NoSpace` or `Full` when the disk or the quota has no room: nothing is staged then.
+    #[inline]
     pub(crate) fn reserve<H: LogHost>(
         &self,
         state: &Mutex<H>,
@@ -144,11 +152,25 @@ impl GroupCommit {
         lens: &[usize],
         room: Room,
     ) -> Result<bool> {
-        let mut waited = false;
+        if g.wal().fits(lens, room) {
+            return Ok(true);
+        }
+        self.make_room(state, g, lens, room).map(|()| false)
+    }
+
+    /// The slow path of `reserve`: spare segments are created (the lock released meanwhile)
+    /// until the records fit.
+    fn make_room<H: LogHost>(
+        &self,
+        state: &Mutex<H>,
+        g: &mut MutexGuard<'_, H>,
+        lens: &[usize],
+        room: Room,
+    ) -> Result<()> {
         loop {
             g.check()?;
             if g.wal().fits(lens, room) {
-                return Ok(!waited);
+                return Ok(());
             }
             // A new segment must be able to hold its preamble and each record, or no number
             // of new segments would ever make room.
@@ -164,7 +186,6 @@ impl GroupCommit {
             }
             let have = g.wal().log().spare_count();
             MutexGuard::unlocked(g, || self.create_spare(state, have + 1))?;
-            waited = true;
         }
     }
 

@@ -218,21 +218,25 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Log position of the file's first byte (its header).
+    #[inline]
     pub(crate) fn base(&self) -> u64 {
         self.base
     }
 
     /// The file's length in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// The file's path.
+    #[inline]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// One past the last log position this segment covers.
+    #[inline]
     pub(crate) fn end(&self) -> u64 {
         self.base + self.len
     }
@@ -300,11 +304,13 @@ impl Segment {
 
     /// Writes `bytes` at log position `lsn`.
     #[track_caller]
+    #[inline]
     pub(crate) fn write(&self, lsn: u64, bytes: &[u8]) -> io::Result<()> {
         self.file.write_at(bytes, lsn - self.base)
     }
 
     #[track_caller]
+    #[inline]
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }

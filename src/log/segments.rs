@@ -43,11 +43,13 @@ impl SegInfo {
     }
 
     /// The segment.
+    #[inline]
     pub(crate) fn seg(&self) -> &Arc<Segment> {
         &self.seg
     }
 
     /// Unsettled messages whose push record lies in this segment.
+    #[inline]
     pub(crate) fn live(&self) -> u64 {
         self.live
     }
@@ -55,6 +57,7 @@ impl SegInfo {
     /// Whether the segment's unsettled messages are a few stragglers (at most
     /// `STRAGGLERS_MAX_LIVE`, and at most one in `STRAGGLERS_MAX_SHARE` of those pushed in it),
     /// which a checkpoint relocates rather than keep the whole segment for them.
+    #[inline]
     pub(crate) fn few_stragglers(&self) -> bool {
         self.live <= STRAGGLERS_MAX_LIVE && self.live * STRAGGLERS_MAX_SHARE <= self.pushed
     }
@@ -95,6 +98,7 @@ pub(crate) struct Log {
 }
 
 impl Log {
+    #[inline]
     pub(crate) fn active(&self) -> Option<&Arc<Segment>> {
         self.segments.last_key_value().map(|(_, s)| &s.seg)
     }
@@ -119,51 +123,61 @@ impl Log {
     }
 
     /// Adds a segment in use (recovery), in log order.
+    #[inline]
     pub(crate) fn insert(&mut self, info: SegInfo) {
         self.segments.insert(info.seg.base(), info);
     }
 
     /// Adds a spare segment, after the others.
+    #[inline]
     pub(crate) fn push_spare(&mut self, seg: Arc<Segment>) {
         self.spares.push_back(seg);
     }
 
     /// Takes the last spare segment away (to delete it), if there is one.
+    #[inline]
     pub(crate) fn pop_last_spare(&mut self) -> Option<Arc<Segment>> {
         self.spares.pop_back()
     }
 
     /// Takes the first spare segment, to roll into it.
+    #[inline]
     pub(crate) fn pop_first_spare(&mut self) -> Option<Arc<Segment>> {
         self.spares.pop_front()
     }
 
     /// The spare segments, in log order.
+    #[inline]
     pub(crate) fn spares(&self) -> impl Iterator<Item = &Arc<Segment>> {
         self.spares.iter()
     }
 
     /// How many spare segments there are.
+    #[inline]
     pub(crate) fn spare_count(&self) -> usize {
         self.spares.len()
     }
 
     /// How many segments are in use (the active one and older ones still there).
+    #[inline]
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }
 
     /// The segments in use, oldest first.
+    #[inline]
     pub(crate) fn segments(&self) -> impl DoubleEndedIterator<Item = &SegInfo> {
         self.segments.values()
     }
 
     /// Where the log starts: the base of its oldest segment, if any.
+    #[inline]
     pub(crate) fn first_base(&self) -> Option<u64> {
         self.segments.first_key_value().map(|(&b, _)| b)
     }
 
     /// Whether the oldest segment has nothing unsettled and is not the only one.
+    #[inline]
     pub(crate) fn oldest_settled(&self) -> bool {
         self.segments.len() > 1 && self.segments.first_key_value().is_some_and(|(_, s)| s.live == 0)
     }
@@ -176,36 +190,43 @@ impl Log {
     }
 
     /// The store's id (in every segment header).
+    #[inline]
     pub(crate) fn store_id(&self) -> u128 {
         self.store_id
     }
 
     /// The log position the last checkpoint covers.
+    #[inline]
     pub(crate) fn checkpoint(&self) -> u64 {
         self.checkpoint
     }
 
     /// Bytes of the state database file, counted against the disk quota.
+    #[inline]
     pub(crate) fn state_bytes(&self) -> u64 {
         self.state_bytes
     }
 
     /// Sets the bytes of the state database file (or reserved for it).
+    #[inline]
     pub(crate) fn set_state_bytes(&mut self, bytes: u64) {
         self.state_bytes = bytes;
     }
 
     /// Messages whose payloads live in the state database, with their rows as last written.
+    #[inline]
     pub(crate) fn relocated(&self) -> &HashMap<u64, Row> {
         &self.relocated
     }
 
     /// The same, to change.
+    #[inline]
     pub(crate) fn relocated_mut(&mut self) -> &mut HashMap<u64, Row> {
         &mut self.relocated
     }
 
     /// Whether message `id` was delivered in this run and not settled since.
+    #[inline]
     pub(crate) fn is_delivered(&self, id: u64) -> bool {
         self.delivered.contains(&id)
     }
@@ -235,6 +256,7 @@ impl Log {
     }
 
     /// Whether a thread is deleting segments it took (see the field).
+    #[inline]
     pub(crate) fn set_deleting(&mut self, deleting: bool) {
         self.deleting = deleting;
     }
@@ -248,6 +270,7 @@ impl Log {
     }
 
     /// The segment holding log position `lsn`.
+    #[inline]
     pub(crate) fn segment_of(&self, lsn: u64) -> Option<&Arc<Segment>> {
         self.segments.range(..=lsn).next_back().map(|(_, s)| &s.seg).filter(|s| lsn < s.end())
     }
@@ -295,6 +318,7 @@ impl Log {
     }
 
     /// Where the next spare segment starts.
+    #[inline]
     pub(crate) fn next_spare_base(&self) -> u64 {
         self.spares.back().or_else(|| self.active()).map_or(0, |s| s.end())
     }
@@ -347,6 +371,7 @@ impl Log {
 
     /// Whether every record below `end` that the state database must see is covered by the
     /// last checkpoint (records it need not see may go without one).
+    #[inline]
     pub(crate) fn covered(&self, end: u64) -> bool {
         end <= self.checkpoint || end <= self.first_sensitive.min(self.inflight_sensitive)
     }

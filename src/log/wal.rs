@@ -173,11 +173,13 @@ impl Wal {
     }
 
     /// The catalog: each queue's name and encoded configuration (if not the default), by id.
+    #[inline]
     pub(crate) fn catalog(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
         self.catalog.iter().map(|c| (&*c.name, c.config.as_deref()))
     }
 
     /// Bytes of a segment preamble as the catalog stands.
+    #[inline]
     pub(crate) fn preamble_len(&self) -> usize {
         self.preamble_bytes
     }
@@ -256,11 +258,13 @@ impl Wal {
     /// Starts a group: the records appended until `end_group` carry `MORE`, and the record
     /// appended right after it closes the group, so that replay applies all of them or none
     /// (a group may span a roll: the seal and the next preamble are not part of it).
+    #[inline]
     pub(crate) fn begin_group(&mut self) {
         self.grouping = true;
     }
 
     /// The next record appended is the last of the group (or no group is open).
+    #[inline]
     pub(crate) fn end_group(&mut self) {
         self.grouping = false;
     }
@@ -342,41 +346,49 @@ impl Wal {
     }
 
     /// Position of the next record: the end of everything staged.
+    #[inline]
     pub(crate) fn next_lsn(&self) -> u64 {
         self.next_lsn
     }
 
     /// Everything below is in its file (not necessarily synced).
+    #[inline]
     pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
     /// Everything below is durable.
+    #[inline]
     pub(crate) fn durable(&self) -> u64 {
         self.durable
     }
 
     /// The id epoch of this open.
+    #[inline]
     pub(crate) fn epoch(&self) -> u32 {
         self.epoch
     }
 
     /// The segment set.
+    #[inline]
     pub(crate) fn log(&self) -> &Log {
         &self.log
     }
 
     /// The segment set, to change its bookkeeping.
+    #[inline]
     pub(crate) fn log_mut(&mut self) -> &mut Log {
         &mut self.log
     }
 
     /// Why the store is poisoned, if it is.
+    #[inline]
     pub(crate) fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
     }
 
     /// Poisons the store for good (see `Error::Poisoned`); the first reason stays.
+    #[inline]
     pub(crate) fn poison(&mut self, why: String) {
         self.poisoned.get_or_insert(why);
     }
@@ -401,21 +413,25 @@ impl Wal {
     }
 
     /// Records appended so far (it moves with every record).
+    #[inline]
     pub(crate) fn records(&self) -> u64 {
         self.stats.records
     }
 
     /// A leader is writing or syncing now.
+    #[inline]
     pub(crate) fn flushing(&self) -> bool {
         self.flushing
     }
 
     /// Bytes staged and not yet handed to a leader.
+    #[inline]
     pub(crate) fn staged_bytes(&self) -> usize {
         self.staged_bytes
     }
 
     /// When a `Durability::Interval` record wants a sync, and staged bytes a write.
+    #[inline]
     pub(crate) fn due(&self) -> (Option<Instant>, Option<Instant>) {
         (self.sync_due, self.write_due)
     }
@@ -451,22 +467,26 @@ impl Wal {
     }
 
     /// Whether a segment may have become deletable since the background thread last looked.
+    #[inline]
     pub(crate) fn maybe_delete(&self) -> bool {
         self.maybe_delete
     }
 
     /// Notes whether a segment may have become deletable.
+    #[inline]
     pub(crate) fn set_maybe_delete(&mut self, maybe: bool) {
         self.maybe_delete = maybe;
     }
 
     /// A deletion was put back for want of room for its anchor; `take_anchor_waits` tells the
     /// background thread, once a spare exists, to try again.
+    #[inline]
     pub(crate) fn set_anchor_waits(&mut self) {
         self.anchor_waits = true;
     }
 
     /// Whether a deletion waits for room for its anchor, clearing it.
+    #[inline]
     pub(crate) fn take_anchor_waits(&mut self) -> bool {
         std::mem::take(&mut self.anchor_waits)
     }
@@ -551,6 +571,7 @@ pub(crate) struct Flushed {
 
 impl Flush {
     /// The log position this flush writes up to.
+    #[inline]
     pub(crate) fn end(&self) -> u64 {
         self.end
     }

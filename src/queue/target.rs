@@ -22,26 +22,31 @@ impl QueueRef {
     }
 
     /// The open store.
+    #[inline]
     pub(crate) fn core(&self) -> &Arc<Core> {
         &self.core
     }
 
     /// The state of the open store.
+    #[inline]
     pub(crate) fn shared(&self) -> &Shared {
         self.core.shared()
     }
 
     /// The queue's id (its position in the catalog).
+    #[inline]
     pub(crate) fn id(&self) -> u32 {
         self.id
     }
 
     /// The queue's name.
+    #[inline]
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
     }
 
     /// The condition variable blocked pops of this queue wait on.
+    #[inline]
     pub(crate) fn cv(&self) -> &Condvar {
         &self.cv
     }

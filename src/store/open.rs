@@ -32,6 +32,7 @@ pub(crate) struct Core {
 
 impl Core {
     /// The state every handle and thread of the store shares.
+    #[inline]
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
     }

@@ -67,41 +67,49 @@ impl QueueState {
     }
 
     /// The queue's name.
+    #[inline]
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
     }
 
     /// The queue's messages.
+    #[inline]
     pub(crate) fn index(&self) -> &QueueIndex {
         &self.index
     }
 
     /// The queue's messages, to change.
+    #[inline]
     pub(crate) fn index_mut(&mut self) -> &mut QueueIndex {
         &mut self.index
     }
 
     /// The queue's configuration.
+    #[inline]
     pub(crate) fn config(&self) -> &QueueConfig {
         &self.config
     }
 
     /// Replaces the queue's configuration (its record was staged).
+    #[inline]
     pub(crate) fn set_config(&mut self, config: QueueConfig) {
         self.config = config;
     }
 
     /// The queue's counters since open.
+    #[inline]
     pub(crate) fn counters(&self) -> Counters {
         self.counters
     }
 
     /// The queue's counters, to count.
+    #[inline]
     pub(crate) fn counters_mut(&mut self) -> &mut Counters {
         &mut self.counters
     }
 
     /// The condition variable blocked pops of this queue wait on.
+    #[inline]
     pub(crate) fn cv(&self) -> &Arc<Condvar> {
         &self.cv
     }
@@ -127,6 +135,7 @@ impl QueueState {
     }
 
     /// Whether async pops wait on this queue.
+    #[inline]
     pub(crate) fn has_wakers(&self) -> bool {
         !self.wakers.is_empty()
     }
@@ -141,16 +150,19 @@ impl QueueState {
     }
 
     /// Removes the waker of the future numbered `key`, if it is still there.
+    #[inline]
     pub(crate) fn remove_waker(&mut self, key: u64) {
         self.wakers.retain(|(k, _)| *k != key);
     }
 
     /// When the background thread will next look at this queue for its wakers.
+    #[inline]
     pub(crate) fn waker_timer(&self) -> Option<Instant> {
         self.waker_timer
     }
 
     /// Sets when the background thread next looks at this queue for its wakers.
+    #[inline]
     pub(crate) fn set_waker_timer(&mut self, t: Option<Instant>) {
         self.waker_timer = t;
     }
@@ -205,46 +217,55 @@ impl State {
     }
 
     /// The log's write state.
+    #[inline]
     pub(crate) fn wal(&self) -> &Wal {
         &self.wal
     }
 
     /// The log's write state, to stage records.
+    #[inline]
     pub(crate) fn wal_mut(&mut self) -> &mut Wal {
         &mut self.wal
     }
 
     /// Queue `q` (an id from a handle or the log: it exists).
+    #[inline]
     pub(crate) fn queue(&self, q: u32) -> &QueueState {
         &self.queues[q as usize]
     }
 
     /// Queue `q`, to change.
+    #[inline]
     pub(crate) fn queue_mut(&mut self, q: u32) -> &mut QueueState {
         &mut self.queues[q as usize]
     }
 
     /// Queue `q`, if it exists.
+    #[inline]
     pub(crate) fn get_queue(&self, q: u32) -> Option<&QueueState> {
         self.queues.get(q as usize)
     }
 
     /// Queue `q`, if it exists, to change.
+    #[inline]
     pub(crate) fn get_queue_mut(&mut self, q: u32) -> Option<&mut QueueState> {
         self.queues.get_mut(q as usize)
     }
 
     /// Every queue, by id.
+    #[inline]
     pub(crate) fn queues(&self) -> &[QueueState] {
         &self.queues
     }
 
     /// Every queue, by id, to change.
+    #[inline]
     pub(crate) fn queues_mut(&mut self) -> &mut [QueueState] {
         &mut self.queues
     }
 
     /// The id of the queue named `name`, if it exists.
+    #[inline]
     pub(crate) fn queue_id(&self, name: &str) -> Option<u32> {
         self.names.get(name).copied()
     }
@@ -260,6 +281,7 @@ impl State {
     }
 
     /// Whether the store was closed.
+    #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
@@ -271,36 +293,43 @@ impl State {
     }
 
     /// Whether the background threads are to stop.
+    #[inline]
     pub(crate) fn shutting_down(&self) -> bool {
         self.shutdown
     }
 
     /// The durable mark last written, if any.
+    #[inline]
     pub(crate) fn mark(&self) -> Option<Mark> {
         self.mark
     }
 
     /// Notes the durable mark just written.
+    #[inline]
     pub(crate) fn set_mark(&mut self, mark: Mark) {
         self.mark = Some(mark);
     }
 
     /// Whether something asked for a checkpoint now.
+    #[inline]
     pub(crate) fn checkpoint_wanted(&self) -> bool {
         self.checkpoint_wanted
     }
 
     /// Asks for a checkpoint now (true) or notes that one was taken (false).
+    #[inline]
     pub(crate) fn set_checkpoint_wanted(&mut self, wanted: bool) {
         self.checkpoint_wanted = wanted;
     }
 }
 
 impl LogHost for State {
+    #[inline]
     fn wal(&self) -> &Wal {
         &self.wal
     }
 
+    #[inline]
     fn wal_mut(&mut self) -> &mut Wal {
         &mut self.wal
     }
@@ -398,52 +427,62 @@ impl Shared {
     }
 
     /// Takes the store's mutex.
+    #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock()
     }
 
     /// The log: group commit, room, deletions and the log's condition variables.
+    #[inline]
     pub(crate) fn log(&self) -> &GroupCommit {
         &self.log
     }
 
     /// The open state database, if one is open.
+    #[inline]
     pub(crate) fn db(&self) -> &Mutex<Option<Arc<StateDb>>> {
         &self.db
     }
 
     /// The checkpointer's bookkeeping; taken before the store's mutex.
+    #[inline]
     pub(crate) fn checkpointing(&self) -> &Mutex<Checkpointer> {
         &self.checkpointing
     }
 
     /// The options the store was opened with.
+    #[inline]
     pub(crate) fn opts(&self) -> &Options {
         &self.opts
     }
 
     /// The store's directory.
+    #[inline]
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// What recovery found when the store was opened.
+    #[inline]
     pub(crate) fn report(&self) -> &RecoveryReport {
         &self.report
     }
 
     /// The storage the store's files are on.
+    #[inline]
     pub(crate) fn storage(&self) -> &dyn Storage {
         self.log.storage()
     }
 
     /// The store clock's wall-clock time, in Unix ms.
+    #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
         crate::clock::now_ms(&*self.opts.clock)
     }
 
     /// Makes room for records of these lengths (see `GroupCommit::reserve`): `Ok(false)`
     /// when the lock was released meanwhile and the caller must look again.
+    #[inline]
     pub(crate) fn reserve(
         &self,
         g: &mut MutexGuard<'_, State>,
@@ -454,23 +493,27 @@ impl Shared {
     }
 
     /// Creates one spare segment unless there already are `want` of them.
+    #[inline]
     pub(crate) fn create_spare(&self, want: usize) -> Result<()> {
         self.log.create_spare(&self.state, want)
     }
 
     /// Gives spare segments back under a disk quota until `need` bytes are free (see
     /// `GroupCommit::release_spares`).
+    #[inline]
     pub(crate) fn release_spares(&self, need: u64) -> Result<()> {
         self.log.release_spares(&self.state, need)
     }
 
     /// Applies durability `d` to the records staged up to now.
+    #[inline]
     pub(crate) fn commit(&self, g: &mut MutexGuard<'_, State>, d: Durability) -> Result<()> {
         let end = g.wal.next_lsn();
         self.log.commit(g, end, d)
     }
 
     /// Makes the records staged up to now durable.
+    #[inline]
     pub(crate) fn sync(&self, g: &mut MutexGuard<'_, State>) -> Result<()> {
         let end = g.wal.next_lsn();
         self.log.wait_durable(g, end)
