@@ -239,12 +239,12 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         }
     })?;
     // Queue numbers are dense: a catalog of n queues numbers them below n.
-    let bound = replay.queues.len() + names.len();
+    let bound = replay.queues().len() + names.len();
     names.retain(|&q, _| (q as usize) < bound);
     if let Some((&max, _)) = names.last_key_value() {
-        for q in replay.queues.len() as u64..=u64::from(max) {
+        for q in replay.queues().len() as u64..=u64::from(max) {
             let q = u32::try_from(q).unwrap_or(u32::MAX);
-            let taken = |n: &str| replay.queues.iter().any(|(m, _)| m == n);
+            let taken = |n: &str| replay.queues().iter().any(|(m, _)| m == n);
             let name = match names.get(&q) {
                 Some(n) if !taken(n) => n.clone(),
                 _ => format!("lost-queue-{q}"),
@@ -294,7 +294,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         scan::unknown_end(&mut scanned, &log_dir, why);
     }
     // The log's anchors say where it starts and what checkpoint the state database holds.
-    if let Some(a) = pass.replay.anchor {
+    if let Some(a) = pass.replay.anchor() {
         let first = scanned.segs.first().map(|s| s.base);
         if let Some(first) = first.filter(|&f| f > a.start) {
             let file = log_dir.join(crate::log::segment_file_name(a.start));
@@ -352,12 +352,12 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
 
     // The kept messages: unsettled after the replay, with a payload that checks.
     let keys: HashMap<u64, Box<[u8]>> = replay
-        .queues
+        .queues()
         .iter()
         .flat_map(|(_, q)| q.all_dedup())
         .map(|(key, id, _)| (id, key))
         .collect();
-    let db = if replay.relocated.is_empty() {
+    let db = if replay.relocated().is_empty() {
         None
     } else {
         match StateDb::open_read_only(storage, &state_path) {
@@ -370,8 +370,8 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     };
     let mut kept = Vec::new();
     let mut lost: BTreeMap<u64, LostMessage> = BTreeMap::new();
-    let name_of = |q: u32| replay.queues.get(q as usize).map(|(n, _)| n.clone());
-    for (qi, (_, index)) in replay.queues.iter().enumerate() {
+    let name_of = |q: u32| replay.queues().get(q as usize).map(|(n, _)| n.clone());
+    for (qi, (_, index)) in replay.queues().iter().enumerate() {
         let queue = u32::try_from(qi).unwrap_or(u32::MAX);
         for w in index.waiting(usize::MAX) {
             let mut k = Kept {
@@ -385,7 +385,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
                 crc: 0,
             };
             if w.entry.lsn == RELOCATED {
-                let row = replay.relocated.get(&w.id);
+                let row = replay.relocated().get(&w.id);
                 let ok = match (db.as_ref(), row) {
                     (Some(db), Some(row)) => match db.payload(w.id, row.crc, row.len) {
                         Ok(_) => true,
@@ -512,7 +512,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         .filter(|&e| e <= MAX_EPOCH)
         .ok_or_else(|| Error::Internal("the store has used up its id epochs".into()))?;
 
-    let mut per_queue = vec![0u64; replay.queues.len()];
+    let mut per_queue = vec![0u64; replay.queues().len()];
     for k in &kept {
         if let Some(n) = per_queue.get_mut(k.queue as usize) {
             *n += 1;
@@ -520,7 +520,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     }
     report.kept = kept.len() as u64;
     report.kept_per_queue = replay
-        .queues
+        .queues()
         .iter()
         .map(|(n, _)| n.clone())
         .zip(per_queue)
@@ -528,7 +528,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         .collect();
     report.lost = lost.into_values().collect();
     let queues = replay
-        .queues
+        .queues()
         .iter()
         .map(|(n, _)| n.clone())
         .zip(replay.configs().iter().cloned())
@@ -547,7 +547,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         base,
         seg_len,
         segs: scanned.segs,
-        state_path: (!replay.relocated.is_empty()).then_some(state_path),
+        state_path: (!replay.relocated().is_empty()).then_some(state_path),
         report,
     })
 }

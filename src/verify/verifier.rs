@@ -227,7 +227,7 @@ impl Verifier<'_> {
                 self.problem(&next, 0, why);
             }
         }
-        if let Some(anchor) = self.replay.anchor {
+        if let Some(anchor) = self.replay.anchor() {
             let first = segs.first().map(|s| s.base);
             let state = self.state_path.clone();
             if let Some(c) = anchor.check(log_dir, first, &state, self.checkpoint) {
@@ -286,8 +286,8 @@ impl Verifier<'_> {
     /// the replay skips its records below the checkpoint, and no push after it has its id.
     fn relocated_in_log(&mut self) {
         let mut found: Vec<(u64, String)> = Vec::new();
-        for &id in self.replay.relocated.keys() {
-            for (name, index) in &self.replay.queues {
+        for &id in self.replay.relocated().keys() {
+            for (name, index) in self.replay.queues() {
                 if index.get(id).is_some_and(|(e, _)| e.lsn != RELOCATED) {
                     found.push((id, name.clone()));
                 }
@@ -475,10 +475,10 @@ impl Verifier<'_> {
         let now = unix_ms(SystemTime::now());
         let mut in_flight: HashMap<u32, u64> = HashMap::new();
         let last = self.replay.epoch();
-        for (&(q, _), _) in self.replay.leased.iter().filter(|(_, &e)| e == last) {
+        for (&(q, _), _) in self.replay.leased().iter().filter(|(_, &e)| e == last) {
             *in_flight.entry(q).or_default() += 1;
         }
-        let queues = std::mem::take(&mut self.replay.queues);
+        let queues = self.replay.take_queues();
         for (i, (name, mut index)) in queues.into_iter().enumerate() {
             index.promote(now);
             let q = u32::try_from(i).unwrap_or(u32::MAX);

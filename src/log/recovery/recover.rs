@@ -215,7 +215,7 @@ pub(crate) fn recover(
         );
         return Err(corrupt(&log_dir.join(segment_file_name(last.end())), 0, why));
     }
-    if let Some(anchor) = &replay.anchor {
+    if let Some(anchor) = &replay.anchor() {
         let first = segs.first().map(|s| s.base());
         if let Some(c) = anchor.check(log_dir, first, state_file, loaded.checkpoint) {
             return Err(Error::Corrupted(c));
@@ -236,37 +236,29 @@ pub(crate) fn recover(
         );
         return Err(corrupt(&file, 0, why));
     }
-    report.records = replay.records;
+    report.records = replay.records();
     report.checkpoint = (loaded.checkpoint > 0).then_some(loaded.checkpoint);
-    report.relocated = replay.relocated.len() as u64;
+    report.relocated = replay.relocated().len() as u64;
     report.in_flight_at_crash = replay.in_flight();
-    report.messages = replay.queues.iter().map(|(_, q)| q.waiting_len() as u64).sum();
+    report.messages = replay.queues().iter().map(|(_, q)| q.waiting_len() as u64).sum();
 
     let store_id = store_id.unwrap_or_else(new_store_id);
     // Records past the checkpoint that the state database must see before their segment
     // goes, as replay found them.
-    let mut log = Log::new(store_id, loaded.checkpoint, replay.first_sensitive);
+    let mut log = Log::new(store_id, loaded.checkpoint, replay.first_sensitive());
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
-            let live = replay.live.get(&seg.base()).copied().unwrap_or(0);
+            let (live, pushed) = replay.segment_counts(seg.base());
             let first = seg.base() + HEADER_LEN;
-            let pushed = replay.pushed.get(&seg.base()).copied().unwrap_or(0);
             log.insert(SegInfo::new(seg, live, pushed, first));
         } else {
             log.push_spare(seg);
         }
     }
     report.duration = started.elapsed();
-    Ok(Recovered {
-        log,
-        active,
-        max_epoch: replay.epoch(),
-        queues: replay.queues,
-        configs: replay.configs,
-        relocated: replay.relocated,
-        mark,
-        report,
-    })
+    let max_epoch = replay.epoch();
+    let (queues, configs, relocated) = replay.into_parts();
+    Ok(Recovered { log, active, max_epoch, queues, configs, relocated, mark, report })
 }
 
 /// A random store id, from the standard library's randomly keyed hasher, the clock and the pid.

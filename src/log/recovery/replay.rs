@@ -16,6 +16,9 @@ pub(super) fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Er
     Error::Corrupted(Corruption { file: file.to_owned(), offset, reason: reason.into() })
 }
 
+/// A queue's name and its rebuilt index.
+pub(crate) type NamedIndex = (String, QueueIndex);
+
 /// Replay state: the index rebuilt from the log, record by record.
 #[derive(Default)]
 pub(crate) struct Replay {
@@ -23,29 +26,29 @@ pub(crate) struct Replay {
     /// already in its row.
     floor: u64,
     /// Relocated messages (rows of the state database) by id.
-    pub relocated: HashMap<u64, Row>,
-    pub queues: Vec<(String, QueueIndex)>,
-    pub(super) configs: Vec<Option<QueueConfig>>,
+    relocated: HashMap<u64, Row>,
+    queues: Vec<(String, QueueIndex)>,
+    configs: Vec<Option<QueueConfig>>,
     /// Messages delivered and not settled since, with the epoch (run) that delivered them:
     /// those of the last run were in flight when the log ends.
-    pub leased: HashMap<(u32, u64), u32>,
+    leased: HashMap<(u32, u64), u32>,
     /// The highest epoch seen in the log so far: the run whose records are being replayed (a
     /// preamble restates it at the start of every segment).
     max_epoch: u32,
     /// The checkpoint's epoch: epochs up to it were used, whatever the log still holds.
     checkpoint_epoch: u32,
     /// Unsettled messages per segment base.
-    pub(super) live: BTreeMap<u64, u64>,
+    live: BTreeMap<u64, u64>,
     /// Messages pushed per segment base.
-    pub(super) pushed: BTreeMap<u64, u64>,
-    pub(super) records: u64,
+    pushed: BTreeMap<u64, u64>,
+    records: u64,
     /// The first record at or past the checkpoint that the state database must see before
     /// its segment may go (as `Log::note_record` finds them): a push with a dedup key, or a
     /// record about a relocated message. `u64::MAX` if none.
-    pub(super) first_sensitive: u64,
+    first_sensitive: u64,
     /// The latest anchor of the log (`Body::Anchor`): where it must start, and the checkpoint
     /// the state database must hold at least; `None` in a log written before anchors.
-    pub anchor: Option<Anchor>,
+    anchor: Option<Anchor>,
 }
 
 impl Replay {
@@ -266,6 +269,56 @@ impl Replay {
     pub(crate) fn seed_queue(&mut self, name: String) {
         self.queues.push((name, QueueIndex::default()));
         self.configs.push(None);
+    }
+
+    /// Relocated messages (rows of the state database) by id.
+    #[inline]
+    pub(crate) fn relocated(&self) -> &HashMap<u64, Row> {
+        &self.relocated
+    }
+
+    /// Each queue's name and rebuilt index, by id.
+    #[inline]
+    pub(crate) fn queues(&self) -> &[(String, QueueIndex)] {
+        &self.queues
+    }
+
+    /// The rebuilt queues, taken (what is left is empty).
+    pub(crate) fn take_queues(&mut self) -> Vec<(String, QueueIndex)> {
+        std::mem::take(&mut self.queues)
+    }
+
+    /// Messages delivered and not settled since, with the epoch that delivered them.
+    pub(crate) fn leased(&self) -> &HashMap<(u32, u64), u32> {
+        &self.leased
+    }
+
+    /// The latest anchor of the log, if it has one.
+    pub(crate) fn anchor(&self) -> Option<Anchor> {
+        self.anchor
+    }
+
+    /// Records replayed.
+    pub(crate) fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The first record past the checkpoint that the state database must see (see the field).
+    pub(crate) fn first_sensitive(&self) -> u64 {
+        self.first_sensitive
+    }
+
+    /// Unsettled and pushed messages of the segment based at `base`.
+    pub(crate) fn segment_counts(&self, base: u64) -> (u64, u64) {
+        let get = |m: &BTreeMap<u64, u64>| m.get(&base).copied().unwrap_or(0);
+        (get(&self.live), get(&self.pushed))
+    }
+
+    /// The rebuilt queues (name, index, config) and the relocated rows, taken.
+    pub(crate) fn into_parts(
+        self,
+    ) -> (Vec<NamedIndex>, Vec<Option<QueueConfig>>, HashMap<u64, Row>) {
+        (self.queues, self.configs, self.relocated)
     }
 
     /// Each queue's configuration as replayed so far.
