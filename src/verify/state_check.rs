@@ -11,7 +11,7 @@ use super::report::StateDbCheck;
 
 /// Times the state database is read when it changes while it is read and shows problems (a
 /// store open elsewhere committed a checkpoint meanwhile).
-const STATE_ATTEMPTS: usize = 3;
+pub(crate) const STATE_ATTEMPTS: usize = 3;
 /// Bytes at the start of the state database that every redb commit rewrites (its header).
 const STATE_HEADER: u64 = 4096;
 
@@ -47,6 +47,8 @@ pub(crate) struct StateCheck {
     /// Its checkpoint, when it could be read.
     pub loaded: Option<Loaded>,
     pub problems: Vec<Corruption>,
+    /// It changed each time it was read: a store open elsewhere is writing it.
+    pub changing: bool,
 }
 
 /// Reads and checks the state database at `path`. A store open elsewhere may commit a
@@ -61,7 +63,8 @@ pub(crate) fn read_state(storage: &dyn Storage, path: &Path) -> StateCheck {
         }
     }
     let why = "it changed each time it was read (a store open elsewhere is writing it)";
-    StateCheck { state: StateDbCheck::NotOpened(why.into()), loaded: None, problems: Vec::new() }
+    let state = StateDbCheck::NotOpened(why.into());
+    StateCheck { state, loaded: None, problems: Vec::new(), changing: true }
 }
 
 /// The first bytes of the state database, which every commit rewrites (`None`: unreadable).
@@ -83,6 +86,7 @@ fn check_state(storage: &dyn Storage, path: &Path) -> StateCheck {
             state: StateDbCheck::NotOpened(c.reason.clone()),
             loaded: None,
             problems: vec![c],
+            changing: false,
         }
     };
     let mut db = match crate::checkpoint::StateDb::open_read_only(storage, path) {
@@ -128,5 +132,5 @@ fn check_state(storage: &dyn Storage, path: &Path) -> StateCheck {
         Err(e) => problem(corruption(path, e).reason),
     }
     db.close_quietly();
-    StateCheck { state: StateDbCheck::Opened, loaded: Some(loaded), problems }
+    StateCheck { state: StateDbCheck::Opened, loaded: Some(loaded), problems, changing: false }
 }

@@ -20,7 +20,7 @@ use crate::record::{self, Body, Record};
 use crate::storage::{Storage, StorageFile};
 
 use super::report::{QueueSummary, VerifyReport};
-use super::state_check::{corruption, read_state};
+use super::state_check::{corruption, read_state, STATE_ATTEMPTS};
 use super::window::{after_seal, written_since, Window, CHUNK};
 use crate::log::{below_mark, damaged, explain_at, judge_end, record_at, scan, Group};
 
@@ -232,9 +232,17 @@ impl Verifier<'_> {
             let state = self.state_path.clone();
             if let Some(c) = anchor.check(log_dir, first, &state, self.checkpoint) {
                 // A store open elsewhere may have taken a checkpoint since the state database
-                // was read, and stated it in the log read after: then it is there now.
-                let now = read_state(storage, &state).loaded.map_or(0, |l| l.checkpoint);
-                if c.file != state || now < anchor.checkpoint {
+                // was read, and stated it in the log read after: then it is there now, or the
+                // store is writing the file still (each read raced a commit), and nothing says
+                // it is stale. A copy put back, or a file gone, reads the same every time.
+                let caught_up = || {
+                    (0..STATE_ATTEMPTS).any(|_| {
+                        let now = read_state(storage, &state);
+                        now.changing
+                            || now.loaded.is_some_and(|l| l.checkpoint >= anchor.checkpoint)
+                    })
+                };
+                if c.file != state || !caught_up() {
                     self.push(c);
                 }
             }
