@@ -256,17 +256,7 @@ impl GroupCommit {
         g: &mut MutexGuard<'_, H>,
         target: u64,
     ) -> Result<()> {
-        loop {
-            g.wal().check()?;
-            if g.wal().durable() >= target {
-                return Ok(());
-            }
-            if g.wal().flushing() {
-                self.durable_cv.wait(g);
-            } else {
-                self.flush(g, true)?;
-            }
-        }
+        self.wait_for(g, target, true)
     }
 
     /// Waits until the log is written to the OS (not necessarily synced) up to `target`,
@@ -276,15 +266,27 @@ impl GroupCommit {
         g: &mut MutexGuard<'_, H>,
         target: u64,
     ) -> Result<()> {
+        self.wait_for(g, target, false)
+    }
+
+    /// Waits until the log is durable (`sync`) or written up to `target`, leading the flush
+    /// that gets it there when no other caller is.
+    fn wait_for<H: LogHost>(
+        &self,
+        g: &mut MutexGuard<'_, H>,
+        target: u64,
+        sync: bool,
+    ) -> Result<()> {
         loop {
             g.wal().check()?;
-            if g.wal().written() >= target {
+            let reached = if sync { g.wal().durable() } else { g.wal().written() };
+            if reached >= target {
                 return Ok(());
             }
             if g.wal().flushing() {
                 self.durable_cv.wait(g);
             } else {
-                self.flush(g, false)?;
+                self.flush(g, sync)?;
             }
         }
     }
