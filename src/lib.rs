@@ -76,7 +76,9 @@ pub use limits::{MAX_NAME_LEN, MAX_PRIORITY};
 pub use log::RecoveryReport;
 pub use log::Stats;
 pub use log::{FORMAT_VERSION, MIN_SEGMENT_BYTES};
-pub use options::{Durability, ReadMode, DEFAULT_MAX_PAYLOAD, DEFAULT_SEGMENT_BYTES};
+pub use options::{
+    Durability, ReadMode, DEFAULT_MAX_PAYLOAD, DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_SEGMENT_BYTES,
+};
 pub use queue::{
     DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture, PopFuture,
     PushOptions, Queue, QueueStats, Wharf, WharfBuilder,

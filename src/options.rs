@@ -43,6 +43,9 @@ pub enum ReadMode {
 
 /// Default size of a log segment file: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default smallest size of a log segment file: 1 MiB. Segments start at this size and grow
+/// (in powers of two, up to the segment size) with the rate the log grows at.
+pub const DEFAULT_MIN_SEGMENT_BYTES: u64 = 1 << 20;
 /// Default largest payload: 8 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
 
@@ -50,6 +53,10 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub segment_bytes: u64,
+    /// The smallest segment size; `None`: the default, or the segment size if that is smaller.
+    pub min_segment_set: Option<u64>,
+    /// The smallest segment size, as validated.
+    pub min_segment_bytes: u64,
     pub push_durability: Durability,
     pub ack_durability: Durability,
     pub max_payload: usize,
@@ -78,6 +85,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            min_segment_set: None,
+            min_segment_bytes: DEFAULT_MIN_SEGMENT_BYTES,
             push_durability: Durability::Immediate,
             ack_durability: Durability::Interval(Duration::from_millis(10)),
             max_payload: DEFAULT_MAX_PAYLOAD,
@@ -107,6 +116,17 @@ impl Options {
                 self.segment_bytes
             )));
         }
+        self.min_segment_bytes = match self.min_segment_set {
+            None => DEFAULT_MIN_SEGMENT_BYTES.min(self.segment_bytes),
+            Some(min) if (MIN_SEGMENT_BYTES..=self.segment_bytes).contains(&min) => min,
+            Some(min) => {
+                return Err(Error::InvalidOption(format!(
+                    "smallest segment size {min} is outside {MIN_SEGMENT_BYTES}..={} (the \
+                     segment size)",
+                    self.segment_bytes
+                )))
+            }
+        };
         if !self.max_payload_set {
             self.max_payload = self.max_payload.min(self.largest_payload_that_fits());
         }

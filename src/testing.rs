@@ -75,7 +75,9 @@ pub fn encode_push(lsn: u64, queue: u32, id: u64, payload: &[u8]) -> Vec<u8> {
 
 /// The 64-byte header of a segment of `len` bytes at log position `base` of store `store_id`.
 pub fn segment_header(store_id: u128, base: u64, len: u64) -> Vec<u8> {
-    crate::log::Header { store_id, base, len }.encode().to_vec()
+    crate::log::Header { store_id, base, len, unsynced: Some(crate::log::unsynced_bound(len)) }
+        .encode()
+        .to_vec()
 }
 
 /// The file name of the segment at log position `base` (`<base:020>.seg`).

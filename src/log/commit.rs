@@ -18,7 +18,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::segment::{Segment, HEADER_LEN};
 use super::segments::SegInfo;
 use super::wal::{Flushed, Room, Wal, GROUP_BYTES};
-use crate::clock::deadline_after;
+use crate::clock::{deadline_after, now_ms, Clock};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::options::{Durability, Options, ReadMode};
@@ -42,7 +42,11 @@ pub(crate) trait LogHost {
 pub(crate) struct GroupCommit {
     storage: Arc<dyn Storage>,
     log_dir: PathBuf,
+    /// The largest segment size (`WharfBuilder::segment_bytes`).
     segment_bytes: u64,
+    /// The smallest segment size (`WharfBuilder::min_segment_bytes`).
+    min_segment_bytes: u64,
+    clock: Arc<dyn Clock>,
     max_disk_bytes: Option<u64>,
     map: bool,
     /// Log bytes after which a checkpoint is due (`WharfBuilder::checkpoint_every_bytes`).
@@ -57,8 +61,52 @@ pub(crate) struct GroupCommit {
     space_cv: Condvar,
     /// Wakes the checkpointer thread.
     ck_cv: Condvar,
-    /// Serialises segment creation (taken before the store's mutex).
-    creating: Mutex<()>,
+    /// Serialises segment creation (taken before the store's mutex), and sizes new segments.
+    creating: Mutex<Sizer>,
+}
+
+/// How long the log should take to fill a segment at its recent rate of growth.
+const FILL_MS: u64 = 2_000;
+
+/// Sizes new segments to the rate the log grows at: what it grew by in about `FILL_MS`, as a
+/// power of two between the smallest and the largest segment size. The rate is measured over
+/// windows of at least a second of the store's clock.
+#[derive(Debug, Default)]
+pub(crate) struct Sizer {
+    /// When (store-clock Unix ms) the current window began, and the log position then.
+    window: Option<(u64, u64)>,
+    /// Bytes per second over the last whole window.
+    rate: u64,
+}
+
+impl Sizer {
+    /// Starts a new window at `now_ms` and position `lsn`, forgetting the rate so far.
+    fn restart(&mut self, now_ms: u64, lsn: u64) {
+        *self = Sizer { window: Some((now_ms, lsn)), rate: 0 };
+    }
+
+    /// Bytes the log grows by in `FILL_MS` at its recent rate, now (`now_ms`) that it is at
+    /// position `lsn`.
+    fn fill_bytes(&mut self, now_ms: u64, lsn: u64) -> u64 {
+        let Some((start, from)) = self.window else {
+            self.window = Some((now_ms, lsn));
+            return 0;
+        };
+        let elapsed = now_ms.saturating_sub(start);
+        let rate = lsn.saturating_sub(from).saturating_mul(1000) / elapsed.max(1000);
+        if elapsed >= 1000 {
+            self.rate = rate;
+            self.window = Some((now_ms, lsn));
+        }
+        self.rate.max(rate).saturating_mul(FILL_MS) / 1000
+    }
+}
+
+/// The length of a new segment: `fill` (what the log grows by in `FILL_MS`) rounded up to a
+/// power of two, and at least `need`; between `min` and `max` (`need` never exceeds `max`).
+pub(crate) fn segment_len(fill: u64, need: u64, min: u64, max: u64) -> u64 {
+    let want = fill.max(need).checked_next_power_of_two().unwrap_or(u64::MAX);
+    want.clamp(min, max).max(need.min(max))
 }
 
 impl GroupCommit {
@@ -68,6 +116,8 @@ impl GroupCommit {
             storage,
             log_dir,
             segment_bytes: opts.segment_bytes,
+            min_segment_bytes: opts.min_segment_bytes,
+            clock: Arc::clone(&opts.clock),
             max_disk_bytes: opts.max_disk_bytes,
             map: opts.read_mode == ReadMode::Map,
             checkpoint_bytes: opts.checkpoint_bytes,
@@ -76,7 +126,7 @@ impl GroupCommit {
             bg_cv: Condvar::new(),
             space_cv: Condvar::new(),
             ck_cv: Condvar::new(),
-            creating: Mutex::new(()),
+            creating: Mutex::new(Sizer::default()),
         }
     }
 
@@ -185,36 +235,122 @@ impl GroupCommit {
                 )));
             }
             let have = g.wal().log().spare_count();
-            MutexGuard::unlocked(g, || self.create_spare(state, have + 1))?;
+            let need = empty + largest;
+            MutexGuard::unlocked(g, || self.create_spare_for(state, have + 1, need))?;
         }
     }
 
     /// Creates one spare segment unless there already are `want` of them.
     pub(crate) fn create_spare<H: LogHost>(&self, state: &Mutex<H>, want: usize) -> Result<()> {
-        let _one_creator = self.creating.lock();
-        let (base, store_id) = {
+        self.create_spare_for(state, want, 0)
+    }
+
+    /// Creates one spare segment of at least `need` bytes unless there already are `want`.
+    fn create_spare_for<H: LogHost>(&self, state: &Mutex<H>, want: usize, need: u64) -> Result<()> {
+        let mut sizer = self.creating.lock();
+        self.create_spare_locked(&mut sizer, state, want, need)
+    }
+
+    /// The size of the next segment: sized to the log's rate of growth; big enough for twice
+    /// the preamble and for `need`; and, as the ack reserve must be, as big as the largest
+    /// segment with unsettled messages, so that settling them never runs out of room.
+    fn next_len<H: LogHost>(&self, sizer: &mut Sizer, g: &H, need: u64) -> u64 {
+        let wal = g.wal();
+        let empty = HEADER_LEN + (wal.preamble_len() + TAIL_RESERVE) as u64;
+        let fill = sizer.fill_bytes(now_ms(&*self.clock), wal.next_lsn());
+        let need = need.max(2 * empty).max(wal.log().largest_unsettled());
+        segment_len(fill, need, self.min_segment_bytes, self.segment_bytes)
+    }
+
+    fn create_spare_locked<H: LogHost>(
+        &self,
+        sizer: &mut Sizer,
+        state: &Mutex<H>,
+        want: usize,
+        need: u64,
+    ) -> Result<()> {
+        let (base, store_id, len) = {
             let g = state.lock();
             let log = g.wal().log();
             if log.spare_count() >= want {
                 return Ok(());
             }
+            let len = self.next_len(sizer, &*g, need);
+            let log = g.wal().log();
             if let Some(max) = self.max_disk_bytes {
-                if log.disk_bytes() + self.segment_bytes > max {
+                if log.disk_bytes() + len > max {
                     return Err(Error::Full { max_disk_bytes: max });
                 }
             }
-            (log.next_spare_base(), log.store_id())
+            (log.next_spare_base(), log.store_id(), len)
         };
-        let seg = Segment::create(
-            &*self.storage,
-            &self.log_dir,
-            store_id,
-            base,
-            self.segment_bytes,
-            self.map,
-        )?;
+        let seg = Segment::create(&*self.storage, &self.log_dir, store_id, base, len, self.map)?;
         state.lock().wal_mut().log_mut().push_spare(Arc::new(seg));
         Ok(())
+    }
+
+    /// Whether the log would shrink its segments now: nothing in it is unsettled and the
+    /// active segment is larger than the smallest size.
+    pub(crate) fn shrinkable<H: LogHost>(&self, g: &H) -> bool {
+        let wal = g.wal();
+        wal.active_len() > self.min_segment_bytes && wal.log().all_settled()
+    }
+
+    /// Gives a settled log smaller segments once it has gone quiet: spares larger than the
+    /// rate of growth asks for are deleted (they are empty), and the active segment is sealed
+    /// early so the log goes on in a new one of that size; the sealed one is deleted as any
+    /// settled segment is. Returns whether it rolled. A failure poisons the store.
+    pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>) -> Result<bool> {
+        let mut sizer = self.creating.lock();
+        let len = {
+            let mut g = state.lock();
+            g.check()?;
+            if !self.shrinkable(&*g) {
+                return Ok(false);
+            }
+            // Settlements written with `None` durability become durable first.
+            self.flush_now(&mut g, true)?;
+            if !self.shrinkable(&*g) {
+                return Ok(false);
+            }
+            // The log is quiet: its rate of growth is measured again from now on.
+            sizer.restart(now_ms(&*self.clock), g.wal().next_lsn());
+            let len = self.next_len(&mut sizer, &*g, 0);
+            if len >= g.wal().active_len() {
+                return Ok(false);
+            }
+            len
+        };
+        loop {
+            let spare = {
+                let mut g = state.lock();
+                let log = g.wal_mut().log_mut();
+                if log.spares().all(|s| s.len() <= len) {
+                    break;
+                }
+                match log.pop_last_spare() {
+                    Some(spare) => spare,
+                    None => break,
+                }
+            };
+            let path = spare.path().to_path_buf();
+            drop(spare);
+            let removed =
+                self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
+            if let Err(e) = removed {
+                let mut g = state.lock();
+                return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));
+            }
+        }
+        self.create_spare_locked(&mut sizer, state, 1, 0)?;
+        let mut g = state.lock();
+        if !self.shrinkable(&*g) || g.wal_mut().roll_now().is_none() {
+            return Ok(false);
+        }
+        // The roll skipped the rest of the sealed segment, which the log did not grow by.
+        sizer.restart(now_ms(&*self.clock), g.wal().next_lsn());
+        self.flush_now(&mut g, true)?;
+        Ok(true)
     }
 
     /// Applies the durability of a call whose records end at `end`.

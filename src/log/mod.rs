@@ -25,7 +25,8 @@ pub(crate) use self::recovery::{
 };
 pub(crate) use self::segment::{
     file_name as segment_file_name, gap as segment_gap, parse_name as parse_segment_name,
-    read_header as read_segment_header, Header, Name as SegmentName, Segment, HEADER_LEN,
+    read_header as read_segment_header, unsynced_bound, Header, Name as SegmentName, Segment,
+    HEADER_LEN,
 };
 pub use self::segment::{FORMAT_VERSION, MIN_SEGMENT_BYTES};
 pub(crate) use self::segments::{first_record, Log, SegInfo, STRAGGLERS_MAX_SHARE};

@@ -16,7 +16,7 @@ use crate::storage::{MapView, Storage, StorageFile};
 /// Magic bytes at the start of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
 /// The on-disk format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Bytes of the segment header; the first record starts here.
 /// Smallest allowed segment size: 64 KiB.
 pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
@@ -61,7 +61,9 @@ pub(crate) fn parse_name(name: &str) -> Name {
 /// 16     16   store id (random, fixed when the store is created)
 /// 32     8    base lsn: log position of the file's first byte
 /// 40     8    segment length in bytes (the file's preallocated size)
-/// 48     12   reserved, zero
+/// 48     4    unsynced bound: the log is never written more than this many bytes past its
+///             durable end while this segment is active (format 4; 0 in older formats: no bound)
+/// 52     8    reserved, zero
 /// 60     4    CRC-32C of bytes [0, 60)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,16 @@ pub(crate) struct Header {
     pub store_id: u128,
     pub base: u64,
     pub len: u64,
+    /// See [`unsynced_bound`]; `None` for segments of format 3 and older.
+    pub unsynced: Option<u32>,
+}
+
+/// How far past its durable end the log may be written while a segment of `len` bytes is
+/// active: an eighth of the segment, between 4 KiB and 4 MiB. Recovery looks for records
+/// written after the log's end only this far (plus the length of the record at the end), so
+/// its cost does not grow with the segment's size.
+pub(crate) fn unsynced_bound(len: u64) -> u32 {
+    (len / 8).clamp(4 << 10, 4 << 20) as u32
 }
 
 impl Header {
@@ -80,6 +92,7 @@ impl Header {
         h[16..32].copy_from_slice(&self.store_id.to_le_bytes());
         h[32..40].copy_from_slice(&self.base.to_le_bytes());
         h[40..48].copy_from_slice(&self.len.to_le_bytes());
+        h[48..52].copy_from_slice(&self.unsynced.unwrap_or(0).to_le_bytes());
         let crc = crc32c::crc32c(&h[..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
         h
@@ -134,7 +147,8 @@ impl Header {
                 "segment header gives a length of {len} bytes, outside 64 KiB..=4 GiB"
             )));
         }
-        Ok(Header { store_id, base, len })
+        let unsynced = u32_at(48).filter(|&w| w != 0);
+        Ok(Header { store_id, base, len, unsynced })
     }
 }
 
@@ -205,12 +219,31 @@ pub(crate) fn gap(end: u64, base: u64) -> String {
     }
 }
 
+/// Writes zeros over `[from, to)` of a new segment file. Preallocated blocks are unwritten
+/// extents: the first `fdatasync` after a write into one also commits the extent's conversion
+/// through the file system's journal, which costs an append as much again. A segment written
+/// once ahead of need (by the background thread, before anything waits for it) is then
+/// appended to at the cost of an overwrite.
+fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> io::Result<()> {
+    const STEP: u64 = 1 << 20;
+    let zeros = vec![0u8; STEP.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let n = STEP.min(to - at) as usize;
+        file.write_at(zeros.get(..n).unwrap_or(&[]), at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// One segment file, open for reads and (while it is active) appends.
 pub(crate) struct Segment {
     /// Log position of the file's first byte (its header).
     base: u64,
     /// The file's length in bytes.
     len: u64,
+    /// The header's unsynced bound (`None`: a segment of an older format, no bound).
+    unsynced: Option<u32>,
     path: PathBuf,
     file: Arc<dyn StorageFile>,
     map: Option<MapView>,
@@ -229,6 +262,13 @@ impl Segment {
         self.len
     }
 
+    /// How far past the durable end the log may be written while this segment is active
+    /// (`None`: no bound, a segment written by an older format).
+    #[inline]
+    pub(crate) fn unsynced_bound(&self) -> Option<u64> {
+        self.unsynced.map(u64::from)
+    }
+
     /// The file's path.
     #[inline]
     pub(crate) fn path(&self) -> &Path {
@@ -242,7 +282,7 @@ impl Segment {
     }
 
     /// Creates the segment `base` of `len` bytes in `dir`: written as a temporary file,
-    /// preallocated, synced, renamed into place, and the directory synced.
+    /// preallocated, written with zeros, synced, renamed into place, and the directory synced.
     pub(crate) fn create(
         storage: &dyn Storage,
         dir: &Path,
@@ -253,12 +293,14 @@ impl Segment {
     ) -> io::Result<Segment> {
         let path = dir.join(file_name(base));
         let tmp = dir.join(format!("{base:020}{TMP_SUFFIX}"));
+        let unsynced = Some(unsynced_bound(len));
         // A leftover temporary file from a crash or a failed creation is ours to replace.
         let _ = storage.remove(&tmp);
         let file = storage.open(&tmp, true)?;
         let done = (|| {
             file.allocate(len)?;
-            file.write_at(&Header { store_id, base, len }.encode(), 0)?;
+            file.write_at(&Header { store_id, base, len, unsynced }.encode(), 0)?;
+            write_zeros(&*file, HEADER_LEN, len)?;
             file.sync_data()?;
             storage.rename(&tmp, &path)?;
             failpoint::hit("segment-created-before-dir-sync");
@@ -267,7 +309,7 @@ impl Segment {
         // On failure the temporary file stays; the next creation or open removes it.
         done?;
         let map = if map { file.map()? } else { None };
-        Ok(Segment { base, len, path, file, map })
+        Ok(Segment { base, len, unsynced, path, file, map })
     }
 
     /// Opens an existing segment and checks its header against the name and the store.
@@ -281,7 +323,8 @@ impl Segment {
         let file = storage.open(&path, false)?;
         let header = read_header(&*file, &path, base, store_id)?;
         let map = if map { file.map()? } else { None };
-        Ok((Segment { base, len: header.len, path, file, map }, header))
+        let unsynced = header.unsynced;
+        Ok((Segment { base, len: header.len, unsynced, path, file, map }, header))
     }
 
     /// The mapped bytes of the file that are current, when the segment is mapped (all of it
@@ -332,9 +375,10 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_flips() {
-        let tiny = Header { store_id: 1, base: 0, len: 65 }.encode();
+        let tiny = Header { store_id: 1, base: 0, len: 65, unsynced: None }.encode();
         assert!(Header::decode(&tiny, Path::new("x")).is_err(), "a segment too small to append to");
-        let h = Header { store_id: 0xABCD_u128 << 64 | 7, base: 4096, len: 1 << 20 };
+        let h =
+            Header { store_id: 0xABCD_u128 << 64 | 7, base: 4096, len: 1 << 20, unsynced: Some(9) };
         let bytes = h.encode();
         assert_eq!(Header::decode(&bytes, Path::new("x")).unwrap(), h);
         for bit in 0..bytes.len() * 8 {
@@ -346,7 +390,7 @@ mod tests {
 
     #[test]
     fn newer_version_is_a_clear_error() {
-        let mut bytes = Header { store_id: 1, base: 0, len: 1 << 20 }.encode();
+        let mut bytes = Header { store_id: 1, base: 0, len: 1 << 20, unsynced: None }.encode();
         bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());

@@ -93,6 +93,8 @@ pub(crate) struct Log {
     delivered: HashSet<u64>,
     /// When this run last sealed a segment (rolled to the next).
     last_sealed_at: Option<Instant>,
+    /// Unsettled messages in all segments (relocated ones are not in any).
+    live: u64,
     /// Whether the checkpointer was told about the stragglers of the segment sealed last.
     stragglers_told: bool,
 }
@@ -118,6 +120,7 @@ impl Log {
             deleting: false,
             delivered: HashSet::new(),
             last_sealed_at: None,
+            live: 0,
             stragglers_told: false,
         }
     }
@@ -125,7 +128,22 @@ impl Log {
     /// Adds a segment in use (recovery), in log order.
     #[inline]
     pub(crate) fn insert(&mut self, info: SegInfo) {
+        self.live += info.live;
         self.segments.insert(info.seg.base(), info);
+    }
+
+    /// Whether no segment holds an unsettled message.
+    #[inline]
+    pub(crate) fn all_settled(&self) -> bool {
+        self.live == 0
+    }
+
+    /// The length of the largest segment that holds unsettled messages (0: none does).
+    pub(crate) fn largest_unsettled(&self) -> u64 {
+        if self.live == 0 {
+            return 0;
+        }
+        self.segments.values().filter(|s| s.live > 0).map(|s| s.seg.len()).max().unwrap_or(0)
     }
 
     /// Adds a spare segment, after the others.
@@ -280,6 +298,7 @@ impl Log {
         if let Some((_, s)) = self.segments.range_mut(..=lsn).next_back() {
             s.live += 1;
             s.pushed += 1;
+            self.live += 1;
         }
     }
 
@@ -292,6 +311,7 @@ impl Log {
         let active = self.segments.last_key_value().map(|(&base, _)| base);
         match self.segments.range_mut(..=push_lsn).next_back() {
             Some((&base, s)) => {
+                self.live -= u64::from(s.live > 0);
                 s.live = s.live.saturating_sub(1);
                 s.settled = s.settled.max(end);
                 s.live == 0 && Some(base) != active
@@ -304,6 +324,7 @@ impl Log {
     /// committed checkpoint: it no longer holds its segment.
     pub(crate) fn note_relocated(&mut self, push_lsn: u64) {
         if let Some((_, s)) = self.segments.range_mut(..=push_lsn).next_back() {
+            self.live -= u64::from(s.live > 0);
             s.live = s.live.saturating_sub(1);
         }
     }

@@ -217,12 +217,11 @@ impl Wal {
         let mut spares = self.log.spares().take(usable);
         for &len in lens {
             let len = len as u64 + TAIL_RESERVE as u64;
-            if pos + len > end {
+            // A spare too small for the record is rolled through (`append`): sealed right
+            // after its preamble.
+            while pos + len > end {
                 let Some(s) = spares.next() else { return false };
                 (pos, end) = (first_record(s) + pre, s.end());
-                if pos + len > end {
-                    return false;
-                }
             }
             pos += len - TAIL_RESERVE as u64;
         }
@@ -232,8 +231,8 @@ impl Wal {
     /// Stages `body` and returns its log position; `None` when it needs a spare segment that
     /// does not exist (callers check `fits` first).
     pub(crate) fn append(&mut self, body: &Body<'_>) -> Option<u64> {
-        let active_end = self.active.end();
-        if self.next_lsn + (body.encoded_len() + TAIL_RESERVE) as u64 > active_end {
+        // Segments have different sizes: one too small for this record is sealed as it is.
+        while self.next_lsn + (body.encoded_len() + TAIL_RESERVE) as u64 > self.active.end() {
             self.roll()?;
         }
         let (lsn, durable, more) = (self.next_lsn, self.durable, self.grouping);
@@ -267,6 +266,18 @@ impl Wal {
     #[inline]
     pub(crate) fn end_group(&mut self) {
         self.grouping = false;
+    }
+
+    /// The active segment's length in bytes.
+    #[inline]
+    pub(crate) fn active_len(&self) -> u64 {
+        self.active.len()
+    }
+
+    /// Seals the active segment early and goes on in the first spare (`None`: there is none);
+    /// see `GroupCommit::shrink`.
+    pub(crate) fn roll_now(&mut self) -> Option<()> {
+        self.roll()
     }
 
     /// Seals the active segment and makes the first spare active, starting with the preamble.
@@ -517,7 +528,7 @@ impl Wal {
         let chunks = Arc::new(chunks);
         self.writing = Some(Arc::clone(&chunks));
         self.flushing = true;
-        Some(Flush { chunks, to_sync, end, sync })
+        Some(Flush { chunks, to_sync, end, sync, durable: self.durable })
     }
 
     /// A leader's last step: publishes what `flush` (run with the mutex released) achieved.
@@ -528,7 +539,7 @@ impl Wal {
         self.writing = None;
         self.stats.writes += done.writes;
         self.stats.fsyncs += done.syncs;
-        self.durable = self.durable.max(done.sealed_to);
+        self.durable = self.durable.max(done.synced_to);
         let checkpoint = self.log.checkpoint();
         let first_new = self.written <= checkpoint && flush.end > checkpoint;
         if ok {
@@ -550,6 +561,30 @@ impl Wal {
     }
 }
 
+/// The length of the record at the start of `bytes` (staged records, so whole and valid).
+fn record_len_at(bytes: &[u8]) -> usize {
+    bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(bytes.len(), |b| u32::from_le_bytes(b) as usize)
+}
+
+/// How many bytes of whole records at the start of `bytes` end within `room` bytes.
+fn whole_records_within(bytes: &[u8], room: u64) -> usize {
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if bytes.len() <= room {
+        return bytes.len();
+    }
+    let mut end = 0;
+    loop {
+        let len = record_len_at(bytes.get(end..).unwrap_or(&[]));
+        if len == 0 || end + len > room {
+            return end;
+        }
+        end += len;
+    }
+}
+
 /// What one leader writes: taken by `Wal::begin_flush` under the mutex, written by
 /// `Flush::write` without it.
 pub(crate) struct Flush {
@@ -557,6 +592,8 @@ pub(crate) struct Flush {
     to_sync: Option<Arc<Segment>>,
     end: u64,
     sync: bool,
+    /// The log's durable end when the flush began.
+    durable: u64,
 }
 
 /// What a flush achieved, also when it failed part way.
@@ -564,9 +601,10 @@ pub(crate) struct Flush {
 pub(crate) struct Flushed {
     writes: u64,
     syncs: u64,
-    /// A synced seal makes the log durable up to its end (every earlier segment was sealed and
-    /// synced before it), even if the flush fails later or does not sync at its end.
-    sealed_to: u64,
+    /// Where a sync during the flush (after a seal, or to keep within the unsynced bound) made
+    /// the log durable: every earlier segment was sealed and synced before it, so this holds
+    /// even if the flush fails later or does not sync at its end.
+    synced_to: u64,
 }
 
 impl Flush {
@@ -579,13 +617,45 @@ impl Flush {
     /// Writes every chunk, syncing each one that ends with a seal, then syncs the last
     /// segment if asked: the I/O of a group commit, run with the store's mutex released.
     pub(crate) fn write(&self, done: &mut Flushed) -> std::io::Result<()> {
+        let mut durable = self.durable;
         for c in self.chunks.iter() {
-            c.seg.write(c.lsn, &c.bytes)?;
-            done.writes += 1;
+            let mut off = 0;
+            while off < c.bytes.len() {
+                let at = c.lsn + off as u64;
+                let rest = c.bytes.get(off..).unwrap_or(&[]);
+                // The log is never written more than the segment's bound past its durable end
+                // (but for one record longer than the bound, written alone right after a
+                // sync), so that recovery need not look further for records written after
+                // it. Syncs fall between records: the durable end is always a record's start.
+                let n = match c.seg.unsynced_bound() {
+                    Some(bound) => {
+                        let room = (durable + bound).saturating_sub(at);
+                        let n = whole_records_within(rest, room);
+                        if n == 0 && at > durable {
+                            c.seg.sync()?;
+                            done.syncs += 1;
+                            durable = at;
+                            done.synced_to = at;
+                            continue;
+                        }
+                        // Right after a sync, a record longer than the bound goes alone.
+                        if n == 0 {
+                            record_len_at(rest).max(1).min(rest.len())
+                        } else {
+                            n
+                        }
+                    }
+                    None => rest.len(),
+                };
+                c.seg.write(at, rest.get(..n).unwrap_or(rest))?;
+                done.writes += 1;
+                off += n;
+            }
             if c.seal {
                 c.seg.sync()?;
                 done.syncs += 1;
-                done.sealed_to = c.lsn + c.bytes.len() as u64;
+                durable = c.lsn + c.bytes.len() as u64;
+                done.synced_to = durable;
             }
         }
         if let Some(seg) = &self.to_sync {

@@ -292,11 +292,31 @@ pub struct WharfBuilder {
 }
 
 impl WharfBuilder {
-    /// Size of each preallocated log segment file (default 64 MiB, at least 64 KiB). A store
-    /// keeps one segment ready ahead of the active one and one in reserve for acks, so an empty
-    /// store takes three segments of disk. Changing it between opens is allowed: it applies to new segments.
+    /// The largest size of a log segment file (default 64 MiB, at least 64 KiB). Segments are
+    /// sized to the rate the log grows at: from [`min_segment_bytes`](Self::min_segment_bytes)
+    /// up to this, in powers of two. A store keeps one segment ready ahead of the active one
+    /// and one in reserve for acks (as large as the largest segment with unsettled messages).
+    /// Changing it between opens is allowed: it applies to new segments.
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.opts.segment_bytes = bytes;
+        self
+    }
+
+    /// The smallest size of a log segment file (default 1 MiB, or the segment size if that is
+    /// smaller; at least 64 KiB). A new or quiet store uses segments of this size, so its
+    /// files take a few of them; once everything in the log is settled and it has been quiet
+    /// for a second, a store with larger segments goes back to this size.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let wharf = wharf::Wharf::builder()
+    ///     .segment_bytes(256 << 20)
+    ///     .min_segment_bytes(4 << 20)
+    ///     .open(dir.path())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn min_segment_bytes(mut self, bytes: u64) -> Self {
+        self.opts.min_segment_set = Some(bytes);
         self
     }
 

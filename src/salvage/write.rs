@@ -17,7 +17,7 @@ use crate::checkpoint::StateDb;
 use crate::error::{Corruption, Error, Result};
 use crate::log::new_store_id;
 use crate::log::MIN_SEGMENT_BYTES;
-use crate::log::{Header, HEADER_LEN};
+use crate::log::{unsynced_bound, Header, HEADER_LEN};
 use crate::queue::RELOCATED;
 use crate::record::{self, Body, PUSH_EX_OVERHEAD, TAIL_RESERVE};
 use crate::storage::{Storage, StorageFile};
@@ -206,7 +206,12 @@ struct Out<'a> {
 impl Out<'_> {
     fn begin(&mut self) {
         self.buf.clear();
-        let header = Header { store_id: self.store_id, base: self.base, len: self.seg_len };
+        let header = Header {
+            store_id: self.store_id,
+            base: self.base,
+            len: self.seg_len,
+            unsynced: Some(unsynced_bound(self.seg_len)),
+        };
         self.buf.extend_from_slice(&header.encode());
         for b in self.preamble {
             self.put(b);

@@ -11,6 +11,9 @@ use crate::clock::deadline_after;
 use crate::error::Error;
 use crate::log::READY_SPARES;
 
+/// How long a settled log stays quiet before its segments shrink (`GroupCommit::shrink`).
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
+
 /// The background thread's loop, until the store shuts down.
 pub(crate) fn run(shared: &Shared) {
     let log = shared.log();
@@ -20,6 +23,10 @@ pub(crate) fn run(shared: &Shared) {
     // A store-clock reading that stood still through a real sleep (a manual clock): async-pop
     // timers are not armed again until the clock reads otherwise.
     let mut stalled_clock: Option<Instant> = None;
+    // Since when the log has not moved, and the log's record count then; and the count at the
+    // last attempt to shrink its segments, which is not made again until the log moves.
+    let mut quiet = (u64::MAX, Instant::now());
+    let mut shrunk_at: Option<u64> = None;
     loop {
         if g.shutting_down() {
             return;
@@ -90,13 +97,25 @@ pub(crate) fn run(shared: &Shared) {
                 continue;
             }
         }
+        let records = g.wal().records();
+        if quiet.0 != records {
+            quiet = (records, now);
+        }
+        let shrink_at = (shrunk_at != Some(records) && log.shrinkable(&*g))
+            .then(|| deadline_after(quiet.1, SHRINK_AFTER));
+        if shrink_at.is_some_and(|t| t <= now) {
+            shrunk_at = Some(records);
+            // A failure poisons the store and is reported to every later call.
+            let _ = MutexGuard::unlocked(&mut g, || shared.shrink_log());
+            continue;
+        }
         let clock_now = shared.opts().clock.now();
         let timers = wake_async_pops(shared, &mut g, clock_now)
             .filter(|_| stalled_clock != Some(clock_now))
             // At least 1 ms of real time, so that a system clock has always moved on after it.
             .map(|d| deadline_after(Instant::now(), d.max(Duration::from_millis(1))));
         let spare = retry_spare_at.filter(|_| g.wal().log().spare_count() < READY_SPARES);
-        let wake = [due, spare, timers].into_iter().flatten().min();
+        let wake = [due, spare, timers, shrink_at].into_iter().flatten().min();
         debug_assert!(wake.is_none_or(|t| t > now), "the background thread would spin");
         match wake {
             Some(t) => {

@@ -73,14 +73,11 @@ impl Core {
             Some((seg, at)) => (seg, at),
             None => {
                 let base = log.segments().next_back().map_or(0, |s| s.seg().end());
-                let seg = Segment::create(
-                    &*storage,
-                    &log_dir,
-                    log.store_id(),
-                    base,
-                    opts.segment_bytes,
-                    map,
-                )?;
+                // A new store starts small; a store whose last segment was sealed (its catalog
+                // may be large) starts at the largest size.
+                let len =
+                    if rec.queues.is_empty() { opts.min_segment_bytes } else { opts.segment_bytes };
+                let seg = Segment::create(&*storage, &log_dir, log.store_id(), base, len, map)?;
                 let seg = Arc::new(seg);
                 log.activate(Arc::clone(&seg), 0);
                 let first = first_record(&seg);
@@ -170,6 +167,10 @@ impl Core {
     /// call with `Closed` and releases the directory lock. Idempotent.
     pub(crate) fn close(&self) -> Result<()> {
         let shared = &self.shared;
+        // A settled log is left with small segments, as the background thread leaves it once
+        // the store is quiet, and its settled segments deleted.
+        let open = shared.lock().check().is_ok();
+        let shrunk = if open { shared.shrink_log().map(drop) } else { Ok(()) };
         let result = {
             let mut g = shared.lock();
             let was_open = !g.is_closed();
@@ -179,7 +180,9 @@ impl Core {
                 // Nothing more can be made durable: say so rather than pretend.
                 Err(Error::Poisoned(why.to_owned()))
             } else {
-                shared.log().flush_now(&mut g, true)
+                shrunk
+                    .and_then(|()| shared.log().delete_settled(&mut g).map(drop))
+                    .and_then(|()| shared.log().flush_now(&mut g, true))
             };
             g.close();
             // Blocked pops, waits for durability, the threads, and pushes waiting for room (for
@@ -252,6 +255,8 @@ pub(crate) fn maintain(shared: &Shared) -> Result<()> {
         }
         shared.lock().set_checkpoint_wanted(false);
     }
+    // As the background thread once the store is quiet: a settled log gets smaller segments.
+    shared.shrink_log()?;
     let mut g = shared.lock();
     shared.log().delete_settled(&mut g).map(drop)
 }

@@ -498,6 +498,12 @@ impl Shared {
         self.log.create_spare(&self.state, want)
     }
 
+    /// Gives a settled, quiet log smaller segments (see `GroupCommit::shrink`).
+    #[inline]
+    pub(crate) fn shrink_log(&self) -> Result<bool> {
+        self.log.shrink(&self.state)
+    }
+
     /// Gives spare segments back under a disk quota until `need` bytes are free (see
     /// `GroupCommit::release_spares`).
     #[inline]

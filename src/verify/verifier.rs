@@ -67,6 +67,8 @@ struct Seg {
     path: PathBuf,
     base: u64,
     len: u64,
+    /// The header's unsynced bound (`Segment::unsynced_bound`).
+    unsynced: Option<u64>,
     file: Arc<dyn StorageFile>,
 }
 
@@ -357,7 +359,8 @@ impl Verifier<'_> {
             }
             prev_end = Some(base + header.len);
             self.paths.insert(base, path.clone());
-            segs.push(Seg { path, base, len: header.len, file });
+            let unsynced = header.unsynced.map(u64::from);
+            segs.push(Seg { path, base, len: header.len, unsynced, file });
         }
         (segs, store_id)
     }
@@ -428,7 +431,7 @@ impl Verifier<'_> {
             }
         };
         let off = at - seg.base;
-        match judge_end(&mut img, seg.base, at, mark_end, || Ok(later)) {
+        match judge_end(&mut img, seg.base, at, mark_end, seg.unsynced, || Ok(later)) {
             Ok(Ending::BelowMark) => {
                 let why = explain_at(&mut img, seg.base, at);
                 self.problem(&seg.path, off, format!("{why}; {}", below_mark(at, mark_end)));

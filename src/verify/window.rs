@@ -19,7 +19,7 @@ pub(super) fn after_seal(
 ) -> Result<Option<(usize, &'static str)>> {
     let Some(first) = img.first_nonzero_from(from)? else { return Ok(None) };
     // A record starts at or before the last non-zero byte.
-    let last_nonzero = img.last_nonzero_from(first)?.map_or(first, |i| first + i);
+    let last_nonzero = img.last_nonzero_in(first, img.len())?.map_or(first, |i| first + i);
     let last = img.len().saturating_sub(RECORD_HEADER_LEN).min(last_nonzero);
     for off in first..=last {
         let lsn = base + off as u64;
@@ -111,8 +111,8 @@ impl Image for Window<'_> {
         Ok(self.buf.get(off - self.start..).unwrap_or(&[]))
     }
 
-    fn last_nonzero_from(&mut self, from: usize) -> Result<Option<usize>> {
-        let mut end = self.len;
+    fn last_nonzero_in(&mut self, from: usize, to: usize) -> Result<Option<usize>> {
+        let mut end = to.min(self.len);
         while end > from {
             let start = end.saturating_sub(self.chunk).max(from);
             let chunk = self.at(start, end - start)?;
@@ -204,7 +204,7 @@ mod tests {
         })
         .unwrap();
         let ending = match end {
-            End::Open { at, .. } => Some(judge_end(img, 0, at, 0, || Ok(false)).unwrap()),
+            End::Open { at, .. } => Some(judge_end(img, 0, at, 0, None, || Ok(false)).unwrap()),
             End::Sealed => None,
         };
         (seen, end, ending)
@@ -223,7 +223,7 @@ mod tests {
                 assert_eq!(walk(&mut w), want, "seed {seed} chunk {chunk}");
                 for from in [0, 64, 1000, bytes.len() - 101, bytes.len() - 1, bytes.len()] {
                     let want = bytes.get(from..).and_then(last_nonzero);
-                    assert_eq!(w.last_nonzero_from(from).unwrap(), want, "from {from}");
+                    assert_eq!(w.last_nonzero_in(from, usize::MAX).unwrap(), want, "from {from}");
                     let want = bytes[from..].iter().position(|&b| b != 0).map(|i| from + i);
                     assert_eq!(w.first_nonzero_from(from).unwrap(), want, "from {from}");
                 }

@@ -36,9 +36,11 @@ fn open_manual(dir: &Path, seg: u64) -> Wharf {
     builder(seg).checkpoint_every_bytes(u64::MAX).checkpoint_interval(None).open(dir).unwrap()
 }
 
+/// Segments of one size (`seg`), so that the tests know how many messages each one holds.
 fn builder(seg: u64) -> wharf::WharfBuilder {
     Wharf::builder()
         .segment_bytes(seg)
+        .min_segment_bytes(seg)
         .push_durability(Durability::None)
         .ack_durability(Durability::None)
         .visibility_timeout(Duration::from_secs(3600))

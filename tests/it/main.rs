@@ -20,6 +20,7 @@ mod poison;
 mod quota;
 mod recovery;
 mod salvage;
+mod sizes;
 mod soak;
 mod state_damage;
 mod sweeps;

@@ -23,11 +23,19 @@ pub(crate) enum Ending {
 /// Judges the position `at` of a segment image based at `base` where its records end without
 /// a seal. `later_records` tells whether a later segment starts with a valid record; it is
 /// asked only when the mark does not already decide.
+///
+/// `unsynced` is the segment's bound on how far the log was ever written past its durable end
+/// (`Segment::unsynced_bound`). The records of a torn tail were all written after the durable
+/// end, which lies at or before `at`, so they lie within the bound of `at`; a record written
+/// after `at` was durable lies within the bound of the end of the record at `at`, which was
+/// durable then. So the search stops there and its cost does not grow with the segment's size.
+/// Without a bound (a segment of an older format) it searches to the segment's end.
 pub(crate) fn judge_end(
     img: &mut impl Image,
     base: u64,
     at: u64,
     mark_end: u64,
+    unsynced: Option<u64>,
     later_records: impl FnOnce() -> Result<bool>,
 ) -> Result<Ending> {
     if at < mark_end {
@@ -37,9 +45,22 @@ pub(crate) fn judge_end(
         return Ok(Ending::Damaged);
     }
     let from = usize::try_from(at - base).unwrap_or(usize::MAX);
+    let to = match unsynced {
+        None => img.len(),
+        Some(bound) => {
+            // The record at `at` as its length field says, however damaged the rest of it is.
+            let claimed = img
+                .at(from, 4)?
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_le_bytes);
+            let reach = u64::from(claimed).saturating_add(bound);
+            from.saturating_add(usize::try_from(reach).unwrap_or(usize::MAX)).min(img.len())
+        }
+    };
     // Past the last non-zero byte there can be no record, so the search for one stops there
     // (after a clean close or a process crash, right at `at`).
-    let dirty = img.last_nonzero_from(from)?;
+    let dirty = img.last_nonzero_in(from, to)?;
     if let Some(last) = dirty {
         if durable_record_after(img, base, at, from + last)?.is_some() {
             return Ok(Ending::Damaged);

@@ -181,20 +181,25 @@ pub(crate) fn recover(
             }
             Ok(false)
         };
-        let dirty = match judge_end(&mut img, seg.base(), at, mark_end, later)? {
-            Ending::BelowMark => {
-                let why = format!(
-                    "{}; {}",
-                    explain_at(&mut img, seg.base(), at),
-                    below_mark(at, mark_end)
-                );
-                return Err(corrupt(seg.path(), at - seg.base(), why));
-            }
-            Ending::Damaged => {
-                return Err(corrupt(seg.path(), at - seg.base(), damaged(&mut img, seg.base(), at)))
-            }
-            Ending::Torn { dirty } => dirty,
-        };
+        let dirty =
+            match judge_end(&mut img, seg.base(), at, mark_end, seg.unsynced_bound(), later)? {
+                Ending::BelowMark => {
+                    let why = format!(
+                        "{}; {}",
+                        explain_at(&mut img, seg.base(), at),
+                        below_mark(at, mark_end)
+                    );
+                    return Err(corrupt(seg.path(), at - seg.base(), why));
+                }
+                Ending::Damaged => {
+                    return Err(corrupt(
+                        seg.path(),
+                        at - seg.base(),
+                        damaged(&mut img, seg.base(), at),
+                    ))
+                }
+                Ending::Torn { dirty } => dirty,
+            };
         drop(bytes);
         if let Some(len) = dirty {
             zero(seg, at, len)?;

@@ -26,8 +26,8 @@ pub(crate) trait Image {
     /// first, all that is left or any shorter slice (a record cut by the end is truncated
     /// either way).
     fn at(&mut self, off: usize, want: usize) -> Result<&[u8]>;
-    /// The index, counted from `from`, of the last non-zero byte at or after `from`.
-    fn last_nonzero_from(&mut self, from: usize) -> Result<Option<usize>>;
+    /// The index, counted from `from`, of the last non-zero byte in `[from, to)`.
+    fn last_nonzero_in(&mut self, from: usize, to: usize) -> Result<Option<usize>>;
 }
 
 impl Image for &[u8] {
@@ -39,8 +39,8 @@ impl Image for &[u8] {
         Ok(self.get(off..).unwrap_or(&[]))
     }
 
-    fn last_nonzero_from(&mut self, from: usize) -> Result<Option<usize>> {
-        Ok(self.get(from..).and_then(last_nonzero))
+    fn last_nonzero_in(&mut self, from: usize, to: usize) -> Result<Option<usize>> {
+        Ok(self.get(from..to.min(<[u8]>::len(self))).and_then(last_nonzero))
     }
 }
 
