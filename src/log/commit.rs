@@ -77,12 +77,31 @@ pub(crate) struct Sizer {
     window: Option<(u64, u64)>,
     /// Bytes per second over the last whole window.
     rate: u64,
+    /// The log's bytes written and `fdatasync`s when the last segment was made.
+    written: (u64, u64),
 }
+
+/// Below this many bytes written per `fdatasync`, new segments are written with zeros when
+/// made (`Segment::create`): small syncs each pay an extent conversion otherwise.
+const ZERO_BELOW_BYTES_PER_SYNC: u64 = 1 << 20;
 
 impl Sizer {
     /// Starts a new window at `now_ms` and position `lsn`, forgetting the rate so far.
     fn restart(&mut self, now_ms: u64, lsn: u64) {
-        *self = Sizer { window: Some((now_ms, lsn)), rate: 0 };
+        self.window = Some((now_ms, lsn));
+        self.rate = 0;
+    }
+
+    /// Whether the next segment is written with zeros: the log's syncs since the last segment
+    /// was made were small (or there were none and nothing was written: durable pushes are
+    /// the default). `bytes` and `syncs` are the log's totals now.
+    fn zero(&mut self, bytes: u64, syncs: u64) -> bool {
+        let (b, s) = (bytes.saturating_sub(self.written.0), syncs.saturating_sub(self.written.1));
+        self.written = (bytes, syncs);
+        match s {
+            0 => b == 0,
+            s => b / s < ZERO_BELOW_BYTES_PER_SYNC,
+        }
     }
 
     /// Bytes the log grows by in `FILL_MS` at its recent rate, now (`now_ms`) that it is at
@@ -269,7 +288,7 @@ impl GroupCommit {
         want: usize,
         need: u64,
     ) -> Result<()> {
-        let (base, store_id, len) = {
+        let (base, store_id, len, zero) = {
             let g = state.lock();
             let log = g.wal().log();
             if log.spare_count() >= want {
@@ -282,9 +301,12 @@ impl GroupCommit {
                     return Err(Error::Full { max_disk_bytes: max });
                 }
             }
-            (log.next_spare_base(), log.store_id(), len)
+            let stats = g.wal().stats();
+            let zero = sizer.zero(stats.bytes, stats.fsyncs);
+            (log.next_spare_base(), log.store_id(), len, zero)
         };
-        let seg = Segment::create(&*self.storage, &self.log_dir, store_id, base, len, self.map)?;
+        let seg =
+            Segment::create(&*self.storage, &self.log_dir, store_id, base, len, zero, self.map)?;
         state.lock().wal_mut().log_mut().push_spare(Arc::new(seg));
         Ok(())
     }
@@ -563,5 +585,49 @@ impl GroupCommit {
                 return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn segments_are_powers_of_two_between_the_bounds_and_hold_what_needs_them() {
+        assert_eq!(segment_len(0, 0, MIB, 64 * MIB), MIB);
+        assert_eq!(segment_len(3 * MIB, 0, MIB, 64 * MIB), 4 * MIB);
+        assert_eq!(segment_len(u64::MAX, 0, MIB, 64 * MIB), 64 * MIB);
+        assert_eq!(segment_len(0, 5 * MIB, MIB, 64 * MIB), 8 * MIB);
+        // Bounds that are not powers of two are kept, and a need is met up to the largest.
+        assert_eq!(segment_len(0, 0, 3 * MIB, 100 * MIB), 3 * MIB);
+        assert_eq!(segment_len(0, 90 * MIB, 3 * MIB, 100 * MIB), 100 * MIB);
+        assert_eq!(segment_len(0, 100 * MIB, MIB, 100 * MIB), 100 * MIB);
+    }
+
+    #[test]
+    fn the_rate_is_measured_over_windows_of_a_second_at_least() {
+        let mut s = Sizer::default();
+        assert_eq!(s.fill_bytes(1_000, 0), 0, "no rate before a window");
+        // Half a second in, 3 MiB written: counted as 3 MiB a second so far.
+        assert_eq!(s.fill_bytes(1_500, 3 * MIB), 6 * MIB);
+        // The window closes at 2 s with 8 MiB a second; that rate holds for the next window.
+        assert_eq!(s.fill_bytes(2_000, 8 * MIB), 16 * MIB);
+        assert_eq!(s.fill_bytes(2_100, 8 * MIB), 16 * MIB);
+        // A quiet window brings it down.
+        assert_eq!(s.fill_bytes(60_000, 8 * MIB + 10), 0);
+        s.restart(60_000, 9 * MIB);
+        assert_eq!(s.fill_bytes(60_001, 9 * MIB), 0);
+    }
+
+    #[test]
+    fn segments_are_written_with_zeros_only_where_syncs_are_small() {
+        let mut s = Sizer::default();
+        assert!(s.zero(0, 0), "nothing known yet: durable pushes are the default");
+        assert!(s.zero(4096 * 100, 100), "4 KiB per sync");
+        assert!(!s.zero(4096 * 100 + 64 * MIB, 101), "64 MiB in one sync");
+        assert!(!s.zero(4096 * 100 + 128 * MIB, 101), "written and never synced");
+        assert!(s.zero(4096 * 100 + 128 * MIB, 101), "nothing since");
     }
 }

@@ -223,7 +223,9 @@ pub(crate) fn gap(end: u64, base: u64) -> String {
 /// extents: the first `fdatasync` after a write into one also commits the extent's conversion
 /// through the file system's journal, which costs an append as much again. A segment written
 /// once ahead of need (by the background thread, before anything waits for it) is then
-/// appended to at the cost of an overwrite.
+/// appended to at the cost of an overwrite. It pays where syncs are small (durable pushes one
+/// by one); where they are large the conversions are few and the zeros would double the
+/// bytes the disk writes, so the log decides per segment (`commit.rs`, `Sizer`).
 fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> io::Result<()> {
     const STEP: u64 = 1 << 20;
     let zeros = vec![0u8; STEP.min(to.saturating_sub(from)) as usize];
@@ -282,13 +284,15 @@ impl Segment {
     }
 
     /// Creates the segment `base` of `len` bytes in `dir`: written as a temporary file,
-    /// preallocated, written with zeros, synced, renamed into place, and the directory synced.
+    /// preallocated, written with zeros if `zero` (see `write_zeros`), synced, renamed into
+    /// place, and the directory synced.
     pub(crate) fn create(
         storage: &dyn Storage,
         dir: &Path,
         store_id: u128,
         base: u64,
         len: u64,
+        zero: bool,
         map: bool,
     ) -> io::Result<Segment> {
         let path = dir.join(file_name(base));
@@ -300,7 +304,9 @@ impl Segment {
         let done = (|| {
             file.allocate(len)?;
             file.write_at(&Header { store_id, base, len, unsynced }.encode(), 0)?;
-            write_zeros(&*file, HEADER_LEN, len)?;
+            if zero {
+                write_zeros(&*file, HEADER_LEN, len)?;
+            }
             file.sync_data()?;
             storage.rename(&tmp, &path)?;
             failpoint::hit("segment-created-before-dir-sync");

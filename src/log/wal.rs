@@ -667,3 +667,29 @@ impl Flush {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_write_ends_between_records() {
+        let mut bytes = Vec::new();
+        for (lsn, len) in [(0u64, 10usize), (1, 300), (2, 20)] {
+            record::encode(
+                &mut bytes,
+                lsn,
+                0,
+                &Body::Push { queue: 0, id: lsn, payload: &vec![1; len] },
+            );
+        }
+        let first = record_len_at(&bytes);
+        let second = record_len_at(&bytes[first..]);
+        assert_eq!(whole_records_within(&bytes, u64::MAX), bytes.len());
+        assert_eq!(whole_records_within(&bytes, bytes.len() as u64), bytes.len());
+        assert_eq!(whole_records_within(&bytes, first as u64 - 1), 0);
+        assert_eq!(whole_records_within(&bytes, first as u64), first);
+        assert_eq!(whole_records_within(&bytes, (first + second) as u64 - 1), first);
+        assert_eq!(whole_records_within(&bytes, (first + second) as u64), first + second);
+    }
+}

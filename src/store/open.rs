@@ -77,7 +77,8 @@ impl Core {
                 // may be large) starts at the largest size.
                 let len =
                     if rec.queues.is_empty() { opts.min_segment_bytes } else { opts.segment_bytes };
-                let seg = Segment::create(&*storage, &log_dir, log.store_id(), base, len, map)?;
+                let seg =
+                    Segment::create(&*storage, &log_dir, log.store_id(), base, len, true, map)?;
                 let seg = Arc::new(seg);
                 log.activate(Arc::clone(&seg), 0);
                 let first = first_record(&seg);

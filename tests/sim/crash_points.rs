@@ -25,10 +25,37 @@ fn small() -> WharfBuilder {
     Wharf::builder().segment_bytes(64 << 10)
 }
 
+/// Segments from 64 KiB up to 256 KiB, sized to the log's rate of growth (on the manual clock,
+/// no time passes: a segment is sized to twice what was written since the store opened).
+fn sized() -> WharfBuilder {
+    Wharf::builder().segment_bytes(256 << 10).min_segment_bytes(64 << 10)
+}
+
 fn scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {
     use Durability::{Immediate as I, None as N};
     const IV: Durability = Durability::Interval(Duration::from_millis(10));
     vec![
+        ("segments grow with the log, then shrink once it is settled", sized(), |c| {
+            c.open()?;
+            assert!(c.push_batch_or_full("q", 60, 2000)?);
+            let n = c.pop_batch("q", 60)?;
+            for _ in 0..n {
+                c.ack(N)?;
+            }
+            // Settled: the active segment is sealed early and the log goes on in a small one.
+            c.maintain()?;
+            c.push("q", 100, I)?;
+            c.close()
+        }),
+        ("a record larger than the spares made ahead", sized(), |c| {
+            c.open()?;
+            c.push("q", 100, I)?;
+            c.maintain()?;
+            c.push("q", 100_000, I)?;
+            c.push("q", 100, I)?;
+            c.pop("q")?;
+            c.ack(I)
+        }),
         ("first push", small(), |c| {
             c.open()?;
             c.push("q", 10, I)

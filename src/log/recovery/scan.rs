@@ -238,4 +238,38 @@ mod tests {
         let found = durable_record_after(&mut &img[..], 0, lsns[1], usize::MAX).unwrap();
         assert_eq!(found, None);
     }
+
+    #[test]
+    fn with_an_unsynced_bound_the_end_is_judged_within_it() {
+        use crate::log::recovery::end::{judge_end, Ending};
+        // The log ends at `at` (zeros); a valid record staged after `at` was durable lies
+        // `gap` bytes further on. With a bound, only a record within it is looked at: the
+        // writer never got further than that past its durable end.
+        let judge = |gap: usize, bound: Option<u64>| {
+            let (mut img, _) = image_of(&[Body::Epoch { epoch: 1 }], &[]);
+            let at = img.len() - 256;
+            img.resize(at + gap, 0);
+            let lsn = img.len() as u64;
+            record::encode(&mut img, lsn, lsn - at as u64, &Body::Epoch { epoch: 2 });
+            img.resize(img.len() + 64, 0);
+            judge_end(&mut &img[..], 0, at as u64, 0, bound, || Ok(false)).unwrap()
+        };
+        assert_eq!(judge(100, None), Ending::Damaged);
+        assert_eq!(judge(100, Some(4096)), Ending::Damaged);
+        assert_eq!(judge(10_000, None), Ending::Damaged);
+        // Beyond the bound: not a record this log wrote after its end (nothing is cut either:
+        // the search for non-zero bytes stops at the bound too).
+        assert_eq!(judge(10_000, Some(4096)), Ending::Torn { dirty: None });
+        // A length field at the end reaches further: the record there may be a damaged
+        // durable one, and the next record starts after it.
+        let (mut img, _) = image_of(&[Body::Epoch { epoch: 1 }], &[]);
+        let at = img.len() - 256;
+        img.resize(at + 10_000, 0);
+        img[at..at + 4].copy_from_slice(&9_000u32.to_le_bytes());
+        let lsn = img.len() as u64;
+        record::encode(&mut img, lsn, lsn - at as u64, &Body::Epoch { epoch: 2 });
+        img.resize(img.len() + 64, 0);
+        let ending = judge_end(&mut &img[..], 0, at as u64, 0, Some(4096), || Ok(false)).unwrap();
+        assert_eq!(ending, Ending::Damaged);
+    }
 }
