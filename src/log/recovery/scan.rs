@@ -44,11 +44,14 @@ impl Image for &[u8] {
     }
 }
 
-/// The bytes of the record that would start at `off`: as many as its length field says.
+/// The bytes of the record that would start at `off`: as many as its length field says (fewer
+/// where the image ends first), never more.
 pub(crate) fn record_at(img: &mut impl Image, off: usize) -> Result<&[u8]> {
     let len =
         img.at(off, 4)?.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
-    img.at(off, (len as usize).max(RECORD_HEADER_LEN))
+    let want = (len as usize).max(RECORD_HEADER_LEN);
+    let bytes = img.at(off, want)?;
+    Ok(bytes.get(..want).unwrap_or(bytes))
 }
 
 /// A group of records being read (`record::Record::more`): its records are handed over only
