@@ -39,12 +39,12 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{nums, rss, BoxResult};
 use wharf::{Delivery, Durability, NackOptions, PushOptions, Wharf};
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod common;
 
 const SMALL: usize = 128;
 const BATCH: usize = 1000;
@@ -63,21 +63,6 @@ fn builder() -> wharf::WharfBuilder {
 /// `b` with both automatic checkpoint triggers off (`Wharf::checkpoint` still works).
 fn no_checkpoints(b: wharf::WharfBuilder) -> wharf::WharfBuilder {
     b.checkpoint_every_bytes(u64::MAX).checkpoint_interval(None)
-}
-
-/// The anonymous resident memory of this process in bytes (`RssAnon` of /proc/self/status):
-/// the heap and stacks, not the pages of mapped segment files (those are the page cache's,
-/// shared and reclaimable).
-fn rss() -> BoxResult<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .ok_or("no RssAnon in /proc/self/status")?
-        .trim()
-        .parse::<u64>()?;
-    Ok(kb * 1024)
 }
 
 /// CPU time (user + system) this process has used, in ms (10 ms ticks).
@@ -285,19 +270,9 @@ fn child_queues(dir: &Path, n: usize) -> BoxResult<()> {
     Ok(())
 }
 
+/// `common::run_child`: a `crash` child aborts on purpose.
 fn run_child(args: &[&str]) -> BoxResult<String> {
-    let out = Command::new(std::env::current_exe()?).arg("--child").args(args).output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() && args.first() != Some(&"crash") {
-        return Err(
-            format!("child {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into()
-        );
-    }
-    Ok(stdout)
-}
-
-fn nums(line: &str) -> BoxResult<Vec<f64>> {
-    Ok(line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?)
+    common::run_child(args, args.first() == Some(&"crash"))
 }
 
 /// A reopen timed in a child: `[open_ms, rss, messages, segments, records, cpu_ms]`.
@@ -403,8 +378,7 @@ fn main() -> BoxResult<()> {
     // checkpoints, which are due every segment's worth of log by default).
     let seg_a = if quick { 1 << 20 } else { SEG };
     let (seg2, total2) = if quick { (4u64 << 20, 64u64 << 20) } else { (SEG, 1 << 30) };
-    let root =
-        std::env::var_os("WHARF_BENCH_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let root = common::bench_dir(Path::new("."));
     let tmp = || tempfile::Builder::new().prefix("wharf-footprint-").tempdir_in(&root);
     let started = Instant::now();
     // Targets are judged on full runs only: a quick run's figures are of a smaller store.

@@ -57,10 +57,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use common::{file_system, num, BoxResult, Report};
 use tempfile::TempDir;
 use wharf::{Durability, PushOptions, Queue, Wharf};
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod common;
 
 /// Payload of the small-message measurements.
 const SMALL: usize = 128;
@@ -84,8 +85,7 @@ impl Cfg {
             Err(_) if quick => Duration::from_millis(150),
             Err(_) => Duration::from_millis(1500),
         };
-        let dir =
-            std::env::var_os("WHARF_BENCH_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        let dir = common::bench_dir(Path::new("."));
         Ok(Cfg { dir, secs, quick })
     }
 
@@ -96,28 +96,6 @@ impl Cfg {
     fn deadline(&self) -> Instant {
         Instant::now() + self.secs
     }
-}
-
-/// The file system holding `dir`, from the longest matching mount point.
-fn file_system(dir: &Path) -> (String, bool) {
-    let Ok(dir) = dir.canonicalize() else {
-        return ("unknown".into(), false);
-    };
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return (format!("{} (unknown file system)", dir.display()), false);
-    };
-    let mut best: Option<(usize, String, bool)> = None;
-    for line in mounts.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(dev), Some(mp), Some(ty)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        if dir.starts_with(mp) && best.as_ref().is_none_or(|(len, ..)| mp.len() >= *len) {
-            let text = format!("{} ({ty} on {dev}, mounted at {mp})", dir.display());
-            best = Some((mp.len(), text, ty == "tmpfs" || ty == "ramfs"));
-        }
-    }
-    best.map_or_else(|| (dir.display().to_string(), false), |(_, text, mem)| (text, mem))
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -903,99 +881,6 @@ fn redb_t2(cfg: &Cfg, p: usize) -> BoxResult<f64> {
 
 // ---------------------------------------------------------------------------------------------
 // Reporting.
-
-struct Row {
-    label: String,
-    unit: &'static str,
-    vals: Vec<f64>,
-}
-
-impl Row {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.vals.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-    fn median(&self) -> f64 {
-        let v = self.sorted();
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    }
-    fn min(&self) -> f64 {
-        self.sorted().first().copied().unwrap_or(f64::NAN)
-    }
-    fn max(&self) -> f64 {
-        self.sorted().last().copied().unwrap_or(f64::NAN)
-    }
-}
-
-#[derive(Default)]
-struct Report {
-    rows: Vec<Row>,
-}
-
-impl Report {
-    /// Records one round's value of a metric; rows keep the order they were first seen in.
-    fn record(&mut self, label: &str, unit: &'static str, value: f64) {
-        match self.rows.iter_mut().find(|r| r.label == label) {
-            Some(row) => row.vals.push(value),
-            None => self.rows.push(Row { label: label.to_owned(), unit, vals: vec![value] }),
-        }
-    }
-    fn record_all(&mut self, sample: Sample) {
-        for (label, unit, value) in sample {
-            self.record(&label, unit, value);
-        }
-    }
-    fn row(&self, label: &str) -> BoxResult<&Row> {
-        self.rows
-            .iter()
-            .find(|r| r.label == label)
-            .ok_or_else(|| format!("no metric {label:?}").into())
-    }
-    fn median(&self, label: &str) -> BoxResult<f64> {
-        Ok(self.row(label)?.median())
-    }
-    fn print(&self) {
-        println!("| metric | median | min–max | unit |");
-        println!("|---|---:|---:|---|");
-        for r in &self.rows {
-            let (lo, hi) = (num(r.min()), num(r.max()));
-            println!("| {} | {} | {lo} – {hi} | {} |", r.label, num(r.median()), r.unit);
-        }
-    }
-}
-
-/// A number for the table: thousands separated, two or three significant digits when small.
-fn num(v: f64) -> String {
-    if !v.is_finite() {
-        return "n/a".into();
-    }
-    let a = v.abs();
-    if a >= 10_000.0 {
-        let digits = format!("{:.0}", a);
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        if v < 0.0 {
-            out.insert(0, '-');
-        }
-        out
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
 
 /// One round's values of one measurement: (metric, unit, value).
 type Sample = Vec<(String, &'static str, f64)>;
