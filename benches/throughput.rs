@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{file_system, num, BoxResult, Report};
+use common::{file_system, fill_zeros, num, BoxResult, Report};
 use tempfile::TempDir;
 use wharf::{Durability, PushOptions, Queue, Wharf};
 
@@ -132,18 +132,6 @@ fn lat(mut ns: Vec<u64>, elapsed: Duration) -> Lat {
 
 fn open_rw(path: &Path) -> BoxResult<File> {
     Ok(OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?)
-}
-
-/// Writes `len` bytes of zeros and syncs them: overwrites later touch no file metadata.
-fn fill_zeros(file: &File, len: u64) -> BoxResult<()> {
-    let zeros = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off < len {
-        file.write_all_at(&zeros, off)?;
-        off += zeros.len() as u64;
-    }
-    file.sync_all()?;
-    Ok(())
 }
 
 /// F_sync: 128 B `pwrite` + `fdatasync`, appending through a preallocated region.

@@ -4,7 +4,9 @@
 // Each bench uses a part of this module.
 #![allow(dead_code)]
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -37,6 +39,18 @@ pub fn file_system(dir: &Path) -> (String, bool) {
         }
     }
     best.map_or_else(|| (dir.display().to_string(), false), |(_, text, mem)| (text, mem))
+}
+
+/// Writes `len` bytes of zeros and syncs them: overwrites later touch no file metadata.
+pub fn fill_zeros(file: &File, len: u64) -> BoxResult<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        file.write_all_at(&zeros, off)?;
+        off += zeros.len() as u64;
+    }
+    file.sync_all()?;
+    Ok(())
 }
 
 /// The anonymous resident memory of this process in bytes (`RssAnon` of /proc/self/status):
