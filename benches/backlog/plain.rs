@@ -67,7 +67,7 @@ impl Plain {
             data,
             acks,
             written,
-            staged: Vec::with_capacity(WRITE_BUFFER + READ_WINDOW),
+            staged: Vec::with_capacity(WRITE_BUFFER),
             acks_staged: Vec::new(),
             acks_len,
             window: Vec::new(),
@@ -89,6 +89,7 @@ impl Plain {
         Ok(())
     }
 
+    /// Appends one record per payload, in order.
     pub fn push_batch<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> BoxResult<()> {
         for p in payloads {
             self.push(p.as_ref())?;
