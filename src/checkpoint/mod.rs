@@ -13,5 +13,7 @@ pub(crate) use self::policy::Checkpointer;
 #[cfg(test)]
 pub(crate) use self::rows::QueueRow;
 pub(crate) use self::rows::{Loaded, Row};
+#[cfg(feature = "testing")]
+pub(crate) use self::run::due_by_log;
 pub use self::run::CheckpointReport;
-pub(crate) use self::run::{due_by_log, run, state_db, state_db_failed, take};
+pub(crate) use self::run::{run, state_db, state_db_failed, take};

@@ -26,7 +26,9 @@ use super::rows::{Delta, QueueRow, Row};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::storage::redb_backend::QuotaRefused;
-use crate::store::{Shared, State, Thread};
+#[cfg(feature = "testing")]
+use crate::store::State;
+use crate::store::{Shared, Thread};
 
 /// At most this many payload bytes are relocated by one checkpoint.
 const RELOCATE_MAX_BYTES: u64 = 64 << 20;
@@ -275,6 +277,7 @@ fn checkpoint_failed(shared: &Shared, db: &StateDb) {
 }
 
 /// Whether a checkpoint is due for what the log holds (see `Policy::due_by_log`).
+#[cfg(feature = "testing")]
 pub(crate) fn due_by_log(shared: &Shared, g: &State) -> bool {
     Policy { wal: g.wal(), wanted: g.checkpoint_wanted(), opts: shared.opts() }.due_by_log()
 }

@@ -15,7 +15,9 @@ use crate::log::Stats;
 use crate::options::{Durability, Options, ReadMode};
 use crate::salvage::{self, SalvageReport};
 use crate::storage::{RealFs, Storage};
-use crate::store::{Core, Shared};
+use crate::store::Core;
+#[cfg(feature = "testing")]
+use crate::store::Shared;
 use crate::verify::{self, VerifyReport};
 
 /// An open store: a directory holding any number of named queues.
