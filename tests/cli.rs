@@ -136,6 +136,8 @@ fn absurd_numbers_are_usage_errors_or_saturate_never_a_panic() {
     for delay in ["0", "0ms", "1ms", "0.0001ms", "1"] {
         wharf(&["push", d, "q", "soon", &format!("--delay={delay}")], None).expect(0);
     }
+    // The message delayed by a second is due by this instant.
+    let due = std::time::Instant::now() + std::time::Duration::from_secs(1);
     // Too long for a `Duration`, negative, or not a number: a usage error naming the flag.
     for delay in
         ["99999999999999999999d", "18446744073709551616", "1e400", "inf", "nan", "-1s", "1y", ""]
@@ -155,6 +157,9 @@ fn absurd_numbers_are_usage_errors_or_saturate_never_a_panic() {
     }
     wharf(&["stats", d], None).expect(0);
     wharf(&["stats", d, "--json"], None).expect(0);
+    // Five are ready once the one delayed by a second is due (the commands above may take
+    // less than that).
+    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
     for _ in 0..5 {
         wharf(&["pop", d, "q", "--ack"], None).expect(0);
     }
