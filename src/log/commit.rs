@@ -358,14 +358,7 @@ impl GroupCommit {
                     None => break,
                 }
             };
-            let path = spare.path().to_path_buf();
-            drop(spare);
-            let removed =
-                self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
-            if let Err(e) = removed {
-                let mut g = state.lock();
-                return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));
-            }
+            self.remove_spare(state, spare)?;
         }
         self.create_spare_locked(&mut sizer, state, 1, 0)?;
         let mut g = state.lock();
@@ -557,6 +550,20 @@ impl GroupCommit {
         self.delete_segments(g, dead)
     }
 
+    /// Deletes the file of a spare segment taken out of the log (it holds no records); a
+    /// failure poisons the store, as a failed deletion does.
+    fn remove_spare<H: LogHost>(&self, state: &Mutex<H>, spare: Arc<Segment>) -> Result<()> {
+        let path = spare.path().to_path_buf();
+        drop(spare);
+        let removed =
+            self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
+        if let Err(e) = removed {
+            let mut g = state.lock();
+            return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));
+        }
+        Ok(())
+    }
+
     /// Under a disk quota, when a settled segment waits for a checkpoint to go and the quota
     /// leaves less than `need` bytes, deletes spare segments (empty files made ahead of need,
     /// which the background thread makes again once there is room), the last first, until it
@@ -579,14 +586,7 @@ impl GroupCommit {
                     None => return Ok(()),
                 }
             };
-            let path = spare.path().to_path_buf();
-            drop(spare);
-            let removed =
-                self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
-            if let Err(e) = removed {
-                let mut g = state.lock();
-                return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));
-            }
+            self.remove_spare(state, spare)?;
         }
     }
 }
