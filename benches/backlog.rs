@@ -9,8 +9,9 @@
 //! 2. **Heap per unsettled message** (`heap.rs`): the growth of `RssAnon` over N messages of
 //!    each kind (plain FIFO, delayed, non-default priority in a mixed queue, leased, keyed),
 //!    after the pushes and after a reopen, in bytes per message; the other kinds also as a
-//!    ratio to the plain FIFO figure. And what 10 M delayed messages cost: measured in the long
-//!    tier, else extrapolated from N.
+//!    ratio to the plain FIFO figure. A plain FIFO backlog of 10 N too, and its heap in all at
+//!    N and 10 N (flat past the index window); 100 M in the long tier. And what 10 M delayed
+//!    messages cost: measured in the long tier, else extrapolated from N.
 //! 3. **Idle footprint on disk** (`disk.rs`): a new store, closed and open-and-idle, and a store
 //!    through which 2 GiB of 4 KiB messages were pushed and acked (256 MiB quick), open and
 //!    idle and closed; sum of file sizes and allocated blocks, against the 8 MiB target.
@@ -224,6 +225,8 @@ fn main() -> BoxResult<()> {
     }
     if tier.runs("heap") {
         heap::measure(&mut r, &tier, "heap", &heap::KINDS, n)?;
+        // A plain FIFO backlog ten times as long: past the index window it should cost the same.
+        heap::measure(&mut r, &tier, "heap 10x", &["fifo"], 10 * n)?;
     }
     if tier.runs("disk") {
         disk::measure(&mut r, &tier, tier.disk_volume)?;
@@ -253,6 +256,7 @@ fn main() -> BoxResult<()> {
                 }
                 if tier.runs("heap") {
                     heap::measure(&mut r, &tier, "heap 10M", &["delayed"], 10_000_000)?;
+                    heap::measure(&mut r, &tier, "heap 100M", &["fifo"], n)?;
                 }
             }
         }
@@ -360,6 +364,25 @@ fn print_heap(r: &Report, tier: &Tier) -> BoxResult<()> {
         )
     };
     println!("| 2. heap of 10M delayed messages | {delayed_10m} | | | |");
+    let mib = |per_msg: f64, n: u64| num(per_msg * n as f64 / f64::from(1u32 << 20));
+    let total = |label: &str, n: u64| -> BoxResult<String> {
+        let (push, reopen) =
+            (m(&format!("{label} fifo push"))?, m(&format!("{label} fifo reopen"))?);
+        Ok(format!("{} / {} MiB", mib(push, n), mib(reopen, n)))
+    };
+    println!(
+        "| 2. heap of a plain FIFO backlog, in all, after the pushes / after a reopen: {} · {} |          {} · {} | | | target: < 128 MiB at 100M |",
+        count(tier.backlog),
+        count(10 * tier.backlog),
+        total("heap", tier.backlog)?,
+        total("heap 10x", 10 * tier.backlog)?
+    );
+    if r.row("heap 100M fifo push").is_ok() {
+        println!(
+            "| 2. heap of 100M plain FIFO messages | {} | | | < 128 MiB |",
+            total("heap 100M", 100_000_000)?
+        );
+    }
     Ok(())
 }
 

@@ -77,7 +77,8 @@ pub use log::RecoveryReport;
 pub use log::Stats;
 pub use log::{FORMAT_VERSION, MIN_SEGMENT_BYTES};
 pub use options::{
-    Durability, ReadMode, DEFAULT_MAX_PAYLOAD, DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_SEGMENT_BYTES,
+    Durability, ReadMode, DEFAULT_INDEX_WINDOW, DEFAULT_MAX_PAYLOAD, DEFAULT_MIN_SEGMENT_BYTES,
+    DEFAULT_SEGMENT_BYTES,
 };
 pub use queue::{
     DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture, PopFuture,

@@ -46,6 +46,9 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Default smallest size of a log segment file: 1 MiB. Segments start at this size and grow
 /// (in powers of two, up to the segment size) with the rate the log grows at.
 pub const DEFAULT_MIN_SEGMENT_BYTES: u64 = 1 << 20;
+/// Default number of ready messages a queue's in-memory index holds before its plain pushes
+/// are counted instead of indexed (see `WharfBuilder::index_window`): 65,536.
+pub const DEFAULT_INDEX_WINDOW: usize = 1 << 16;
 /// Default largest payload: 8 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
 
@@ -79,6 +82,8 @@ pub(crate) struct Options {
     pub checkpoint_interval: Option<Duration>,
     /// Open past damage by salvaging the store (`salvage/`).
     pub salvage: bool,
+    /// Ready messages a queue's index holds before its plain pushes join its run (0: all).
+    pub index_window: usize,
 }
 
 impl Default for Options {
@@ -87,6 +92,7 @@ impl Default for Options {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             min_segment_set: None,
             min_segment_bytes: DEFAULT_MIN_SEGMENT_BYTES,
+            index_window: DEFAULT_INDEX_WINDOW,
             push_durability: Durability::Immediate,
             ack_durability: Durability::Interval(Duration::from_millis(10)),
             max_payload: DEFAULT_MAX_PAYLOAD,

@@ -310,7 +310,9 @@ fn stats_as_a_table_and_as_json() {
     let doc: Value = serde_json::from_slice(&run.stdout).unwrap();
     let store = &doc["store"];
     assert_eq!(store["format_version"], wharf::FORMAT_VERSION);
-    assert!(store["segments"].as_u64().unwrap() >= 3);
+    // The active segment at least; its spares are made by the background thread, which may
+    // not have run yet when `stats` reads the store.
+    assert!(store["segments"].as_u64().unwrap() >= 1);
     assert!(store["disk_bytes"].as_u64().unwrap() > 0);
     assert!(store["checkpoint_lsn"].is_u64() && store["durable_lsn"].as_u64().unwrap() > 0);
     let queues = doc["queues"].as_array().unwrap();

@@ -56,7 +56,9 @@ fn builder() -> WharfBuilder {
     // segment, a redb commit every few milliseconds, which starves the consumers of a child
     // that lives a fraction of a second); settled segments without relocated messages go
     // without waiting for one.
-    Wharf::builder().segment_bytes(64 << 10).checkpoint_every_bytes(1 << 20)
+    // A small index window: past 4 ready messages a queue's plain pushes join its run, which
+    // recovery rebuilds from the log and pops read back from it.
+    Wharf::builder().segment_bytes(64 << 10).checkpoint_every_bytes(1 << 20).index_window(4)
 }
 
 fn main() {

@@ -346,7 +346,10 @@ impl Config {
             .visibility_timeout(Duration::from_secs(24 * 3600))
             .push_durability(self.push_default())
             .ack_durability(self.ack_default())
-            .checkpoint_interval(None);
+            .checkpoint_interval(None)
+            // Past three ready messages, a queue's plain pushes join its run (read back from
+            // the log), so that every input exercises both.
+            .index_window(3);
         match self.checkpoint_kib {
             Some(k) => b.checkpoint_every_bytes((1 + u64::from(k % 128)) << 10),
             None => b,

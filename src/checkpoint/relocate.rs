@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::rows::Row;
 use crate::log::{Segment, STRAGGLERS_MAX_SHARE};
-use crate::queue::{Entry, RELOCATED};
+use crate::queue::{Entry, RunWant, RELOCATED};
 use crate::record::{self, Body};
 use crate::store::State;
 
@@ -59,7 +59,7 @@ fn row_of(g: &State, q: u32, id: u64, entry: &Entry, due: u64, len: u32, crc: u3
 /// The stragglers to relocate so that old segments covered by a checkpoint at `c` can go:
 /// walking from the oldest segment, those of each segment with only a few unsettled messages,
 /// until one holds a backlog.
-pub(crate) fn stragglers(g: &State, c: u64, segment_bytes: u64, max_bytes: u64) -> Vec<Move> {
+pub(crate) fn stragglers(g: &mut State, c: u64, segment_bytes: u64, max_bytes: u64) -> Vec<Move> {
     let log = g.wal().log();
     let mut segs: Vec<(u64, Arc<Segment>)> = Vec::new();
     let count = log.segment_count();
@@ -79,6 +79,12 @@ pub(crate) fn stragglers(g: &State, c: u64, segment_bytes: u64, max_bytes: u64) 
         return Vec::new();
     };
     let (from, to) = (*from, last.end());
+    // Members of a queue's run in these segments are read into its index first. One that
+    // fails to (an internal error, reported where the queue is popped) stays where it is,
+    // and so does its segment: its live count keeps it.
+    for q in 0..u32::try_from(g.queues().len()).unwrap_or(u32::MAX) {
+        let _ = g.fill(q, RunWant::Before(to));
+    }
     let mut found: Vec<(u64, u32, Entry, u64)> = Vec::new();
     for (q, qs) in g.queues().iter().enumerate() {
         let q = u32::try_from(q).unwrap_or(u32::MAX);

@@ -107,7 +107,7 @@ pub(crate) fn take(shared: &Shared) -> Result<CheckpointReport> {
     let free =
         shared.opts().max_disk_bytes.map(|max| max.saturating_sub(g.wal().log().disk_bytes()));
     let max_move = free.map_or(RELOCATE_MAX_BYTES, |f| RELOCATE_MAX_BYTES.min(f / 4));
-    let moves = stragglers(&g, c, shared.opts().segment_bytes, max_move);
+    let moves = stragglers(&mut g, c, shared.opts().segment_bytes, max_move);
     if let Some(free) = free {
         let rows = delta.put.len() + delta.delete.len() + moves.len();
         let keys: usize = delta.dedup_put.iter().map(|d| d.1.len() + 64).sum();

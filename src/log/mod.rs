@@ -8,8 +8,10 @@
 mod commit;
 mod mark;
 mod recovery;
+mod run;
 mod segment;
 mod segments;
+mod source;
 mod stats;
 mod wal;
 
@@ -23,6 +25,7 @@ pub(crate) use self::recovery::{
     below_mark, damaged, explain_at, judge_end, last_nonzero, new_store_id, record_at, recover,
     scan, End, Ending, Group, Image, Replay,
 };
+pub(crate) use self::run::{fill, plain_push, Context as RunContext};
 pub(crate) use self::segment::{
     file_name as segment_file_name, gap as segment_gap, parse_name as parse_segment_name,
     read_header as read_segment_header, unsynced_bound, Header, Name as SegmentName, Segment,

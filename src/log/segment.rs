@@ -5,12 +5,14 @@
 //! preallocated length: it is written under a temporary name and renamed only after its data
 //! was synced, and the directory is synced after the rename.
 
+use std::borrow::Cow;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Corruption, Error, Result};
 use crate::failpoint;
+use crate::record::RECORD_HEADER_LEN;
 use crate::storage::{MapView, Storage, StorageFile};
 
 /// Magic bytes at the start of every segment.
@@ -341,6 +343,25 @@ impl Segment {
             let current = usize::try_from(m.current_below()).unwrap_or(usize::MAX);
             bytes.get(..current.min(bytes.len())).unwrap_or(bytes)
         })
+    }
+
+    /// The bytes of the record at log position `lsn` (as many as its length field says, cut
+    /// at the end of the file): a slice of the map where it covers them, else a copy.
+    pub(crate) fn record(&self, lsn: u64) -> io::Result<Cow<'_, [u8]>> {
+        let start = usize::try_from(lsn.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        let room = usize::try_from(self.end().saturating_sub(lsn)).unwrap_or(usize::MAX);
+        let len_of = |b: &[u8]| {
+            let len = b.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
+            (len as usize).max(RECORD_HEADER_LEN).min(room)
+        };
+        if let Some(map) = self.mapped() {
+            let len = len_of(map.get(start..).unwrap_or(&[]));
+            if let Some(bytes) = map.get(start..start.saturating_add(len)) {
+                return Ok(Cow::Borrowed(bytes));
+            }
+        }
+        let head = self.read(lsn, 4.min(room))?;
+        Ok(Cow::Owned(self.read(lsn, len_of(&head))?))
     }
 
     /// Reads `len` bytes at log position `lsn` into a new buffer.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::segment::{Segment, HEADER_LEN};
+use super::source::Voids;
 use crate::checkpoint::Row;
 use crate::record::Body;
 
@@ -97,6 +98,9 @@ pub(crate) struct Log {
     live: u64,
     /// Whether the checkpointer was told about the stragglers of the segment sealed last.
     stragglers_told: bool,
+    /// Where the groups that crashes left unfinished are, as recovery found them (a run's
+    /// reads skip them).
+    voids: Voids,
 }
 
 impl Log {
@@ -122,7 +126,19 @@ impl Log {
             last_sealed_at: None,
             live: 0,
             stragglers_told: false,
+            voids: Voids::default(),
         }
+    }
+
+    /// Where the groups that crashes left unfinished are.
+    #[inline]
+    pub(crate) fn voids(&self) -> &Voids {
+        &self.voids
+    }
+
+    /// Sets them (recovery).
+    pub(crate) fn set_voids(&mut self, voids: Voids) {
+        self.voids = voids;
     }
 
     /// Adds a segment in use (recovery), in log order.

@@ -6,11 +6,13 @@
 //! Invariant: lives inside the store's one mutex; `next_lsn >= written >= durable`, and bytes
 //! below `written` are in their files (below `durable`, synced).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::segment::Segment;
-use super::segments::{first_record, Log};
+use super::segments::{first_record, Log, SegInfo};
+use super::source::Records;
 use super::stats::Stats;
 use crate::error::{Error, Result};
 use crate::record::{self, Body, SEAL_LEN, TAIL_RESERVE};
@@ -558,6 +560,28 @@ impl Wal {
     pub(crate) fn copy_unwritten(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
         let writing = self.writing.iter().flat_map(|w| w.iter());
         writing.chain(self.staged.iter()).find_map(|c| c.copy(lsn, len))
+    }
+}
+
+impl Records for Wal {
+    fn record(&self, lsn: u64) -> Result<Option<Cow<'_, [u8]>>> {
+        if lsn >= self.next_lsn {
+            return Ok(None);
+        }
+        if lsn < self.written {
+            let Some(seg) = self.log.segment_of(lsn) else { return Ok(None) };
+            let bytes = seg.record(lsn)?;
+            if lsn + bytes.len() as u64 <= self.written {
+                return Ok(Some(bytes));
+            }
+        }
+        let Some(head) = self.copy_unwritten(lsn, 4) else { return Ok(None) };
+        Ok(self.copy_unwritten(lsn, record_len_at(&head)).map(Cow::Owned))
+    }
+
+    fn next_segment(&self, lsn: u64) -> Option<u64> {
+        let after = lsn.checked_add(1)?;
+        self.log.segments().map(SegInfo::seg).find(|s| s.base() >= after).map(|s| first_record(s))
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::payload::{load_with, source_of, PushMeta, Taken};
+use super::run::RunWant;
 use super::settle::{create_queue, dlq_target, drop_message};
 use super::target::QueueRef;
 use super::types::{DeadReason, MessageId, Peeked, QueueStats};
@@ -121,6 +122,7 @@ pub(crate) fn peek(queue: &QueueRef, max: usize) -> Result<Vec<Peeked>> {
         g.check()?;
         let now_ms = shared.now_ms();
         g.queue_mut(queue.id()).index_mut().promote(now_ms);
+        g.fill(queue.id(), RunWant::Count(max))?;
         let waiting = g.queue_mut(queue.id()).index_mut().waiting(max);
         for w in waiting {
             found.push(unloaded(queue, &g, w)?);
@@ -152,9 +154,9 @@ pub(crate) fn waiting_ids(queue: &QueueRef) -> Result<Vec<MessageId>> {
     let mut g = shared.lock();
     g.check()?;
     let now_ms = shared.now_ms();
-    let index = g.queue_mut(queue.id()).index_mut();
-    index.promote(now_ms);
-    Ok(index.waiting_ids().into_iter().map(MessageId).collect())
+    g.queue_mut(queue.id()).index_mut().promote(now_ms);
+    g.fill(queue.id(), RunWant::All)?;
+    Ok(g.queue(queue.id()).index().waiting_ids().into_iter().map(MessageId).collect())
 }
 
 /// The waiting message `id` as [`Queue::peek`] shows it, without leasing it; `None` if it
@@ -169,6 +171,7 @@ pub(crate) fn peek_id(queue: &QueueRef, id: MessageId) -> Result<Option<Peeked>>
         g.check()?;
         let now_ms = shared.now_ms();
         g.queue_mut(queue.id()).index_mut().promote(now_ms);
+        g.fill(queue.id(), RunWant::Id(id.0))?;
         match g.queue_mut(queue.id()).index_mut().waiting_one(id.0) {
             Some(w) => Some(unloaded(queue, &g, w)?),
             None => None,
@@ -198,8 +201,9 @@ pub(crate) fn peek_id(queue: &QueueRef, id: MessageId) -> Result<Option<Peeked>>
 /// As [`Queue::peek`].
 pub(crate) fn oldest(queue: &QueueRef) -> Result<Option<Peeked>> {
     let found = {
-        let g = queue.shared().lock();
+        let mut g = queue.shared().lock();
         g.check()?;
+        g.fill(queue.id(), RunWant::First)?;
         match g.queue(queue.id()).index().first_pushed() {
             Some(w) => Some(unloaded(queue, &g, w)?),
             None => None,
@@ -253,6 +257,7 @@ pub(crate) fn purge(queue: &QueueRef) -> Result<usize> {
     let mut g = shared.lock();
     let purged = loop {
         g.check()?;
+        g.fill(q, RunWant::All)?;
         let ids: Vec<u64> =
             g.queue_mut(q).index_mut().waiting(usize::MAX).iter().map(|w| w.id).collect();
         if !shared.reserve(&mut g, &vec![ack_len; ids.len()], Room::Settle)? {

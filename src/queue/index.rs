@@ -3,14 +3,19 @@
 //!
 //! Invariant: rebuilt from the log at every open and never persisted; it holds no payloads,
 //! only where each payload lives (its log position and length). Every unsettled message is in
-//! exactly one of `ready` (at its priority's level), `delayed` or `leased`; a plain message
-//! costs one 16-byte slot in an ordered map, options and leases cost side entries.
+//! exactly one of `ready` (at its priority's level), `delayed`, `leased` or the queue's run; a
+//! plain message held here costs one 16-byte slot in an ordered map, options and leases cost
+//! side entries. Past its window (`set_window`), a queue's plain pushes join its [`Run`] and
+//! cost nothing per message: `log::fill` reads them back from the log in push order, and every
+//! run member's id is above the run's floor, so a ready message at or below the floor is
+//! delivered before any of them.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
+use super::dedup::{DedupEntry, DedupKeys};
+use super::run::{IdMap, Run, RunWant};
 use crate::clock::deadline_after;
 
 /// The `lsn` of a message whose payload was relocated into the state database (its push
@@ -78,34 +83,8 @@ struct Lease {
     deadline: Instant,
 }
 
-/// Hashes message ids, which are unique and mostly sequential: one multiplication spreads
-/// them, where the default SipHash would spend most of a lease's bookkeeping time.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
-
 /// Priorities, `0..=MAX_PRIORITY`.
 const LEVELS: usize = crate::limits::MAX_PRIORITY as usize + 1;
-
-/// A dedup key, its message id and the Unix ms until which it holds once settled.
-pub(crate) type DedupEntry = (Box<[u8]>, u64, u64);
 
 /// Why a settlement was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +103,9 @@ pub(crate) struct Waiting {
 /// earlier.
 #[derive(Debug, Default)]
 pub(crate) struct QueueIndex {
+    /// Ready messages held here before plain pushes join the run instead (0: no limit).
+    window: usize,
+    run: Run,
     /// Ready messages by priority, each level in id order.
     ready: [BTreeMap<u64, Slot>; LEVELS],
     ready_count: usize,
@@ -136,17 +118,114 @@ pub(crate) struct QueueIndex {
     deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     extra: IdMap<Extra>,
     notes: IdMap<Note>,
-    /// Dedup key → (message id, Unix ms until which the key holds even once it is settled).
-    dedup: HashMap<Box<[u8]>, (u64, u64)>,
-    dedup_pruned_at: usize,
-    /// Dedup keys added and forgotten since the last checkpoint took them.
-    dedup_added: Vec<Box<[u8]>>,
-    dedup_gone: Vec<Box<[u8]>>,
+    dedup: DedupKeys,
 }
 
 impl QueueIndex {
+    /// Ready messages held here before plain pushes join the run (0: no limit).
+    pub(crate) fn set_window(&mut self, window: usize) {
+        self.window = window;
+    }
+
+    /// Adds a pushed message; a plain push (`member`, see `log::plain_push`) joins the run
+    /// once the window is full, or while the run has members (so that the run stays in push
+    /// order after everything held here).
+    pub(crate) fn push(&mut self, id: u64, entry: Entry, due: u64, member: bool) {
+        let full = self.window > 0 && self.ready[0].len() >= self.window;
+        if member && (self.run.count > 0 || full) && id > self.run.floor {
+            if self.run.count == 0 {
+                self.run = Run { next: entry.lsn, count: 0, bytes: 0, floor: id - 1 };
+            }
+            self.run.count += 1;
+            self.run.bytes += u64::from(entry.len);
+        } else {
+            self.insert(id, entry, due);
+        }
+    }
+
+    /// Members of the run.
+    pub(crate) fn run_len(&self) -> u64 {
+        self.run.count
+    }
+
+    /// Where `log::fill` reads the run from.
+    pub(crate) fn run_next(&self) -> u64 {
+        self.run.next
+    }
+
+    pub(crate) fn run_set_next(&mut self, next: u64) {
+        if self.run.count > 0 {
+            self.run.next = self.run.next.max(next);
+        }
+    }
+
+    /// Whether message `id` may be a member of the run not yet in the index.
+    pub(crate) fn run_may_hold(&self, id: u64) -> bool {
+        self.run.count > 0 && id > self.run.floor && !self.holds_message(id)
+    }
+
+    /// Ready messages the index may still take before its window is full.
+    pub(crate) fn run_room(&self) -> usize {
+        if self.window == 0 {
+            usize::MAX
+        } else {
+            self.window.saturating_sub(self.ready[0].len())
+        }
+    }
+
+    /// Moves a member of the run, whose record ends at `next`, into the index: false (and
+    /// nothing changes) if its id is not above the floor.
+    pub(crate) fn run_load(&mut self, id: u64, entry: Entry, next: u64) -> bool {
+        if self.run.count == 0 || id <= self.run.floor {
+            return false;
+        }
+        self.run.count -= 1;
+        self.run.bytes = self.run.bytes.saturating_sub(u64::from(entry.len));
+        self.run.floor = id;
+        self.run.next = next;
+        if self.run.count == 0 {
+            self.run = Run { floor: id, ..Run::default() };
+        }
+        self.insert(id, entry, 0);
+        true
+    }
+
+    /// Forgets the run (what `log::fill` does when the log holds fewer members than it
+    /// counts).
+    pub(crate) fn run_drop(&mut self) {
+        self.run = Run { floor: self.run.floor, ..Run::default() };
+    }
+
+    /// Whether `want` holds without reading more of the run.
+    pub(crate) fn run_satisfies(&self, want: RunWant) -> bool {
+        if self.run.count == 0 {
+            return true;
+        }
+        let floor = self.run.floor;
+        let below =
+            |m: &BTreeMap<u64, Slot>| m.first_key_value().is_some_and(|(&id, _)| id <= floor);
+        match want {
+            RunWant::Head => {
+                self.ready.iter().skip(1).any(|m| !m.is_empty()) || below(&self.ready[0])
+            }
+            RunWant::First => below(&self.ready[0]),
+            RunWant::Id(id) => id <= floor || self.holds_message(id),
+            RunWant::Before(lsn) => self.run.next >= lsn,
+            RunWant::Count(n) => {
+                let after = self.ready[0].range(floor.saturating_add(1)..).count();
+                self.ready_count - after >= n
+            }
+            RunWant::All => false,
+        }
+    }
+
     pub(crate) fn ready_len(&self) -> usize {
-        self.ready_count
+        self.ready_count + self.run_count()
+    }
+
+    /// Run members, as a count of messages.
+    fn run_count(&self) -> usize {
+        usize::try_from(self.run.count).unwrap_or(usize::MAX)
     }
 
     pub(crate) fn delayed_len(&self) -> usize {
@@ -157,9 +236,9 @@ impl QueueIndex {
         self.leased.len()
     }
 
-    /// Messages waiting for a delivery: ready or delayed.
+    /// Messages waiting for a delivery: ready (held here or in the run) or delayed.
     pub(crate) fn waiting_len(&self) -> usize {
-        self.ready_count + self.delayed.len()
+        self.ready_count + self.run_count() + self.delayed.len()
     }
 
     fn level(&self, id: u64) -> usize {
@@ -448,7 +527,9 @@ impl QueueIndex {
     pub(crate) fn payload_bytes(&self) -> u64 {
         let ready = self.ready.iter().flat_map(|m| m.values());
         let leased = self.leased.values().map(|l| &l.slot);
-        ready.chain(self.delayed.values()).chain(leased).map(|s| u64::from(s.len)).sum()
+        let held: u64 =
+            ready.chain(self.delayed.values()).chain(leased).map(|s| u64::from(s.len)).sum();
+        held + self.run.bytes
     }
 
     /// Waiting messages in delivery order (ready by priority and age, then delayed by due
@@ -492,34 +573,17 @@ impl QueueIndex {
     /// The message a dedup key refers to, if the key still holds at `now_ms`: its message is
     /// unsettled, or its window has not passed.
     pub(crate) fn dedup_hit(&mut self, key: &[u8], now_ms: u64) -> Option<u64> {
-        let &(id, until) = self.dedup.get(key)?;
-        if self.holds_message(id) || now_ms < until {
-            return Some(id);
-        }
-        if let Some((k, _)) = self.dedup.remove_entry(key) {
-            self.dedup_gone.push(k);
-        }
-        None
+        let mut dedup = std::mem::take(&mut self.dedup);
+        let hit = dedup.hit(key, now_ms, |id| self.holds_message(id));
+        self.dedup = dedup;
+        hit
     }
 
     /// Remembers a dedup key; prunes keys that no longer hold once the map has doubled.
     pub(crate) fn dedup_insert(&mut self, key: &[u8], id: u64, until: u64, now_ms: u64) {
-        self.dedup.insert(key.into(), (id, until));
-        self.dedup_added.push(key.into());
-        if self.dedup.len() >= 2 * self.dedup_pruned_at.max(512) {
-            let mut dedup = std::mem::take(&mut self.dedup);
-            let mut gone = std::mem::take(&mut self.dedup_gone);
-            dedup.retain(|k, &mut (id, until)| {
-                let keep = now_ms < until || self.holds_message(id);
-                if !keep {
-                    gone.push(k.clone());
-                }
-                keep
-            });
-            self.dedup_gone = gone;
-            self.dedup_pruned_at = dedup.len();
-            self.dedup = dedup;
-        }
+        let mut dedup = std::mem::take(&mut self.dedup);
+        dedup.insert(key, id, until, now_ms, |id| self.holds_message(id));
+        self.dedup = dedup;
     }
 
     /// Forgets notes of settled messages (called when a message leaves the queue for good).
@@ -527,26 +591,14 @@ impl QueueIndex {
         self.notes.remove(&id);
     }
 
-    /// Checkpoint: the dedup keys added and forgotten since the last call, with the current
-    /// value of each added key that is still held. The checkpoint writes these to the state
-    /// database.
+    /// Checkpoint: the dedup keys added and forgotten since the last call (`DedupKeys`).
     pub(crate) fn take_dedup_changes(&mut self) -> (Vec<DedupEntry>, Vec<Box<[u8]>>) {
-        let added = std::mem::take(&mut self.dedup_added);
-        let mut gone = std::mem::take(&mut self.dedup_gone);
-        let mut put = Vec::with_capacity(added.len());
-        for key in added {
-            match self.dedup.get(&key) {
-                Some(&(id, until)) => put.push((key, id, until)),
-                None => gone.push(key),
-            }
-        }
-        gone.retain(|k| !self.dedup.contains_key(k));
-        (put, gone)
+        self.dedup.take_changes()
     }
 
     /// Every dedup key held now, with its message and window end.
     pub(crate) fn all_dedup(&self) -> Vec<DedupEntry> {
-        self.dedup.iter().map(|(k, &(id, until))| (k.clone(), id, until)).collect()
+        self.dedup.all()
     }
 
     /// The state of unsettled message `id`: its entry and the Unix ms it is delayed until (0:

@@ -3,12 +3,14 @@
 
 mod admin;
 mod async_pop;
+mod dedup;
 mod delivery;
 mod handle;
 mod index;
 mod payload;
 mod pop;
 mod push;
+mod run;
 mod settle;
 mod target;
 mod types;
@@ -18,5 +20,6 @@ pub use self::async_pop::{PopBatchFuture, PopFuture};
 pub use self::delivery::Delivery;
 pub use self::handle::Queue;
 pub(crate) use self::index::{Entry, Note, QueueIndex, Waiting, RELOCATED};
+pub(crate) use self::run::RunWant;
 pub use self::types::{DeadReason, Depth, MessageId, NackOptions, Peeked, PushOptions, QueueStats};
 pub use self::wharf::{Wharf, WharfBuilder};

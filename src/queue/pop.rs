@@ -8,6 +8,7 @@ use parking_lot::MutexGuard;
 
 use super::delivery::Delivery;
 use super::payload::{load_with, source_of, PushMeta, Taken};
+use super::run::RunWant;
 use super::settle::{dead_letter, dead_letter_lens, drop_message};
 use super::target::QueueRef;
 use super::types::DeadReason;
@@ -127,6 +128,7 @@ pub(crate) fn lease_one(
         g.check()?;
         let now_ms = shared.now_ms();
         g.queue_mut(q).index_mut().promote(now_ms);
+        g.fill(q, RunWant::Head)?;
         let Some((id, entry)) = g.queue_mut(q).index_mut().head() else { return Ok(None) };
         let cfg = &g.queue_mut(q).config();
         let expired = entry.expires != 0 && entry.expires <= now_ms;

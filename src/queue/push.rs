@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
+use super::run::RunWant;
 use super::settle::{dead_letter, dead_letter_lens};
 use super::target::QueueRef;
 use super::types::{DeadReason, MessageId, PushOptions};
@@ -13,7 +14,7 @@ use crate::clock::{deadline_after, millis, unix_ms};
 use crate::config::Overflow;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_DEDUP_KEY, MAX_PRIORITY};
-use crate::log::Room;
+use crate::log::{plain_push, Room};
 use crate::record::Body;
 use crate::store::State;
 
@@ -185,6 +186,7 @@ fn stage_group<P: AsRef<[u8]>>(
 ) -> Result<Vec<MessageId>> {
     let (shared, q) = (queue.shared(), queue.id());
     for _ in 0..victims {
+        g.fill(q, RunWant::Head)?;
         let Some(victim) = g.queue_mut(q).index_mut().oldest_waiting() else { break };
         if let Some(entry) = g.queue_mut(q).index_mut().remove(victim) {
             dead_letter(shared, g, queue.id(), victim, entry, DeadReason::Overflow, "")?;
@@ -228,6 +230,7 @@ fn stage_push(
     let off = u32::try_from(body.payload_offset()).unwrap_or(u32::MAX);
     let entry =
         Entry { lsn, len, off, attempts: 0, priority: plan.priority, expires: plan.expires };
-    g.queue_mut(queue.id()).index_mut().insert(id, entry, plan.not_before);
+    let member = plain_push(lsn, &body).is_some();
+    g.queue_mut(queue.id()).index_mut().push(id, entry, plan.not_before, member);
     Ok(id)
 }

@@ -322,6 +322,29 @@ impl WharfBuilder {
         self
     }
 
+    /// How many ready messages each queue's in-memory index holds (default 65,536; at least
+    /// 1). Past that, a queue's plain pushes (no priority, delay, expiry or dedup key) are
+    /// counted, not indexed: they cost no memory per message, and are read back from the log
+    /// in push order as the queue drains, up to 1,024 at a time. A backlog of any length
+    /// then takes the same memory; messages with options, leases and dead letters are always
+    /// indexed (tens of bytes each).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let wharf = wharf::Wharf::builder().index_window(1024).open(dir.path())?;
+    /// let q = wharf.queue("backlog")?;
+    /// for i in 0..5_000u32 {
+    ///     q.push(&i.to_le_bytes())?;
+    /// }
+    /// assert_eq!(q.depth()?.ready, 5_000);
+    /// assert_eq!(q.pop()?.payload(), 0u32.to_le_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn index_window(mut self, messages: usize) -> Self {
+        self.opts.index_window = messages.max(1);
+        self
+    }
+
     /// Durability of `push` and `push_batch` unless a call overrides it (default
     /// [`Durability::Immediate`]).
     pub fn push_durability(mut self, d: Durability) -> Self {

@@ -52,7 +52,7 @@ impl Core {
         let recover = || -> Result<_> {
             let db = StateDb::open_existing(&*storage, dir)?;
             let loaded = db.as_ref().map(StateDb::load).transpose()?.unwrap_or_default();
-            let rec = recover(&*storage, &log_dir, map, &loaded, &state_path)?;
+            let rec = recover(&*storage, &log_dir, map, &loaded, &state_path, opts.index_window)?;
             Ok((db, rec))
         };
         let (db, mut rec) = match recover() {
@@ -107,7 +107,7 @@ impl Core {
             None => 0,
         });
         let wal = Wal::new(log, active, next_lsn, epoch, catalog);
-        let state = State::new(wal, queues, rec.mark);
+        let state = State::new(wal, queues, rec.mark, opts.index_window);
         let shared = Arc::new(Shared::new(state, storage, db, opts, dir, rec.report));
         {
             // The new epoch is durable before any id of it is handed out, so ids are never

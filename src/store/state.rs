@@ -19,9 +19,9 @@ use crate::clock::deadline_after;
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
 use crate::log::RecoveryReport;
-use crate::log::{GroupCommit, LogHost, Mark, Room, Wal};
+use crate::log::{fill, GroupCommit, LogHost, Mark, Room, RunContext, Wal};
 use crate::options::{Durability, Options};
-use crate::queue::QueueIndex;
+use crate::queue::{QueueIndex, RunWant};
 use crate::storage::Storage;
 
 /// Counters of one queue since the store was opened.
@@ -190,11 +190,21 @@ pub(crate) struct State {
     shutdown: bool,
     /// Something (a push waiting for space) wants a checkpoint now.
     checkpoint_wanted: bool,
+    /// Ready messages each queue's index holds before its plain pushes join its run.
+    index_window: usize,
 }
 
 impl State {
     /// The state of a store just recovered: its write state, its queues (by id) and its mark.
-    pub(crate) fn new(wal: Wal, queues: Vec<QueueState>, mark: Option<Mark>) -> State {
+    pub(crate) fn new(
+        wal: Wal,
+        mut queues: Vec<QueueState>,
+        mark: Option<Mark>,
+        index_window: usize,
+    ) -> State {
+        for q in &mut queues {
+            q.index.set_window(index_window);
+        }
         let names = queues.iter().enumerate();
         let names = names.map(|(i, q)| (Arc::clone(&q.name), u32::try_from(i).unwrap_or(u32::MAX)));
         State {
@@ -205,7 +215,27 @@ impl State {
             mark,
             shutdown: false,
             checkpoint_wanted: false,
+            index_window,
         }
+    }
+
+    /// Reads queue `q`'s run from the log into its index until `want` holds (`log::fill`).
+    ///
+    /// # Errors
+    /// `Internal` if the run counts more messages than the log holds (the run is dropped);
+    /// an I/O error reading a segment that is not mapped.
+    pub(crate) fn fill(&mut self, q: u32, want: RunWant) -> Result<()> {
+        let Some(qs) = self.queues.get_mut(q as usize) else { return Ok(()) };
+        if qs.index.run_satisfies(want) {
+            return Ok(());
+        }
+        let log = self.wal.log();
+        let cx = RunContext {
+            live_epoch: self.wal.epoch(),
+            voids: log.voids(),
+            relocated: log.relocated(),
+        };
+        fill(&mut qs.index, q, &self.wal, &cx, want)
     }
 
     /// Fails when the store is closed or poisoned.
@@ -276,7 +306,9 @@ impl State {
             .map_err(|_| Error::InvalidOption("too many queues".into()))?;
         let name: Arc<str> = name.into();
         self.names.insert(Arc::clone(&name), id);
-        self.queues.push(QueueState::new(name, QueueIndex::default(), QueueConfig::default()));
+        let mut index = QueueIndex::default();
+        index.set_window(self.index_window);
+        self.queues.push(QueueState::new(name, index, QueueConfig::default()));
         Ok(id)
     }
 

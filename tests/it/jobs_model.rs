@@ -201,6 +201,7 @@ impl Sut {
         let builder = crate::small()
             .visibility_timeout(Duration::from_secs(10 * 24 * 3600)) // leases never run out
             .push_durability(Durability::None)
+            .index_window(3) // most plain pushes join their queue's run
             .clock(Arc::new(self.clock.clone()));
         self.w = Some(builder.open(self.dir.path()).unwrap());
     }

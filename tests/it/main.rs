@@ -19,6 +19,7 @@ mod operate;
 mod poison;
 mod quota;
 mod recovery;
+mod runs;
 mod salvage;
 mod sizes;
 mod soak;

@@ -24,7 +24,7 @@ const N: Durability = Durability::None;
 
 /// Checkpoints only when asked (or when `maintain` finds a settled segment waiting for one).
 fn ck() -> WharfBuilder {
-    Wharf::builder().segment_bytes(64 << 10).checkpoint_every_bytes(u64::MAX)
+    Wharf::builder().segment_bytes(64 << 10).checkpoint_every_bytes(u64::MAX).index_window(2)
 }
 
 /// Pushes four payloads of 20 kB into queue `big` and acks them: the active segment rolls

@@ -21,8 +21,10 @@ use crate::oracle::{observe, recover_and_check, Ctx, Record, Step, DIR};
 /// Every ok-or-crash outcome is fine while running: the oracle judges the recovered state.
 pub type Scenario = fn(&mut Ctx) -> Step;
 
+/// Small segments, and a queue's index holding two ready messages: past them, plain pushes
+/// join the queue's run and are read back from the log (`WharfBuilder::index_window`).
 fn small() -> WharfBuilder {
-    Wharf::builder().segment_bytes(64 << 10)
+    Wharf::builder().segment_bytes(64 << 10).index_window(2)
 }
 
 /// Segments from 64 KiB up to 256 KiB, sized to the log's rate of growth (on the manual clock,

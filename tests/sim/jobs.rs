@@ -22,8 +22,9 @@ const I: Durability = Durability::Immediate;
 const N: Durability = Durability::None;
 const IV: Durability = Durability::Interval(Duration::from_millis(10));
 
+/// Small segments and a small index window (plain pushes past two join the queue's run).
 fn small() -> WharfBuilder {
-    Wharf::builder().segment_bytes(64 << 10)
+    Wharf::builder().segment_bytes(64 << 10).index_window(2)
 }
 
 fn dead(reason: DeadReason) -> Loc {

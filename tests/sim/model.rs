@@ -190,6 +190,8 @@ fn apply(c: &mut Ctx, op: &Op, stats: &mut Stats) {
 fn run(ops: &[Op], real: Option<&Path>) -> Stats {
     let builder =
         Wharf::builder().segment_bytes(64 << 10).visibility_timeout(Duration::from_secs(3600));
+    // A small index window: most plain pushes join their queue's run (read back from the log).
+    let builder = builder.index_window(3);
     let mut c = Ctx::new(SimFs::new(), builder);
     c.real = real.map(Path::to_path_buf);
     c.open().unwrap();

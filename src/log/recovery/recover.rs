@@ -107,6 +107,7 @@ pub(crate) fn recover(
     map: bool,
     loaded: &Loaded,
     state_file: &Path,
+    window: usize,
 ) -> Result<Recovered> {
     let until = storage.suspect(log_dir).unwrap_or(u64::MAX);
     let started = Instant::now();
@@ -160,6 +161,7 @@ pub(crate) fn recover(
     let below = |file: &Path, offset: u64, at: u64| corrupt(file, offset, below_mark(at, mark_end));
 
     let mut replay = Replay::from_checkpoint(loaded, state_file)?;
+    replay.set_runs(window, segs.clone());
     let mut active = None;
     let mut tail_index = segs.len();
     let mut group = Group::default();
@@ -251,6 +253,7 @@ pub(crate) fn recover(
     // Records past the checkpoint that the state database must see before their segment
     // goes, as replay found them.
     let mut log = Log::new(store_id, loaded.checkpoint, replay.first_sensitive());
+    log.set_voids(replay.voids().clone());
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
             let (live, pushed) = replay.segment_counts(seg.base());

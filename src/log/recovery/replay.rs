@@ -1,13 +1,18 @@
 //! [`Replay`]: the index rebuilt from a checkpoint and the log, record by record.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::checkpoint::{Loaded, Row};
 use crate::config::QueueConfig;
 use crate::error::{Corruption, Error, Result};
 use crate::limits::valid_name;
-use crate::queue::{Entry, Note, QueueIndex, RELOCATED};
+use crate::log::run::{fill, plain_push, Context};
+use crate::log::source::{Records, Voids};
+use crate::log::{first_record, Segment};
+use crate::queue::{Entry, Note, QueueIndex, RunWant, RELOCATED};
 use crate::record::{self, Body};
 
 use super::anchor::Anchor;
@@ -49,6 +54,50 @@ pub(crate) struct Replay {
     /// The latest anchor of the log (`Body::Anchor`): where it must start, and the checkpoint
     /// the state database must hold at least; `None` in a log written before anchors.
     anchor: Option<Anchor>,
+    /// Ready messages each queue's index holds before its plain pushes join its run (0: all,
+    /// as `verify` and salvage replay).
+    window: usize,
+    /// The segments being replayed, where a run's members are read back from.
+    segs: Vec<Arc<Segment>>,
+    /// Where the groups of earlier runs that a crash left unfinished are.
+    voids: Voids,
+}
+
+/// The queue a record about a pushed message takes it from or acts on in (not a push).
+fn settled_from(body: &Body<'_>) -> Option<u32> {
+    match *body {
+        Body::Deliver { queue, .. }
+        | Body::Ack { queue, .. }
+        | Body::Nack { queue, .. }
+        | Body::Retry { queue, .. }
+        | Body::DeadLetter { queue, .. }
+        | Body::Requeue { queue, .. } => Some(queue),
+        _ => None,
+    }
+}
+
+/// The segments of a recovery, read by log position for a run's members.
+struct Segs<'a>(&'a [Arc<Segment>]);
+
+impl Segs<'_> {
+    fn holding(&self, lsn: u64) -> Option<&Arc<Segment>> {
+        let i = self.0.partition_point(|s| s.base() <= lsn).checked_sub(1)?;
+        self.0.get(i).filter(|s| lsn < s.end())
+    }
+}
+
+impl Records for Segs<'_> {
+    fn record(&self, lsn: u64) -> Result<Option<Cow<'_, [u8]>>> {
+        match self.holding(lsn) {
+            Some(seg) => Ok(Some(seg.record(lsn)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn next_segment(&self, lsn: u64) -> Option<u64> {
+        let i = self.0.partition_point(|s| s.base() <= lsn);
+        self.0.get(i).map(|s| first_record(s))
+    }
 }
 
 impl Replay {
@@ -79,6 +128,14 @@ impl Replay {
         }
         let bad = |why: &str| corrupt(file, lsn - base, why);
         let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
+        if let Some(id) = rec.body.message_id() {
+            if !rec.more {
+                self.voids.closed(self.max_epoch, lsn);
+            }
+            if let Some(queue) = settled_from(&rec.body) {
+                self.reach(queue, id)?;
+            }
+        }
         match rec.body {
             Body::Epoch { epoch } => {
                 // A new epoch is a new run of the store: the leases of earlier runs ended with
@@ -93,7 +150,9 @@ impl Replay {
                 match self.queues.get(queue as usize) {
                     Some((existing, _)) if existing == name => {}
                     None if queue as usize == self.queues.len() => {
-                        self.queues.push((name.to_owned(), QueueIndex::default()));
+                        let mut index = QueueIndex::default();
+                        index.set_window(self.window);
+                        self.queues.push((name.to_owned(), index));
                         self.configs.push(None);
                     }
                     _ => return Err(bad("queue catalog record out of order")),
@@ -107,7 +166,7 @@ impl Replay {
                     .queues
                     .get_mut(queue as usize)
                     .ok_or_else(|| bad("push to an unknown queue"))?;
-                q.insert(id, entry, 0);
+                q.push(id, entry, 0, true);
                 *self.live.entry(base).or_default() += 1;
                 *self.pushed.entry(base).or_default() += 1;
             }
@@ -120,7 +179,7 @@ impl Replay {
                     .queues
                     .get_mut(queue as usize)
                     .ok_or_else(|| bad("push to an unknown queue"))?;
-                q.insert(id, entry, not_before);
+                q.push(id, entry, not_before, plain_push(lsn, &rec.body).is_some());
                 if !key.is_empty() {
                     q.dedup_insert(key, id, pushed.saturating_add(window), 0);
                 }
@@ -262,6 +321,33 @@ impl Replay {
             q.dedup_insert(key, *id, *until, 0);
         }
         Ok(r)
+    }
+
+    /// Holds up to `window` ready messages per queue in memory (0: all) and reads the members of
+    /// queues' runs back from `segs`, the segments being replayed.
+    pub(crate) fn set_runs(&mut self, window: usize, segs: Vec<Arc<Segment>>) {
+        self.window = window;
+        self.segs = segs;
+        for (_, q) in &mut self.queues {
+            q.set_window(window);
+        }
+    }
+
+    /// Moves message `id` of `queue` into the index if it is a member of the queue's run not
+    /// read yet: a record about to be applied names it.
+    fn reach(&mut self, queue: u32, id: u64) -> Result<()> {
+        let Some((_, q)) = self.queues.get_mut(queue as usize) else { return Ok(()) };
+        if !q.run_may_hold(id) {
+            return Ok(());
+        }
+        let cx =
+            Context { live_epoch: self.max_epoch, voids: &self.voids, relocated: &self.relocated };
+        fill(q, queue, &Segs(&self.segs), &cx, RunWant::Id(id))
+    }
+
+    /// Where the groups that crashes left unfinished are (for the runs' reads at run time).
+    pub(crate) fn voids(&self) -> &Voids {
+        &self.voids
     }
 
     /// Adds queue `name` to the catalog before any record is replayed (salvage names every
