@@ -81,8 +81,8 @@ pub use options::{
     DEFAULT_SEGMENT_BYTES,
 };
 pub use queue::{
-    DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture, PopFuture,
-    PushOptions, Queue, QueueStats, Wharf, WharfBuilder,
+    AckReport, DeadReason, Delivery, Depth, MessageId, NackOptions, Peeked, PopBatchFuture,
+    PopFuture, PushOptions, Queue, QueueStats, Wharf, WharfBuilder,
 };
 pub use salvage::{Fate, IdSpan, LostMessage, LostRange, SalvageReport};
 pub use typed::{Bincode, Codec, TypedDelivery, TypedQueue};

@@ -23,7 +23,9 @@
 //! key length u16, not-before u64, expires u64, pushed u64 (Unix ms, 0 = none), key, payload;
 //! `Retry` = queue u32, id u64, due u64 (Unix ms), error text; `DeadLetter` = queue u32, id u64,
 //! to u32, reason u8, zero ×3, error text; `Requeue` = queue u32, id u64, to u32; `Config` =
-//! queue u32, config bytes (`config.rs`); `Anchor` = start u64, checkpoint u64.
+//! queue u32, config bytes (`config.rs`); `Anchor` = start u64, checkpoint u64; `Acks`
+//! (format 5) = queue u32, count u32 (1 to [`MAX_ACKS`]), then count × id u64: the acks of
+//! several messages of one queue, each as an `Ack` of it.
 //!
 //! A group is a run of records written by one call as one step (a batch of pushes, the
 //! dead letters a full queue makes room with and the push that needed the room): each record
@@ -47,6 +49,8 @@ pub(crate) const ANCHOR_LEN: usize = RECORD_HEADER_LEN + 16;
 pub(crate) const TAIL_RESERVE: usize = SEAL_LEN + ANCHOR_LEN;
 /// Flag bit: the record is not the last of its group.
 const MORE: u8 = 1;
+/// The most ids one `Acks` record holds (a larger batch is several records in one group).
+pub(crate) const MAX_ACKS: usize = 1024;
 
 /// The type of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,7 @@ pub(crate) enum Kind {
     Requeue = 11,
     Config = 12,
     Anchor = 13,
+    Acks = 14,
 }
 
 impl Kind {
@@ -82,6 +87,7 @@ impl Kind {
             Kind::Requeue => "requeue",
             Kind::Config => "queue config",
             Kind::Anchor => "anchor",
+            Kind::Acks => "batch ack",
         }
     }
 
@@ -100,6 +106,7 @@ impl Kind {
             11 => Kind::Requeue,
             12 => Kind::Config,
             13 => Kind::Anchor,
+            14 => Kind::Acks,
             _ => return None,
         })
     }
@@ -178,12 +185,54 @@ pub(crate) enum Body<'a> {
         start: u64,
         checkpoint: u64,
     },
+    /// Acks of messages of `queue`, each exactly as an `Ack` of it (format 5).
+    Acks {
+        queue: u32,
+        ids: Ids<'a>,
+    },
 }
 
-impl Body<'_> {
-    /// The message the record is about, if it is about one.
-    pub(crate) fn message_id(&self) -> Option<u64> {
-        match *self {
+/// The message ids of an `Acks` record: the bytes decoding read (`count` × u64, little-endian,
+/// their length checked), or the values to encode. Equal when they hold the same ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ids<'a> {
+    Bytes(&'a [u8]),
+    Values(&'a [u64]),
+}
+
+impl<'a> Ids<'a> {
+    /// How many ids.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            Ids::Bytes(b) => b.len() / 8,
+            Ids::Values(v) => v.len(),
+        }
+    }
+
+    /// The ids, in record order.
+    pub(crate) fn iter(self) -> impl Iterator<Item = u64> + 'a {
+        let (bytes, values): (&[u8], &[u64]) = match self {
+            Ids::Bytes(b) => (b, &[]),
+            Ids::Values(v) => (&[], v),
+        };
+        let read = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        bytes.chunks_exact(8).map(read).chain(values.iter().copied())
+    }
+}
+
+impl PartialEq for Ids<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Ids<'_> {}
+
+impl<'a> Body<'a> {
+    /// The messages the record is about: one, several (`Acks`), or none (a preamble record or
+    /// a seal).
+    pub(crate) fn message_ids(&self) -> impl Iterator<Item = u64> + 'a {
+        let (one, many) = match *self {
             Body::Push { id, .. }
             | Body::PushEx { id, .. }
             | Body::Deliver { id, .. }
@@ -191,13 +240,28 @@ impl Body<'_> {
             | Body::Nack { id, .. }
             | Body::Retry { id, .. }
             | Body::DeadLetter { id, .. }
-            | Body::Requeue { id, .. } => Some(id),
+            | Body::Requeue { id, .. } => (Some(id), None),
+            Body::Acks { ids, .. } => (None, Some(ids)),
             Body::Epoch { .. }
             | Body::Queue { .. }
             | Body::Config { .. }
             | Body::Anchor { .. }
-            | Body::Seal => None,
-        }
+            | Body::Seal => (None, None),
+        };
+        one.into_iter().chain(many.into_iter().flat_map(Ids::iter))
+    }
+
+    /// Whether the record is about messages (not a preamble record or a seal): such a record
+    /// without `MORE` closes a group.
+    pub(crate) fn about_messages(&self) -> bool {
+        !matches!(
+            self,
+            Body::Epoch { .. }
+                | Body::Queue { .. }
+                | Body::Config { .. }
+                | Body::Anchor { .. }
+                | Body::Seal
+        )
     }
 
     fn kind(&self) -> Kind {
@@ -215,6 +279,7 @@ impl Body<'_> {
             Body::Requeue { .. } => Kind::Requeue,
             Body::Config { .. } => Kind::Config,
             Body::Anchor { .. } => Kind::Anchor,
+            Body::Acks { .. } => Kind::Acks,
         }
     }
 
@@ -242,6 +307,7 @@ impl Body<'_> {
                 Body::Requeue { .. } => 16,
                 Body::Config { config, .. } => 4 + config.len(),
                 Body::Anchor { .. } => 16,
+                Body::Acks { ids, .. } => 8 + 8 * ids.len(),
             }
     }
 }
@@ -436,6 +502,13 @@ pub(crate) fn encode_in_group(
             out.extend_from_slice(&start.to_le_bytes());
             out.extend_from_slice(&checkpoint.to_le_bytes());
         }
+        Body::Acks { queue, ids } => {
+            out.extend_from_slice(&queue.to_le_bytes());
+            out.extend_from_slice(&u32::try_from(ids.len()).unwrap_or(u32::MAX).to_le_bytes());
+            for id in ids.iter() {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
     }
     let rec = &mut out[start..];
     let crc = checksum(rec);
@@ -597,6 +670,15 @@ pub(crate) fn decode(bytes: &[u8], lsn: u64) -> Result<Record<'_>, DecodeError> 
                 checkpoint: u64_at(body, 8).ok_or(DecodeError::Malformed)?,
             }
         }
+        Kind::Acks => {
+            let m = DecodeError::Malformed;
+            let count = u32_at(body, 4).ok_or(m)? as usize;
+            let ids = body.get(8..).ok_or(m)?;
+            if !(1..=MAX_ACKS).contains(&count) || ids.len() != count * 8 {
+                return Err(m);
+            }
+            Body::Acks { queue: queue.ok_or(m)?, ids: Ids::Bytes(ids) }
+        }
     };
     Ok(Record { len, synced, more, body })
 }
@@ -642,7 +724,68 @@ mod tests {
             Body::Config { queue: 1, config: b"\x01abc" },
             Body::Anchor { start: 1 << 26, checkpoint: 3 << 26 },
             Body::Anchor { start: 0, checkpoint: u64::MAX },
+            Body::Acks { queue: 2, ids: Ids::Values(&[7]) },
+            Body::Acks { queue: 0, ids: Ids::Values(&[1, u64::MAX, 1 << 40, 3]) },
         ]
+    }
+
+    /// An `Acks` record at position 64 with `count` in its count field and `ids` after it,
+    /// checksummed as if it were valid.
+    fn acks_bytes(queue: u32, count: u32, ids: &[u64]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&queue.to_le_bytes());
+        body.extend_from_slice(&count.to_le_bytes());
+        ids.iter().for_each(|id| body.extend_from_slice(&id.to_le_bytes()));
+        let mut buf = Vec::new();
+        let len = (RECORD_HEADER_LEN + body.len()) as u32;
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&64u64.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(&[Kind::Acks as u8, 0, 0, 0]);
+        buf.extend_from_slice(&body);
+        let crc = checksum(&buf);
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        buf
+    }
+
+    #[test]
+    fn acks_decode_their_ids_and_refuse_a_bad_count() {
+        let ids: Vec<u64> = (1..=MAX_ACKS as u64).map(|i| i << 20).collect();
+        let full = acks_bytes(3, MAX_ACKS as u32, &ids);
+        let rec = decode(&full, 64).unwrap();
+        assert_eq!(rec.body, Body::Acks { queue: 3, ids: Ids::Values(&ids) });
+        assert_eq!(rec.body.encoded_len(), full.len());
+        assert_eq!(rec.body.message_ids().collect::<Vec<_>>(), ids);
+        assert!(rec.body.about_messages());
+        let mut again = Vec::new();
+        encode(&mut again, 64, 64, &rec.body);
+        assert_eq!(again[20..], full[20..], "re-encoded from the bytes it was decoded from");
+        // A count of zero, over the maximum, or that does not match the length: malformed,
+        // though the checksum holds.
+        let over: Vec<u64> = (0..=MAX_ACKS as u64).collect();
+        for (count, ids) in [
+            (0, &[][..]),
+            (0, &[5][..]),
+            (MAX_ACKS as u32 + 1, &over[..]),
+            (u32::MAX, &[5][..]),
+            (2, &[5][..]),
+            (1, &[5, 6][..]),
+        ] {
+            let bad = acks_bytes(3, count, ids);
+            assert_eq!(decode(&bad, 64), Err(DecodeError::Malformed), "count {count}");
+            assert!(explain(&bad, 64, bad.len()).contains("not a valid record of kind batch ack"));
+        }
+        // A body cut inside an id, or shorter than queue and count.
+        for cut in [RECORD_HEADER_LEN + 4, RECORD_HEADER_LEN + 8 + 3] {
+            let mut bad = acks_bytes(3, 1, &[5]);
+            bad.truncate(cut);
+            let len = cut as u32;
+            bad[..4].copy_from_slice(&len.to_le_bytes());
+            let crc = checksum(&bad);
+            bad[4..8].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode(&bad, 64), Err(DecodeError::Malformed), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -440,6 +440,30 @@ fn export_then_import_then_export_is_byte_identical() {
 }
 
 #[test]
+fn verify_counts_batch_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    {
+        let w = Wharf::open(dir.path()).unwrap();
+        let q = w.queue("jobs").unwrap();
+        q.push_batch((0..5).map(|i| format!("job {i}"))).unwrap();
+        let batch = q.pop_batch(3, Duration::ZERO).unwrap();
+        assert_eq!(q.ack_many(batch).unwrap().acked, 3);
+        drop(q);
+        w.close().unwrap();
+    }
+    let run = wharf(&["verify", d], None).expect(0);
+    assert!(run.out().contains("0 acks, 1 batch acks"), "{}", run.out());
+    assert!(run.out().contains("jobs: 2 ready"), "{}", run.out());
+    let doc: Value =
+        serde_json::from_slice(&wharf(&["verify", d, "--json"], None).expect(0).stdout).unwrap();
+    assert_eq!(
+        (doc["records"]["acks"].as_u64(), doc["records"]["ack"].as_u64()),
+        (Some(1), Some(0))
+    );
+}
+
+#[test]
 fn verify_finds_a_flipped_byte_and_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = s(dir.path());

@@ -18,7 +18,7 @@ use crate::storage::{MapView, Storage, StorageFile};
 /// Magic bytes at the start of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"WHARFLOG";
 /// The on-disk format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Bytes of the segment header; the first record starts here.
 /// Smallest allowed segment size: 64 KiB.
 pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;

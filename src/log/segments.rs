@@ -419,6 +419,11 @@ impl Log {
             Body::Deliver { id, .. } => {
                 self.delivered.insert(id);
             }
+            Body::Acks { ids, .. } => {
+                for id in ids.iter() {
+                    self.delivered.remove(&id);
+                }
+            }
             Body::Ack { id, .. }
             | Body::Nack { id, .. }
             | Body::Retry { id, .. }
@@ -432,7 +437,7 @@ impl Log {
             Body::PushEx { key, .. } if !key.is_empty() => true,
             _ => {
                 !self.relocated.is_empty()
-                    && body.message_id().is_some_and(|id| self.relocated.contains_key(&id))
+                    && body.message_ids().any(|id| self.relocated.contains_key(&id))
             }
         };
         if sensitive {

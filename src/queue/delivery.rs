@@ -195,6 +195,18 @@ impl Delivery {
         Ok(visibility)
     }
 
+    /// Whether this is a delivery of queue `q` of the open store `core`.
+    pub(crate) fn is_of(&self, core: &Arc<Core>, q: u32) -> bool {
+        Arc::ptr_eq(&self.core, core) && self.queue == q
+    }
+
+    /// The lease (message id, attempt), for a caller that settles it (`Queue::ack_many`): the
+    /// delivery counts as settled, so its drop does nothing.
+    pub(crate) fn into_lease(mut self) -> (u64, u32) {
+        self.settled = true;
+        (self.id, self.attempt)
+    }
+
     /// Settles this delivery as `how` says, with durability `d`.
     fn settle(&self, how: Settle<'_>, d: Durability) -> Result<()> {
         settle(self.core.shared(), (self.queue, self.id, self.attempt), how, d)

@@ -9,11 +9,13 @@ use super::async_pop::{PopBatchFuture, PopFuture};
 use super::delivery::Delivery;
 use super::pop;
 use super::push;
+use super::settle;
 use super::target::QueueRef;
-use super::types::{Depth, MessageId, Peeked, PushOptions, QueueStats};
+use super::types::{AckReport, Depth, MessageId, Peeked, PushOptions, QueueStats};
 use crate::clock::deadline_after;
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
+use crate::options::Durability;
 
 /// A handle to one named queue. Cheap to clone, `Send + Sync`.
 #[derive(Clone)]
@@ -134,6 +136,67 @@ impl Queue {
         }
         let now = self.target.shared().opts().clock.now();
         pop::pop_many_until(&self.target, Some(deadline_after(now, timeout)), max)
+    }
+
+    /// Acks a batch of this queue's deliveries with one hold of the store's lock and one
+    /// group commit, with the store's ack durability (by default `Interval(10 ms)`: a crash
+    /// within that time may deliver them once more). The acks are written as one step: a crash
+    /// keeps all of them or none.
+    ///
+    /// A delivery whose lease already ended (it ran out, or the message was released or
+    /// delivered again), for which [`Delivery::ack`] would fail with
+    /// [`Error::LeaseExpired`], is not an error here: it is listed in
+    /// [`AckReport::lapsed`] and left as it is. An empty batch does nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let jobs = wharf::Wharf::open(dir.path())?.queue("jobs")?;
+    /// jobs.push_batch(["a", "b", "c"])?;
+    /// let batch = jobs.pop_batch(10, Duration::ZERO)?;
+    /// // ... handle each one ...
+    /// let report = jobs.ack_many(batch)?;
+    /// assert_eq!(report.acked, 3);
+    /// assert!(report.lapsed.is_empty());
+    /// assert_eq!(jobs.depth()?.in_flight, 0);
+    /// # Ok::<(), wharf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] if a delivery is of another queue or another store (or an
+    /// earlier open of this one): nothing is acked, and every delivery of the batch is dropped
+    /// as it is (its lease lapses, as for any dropped delivery). [`Error::Closed`];
+    /// [`Error::Poisoned`] (the acks may or may not be stored); [`Error::NoSpace`].
+    pub fn ack_many(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<AckReport> {
+        let d = self.target.shared().opts().ack_durability;
+        self.ack_many_with(deliveries, d)
+    }
+
+    /// [`Queue::ack_many`] with the given durability; `Immediate` returns once the acks are
+    /// durable.
+    ///
+    /// # Errors
+    /// As [`Queue::ack_many`].
+    pub fn ack_many_with(
+        &self,
+        deliveries: impl IntoIterator<Item = Delivery>,
+        d: Durability,
+    ) -> Result<AckReport> {
+        let batch: Vec<Delivery> = deliveries.into_iter().collect();
+        if batch.is_empty() {
+            return Ok(AckReport::default());
+        }
+        let (core, q) = (self.target.core(), self.target.id());
+        if let Some(other) = batch.iter().find(|del| !del.is_of(core, q)) {
+            return Err(Error::InvalidOption(format!(
+                "ack_many on queue {:?} was given delivery {} of another queue or store: a \
+                 batch holds deliveries of the queue it is acked on; nothing was acked",
+                self.name(),
+                other.id().get(),
+            )));
+        }
+        let leases: Vec<(u64, u32)> = batch.into_iter().map(Delivery::into_lease).collect();
+        settle::ack_many(self.target.shared(), q, &leases, d)
     }
 
     /// How many messages are ready, delayed and in flight.

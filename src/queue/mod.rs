@@ -21,5 +21,7 @@ pub use self::delivery::Delivery;
 pub use self::handle::Queue;
 pub(crate) use self::index::{Entry, Note, QueueIndex, Waiting, RELOCATED};
 pub(crate) use self::run::RunWant;
-pub use self::types::{DeadReason, Depth, MessageId, NackOptions, Peeked, PushOptions, QueueStats};
+pub use self::types::{
+    AckReport, DeadReason, Depth, MessageId, NackOptions, Peeked, PushOptions, QueueStats,
+};
 pub use self::wharf::{Wharf, WharfBuilder};

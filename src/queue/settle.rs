@@ -15,10 +15,10 @@ use crate::error::{Error, Result};
 use crate::limits::{clip, default_dlq_name};
 use crate::log::Room;
 use crate::options::Durability;
-use crate::record::Body;
+use crate::record::{Body, Ids, MAX_ACKS};
 use crate::store::{Shared, State};
 
-use super::types::{DeadReason, NackOptions};
+use super::types::{AckReport, DeadReason, MessageId, NackOptions};
 
 /// Where queue `q`'s dead letters go: `Some((name, existing id))`, or `None` to drop them.
 pub(crate) fn dlq_target(g: &State, q: u32) -> Option<(String, Option<u32>)> {
@@ -124,6 +124,83 @@ pub(crate) fn dead_letter(
         dst.notify_one();
     }
     Ok(())
+}
+
+/// Acks the leases `(id, attempt)` of queue `q` that are current, with one `Acks` record per
+/// [`MAX_ACKS`] of them (several records are one group: a crash keeps all or none), staged
+/// under one hold of the mutex; applies durability `d`. A lease that is not current is reported
+/// lapsed and changes nothing; if none is current nothing is written.
+pub(crate) fn ack_many(
+    shared: &Shared,
+    q: u32,
+    leases: &[(u64, u32)],
+    d: Durability,
+) -> Result<AckReport> {
+    let mut g = shared.lock();
+    let mut lapsed = Vec::new();
+    let taken = loop {
+        g.check()?;
+        let now = shared.opts().clock.now();
+        lapsed.clear();
+        let mut live: Vec<(u64, u32)> = Vec::with_capacity(leases.len());
+        for &(id, attempt) in leases {
+            match g.queue_mut(q).index_mut().holds(id, attempt, now) {
+                Ok(_) => live.push((id, attempt)),
+                Err(_) => lapsed.push(MessageId(id)),
+            }
+        }
+        if live.is_empty() {
+            return Ok(AckReport { acked: 0, lapsed });
+        }
+        let ids: Vec<u64> = live.iter().map(|&(id, _)| id).collect();
+        let lens: Vec<usize> = ids
+            .chunks(MAX_ACKS)
+            .map(|c| Body::Acks { queue: q, ids: Ids::Values(c) }.encoded_len())
+            .collect();
+        // `false`: the mutex was released to make room; leases may have lapsed meanwhile.
+        if !shared.reserve(&mut g, &lens, Room::Settle)? {
+            continue;
+        }
+        let mut taken = Vec::with_capacity(live.len());
+        for (id, attempt) in live {
+            match g.queue_mut(q).index_mut().take(id, attempt, now) {
+                Ok(entry) => taken.push((id, entry)),
+                Err(_) => lapsed.push(MessageId(id)),
+            }
+        }
+        break taken;
+    };
+    let ids: Vec<u64> = taken.iter().map(|&(id, _)| id).collect();
+    let chunks = ids.len().div_ceil(MAX_ACKS);
+    if chunks > 1 {
+        g.wal_mut().begin_group();
+    }
+    let mut wake = false;
+    for (i, (chunk, entries)) in ids.chunks(MAX_ACKS).zip(taken.chunks(MAX_ACKS)).enumerate() {
+        if i + 1 == chunks {
+            g.wal_mut().end_group();
+        }
+        let body = Body::Acks { queue: q, ids: Ids::Values(chunk) };
+        let staged = g.wal_mut().append(&body);
+        let Some(lsn) = staged else {
+            // Room was reserved: this is a broken invariant, and a group left open.
+            g.wal_mut().end_group();
+            return Err(Error::NoSpace);
+        };
+        let end = lsn + body.encoded_len() as u64;
+        for &(id, entry) in entries {
+            let qs = g.queue_mut(q);
+            qs.index_mut().forget(id);
+            qs.counters_mut().processed += 1;
+            wake |= g.wal_mut().log_mut().note_settled(entry.lsn, end);
+        }
+    }
+    if wake {
+        g.wal_mut().set_maybe_delete(true);
+        shared.log().background().notify_one();
+    }
+    shared.commit(&mut g, d)?;
+    Ok(AckReport { acked: taken.len(), lapsed })
 }
 
 /// How a delivery is settled.

@@ -234,6 +234,20 @@ impl DeadReason {
     }
 }
 
+/// What [`Queue::ack_many`](crate::Queue::ack_many) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AckReport {
+    /// Deliveries acked: their messages are settled for good.
+    pub acked: usize,
+    /// The ids of deliveries whose lease had already ended (it ran out, or the message was
+    /// released or delivered again), in the order given: not acked, as [`Delivery::ack`] would
+    /// have failed with [`Error::LeaseExpired`](crate::Error::LeaseExpired) for each.
+    ///
+    /// [`Delivery::ack`]: crate::Delivery::ack
+    pub lapsed: Vec<MessageId>,
+}
+
 /// How a failed delivery is retried: see [`Delivery::nack_with`](crate::Delivery::nack_with).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use]

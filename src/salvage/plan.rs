@@ -77,7 +77,7 @@ struct Last {
 /// bytes still read as exactly one record of a kind that settles nothing (only its checksum
 /// fails): a push of the one id the range is missing, a delivery, a retry, a move, a catalog,
 /// epoch, anchor or seal record. A release (`Nack`) has an ack's length and is two bits from one:
-/// it is not trusted, nor is anything else.
+/// it is not trusted, nor is anything else (an `Acks` record holds acks).
 fn may_hold_ack(g: &Gap, ids: IdSpan) -> bool {
     match g.claimed {
         Some((1 | 8, Some(id))) => {
@@ -126,7 +126,7 @@ impl Pass {
                 self.pending.clear();
             }
         }
-        let closes = seen.rec.body.message_id().is_some();
+        let closes = seen.rec.body.about_messages();
         if seen.rec.more || (closes && !self.pending.is_empty()) {
             self.pending.push(Pending {
                 path: seen.path.to_owned(),
@@ -161,6 +161,12 @@ impl Pass {
                 (id, queue, false)
             }
             Body::Ack { queue, id } => (id, queue, true),
+            Body::Acks { queue, ids } => {
+                for id in ids.iter() {
+                    self.last.insert(id, Last { lsn, queue, settled: true });
+                }
+                return;
+            }
             Body::Deliver { queue, id, .. }
             | Body::Nack { queue, id }
             | Body::Retry { queue, id, .. } => (id, queue, false),

@@ -257,6 +257,8 @@ fn claimed(bytes: &[u8], lsn: u64, len: usize) -> Option<(u8, Option<u64>)> {
         6 => body == 4,
         7 => body == 0,
         13 => body == 16,
+        // An `Acks`: queue, count, count ids (it names several messages: no one id).
+        14 => body >= 16 && body % 8 == 0,
         1 => body >= 12,
         8 => body >= 40,
         9 | 10 => body >= 20,

@@ -71,6 +71,8 @@ pub struct RecordCounts {
     pub deliver: u64,
     /// Acks, including messages dropped on expiry.
     pub ack: u64,
+    /// Batch acks (`Queue::ack_many`): each settles 1 to 1,024 messages of one queue.
+    pub acks: u64,
     /// Releases: ready again at once.
     pub nack: u64,
     /// Failed attempts, waiting for a retry.
@@ -98,6 +100,7 @@ impl RecordCounts {
             + self.push_ex
             + self.deliver
             + self.ack
+            + self.acks
             + self.nack
             + self.retry
             + self.dead_letter
@@ -115,6 +118,7 @@ impl RecordCounts {
             Body::PushEx { .. } => &mut self.push_ex,
             Body::Deliver { .. } => &mut self.deliver,
             Body::Ack { .. } => &mut self.ack,
+            Body::Acks { .. } => &mut self.acks,
             Body::Nack { .. } => &mut self.nack,
             Body::Retry { .. } => &mut self.retry,
             Body::DeadLetter { .. } => &mut self.dead_letter,

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, driving wharf through its public API only.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+mod ack_many;
 mod api;
 mod asyncpop;
 mod checkpoint;

@@ -41,7 +41,7 @@ fn json(dir: &Path, report: &VerifyReport) -> Result<String, CliError> {
         "segments": report.segments,
         "records": {
             "total": r.total(), "push": r.push, "push_ex": r.push_ex, "deliver": r.deliver,
-            "ack": r.ack, "nack": r.nack, "retry": r.retry, "dead_letter": r.dead_letter,
+            "ack": r.ack, "acks": r.acks, "nack": r.nack, "retry": r.retry, "dead_letter": r.dead_letter,
             "requeue": r.requeue, "queue": r.queue, "config": r.config, "epoch": r.epoch,
             "seal": r.seal,
             "anchor": r.anchor,
@@ -75,12 +75,13 @@ fn summary(dir: &Path, report: &VerifyReport) -> String {
     let mut t = format!("store {}\n", dir.display());
     let r = &report.records;
     t += &format!(
-        "  log: {} segment files, {} valid records ({} pushes, {} acks, {} deliveries, {} \
-         dead letters)\n",
+        "  log: {} segment files, {} valid records ({} pushes, {} acks, {} batch acks, {} \
+         deliveries, {} dead letters)\n",
         report.segments,
         r.total(),
         r.push + r.push_ex,
         r.ack,
+        r.acks,
         r.deliver,
         r.dead_letter
     );

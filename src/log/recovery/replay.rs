@@ -71,7 +71,8 @@ fn settled_from(body: &Body<'_>) -> Option<u32> {
         | Body::Nack { queue, .. }
         | Body::Retry { queue, .. }
         | Body::DeadLetter { queue, .. }
-        | Body::Requeue { queue, .. } => Some(queue),
+        | Body::Requeue { queue, .. }
+        | Body::Acks { queue, .. } => Some(queue),
         _ => None,
     }
 }
@@ -114,10 +115,11 @@ impl Replay {
         // A map lookup per record only while it can matter: below the checkpoint, and past it
         // until the first sensitive record (records come in log order).
         let relocated = |body: &Body<'_>, map: &HashMap<u64, Row>| {
-            !map.is_empty() && body.message_id().is_some_and(|id| map.contains_key(&id))
+            !map.is_empty() && body.message_ids().any(|id| map.contains_key(&id))
         };
         if lsn < self.floor {
-            if relocated(&rec.body, &self.relocated) {
+            // An `Acks` record skips only the ids of relocated messages (below).
+            if !matches!(rec.body, Body::Acks { .. }) && relocated(&rec.body, &self.relocated) {
                 return Ok(());
             }
         } else if self.first_sensitive == u64::MAX {
@@ -128,11 +130,11 @@ impl Replay {
         }
         let bad = |why: &str| corrupt(file, lsn - base, why);
         let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
-        if let Some(id) = rec.body.message_id() {
-            if !rec.more {
-                self.voids.closed(self.max_epoch, lsn);
-            }
-            if let Some(queue) = settled_from(&rec.body) {
+        if rec.body.about_messages() && !rec.more {
+            self.voids.closed(self.max_epoch, lsn);
+        }
+        if let Some(queue) = settled_from(&rec.body) {
+            for id in rec.body.message_ids() {
                 self.reach(queue, id)?;
             }
         }
@@ -197,20 +199,23 @@ impl Replay {
                 }
             }
             Body::Ack { queue, id } => {
-                let (_, q) = self
-                    .queues
-                    .get_mut(queue as usize)
-                    .ok_or_else(|| bad("ack in an unknown queue"))?;
-                if let Some(e) = q.remove(id) {
-                    q.forget(id);
-                    // A relocated message holds no segment.
-                    let live =
-                        self.live.range_mut(..=e.lsn).next_back().filter(|_| e.lsn != RELOCATED);
-                    if let Some((_, n)) = live {
-                        *n = n.saturating_sub(1);
+                if !known(queue, &self.queues) {
+                    return Err(bad("ack in an unknown queue"));
+                }
+                self.ack(queue, id);
+            }
+            Body::Acks { queue, ids } => {
+                if !known(queue, &self.queues) {
+                    return Err(bad("batch ack in an unknown queue"));
+                }
+                // Each id as an `Ack` of it; below the checkpoint, a relocated message's row
+                // already says where it was.
+                let below = lsn < self.floor;
+                for id in ids.iter() {
+                    if !(below && self.relocated.contains_key(&id)) {
+                        self.ack(queue, id);
                     }
                 }
-                self.leased.remove(&(queue, id));
             }
             Body::Nack { queue, id } => {
                 if !known(queue, &self.queues) {
@@ -264,6 +269,22 @@ impl Replay {
             Body::Seal => {}
         }
         Ok(())
+    }
+
+    /// Applies the ack of message `id` of queue `q` (a known queue): it leaves the index and
+    /// its segment's live count.
+    fn ack(&mut self, queue: u32, id: u64) {
+        if let Some((_, q)) = self.queues.get_mut(queue as usize) {
+            if let Some(e) = q.remove(id) {
+                q.forget(id);
+                // A relocated message holds no segment.
+                let live = self.live.range_mut(..=e.lsn).next_back().filter(|_| e.lsn != RELOCATED);
+                if let Some((_, n)) = live {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        self.leased.remove(&(queue, id));
     }
 
     /// Starts from a checkpoint of the state database: its catalog, configs, dedup keys and

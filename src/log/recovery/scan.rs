@@ -108,7 +108,7 @@ pub(crate) fn scan(
                 group.here.clear();
             }
         }
-        let closes = rec.body.message_id().is_some();
+        let closes = rec.body.about_messages();
         if rec.more || (closes && group.unfinished()) {
             group.here.push((lsn, off));
             off += len;
