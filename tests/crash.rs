@@ -1,8 +1,8 @@
 //! The kill -9 crash loop (CRASH-TESTING.md 3.7). A child process (this binary, re-executed with
 //! `WHARF_CRASH_CHILD=<dir>`) runs a concurrent workload of durable pushes, pops and durable acks
-//! on a real directory and reports every step on stdout; the parent keeps those lines as its
-//! journal, kills the child with SIGKILL at a random moment, reopens the directory in-process and
-//! checks invariants I1–I5 against the journal. The same directory carries on from cycle to
+//! (one by one, and batches with `ack_many`) on a real directory and reports every step on
+//! stdout; the parent keeps those lines as its journal, kills the child with SIGKILL at a random
+//! moment, reopens the directory in-process and checks invariants I1–I5 against the journal. The same directory carries on from cycle to
 //! cycle, so state accumulates. With the `failpoints` feature a second phase aborts a child at
 //! every named fail point of the library and checks the same invariants after each abort.
 //!
@@ -229,7 +229,8 @@ mod child {
         }
     }
 
-    /// Pops; acks most deliveries durably, nacks or drops (releases) the rest.
+    /// Pops, one at a time or in batches; acks most deliveries durably (one by one, or a
+    /// batch's with one `ack_many`), nacks or drops (releases) the rest.
     fn consumer(seed: u64, q: &Queue, qi: usize, deadline: Instant) {
         let mut rng = Rng::new(seed);
         // Now and then a delivery is held (leased, never settled) until the run ends: a
@@ -237,25 +238,52 @@ mod child {
         let mut held = Vec::new();
         let hold = env_u64(HOLD_ENV, 1) != 0;
         while Instant::now() < deadline {
-            let d = match q.pop_timeout(Duration::from_millis(20)) {
-                Ok(Some(d)) => d,
-                Ok(None) => continue,
-                Err(e) => die("pop", &e),
+            let batched = rng.below(4) == 0;
+            let got = if batched {
+                let max = 1 + rng.below(32) as usize;
+                q.pop_batch(max, Duration::from_millis(20)).unwrap_or_else(|e| die("pop", &e))
+            } else {
+                match q.pop_timeout(Duration::from_millis(20)) {
+                    Ok(d) => d.into_iter().collect(),
+                    Err(e) => die("pop", &e),
+                }
             };
-            let id = d.id().get();
-            let Some((g, s)) = check_payload(d.payload()).filter(|&k| queue_of(k) == qi) else {
-                emit(&format!("VIOLATION I3: id {id} delivered a payload no push had"));
-                std::process::exit(3);
-            };
-            match rng.below(20) {
-                0..=16 => {
-                    emit(&format!("BEGIN-ACK {g} {s} {id}"));
-                    d.ack_with(Durability::Immediate).unwrap_or_else(|e| die("ack", &e));
+            let mut acks: Vec<(Delivery, Key)> = Vec::new();
+            for d in got {
+                let id = d.id().get();
+                let Some((g, s)) = check_payload(d.payload()).filter(|&k| queue_of(k) == qi) else {
+                    emit(&format!("VIOLATION I3: id {id} delivered a payload no push had"));
+                    std::process::exit(3);
+                };
+                match rng.below(20) {
+                    0..=16 if batched => acks.push((d, (g, s))),
+                    0..=16 => {
+                        emit(&format!("BEGIN-ACK {g} {s} {id}"));
+                        d.ack_with(Durability::Immediate).unwrap_or_else(|e| die("ack", &e));
+                        emit(&format!("ACK {g} {s} {id}"));
+                    }
+                    17..=18 => d.nack().unwrap_or_else(|e| die("nack", &e)),
+                    _ if hold && rng.below(8) == 0 => held.push(d),
+                    _ => drop(d),
+                }
+            }
+            if acks.is_empty() {
+                continue;
+            }
+            let keys: Vec<(u64, Key)> = acks.iter().map(|(d, k)| (d.id().get(), *k)).collect();
+            for (id, (g, s)) in &keys {
+                emit(&format!("BEGIN-ACK {g} {s} {id}"));
+            }
+            let report = q
+                .ack_many_with(acks.into_iter().map(|(d, _)| d), Durability::Immediate)
+                .unwrap_or_else(|e| die("ack_many", &e));
+            if !report.lapsed.is_empty() || report.acked != keys.len() {
+                emit(&format!("ERROR ack_many: a lease lapsed in a 30 s visibility: {report:?}"));
+            }
+            for (id, (g, s)) in keys {
+                if !report.lapsed.iter().any(|l| l.get() == id) {
                     emit(&format!("ACK {g} {s} {id}"));
                 }
-                17..=18 => d.nack().unwrap_or_else(|e| die("nack", &e)),
-                _ if hold && rng.below(8) == 0 => held.push(d),
-                _ => drop(d),
             }
         }
         drop(held);

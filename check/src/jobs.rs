@@ -128,6 +128,11 @@ impl Model {
         queue
     }
 
+    /// The queue (its index) of message `id`, if the model knows it.
+    pub fn queue_of(&self, id: u64) -> Option<usize> {
+        self.msgs.get(&id).map(|m| m.q)
+    }
+
     /// The dead-letter queue of queue `q`, if it exists.
     pub fn dlq(&self, w: &Wharf, q: usize) -> Option<wharf::Queue> {
         let name = dlq(&self.queues[q]);

@@ -1,6 +1,6 @@
 //! Model-based test of the job semantics (the model is `wharf_check::jobs`, shared with the
 //! `ops_model` fuzz target): random pushes with options (delay, priority, TTL,
-//! dedup key), pops, acks, nacks (backoff or an explicit delay, with error texts), releases,
+//! dedup key), pops, acks (one at a time and in batches), nacks (backoff or an explicit delay, with error texts), releases,
 //! dead letters, requeues from the dead-letter queue, config changes, clock advances and clean
 //! reopens, on a real directory with small segments, against an in-memory model of what each
 //! call must do. After every step the store must match the model exactly: what a pop returns
@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use wharf::{
-    Backoff, DeadLetters, Durability, ManualClock, NackOptions, OnExpiry, Overflow, PushOptions,
-    QueueConfig, Wharf,
+    Backoff, DeadLetters, Durability, Error, ManualClock, NackOptions, OnExpiry, Overflow,
+    PushOptions, QueueConfig, Wharf,
 };
 use wharf_check::jobs::{Job, Model};
 use wharf_check::MAX_ERROR_LEN;
@@ -99,6 +99,13 @@ enum Op {
     Ack {
         pick: u8,
     },
+    /// Acks up to `1 + n % 8` held deliveries of the main queue (or of its dead-letter queue)
+    /// with one `ack_many`; `mixed`: deliveries of both, which is refused and drops them all.
+    AckMany {
+        n: u8,
+        dlq: bool,
+        mixed: bool,
+    },
     Nack {
         pick: u8,
         delay_ms: Option<u16>,
@@ -176,6 +183,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         8 => push,
         6 => prop::bool::weighted(0.2).prop_map(|dlq| Op::Pop { dlq }),
         3 => any::<u8>().prop_map(|pick| Op::Ack { pick }),
+        2 => (any::<u8>(), prop::bool::weighted(0.2), prop::bool::weighted(0.15))
+            .prop_map(|(n, dlq, mixed)| Op::AckMany { n, dlq, mixed }),
         4 => (any::<u8>(), prop::option::weighted(0.4, 0u16..2000), any::<u8>())
             .prop_map(|(pick, delay_ms, error)| Op::Nack { pick, delay_ms, error }),
         1 => any::<u8>().prop_map(|pick| Op::Release { pick }),
@@ -256,6 +265,39 @@ fn apply(s: &mut Sut, m: &mut Model, op: &Op) {
             if !m.held.is_empty() {
                 let (id, dlq, d) = m.held.remove(usize::from(pick) % m.held.len());
                 d.ack().unwrap();
+                m.acked(id, dlq);
+            }
+        }
+        Op::AckMany { n, dlq, mixed } => {
+            let both = m.held.iter().any(|h| h.1) && m.held.iter().any(|h| !h.1);
+            if mixed && both {
+                let batch: Vec<_> = m.held.drain(..).collect();
+                let ids: Vec<u64> = batch.iter().map(|h| h.0).collect();
+                let got = m.queue(&w, 0).ack_many(batch.into_iter().map(|h| h.2));
+                assert!(matches!(got, Err(Error::InvalidOption(_))), "mixed ack_many: {got:?}");
+                for id in ids {
+                    m.dropped(id); // refused: each delivery was dropped as it was
+                }
+                return;
+            }
+            let want = 1 + usize::from(n) % 8;
+            let (mut batch, mut rest) = (Vec::new(), Vec::new());
+            for h in m.held.drain(..) {
+                if h.1 == dlq && batch.len() < want {
+                    batch.push(h);
+                } else {
+                    rest.push(h);
+                }
+            }
+            m.held = rest;
+            if batch.is_empty() {
+                return;
+            }
+            let q = if dlq { m.dlq_or_create(&w, 0) } else { m.queue(&w, 0) };
+            let ids: Vec<u64> = batch.iter().map(|h| h.0).collect();
+            let report = q.ack_many(batch.into_iter().map(|h| h.2)).unwrap();
+            assert_eq!((report.acked, report.lapsed.len()), (ids.len(), 0), "{report:?}");
+            for id in ids {
                 m.acked(id, dlq);
             }
         }

@@ -43,6 +43,8 @@ pub enum Then {
 pub struct Record {
     pub o: Oracle,
     pub clock: testing::ManualClock,
+    /// The first disk operation worth crashing at (see [`Ctx::crash_points_from_here`]).
+    pub from_op: Option<u64>,
 }
 
 impl Record {
@@ -62,6 +64,8 @@ pub struct Ctx {
     pub wharf: Option<Wharf>,
     pub o: Oracle,
     pub held: Vec<(usize, Delivery)>,
+    /// Set by [`Ctx::crash_points_from_here`].
+    pub from_op: Option<u64>,
 }
 
 /// Stops a scenario at the crash: every call after it fails anyway.
@@ -77,11 +81,19 @@ impl Ctx {
             wharf: None,
             o: Oracle::default(),
             held: Vec::new(),
+            from_op: None,
         }
     }
 
     pub fn record(&self) -> Record {
-        Record { o: self.o.clone(), clock: self.clock.clone() }
+        Record { o: self.o.clone(), clock: self.clock.clone(), from_op: self.from_op }
+    }
+
+    /// Crash enumeration may start at the next disk operation: what came before is set-up
+    /// that other scenarios crash at every operation of (the crash at each operation of a
+    /// scenario with a large store costs a check of every message of the store).
+    pub fn crash_points_from_here(&mut self) {
+        self.from_op = Some(self.sim.ops() + 1);
     }
 
     pub fn open(&mut self) -> Step {
@@ -342,6 +354,36 @@ impl Ctx {
             self.o.all_durable_now();
         } else {
             self.o.msgs[i].ack = St::Volatile;
+        }
+        Ok(())
+    }
+
+    /// Acks the oldest `n` held deliveries of the queue of the oldest one with one
+    /// `ack_many_with(.., d)`: one batch, whose acks a crash keeps all or none of.
+    pub fn ack_many(&mut self, n: usize, d: Durability) -> Step {
+        let Some(queue) = self.held.first().map(|(i, _)| self.o.msgs[*i].queue.clone()) else {
+            return Ok(());
+        };
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for (i, del) in std::mem::take(&mut self.held) {
+            if batch.len() < n && self.o.msgs[i].queue == queue {
+                batch.push((i, del));
+            } else {
+                rest.push((i, del));
+            }
+        }
+        self.held = rest;
+        let who: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+        self.o.ack_batch(&who);
+        let q = self.w().queue(&queue)?;
+        let report = q.ack_many_with(batch.into_iter().map(|(_, del)| del), d)?;
+        assert_eq!(report.acked, who.len(), "no lease of a scenario runs out: {report:?}");
+        for &i in &who {
+            self.o.msgs[i].ack = St::Volatile;
+        }
+        if d == Durability::Immediate {
+            self.o.all_durable_now();
         }
         Ok(())
     }

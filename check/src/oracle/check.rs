@@ -179,6 +179,7 @@ impl Oracle {
                 Some(f) => {
                     m.push = St::Durable;
                     m.ack = St::No;
+                    m.ack_batch = None;
                     let dead = f.queue != m.queue;
                     let was_dead = m.moves.iter().any(|mv| mv.to.in_dead() || mv.to == Loc::Any);
                     if dead {
@@ -241,6 +242,22 @@ impl Oracle {
                      survived"
                 );
             }
+        }
+        // An `ack_many` is kept whole or not at all: if any of its messages is found (its ack
+        // lost), so is every other one of the batch whose push had to survive and that nothing
+        // else may have settled (the batch's ack aside).
+        let unacked: BTreeMap<u64, usize> =
+            found.keys().filter_map(|&j| Some((msgs[j].ack_batch?, j))).collect();
+        for (i, m) in msgs.iter().enumerate() {
+            let Some(&j) = m.ack_batch.and_then(|b| unacked.get(&b)) else { continue };
+            let other_exit = m.gone
+                || !m.push.must_survive(keep_all)
+                || m.moves.iter().any(|mv| matches!(mv.to, Loc::Gone | Loc::Any));
+            assert!(
+                found.contains_key(&i) || other_exit,
+                "{what}: an ack_many cut by the crash: message {i} acked while the ack of {j} \
+                 of the same batch was lost"
+            );
         }
         // A durable config survives; a later one may too.
         for (queue, list) in &self.configs {

@@ -139,6 +139,9 @@ pub struct Msg {
     pub deliveries: Vec<(usize, St)>,
     /// The index of the first message of the `push_batch` it was pushed in, if it was.
     pub batch: Option<usize>,
+    /// The number of the `ack_many` call that acked it (see [`Oracle::ack_batch`]), if one
+    /// did: the acks of one call survive a crash together or not at all.
+    pub ack_batch: Option<u64>,
     /// Not found by a recovery: settled or lost for good; it must never be delivered again.
     pub gone: bool,
 }
@@ -229,6 +232,7 @@ impl Oracle {
             moves: Vec::new(),
             deliveries: Vec::new(),
             batch: None,
+            ack_batch: None,
             gone: false,
         });
         i
@@ -261,6 +265,18 @@ impl Oracle {
         }
         if let Some(&other) = self.by_id.get(&id) {
             assert_eq!(other, i, "{what}I5: id {id:x} of message {other} reused for message {i}");
+        }
+    }
+
+    /// Registers an `ack_many` of messages `who` about to be attempted (their acks `Unknown`
+    /// until it returns): they are one batch, kept whole or not at all by a crash.
+    pub fn ack_batch(&mut self, who: &[usize]) {
+        self.counter += 1;
+        let n = self.counter;
+        for &i in who {
+            let m = &mut self.msgs[i];
+            m.ack = St::Unknown;
+            m.ack_batch = Some(n);
         }
     }
 
