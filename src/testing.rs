@@ -73,6 +73,18 @@ pub fn encode_push(lsn: u64, queue: u32, id: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Encodes a batch-ack record (`Acks`, format 5) of `ids` of queue `queue` at `lsn` (for seed
+/// corpora and round-trip checks); `None` unless there are 1 to 1,024 ids.
+pub fn encode_acks(lsn: u64, queue: u32, ids: &[u64]) -> Option<Vec<u8>> {
+    use crate::record::{Body, Ids, MAX_ACKS};
+    if ids.is_empty() || ids.len() > MAX_ACKS {
+        return None;
+    }
+    let mut out = Vec::new();
+    crate::record::encode(&mut out, lsn, lsn, &Body::Acks { queue, ids: Ids::Values(ids) });
+    Some(out)
+}
+
 /// The 64-byte header of a segment of `len` bytes at log position `base` of store `store_id`.
 pub fn segment_header(store_id: u128, base: u64, len: u64) -> Vec<u8> {
     crate::log::Header { store_id, base, len, unsynced: Some(crate::log::unsynced_bound(len)) }

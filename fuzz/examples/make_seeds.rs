@@ -40,6 +40,8 @@ fn main() {
             "ops_crash" => with_typed(target, 12, relocation_crash(), score_crash),
             "ops_faults" => with_typed(target, 16, relocation_faults(), score_faults),
             "corrupt_then_recover" => pick(target, 16, score_corrupt),
+            // The same input as corrupt_then_recover: its seeds.
+            "salvage" => pick("corrupt_then_recover", 16, score_corrupt),
             _ => unreachable!(),
         };
         let dir = out.join(target);
@@ -116,6 +118,8 @@ fn record_seeds() -> Vec<Vec<u8>> {
     let wrong: Vec<Vec<u8>> = out.iter().take(3).map(|s| [&[0xf3], &s[1..]].concat()).collect();
     out.extend(wrong);
     out.push([&[0u8][..], &testing::encode_push(4096, 1, 7 << 40 | 1, b"hello")].concat());
+    let ids = [7 << 40 | 1, 7 << 40 | 2, 7 << 40 | 9];
+    out.push([&[0u8][..], &testing::encode_acks(4096, 1, &ids).unwrap_or_default()].concat());
     out.push(vec![0; 40]);
     out
 }

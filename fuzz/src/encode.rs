@@ -139,7 +139,7 @@ impl Encode for QueueCfg {
 }
 
 /// The number of `Op` variants.
-const OPS: u32 = 21;
+const OPS: u32 = 22;
 
 impl Encode for Op {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -167,6 +167,7 @@ impl Encode for Op {
             Op::SetConfig { queue, cfg } => (18, vec![queue, cfg]),
             Op::Checkpoint => (19, vec![]),
             Op::Churn { queue, n, len, durability } => (20, vec![queue, n, len, durability]),
+            Op::AckMany { pick, n, durability } => (21, vec![pick, n, durability]),
         };
         variant(out, i, OPS);
         for f in fields {
@@ -284,6 +285,7 @@ mod tests {
             Op::Pop { queue: 7 },
             Op::PopBatch { queue: 1, max: 4 },
             Op::Ack { pick: 3, durability: Dur::Interval },
+            Op::AckMany { pick: 2, n: 5, durability: Dur::Immediate },
             Op::Nack { pick: 1 },
             Op::Release { pick: 2 },
             Op::Extend { pick: 3 },

@@ -155,6 +155,18 @@ pub enum Op {
         len: Len,
         durability: Dur,
     },
+    /// Acks, with one `ack_many`, the held delivery `pick` and up to [`ack_many_len`]`(n)` - 1
+    /// more held deliveries of its queue (of a queue, or of a dead-letter queue).
+    AckMany {
+        pick: u8,
+        n: u8,
+        durability: Dur,
+    },
+}
+
+/// At most how many deliveries an `AckMany` acks: 1 to 8.
+pub fn ack_many_len(n: u8) -> usize {
+    1 + usize::from(n) % 8
 }
 
 /// Rounds of a `Churn`: 4 to 64.

@@ -172,6 +172,7 @@ impl Ctx {
                     | Op::PopBatch { queue, .. }
                     | Op::Requeue { queue, .. } => vec![ops::queue_name(queue)],
                     Op::Ack { .. }
+                    | Op::AckMany { .. }
                     | Op::Nack { .. }
                     | Op::NackWith { .. }
                     | Op::DeadLetter { .. } => ops::QUEUES.to_vec(),
@@ -361,6 +362,33 @@ impl Ctx {
                 self.o.msgs[i].ack = St::Unknown;
                 del.ack_with(d)?;
                 self.o.msgs[i].ack = St::Volatile;
+                Ok((true, if d == Durability::Immediate { Promote::All } else { Promote::Nothing }))
+            }
+            Op::AckMany { pick, n, durability } => {
+                let Some(first) = self.pick(pick) else {
+                    return Ok((false, Promote::Nothing));
+                };
+                let (queue, dead) = (self.o.msgs[first.0].queue.clone(), first.1);
+                let mut batch = vec![first];
+                let mut k = 0;
+                while k < self.held.len() && batch.len() < ops::ack_many_len(n) {
+                    let (i, d, _) = &self.held[k];
+                    if *d == dead && self.o.msgs[*i].queue == queue {
+                        batch.push(self.held.remove(k));
+                    } else {
+                        k += 1;
+                    }
+                }
+                let name = if dead { dlq(&queue) } else { queue };
+                let d = durability.resolve(self.cfg.ack_default());
+                let who: Vec<usize> = batch.iter().map(|b| b.0).collect();
+                self.o.ack_batch(&who);
+                let q = self.queue(&name)?;
+                let report = q.ack_many_with(batch.into_iter().map(|b| b.2), d)?;
+                assert_eq!((report.acked, report.lapsed.len()), (who.len(), 0), "{report:?}");
+                for i in who {
+                    self.o.msgs[i].ack = St::Volatile;
+                }
                 Ok((true, if d == Durability::Immediate { Promote::All } else { Promote::Nothing }))
             }
             Op::Nack { pick } => {

@@ -76,6 +76,11 @@ pub enum Rec {
         start: u64,
         checkpoint: u64,
     },
+    /// Acks of 1 to 1,024 messages of `queue`, each as an `Ack` (format 5).
+    Acks {
+        queue: u32,
+        ids: Vec<u64>,
+    },
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -167,6 +172,14 @@ pub fn parse(rec: &[u8]) -> Rec {
         13 => {
             assert_eq!(body.len(), 16, "accepted anchor of the wrong length");
             Rec::Anchor { start: u64_at(body, 0), checkpoint: u64_at(body, 8) }
+        }
+        14 => {
+            assert!(body.len() >= 8, "accepted batch ack without its count");
+            let count = u32_at(body, 4) as usize;
+            assert!((1..=1024).contains(&count), "accepted batch ack of {count} ids");
+            assert_eq!(body.len(), 8 + 8 * count, "accepted batch ack of the wrong length");
+            let ids = (0..count).map(|k| u64_at(body, 8 + 8 * k)).collect();
+            Rec::Acks { queue: queue(), ids }
         }
         k => panic!("accepted record of unknown kind {k}"),
     }
@@ -265,6 +278,14 @@ pub fn replay(file: &[u8], records: &[(usize, Rec)]) -> Option<BTreeMap<(u32, u6
                     return None;
                 }
                 live.remove(&(*queue, *id));
+            }
+            Rec::Acks { queue, ids } => {
+                if !known(*queue, &queues) {
+                    return None;
+                }
+                for id in ids {
+                    live.remove(&(*queue, *id));
+                }
             }
             Rec::Deliver { queue, .. } | Rec::Nack { queue, .. } => {
                 if !known(*queue, &queues) {

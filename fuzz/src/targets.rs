@@ -148,13 +148,21 @@ pub fn record_decode(data: &[u8]) {
                     "cut at {cut} accepted"
                 );
             }
-            // Re-encoding reproduces a push, except its `synced` field (and so its checksum).
-            if let Rec::Push { queue, id, payload } = parsed {
-                let again = testing::encode_push(lsn, queue, id, &payload);
+            // Re-encoding reproduces a push or a batch ack, except its `synced` field (and so
+            // its checksum) and its group flag.
+            let again = match parsed {
+                Rec::Push { queue, id, payload } => {
+                    Some(testing::encode_push(lsn, queue, id, &payload))
+                }
+                Rec::Acks { queue, ids } => testing::encode_acks(lsn, queue, &ids),
+                _ => None,
+            };
+            if let Some(again) = again {
                 assert_eq!(again.len(), len);
                 assert_eq!(again[..4], whole[..4]);
                 assert_eq!(again[8..16], whole[8..16]);
-                assert_eq!(again[20..], whole[20..]);
+                assert_eq!(again[20], whole[20]);
+                assert_eq!(again[22..], whole[22..]);
             }
         }
         Err(why) => assert!(!why.is_empty()),
@@ -175,6 +183,18 @@ pub fn record_decode(data: &[u8]) {
     let mut bad = enc.clone();
     bad[bit / 8] ^= 1 << (bit % 8);
     assert!(testing::decode_record(&bad, lsn).is_err(), "flip of bit {bit} undetected");
+    // Round trip of a batch ack of ids taken from the same bytes (1 to 1,024 of them); any
+    // cut of it is refused.
+    let ids: Vec<u64> = data.chunks_exact(8).take(1024).map(u64_le).collect();
+    if let Some(enc) = testing::encode_acks(lsn, queue, &ids) {
+        assert_eq!(enc.len(), 32 + 8 * ids.len());
+        assert_eq!(testing::decode_record(&enc, lsn), Ok(enc.len()), "batch ack round trip");
+        assert_eq!(scan::parse(&enc), Rec::Acks { queue, ids: ids.clone() });
+        for cut in [enc.len() - 8, enc.len() - 1] {
+            assert!(testing::decode_record(&enc[..cut], lsn).is_err(), "cut batch ack accepted");
+        }
+    }
+    assert!(testing::encode_acks(lsn, queue, &[]).is_none());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -677,6 +697,32 @@ impl ModelRun {
                     m.acked(id, dead);
                 }
             }
+            Op::AckMany { pick, n, durability } => {
+                if m.held.is_empty() {
+                    return;
+                }
+                let first = usize::from(pick) % m.held.len();
+                let (id, dead) = (m.held[first].0, m.held[first].1);
+                let q = m.queue_of(id).expect("a held message is known");
+                let mut batch = vec![m.held.remove(first)];
+                let mut k = 0;
+                while k < m.held.len() && batch.len() < ops::ack_many_len(n) {
+                    let (other, other_dead) = (m.held[k].0, m.held[k].1);
+                    if other_dead == dead && m.queue_of(other) == Some(q) {
+                        batch.push(m.held.remove(k));
+                    } else {
+                        k += 1;
+                    }
+                }
+                let h = if dead { m.dlq_or_create(w, q) } else { m.queue(w, q) };
+                let ids: Vec<u64> = batch.iter().map(|b| b.0).collect();
+                let d = durability.resolve(cfg.ack_default());
+                let report = h.ack_many_with(batch.into_iter().map(|b| b.2), d).expect("ack_many");
+                assert_eq!((report.acked, report.lapsed.len()), (ids.len(), 0), "{report:?}");
+                for id in ids {
+                    m.acked(id, dead);
+                }
+            }
             Op::Nack { pick } => {
                 if !m.held.is_empty() {
                     let (id, dead, d) = m.held.remove(usize::from(pick) % m.held.len());
@@ -1138,6 +1184,11 @@ fn pristine(w: usize) -> &'static Pristine {
                     }
                     Rec::Ack { id, .. } => {
                         ack_at.insert(id, (name.clone(), off));
+                    }
+                    Rec::Acks { ids, .. } => {
+                        for id in ids {
+                            ack_at.insert(id, (name.clone(), off));
+                        }
                     }
                     _ => {}
                 }

@@ -1,7 +1,8 @@
 //! The job operations through the stateful targets, as typed inputs: every one of them is
 //! reached on every `cargo test`, whatever the seeds happen to hold (delays, priorities, TTLs,
 //! dedup keys, nacks with backoff or delay, dead letters explicit and by exhausted attempts,
-//! expiry and overflow, requeues, pops of dead-letter queues, config changes, clock advances).
+//! expiry and overflow, requeues, pops of dead-letter queues, config changes, clock advances,
+//! batch acks).
 
 use wharf_fuzz::ops::{
     BackoffSpec, Config, Dur, FaultSpec, JobOpts, Len, Op, Policy, QueueCfg, MAX_OPS,
@@ -109,6 +110,76 @@ fn a_fault_anywhere_in_the_job_operations_leaves_the_store_safe() {
                     arm_at: 1,
                     end,
                     ops: script(),
+                };
+                run_ops_faults(&input);
+            }
+        }
+    }
+}
+
+/// Batch acks (`Op::AckMany`): of a queue's deliveries, of a dead-letter queue's, some but not
+/// all of what is held (the rest acked singly later), with each durability, across a reopen.
+fn ack_many_script() -> Vec<Op> {
+    let batch = |queue| Op::PushBatch { queue, n: 3, len: Len::Small(30), durability: Dur::None };
+    let ops = vec![
+        Op::SetConfig { queue: 0, cfg: cfg(1, 0, None, None) },
+        batch(0),
+        batch(0),
+        batch(1),
+        Op::PopBatch { queue: 0, max: 4 },
+        Op::Pop { queue: 1 },
+        Op::AckMany { pick: 1, n: 2, durability: Dur::Immediate }, // three of q0's four
+        Op::PopBatch { queue: 0, max: 4 },
+        Op::AckMany { pick: 0, n: 7, durability: Dur::Default }, // q0's: the q1 one stays
+        Op::Pop { queue: 1 },
+        Op::AckMany { pick: 0, n: 7, durability: Dur::Interval }, // both of q1's
+        Op::Pop { queue: 0 },
+        Op::Nack { pick: 0 }, // its last attempt: dead-lettered
+        Op::PopDead { queue: 0 },
+        Op::AckMany { pick: 0, n: 0, durability: Dur::Immediate }, // a dead letter's
+        batch(2),
+        Op::PopBatch { queue: 2, max: 3 },
+        Op::Reopen { release_first: false }, // in flight at the close: ready again
+        Op::PopBatch { queue: 2, max: 3 },
+        Op::AckMany { pick: 2, n: 3, durability: Dur::Default },
+        Op::Sync,
+    ];
+    assert!(ops.len() <= MAX_OPS);
+    ops
+}
+
+#[test]
+fn batch_acks_match_the_model() {
+    for cfg in [Config::new(Dur::Default, Dur::Default), Config::new(Dur::None, Dur::Immediate)] {
+        run_ops_model(&ModelInput { cfg, ops: ack_many_script() });
+    }
+}
+
+#[test]
+fn a_crash_anywhere_in_batch_acks_recovers_to_an_allowed_state() {
+    for after in 0..=160 {
+        for policy in [Policy::KeepAll, Policy::DropAllUnsynced, Policy::RandomSubset] {
+            let input = CrashInput {
+                cfg: Config::new(Dur::Default, Dur::Default),
+                crashes: vec![CrashPoint { wait: 0, after, policy, seed: after, recovery: None }],
+                ops: ack_many_script(),
+            };
+            run_ops_crash(&input);
+        }
+    }
+}
+
+#[test]
+fn a_fault_anywhere_in_batch_acks_leaves_the_store_safe() {
+    for kind in 0..16 {
+        for nth in [0, 2, 7] {
+            for end in [End::SameDisk, End::Image(Policy::KeepAll, 1)] {
+                let input = FaultInput {
+                    cfg: Config::new(Dur::Interval, Dur::Default),
+                    fault: FaultSpec { kind, nth, no_space: nth == 2, persistent: nth == 7 },
+                    arm_at: 1,
+                    end,
+                    ops: ack_many_script(),
                 };
                 run_ops_faults(&input);
             }

@@ -1,7 +1,7 @@
 //! Regression inputs written as typed values (see README.md, "When a target fails"): each must
 //! pass its target. File inputs live in `regressions/<target>/` and are replayed by `replay.rs`.
 
-use wharf_fuzz::ops::{Config, Dur, FaultSpec, Len, Op, Policy};
+use wharf_fuzz::ops::{BackoffSpec, Config, Dur, FaultSpec, JobOpts, Len, Op, Policy, QueueCfg};
 use wharf_fuzz::targets::{
     run_ops_crash, run_ops_faults, run_ops_model, CrashInput, CrashPoint, End, FaultInput,
     ModelInput,
@@ -326,4 +326,108 @@ fn a_reopen_after_a_failed_state_database_sync_survives_a_power_loss() {
         ],
     };
     run_ops_faults(&input);
+}
+
+/// `regressions/ops_model/in-flight-count-after-a-checkpoint-counts-leases-of-earlier-runs` as
+/// it decoded before `Op::AckMany` changed how bytes decode into operations (the finding is the
+/// first of the three state-database findings of README.md): a lease of a run before a
+/// checkpoint is not in flight at later opens.
+#[test]
+fn in_flight_count_after_a_checkpoint_counts_leases_of_earlier_runs() {
+    let input = ModelInput {
+        cfg: Config { push: Dur::Default, ack: Dur::Default, checkpoint_kib: None },
+        ops: vec![
+            Op::SetConfig {
+                queue: 0,
+                cfg: QueueCfg {
+                    max_attempts: 0,
+                    backoff: BackoffSpec::None,
+                    max_len: None,
+                    ttl: None,
+                    expiry_dead_letter: false,
+                    dedup_window: 200,
+                    drop_dead_letters: false,
+                },
+            },
+            Op::PushJob {
+                queue: 0,
+                len: Len::Small(40),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 49, priority: 0, ttl: 0, key: None },
+            },
+            Op::PushJob {
+                queue: 0,
+                len: Len::Small(40),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 0, priority: 0, ttl: 0, key: None },
+            },
+            Op::Pop { queue: 0 },
+            Op::DeadLetter { pick: 0 },
+            Op::PushJob {
+                queue: 0,
+                len: Len::Small(40),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 0, priority: 0, ttl: 0, key: None },
+            },
+            Op::Pop { queue: 0 },
+            Op::PushJob {
+                queue: 0,
+                len: Len::Small(40),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 0, priority: 0, ttl: 0, key: Some(1) },
+            },
+            Op::Pop { queue: 0 },
+            Op::Ack { pick: 1, durability: Dur::Default },
+            Op::Churn { queue: 0, n: 60, len: Len::Small(200), durability: Dur::None },
+            Op::PushJob {
+                queue: 1,
+                len: Len::Small(40),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 30, priority: 0, ttl: 0, key: None },
+            },
+            Op::PushJob {
+                queue: 1,
+                len: Len::Small(40),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 0, priority: 0, ttl: 0, key: None },
+            },
+            Op::Pop { queue: 1 },
+            Op::DeadLetter { pick: 1 },
+            Op::PushJob {
+                queue: 1,
+                len: Len::Small(40),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 0, priority: 0, ttl: 0, key: None },
+            },
+            Op::Pop { queue: 1 },
+            Op::PushJob {
+                queue: 1,
+                len: Len::Small(183),
+                durability: Dur::Default,
+                opts: JobOpts { delay: 1, priority: 0, ttl: 1, key: Some(36) },
+            },
+            Op::Push { queue: 0, len: Len::Small(0), durability: Dur::Default },
+            Op::Reopen { release_first: false },
+            Op::SetConfig {
+                queue: 121,
+                cfg: QueueCfg {
+                    max_attempts: 1,
+                    backoff: BackoffSpec::Fixed(24),
+                    max_len: Some((1, true)),
+                    ttl: None,
+                    expiry_dead_letter: true,
+                    dedup_window: 24,
+                    drop_dead_letters: true,
+                },
+            },
+            Op::Ack { pick: 0, durability: Dur::Immediate },
+            Op::Churn { queue: 2, n: 60, len: Len::Small(250), durability: Dur::None },
+            Op::Maintain,
+            Op::Checkpoint,
+            Op::Reopen { release_first: true },
+            Op::PopDead { queue: 1 },
+            Op::Pop { queue: 0 },
+        ],
+    };
+    run_ops_model(&input);
 }
