@@ -2,7 +2,9 @@
 //! append-only queue of `plain.rs`, which does the same calls without fsyncs.
 //!
 //! - `push`: `push_batch` of 100 × 128 B, durability `None`;
-//! - `push+pop+ack`: the same, then `pop_batch` of 100 and an ack of each delivery.
+//! - `push+pop+ack`: the same, then `pop_batch` of 100 and one `ack_many` of the batch (one
+//!   `Acks` record; before format 5 it was an `ack` of each delivery, one `Ack` record each,
+//!   so rows measured before then are not comparable).
 //!
 //! Each run moves a fixed number of messages through a fresh store (opening it is not timed)
 //! and takes the wall time and the CPU time of the whole process (all its threads: wharf's
@@ -49,9 +51,12 @@ fn wharf(tier: &Tier, n: u64, cycle: bool) -> BoxResult<Run> {
                 if got.len() != BATCH {
                     return Err(format!("pop_batch returned {} of {BATCH}", got.len()).into());
                 }
-                for d in got {
+                for d in &got {
                     black_box(d.payload().first());
-                    d.ack()?;
+                }
+                let acked = q.ack_many(got)?.acked;
+                if acked != BATCH {
+                    return Err(format!("ack_many acked {acked} of {BATCH}").into());
                 }
             }
         }
