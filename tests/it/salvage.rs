@@ -637,3 +637,64 @@ fn random_damage_is_salvaged_into_a_healthy_store_that_delivers_no_phantom() {
     }
     assert!(salvaged > 10, "{salvaged}");
 }
+
+/// A damaged `Acks` record (format 5) may have held the acks of every message it named:
+/// salvage keeps them (their pushes are intact) and lists each as "may be redelivered" (as it
+/// does every message whose last record precedes the damage), while messages acked by intact
+/// records stay gone and unsettled ones are kept.
+#[test]
+fn a_damaged_batch_ack_brings_its_messages_back_as_may_be_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = manual().open(dir.path()).unwrap();
+    let q = w.queue("jobs").unwrap();
+    let ids = q.push_batch((0..20).map(|i| payload(i, 100))).unwrap();
+    let mut got = q.pop_batch(12, Duration::ZERO).unwrap();
+    let singly = got.split_off(10);
+    let batch: Vec<MessageId> = got.iter().map(wharf::Delivery::id).collect();
+    assert_eq!(q.ack_many_with(got, wharf::Durability::Immediate).unwrap().acked, 10);
+    for d in singly {
+        d.ack_with(wharf::Durability::Immediate).unwrap();
+    }
+    q.push(payload(99, 100)).unwrap(); // durable records after the batch ack
+    drop(q);
+    w.close().unwrap();
+    // Intact, the batch ack holds in a salvaged copy: only the never-acked messages are kept.
+    let copy = tempfile::tempdir().unwrap();
+    let report = Wharf::salvage_into(dir.path(), copy.path().join("s")).unwrap();
+    assert!(report.is_lossless(), "{report}");
+    let w = manual().open(copy.path().join("s")).unwrap();
+    let kept: BTreeSet<MessageId> = contents(&w).keys().copied().collect();
+    assert_eq!(kept.len(), 9, "ids 12..20 and the last push");
+    assert!(ids[..12].iter().all(|id| !kept.contains(id)), "acked messages stay acked");
+    w.close().unwrap();
+    // The one `Acks` record (kind 14) of the first segment, by walking its records.
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut off = 64;
+    let at = loop {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        assert!(len > 0, "no batch ack in the first segment");
+        if bytes[off + 20] == 14 {
+            break off + len / 2;
+        }
+        off += len;
+    };
+    bytes[at] ^= 0x10; // inside its ids
+    std::fs::write(&seg, bytes).unwrap();
+    assert!(strict_refuses(dir.path()), "mid-log damage is refused by a strict open");
+    let w = manual().salvage(true).open(dir.path()).unwrap();
+    let report = w.recovery_report().salvage.clone().expect("salvaged");
+    let kept: BTreeSet<MessageId> = contents(&w).keys().copied().collect();
+    let maybe: BTreeSet<MessageId> = report.may_be_redelivered().collect();
+    for id in &batch {
+        assert!(kept.contains(id) && maybe.contains(id), "{id}: its ack was damaged\n{report}");
+    }
+    for id in &ids[10..12] {
+        assert!(!kept.contains(id), "{id} was acked by an intact record");
+    }
+    for id in &ids[12..] {
+        assert!(kept.contains(id), "{id} was never acked");
+    }
+    assert_eq!(kept.len(), 10 + 8 + 1, "{report}");
+    w.close().unwrap();
+}
