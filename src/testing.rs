@@ -48,6 +48,34 @@ pub fn verify(sim: &SimFs, dir: &Path) -> Result<crate::verify::VerifyReport> {
     crate::verify::verify_on(sim, dir)
 }
 
+/// Drops the snapshot of the index from the state database of the closed store at `dir` (on
+/// the real file system), so that its next open replays the whole log, as for a store written
+/// before snapshots; returns whether it had one.
+///
+/// # Errors
+/// If the state database cannot be opened or written.
+pub fn drop_snapshot(dir: &Path) -> Result<bool> {
+    let storage = crate::storage::RealFs;
+    match crate::checkpoint::StateDb::open_existing(&storage, dir)? {
+        Some(db) => db.drop_snapshot(),
+        None => Ok(false),
+    }
+}
+
+/// Counts one more member in queue 0's run in the snapshot of the closed store at `dir`, as a
+/// bug could (for tests of [`Wharf::verify`]'s check of the snapshot); returns whether it had
+/// one.
+///
+/// # Errors
+/// If the state database cannot be opened or written.
+pub fn skew_snapshot(dir: &Path) -> Result<bool> {
+    let storage = crate::storage::RealFs;
+    match crate::checkpoint::StateDb::open_existing(&storage, dir)? {
+        Some(db) => db.skew_snapshot(),
+        None => Ok(false),
+    }
+}
+
 /// Runs the background thread's duties once, now: a spare segment, a sync of everything
 /// staged, deletion of settled segments.
 ///

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::rows::{Delta, Loaded, QueueRow, Row};
+use super::snapshot::{QueueSnap, Snapshot};
 use crate::error::{Corruption, Error, Result};
 use crate::storage::redb_backend::{ReadOnlyBackend, RedbBackend};
 use crate::storage::Storage;
@@ -31,8 +32,11 @@ pub(crate) const FILE: &str = "state.redb";
 /// Its temporary name while it is created.
 pub(crate) const TMP_FILE: &str = "state.redb.tmp";
 
-/// Layout version of the tables below.
-const VERSION: u32 = 1;
+/// Layout version of the tables below: 2 added `snapshot` (a layout-1 database, which has
+/// none, is read as one whose snapshot is missing: its open replays the log from its anchors).
+const VERSION: u32 = 2;
+/// Layout versions this code reads.
+const READS: [u32; 2] = [1, 2];
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const QUEUES: TableDefinition<u32, &[u8]> = TableDefinition::new("queues");
@@ -42,6 +46,10 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const PAYLOADS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("payloads");
 const CHUNK: usize = 16 * 1024 - 256;
 const DEDUP: TableDefinition<(u32, &[u8]), (u64, u64)> = TableDefinition::new("dedup");
+/// The snapshot of the index at the checkpoint (`snapshot.rs`): the store's part under
+/// [`SNAPSHOT_HEAD`], each queue's under its number.
+const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("snapshot");
+const SNAPSHOT_HEAD: u32 = u32::MAX;
 
 /// Memory redb may use for its page cache: the state is small and read once at open.
 const CACHE_BYTES: usize = 4 << 20;
@@ -305,7 +313,7 @@ impl StateDb {
             Ok(meta.get(k)?.map(|v| v.value().to_vec()))
         };
         match get("version")? {
-            Some(v) if v == VERSION.to_le_bytes() => {}
+            Some(v) if READS.iter().any(|r| v == r.to_le_bytes()) => {}
             Some(v) => return Ok(Err(format!("unknown state version {v:?}"))),
             None => return Ok(Err("no version".into())),
         }
@@ -346,6 +354,12 @@ impl StateDb {
                 out.dedup.push((q, key.into(), id, until));
             }
         }
+        if let Some(t) = open_read(&tx, SNAPSHOT)? {
+            out.snapshot = match read_snapshot(&t, out.checkpoint)? {
+                Ok(s) => s,
+                Err(why) => return Ok(Err(why)),
+            };
+        }
         Ok(Ok(out))
     }
 
@@ -364,6 +378,7 @@ impl StateDb {
         let tx = self.db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
+            meta.insert("version", VERSION.to_le_bytes().as_slice())?;
             meta.insert("checkpoint", d.checkpoint.to_le_bytes().as_slice())?;
             meta.insert("store_id", d.store_id.to_le_bytes().as_slice())?;
             meta.insert("epoch", d.epoch.to_le_bytes().as_slice())?;
@@ -415,9 +430,62 @@ impl StateDb {
             for (q, key, id, until) in &d.dedup_put {
                 dedup.insert((*q, &key[..]), (*id, *until))?;
             }
+            // The snapshot is replaced whole, or dropped when this checkpoint has none (its
+            // open then replays the log from its anchors).
+            let mut snap = tx.open_table(SNAPSHOT)?;
+            snap.retain(|_, _| false)?;
+            if let Some(s) = &d.snapshot {
+                snap.insert(SNAPSHOT_HEAD, s.encode_head().as_slice())?;
+                for (n, q) in s.queues.iter().enumerate() {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    snap.insert(n, q.encode().as_slice())?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Drops the snapshot of the index, as a database written before snapshots has none:
+    /// the next open replays the log from its anchors (for tests that compare the two).
+    #[cfg(feature = "testing")]
+    pub(crate) fn drop_snapshot(&self) -> Result<bool> {
+        let run = || -> std::result::Result<bool, redb::Error> {
+            let tx = self.db.begin_write()?;
+            let had = {
+                let mut snap = tx.open_table(SNAPSHOT)?;
+                let had = !redb::ReadableTableMetadata::is_empty(&snap)?;
+                snap.retain(|_, _| false)?;
+                had
+            };
+            tx.commit()?;
+            Ok(had)
+        };
+        run().map_err(|e| write_err(&self.path, e))
+    }
+
+    /// Counts one more member in queue 0's run of the snapshot, as a bug could (for tests of
+    /// `verify`'s check of it); false if there is no snapshot.
+    #[cfg(feature = "testing")]
+    pub(crate) fn skew_snapshot(&self) -> Result<bool> {
+        let run = || -> std::result::Result<bool, redb::Error> {
+            let tx = self.db.begin_write()?;
+            let skewed = {
+                let mut snap = tx.open_table(SNAPSHOT)?;
+                let q = snap.get(0)?.and_then(|v| QueueSnap::decode(v.value()));
+                match q {
+                    Some(mut q) => {
+                        q.run_count += 1;
+                        snap.insert(0, q.encode().as_slice())?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            tx.commit()?;
+            Ok(skewed)
+        };
+        run().map_err(|e| write_err(&self.path, e))
     }
 
     /// The payload of relocated message `id`, checked against its CRC.
@@ -543,6 +611,29 @@ fn write_err(path: &Path, e: redb::Error) -> Error {
         )),
         e => Error::Io(std::io::Error::other(format!("writing the state database failed: {e}"))),
     }
+}
+
+/// The snapshot of the state at `checkpoint`, if the table holds one of it (one of another
+/// position, written by an older version of wharf that knew no snapshots and then moved the
+/// checkpoint, is ignored); `Err` if its bytes are not a snapshot.
+fn read_snapshot(
+    t: &redb::ReadOnlyTable<u32, &[u8]>,
+    checkpoint: u64,
+) -> std::result::Result<std::result::Result<Option<Snapshot>, String>, redb::Error> {
+    let Some(head) = t.get(SNAPSHOT_HEAD)? else { return Ok(Ok(None)) };
+    let Some((mut snap, queues)) = Snapshot::decode_head(head.value()) else {
+        return Ok(Err("bad snapshot".into()));
+    };
+    if snap.position != checkpoint {
+        return Ok(Ok(None));
+    }
+    for n in 0..queues {
+        let Some(q) = t.get(n)?.and_then(|v| QueueSnap::decode(v.value())) else {
+            return Ok(Err(format!("bad snapshot of queue {n}")));
+        };
+        snap.queues.push(q);
+    }
+    Ok(Ok(Some(snap)))
 }
 
 fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(

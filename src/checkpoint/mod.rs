@@ -2,11 +2,13 @@
 //! the policy of when to take one, and the relocation of a few unsettled messages out of old
 //! segments so that those can be deleted.
 
+mod bytes;
 mod db;
 mod policy;
 mod relocate;
 mod rows;
 mod run;
+mod snapshot;
 
 pub(crate) use self::db::{StateDb, FILE as STATE_FILE, TMP_FILE as STATE_TMP_FILE};
 pub(crate) use self::policy::Checkpointer;
@@ -17,3 +19,4 @@ pub(crate) use self::rows::{Loaded, Row};
 pub(crate) use self::run::due_by_log;
 pub use self::run::CheckpointReport;
 pub(crate) use self::run::{run, state_db, state_db_failed, take};
+pub(crate) use self::snapshot::{QueueSnap, SnapMessage, Snapshot};

@@ -1,6 +1,8 @@
 //! The rows of the state database: what a checkpoint holds, as plain values, with their
 //! encodings. Decoders never panic on any bytes.
 
+use super::bytes::Reader;
+
 /// The state of a relocated message as of a checkpoint (its payload is stored beside it).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 pub(crate) struct Row {
@@ -89,25 +91,6 @@ impl Row {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1)?.first().copied()
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)?.try_into().ok().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
-    }
-}
-
 /// A queue of the catalog: its name and encoded config (if set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct QueueRow {
@@ -164,6 +147,8 @@ pub(crate) struct Loaded {
     pub queues: Vec<QueueRow>,
     pub rows: Vec<(u64, Row)>,
     pub dedup: Vec<DedupRow>,
+    /// The index as of the checkpoint, if the checkpoint took one (state layout 2).
+    pub snapshot: Option<super::snapshot::Snapshot>,
 }
 
 /// What one checkpoint changes.
@@ -185,6 +170,9 @@ pub(crate) struct Delta {
     /// committed).
     pub full: bool,
     pub keep: std::collections::HashSet<u64>,
+    /// The index as of `checkpoint` (`None`: the database keeps none, and an open replays
+    /// the log from its anchors).
+    pub snapshot: Option<super::snapshot::Snapshot>,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! failed transaction makes the next one reconcile the whole database with memory (it may
 //! have committed anyway).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,12 +24,12 @@ use super::db::{StateDb, FILE as STATE_FILE};
 use super::policy::{Checkpointer, Next, Policy};
 use super::relocate::{current_row, find, read_payload, stragglers};
 use super::rows::{Delta, QueueRow, Row};
+use super::snapshot::Snapshot;
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::options::DEFAULT_INDEX_WINDOW;
 use crate::storage::redb_backend::QuotaRefused;
-#[cfg(feature = "testing")]
-use crate::store::State;
-use crate::store::{Shared, Thread};
+use crate::store::{Shared, State, Thread};
 
 /// At most this many payload bytes are relocated by one checkpoint.
 const RELOCATE_MAX_BYTES: u64 = 64 << 20;
@@ -108,6 +109,8 @@ pub(crate) fn take(shared: &Shared) -> Result<CheckpointReport> {
         shared.opts().max_disk_bytes.map(|max| max.saturating_sub(g.wal().log().disk_bytes()));
     let max_move = free.map_or(RELOCATE_MAX_BYTES, |f| RELOCATE_MAX_BYTES.min(f / 4));
     let moves = stragglers(&mut g, c, shared.opts().segment_bytes, max_move);
+    let moving: HashSet<u64> = moves.iter().map(|m| m.id).collect();
+    let mut snap = snapshot(&g, c, &moving, shared.opts().index_window);
     if let Some(free) = free {
         let rows = delta.put.len() + delta.delete.len() + moves.len();
         let keys: usize = delta.dedup_put.iter().map(|d| d.1.len() + 64).sum();
@@ -143,6 +146,19 @@ pub(crate) fn take(shared: &Shared) -> Result<CheckpointReport> {
             moved.push(m);
         }
     }
+    if let Some(s) = &mut snap {
+        // The messages moved are in rows now: not listed, and not live in their segments.
+        for m in &moved {
+            if let Some(q) = s.queues.get_mut(m.queue as usize) {
+                q.messages.retain(|x| x.id != m.id);
+            }
+            let seg = s.segments.iter_mut().rev().find(|(base, ..)| *base <= m.entry.lsn);
+            if let Some((_, live, _)) = seg {
+                *live = live.saturating_sub(1);
+            }
+        }
+    }
+    delta.snapshot = snap;
     failpoint::hit("checkpoint-before-commit");
     if let Err(e) = db.apply(&delta) {
         ck.failed();
@@ -202,6 +218,45 @@ pub(crate) fn take(shared: &Shared) -> Result<CheckpointReport> {
         shared.log().checkpointer().notify_one();
     }
     Ok(report)
+}
+
+/// Messages a snapshot may list for each message of an index window, and at least (beyond
+/// that, a checkpoint keeps no snapshot, and an open replays the log from its anchors).
+const SNAPSHOT_PER_WINDOW: usize = 2;
+const SNAPSHOT_MIN: usize = 4096;
+
+/// The snapshot of the index at `c`, the end of what is staged (under the store's mutex), or
+/// `None` if it would list more messages than the limit (see [`SNAPSHOT_PER_WINDOW`]).
+/// `moving`: the messages this checkpoint relocates (listed, so that one whose payload turns
+/// out unreadable stays where it is).
+fn snapshot(g: &State, c: u64, moving: &HashSet<u64>, window: usize) -> Option<Snapshot> {
+    let log = g.wal().log();
+    let epoch = g.wal().epoch();
+    let window = if window == 0 { DEFAULT_INDEX_WINDOW } else { window };
+    let limit = SNAPSHOT_PER_WINDOW.saturating_mul(window).max(SNAPSHOT_MIN);
+    let held = |id: u64| moving.contains(&id);
+    let mut queues = Vec::with_capacity(g.queues().len());
+    let mut listed = 0usize;
+    for qs in g.queues() {
+        let q = qs.index().snapshot(epoch, &held);
+        listed += q.messages.len();
+        if listed > limit {
+            return None;
+        }
+        queues.push(q);
+    }
+    // Every group of this epoch below `c` is whole (staged under the mutex).
+    let mut voids: Vec<(u32, u64)> = log.voids().epochs().filter(|&(e, _)| e != epoch).collect();
+    voids.push((epoch, c));
+    Some(Snapshot {
+        position: c,
+        last: g.wal().last_lsn(),
+        epoch,
+        log_start: log.first_base().unwrap_or(c),
+        voids,
+        segments: log.segments().map(|s| (s.seg().base(), s.live(), s.pushed())).collect(),
+        queues,
+    })
 }
 
 /// The open state database for reading a relocated payload: opened again if an error

@@ -55,6 +55,12 @@ impl SegInfo {
         self.live
     }
 
+    /// Messages pushed in this segment.
+    #[inline]
+    pub(crate) fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
     /// Whether the segment's unsettled messages are a few stragglers (at most
     /// `STRAGGLERS_MAX_LIVE`, and at most one in `STRAGGLERS_MAX_SHARE` of those pushed in it),
     /// which a checkpoint relocates rather than keep the whole segment for them.

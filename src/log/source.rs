@@ -40,6 +40,11 @@ impl Voids {
         *at = (*at).max(lsn);
     }
 
+    /// Each epoch with the last record that closed a group in it.
+    pub(crate) fn epochs(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.last_close.iter().map(|(&e, &at)| (e, at))
+    }
+
     pub(crate) fn void(&self, epoch: u32, live: u32, lsn: u64) -> bool {
         epoch < live && self.last_close.get(&epoch).is_none_or(|&at| lsn > at)
     }

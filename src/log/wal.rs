@@ -67,8 +67,9 @@ pub(crate) struct Wal {
     log: Log,
     /// The segment new records go to (also the last of `log.segments`).
     active: Arc<Segment>,
-    /// Position of the next record.
+    /// Position of the next record, and where the last one staged starts.
     next_lsn: u64,
+    last_lsn: u64,
     /// Everything below is written to its file (not necessarily synced).
     written: u64,
     /// Everything below is durable.
@@ -98,15 +99,13 @@ pub(crate) struct Wal {
     preamble_bytes: usize,
     /// A group is being staged: appended records carry `MORE` (see `begin_group`).
     grouping: bool,
-    /// Queue names and encoded configs (if not the default) by id, restated in every
-    /// segment's preamble.
+    /// Queue names and encoded configs by id, restated in every segment's preamble.
     catalog: Vec<CatalogEntry>,
     stats: Stats,
 }
 
 impl Wal {
-    /// A write state continuing at `next_lsn` in the last segment of `log`, everything below
-    /// it durable.
+    /// A write state continuing at `next_lsn` in the last segment of `log`, all durable.
     pub(crate) fn new(
         log: Log,
         active: Arc<Segment>,
@@ -118,6 +117,7 @@ impl Wal {
             log,
             active,
             next_lsn,
+            last_lsn: 0,
             written: next_lsn,
             durable: next_lsn,
             staged: Vec::new(),
@@ -352,6 +352,7 @@ impl Wal {
     }
 
     fn advance(&mut self, len: usize) {
+        self.last_lsn = self.next_lsn;
         self.next_lsn += len as u64;
         self.staged_bytes += len;
         self.stats.records += 1;
@@ -362,6 +363,11 @@ impl Wal {
     #[inline]
     pub(crate) fn next_lsn(&self) -> u64 {
         self.next_lsn
+    }
+
+    /// Where the last record staged starts, or a record before it (0 before any).
+    pub(crate) fn last_lsn(&self) -> u64 {
+        self.last_lsn
     }
 
     /// Everything below is in its file (not necessarily synced).

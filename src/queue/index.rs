@@ -62,29 +62,29 @@ pub(crate) struct Note {
 /// `Push` records of older stores), due times
 /// for delayed messages, leases for messages in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Slot {
-    lsn: u64,
-    len: u32,
-    attempts: u32,
+pub(super) struct Slot {
+    pub(super) lsn: u64,
+    pub(super) len: u32,
+    pub(super) attempts: u32,
 }
 
 /// What a push with options adds: where its payload starts, its priority and expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Extra {
+pub(super) struct Extra {
     off: u32,
-    priority: u8,
-    expires: u64,
+    pub(super) priority: u8,
+    pub(super) expires: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Lease {
-    slot: Slot,
+pub(super) struct Lease {
+    pub(super) slot: Slot,
     attempt: u32,
     deadline: Instant,
 }
 
 /// Priorities, `0..=MAX_PRIORITY`.
-const LEVELS: usize = crate::limits::MAX_PRIORITY as usize + 1;
+pub(super) const LEVELS: usize = crate::limits::MAX_PRIORITY as usize + 1;
 
 /// Why a settlement was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,19 +105,25 @@ pub(crate) struct Waiting {
 pub(crate) struct QueueIndex {
     /// Ready messages held here before plain pushes join the run instead (0: no limit).
     window: usize,
-    run: Run,
+    pub(super) run: Run,
     /// Ready messages by priority, each level in id order.
-    ready: [BTreeMap<u64, Slot>; LEVELS],
-    ready_count: usize,
+    pub(super) ready: [BTreeMap<u64, Slot>; LEVELS],
+    pub(super) ready_count: usize,
+    /// The ready messages of level 0 from this id on are the run's *tail* (`snap.rs`): plain
+    /// pushes moved in by `push` or `run_load`, each of them, in push order, up to the run
+    /// (every plain push of the queue from the first of them on is one of them or a member
+    /// of the run). Any other placement at or past it, or the removal of one that is not the
+    /// first, moves it past that message.
+    pub(super) tail_from: u64,
     /// Delayed messages by (due Unix ms, id), and each one's due time by id.
-    delayed: BTreeMap<(u64, u64), Slot>,
-    due_of: IdMap<u64>,
-    leased: IdMap<Lease>,
+    pub(super) delayed: BTreeMap<(u64, u64), Slot>,
+    pub(super) due_of: IdMap<u64>,
+    pub(super) leased: IdMap<Lease>,
     /// Lease deadlines, oldest first; entries whose lease has since been settled or renewed are
     /// skipped when they surface.
     deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
-    extra: IdMap<Extra>,
-    notes: IdMap<Note>,
+    pub(super) extra: IdMap<Extra>,
+    pub(super) notes: IdMap<Note>,
     dedup: DedupKeys,
 }
 
@@ -138,6 +144,8 @@ impl QueueIndex {
             }
             self.run.count += 1;
             self.run.bytes += u64::from(entry.len);
+        } else if member {
+            self.insert_member(id, entry);
         } else {
             self.insert(id, entry, due);
         }
@@ -186,7 +194,7 @@ impl QueueIndex {
         if self.run.count == 0 {
             self.run = Run { floor: id, ..Run::default() };
         }
-        self.insert(id, entry, 0);
+        self.insert_member(id, entry);
         true
     }
 
@@ -194,6 +202,7 @@ impl QueueIndex {
     /// counts).
     pub(crate) fn run_drop(&mut self) {
         self.run = Run { floor: self.run.floor, ..Run::default() };
+        self.tail_from = u64::MAX;
     }
 
     /// Whether `want` holds without reading more of the run.
@@ -241,12 +250,12 @@ impl QueueIndex {
         self.ready_count + self.run_count() + self.delayed.len()
     }
 
-    fn level(&self, id: u64) -> usize {
+    pub(super) fn level(&self, id: u64) -> usize {
         self.extra.get(&id).map_or(0, |x| usize::from(x.priority).min(LEVELS - 1))
     }
 
     /// The full entry of message `id` from its slot and its extra.
-    fn entry(&self, id: u64, slot: Slot) -> Entry {
+    pub(super) fn entry(&self, id: u64, slot: Slot) -> Entry {
         let x = self.extra.get(&id);
         Entry {
             lsn: slot.lsn,
@@ -279,13 +288,28 @@ impl QueueIndex {
         let level = self.level(id);
         let slot = self.ready.get_mut(level)?.remove(&id)?;
         self.ready_count -= 1;
+        self.left_ready(level, id);
         Some(slot)
+    }
+
+    /// Message `id` left ready level `level`: the tail starts past it unless it was its
+    /// first.
+    fn left_ready(&mut self, level: usize, id: u64) {
+        if level == 0
+            && id >= self.tail_from
+            && self.ready[0].range(self.tail_from..id).next().is_some()
+        {
+            self.tail_from = id + 1;
+        }
     }
 
     /// Puts a slot that is nowhere: ready if `due` is 0, else delayed until `due`.
     fn place(&mut self, id: u64, slot: Slot, due: u64) {
         if due == 0 {
             let level = self.level(id);
+            if level == 0 {
+                self.tail_from = self.tail_from.max(id.saturating_add(1));
+            }
             if let Some(m) = self.ready.get_mut(level) {
                 if m.insert(id, slot).is_none() {
                     self.ready_count += 1;
@@ -314,6 +338,21 @@ impl QueueIndex {
         }
         let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
         self.place(id, slot, due);
+    }
+
+    /// Adds a plain push (`log::plain_push`) ready at level 0 in push order, as a member of
+    /// the tail.
+    fn insert_member(&mut self, id: u64, entry: Entry) {
+        self.unplace(id);
+        self.extra.remove(&id);
+        if entry.off != crate::record::PUSH_EX_OVERHEAD as u32 {
+            // A `Push` of an older store: its payload starts elsewhere.
+            self.extra.insert(id, Extra { off: entry.off, priority: 0, expires: 0 });
+        }
+        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
+        if self.ready[0].insert(id, slot).is_none() {
+            self.ready_count += 1;
+        }
     }
 
     /// Takes a message out of the queue, wherever it is; returns its entry.
@@ -368,6 +407,7 @@ impl QueueIndex {
         let level = self.level(id);
         let mut slot = self.ready.get_mut(level)?.remove(&id)?;
         self.ready_count -= 1;
+        self.left_ready(level, id);
         slot.attempts = slot.attempts.saturating_add(1);
         let deadline = deadline_after(now, visibility);
         self.leased.insert(id, Lease { slot, attempt: slot.attempts, deadline });
@@ -494,54 +534,6 @@ impl QueueIndex {
             self.compact_deadlines();
         }
         Ok(())
-    }
-
-    /// The unsettled message pushed first (the smallest id: ready, delayed or leased), with its
-    /// due time if it is delayed.
-    pub(crate) fn first_pushed(&self) -> Option<Waiting> {
-        let ready =
-            self.ready.iter().filter_map(|m| m.first_key_value().map(|(&id, &s)| (id, s, None)));
-        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
-        let leased = self.leased.iter().map(|(&id, l)| (id, l.slot, None));
-        let (id, slot, due) = ready.chain(delayed).chain(leased).min_by_key(|&(id, ..)| id)?;
-        Some(Waiting { id, entry: self.entry(id, slot), due })
-    }
-
-    /// The waiting (ready or delayed) message `id`, if it is one.
-    pub(crate) fn waiting_one(&self, id: u64) -> Option<Waiting> {
-        if let Some(&due) = self.due_of.get(&id) {
-            let slot = *self.delayed.get(&(due, id))?;
-            return Some(Waiting { id, entry: self.entry(id, slot), due: Some(due) });
-        }
-        let slot = *self.ready.get(self.level(id))?.get(&id)?;
-        Some(Waiting { id, entry: self.entry(id, slot), due: None })
-    }
-
-    /// The ids of the waiting messages in delivery order, as [`QueueIndex::waiting`] lists them.
-    pub(crate) fn waiting_ids(&self) -> Vec<u64> {
-        let ready = self.ready.iter().rev().flat_map(|m| m.keys().copied());
-        ready.chain(self.delayed.keys().map(|&(_, id)| id)).collect()
-    }
-
-    /// Payload bytes of every unsettled message (ready, delayed or leased).
-    pub(crate) fn payload_bytes(&self) -> u64 {
-        let ready = self.ready.iter().flat_map(|m| m.values());
-        let leased = self.leased.values().map(|l| &l.slot);
-        let held: u64 =
-            ready.chain(self.delayed.values()).chain(leased).map(|s| u64::from(s.len)).sum();
-        held + self.run.bytes
-    }
-
-    /// Waiting messages in delivery order (ready by priority and age, then delayed by due
-    /// time), at most `max`.
-    pub(crate) fn waiting(&self, max: usize) -> Vec<Waiting> {
-        let ready = self.ready.iter().rev().flat_map(|m| m.iter().map(|(&id, &s)| (id, s, None)));
-        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
-        ready
-            .chain(delayed)
-            .take(max)
-            .map(|(id, slot, due)| Waiting { id, entry: self.entry(id, slot), due })
-            .collect()
     }
 
     pub(crate) fn note(&self, id: u64) -> Option<&Note> {

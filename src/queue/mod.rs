@@ -12,8 +12,10 @@ mod pop;
 mod push;
 mod run;
 mod settle;
+mod snap;
 mod target;
 mod types;
+mod view;
 mod wharf;
 
 pub use self::async_pop::{PopBatchFuture, PopFuture};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::checkpoint::{Loaded, STATE_FILE, STATE_TMP_FILE};
+use crate::checkpoint::{Loaded, Snapshot, STATE_FILE, STATE_TMP_FILE};
 use crate::clock::unix_ms;
 use crate::error::{Corruption, Error, Result};
 use crate::log::{
@@ -116,6 +116,9 @@ struct Verifier<'a> {
     group: Group,
     /// The segment files by base.
     paths: HashMap<u64, PathBuf>,
+    /// The checkpoint's snapshot of the index, until it is checked against the replay at the
+    /// checkpoint, and its relocated messages per queue.
+    snapshot: Option<(Snapshot, HashMap<u32, u64>)>,
 }
 
 impl Verifier<'_> {
@@ -148,6 +151,13 @@ impl Verifier<'_> {
         // Rows and keys of queues missing from the catalog were reported already: the replay
         // starts without them rather than without the whole checkpoint.
         let queues = loaded.queues.len();
+        if let Some(snap) = loaded.snapshot.take() {
+            let mut rows: HashMap<u32, u64> = HashMap::new();
+            for (_, row) in &loaded.rows {
+                *rows.entry(row.queue).or_default() += 1;
+            }
+            self.snapshot = Some((snap, rows));
+        }
         loaded.rows.retain(|(_, row)| (row.queue as usize) < queues);
         loaded.dedup.retain(|(q, ..)| (*q as usize) < queues);
         match Replay::from_checkpoint(&loaded, &self.state_path) {
@@ -288,8 +298,45 @@ impl Verifier<'_> {
             };
             self.problem(&file, 0, why);
         }
+        self.check_snapshot();
         self.relocated_in_log();
         self.summarise();
+    }
+
+    /// Compares the checkpoint's snapshot with the replay, which has applied every record
+    /// below the checkpoint and none after: each queue holds as many unsettled messages by
+    /// both. Skipped where the snapshot is not one an open uses (a segment it needs is gone).
+    fn check_snapshot(&mut self) {
+        let Some((snap, rows)) = self.snapshot.take() else { return };
+        let present = |base: u64| self.paths.contains_key(&base);
+        if !snap.segments.iter().all(|&(base, live, _)| live == 0 || present(base)) {
+            return;
+        }
+        let state = self.state_path.clone();
+        if snap.queues.len() != self.replay.queues().len() {
+            let why = format!(
+                "the snapshot of the checkpoint holds {} queues, the catalog {}",
+                snap.queues.len(),
+                self.replay.queues().len()
+            );
+            return self.problem(&state, 0, why);
+        }
+        let mut wrong = Vec::new();
+        for (n, ((name, index), q)) in self.replay.queues().iter().zip(&snap.queues).enumerate() {
+            let relocated = u32::try_from(n).ok().and_then(|n| rows.get(&n)).copied().unwrap_or(0);
+            let by_snap = q.run_count + q.messages.len() as u64 + relocated;
+            let by_log = index.waiting_len() as u64;
+            if by_snap != by_log {
+                wrong.push(format!(
+                    "the snapshot of the checkpoint at {} holds {by_snap} unsettled messages of \
+                     queue {name:?}, the log {by_log}",
+                    snap.position
+                ));
+            }
+        }
+        for why in wrong {
+            self.problem(&state, 0, why);
+        }
     }
 
     /// A relocated message is unsettled through its row, never through a push in the log too:
@@ -408,10 +455,17 @@ impl Verifier<'_> {
         let mut img = Window::new(&*seg.file, seg.len);
         self.seal_at = None;
         let mut group = std::mem::take(&mut self.group);
-        let end = scan(&mut img, seg.base, u64::MAX, &mut group, |base, lsn, rec| {
-            self.record(seg, base, lsn, rec);
-            Ok(())
-        });
+        let end = scan(
+            &mut img,
+            seg.base,
+            crate::log::HEADER_LEN,
+            u64::MAX,
+            &mut group,
+            |base, lsn, rec| {
+                self.record(seg, base, lsn, rec);
+                Ok(())
+            },
+        );
         self.group = group;
         let at = match end {
             Ok(End::Open { at, .. }) => at,
@@ -475,6 +529,9 @@ impl Verifier<'_> {
             }
             Body::Seal => self.seal_at = Some(lsn),
             _ => {}
+        }
+        if lsn >= self.checkpoint {
+            self.check_snapshot();
         }
         if let Err(e) = self.replay.apply(&path, base, lsn, rec) {
             self.error(&path, e);

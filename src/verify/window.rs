@@ -198,11 +198,12 @@ mod tests {
     /// What scanning and judging an image finds: each record's position, the end, its judgement.
     fn walk(img: &mut impl Image) -> (Vec<u64>, End, Option<Ending>) {
         let mut seen = Vec::new();
-        let end = scan(img, 0, u64::MAX, &mut Default::default(), |_, lsn, _| {
-            seen.push(lsn);
-            Ok(())
-        })
-        .unwrap();
+        let end =
+            scan(img, 0, crate::log::HEADER_LEN, u64::MAX, &mut Default::default(), |_, lsn, _| {
+                seen.push(lsn);
+                Ok(())
+            })
+            .unwrap();
         let ending = match end {
             End::Open { at, .. } => Some(judge_end(img, 0, at, 0, None, || Ok(false)).unwrap()),
             End::Sealed => None,

@@ -23,6 +23,7 @@ mod recovery;
 mod runs;
 mod salvage;
 mod sizes;
+mod snapshot;
 mod soak;
 mod state_damage;
 mod sweeps;

@@ -141,7 +141,8 @@ fn a_healthy_store_with_every_record_kind_verifies_clean_while_open_and_after_cl
     assert_eq!((closed.state, closed.checkpoint), (StateDbCheck::Opened, Some(ck.position)));
     // Verifying changed nothing: the store opens and recovers the same messages.
     let w = Wharf::open(dir.path()).unwrap();
-    assert_eq!(w.recovery_report().records, closed.records.total());
+    // An open replays the log from the checkpoint's snapshot on, verify all of it.
+    assert!(w.recovery_report().records <= closed.records.total());
     assert_eq!(w.recovery_report().bytes_truncated, 0);
     let waiting: u64 = closed.queues.iter().map(|q| q.unsettled()).sum();
     assert_eq!(w.recovery_report().messages, waiting);
@@ -442,7 +443,7 @@ fn relocated_stragglers_verify_clean_while_open_and_after_close_and_are_reported
     // What an open finds agrees, and the relocated payloads come back.
     let w = manual().open(dir).unwrap();
     let r = w.recovery_report();
-    assert_eq!(r.records, closed.records.total());
+    assert!(r.records <= closed.records.total(), "the open replays from the snapshot on");
     assert_eq!(r.messages, 2);
     let d = w.queue("q").unwrap().try_pop().unwrap().unwrap();
     assert_eq!((d.id(), d.payload()), (s.held_id, &payload(1_000_000, STRAGGLER_LEN)[..]));
@@ -583,7 +584,7 @@ fn flipped_bits_in_the_state_database_never_panic_and_verify_agrees_with_open() 
         match manual().open(dir.path()) {
             Ok(w) if report.is_healthy() => {
                 let r = w.recovery_report();
-                assert_eq!(r.records, healthy.records.total(), "flip at {off}");
+                assert!(r.records <= healthy.records.total(), "flip at {off}");
                 assert_eq!(r.messages, 2, "flip at {off}");
             }
             // redb checks page checksums only in a repair or an integrity check, which verify
@@ -772,7 +773,7 @@ fn random_damage_never_panics_and_verify_agrees_with_open() {
                         let waiting: u64 = report.queues.iter().map(|q| q.unsettled()).sum();
                         assert_eq!(r.bytes_truncated, report.torn_tail_bytes, "round {round}");
                         assert_eq!(r.truncated_at, report.torn_tail_at, "round {round}");
-                        assert_eq!(r.records, report.records.total(), "round {round}");
+                        assert!(r.records <= report.records.total(), "round {round}");
                         assert_eq!(r.messages, waiting, "round {round}");
                     }
                 }
@@ -854,7 +855,8 @@ fn verify_beside_a_store_that_keeps_checkpointing_finds_no_problem() {
             let closed = check_healthy(dir.path());
             let r = manual().open(dir.path()).unwrap().recovery_report().clone();
             let waiting: u64 = closed.queues.iter().map(|q| q.unsettled()).sum();
-            assert_eq!((r.messages, r.records), (waiting, closed.records.total()));
+            assert_eq!(r.messages, waiting);
+            assert!(r.records <= closed.records.total(), "the open replays from the snapshot on");
             assert!(closed.relocated > 0);
         },
     );

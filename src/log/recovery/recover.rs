@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{Loaded, Row};
+use crate::checkpoint::{Loaded, Row, Snapshot};
 use crate::config::QueueConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -99,6 +99,24 @@ fn starts_with_record(seg: &Segment) -> Result<bool> {
     Ok(record::decode(&rec, first).is_ok())
 }
 
+/// Whether the records of `seg` from `from` on run up to `to` exactly, each valid: the log
+/// reaches a snapshot's checkpoint (else the state database is newer than the log, which the
+/// replay of the whole log reports).
+fn reaches(seg: &Segment, from: u64, to: u64) -> bool {
+    let mut lsn = from;
+    if from < seg.base() + HEADER_LEN {
+        return false;
+    }
+    while lsn < to {
+        let Ok(bytes) = seg.record(lsn) else { return false };
+        match record::decode(&bytes, lsn) {
+            Ok(rec) if rec.body != record::Body::Seal => lsn += rec.len as u64,
+            _ => return false,
+        }
+    }
+    lsn == to
+}
+
 /// Recovers the log in `log_dir`, starting from the checkpoint `loaded` of the state database
 /// (`state_file` names it in errors).
 pub(crate) fn recover(
@@ -160,16 +178,35 @@ pub(crate) fn recover(
     let mark_end = mark.map_or(0, |m| m.end);
     let below = |file: &Path, offset: u64, at: u64| corrupt(file, offset, below_mark(at, mark_end));
 
-    let mut replay = Replay::from_checkpoint(loaded, state_file)?;
+    // The snapshot holds the state at its checkpoint only with the log it was taken over: the
+    // segment the checkpoint lies in (the records after it are replayed) and every segment
+    // that held unsettled messages then. A segment of those deleted since (settled after the
+    // checkpoint) takes with it what its run members were: the whole log is replayed then.
+    let whole = |s: &Snapshot| {
+        let present = |base: u64| bases.binary_search(&base).is_ok();
+        let holding = segs.iter().find(|seg| seg.base() <= s.position && s.position < seg.end());
+        s.segments.iter().all(|&(base, live, _)| live == 0 || present(base))
+            && holding.is_some_and(|seg| reaches(seg, s.last, s.position))
+    };
+    let mut replay = match &loaded.snapshot {
+        Some(s) if whole(s) => Replay::resume(loaded, state_file)?,
+        _ => Replay::from_checkpoint(loaded, state_file)?,
+    };
+    let start = replay.start();
     replay.set_runs(window, segs.clone());
     let mut active = None;
     let mut tail_index = segs.len();
-    let mut group = Group::default();
+    let mut group = Group::at_epoch(replay.epoch());
     for (i, seg) in segs.iter().enumerate() {
+        if seg.end() <= start {
+            // Below the snapshot the replay starts from: neither read nor replayed.
+            continue;
+        }
         failpoint::hit("recovery-replay");
         let bytes = image(seg)?;
         let mut img: &[u8] = &bytes;
-        let end = scan(&mut img, seg.base(), until, &mut group, |base, lsn, rec| {
+        let from = start.saturating_sub(seg.base()).max(HEADER_LEN);
+        let end = scan(&mut img, seg.base(), from, until, &mut group, |base, lsn, rec| {
             let path = if base == seg.base() { seg.path() } else { path_of(&segs, base) };
             replay.apply(path, base, lsn, rec)
         })?;

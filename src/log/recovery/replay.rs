@@ -61,6 +61,9 @@ pub(crate) struct Replay {
     segs: Vec<Arc<Segment>>,
     /// Where the groups of earlier runs that a crash left unfinished are.
     voids: Voids,
+    /// Where replay starts: the checkpoint, when its snapshot holds the state there; else 0
+    /// (the whole log).
+    start: u64,
 }
 
 /// The queue a record about a pushed message takes it from or acts on in (not a push).
@@ -342,6 +345,45 @@ impl Replay {
             q.dedup_insert(key, *id, *until, 0);
         }
         Ok(r)
+    }
+
+    /// Starts from a checkpoint as [`from_checkpoint`](Self::from_checkpoint) does, and, if the
+    /// checkpoint has a snapshot of the index, from that too: then only the log from the
+    /// checkpoint on is to be replayed (see [`start`](Self::start)).
+    pub(crate) fn resume(loaded: &Loaded, file: &Path) -> Result<Replay> {
+        let mut r = Replay::from_checkpoint(loaded, file)?;
+        let Some(snap) = &loaded.snapshot else { return Ok(r) };
+        if snap.queues.len() != r.queues.len() {
+            let why = format!(
+                "the snapshot holds {} queues, the catalog {}",
+                snap.queues.len(),
+                r.queues.len()
+            );
+            return Err(corrupt(file, 0, why));
+        }
+        for (n, ((_, q), s)) in r.queues.iter_mut().zip(&snap.queues).enumerate() {
+            q.load_snapshot(s);
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            for m in s.messages.iter().filter(|m| m.leased != 0) {
+                r.leased.insert((n, m.id), m.leased);
+            }
+        }
+        for &(base, live, pushed) in &snap.segments {
+            r.live.insert(base, live);
+            r.pushed.insert(base, pushed);
+        }
+        for &(epoch, at) in &snap.voids {
+            r.voids.closed(epoch, at);
+        }
+        r.max_epoch = snap.epoch;
+        r.anchor = Some(Anchor { start: snap.log_start, checkpoint: 0 });
+        r.start = snap.position;
+        Ok(r)
+    }
+
+    /// Where replay starts (0: at the log's first record).
+    pub(crate) fn start(&self) -> u64 {
+        self.start
     }
 
     /// Holds up to `window` ready messages per queue in memory (0: all) and reads the members of

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::log::{Segment, HEADER_LEN};
+use crate::log::Segment;
 use crate::record::{self, Body, DecodeError, RECORD_HEADER_LEN};
 
 /// Where the records of one segment end.
@@ -70,24 +70,32 @@ pub(crate) struct Group {
 }
 
 impl Group {
+    /// A group reader that starts inside epoch `epoch` (replay from a snapshot): a preamble
+    /// restating it does not end a group.
+    pub(crate) fn at_epoch(epoch: u32) -> Group {
+        Group { epoch, ..Group::default() }
+    }
+
     /// Whether the log read so far ends inside a group.
     pub(crate) fn unfinished(&self) -> bool {
         !self.carried.is_empty() || !self.here.is_empty()
     }
 }
 
-/// Walks the records of a segment image whose first byte is log position `base`, handing each
+/// Walks the records of a segment image whose first byte is log position `base`, from offset
+/// `from` (the first record's, `HEADER_LEN`, unless replay starts later), handing each
 /// to `apply` with the base of its segment and its position; the records of a group only once
 /// it is whole (see [`Group`], which carries a group from one segment to the next, so the base
 /// may be an earlier segment's).
 pub(crate) fn scan(
     img: &mut impl Image,
     base: u64,
+    from: u64,
     until: u64,
     group: &mut Group,
     mut apply: impl FnMut(u64, u64, &record::Record<'_>) -> Result<()>,
 ) -> Result<End> {
-    let mut off = HEADER_LEN as usize;
+    let mut off = usize::try_from(from).unwrap_or(usize::MAX);
     let end = loop {
         let lsn = base + off as u64;
         if lsn >= until {
@@ -197,7 +205,7 @@ mod tests {
     use super::*;
 
     fn image_of(records: &[Body<'_>], synced_at: &[u64]) -> (Vec<u8>, Vec<u64>) {
-        let mut buf = vec![0u8; HEADER_LEN as usize];
+        let mut buf = vec![0u8; crate::log::HEADER_LEN as usize];
         let mut lsns = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let lsn = buf.len() as u64;
@@ -212,17 +220,26 @@ mod tests {
     fn scan_stops_at_zeros_and_at_seal() {
         let (img, lsns) = image_of(&[Body::Epoch { epoch: 1 }, Body::Ack { queue: 0, id: 1 }], &[]);
         let mut seen = Vec::new();
-        let end = scan(&mut &img[..], 0, u64::MAX, &mut Group::default(), |_, lsn, _| {
-            seen.push(lsn);
-            Ok(())
-        })
+        let end = scan(
+            &mut &img[..],
+            0,
+            crate::log::HEADER_LEN,
+            u64::MAX,
+            &mut Group::default(),
+            |_, lsn, _| {
+                seen.push(lsn);
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(seen, lsns);
         assert!(matches!(end, End::Open { why: DecodeError::Zero, .. }));
         let (img, _) =
             image_of(&[Body::Epoch { epoch: 1 }, Body::Seal, Body::Epoch { epoch: 2 }], &[]);
         let mut group = Group::default();
-        let end = scan(&mut &img[..], 0, u64::MAX, &mut group, |_, _, _| Ok(())).unwrap();
+        let end =
+            scan(&mut &img[..], 0, crate::log::HEADER_LEN, u64::MAX, &mut group, |_, _, _| Ok(()))
+                .unwrap();
         assert_eq!(end, End::Sealed);
     }
 

@@ -1,0 +1,54 @@
+//! Read-only views of a queue's index for peeks and stats: the messages waiting, in delivery
+//! order, and what they weigh.
+
+use super::index::{QueueIndex, Waiting};
+
+impl QueueIndex {
+    /// The unsettled message pushed first (the smallest id: ready, delayed or leased), with its
+    /// due time if it is delayed.
+    pub(crate) fn first_pushed(&self) -> Option<Waiting> {
+        let ready =
+            self.ready.iter().filter_map(|m| m.first_key_value().map(|(&id, &s)| (id, s, None)));
+        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
+        let leased = self.leased.iter().map(|(&id, l)| (id, l.slot, None));
+        let (id, slot, due) = ready.chain(delayed).chain(leased).min_by_key(|&(id, ..)| id)?;
+        Some(Waiting { id, entry: self.entry(id, slot), due })
+    }
+
+    /// The waiting (ready or delayed) message `id`, if it is one.
+    pub(crate) fn waiting_one(&self, id: u64) -> Option<Waiting> {
+        if let Some(&due) = self.due_of.get(&id) {
+            let slot = *self.delayed.get(&(due, id))?;
+            return Some(Waiting { id, entry: self.entry(id, slot), due: Some(due) });
+        }
+        let slot = *self.ready.get(self.level(id))?.get(&id)?;
+        Some(Waiting { id, entry: self.entry(id, slot), due: None })
+    }
+
+    /// The ids of the waiting messages in delivery order, as [`QueueIndex::waiting`] lists them.
+    pub(crate) fn waiting_ids(&self) -> Vec<u64> {
+        let ready = self.ready.iter().rev().flat_map(|m| m.keys().copied());
+        ready.chain(self.delayed.keys().map(|&(_, id)| id)).collect()
+    }
+
+    /// Payload bytes of every unsettled message (ready, delayed or leased).
+    pub(crate) fn payload_bytes(&self) -> u64 {
+        let ready = self.ready.iter().flat_map(|m| m.values());
+        let leased = self.leased.values().map(|l| &l.slot);
+        let held: u64 =
+            ready.chain(self.delayed.values()).chain(leased).map(|s| u64::from(s.len)).sum();
+        held + self.run.bytes
+    }
+
+    /// Waiting messages in delivery order (ready by priority and age, then delayed by due
+    /// time), at most `max`.
+    pub(crate) fn waiting(&self, max: usize) -> Vec<Waiting> {
+        let ready = self.ready.iter().rev().flat_map(|m| m.iter().map(|(&id, &s)| (id, s, None)));
+        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
+        ready
+            .chain(delayed)
+            .take(max)
+            .map(|(id, slot, due)| Waiting { id, entry: self.entry(id, slot), due })
+            .collect()
+    }
+}
