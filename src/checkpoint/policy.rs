@@ -78,9 +78,11 @@ impl Policy<'_> {
     }
 
     /// Whether the checkpointer should run now: asked to, enough log since the last one, its
-    /// interval passed with something new, or a settled segment waits only for it.
+    /// interval passed with something new, a settled segment waits only for it, or a segment
+    /// the snapshot needs is gone (an open would replay the whole log).
     fn due(&self, last: Instant, now: Instant) -> bool {
         self.due_by_log()
+            || self.wal.log().snapshot_stale()
             || self.stragglers_due_at().is_some_and(|t| now >= t)
             || (self.something_new()
                 && self.opts.checkpoint_interval.is_some_and(|i| now >= deadline_after(last, i)))

@@ -158,6 +158,7 @@ pub(crate) fn take(shared: &Shared) -> Result<CheckpointReport> {
             }
         }
     }
+    let snapshot_low = snap.as_ref().and_then(Snapshot::low);
     delta.snapshot = snap;
     failpoint::hit("checkpoint-before-commit");
     if let Err(e) = db.apply(&delta) {
@@ -206,6 +207,7 @@ pub(crate) fn take(shared: &Shared) -> Result<CheckpointReport> {
     // relocated messages (an ack among them must not go with its segment before the next
     // checkpoint drops the row): with any relocated, everything from `c` on waits for one.
     g.wal_mut().log_mut().checkpoint_committed(c, relocated_any);
+    g.wal_mut().log_mut().set_snapshot_low(snapshot_low);
     report.segments_deleted = shared.log().delete_settled(&mut g)?;
     if report.segments_deleted > 0 {
         g.wal_mut().set_maybe_delete(true);

@@ -72,6 +72,11 @@ pub(crate) struct Snapshot {
 const MESSAGE_FIXED: usize = 8 + 8 + 4 + 4 + 4 + 1 + 8 + 8 + 4 + 1;
 
 impl Snapshot {
+    /// The oldest segment it needs: the oldest that held unsettled messages.
+    pub(crate) fn low(&self) -> Option<u64> {
+        self.segments.iter().filter(|s| s.1 > 0).map(|s| s.0).min()
+    }
+
     /// The store's part (everything but the queues): position, epoch, log start, voids,
     /// segments, and how many queues follow.
     pub(crate) fn encode_head(&self) -> Vec<u8> {

@@ -536,6 +536,9 @@ impl GroupCommit {
         g.wal_mut().set_maybe_delete(true);
         self.bg_cv.notify_one();
         self.space_cv.notify_all();
+        if g.wal().log().snapshot_stale() {
+            self.ck_cv.notify_one();
+        }
         if let Err(e) = removed {
             return Err(self.poison(g, format!("deleting a settled segment failed: {e}")));
         }

@@ -107,6 +107,10 @@ pub(crate) struct Log {
     /// Where the groups that crashes left unfinished are, as recovery found them (a run's
     /// reads skip them).
     voids: Voids,
+    /// The oldest segment the state database's snapshot needs (it held unsettled messages
+    /// then), if it has one: once it is deleted, an open would replay the whole log until the
+    /// next checkpoint takes a new snapshot.
+    snapshot_low: Option<u64>,
 }
 
 impl Log {
@@ -133,11 +137,21 @@ impl Log {
             live: 0,
             stragglers_told: false,
             voids: Voids::default(),
+            snapshot_low: None,
         }
     }
 
     /// Where the groups that crashes left unfinished are.
     #[inline]
+    pub(crate) fn set_snapshot_low(&mut self, low: Option<u64>) {
+        self.snapshot_low = low;
+    }
+
+    /// Whether a segment the snapshot needs was deleted: a checkpoint is due.
+    pub(crate) fn snapshot_stale(&self) -> bool {
+        self.snapshot_low.is_some_and(|low| self.first_base().is_none_or(|first| first > low))
+    }
+
     pub(crate) fn voids(&self) -> &Voids {
         &self.voids
     }

@@ -218,3 +218,31 @@ fn verify_checks_the_snapshot_against_the_log() {
     assert!(problem.reason.contains("holds 101 unsettled messages"), "{problem:?}");
     assert!(problem.reason.contains("the log 100"), "{problem:?}");
 }
+
+#[test]
+fn draining_past_what_the_snapshot_needs_brings_a_new_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = builder(4).open(dir.path()).unwrap();
+    let q = w.queue("q").unwrap();
+    let batch: Vec<Vec<u8>> = (0..3_000).map(num).collect();
+    q.push_batch(&batch).unwrap();
+    w.checkpoint().unwrap();
+    // The consumer drains the segments the snapshot needs; they are deleted, and the
+    // checkpointer (every other trigger off) takes a new snapshot without being asked.
+    for _ in 0..2_000 {
+        q.try_pop().unwrap().unwrap().ack().unwrap();
+    }
+    w.sync().unwrap();
+    let deadline = std::time::Instant::now() + crate::LONG;
+    loop {
+        let crashed = crash_copy(dir.path());
+        let r = builder(4).open(crashed.path()).unwrap();
+        let report = r.recovery_report();
+        assert_eq!(report.messages, 1_000);
+        if report.records < 100 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "replayed {} records", report.records);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

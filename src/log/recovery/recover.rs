@@ -291,6 +291,9 @@ pub(crate) fn recover(
     // goes, as replay found them.
     let mut log = Log::new(store_id, loaded.checkpoint, replay.first_sensitive());
     log.set_voids(replay.voids().clone());
+    if start > 0 {
+        log.set_snapshot_low(loaded.snapshot.as_ref().and_then(Snapshot::low));
+    }
     for (i, seg) in segs.into_iter().enumerate() {
         if i <= tail_index {
             let (live, pushed) = replay.segment_counts(seg.base());
