@@ -120,6 +120,11 @@ impl Replay {
         let relocated = |body: &Body<'_>, map: &HashMap<u64, Row>| {
             !map.is_empty() && body.message_ids().any(|id| map.contains_key(&id))
         };
+        // Even a record skipped below is one its epoch applied (a run's read skips only the
+        // records of groups a crash left unfinished).
+        if rec.body.about_messages() && !rec.more {
+            self.voids.closed(self.max_epoch, lsn);
+        }
         if lsn < self.floor {
             // An `Acks` record skips only the ids of relocated messages (below).
             if !matches!(rec.body, Body::Acks { .. }) && relocated(&rec.body, &self.relocated) {
@@ -133,9 +138,6 @@ impl Replay {
         }
         let bad = |why: &str| corrupt(file, lsn - base, why);
         let known = |q: u32, queues: &Vec<(String, QueueIndex)>| (q as usize) < queues.len();
-        if rec.body.about_messages() && !rec.more {
-            self.voids.closed(self.max_epoch, lsn);
-        }
         if let Some(queue) = settled_from(&rec.body) {
             for id in rec.body.message_ids() {
                 self.reach(queue, id)?;
