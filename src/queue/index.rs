@@ -131,16 +131,31 @@ impl QueueIndex {
     /// once the window is full, or while the run has members (so that the run stays in push
     /// order after everything held here).
     pub(crate) fn push(&mut self, id: u64, entry: Entry, due: u64, member: bool) {
-        let full = self.window > 0 && self.ready[0].len() >= self.window;
-        if member && (self.run.count > 0 || full) && id > self.run.floor {
-            if self.run.count == 0 {
-                self.run = Run { next: entry.lsn, count: 0, bytes: 0, floor: id - 1 };
-            }
-            self.run.count += 1;
-            self.run.bytes += u64::from(entry.len);
-        } else {
+        if !self.push_to_run(id, entry, member) {
             self.insert(id, entry, due);
         }
+    }
+
+    /// [`QueueIndex::push`] of a message just pushed, whose id is new to the index (ids are
+    /// never reused): nothing to take out of anywhere first.
+    pub(crate) fn push_new(&mut self, id: u64, entry: Entry, due: u64, member: bool) {
+        if !self.push_to_run(id, entry, member) {
+            self.insert_new(id, entry, due);
+        }
+    }
+
+    /// Counts a plain push into the run, if it joins it (see `push`).
+    fn push_to_run(&mut self, id: u64, entry: Entry, member: bool) -> bool {
+        let full = self.window > 0 && self.ready[0].len() >= self.window;
+        if !(member && (self.run.count > 0 || full) && id > self.run.floor) {
+            return false;
+        }
+        if self.run.count == 0 {
+            self.run = Run { next: entry.lsn, count: 0, bytes: 0, floor: id - 1 };
+        }
+        self.run.count += 1;
+        self.run.bytes += u64::from(entry.len);
+        true
     }
 
     /// Members of the run.
@@ -301,18 +316,29 @@ impl QueueIndex {
     /// restate a message; it is never in two places.
     pub(crate) fn insert(&mut self, id: u64, entry: Entry, due: u64) {
         self.unplace(id);
+        self.extra.remove(&id);
+        self.insert_new(id, entry, due);
+    }
+
+    /// [`QueueIndex::insert`] of a message that is nowhere in the index and has no extra.
+    fn insert_new(&mut self, id: u64, entry: Entry, due: u64) {
         // A push without options (what `Queue::push` writes: a `PushEx` with no key) costs no
         // side entry; a plain `Push` of an older store, or options, do.
         let plain = entry.off == crate::record::PUSH_EX_OVERHEAD as u32
             && entry.priority == 0
             && entry.expires == 0;
-        if plain {
-            self.extra.remove(&id);
-        } else {
+        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
+        if plain && due == 0 {
+            // Ready at level 0 (no extra), so `place` need not look for its level.
+            if self.ready[0].insert(id, slot).is_none() {
+                self.ready_count += 1;
+            }
+            return;
+        }
+        if !plain {
             let x = Extra { off: entry.off, priority: entry.priority, expires: entry.expires };
             self.extra.insert(id, x);
         }
-        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
         self.place(id, slot, due);
     }
 
