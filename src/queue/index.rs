@@ -392,7 +392,12 @@ impl QueueIndex {
     /// attempt count of this delivery.
     pub(crate) fn lease(&mut self, id: u64, now: Instant, visibility: Duration) -> Option<Entry> {
         let level = self.level(id);
-        let mut slot = self.ready.get_mut(level)?.remove(&id)?;
+        let m = self.ready.get_mut(level)?;
+        // A pop leases its level's first message: taken without searching for it.
+        let mut slot = match m.first_entry() {
+            Some(first) if *first.key() == id => first.remove(),
+            _ => m.remove(&id)?,
+        };
         self.ready_count -= 1;
         slot.attempts = slot.attempts.saturating_add(1);
         let deadline = deadline_after(now, visibility);
