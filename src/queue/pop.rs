@@ -91,6 +91,8 @@ pub(crate) fn pop_many_until(
     let mut taken = Vec::new();
     while taken.is_empty() {
         let Some(now) = wait_ready(queue, &mut g, deadline)? else { return Ok(Vec::new()) };
+        let ready = g.queue_mut(queue.id()).index_mut().ready_len();
+        taken.reserve(max.min(ready));
         if max > 1 {
             // May release the mutex: `lease_one` looks at the index again.
             write_pushes_first(queue, &mut g)?;
@@ -106,7 +108,11 @@ pub(crate) fn pop_many_until(
     }
     record_deliveries(queue, &mut g)?;
     drop(g);
-    taken.into_iter().map(|t| deliver(queue, t)).collect()
+    let mut out = Vec::with_capacity(taken.len());
+    for t in taken {
+        out.push(deliver(queue, t)?);
+    }
+    Ok(out)
 }
 
 /// Applies the durability of the delivery records just staged: with
