@@ -525,9 +525,9 @@ pub(crate) fn encode_in_group(
 
 /// CRC-32C of a whole record: its length field, then everything after the crc field.
 fn checksum(rec: &[u8]) -> u32 {
-    let head = rec.get(..4).unwrap_or(&[]);
-    let tail = rec.get(8..).unwrap_or(&[]);
-    crc32c::crc32c_append(crc32c::crc32c(head), tail)
+    let head = rec.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok());
+    let head = head.map_or_else(|| crc32c::crc32c(&[]), crate::crc::crc32c_4);
+    crc32c::crc32c_append(head, rec.get(8..).unwrap_or(&[]))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
