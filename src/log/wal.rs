@@ -19,8 +19,6 @@ use crate::record::{self, Body, SEAL_LEN, TAIL_RESERVE};
 
 /// Staged bytes past which a non-waiting write hands them to the OS at once.
 pub(crate) const GROUP_BYTES: usize = 1 << 20;
-/// The least capacity a staged chunk starts with.
-const MIN_CHUNK_CAPACITY: usize = GROUP_BYTES / 16;
 /// How soon bytes staged with `Durability::None` are handed to the OS.
 pub(crate) const WRITE_BEHIND: Duration = Duration::from_millis(5);
 /// Spare segments that only settlements (deliveries, acks, nacks) and the epoch record of an
@@ -77,8 +75,7 @@ pub(crate) struct Wal {
     durable: u64,
     staged: Vec<Chunk>,
     staged_bytes: usize,
-    /// The capacity a new chunk starts with: the length the last flush found, so that a
-    /// busy log stages a group without growing (and copying) its buffer on the way.
+    /// A new chunk's capacity: an eighth more than the longest the last flush took (no regrowth).
     chunk_capacity: usize,
     /// What the current leader is writing, readable by others until it is written.
     writing: Option<Arc<Vec<Chunk>>>,
@@ -127,7 +124,7 @@ impl Wal {
             durable: next_lsn,
             staged: Vec::new(),
             staged_bytes: 0,
-            chunk_capacity: MIN_CHUNK_CAPACITY,
+            chunk_capacity: GROUP_BYTES / 16,
             writing: None,
             flushing: false,
             unsynced: None,
@@ -516,10 +513,7 @@ impl Wal {
     pub(crate) fn begin_flush(&mut self, sync: bool) -> Option<Flush> {
         let chunks = std::mem::take(&mut self.staged);
         if let Some(longest) = chunks.iter().map(|c| c.bytes.len()).max() {
-            // An eighth more than the longest, for the records staged past a full group
-            // before it is taken.
-            self.chunk_capacity =
-                longest.saturating_add(longest / 8).clamp(MIN_CHUNK_CAPACITY, 2 * GROUP_BYTES);
+            self.chunk_capacity = (longest + longest / 8).clamp(GROUP_BYTES / 16, 2 * GROUP_BYTES);
         }
         self.staged_bytes = 0;
         self.write_due = None;

@@ -136,8 +136,7 @@ impl QueueIndex {
         }
     }
 
-    /// [`QueueIndex::push`] of a message just pushed, whose id is new to the index (ids are
-    /// never reused): nothing to take out of anywhere first.
+    /// `push` of a message just pushed: its id is new, so nothing is taken out of anywhere.
     pub(crate) fn push_new(&mut self, id: u64, entry: Entry, due: u64, member: bool) {
         if !self.push_to_run(id, entry, member) {
             self.insert_new(id, entry, due);
@@ -322,23 +321,15 @@ impl QueueIndex {
 
     /// [`QueueIndex::insert`] of a message that is nowhere in the index and has no extra.
     fn insert_new(&mut self, id: u64, entry: Entry, due: u64) {
-        // A push without options (what `Queue::push` writes: a `PushEx` with no key) costs no
-        // side entry; a plain `Push` of an older store, or options, do.
+        // No side entry for a push without options; one for options or an older store's `Push`.
         let plain = entry.off == crate::record::PUSH_EX_OVERHEAD as u32
             && entry.priority == 0
             && entry.expires == 0;
-        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
-        if plain && due == 0 {
-            // Ready at level 0 (no extra), so `place` need not look for its level.
-            if self.ready[0].insert(id, slot).is_none() {
-                self.ready_count += 1;
-            }
-            return;
-        }
         if !plain {
             let x = Extra { off: entry.off, priority: entry.priority, expires: entry.expires };
             self.extra.insert(id, x);
         }
+        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
         self.place(id, slot, due);
     }
 
@@ -393,7 +384,6 @@ impl QueueIndex {
     pub(crate) fn lease(&mut self, id: u64, now: Instant, visibility: Duration) -> Option<Entry> {
         let level = self.level(id);
         let m = self.ready.get_mut(level)?;
-        // A pop leases its level's first message: taken without searching for it.
         let mut slot = match m.first_entry() {
             Some(first) if *first.key() == id => first.remove(),
             _ => m.remove(&id)?,
