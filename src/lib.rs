@@ -52,6 +52,7 @@ pub mod bridge;
 mod checkpoint;
 mod clock;
 mod config;
+mod crc;
 mod error;
 mod failpoint;
 mod limits;

@@ -436,13 +436,16 @@ pub(crate) fn encode_in_group(
 ) {
     let start = out.len();
     let len = body.encoded_len();
+    out.reserve(len);
     let synced = u32::try_from(lsn.saturating_sub(durable)).unwrap_or(u32::MAX);
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&synced.to_le_bytes());
-    out.push(body.kind() as u8);
-    out.extend_from_slice(&[if more { MORE } else { 0 }, 0, 0]);
+    // The header in one piece (the crc field is filled in last).
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    head[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    head[8..16].copy_from_slice(&lsn.to_le_bytes());
+    head[16..20].copy_from_slice(&synced.to_le_bytes());
+    head[20] = body.kind() as u8;
+    head[21] = if more { MORE } else { 0 };
+    out.extend_from_slice(&head);
     match *body {
         Body::Push { queue, id, payload } => {
             out.extend_from_slice(&queue.to_le_bytes());
@@ -454,9 +457,11 @@ pub(crate) fn encode_in_group(
             out.extend_from_slice(&id.to_le_bytes());
         }
         Body::Deliver { queue, id, attempt } => {
-            out.extend_from_slice(&queue.to_le_bytes());
-            out.extend_from_slice(&id.to_le_bytes());
-            out.extend_from_slice(&attempt.to_le_bytes());
+            let mut fixed = [0u8; 16];
+            fixed[..4].copy_from_slice(&queue.to_le_bytes());
+            fixed[4..12].copy_from_slice(&id.to_le_bytes());
+            fixed[12..].copy_from_slice(&attempt.to_le_bytes());
+            out.extend_from_slice(&fixed);
         }
         Body::Queue { queue, name } => {
             out.extend_from_slice(&queue.to_le_bytes());
@@ -465,14 +470,17 @@ pub(crate) fn encode_in_group(
         Body::Epoch { epoch } => out.extend_from_slice(&epoch.to_le_bytes()),
         Body::Seal => {}
         Body::PushEx { queue, id, priority, not_before, expires, pushed, key, payload } => {
-            out.extend_from_slice(&queue.to_le_bytes());
-            out.extend_from_slice(&id.to_le_bytes());
-            out.push(priority);
-            out.push(0);
-            out.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes());
-            out.extend_from_slice(&not_before.to_le_bytes());
-            out.extend_from_slice(&expires.to_le_bytes());
-            out.extend_from_slice(&pushed.to_le_bytes());
+            // The fixed fields in one piece, as the header.
+            let mut fixed = [0u8; 40];
+            fixed[..4].copy_from_slice(&queue.to_le_bytes());
+            fixed[4..12].copy_from_slice(&id.to_le_bytes());
+            fixed[12] = priority;
+            fixed[14..16]
+                .copy_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes());
+            fixed[16..24].copy_from_slice(&not_before.to_le_bytes());
+            fixed[24..32].copy_from_slice(&expires.to_le_bytes());
+            fixed[32..40].copy_from_slice(&pushed.to_le_bytes());
+            out.extend_from_slice(&fixed);
             out.extend_from_slice(key);
             out.extend_from_slice(payload);
         }
@@ -517,9 +525,9 @@ pub(crate) fn encode_in_group(
 
 /// CRC-32C of a whole record: its length field, then everything after the crc field.
 fn checksum(rec: &[u8]) -> u32 {
-    let head = rec.get(..4).unwrap_or(&[]);
-    let tail = rec.get(8..).unwrap_or(&[]);
-    crc32c::crc32c_append(crc32c::crc32c(head), tail)
+    let head = rec.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok());
+    let head = head.map_or_else(|| crc32c::crc32c(&[]), crate::crc::crc32c_4);
+    crc32c::crc32c_append(head, rec.get(8..).unwrap_or(&[]))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {

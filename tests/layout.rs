@@ -25,6 +25,7 @@ const LEAVES: &[(&str, u8)] = &[
     ("src/failpoint.rs", 0),
     ("src/limits.rs", 0),
     ("src/clock.rs", 0),
+    ("src/crc.rs", 0),
     ("src/error.rs", 1),
     ("src/record.rs", 2),
 ];

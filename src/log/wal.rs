@@ -76,6 +76,8 @@ pub(crate) struct Wal {
     durable: u64,
     staged: Vec<Chunk>,
     staged_bytes: usize,
+    /// A new chunk's capacity: an eighth more than the longest the last flush took (no regrowth).
+    chunk_capacity: usize,
     /// What the current leader is writing, readable by others until it is written.
     writing: Option<Arc<Vec<Chunk>>>,
     /// A leader is writing or syncing now.
@@ -122,6 +124,7 @@ impl Wal {
             durable: next_lsn,
             staged: Vec::new(),
             staged_bytes: 0,
+            chunk_capacity: GROUP_BYTES / 16,
             writing: None,
             flushing: false,
             unsynced: None,
@@ -175,13 +178,11 @@ impl Wal {
     }
 
     /// The catalog: each queue's name and encoded configuration (if not the default), by id.
-    #[inline]
     pub(crate) fn catalog(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
         self.catalog.iter().map(|c| (&*c.name, c.config.as_deref()))
     }
 
     /// Bytes of a segment preamble as the catalog stands.
-    #[inline]
     pub(crate) fn preamble_len(&self) -> usize {
         self.preamble_bytes
     }
@@ -200,8 +201,7 @@ impl Wal {
         self.preamble_bytes = self.preamble().iter().map(Body::encoded_len).sum();
     }
 
-    /// Whether records of these lengths fit in the active segment and the spares `room` may
-    /// use.
+    /// Whether records of these lengths fit in the active segment and the spares `room` uses.
     pub(crate) fn fits(&self, lens: &[usize], room: Room) -> bool {
         // Once a settlement rolled into the reserve segment, pushes wait for a new reserve:
         // filling the segment that settlements now write into would leave them no room, and a
@@ -259,19 +259,16 @@ impl Wal {
     /// Starts a group: the records appended until `end_group` carry `MORE`, and the record
     /// appended right after it closes the group, so that replay applies all of them or none
     /// (a group may span a roll: the seal and the next preamble are not part of it).
-    #[inline]
     pub(crate) fn begin_group(&mut self) {
         self.grouping = true;
     }
 
     /// The next record appended is the last of the group (or no group is open).
-    #[inline]
     pub(crate) fn end_group(&mut self) {
         self.grouping = false;
     }
 
     /// The active segment's length in bytes.
-    #[inline]
     pub(crate) fn active_len(&self) -> u64 {
         self.active.len()
     }
@@ -331,7 +328,7 @@ impl Wal {
                 c.bytes.len() - before
             }
             _ => {
-                let mut bytes = Vec::with_capacity(GROUP_BYTES / 16);
+                let mut bytes = Vec::with_capacity(self.chunk_capacity);
                 write(&mut bytes);
                 let len = bytes.len();
                 let seg = Arc::clone(&self.active);
@@ -515,6 +512,9 @@ impl Wal {
     /// `sync`, the log is then durable to its end already).
     pub(crate) fn begin_flush(&mut self, sync: bool) -> Option<Flush> {
         let chunks = std::mem::take(&mut self.staged);
+        if let Some(longest) = chunks.iter().map(|c| c.bytes.len()).max() {
+            self.chunk_capacity = (longest + longest / 8).clamp(GROUP_BYTES / 16, 2 * GROUP_BYTES);
+        }
         self.staged_bytes = 0;
         self.write_due = None;
         self.write_kicked = false;

@@ -15,7 +15,7 @@ use parking_lot::MutexGuard;
 
 use super::delivery::Delivery;
 use super::payload::Taken;
-use super::pop::{deliver, lease_one, record_deliveries};
+use super::pop::{deliver, lease_one, record_deliveries, write_pushes_first};
 use super::target::QueueRef;
 use crate::error::{Error, Result};
 use crate::store::State;
@@ -129,9 +129,14 @@ impl<'a> Waiter<'a> {
         let index = g.queue_mut(q).index_mut();
         index.expire(now);
         index.promote(now_ms);
+        if max > 1 && g.queue_mut(q).index_mut().ready_len() > 0 {
+            if let Err(e) = write_pushes_first(self.queue, &mut g) {
+                return self.finish(&mut g, Err(e));
+            }
+        }
         let mut taken = Vec::new();
         while taken.len() < max {
-            match lease_one(self.queue, &mut g, now) {
+            match lease_one(self.queue, &mut g, now, now_ms) {
                 Ok(Some(t)) => taken.push(t),
                 Ok(None) => break,
                 // What was leased is handed out; the error will recur on the next call.

@@ -137,18 +137,36 @@ impl QueueIndex {
     /// once the window is full, or while the run has members (so that the run stays in push
     /// order after everything held here).
     pub(crate) fn push(&mut self, id: u64, entry: Entry, due: u64, member: bool) {
-        let full = self.window > 0 && self.ready[0].len() >= self.window;
-        if member && (self.run.count > 0 || full) && id > self.run.floor {
-            if self.run.count == 0 {
-                self.run = Run { next: entry.lsn, count: 0, bytes: 0, floor: id - 1 };
+        if !self.push_to_run(id, entry, member) {
+            if member {
+                return self.insert_member(id, entry, false);
             }
-            self.run.count += 1;
-            self.run.bytes += u64::from(entry.len);
-        } else if member {
-            self.insert_member(id, entry);
-        } else {
             self.insert(id, entry, due);
         }
+    }
+
+    /// `push` of a message just pushed: its id is new, so nothing is taken out of anywhere.
+    pub(crate) fn push_new(&mut self, id: u64, entry: Entry, due: u64, member: bool) {
+        if !self.push_to_run(id, entry, member) {
+            if member {
+                return self.insert_member(id, entry, true);
+            }
+            self.insert_new(id, entry, due);
+        }
+    }
+
+    /// Counts a plain push into the run, if it joins it (see `push`).
+    fn push_to_run(&mut self, id: u64, entry: Entry, member: bool) -> bool {
+        let full = self.window > 0 && self.ready[0].len() >= self.window;
+        if !(member && (self.run.count > 0 || full) && id > self.run.floor) {
+            return false;
+        }
+        if self.run.count == 0 {
+            self.run = Run { next: entry.lsn, count: 0, bytes: 0, floor: id - 1 };
+        }
+        self.run.count += 1;
+        self.run.bytes += u64::from(entry.len);
+        true
     }
 
     /// Members of the run.
@@ -194,7 +212,7 @@ impl QueueIndex {
         if self.run.count == 0 {
             self.run = Run { floor: id, ..Run::default() };
         }
-        self.insert_member(id, entry);
+        self.insert_member(id, entry, false);
         true
     }
 
@@ -325,14 +343,17 @@ impl QueueIndex {
     /// restate a message; it is never in two places.
     pub(crate) fn insert(&mut self, id: u64, entry: Entry, due: u64) {
         self.unplace(id);
-        // A push without options (what `Queue::push` writes: a `PushEx` with no key) costs no
-        // side entry; a plain `Push` of an older store, or options, do.
+        self.extra.remove(&id);
+        self.insert_new(id, entry, due);
+    }
+
+    /// [`QueueIndex::insert`] of a message that is nowhere in the index and has no extra.
+    fn insert_new(&mut self, id: u64, entry: Entry, due: u64) {
+        // No side entry for a push without options; one for options or an older store's `Push`.
         let plain = entry.off == crate::record::PUSH_EX_OVERHEAD as u32
             && entry.priority == 0
             && entry.expires == 0;
-        if plain {
-            self.extra.remove(&id);
-        } else {
+        if !plain {
             let x = Extra { off: entry.off, priority: entry.priority, expires: entry.expires };
             self.extra.insert(id, x);
         }
@@ -341,10 +362,12 @@ impl QueueIndex {
     }
 
     /// Adds a plain push (`log::plain_push`) ready at level 0 in push order, as a member of
-    /// the tail.
-    fn insert_member(&mut self, id: u64, entry: Entry) {
-        self.unplace(id);
-        self.extra.remove(&id);
+    /// the tail (`fresh`: its id is new, in no map yet).
+    fn insert_member(&mut self, id: u64, entry: Entry, fresh: bool) {
+        if !fresh {
+            self.unplace(id);
+            self.extra.remove(&id);
+        }
         if entry.off != crate::record::PUSH_EX_OVERHEAD as u32 {
             // A `Push` of an older store: its payload starts elsewhere.
             self.extra.insert(id, Extra { off: entry.off, priority: 0, expires: 0 });
@@ -405,7 +428,11 @@ impl QueueIndex {
     /// attempt count of this delivery.
     pub(crate) fn lease(&mut self, id: u64, now: Instant, visibility: Duration) -> Option<Entry> {
         let level = self.level(id);
-        let mut slot = self.ready.get_mut(level)?.remove(&id)?;
+        let m = self.ready.get_mut(level)?;
+        let mut slot = match m.first_entry() {
+            Some(first) if *first.key() == id => first.remove(),
+            _ => m.remove(&id)?,
+        };
         self.ready_count -= 1;
         self.left_ready(level, id);
         slot.attempts = slot.attempts.saturating_add(1);

@@ -108,13 +108,12 @@ pub(crate) fn load_with(
         Source::Segment(seg) => {
             let start = usize::try_from(lsn - seg.base()).unwrap_or(usize::MAX);
             let in_map = seg.mapped().and_then(|m| m.get(start..start.saturating_add(rec_len)));
-            if let Some(bytes) = in_map {
-                check(bytes, Some(&seg))?;
-                Ok(Payload::Mapped {
-                    seg: Arc::clone(&seg),
-                    start: start + off,
-                    len: t.entry.len as usize,
-                })
+            let mapped = match in_map {
+                Some(bytes) => check(bytes, Some(&seg)).map(|()| true)?,
+                None => false,
+            };
+            if mapped {
+                Ok(Payload::Mapped { seg, start: start + off, len: t.entry.len as usize })
             } else {
                 let bytes = seg.read(lsn, rec_len)?;
                 check(&bytes, Some(&seg))?;

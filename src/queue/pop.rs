@@ -70,7 +70,8 @@ pub(crate) fn pop_one_until(
     let mut g = shared.lock();
     let taken = loop {
         let Some(now) = wait_ready(queue, &mut g, deadline)? else { return Ok(None) };
-        if let Some(t) = lease_one(queue, &mut g, now)? {
+        let now_ms = shared.now_ms();
+        if let Some(t) = lease_one(queue, &mut g, now, now_ms)? {
             break t;
         }
     };
@@ -90,8 +91,16 @@ pub(crate) fn pop_many_until(
     let mut taken = Vec::new();
     while taken.is_empty() {
         let Some(now) = wait_ready(queue, &mut g, deadline)? else { return Ok(Vec::new()) };
+        let ready = g.queue_mut(queue.id()).index_mut().ready_len();
+        taken.reserve(max.min(ready));
+        if max > 1 {
+            // May release the mutex: `lease_one` looks at the index again.
+            write_pushes_first(queue, &mut g)?;
+        }
+        // One reading of the wall clock for the batch, as `now` is one for its leases.
+        let now_ms = shared.now_ms();
         while taken.len() < max {
-            match lease_one(queue, &mut g, now)? {
+            match lease_one(queue, &mut g, now, now_ms)? {
                 Some(t) => taken.push(t),
                 None => break,
             }
@@ -99,7 +108,11 @@ pub(crate) fn pop_many_until(
     }
     record_deliveries(queue, &mut g)?;
     drop(g);
-    taken.into_iter().map(|t| deliver(queue, t)).collect()
+    let mut out = Vec::with_capacity(taken.len());
+    for t in taken {
+        out.push(deliver(queue, t)?);
+    }
+    Ok(out)
 }
 
 /// Applies the durability of the delivery records just staged: with
@@ -114,19 +127,34 @@ pub(crate) fn record_deliveries(queue: &QueueRef, g: &mut MutexGuard<'_, State>)
     shared.commit(g, d)
 }
 
+/// Before a batch is leased: when its delivery records will be written to the OS before
+/// hand-out anyway (see `record_deliveries`) and push records are still staged, writes them
+/// now, so that the batch's payloads are read from the map instead of each copied out of the
+/// staging buffer. Writing releases the mutex meanwhile.
+pub(crate) fn write_pushes_first(queue: &QueueRef, g: &mut MutexGuard<'_, State>) -> Result<()> {
+    let shared = queue.shared();
+    let end = g.wal().next_lsn();
+    let written_anyway = shared.opts().count_crashed_attempts
+        || shared.opts().ack_durability == Durability::Immediate;
+    if written_anyway && g.wal().written() < end {
+        shared.log().wait_written(g, end)?;
+    }
+    Ok(())
+}
+
 /// Leases the next ready message, if any, and stages its delivery record. Expired messages
 /// and messages out of attempts met on the way are dropped or dead-lettered (each with its
-/// record) instead.
+/// record) instead. `now` and `now_ms` are the time of the pop (the same for a batch).
 pub(crate) fn lease_one(
     queue: &QueueRef,
     g: &mut MutexGuard<'_, State>,
     now: Instant,
+    mut now_ms: u64,
 ) -> Result<Option<Taken>> {
     let shared = queue.shared();
     let q = queue.id();
     loop {
         g.check()?;
-        let now_ms = shared.now_ms();
         g.queue_mut(q).index_mut().promote(now_ms);
         g.fill(q, RunWant::Head)?;
         let Some((id, entry)) = g.queue_mut(q).index_mut().head() else { return Ok(None) };
@@ -147,6 +175,8 @@ pub(crate) fn lease_one(
                 vec![Body::Ack { queue: 0, id: 0 }.encoded_len()]
             };
             if !shared.reserve(g, &lens, Room::Settle)? {
+                // The mutex was released to make room: time went on.
+                now_ms = shared.now_ms();
                 continue;
             }
             let Some(entry) = g.queue_mut(q).index_mut().remove(id) else { continue };
@@ -165,6 +195,7 @@ pub(crate) fn lease_one(
         let len =
             Body::Deliver { queue: queue.id(), id, attempt: entry.attempts + 1 }.encoded_len();
         if !shared.reserve(g, &[len], Room::Settle)? {
+            now_ms = shared.now_ms();
             continue;
         }
         let Some(entry) = g.queue_mut(q).index_mut().lease(id, now, visibility) else { continue };

@@ -231,6 +231,6 @@ fn stage_push(
     let entry =
         Entry { lsn, len, off, attempts: 0, priority: plan.priority, expires: plan.expires };
     let member = plain_push(lsn, &body).is_some();
-    g.queue_mut(queue.id()).index_mut().push(id, entry, plan.not_before, member);
+    g.queue_mut(queue.id()).index_mut().push_new(id, entry, plan.not_before, member);
     Ok(id)
 }

@@ -161,11 +161,12 @@ pub(crate) fn ack_many(
         if !shared.reserve(&mut g, &lens, Room::Settle)? {
             continue;
         }
+        // The mutex was held since `holds`: every lease in `live` is still current.
         let mut taken = Vec::with_capacity(live.len());
-        for (id, attempt) in live {
-            match g.queue_mut(q).index_mut().take(id, attempt, now) {
-                Ok(entry) => taken.push((id, entry)),
-                Err(_) => lapsed.push(MessageId(id)),
+        for (id, _) in live {
+            match g.queue_mut(q).index_mut().remove(id) {
+                Some(entry) => taken.push((id, entry)),
+                None => lapsed.push(MessageId(id)),
             }
         }
         break taken;
