@@ -6,13 +6,14 @@
 //! (which restates the queue catalog and the id epoch) is durable too, and a checkpoint covers
 //! the whole segment.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::segment::{Segment, HEADER_LEN};
 use super::source::Voids;
 use crate::checkpoint::Row;
+use crate::queue::IdSet;
 use crate::record::Body;
 
 /// A segment in use and its bookkeeping.
@@ -97,7 +98,7 @@ pub(crate) struct Log {
     /// lease ran out or not): those recovery would count as in flight if the store stopped
     /// now. A checkpoint writes it into the rows of relocated messages, whose delivery records
     /// recovery skips.
-    delivered: HashSet<u64>,
+    delivered: IdSet,
     /// When this run last sealed a segment (rolled to the next).
     last_sealed_at: Option<Instant>,
     /// Unsettled messages in all segments (relocated ones are not in any).
@@ -132,7 +133,7 @@ impl Log {
             first_sensitive,
             inflight_sensitive: u64::MAX,
             deleting: false,
-            delivered: HashSet::new(),
+            delivered: IdSet::default(),
             last_sealed_at: None,
             live: 0,
             stragglers_told: false,

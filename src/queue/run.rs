@@ -41,7 +41,7 @@ pub(crate) enum RunWant {
 /// Hashes message ids, which are unique and mostly sequential: one multiplication spreads
 /// them, where the default SipHash would spend most of a lease's bookkeeping time.
 #[derive(Default)]
-pub(super) struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -60,3 +60,6 @@ impl Hasher for IdHasher {
 }
 
 pub(super) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// A set of message ids, hashed as [`IdMap`] hashes them.
+pub(crate) type IdSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;
