@@ -100,6 +100,38 @@ impl StateDb {
         }
     }
 
+    /// What an open reads of `dir/state.redb`, if it exists (a leftover temporary file is
+    /// removed): its checkpoint, read through a read-only backend, page checksums and redb's
+    /// integrity check first, as `verify` reads it. The repair of a database not closed cleanly
+    /// (after a crash redb rewrites its allocator state, with several fsyncs) is left to the
+    /// first checkpoint, off the open's path. One that a failed transaction of this process
+    /// left in doubt is [rebuilt](Self::rebuild) and returned open, as before.
+    pub(crate) fn load_existing(
+        storage: &dyn Storage,
+        dir: &Path,
+    ) -> Result<(Option<StateDb>, Loaded)> {
+        let names = storage.list(dir)?;
+        remove_tmp(storage, dir, &names)?;
+        if !names.iter().any(|n| n == FILE) {
+            return Ok((None, Loaded::default()));
+        }
+        let path = dir.join(FILE);
+        if storage.suspect(&path).is_some() {
+            let db = Self::open_or_rebuild(storage, dir)?;
+            let loaded = db.load()?;
+            return Ok((Some(db), loaded));
+        }
+        // As `open` does before the file is used (its name must survive a power loss).
+        storage.sync_dir(dir)?;
+        let mut db = Self::open_read_only(storage, &path)?;
+        if !db.check_integrity()? {
+            return Err(damaged(&path, "it fails redb's integrity check"));
+        }
+        let loaded = db.load();
+        db.close_quietly();
+        Ok((None, loaded?))
+    }
+
     /// Opens `dir/state.redb` on `storage` (creating it if missing), or rebuilds it if a failed
     /// transaction of this process left it in doubt (see [`set_in_doubt`](Self::set_in_doubt)).
     pub(crate) fn open_or_rebuild(storage: &dyn Storage, dir: &Path) -> Result<StateDb> {

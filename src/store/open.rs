@@ -50,8 +50,7 @@ impl Core {
         // The state database is opened if it exists; the first checkpoint makes it.
         let state_path = dir.join(STATE_FILE);
         let recover = || -> Result<_> {
-            let db = StateDb::open_existing(&*storage, dir)?;
-            let loaded = db.as_ref().map(StateDb::load).transpose()?.unwrap_or_default();
+            let (db, loaded) = StateDb::load_existing(&*storage, dir)?;
             let rec = recover(&*storage, &log_dir, map, &loaded, &state_path, opts.index_window)?;
             Ok((db, rec))
         };
@@ -102,10 +101,7 @@ impl Core {
             })
             .collect();
         *log.relocated_mut() = rec.relocated;
-        log.set_state_bytes(match &db {
-            Some(db) => storage.open(db.path(), false).and_then(|f| f.len()).unwrap_or(0),
-            None => 0,
-        });
+        log.set_state_bytes(storage.open(&state_path, false).and_then(|f| f.len()).unwrap_or(0));
         let wal = Wal::new(log, active, next_lsn, epoch, catalog);
         let state = State::new(wal, queues, rec.mark, opts.index_window);
         let shared = Arc::new(Shared::new(state, storage, db, opts, dir, rec.report));
