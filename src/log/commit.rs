@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use super::segment::{Segment, HEADER_LEN};
+use super::segment::{recycled_path, Plan, Segment, HEADER_LEN};
 use super::segments::SegInfo;
 use super::wal::{Flushed, Room, Wal, GROUP_BYTES};
 use crate::clock::{deadline_after, now_ms, Clock};
@@ -291,51 +291,83 @@ impl GroupCommit {
         want: usize,
         need: u64,
     ) -> Result<()> {
-        let (base, store_id, len, zero) = {
-            let g = state.lock();
+        let (plan, old) = {
+            let mut g = state.lock();
             let log = g.wal().log();
             if log.spare_count() >= want {
                 return Ok(());
             }
             let len = self.next_len(sizer, &*g, need);
             let log = g.wal().log();
+            // A file kept for recycling is already counted: only what it grows by is new.
+            let kept = log.next_recycled_len().unwrap_or(0);
             if let Some(max) = self.max_disk_bytes {
-                if log.disk_bytes() + len > max {
+                if log.disk_bytes() - kept + len > max {
                     return Err(Error::Full { max_disk_bytes: max });
                 }
             }
             let stats = g.wal().stats();
             let zero = sizer.zero(stats.bytes, stats.fsyncs);
-            (log.next_spare_base(), log.store_id(), len, zero)
+            let (base, store_id) = (log.next_spare_base(), log.store_id());
+            let old = g.wal_mut().log_mut().take_recycled();
+            (Plan { store_id, base, len, zero, map: self.map }, old)
         };
-        let seg =
-            Segment::create(&*self.storage, &self.log_dir, store_id, base, len, zero, self.map)?;
+        let seg = match old {
+            Some((old, _)) => Segment::recycle(&*self.storage, &self.log_dir, &old, plan)
+                .inspect_err(|_| {
+                    // Not counted any more: gone rather than left taking room unseen.
+                    let _ = self.storage.remove(&old);
+                }),
+            None => Segment::create(&*self.storage, &self.log_dir, plan),
+        }?;
         state.lock().wal_mut().log_mut().push_spare(Arc::new(seg));
         Ok(())
     }
 
-    /// Whether the log would shrink its segments now: nothing in it is unsettled and the
-    /// active segment is larger than the smallest size.
+    /// Whether the log would shrink its segments now: files of deleted segments are kept for
+    /// recycling (a quiet log needs none), or nothing in it is unsettled and the active
+    /// segment is larger than the smallest size.
     pub(crate) fn shrinkable<H: LogHost>(&self, g: &H) -> bool {
+        let wal = g.wal();
+        wal.log().has_recycled()
+            || (wal.active_len() > self.min_segment_bytes && wal.log().all_settled())
+    }
+
+    /// Whether the active segment would be made smaller (see `shrink`).
+    fn shrinks_active<H: LogHost>(&self, g: &H) -> bool {
         let wal = g.wal();
         wal.active_len() > self.min_segment_bytes && wal.log().all_settled()
     }
 
-    /// Gives a settled log smaller segments once it has gone quiet: spares larger than the
-    /// rate of growth asks for are deleted (they are empty), and the active segment is sealed
-    /// early so the log goes on in a new one of that size; the sealed one is deleted as any
-    /// settled segment is. Returns whether it rolled. A failure poisons the store.
+    /// Deletes the files of deleted segments kept for recycling (a quiet log, a close, or a
+    /// quota that needs their room). A failure poisons the store, as a failed deletion does.
+    fn drop_recycled<H: LogHost>(&self, state: &Mutex<H>) -> Result<()> {
+        loop {
+            let Some((path, _)) = state.lock().wal_mut().log_mut().take_recycled() else {
+                return Ok(());
+            };
+            self.remove_file(state, &path)?;
+        }
+    }
+
+    /// Gives a quiet log its smallest footprint: the files kept for recycling are deleted;
+    /// and once everything in it is settled, spares larger than the rate of growth asks for
+    /// are deleted (they are empty), and the active segment is sealed early so the log goes on
+    /// in a new one of that size; the sealed one is deleted as any settled segment is.
+    /// Returns whether it rolled. A failure poisons the store.
     pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>) -> Result<bool> {
         let mut sizer = self.creating.lock();
+        state.lock().check()?;
+        self.drop_recycled(state)?;
         let len = {
             let mut g = state.lock();
             g.check()?;
-            if !self.shrinkable(&*g) {
+            if !self.shrinks_active(&*g) {
                 return Ok(false);
             }
             // Settlements written with `None` durability become durable first.
             self.flush_now(&mut g, true)?;
-            if !self.shrinkable(&*g) {
+            if !self.shrinks_active(&*g) {
                 return Ok(false);
             }
             // The log is quiet: its rate of growth is measured again from now on.
@@ -362,7 +394,7 @@ impl GroupCommit {
         }
         self.create_spare_locked(&mut sizer, state, 1, 0)?;
         let mut g = state.lock();
-        if !self.shrinkable(&*g) || g.wal_mut().roll_now().is_none() {
+        if !self.shrinks_active(&*g) || g.wal_mut().roll_now().is_none() {
             return Ok(false);
         }
         // The roll skipped the rest of the sealed segment, which the log did not grow by.
@@ -523,14 +555,43 @@ impl GroupCommit {
             g.wal_mut().log_mut().restore(dead);
             return Err(e);
         }
+        // The oldest files go to be recycled, up to the room for them, if nothing else holds
+        // their segment (a delivery's payload may be a slice of its map: its bytes must not
+        // change, nor its file shrink, under it).
+        let mut room = g.wal().log().recycle_room();
+        let count = dead.len();
+        let dead: Vec<(SegInfo, bool)> = dead
+            .into_iter()
+            .map(|s| {
+                let keep = room > 0 && Arc::strong_count(s.seg()) == 1;
+                room -= usize::from(keep);
+                (s, keep)
+            })
+            .collect();
+        let mut kept = Vec::new();
         let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
-            for s in &dead {
-                self.storage.remove(s.seg().path())?;
+            for (s, keep) in dead {
+                let (path, base, len) =
+                    (s.seg().path().to_path_buf(), s.seg().base(), s.seg().len());
+                // Closed (and unmapped) before its file is touched again.
+                drop(s);
+                if keep {
+                    // Renamed out of the log, and that made durable, before anything in it is
+                    // written: a crash never brings back the old segment with new bytes.
+                    let to = recycled_path(&self.log_dir, base);
+                    self.storage.rename(&path, &to)?;
+                    kept.push((to, len));
+                } else {
+                    self.storage.remove(&path)?;
+                }
                 failpoint::hit("segment-removed-before-dir-sync");
                 self.storage.sync_dir(&self.log_dir)?;
             }
             Ok(())
         });
+        for (path, len) in kept {
+            g.wal_mut().log_mut().keep_recycled(path, len);
+        }
         g.wal_mut().log_mut().set_deleting(false);
         // Others may have found segments to delete meanwhile and left them: look again.
         g.wal_mut().set_maybe_delete(true);
@@ -539,7 +600,7 @@ impl GroupCommit {
         if let Err(e) = removed {
             return Err(self.poison(g, format!("deleting a settled segment failed: {e}")));
         }
-        Ok(dead.len())
+        Ok(count)
     }
 
     /// Takes out of the log the segments that may be deleted now and deletes them (see
@@ -555,8 +616,13 @@ impl GroupCommit {
     fn remove_spare<H: LogHost>(&self, state: &Mutex<H>, spare: Arc<Segment>) -> Result<()> {
         let path = spare.path().to_path_buf();
         drop(spare);
-        let removed =
-            self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
+        self.remove_file(state, &path)
+    }
+
+    /// Deletes a file that holds no records (a spare, or one kept for recycling), then syncs
+    /// the directory; a failure poisons the store.
+    fn remove_file<H: LogHost>(&self, state: &Mutex<H>, path: &std::path::Path) -> Result<()> {
+        let removed = self.storage.remove(path).and_then(|()| self.storage.sync_dir(&self.log_dir));
         if let Err(e) = removed {
             let mut g = state.lock();
             return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));
@@ -565,7 +631,8 @@ impl GroupCommit {
     }
 
     /// Under a disk quota, when a settled segment waits for a checkpoint to go and the quota
-    /// leaves less than `need` bytes, deletes spare segments (empty files made ahead of need,
+    /// leaves less than `need` bytes, deletes the files kept for recycling, then spare
+    /// segments (empty files made ahead of need,
     /// which the background thread makes again once there is room), the last first, until it
     /// does. The checkpoint comes first: without it those segments never go, and a full store
     /// would stay full for good. A failed removal poisons the store, as a failed deletion does.
@@ -573,6 +640,21 @@ impl GroupCommit {
         let Some(max) = self.max_disk_bytes else { return Ok(()) };
         // No spare is being made meanwhile: it would be based after the one taken away here.
         let _no_spare_made = self.creating.lock();
+        loop {
+            let kept = {
+                let mut g = state.lock();
+                g.check()?;
+                let log = g.wal_mut().log_mut();
+                if log.disk_bytes() + need <= max || !log.deletable_after_checkpoint() {
+                    return Ok(());
+                }
+                log.take_recycled()
+            };
+            match kept {
+                Some((path, _)) => self.remove_file(state, &path)?,
+                None => break,
+            }
+        }
         loop {
             let spare = {
                 let mut g = state.lock();

@@ -14,7 +14,9 @@ use super::state::{QueueState, Shared, State, Thread};
 use crate::checkpoint::{self, StateDb, STATE_FILE};
 use crate::error::{Error, Result};
 use crate::log::recover;
-use crate::log::{first_record, write_mark, CatalogEntry, LogHost, Room, Segment, Wal, MAX_EPOCH};
+use crate::log::{
+    first_record, write_mark, CatalogEntry, LogHost, Plan, Room, Segment, Wal, MAX_EPOCH,
+};
 use crate::options::{Options, ReadMode};
 use crate::record::Body;
 use crate::salvage;
@@ -77,8 +79,8 @@ impl Core {
                 // may be large) starts at the largest size.
                 let len =
                     if rec.queues.is_empty() { opts.min_segment_bytes } else { opts.segment_bytes };
-                let seg =
-                    Segment::create(&*storage, &log_dir, log.store_id(), base, len, true, map)?;
+                let plan = Plan { store_id: log.store_id(), base, len, zero: true, map };
+                let seg = Segment::create(&*storage, &log_dir, plan)?;
                 let seg = Arc::new(seg);
                 log.activate(Arc::clone(&seg), 0);
                 let first = first_record(&seg);
@@ -170,7 +172,13 @@ impl Core {
         let shared = &self.shared;
         // A settled log is left with small segments, as the background thread leaves it once
         // the store is quiet, and its settled segments deleted.
-        let open = shared.lock().check().is_ok();
+        // No deleted segment's file is kept for recycling from here on, and the shrink deletes
+        // those kept: a closed store leaves none behind.
+        let open = {
+            let mut g = shared.lock();
+            g.wal_mut().log_mut().stop_recycling();
+            g.check().is_ok()
+        };
         let shrunk = if open { shared.shrink_log().map(drop) } else { Ok(()) };
         let result = {
             let mut g = shared.lock();
