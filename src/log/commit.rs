@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use super::recovery::last_nonzero;
 use super::segment::{recycled_path, Plan, Segment, HEADER_LEN};
 use super::segments::SegInfo;
 use super::wal::{Flushed, Room, Wal, GROUP_BYTES};
@@ -589,9 +590,24 @@ impl GroupCommit {
             }
             Ok(())
         });
+        // A close that began meanwhile keeps none: those go as the others did.
+        let mut unkept = Vec::new();
         for (path, len) in kept {
-            g.wal_mut().log_mut().keep_recycled(path, len);
+            if g.wal().log().recycle_room() > 0 {
+                g.wal_mut().log_mut().keep_recycled(path, len);
+            } else {
+                unkept.push(path);
+            }
         }
+        let removed = removed.and_then(|()| {
+            MutexGuard::unlocked(g, || {
+                for path in &unkept {
+                    self.storage.remove(path)?;
+                    self.storage.sync_dir(&self.log_dir)?;
+                }
+                Ok(())
+            })
+        });
         g.wal_mut().log_mut().set_deleting(false);
         // Others may have found segments to delete meanwhile and left them: look again.
         g.wal_mut().set_maybe_delete(true);
@@ -609,6 +625,23 @@ impl GroupCommit {
         let durable = g.wal().durable();
         let dead = g.wal_mut().log_mut().take_deletable(durable);
         self.delete_segments(g, dead)
+    }
+
+    /// At a clean close, once nothing more is written, with the log durable up to `end` in
+    /// the active segment `seg`: the bytes within its unsynced bound past `end` (where the
+    /// reopen looks for a torn tail) are made zeros and synced if they are not, so that the
+    /// reopen finds the log ending in zeros and cuts nothing. They are not zeros in a segment
+    /// made from a deleted one's file (`Segment::recycle`): the old segment's records. A
+    /// crash before the close's mark leaves them there: the reopen cuts them as a torn tail.
+    pub(crate) fn clear_tail(&self, seg: &Segment, end: u64) -> std::io::Result<()> {
+        let to = end.saturating_add(seg.unsynced_bound().unwrap_or(0)).min(seg.end());
+        if end < seg.base() || to <= end {
+            return Ok(());
+        }
+        let bytes = seg.read(end, usize::try_from(to - end).unwrap_or(0))?;
+        let Some(last) = last_nonzero(&bytes) else { return Ok(()) };
+        seg.write(end, &vec![0u8; last + 1])?;
+        seg.sync()
     }
 
     /// Deletes the file of a spare segment taken out of the log (it holds no records); a

@@ -203,7 +203,11 @@ impl Core {
                 // so that damage erasing its last records is not taken for a torn tail.
                 let (id, prev, end) = (g.wal().log().store_id(), g.mark(), g.wal().durable());
                 let log = shared.log();
+                let active = g.wal().log().active().cloned();
                 let written = MutexGuard::unlocked(&mut g, || {
+                    if let Some(seg) = &active {
+                        log.clear_tail(seg, end)?;
+                    }
                     write_mark(log.storage(), log.dir(), id, prev, end)
                 });
                 match written {
