@@ -1,7 +1,8 @@
 //! Group commit: one leader among the waiting callers writes everything staged with one
 //! `pwrite` and one `fdatasync`; the others wait for it. Also what frees and makes room: spare
-//! segments made ahead of time, settled segments deleted (oldest first, behind a durable
-//! anchor), spares given back under a disk quota.
+//! segments made ahead of time (of a deleted segment's file when one is kept), settled segments
+//! deleted (oldest first, behind a durable anchor) or kept to be recycled, spares given back
+//! under a disk quota.
 //!
 //! The store's state is reached through [`LogHost`]: the log never names the layers above it.
 //!
@@ -300,10 +301,9 @@ impl GroupCommit {
             }
             let len = self.next_len(sizer, &*g, need);
             let log = g.wal().log();
-            // A file kept for recycling is already counted: only what it grows by is new.
-            let kept = log.next_recycled_len().unwrap_or(0);
             if let Some(max) = self.max_disk_bytes {
-                if log.disk_bytes() - kept + len > max {
+                // (No file is kept for recycling under a quota: see `delete_segments`.)
+                if log.disk_bytes() + len > max {
                     return Err(Error::Full { max_disk_bytes: max });
                 }
             }
@@ -355,11 +355,15 @@ impl GroupCommit {
     /// and once everything in it is settled, spares larger than the rate of growth asks for
     /// are deleted (they are empty), and the active segment is sealed early so the log goes on
     /// in a new one of that size; the sealed one is deleted as any settled segment is.
-    /// Returns whether it rolled. A failure poisons the store.
-    pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>) -> Result<bool> {
+    /// Returns whether it rolled. A failure poisons the store. Without `drop_kept` the files
+    /// kept for recycling stay (`testing::maintain`, which shrinks as if the store were quiet
+    /// at every call, and would otherwise never let a spare be made of one).
+    pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>, drop_kept: bool) -> Result<bool> {
         let mut sizer = self.creating.lock();
         state.lock().check()?;
-        self.drop_recycled(state)?;
+        if drop_kept {
+            self.drop_recycled(state)?;
+        }
         let len = {
             let mut g = state.lock();
             g.check()?;
@@ -558,8 +562,12 @@ impl GroupCommit {
         }
         // The oldest files go to be recycled, up to the room for them, if nothing else holds
         // their segment (a delivery's payload may be a slice of its map: its bytes must not
-        // change, nor its file shrink, under it).
-        let mut room = g.wal().log().recycle_room();
+        // change, nor its file shrink, under it). Not under a disk quota: there a deletion
+        // frees its room at once, which a full store's pushes wait for.
+        let mut room = match self.max_disk_bytes {
+            Some(_) => 0,
+            None => g.wal().log().recycle_room(),
+        };
         let count = dead.len();
         let dead: Vec<(SegInfo, bool)> = dead
             .into_iter()
@@ -664,8 +672,7 @@ impl GroupCommit {
     }
 
     /// Under a disk quota, when a settled segment waits for a checkpoint to go and the quota
-    /// leaves less than `need` bytes, deletes the files kept for recycling, then spare
-    /// segments (empty files made ahead of need,
+    /// leaves less than `need` bytes, deletes spare segments (empty files made ahead of need,
     /// which the background thread makes again once there is room), the last first, until it
     /// does. The checkpoint comes first: without it those segments never go, and a full store
     /// would stay full for good. A failed removal poisons the store, as a failed deletion does.
@@ -673,21 +680,6 @@ impl GroupCommit {
         let Some(max) = self.max_disk_bytes else { return Ok(()) };
         // No spare is being made meanwhile: it would be based after the one taken away here.
         let _no_spare_made = self.creating.lock();
-        loop {
-            let kept = {
-                let mut g = state.lock();
-                g.check()?;
-                let log = g.wal_mut().log_mut();
-                if log.disk_bytes() + need <= max || !log.deletable_after_checkpoint() {
-                    return Ok(());
-                }
-                log.take_recycled()
-            };
-            match kept {
-                Some((path, _)) => self.remove_file(state, &path)?,
-                None => break,
-            }
-        }
         loop {
             let spare = {
                 let mut g = state.lock();

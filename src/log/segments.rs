@@ -158,11 +158,6 @@ impl Log {
         self.recycled.push((path, len));
     }
 
-    /// The length of the file kept for recycling that `take_recycled` would give.
-    pub(crate) fn next_recycled_len(&self) -> Option<u64> {
-        self.recycled.last().map(|&(_, len)| len)
-    }
-
     /// Takes a kept file to make a spare of (or to delete).
     pub(crate) fn take_recycled(&mut self) -> Option<(PathBuf, u64)> {
         self.recycled.pop()

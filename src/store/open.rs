@@ -179,7 +179,7 @@ impl Core {
             g.wal_mut().log_mut().stop_recycling();
             g.check().is_ok()
         };
-        let shrunk = if open { shared.shrink_log().map(drop) } else { Ok(()) };
+        let shrunk = if open { shared.shrink_log(true).map(drop) } else { Ok(()) };
         let result = {
             let mut g = shared.lock();
             let was_open = !g.is_closed();
@@ -268,8 +268,9 @@ pub(crate) fn maintain(shared: &Shared) -> Result<()> {
         }
         shared.lock().set_checkpoint_wanted(false);
     }
-    // As the background thread once the store is quiet: a settled log gets smaller segments.
-    shared.shrink_log()?;
+    // As the background thread once the store is quiet: a settled log gets smaller segments
+    // (the files kept for recycling stay, for the spares of the next calls).
+    shared.shrink_log(false)?;
     let mut g = shared.lock();
     shared.log().delete_settled(&mut g).map(drop)
 }
