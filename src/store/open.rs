@@ -203,11 +203,7 @@ impl Core {
                 // so that damage erasing its last records is not taken for a torn tail.
                 let (id, prev, end) = (g.wal().log().store_id(), g.mark(), g.wal().durable());
                 let log = shared.log();
-                let active = g.wal().log().active().cloned();
                 let written = MutexGuard::unlocked(&mut g, || {
-                    if let Some(seg) = &active {
-                        log.clear_tail(seg, end)?;
-                    }
                     write_mark(log.storage(), log.dir(), id, prev, end)
                 });
                 match written {
@@ -215,8 +211,10 @@ impl Core {
                     Err(e) => result = Err(e.into()),
                 }
             }
-            result
+            let clear = was_open && result.is_ok();
+            (result, clear)
         };
+        let (result, clear) = result;
         let mut joined = Ok(());
         for thread in [self.bg.lock().take(), self.ck.lock().take()].into_iter().flatten() {
             // The threads only return; a panic in one would be a bug, reported as an error.
@@ -231,6 +229,18 @@ impl Core {
             let _no_checkpoint = shared.checkpointing().lock();
             shared.db().lock().take();
         }
+        // Nothing writes the log any more (the threads may have, after the mark: a deletion's
+        // anchor, which leaves the mark below the log's end, as it may be).
+        let result = if clear {
+            let (active, end) = {
+                let g = shared.lock();
+                (g.wal().log().active().cloned(), g.wal().durable())
+            };
+            let cleared = active.map_or(Ok(()), |seg| shared.log().clear_tail(&seg, end));
+            result.and(cleared.map_err(Error::from))
+        } else {
+            result
+        };
         // Nothing writes any more: the directory may be opened again, even while old handles
         // (which now fail with `Closed`) are still around.
         self.lock.lock().take();
