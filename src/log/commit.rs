@@ -641,7 +641,7 @@ impl GroupCommit {
     /// reopen looks for a torn tail) are made zeros and synced if they are not, so that the
     /// reopen finds the log ending in zeros and cuts nothing. They are not zeros in a segment
     /// made from a deleted one's file (`Segment::recycle`): the old segment's records. A
-    /// crash before the close's mark leaves them there: the reopen cuts them as a torn tail.
+    /// crash before this leaves them there: the reopen cuts them as a torn tail.
     pub(crate) fn clear_tail(&self, seg: &Segment, end: u64) -> std::io::Result<()> {
         let to = end.saturating_add(seg.unsynced_bound().unwrap_or(0)).min(seg.end());
         if end < seg.base() || to <= end {
