@@ -637,9 +637,9 @@ impl GroupCommit {
 
     /// At a clean close, once nothing writes the log any more (the threads joined: a
     /// background deletion may append its anchor after the close's mark), with the log
-    /// durable up to `end` in the active segment `seg`: the bytes within its unsynced bound past `end` (where the
-    /// reopen looks for a torn tail) are made zeros and synced if they are not, so that the
-    /// reopen finds the log ending in zeros and cuts nothing. They are not zeros in a segment
+    /// durable up to `end` in the active segment `seg`: the bytes within its unsynced bound
+    /// past `end` (where the reopen looks for a torn tail) are made zeros and synced if they
+    /// are not, so that the reopen finds the log ending in zeros and cuts nothing. They are not zeros in a segment
     /// made from a deleted one's file (`Segment::recycle`): the old segment's records. A
     /// crash before this leaves them there: the reopen cuts them as a torn tail.
     pub(crate) fn clear_tail(&self, seg: &Segment, end: u64) -> std::io::Result<()> {
