@@ -639,9 +639,10 @@ impl GroupCommit {
     /// background deletion may append its anchor after the close's mark), with the log
     /// durable up to `end` in the active segment `seg`: the bytes within its unsynced bound
     /// past `end` (where the reopen looks for a torn tail) are made zeros and synced if they
-    /// are not, so that the reopen finds the log ending in zeros and cuts nothing. They are not zeros in a segment
-    /// made from a deleted one's file (`Segment::recycle`): the old segment's records. A
-    /// crash before this leaves them there: the reopen cuts them as a torn tail.
+    /// are not, so that the reopen finds the log ending in zeros and cuts nothing. They are
+    /// not zeros in a segment made from a deleted one's file (`Segment::recycle`): the old
+    /// segment's records. A crash before this leaves them there: the reopen cuts them as a
+    /// torn tail.
     pub(crate) fn clear_tail(&self, seg: &Segment, end: u64) -> std::io::Result<()> {
         let to = end.saturating_add(seg.unsynced_bound().unwrap_or(0)).min(seg.end());
         if end < seg.base() || to <= end {
