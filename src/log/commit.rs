@@ -329,9 +329,7 @@ impl GroupCommit {
     /// recycling (a quiet log needs none), or nothing in it is unsettled and the active
     /// segment is larger than the smallest size.
     pub(crate) fn shrinkable<H: LogHost>(&self, g: &H) -> bool {
-        let wal = g.wal();
-        wal.log().has_recycled()
-            || (wal.active_len() > self.min_segment_bytes && wal.log().all_settled())
+        g.wal().log().has_recycled() || self.shrinks_active(g)
     }
 
     /// Whether the active segment would be made smaller (see `shrink`).
