@@ -313,12 +313,10 @@ impl GroupCommit {
             let old = g.wal_mut().log_mut().take_recycled();
             (Plan { store_id, base, len, zero, map: self.map }, old)
         };
+        // On failure the file stays under its temporary name, as a failed creation's does,
+        // uncounted until the next open removes it.
         let seg = match old {
-            Some((old, _)) => Segment::recycle(&*self.storage, &self.log_dir, &old, plan)
-                .inspect_err(|_| {
-                    // Not counted any more: gone rather than left taking room unseen.
-                    let _ = self.storage.remove(&old);
-                }),
+            Some((old, _)) => Segment::recycle(&*self.storage, &self.log_dir, &old, plan),
             None => Segment::create(&*self.storage, &self.log_dir, plan),
         }?;
         state.lock().wal_mut().log_mut().push_spare(Arc::new(seg));
