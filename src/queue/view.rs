@@ -21,7 +21,7 @@ impl QueueIndex {
             let slot = *self.delayed.get(&(due, id))?;
             return Some(Waiting { id, entry: self.entry(id, slot), due: Some(due) });
         }
-        let slot = *self.ready.get(self.level(id))?.get(&id)?;
+        let slot = *self.ready.get(self.ready_level(id)?)?.get(&id)?;
         Some(Waiting { id, entry: self.entry(id, slot), due: None })
     }
 
