@@ -57,22 +57,45 @@ pub(crate) struct Note {
     pub error: Box<str>,
 }
 
-/// What every unsettled message costs in the index: 16 bytes, plus the ordered map's own
-/// overhead. Rarer properties live in side maps: [`Extra`] for pushes with options (or plain
-/// `Push` records of older stores), due times
-/// for delayed messages, leases for messages in flight.
+/// What every unsettled message costs in the index: 16 bytes (its priority included), plus
+/// the ordered map's own overhead. Rarer properties live in side maps: [`Extra`] for an expiry
+/// (or a payload that starts elsewhere), due times for delayed messages, leases for messages
+/// in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Slot {
     pub(super) lsn: u64,
     pub(super) len: u32,
-    pub(super) attempts: u32,
+    /// Deliveries so far (the low 28 bits, saturating) and the priority (the top 4).
+    meta: u32,
 }
 
-/// What a push with options adds: where its payload starts, its priority and expiry.
+/// Deliveries a slot counts before it saturates.
+const MAX_ATTEMPTS: u32 = (1 << 28) - 1;
+
+impl Slot {
+    pub(super) fn new(lsn: u64, len: u32, attempts: u32, priority: u8) -> Slot {
+        let priority = u32::from(priority.min(crate::limits::MAX_PRIORITY));
+        Slot { lsn, len, meta: attempts.min(MAX_ATTEMPTS) | priority << 28 }
+    }
+
+    pub(super) fn attempts(self) -> u32 {
+        self.meta & MAX_ATTEMPTS
+    }
+
+    pub(super) fn priority(self) -> u8 {
+        (self.meta >> 28) as u8
+    }
+
+    fn set_attempts(&mut self, attempts: u32) {
+        *self = Slot::new(self.lsn, self.len, attempts, self.priority());
+    }
+}
+
+/// What a push with an expiry (or a `Push` of an older store) adds: where its payload starts,
+/// its expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Extra {
     off: u32,
-    pub(super) priority: u8,
     pub(super) expires: u64,
 }
 
@@ -268,8 +291,10 @@ impl QueueIndex {
         self.ready_count + self.run_count() + self.delayed.len()
     }
 
-    pub(super) fn level(&self, id: u64) -> usize {
-        self.extra.get(&id).map_or(0, |x| usize::from(x.priority).min(LEVELS - 1))
+    /// The level of the ready message `id`, if it is ready (level 0 is looked at first).
+    pub(super) fn ready_level(&self, id: u64) -> Option<usize> {
+        let at = |level: &usize| self.ready.get(*level).is_some_and(|m| m.contains_key(&id));
+        std::iter::once(0).chain((1..LEVELS).rev()).find(at)
     }
 
     /// The full entry of message `id` from its slot and its extra.
@@ -279,8 +304,8 @@ impl QueueIndex {
             lsn: slot.lsn,
             len: slot.len,
             off: x.map_or(crate::record::PUSH_EX_OVERHEAD as u32, |x| x.off),
-            attempts: slot.attempts,
-            priority: x.map_or(0, |x| x.priority),
+            attempts: slot.attempts(),
+            priority: slot.priority(),
             expires: x.map_or(0, |x| x.expires),
         }
     }
@@ -303,7 +328,7 @@ impl QueueIndex {
         if let Some(due) = self.due_of.remove(&id) {
             return self.delayed.remove(&(due, id));
         }
-        let level = self.level(id);
+        let level = self.ready_level(id)?;
         let slot = self.ready.get_mut(level)?.remove(&id)?;
         self.ready_count -= 1;
         self.left_ready(level, id);
@@ -324,7 +349,7 @@ impl QueueIndex {
     /// Puts a slot that is nowhere: ready if `due` is 0, else delayed until `due`.
     fn place(&mut self, id: u64, slot: Slot, due: u64) {
         if due == 0 {
-            let level = self.level(id);
+            let level = usize::from(slot.priority()).min(LEVELS - 1);
             if level == 0 {
                 self.tail_from = self.tail_from.max(id.saturating_add(1));
             }
@@ -349,15 +374,13 @@ impl QueueIndex {
 
     /// [`QueueIndex::insert`] of a message that is nowhere in the index and has no extra.
     fn insert_new(&mut self, id: u64, entry: Entry, due: u64) {
-        // No side entry for a push without options; one for options or an older store's `Push`.
-        let plain = entry.off == crate::record::PUSH_EX_OVERHEAD as u32
-            && entry.priority == 0
-            && entry.expires == 0;
+        // No side entry for a push without options (nor for a priority, kept in the slot); one
+        // for an expiry or an older store's `Push`.
+        let plain = entry.off == crate::record::PUSH_EX_OVERHEAD as u32 && entry.expires == 0;
         if !plain {
-            let x = Extra { off: entry.off, priority: entry.priority, expires: entry.expires };
-            self.extra.insert(id, x);
+            self.extra.insert(id, Extra { off: entry.off, expires: entry.expires });
         }
-        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
+        let slot = Slot::new(entry.lsn, entry.len, entry.attempts, entry.priority);
         self.place(id, slot, due);
     }
 
@@ -370,9 +393,9 @@ impl QueueIndex {
         }
         if entry.off != crate::record::PUSH_EX_OVERHEAD as u32 {
             // A `Push` of an older store: its payload starts elsewhere.
-            self.extra.insert(id, Extra { off: entry.off, priority: 0, expires: 0 });
+            self.extra.insert(id, Extra { off: entry.off, expires: 0 });
         }
-        let slot = Slot { lsn: entry.lsn, len: entry.len, attempts: entry.attempts };
+        let slot = Slot::new(entry.lsn, entry.len, entry.attempts, 0);
         if self.ready[0].insert(id, slot).is_none() {
             self.ready_count += 1;
         }
@@ -427,7 +450,7 @@ impl QueueIndex {
     /// Leases the ready message `id` until `now + visibility`; returns its entry with the
     /// attempt count of this delivery.
     pub(crate) fn lease(&mut self, id: u64, now: Instant, visibility: Duration) -> Option<Entry> {
-        let level = self.level(id);
+        let level = self.ready_level(id)?;
         let m = self.ready.get_mut(level)?;
         let mut slot = match m.first_entry() {
             Some(first) if *first.key() == id => first.remove(),
@@ -435,10 +458,10 @@ impl QueueIndex {
         };
         self.ready_count -= 1;
         self.left_ready(level, id);
-        slot.attempts = slot.attempts.saturating_add(1);
+        slot.set_attempts(slot.attempts().saturating_add(1));
         let deadline = deadline_after(now, visibility);
-        self.leased.insert(id, Lease { slot, attempt: slot.attempts, deadline });
-        self.deadlines.push(Reverse((deadline, id, slot.attempts)));
+        self.leased.insert(id, Lease { slot, attempt: slot.attempts(), deadline });
+        self.deadlines.push(Reverse((deadline, id, slot.attempts())));
         Some(self.entry(id, slot))
     }
 
@@ -586,7 +609,7 @@ impl QueueIndex {
     fn holds_message(&self, id: u64) -> bool {
         self.leased.contains_key(&id)
             || self.due_of.contains_key(&id)
-            || self.ready.get(self.level(id)).is_some_and(|m| m.contains_key(&id))
+            || self.ready_level(id).is_some()
     }
 
     /// The message a dedup key refers to, if the key still holds at `now_ms`: its message is
@@ -620,64 +643,33 @@ impl QueueIndex {
         self.dedup.all()
     }
 
-    /// The state of unsettled message `id`: its entry and the Unix ms it is delayed until (0:
-    /// ready or leased).
-    pub(crate) fn get(&self, id: u64) -> Option<(Entry, u64)> {
-        if let Some(l) = self.leased.get(&id) {
-            return Some((self.entry(id, l.slot), 0));
-        }
-        if let Some(&due) = self.due_of.get(&id) {
-            let slot = self.delayed.get(&(due, id))?;
-            return Some((self.entry(id, *slot), due));
-        }
-        let slot = self.ready.get(self.level(id))?.get(&id)?;
-        Some((self.entry(id, *slot), 0))
-    }
-
     /// Marks message `id`'s payload as relocated into the state database; returns the entry it
     /// had.
     pub(crate) fn relocate(&mut self, id: u64) -> Option<Entry> {
-        let level = self.level(id);
+        let level = self.ready_level(id);
         let slot = if let Some(l) = self.leased.get_mut(&id) {
             &mut l.slot
         } else if let Some(&due) = self.due_of.get(&id) {
             self.delayed.get_mut(&(due, id))?
         } else {
-            self.ready.get_mut(level)?.get_mut(&id)?
+            self.ready.get_mut(level?)?.get_mut(&id)?
         };
         let before = *slot;
         slot.lsn = RELOCATED;
         Some(self.entry(id, before))
     }
 
-    /// Calls `f(id, entry, due)` for every unsettled message whose push record lies in
-    /// `[from, to)`.
-    pub(crate) fn each_in(&self, from: u64, to: u64, mut f: impl FnMut(u64, Entry, u64)) {
-        let inside = |s: &Slot| s.lsn >= from && s.lsn < to;
-        for m in &self.ready {
-            for (&id, s) in m.iter().filter(|(_, s)| inside(s)) {
-                f(id, self.entry(id, *s), 0);
-            }
-        }
-        for (&(due, id), s) in self.delayed.iter().filter(|(_, s)| inside(s)) {
-            f(id, self.entry(id, *s), due);
-        }
-        for (&id, l) in self.leased.iter().filter(|(_, l)| inside(&l.slot)) {
-            f(id, self.entry(id, l.slot), 0);
-        }
-    }
-
     /// Recovery: a delivery record was replayed for `id`; false if the message is unknown
     /// (settled in a segment deleted since).
     pub(crate) fn replay_delivered(&mut self, id: u64, attempt: u32) -> bool {
-        let level = self.level(id);
+        let level = self.ready_level(id);
         let slot = match self.due_of.get(&id) {
             Some(&due) => self.delayed.get_mut(&(due, id)),
-            None => self.ready.get_mut(level).and_then(|m| m.get_mut(&id)),
+            None => level.and_then(|l| self.ready.get_mut(l)?.get_mut(&id)),
         };
         match slot {
             Some(s) => {
-                s.attempts = s.attempts.max(attempt);
+                s.set_attempts(s.attempts().max(attempt));
                 true
             }
             None => false,
@@ -738,6 +730,25 @@ mod tests {
         })
         .collect();
         assert_eq!(order, [5, 2, 4, 1, 3]);
+    }
+
+    #[test]
+    fn a_priority_costs_no_side_entry_and_survives_delay_and_lease() {
+        let mut q = QueueIndex::default();
+        let now = Instant::now();
+        let off = crate::record::PUSH_EX_OVERHEAD as u32;
+        q.insert(1, Entry { off, ..entry(1) }, 0);
+        q.insert(2, Entry { off, priority: 7, ..entry(2) }, 500);
+        assert!(q.extra.is_empty());
+        assert_eq!(q.get(2).map(|(e, due)| (e.priority, due)), Some((7, 500)));
+        q.promote(500);
+        let (id, e) = lease_next(&mut q, now, Duration::from_secs(1)).unwrap();
+        assert_eq!((id, e.priority, e.attempts), (2, 7, 1));
+        q.put_back(2, 1, now, 0).unwrap();
+        assert_eq!(q.head().map(|(id, e)| (id, e.priority, e.attempts)), Some((2, 7, 1)));
+        assert!(q.replay_delivered(2, 5));
+        assert_eq!(q.remove(2).map(|e| (e.priority, e.attempts)), Some((7, 5)));
+        assert!(q.extra.is_empty());
     }
 
     #[test]

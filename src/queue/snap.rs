@@ -20,10 +20,11 @@ impl QueueIndex {
         // The tail's members that nothing sets apart: those after the last one that is.
         let tail = || self.ready[0].range(self.tail_from..);
         let apart = |(&id, slot): (&u64, &Slot)| {
-            slot.attempts != 0
+            slot.attempts() != 0
+                || slot.priority() != 0
                 || slot.lsn == RELOCATED
                 || self.notes.contains_key(&id)
-                || self.extra.get(&id).is_some_and(|x| x.priority != 0 || x.expires != 0)
+                || self.extra.get(&id).is_some_and(|x| x.expires != 0)
                 || held_elsewhere(id)
         };
         let first = match tail().rfind(|&e| apart(e)) {

@@ -1,7 +1,7 @@
-//! Read-only views of a queue's index for peeks and stats: the messages waiting, in delivery
-//! order, and what they weigh.
+//! Read-only views of a queue's index for peeks, stats and checkpoints: the messages waiting,
+//! in delivery order, what they weigh, one message's state, the messages of a segment.
 
-use super::index::{QueueIndex, Waiting};
+use super::index::{Entry, QueueIndex, Slot, Waiting};
 
 impl QueueIndex {
     /// The unsettled message pushed first (the smallest id: ready, delayed or leased), with its
@@ -21,7 +21,7 @@ impl QueueIndex {
             let slot = *self.delayed.get(&(due, id))?;
             return Some(Waiting { id, entry: self.entry(id, slot), due: Some(due) });
         }
-        let slot = *self.ready.get(self.level(id))?.get(&id)?;
+        let slot = *self.ready.get(self.ready_level(id)?)?.get(&id)?;
         Some(Waiting { id, entry: self.entry(id, slot), due: None })
     }
 
@@ -50,5 +50,36 @@ impl QueueIndex {
             .take(max)
             .map(|(id, slot, due)| Waiting { id, entry: self.entry(id, slot), due })
             .collect()
+    }
+
+    /// The state of unsettled message `id`: its entry and the Unix ms it is delayed until (0:
+    /// ready or leased).
+    pub(crate) fn get(&self, id: u64) -> Option<(Entry, u64)> {
+        if let Some(l) = self.leased.get(&id) {
+            return Some((self.entry(id, l.slot), 0));
+        }
+        if let Some(&due) = self.due_of.get(&id) {
+            let slot = self.delayed.get(&(due, id))?;
+            return Some((self.entry(id, *slot), due));
+        }
+        let slot = self.ready.get(self.ready_level(id)?)?.get(&id)?;
+        Some((self.entry(id, *slot), 0))
+    }
+
+    /// Calls `f(id, entry, due)` for every unsettled message whose push record lies in
+    /// `[from, to)`.
+    pub(crate) fn each_in(&self, from: u64, to: u64, mut f: impl FnMut(u64, Entry, u64)) {
+        let inside = |s: &Slot| s.lsn >= from && s.lsn < to;
+        for m in &self.ready {
+            for (&id, s) in m.iter().filter(|(_, s)| inside(s)) {
+                f(id, self.entry(id, *s), 0);
+            }
+        }
+        for (&(due, id), s) in self.delayed.iter().filter(|(_, s)| inside(s)) {
+            f(id, self.entry(id, *s), due);
+        }
+        for (&id, l) in self.leased.iter().filter(|(_, l)| inside(&l.slot)) {
+            f(id, self.entry(id, l.slot), 0);
+        }
     }
 }
