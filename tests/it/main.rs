@@ -20,7 +20,6 @@ mod operate;
 mod poison;
 mod quota;
 mod recovery;
-mod recycle;
 mod runs;
 mod salvage;
 mod sizes;
