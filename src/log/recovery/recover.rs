@@ -198,11 +198,11 @@ pub(crate) fn recover(
     let mut tail_index = segs.len();
     let mut group = Group::at_epoch(replay.epoch());
     for (i, seg) in segs.iter().enumerate() {
+        failpoint::hit("recovery-replay");
         if seg.end() <= start {
             // Below the snapshot the replay starts from: neither read nor replayed.
             continue;
         }
-        failpoint::hit("recovery-replay");
         let bytes = image(seg)?;
         let mut img: &[u8] = &bytes;
         let from = start.saturating_sub(seg.base()).max(HEADER_LEN);
