@@ -45,7 +45,7 @@ impl QueueIndex {
             snap.run_next = slot.lsn;
             snap.run_count += count;
             snap.run_bytes += bytes;
-            snap.run_floor = id - 1;
+            snap.run_floor = id.saturating_sub(1);
         }
         let mut list = |id: u64, slot: Slot, due: u64, leased: u32| {
             if slot.lsn == RELOCATED {
