@@ -95,6 +95,14 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// [`Error::NoSpace`], for `ok_or_else` on the hot paths: `ok_or(Error::NoSpace)` builds
+    /// the error and drops it again on every success.
+    pub(crate) fn no_space() -> Error {
+        Error::NoSpace
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -327,12 +327,28 @@ impl Log {
     /// The segment holding log position `lsn`.
     #[inline]
     pub(crate) fn segment_of(&self, lsn: u64) -> Option<&Arc<Segment>> {
-        self.segments.range(..=lsn).next_back().map(|(_, s)| &s.seg).filter(|s| lsn < s.end())
+        let info = match self.segments.last_key_value() {
+            Some((&base, info)) if base <= lsn => Some(info),
+            _ => self.segments.range(..=lsn).next_back().map(|(_, s)| s),
+        };
+        info.map(|s| &s.seg).filter(|s| lsn < s.end())
+    }
+
+    /// The segment starting at or before `lsn`, with its base: the active one (where most
+    /// records are) found without a range search, which costs about as much as the rest of a
+    /// push's bookkeeping.
+    #[inline]
+    fn info_mut(segments: &mut BTreeMap<u64, SegInfo>, lsn: u64) -> Option<(u64, &mut SegInfo)> {
+        let active = segments.last_key_value().map(|(&base, _)| base);
+        match active {
+            Some(base) if base <= lsn => segments.last_entry().map(|e| (base, e.into_mut())),
+            _ => segments.range_mut(..=lsn).next_back().map(|(&base, s)| (base, s)),
+        }
     }
 
     /// Counts a pushed message against the segment its record is in.
     pub(crate) fn note_push(&mut self, lsn: u64) {
-        if let Some((_, s)) = self.segments.range_mut(..=lsn).next_back() {
+        if let Some((_, s)) = Self::info_mut(&mut self.segments, lsn) {
             s.live += 1;
             s.pushed += 1;
             self.live += 1;
@@ -346,8 +362,8 @@ impl Log {
             return false;
         }
         let active = self.segments.last_key_value().map(|(&base, _)| base);
-        match self.segments.range_mut(..=push_lsn).next_back() {
-            Some((&base, s)) => {
+        match Self::info_mut(&mut self.segments, push_lsn) {
+            Some((base, s)) => {
                 self.live -= u64::from(s.live > 0);
                 s.live = s.live.saturating_sub(1);
                 s.settled = s.settled.max(end);
@@ -360,7 +376,7 @@ impl Log {
     /// A message whose push record is at `push_lsn` was relocated into the state database by a
     /// committed checkpoint: it no longer holds its segment.
     pub(crate) fn note_relocated(&mut self, push_lsn: u64) {
-        if let Some((_, s)) = self.segments.range_mut(..=push_lsn).next_back() {
+        if let Some((_, s)) = Self::info_mut(&mut self.segments, push_lsn) {
             self.live -= u64::from(s.live > 0);
             s.live = s.live.saturating_sub(1);
         }

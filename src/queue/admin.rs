@@ -80,7 +80,7 @@ pub(crate) fn set_config(queue: &QueueRef, config: &QueueConfig) -> Result<()> {
     let mut g = shared.lock();
     g.check()?;
     shared.reserve(&mut g, &[len, len], Room::Push)?;
-    g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+    g.wal_mut().append(&body).ok_or_else(Error::no_space)?;
     g.wal_mut().set_catalog_config(queue.id(), Some(bytes.into()));
     g.queue_mut(queue.id()).set_config(config.clone());
     g.queue_mut(queue.id()).notify_all();
@@ -361,7 +361,7 @@ pub(crate) fn requeue_where(
                 }
                 let Some(entry) = g.queue_mut(q).index_mut().remove(id) else { continue };
                 let body = Body::Requeue { queue: queue.id(), id, to };
-                g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+                g.wal_mut().append(&body).ok_or_else(Error::no_space)?;
                 g.queue_mut(q).index_mut().take_note(id);
                 let dst = &mut g.queue_mut(to);
                 dst.index_mut().insert(id, Entry { attempts: 0, ..entry }, 0);

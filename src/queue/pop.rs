@@ -200,7 +200,7 @@ pub(crate) fn lease_one(
         }
         let Some(entry) = g.queue_mut(q).index_mut().lease(id, now, visibility) else { continue };
         let body = Body::Deliver { queue: queue.id(), id, attempt: entry.attempts };
-        g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+        g.wal_mut().append(&body).ok_or_else(Error::no_space)?;
         let source = source_of(g, id, &entry)?;
         return Ok(Some(Taken { id, entry, source }));
     }

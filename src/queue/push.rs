@@ -224,7 +224,7 @@ fn stage_push(
         key,
         payload,
     };
-    let lsn = g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+    let lsn = g.wal_mut().append(&body).ok_or_else(Error::no_space)?;
     g.wal_mut().log_mut().note_push(lsn);
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let off = u32::try_from(body.payload_offset()).unwrap_or(u32::MAX);

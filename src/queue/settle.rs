@@ -61,7 +61,9 @@ pub(crate) fn create_queue(g: &mut MutexGuard<'_, State>, name: &str) -> Result<
     }
     let id = u32::try_from(g.queues().len())
         .map_err(|_| Error::InvalidOption("too many queues".into()))?;
-    g.wal_mut().append(&Body::Queue { queue: id, name: name.as_bytes() }).ok_or(Error::NoSpace)?;
+    g.wal_mut()
+        .append(&Body::Queue { queue: id, name: name.as_bytes() })
+        .ok_or_else(Error::no_space)?;
     g.wal_mut().add_to_catalog(name);
     g.add_queue(name)
 }
@@ -76,7 +78,7 @@ pub(crate) fn drop_message(
     entry: Entry,
 ) -> Result<()> {
     let body = Body::Ack { queue: q, id };
-    let lsn = g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+    let lsn = g.wal_mut().append(&body).ok_or_else(Error::no_space)?;
     let end = lsn + body.encoded_len() as u64;
     if let Some(qs) = g.get_queue_mut(q) {
         qs.index_mut().forget(id);
@@ -113,7 +115,7 @@ pub(crate) fn dead_letter(
     };
     let body =
         Body::DeadLetter { queue: q, id, to, reason: reason.code(), error: error.as_bytes() };
-    g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+    g.wal_mut().append(&body).ok_or_else(Error::no_space)?;
     if let Some(qs) = g.get_queue_mut(q) {
         qs.index_mut().forget(id);
     }
@@ -286,7 +288,7 @@ pub(crate) fn settle(
                     .index_mut()
                     .put_back(id, attempt, now, 0)
                     .map_err(|_| Error::LeaseExpired)?;
-                g.wal_mut().append(&Body::Nack { queue: q, id }).ok_or(Error::NoSpace)?;
+                g.wal_mut().append(&Body::Nack { queue: q, id }).ok_or_else(Error::no_space)?;
                 g.queue_mut(q).notify_one();
             }
             (_, None) => {
@@ -295,7 +297,7 @@ pub(crate) fn settle(
                     .put_back(id, attempt, now, due)
                     .map_err(|_| Error::LeaseExpired)?;
                 let body = Body::Retry { queue: q, id, due, error: error.as_bytes() };
-                g.wal_mut().append(&body).ok_or(Error::NoSpace)?;
+                g.wal_mut().append(&body).ok_or_else(Error::no_space)?;
                 let qs = &mut g.queue_mut(q);
                 qs.counters_mut().failed += 1;
                 qs.index_mut().set_error(id, error);

@@ -118,7 +118,7 @@ impl Core {
                 let lens = bodies.each_ref().map(Body::encoded_len);
                 shared.reserve(&mut g, &lens, Room::Settle)?;
                 for body in &bodies {
-                    g.wal_mut().append(body).ok_or(Error::NoSpace)?;
+                    g.wal_mut().append(body).ok_or_else(Error::no_space)?;
                 }
             }
             shared.sync(&mut g)?;
