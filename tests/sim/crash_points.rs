@@ -17,7 +17,7 @@ use std::time::Duration;
 use wharf::testing::{self, CrashPolicy, Fault, OpKind, SimFs};
 use wharf::{Durability, Error, PushOptions, ReadMode, Wharf, WharfBuilder};
 
-use crate::oracle::{observe, recover_and_check, Ctx, Record, Step, DIR};
+use crate::oracle::{from_snapshot_count, observe, recover_and_check, Ctx, Record, Step, DIR};
 
 /// Every ok-or-crash outcome is fine while running: the oracle judges the recovered state.
 pub type Scenario = fn(&mut Ctx) -> Step;
@@ -304,6 +304,8 @@ pub struct Figures {
     pub with_state: u64,
     /// Crash images holding a `state.redb.tmp` of an interrupted creation.
     pub with_state_tmp: u64,
+    /// Recoveries that started from a checkpoint's snapshot (the rest replayed the whole log).
+    pub from_snapshot: u64,
 }
 
 /// Crashes every scenario at every disk operation and checks every crash image (and crashes
@@ -313,6 +315,7 @@ pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> Figure
     for (name, builder, f) in scenarios {
         let started = std::time::Instant::now();
         let before = all;
+        let snapshots_before = from_snapshot_count();
         let probe = SimFs::new();
         let record = run(builder, *f, &probe, None);
         let ops = probe.ops();
@@ -368,10 +371,13 @@ pub fn enumerate(scenarios: &[(&'static str, WharfBuilder, Scenario)]) -> Figure
                 }
             }
         }
+        all.from_snapshot += from_snapshot_count() - snapshots_before;
         println!(
-            "  {name}: {} crash points, {} recoveries, {} images with state.redb, {:.1} s",
+            "  {name}: {} crash points, {} recoveries ({} from a snapshot), {} images with \
+             state.redb, {:.1} s",
             all.points - before.points,
             all.recoveries - before.recoveries,
+            all.from_snapshot - before.from_snapshot,
             all.with_state - before.with_state,
             started.elapsed().as_secs_f64()
         );

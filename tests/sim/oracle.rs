@@ -579,6 +579,17 @@ pub fn probe_fresh_id(w: &Wharf, max_id: u64, what: &str) {
     }
 }
 
+thread_local! {
+    /// Recoveries `recover_and_check` saw start from a checkpoint's snapshot, on this thread
+    /// (a test's own count: tests run on threads of their own).
+    static FROM_SNAPSHOT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many recoveries checked on this thread so far started from a checkpoint's snapshot.
+pub fn from_snapshot_count() -> u64 {
+    FROM_SNAPSHOT.with(std::cell::Cell::get)
+}
+
 /// Opens `image`, checks the invariants, and returns how many disk operations the open took.
 pub fn recover_and_check(
     builder: &WharfBuilder,
@@ -596,6 +607,9 @@ pub fn recover_and_check(
     let w = testing::open(builder, image, Path::new(DIR))
         .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
     let recovery_ops = image.ops() - before;
+    if w.recovery_report().from_snapshot {
+        FROM_SNAPSHOT.with(|c| c.set(c.get() + 1));
+    }
     check(&w, r, keep_all, what);
     drop(w);
     recovery_ops

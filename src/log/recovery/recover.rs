@@ -48,6 +48,10 @@ pub struct RecoveryReport {
     pub removed_files: Vec<String>,
     /// The log position of the checkpoint recovery started from (`state.redb`), if any.
     pub checkpoint: Option<u64>,
+    /// Whether recovery started from that checkpoint's snapshot of the queues and replayed
+    /// only the log after it (false: it replayed the whole log, as it does for a store
+    /// without a usable snapshot).
+    pub from_snapshot: bool,
     /// Messages whose payloads live in the state database (relocated out of old segments).
     pub relocated: u64,
     /// How long recovery took.
@@ -188,9 +192,11 @@ pub(crate) fn recover(
         s.segments.iter().all(|&(base, live, _)| live == 0 || present(base))
             && holding.is_some_and(|seg| reaches(seg, s.last, s.position))
     };
-    let mut replay = match &loaded.snapshot {
-        Some(s) if whole(s) => Replay::resume(loaded, state_file)?,
-        _ => Replay::from_checkpoint(loaded, state_file)?,
+    let from_snapshot = loaded.snapshot.as_ref().is_some_and(whole);
+    let mut replay = if from_snapshot {
+        Replay::resume(loaded, state_file)?
+    } else {
+        Replay::from_checkpoint(loaded, state_file)?
     };
     let start = replay.start();
     replay.set_runs(window, segs.clone());
@@ -282,6 +288,7 @@ pub(crate) fn recover(
     }
     report.records = replay.records();
     report.checkpoint = (loaded.checkpoint > 0).then_some(loaded.checkpoint);
+    report.from_snapshot = from_snapshot;
     report.relocated = replay.relocated().len() as u64;
     report.in_flight_at_crash = replay.in_flight();
     report.messages = replay.queues().iter().map(|(_, q)| q.waiting_len() as u64).sum();
