@@ -74,6 +74,7 @@ fn compare(dir: &Path, window: usize, names: &[&str]) -> (u64, u64) {
     let a = builder(window).open(snap.path()).unwrap();
     let b = builder(window).open(full.path()).unwrap();
     let (ra, rb) = (a.recovery_report().clone(), b.recovery_report().clone());
+    assert!(ra.from_snapshot && !rb.from_snapshot, "{ra:?}\n{rb:?}");
     assert_eq!(ra.messages, rb.messages);
     assert_eq!(ra.in_flight_at_crash, rb.in_flight_at_crash);
     assert_eq!(ra.relocated, rb.relocated);
@@ -209,6 +210,7 @@ fn a_snapshot_too_big_is_not_kept_and_the_open_replays_the_log() {
     assert!(!wharf::testing::drop_snapshot(crashed.path()).unwrap(), "no snapshot was kept");
     let w = builder(window).open(copy_again(crashed.path()).path()).unwrap();
     assert_eq!(w.queue("q").unwrap().depth().unwrap().delayed, 5_000);
+    assert!(!w.recovery_report().from_snapshot);
     assert!(w.recovery_report().records >= 5_000);
 }
 
