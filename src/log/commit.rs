@@ -393,12 +393,18 @@ impl GroupCommit {
             }
         }
         // A full group is handed to the background thread; a caller writes it itself only when
-        // the background falls behind, which bounds the staged bytes.
+        // the background falls behind, and waits while a leader writes (or syncs, for the
+        // unsynced bound): the staged bytes stay bounded however slow the disk.
         if g.wal_mut().kick_full_group() {
             self.bg_cv.notify_one();
         }
-        if g.wal().staged_bytes() >= 4 * GROUP_BYTES && !g.wal().flushing() {
-            self.flush(g, false)?;
+        while g.wal().staged_bytes() >= 4 * GROUP_BYTES {
+            g.wal().check()?;
+            if g.wal().flushing() {
+                self.durable_cv.wait(g);
+            } else {
+                self.flush(g, false)?;
+            }
         }
         Ok(())
     }
@@ -463,10 +469,10 @@ impl GroupCommit {
     /// The leader's work: write every staged chunk, sync if asked, publish the new ends.
     /// Must not be called while another flush runs.
     pub(crate) fn flush<H: LogHost>(&self, g: &mut MutexGuard<'_, H>, sync: bool) -> Result<()> {
-        let Some(flush) = g.wal_mut().begin_flush(sync) else { return Ok(()) };
+        let Some(mut flush) = g.wal_mut().begin_flush(sync) else { return Ok(()) };
         let mut done = Flushed::default();
         let written = MutexGuard::unlocked(g, || flush.write(&mut done));
-        let first_new = g.wal_mut().end_flush(&flush, &done, written.is_ok());
+        let first_new = g.wal_mut().end_flush(&mut flush, &done, written.is_ok());
         let result = match written {
             Ok(()) => {
                 let wal = g.wal_mut();

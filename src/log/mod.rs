@@ -6,6 +6,7 @@
 //! through [`LogHost`]; nothing here names a queue or a checkpoint.
 
 mod commit;
+mod flush;
 mod mark;
 mod recovery;
 mod run;

@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::flush::{record_len_at, Chunk};
+pub(crate) use super::flush::{Flush, Flushed};
 use super::segment::Segment;
 use super::segments::{first_record, Log, SegInfo};
 use super::source::Records;
@@ -19,6 +21,8 @@ use crate::record::{self, Body, SEAL_LEN, TAIL_RESERVE};
 
 /// Staged bytes past which a non-waiting write hands them to the OS at once.
 pub(crate) const GROUP_BYTES: usize = 1 << 20;
+/// Buffers of written chunks kept for staging (see `Wal::spare_buffers`).
+const SPARE_BUFFERS: usize = 2;
 /// How soon bytes staged with `Durability::None` are handed to the OS.
 pub(crate) const WRITE_BEHIND: Duration = Duration::from_millis(5);
 /// Spare segments that only settlements (deliveries, acks, nacks) and the epoch record of an
@@ -39,22 +43,6 @@ pub(crate) enum Room {
 pub(crate) const SEQ_BITS: u32 = 40;
 /// The largest epoch: an id is `epoch << SEQ_BITS | seq` and fits in a u64.
 pub(crate) const MAX_EPOCH: u32 = (1 << (64 - SEQ_BITS)) - 1;
-
-/// Bytes staged for one segment, to be written at `lsn` in one call.
-struct Chunk {
-    seg: Arc<Segment>,
-    lsn: u64,
-    bytes: Vec<u8>,
-    /// Ends with a seal record: synced before anything later is written.
-    seal: bool,
-}
-
-impl Chunk {
-    fn copy(&self, lsn: u64, len: usize) -> Option<Vec<u8>> {
-        let start = usize::try_from(lsn.checked_sub(self.lsn)?).ok()?;
-        self.bytes.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
-    }
-}
 
 /// One queue as every segment's preamble restates it.
 pub(crate) struct CatalogEntry {
@@ -80,6 +68,9 @@ pub(crate) struct Wal {
     chunk_capacity: usize,
     /// What the current leader is writing, readable by others until it is written.
     writing: Option<Arc<Vec<Chunk>>>,
+    /// Buffers of chunks written, kept to stage into again: a fresh buffer of a megabyte
+    /// costs a page fault every 4 KiB as it fills, more than copying the records into it.
+    spare_buffers: Vec<Vec<u8>>,
     /// A leader is writing or syncing now.
     flushing: bool,
     /// The segment holding written but unsynced bytes.
@@ -126,6 +117,7 @@ impl Wal {
             staged_bytes: 0,
             chunk_capacity: GROUP_BYTES / 16,
             writing: None,
+            spare_buffers: Vec::new(),
             flushing: false,
             unsynced: None,
             poisoned: None,
@@ -328,7 +320,8 @@ impl Wal {
                 c.bytes.len() - before
             }
             _ => {
-                let mut bytes = Vec::with_capacity(self.chunk_capacity);
+                let mut bytes = self.spare_buffers.pop().unwrap_or_default();
+                bytes.reserve(self.chunk_capacity);
                 write(&mut bytes);
                 let len = bytes.len();
                 let seg = Arc::clone(&self.active);
@@ -542,7 +535,7 @@ impl Wal {
     /// A leader's last step: publishes what `flush` (run with the mutex released) achieved.
     /// On success the log is written (and with `sync`, durable) up to the flush's end.
     /// Returns whether this was the first write past the checkpoint at `checkpoint`.
-    pub(crate) fn end_flush(&mut self, flush: &Flush, done: &Flushed, ok: bool) -> bool {
+    pub(crate) fn end_flush(&mut self, flush: &mut Flush, done: &Flushed, ok: bool) -> bool {
         self.flushing = false;
         self.writing = None;
         self.stats.writes += done.writes;
@@ -557,6 +550,15 @@ impl Wal {
                 self.unsynced = None;
             } else if let Some(c) = flush.chunks.last() {
                 self.unsynced = Some(Arc::clone(&c.seg));
+            }
+        }
+        // Last: the chunks are not looked at again (the segment to sync was taken above).
+        let chunks = Arc::try_unwrap(std::mem::take(&mut flush.chunks)).unwrap_or_default();
+        for c in chunks {
+            if self.spare_buffers.len() < SPARE_BUFFERS && c.bytes.capacity() <= 4 * GROUP_BYTES {
+                let mut bytes = c.bytes;
+                bytes.clear();
+                self.spare_buffers.push(bytes);
             }
         }
         first_new
@@ -588,138 +590,5 @@ impl Records for Wal {
     fn next_segment(&self, lsn: u64) -> Option<u64> {
         let after = lsn.checked_add(1)?;
         self.log.segments().map(SegInfo::seg).find(|s| s.base() >= after).map(|s| first_record(s))
-    }
-}
-
-/// The length of the record at the start of `bytes` (staged records, so whole and valid).
-fn record_len_at(bytes: &[u8]) -> usize {
-    bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(bytes.len(), |b| u32::from_le_bytes(b) as usize)
-}
-
-/// How many bytes of whole records at the start of `bytes` end within `room` bytes.
-fn whole_records_within(bytes: &[u8], room: u64) -> usize {
-    let room = usize::try_from(room).unwrap_or(usize::MAX);
-    if bytes.len() <= room {
-        return bytes.len();
-    }
-    let mut end = 0;
-    loop {
-        let len = record_len_at(bytes.get(end..).unwrap_or(&[]));
-        if len == 0 || end + len > room {
-            return end;
-        }
-        end += len;
-    }
-}
-
-/// What one leader writes: taken by `Wal::begin_flush` under the mutex, written by
-/// `Flush::write` without it.
-pub(crate) struct Flush {
-    chunks: Arc<Vec<Chunk>>,
-    to_sync: Option<Arc<Segment>>,
-    end: u64,
-    sync: bool,
-    /// The log's durable end when the flush began.
-    durable: u64,
-}
-
-/// What a flush achieved, also when it failed part way.
-#[derive(Debug, Default)]
-pub(crate) struct Flushed {
-    writes: u64,
-    syncs: u64,
-    /// Where a sync during the flush (after a seal, or to keep within the unsynced bound) made
-    /// the log durable: every earlier segment was sealed and synced before it, so this holds
-    /// even if the flush fails later or does not sync at its end.
-    synced_to: u64,
-}
-
-impl Flush {
-    /// The log position this flush writes up to.
-    #[inline]
-    pub(crate) fn end(&self) -> u64 {
-        self.end
-    }
-
-    /// Writes every chunk, syncing each one that ends with a seal, then syncs the last
-    /// segment if asked: the I/O of a group commit, run with the store's mutex released.
-    pub(crate) fn write(&self, done: &mut Flushed) -> std::io::Result<()> {
-        let mut durable = self.durable;
-        for c in self.chunks.iter() {
-            let mut off = 0;
-            while off < c.bytes.len() {
-                let at = c.lsn + off as u64;
-                let rest = c.bytes.get(off..).unwrap_or(&[]);
-                // The log is never written more than the segment's bound past its durable end
-                // (but for one record longer than the bound, written alone right after a
-                // sync), so that recovery need not look further for records written after
-                // it. Syncs fall between records: the durable end is always a record's start.
-                let n = match c.seg.unsynced_bound() {
-                    Some(bound) => {
-                        let room = (durable + bound).saturating_sub(at);
-                        let n = whole_records_within(rest, room);
-                        if n == 0 && at > durable {
-                            c.seg.sync()?;
-                            done.syncs += 1;
-                            durable = at;
-                            done.synced_to = at;
-                            continue;
-                        }
-                        // Right after a sync, a record longer than the bound goes alone.
-                        if n == 0 {
-                            record_len_at(rest).max(1).min(rest.len())
-                        } else {
-                            n
-                        }
-                    }
-                    None => rest.len(),
-                };
-                c.seg.write(at, rest.get(..n).unwrap_or(rest))?;
-                done.writes += 1;
-                off += n;
-            }
-            if c.seal {
-                c.seg.sync()?;
-                done.syncs += 1;
-                durable = c.lsn + c.bytes.len() as u64;
-                done.synced_to = durable;
-            }
-        }
-        if let Some(seg) = &self.to_sync {
-            crate::failpoint::hit("after-write-before-sync");
-            seg.sync()?;
-            done.syncs += 1;
-            crate::failpoint::hit("after-sync-before-wake");
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bounded_write_ends_between_records() {
-        let mut bytes = Vec::new();
-        for (lsn, len) in [(0u64, 10usize), (1, 300), (2, 20)] {
-            record::encode(
-                &mut bytes,
-                lsn,
-                0,
-                &Body::Push { queue: 0, id: lsn, payload: &vec![1; len] },
-            );
-        }
-        let first = record_len_at(&bytes);
-        let second = record_len_at(&bytes[first..]);
-        assert_eq!(whole_records_within(&bytes, u64::MAX), bytes.len());
-        assert_eq!(whole_records_within(&bytes, bytes.len() as u64), bytes.len());
-        assert_eq!(whole_records_within(&bytes, first as u64 - 1), 0);
-        assert_eq!(whole_records_within(&bytes, first as u64), first);
-        assert_eq!(whole_records_within(&bytes, (first + second) as u64 - 1), first);
-        assert_eq!(whole_records_within(&bytes, (first + second) as u64), first + second);
     }
 }
