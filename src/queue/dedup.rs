@@ -21,9 +21,6 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
-/// A dedup key, its message id and the Unix ms until which it holds once settled.
-pub(crate) type DedupEntry = (Box<[u8]>, u64, u64);
-
 /// Bytes before an entry's key: message id, window end (both `u64`), key length (`u16`).
 const HEAD: usize = 18;
 /// Set in an entry's key length once it was dropped.
@@ -238,37 +235,35 @@ impl DedupKeys {
         }
     }
 
-    /// The live entries at or past byte offset `from`.
-    fn entries_from(&self, from: usize) -> Vec<DedupEntry> {
-        let mut out = Vec::new();
+    /// Gives `put` each live entry at or past byte offset `from`: key, id, until.
+    fn entries_from(&self, from: usize, put: &mut impl FnMut(&[u8], u64, u64)) {
         let mut at = from;
         while at < self.arena.len() {
             let (id, until, key, dead, size) = entry_at(&self.arena, at);
             if !dead {
-                out.push((key.into(), id, until));
+                put(key, id, until);
             }
             at += size;
         }
-        out
     }
 
-    /// Checkpoint: the keys added and forgotten since the last call, with the current value of
-    /// each added key that is still held. The checkpoint writes these to the state database.
-    pub(crate) fn take_changes(&mut self) -> (Vec<DedupEntry>, Vec<Box<[u8]>>) {
-        let mut put = self.entries_from(self.mark);
+    /// Checkpoint: gives `put` each key added since the last call that is still held, with its
+    /// current value, and returns the keys forgotten since. The checkpoint writes these to the
+    /// state database.
+    pub(crate) fn take_changes(&mut self, mut put: impl FnMut(&[u8], u64, u64)) -> Vec<Box<[u8]>> {
+        self.entries_from(self.mark, &mut put);
         self.mark = self.arena.len();
         // Spilled entries are few (past 32 GiB of keys): each checkpoint writes them all.
-        put.extend(self.spill.iter().map(|(k, &(id, until))| (k.clone(), id, until)));
+        self.spill.iter().for_each(|(k, &(id, until))| put(k, id, until));
         let mut gone = std::mem::take(&mut self.gone);
         gone.retain(|k| self.get(k).is_none());
-        (put, gone)
+        gone
     }
 
-    /// Every key held now, with its message and window end.
-    pub(crate) fn all(&self) -> Vec<DedupEntry> {
-        let mut all = self.entries_from(0);
-        all.extend(self.spill.iter().map(|(k, &(id, until))| (k.clone(), id, until)));
-        all
+    /// Gives `put` every key held now, with its message and window end.
+    pub(crate) fn all(&self, mut put: impl FnMut(&[u8], u64, u64)) {
+        self.entries_from(0, &mut put);
+        self.spill.iter().for_each(|(k, &(id, until))| put(k, id, until));
     }
 
     /// Keys remembered now.
@@ -283,6 +278,22 @@ mod tests {
 
     fn keys(collide: bool) -> DedupKeys {
         DedupKeys { collide, ..DedupKeys::default() }
+    }
+
+    type Put = Vec<(Vec<u8>, u64, u64)>;
+
+    /// `take_changes`, collected: (put, sorted; gone).
+    fn changes(d: &mut DedupKeys) -> (Put, Vec<Box<[u8]>>) {
+        let mut put = Vec::new();
+        let gone = d.take_changes(|k, id, until| put.push((k.to_vec(), id, until)));
+        put.sort();
+        (put, gone)
+    }
+
+    fn all(d: &DedupKeys) -> Put {
+        let mut all = Vec::new();
+        d.all(|k, id, until| all.push((k.to_vec(), id, until)));
+        all
     }
 
     #[test]
@@ -316,20 +327,18 @@ mod tests {
         let mut d = keys(false);
         d.insert(b"a", 1, 10, 0, |_| true);
         d.insert(b"b", 2, 10, 0, |_| true);
-        let (put, gone) = d.take_changes();
+        let (put, gone) = changes(&mut d);
         assert_eq!(put.len(), 2);
         assert!(gone.is_empty());
         assert_eq!(d.hit(b"a", 10, |_| false), None);
         d.insert(b"c", 3, 10, 0, |_| true);
         d.insert(b"b", 4, 20, 0, |_| true); // named again: the new value is written
-        let (put, gone) = d.take_changes();
-        let mut put: Vec<_> = put.iter().map(|(k, id, u)| (k.to_vec(), *id, *u)).collect();
-        put.sort();
+        let (put, gone) = changes(&mut d);
         assert_eq!(put, vec![(b"b".to_vec(), 4, 20), (b"c".to_vec(), 3, 10)]);
         assert_eq!(gone, vec![Box::from(&b"a"[..])]);
-        let (put, gone) = d.take_changes();
+        let (put, gone) = changes(&mut d);
         assert!(put.is_empty() && gone.is_empty());
-        assert_eq!(d.all().len(), 2);
+        assert_eq!(all(&d).len(), 2);
     }
 
     #[test]
@@ -340,7 +349,7 @@ mod tests {
             for i in 0..n as u64 {
                 d.insert(&i.to_le_bytes(), i, 0, 0, |_| true);
             }
-            let _ = d.take_changes();
+            let _ = changes(&mut d);
             for i in n as u64..n as u64 + 10 {
                 d.insert(&i.to_le_bytes(), i, 0, 0, |_| true);
             }
@@ -354,9 +363,12 @@ mod tests {
             assert!(d.arena.len() < 2 * n * 32 / 10 + 20 * 32, "compacted");
             for i in 0..n as u64 + 10 {
                 let want = (holds(i) || i >= n as u64).then_some(i);
-                assert_eq!(d.hit(&i.to_le_bytes(), 1, |id| id.is_multiple_of(10) || id >= n as u64), want);
+                assert_eq!(
+                    d.hit(&i.to_le_bytes(), 1, |id| id.is_multiple_of(10) || id >= n as u64),
+                    want
+                );
             }
-            let (put, gone) = d.take_changes();
+            let (put, gone) = changes(&mut d);
             assert_eq!(put.len(), 10, "only what was added since the checkpoint");
             assert_eq!(gone.len(), n - n / 10);
         }
@@ -370,6 +382,6 @@ mod tests {
         d.insert(b"", 2, 5, 0, |_| true);
         assert_eq!(d.hit(&long, 0, |_| true), Some(1));
         assert_eq!(d.hit(b"", 0, |_| true), Some(2));
-        assert_eq!(d.all().iter().map(|e| e.0.len()).sum::<usize>(), long.len());
+        assert_eq!(all(&d).iter().map(|e| e.0.len()).sum::<usize>(), long.len());
     }
 }
