@@ -383,7 +383,7 @@ impl StateDb {
                 let (k, v) = item?;
                 let (q, key) = k.value();
                 let (id, until) = v.value();
-                out.dedup.push((q, key.into(), id, until));
+                out.dedup.push(q, key, id, until);
             }
         }
         if let Some(t) = open_read(&tx, SNAPSHOT)? {
@@ -459,8 +459,8 @@ impl StateDb {
             for (q, key) in &d.dedup_delete {
                 dedup.remove((*q, &key[..]))?;
             }
-            for (q, key, id, until) in &d.dedup_put {
-                dedup.insert((*q, &key[..]), (*id, *until))?;
+            for (q, key, id, until) in d.dedup_put.iter() {
+                dedup.insert((q, key), (id, until))?;
             }
             // The snapshot is replaced whole, or dropped when this checkpoint has none (its
             // open then replays the log from its anchors).

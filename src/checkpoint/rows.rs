@@ -134,8 +134,39 @@ impl QueueRow {
     }
 }
 
-/// A dedup key: queue, key → (message id, Unix ms until which it holds once settled).
-pub(crate) type DedupRow = (u32, Box<[u8]>, u64, u64);
+/// Dedup keys as the state database holds them (read at open, or written by a checkpoint):
+/// queue, key, message id, window end. The keys sit in one buffer, not a box each: an open or
+/// a checkpoint may take a key per keyed message, and a million small boxes freed after it
+/// would stay in the process's heap (issue 16).
+#[derive(Debug, Default)]
+pub(crate) struct DedupRows {
+    keys: Vec<u8>,
+    /// Queue, message id, Unix ms until which the key holds once settled, and where the key starts in `keys` and its length.
+    rows: Vec<(u32, u64, u64, usize, usize)>,
+}
+
+impl DedupRows {
+    pub(crate) fn push(&mut self, queue: u32, key: &[u8], id: u64, until: u64) {
+        self.rows.push((queue, id, until, self.keys.len(), key.len()));
+        self.keys.extend_from_slice(key);
+    }
+
+    /// Each key: (queue, key, message id, window end).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &[u8], u64, u64)> + '_ {
+        self.rows.iter().map(|&(q, id, until, at, len)| {
+            (q, self.keys.get(at..at + len).unwrap_or_default(), id, until)
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Keeps the keys of queues below `queues` (the catalog's).
+    pub(crate) fn retain_queues(&mut self, queues: usize) {
+        self.rows.retain(|&(q, ..)| (q as usize) < queues);
+    }
+}
 
 /// Everything a checkpoint holds, as read at open.
 #[derive(Debug, Default)]
@@ -146,7 +177,7 @@ pub(crate) struct Loaded {
     pub epoch: u32,
     pub queues: Vec<QueueRow>,
     pub rows: Vec<(u64, Row)>,
-    pub dedup: Vec<DedupRow>,
+    pub dedup: DedupRows,
     /// The index as of the checkpoint, if the checkpoint took one (state layout 2).
     pub snapshot: Option<super::snapshot::Snapshot>,
 }
@@ -163,7 +194,7 @@ pub(crate) struct Delta {
     pub put: Vec<(u64, Row, Option<Vec<u8>>)>,
     /// Relocated messages settled since: their rows and payloads go.
     pub delete: Vec<u64>,
-    pub dedup_put: Vec<DedupRow>,
+    pub dedup_put: DedupRows,
     pub dedup_delete: Vec<(u32, Box<[u8]>)>,
     /// Rewrite from memory: rows of messages neither in `keep` nor in `put` are deleted, and
     /// the dedup table is replaced by `dedup_put` (after a transaction that may or may not have

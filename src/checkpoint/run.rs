@@ -92,13 +92,14 @@ pub(crate) fn take(shared: &Shared) -> Result<CheckpointReport> {
     for (q, qs) in g.queues_mut().iter_mut().enumerate() {
         let q = u32::try_from(q).unwrap_or(u32::MAX);
         let index = qs.index_mut();
-        let (put, gone) = if reconcile {
-            index.take_dedup_changes();
-            (index.all_dedup(), Vec::new())
+        let put = &mut delta.dedup_put;
+        let gone = if reconcile {
+            index.take_dedup_changes(|_, _, _| {});
+            index.all_dedup(|k, id, until| put.push(q, k, id, until));
+            Vec::new()
         } else {
-            index.take_dedup_changes()
+            index.take_dedup_changes(|k, id, until| put.push(q, k, id, until))
         };
-        delta.dedup_put.extend(put.into_iter().map(|(k, id, until)| (q, k, id, until)));
         delta.dedup_delete.extend(gone.into_iter().map(|k| (q, k)));
     }
     // Under a disk quota the state database may grow only into the room the quota leaves,

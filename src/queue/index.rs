@@ -14,7 +14,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
-use super::dedup::{DedupEntry, DedupKeys};
+use super::dedup::DedupKeys;
 use super::run::{IdMap, Run, RunWant};
 use crate::clock::deadline_after;
 
@@ -633,14 +633,18 @@ impl QueueIndex {
         self.notes.remove(&id);
     }
 
-    /// Checkpoint: the dedup keys added and forgotten since the last call (`DedupKeys`).
-    pub(crate) fn take_dedup_changes(&mut self) -> (Vec<DedupEntry>, Vec<Box<[u8]>>) {
-        self.dedup.take_changes()
+    /// Checkpoint: the dedup keys added (given to `put`: key, id, window end) and forgotten
+    /// (returned) since the last call (`DedupKeys`).
+    pub(crate) fn take_dedup_changes(
+        &mut self,
+        put: impl FnMut(&[u8], u64, u64),
+    ) -> Vec<Box<[u8]>> {
+        self.dedup.take_changes(put)
     }
 
-    /// Every dedup key held now, with its message and window end.
-    pub(crate) fn all_dedup(&self) -> Vec<DedupEntry> {
-        self.dedup.all()
+    /// Gives `put` every dedup key held now, with its message and window end.
+    pub(crate) fn all_dedup(&self, put: impl FnMut(&[u8], u64, u64)) {
+        self.dedup.all(put)
     }
 
     /// Marks message `id`'s payload as relocated into the state database; returns the entry it

@@ -215,7 +215,7 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
         orphans
             .extend(l.rows.iter().filter(|(_, r)| r.queue as usize >= queues).map(|(id, _)| *id));
         l.rows.retain(|(_, row)| (row.queue as usize) < queues);
-        l.dedup.retain(|(q, ..)| (*q as usize) < queues);
+        l.dedup.retain_queues(queues);
         match Replay::from_checkpoint(l, &state_path) {
             Ok(r) => replay = r,
             Err(e) => {
@@ -357,12 +357,12 @@ pub(crate) fn plan(storage: &dyn Storage, dir: &Path, segment_bytes: Option<u64>
     report.problems.append(&mut scanned.problems);
 
     // The kept messages: unsettled after the replay, with a payload that checks.
-    let keys: HashMap<u64, Box<[u8]>> = replay
-        .queues()
-        .iter()
-        .flat_map(|(_, q)| q.all_dedup())
-        .map(|(key, id, _)| (id, key))
-        .collect();
+    let mut keys: HashMap<u64, Box<[u8]>> = HashMap::new();
+    for (_, q) in replay.queues() {
+        q.all_dedup(|key, id, _| {
+            keys.insert(id, key.into());
+        });
+    }
     let db = if replay.relocated().is_empty() {
         None
     } else {

@@ -117,8 +117,8 @@ fn check_state(storage: &dyn Storage, path: &Path) -> StateCheck {
             problem(corruption(path, e).reason);
         }
     }
-    for (q, _, id, _) in &loaded.dedup {
-        if *q as usize >= queues {
+    for (q, _, id, _) in loaded.dedup.iter() {
+        if q as usize >= queues {
             problem(format!(
                 "a dedup key of message {id:016x} is in queue {q}, which its catalog does not hold"
             ));

@@ -159,7 +159,7 @@ impl Verifier<'_> {
             self.snapshot = Some((snap, rows));
         }
         loaded.rows.retain(|(_, row)| (row.queue as usize) < queues);
-        loaded.dedup.retain(|(q, ..)| (*q as usize) < queues);
+        loaded.dedup.retain_queues(queues);
         match Replay::from_checkpoint(&loaded, &self.state_path) {
             Ok(replay) => self.replay = replay,
             Err(e) => {

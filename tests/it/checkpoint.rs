@@ -337,3 +337,48 @@ fn a_sealed_segment_with_a_few_stragglers_goes_soon_after_the_seal() {
         },
     );
 }
+
+/// Thousands of dedup keys (past the point where the index prunes them and compacts its arena:
+/// at 4096 keys, 2500 of them settled), some settled, across checkpoints, a reopen and a crash: a key whose message is unsettled answers
+/// with its first id, a settled one (no window) stores anew.
+#[test]
+fn many_dedup_keys_hold_across_checkpoints_a_reopen_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |i: usize| PushOptions::new().dedup_key(format!("job-{i:010}"));
+    let ids = {
+        let w = open_manual(dir.path(), 1 << 20);
+        let q = w.queue("q").unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3000 {
+            ids.push(q.push_with(b"x", key(i)).unwrap());
+            if i % 700 == 0 {
+                w.checkpoint().unwrap();
+            }
+        }
+        for _ in 0..2500 {
+            q.try_pop().unwrap().unwrap().ack().unwrap();
+        }
+        for i in 3000..4500 {
+            ids.push(q.push_with(b"y", key(i)).unwrap());
+            assert_eq!(q.push_with(b"y", key(i)).unwrap(), ids[i]);
+        }
+        w.checkpoint().unwrap();
+        for i in 4500..5000 {
+            ids.push(q.push_with(b"z", key(i)).unwrap());
+        }
+        w.sync().unwrap();
+        w.close().unwrap();
+        as_if_crashed(dir.path());
+        ids
+    };
+    let w = open(dir.path(), 1 << 20);
+    let q = w.queue("q").unwrap();
+    for (i, &id) in ids.iter().enumerate().skip(2500) {
+        assert_eq!(q.push_with(b"again", key(i)).unwrap(), id, "key {i}");
+    }
+    assert_eq!(q.depth().unwrap().ready, 2500, "no duplicate was stored");
+    for (i, &id) in ids.iter().enumerate().take(2500) {
+        assert_ne!(q.push_with(b"anew", key(i)).unwrap(), id, "key {i} was settled");
+    }
+    assert_eq!(q.depth().unwrap().ready, 5000);
+}

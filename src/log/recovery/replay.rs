@@ -340,11 +340,11 @@ impl Replay {
             }
             r.relocated.insert(*id, row.clone());
         }
-        for (queue, key, id, until) in &loaded.dedup {
-            let Some((_, q)) = r.queues.get_mut(*queue as usize) else {
+        for (queue, key, id, until) in loaded.dedup.iter() {
+            let Some((_, q)) = r.queues.get_mut(queue as usize) else {
                 return Err(bad(format!("a dedup key of an unknown queue {queue}")));
             };
-            q.dedup_insert(key, *id, *until, 0);
+            q.dedup_insert(key, id, until, 0);
         }
         Ok(r)
     }
