@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use super::dedup::{DedupEntry, DedupKeys};
+use super::delayed::Delayed;
 use super::run::{IdMap, Run, RunWant};
+use super::slot::Slot;
 use crate::clock::deadline_after;
 
 /// The `lsn` of a message whose payload was relocated into the state database (its push
@@ -55,40 +57,6 @@ pub(crate) struct Note {
     pub reason: u8,
     /// The last error text a consumer gave.
     pub error: Box<str>,
-}
-
-/// What every unsettled message costs in the index: 16 bytes (its priority included), plus
-/// the ordered map's own overhead. Rarer properties live in side maps: [`Extra`] for an expiry
-/// (or a payload that starts elsewhere), due times for delayed messages, leases for messages
-/// in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Slot {
-    pub(super) lsn: u64,
-    pub(super) len: u32,
-    /// Deliveries so far (the low 28 bits, saturating) and the priority (the top 4).
-    meta: u32,
-}
-
-/// Deliveries a slot counts before it saturates.
-const MAX_ATTEMPTS: u32 = (1 << 28) - 1;
-
-impl Slot {
-    pub(super) fn new(lsn: u64, len: u32, attempts: u32, priority: u8) -> Slot {
-        let priority = u32::from(priority.min(crate::limits::MAX_PRIORITY));
-        Slot { lsn, len, meta: attempts.min(MAX_ATTEMPTS) | priority << 28 }
-    }
-
-    pub(super) fn attempts(self) -> u32 {
-        self.meta & MAX_ATTEMPTS
-    }
-
-    pub(super) fn priority(self) -> u8 {
-        (self.meta >> 28) as u8
-    }
-
-    fn set_attempts(&mut self, attempts: u32) {
-        *self = Slot::new(self.lsn, self.len, attempts, self.priority());
-    }
 }
 
 /// What a push with an expiry (or a `Push` of an older store) adds: where its payload starts,
@@ -138,9 +106,8 @@ pub(crate) struct QueueIndex {
     /// of the run). Any other placement at or past it, or the removal of one that is not the
     /// first, moves it past that message.
     pub(super) tail_from: u64,
-    /// Delayed messages by (due Unix ms, id), and each one's due time by id.
-    pub(super) delayed: BTreeMap<(u64, u64), Slot>,
-    pub(super) due_of: IdMap<u64>,
+    /// Delayed messages, by id and by due time (Unix ms).
+    pub(super) delayed: Delayed,
     pub(super) leased: IdMap<Lease>,
     /// Lease deadlines, oldest first; entries whose lease has since been settled or renewed are
     /// skipped when they surface.
@@ -325,8 +292,8 @@ impl QueueIndex {
             self.compact_deadlines();
             return Some(l.slot);
         }
-        if let Some(due) = self.due_of.remove(&id) {
-            return self.delayed.remove(&(due, id));
+        if let Some((_, slot)) = self.delayed.remove(id) {
+            return Some(slot);
         }
         let level = self.ready_level(id)?;
         let slot = self.ready.get_mut(level)?.remove(&id)?;
@@ -359,8 +326,7 @@ impl QueueIndex {
                 }
             }
         } else {
-            self.delayed.insert((due, id), slot);
-            self.due_of.insert(id, due);
+            self.delayed.insert(id, due, slot);
         }
     }
 
@@ -412,22 +378,16 @@ impl QueueIndex {
     /// Makes every delayed message due at or before `now_ms` ready; returns how many.
     pub(crate) fn promote(&mut self, now_ms: u64) -> usize {
         let mut n = 0;
-        while let Some((&(due, id), _)) = self.delayed.first_key_value() {
-            if due > now_ms {
-                break;
-            }
-            if let Some((_, slot)) = self.delayed.pop_first() {
-                self.due_of.remove(&id);
-                self.place(id, slot, 0);
-                n += 1;
-            }
+        while let Some((id, slot)) = self.delayed.pop_due(now_ms) {
+            self.place(id, slot, 0);
+            n += 1;
         }
         n
     }
 
     /// When the earliest delayed message is due (Unix ms).
     pub(crate) fn next_due(&self) -> Option<u64> {
-        self.delayed.first_key_value().map(|(&(due, _), _)| due)
+        self.delayed.first_due().map(|(due, _)| due)
     }
 
     /// The ready message that would be delivered next: the highest priority, the oldest.
@@ -442,9 +402,7 @@ impl QueueIndex {
 
     /// The oldest waiting message: the next ready one, else the earliest-due delayed one.
     pub(crate) fn oldest_waiting(&self) -> Option<u64> {
-        self.head_slot()
-            .map(|(id, _)| id)
-            .or_else(|| self.delayed.first_key_value().map(|(&(_, id), _)| id))
+        self.head_slot().map(|(id, _)| id).or_else(|| self.delayed.first_due().map(|(_, id)| id))
     }
 
     /// Leases the ready message `id` until `now + visibility`; returns its entry with the
@@ -607,9 +565,7 @@ impl QueueIndex {
 
     /// Whether message `id` is unsettled in this queue.
     fn holds_message(&self, id: u64) -> bool {
-        self.leased.contains_key(&id)
-            || self.due_of.contains_key(&id)
-            || self.ready_level(id).is_some()
+        self.leased.contains_key(&id) || self.delayed.contains(id) || self.ready_level(id).is_some()
     }
 
     /// The message a dedup key refers to, if the key still holds at `now_ms`: its message is
@@ -649,8 +605,8 @@ impl QueueIndex {
         let level = self.ready_level(id);
         let slot = if let Some(l) = self.leased.get_mut(&id) {
             &mut l.slot
-        } else if let Some(&due) = self.due_of.get(&id) {
-            self.delayed.get_mut(&(due, id))?
+        } else if let Some(slot) = self.delayed.slot_mut(id) {
+            slot
         } else {
             self.ready.get_mut(level?)?.get_mut(&id)?
         };
@@ -663,8 +619,8 @@ impl QueueIndex {
     /// (settled in a segment deleted since).
     pub(crate) fn replay_delivered(&mut self, id: u64, attempt: u32) -> bool {
         let level = self.ready_level(id);
-        let slot = match self.due_of.get(&id) {
-            Some(&due) => self.delayed.get_mut(&(due, id)),
+        let slot = match self.delayed.slot_mut(id) {
+            Some(slot) => Some(slot),
             None => level.and_then(|l| self.ready.get_mut(l)?.get_mut(&id)),
         };
         match slot {

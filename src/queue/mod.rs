@@ -3,7 +3,9 @@
 
 mod admin;
 mod async_pop;
+mod chunks;
 mod dedup;
+mod delayed;
 mod delivery;
 mod handle;
 mod index;
@@ -12,6 +14,7 @@ mod pop;
 mod push;
 mod run;
 mod settle;
+mod slot;
 mod snap;
 mod target;
 mod types;

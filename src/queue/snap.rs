@@ -7,8 +7,9 @@
 //! says what they are. Invariant: every unsettled message of the queue that is not relocated
 //! is either listed or a member of the snapshot's run, never both.
 
-use super::index::{Entry, Note, QueueIndex, Slot, RELOCATED};
+use super::index::{Entry, Note, QueueIndex, RELOCATED};
 use super::run::Run;
+use super::slot::Slot;
 use crate::checkpoint::{QueueSnap, SnapMessage};
 
 impl QueueIndex {
@@ -74,7 +75,7 @@ impl QueueIndex {
                 list(id, slot, 0, 0);
             }
         }
-        for (&(due, id), &slot) in &self.delayed {
+        for (id, due, slot) in self.delayed.by_due() {
             list(id, slot, due, 0);
         }
         for (&id, lease) in &self.leased {
