@@ -10,12 +10,12 @@
 //! run member's id is above the run's floor, so a ready message at or below the floor is
 //! delivered before any of them.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::dedup::{DedupEntry, DedupKeys};
 use super::delayed::Delayed;
+use super::leases::{Holder, Leases};
 use super::run::{IdMap, Run, RunWant};
 use super::slot::Slot;
 use crate::clock::deadline_after;
@@ -67,13 +67,6 @@ pub(super) struct Extra {
     pub(super) expires: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Lease {
-    pub(super) slot: Slot,
-    attempt: u32,
-    deadline: Instant,
-}
-
 /// Priorities, `0..=MAX_PRIORITY`.
 pub(super) const LEVELS: usize = crate::limits::MAX_PRIORITY as usize + 1;
 
@@ -108,10 +101,8 @@ pub(crate) struct QueueIndex {
     pub(super) tail_from: u64,
     /// Delayed messages, by id and by due time (Unix ms).
     pub(super) delayed: Delayed,
-    pub(super) leased: IdMap<Lease>,
-    /// Lease deadlines, oldest first; entries whose lease has since been settled or renewed are
-    /// skipped when they surface.
-    deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    /// Leased messages, by id and by deadline.
+    pub(super) leased: Leases,
     pub(super) extra: IdMap<Extra>,
     pub(super) notes: IdMap<Note>,
     dedup: DedupKeys,
@@ -277,20 +268,10 @@ impl QueueIndex {
         }
     }
 
-    /// Drops deadline entries of leases that were settled or renewed since, once they
-    /// outnumber the live leases, so the heap stays proportional to what is in flight.
-    fn compact_deadlines(&mut self) {
-        if self.deadlines.len() > 2 * self.leased.len() + 64 {
-            let live = self.leased.iter().map(|(&id, l)| Reverse((l.deadline, id, l.attempt)));
-            self.deadlines = live.collect();
-        }
-    }
-
     /// Takes message `id` out of wherever it is; returns its slot (its extra stays).
     fn unplace(&mut self, id: u64) -> Option<Slot> {
-        if let Some(l) = self.leased.remove(&id) {
-            self.compact_deadlines();
-            return Some(l.slot);
+        if let Some(slot) = self.leased.remove(id) {
+            return Some(slot);
         }
         if let Some((_, slot)) = self.delayed.remove(id) {
             return Some(slot);
@@ -417,60 +398,35 @@ impl QueueIndex {
         self.ready_count -= 1;
         self.left_ready(level, id);
         slot.set_attempts(slot.attempts().saturating_add(1));
-        let deadline = deadline_after(now, visibility);
-        self.leased.insert(id, Lease { slot, attempt: slot.attempts(), deadline });
-        self.deadlines.push(Reverse((deadline, id, slot.attempts())));
+        self.leased.insert(id, slot, now, deadline_after(now, visibility));
         Some(self.entry(id, slot))
     }
 
     /// Makes every lease whose deadline is at or before `now` ready again; returns how many.
     pub(crate) fn expire(&mut self, now: Instant) -> usize {
         let mut n = 0;
-        while let Some(Reverse((deadline, id, attempt))) = self.deadlines.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop();
-            let current = self
-                .leased
-                .get(&id)
-                .is_some_and(|l| l.attempt == attempt && l.deadline == deadline);
-            if current {
-                if let Some(l) = self.leased.remove(&id) {
-                    self.place(id, l.slot, 0);
-                    n += 1;
-                }
-            }
+        while let Some((id, slot)) = self.leased.pop_lapsed(now) {
+            self.place(id, slot, 0);
+            n += 1;
         }
         n
     }
 
-    /// The earliest deadline of a live lease, if any.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((deadline, id, attempt))) = self.deadlines.peek().copied() {
-            if self.leased.get(&id).is_some_and(|l| l.attempt == attempt && l.deadline == deadline)
-            {
-                return Some(deadline);
-            }
-            self.deadlines.pop();
-        }
-        None
+    /// The earliest deadline of a lease, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.leased.next_deadline()
     }
 
     /// Checks that `attempt` still holds the lease of `id` at `now`. An expired lease is
     /// released on the spot.
     fn check(&mut self, id: u64, attempt: u32, now: Instant) -> Result<Entry, Expired> {
-        match self.leased.get(&id) {
-            Some(l) if l.attempt == attempt => {
-                if l.deadline > now {
-                    let slot = l.slot;
-                    Ok(self.entry(id, slot))
-                } else {
-                    self.expire(now);
-                    Err(Expired)
-                }
+        match self.leased.holder(id, attempt, now) {
+            Holder::Current(slot) => Ok(self.entry(id, slot)),
+            Holder::Lapsed => {
+                self.expire(now);
+                Err(Expired)
             }
-            _ => Err(Expired),
+            Holder::Not => Err(Expired),
         }
     }
 
@@ -535,11 +491,8 @@ impl QueueIndex {
         only_later: bool,
     ) -> Result<(), Expired> {
         self.check(id, attempt, now)?;
-        let l = self.leased.get_mut(&id).ok_or(Expired)?;
-        if let Some(deadline) = to.filter(|&d| !only_later || d > l.deadline) {
-            l.deadline = deadline;
-            self.deadlines.push(Reverse((deadline, id, attempt)));
-            self.compact_deadlines();
+        if let Some(to) = to {
+            self.leased.move_deadline(id, to, only_later);
         }
         Ok(())
     }
@@ -565,7 +518,7 @@ impl QueueIndex {
 
     /// Whether message `id` is unsettled in this queue.
     fn holds_message(&self, id: u64) -> bool {
-        self.leased.contains_key(&id) || self.delayed.contains(id) || self.ready_level(id).is_some()
+        self.leased.contains(id) || self.delayed.contains(id) || self.ready_level(id).is_some()
     }
 
     /// The message a dedup key refers to, if the key still holds at `now_ms`: its message is
@@ -603,8 +556,8 @@ impl QueueIndex {
     /// had.
     pub(crate) fn relocate(&mut self, id: u64) -> Option<Entry> {
         let level = self.ready_level(id);
-        let slot = if let Some(l) = self.leased.get_mut(&id) {
-            &mut l.slot
+        let slot = if let Some(slot) = self.leased.slot_mut(id) {
+            slot
         } else if let Some(slot) = self.delayed.slot_mut(id) {
             slot
         } else {
@@ -745,7 +698,7 @@ mod tests {
             lease_next(&mut q, now, Duration::from_secs(30)).unwrap();
             q.take(id, 1, now).unwrap();
         }
-        assert!(q.deadlines.len() <= 64, "{} stale deadlines kept", q.deadlines.len());
+        assert_eq!(q.leased_len(), 0);
         for id in 10_000..10_200 {
             q.insert(id, entry(id), 0);
             lease_next(&mut q, now, Duration::from_millis(5)).unwrap();

@@ -9,6 +9,7 @@ mod delayed;
 mod delivery;
 mod handle;
 mod index;
+mod leases;
 mod payload;
 mod pop;
 mod push;

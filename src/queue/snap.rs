@@ -78,8 +78,8 @@ impl QueueIndex {
         for (id, due, slot) in self.delayed.by_due() {
             list(id, slot, due, 0);
         }
-        for (&id, lease) in &self.leased {
-            list(id, lease.slot, 0, epoch);
+        for (id, slot) in self.leased.iter() {
+            list(id, slot, 0, epoch);
         }
         snap
     }

@@ -11,7 +11,7 @@ impl QueueIndex {
         let ready =
             self.ready.iter().filter_map(|m| m.first_key_value().map(|(&id, &s)| (id, s, None)));
         let delayed = self.delayed.first_id().map(|(id, due, s)| (id, s, Some(due)));
-        let leased = self.leased.iter().map(|(&id, l)| (id, l.slot, None));
+        let leased = self.leased.iter().next().map(|(id, s)| (id, s, None));
         let (id, slot, due) = ready.chain(delayed).chain(leased).min_by_key(|&(id, ..)| id)?;
         Some(Waiting { id, entry: self.entry(id, slot), due })
     }
@@ -35,7 +35,7 @@ impl QueueIndex {
     pub(crate) fn payload_bytes(&self) -> u64 {
         let ready = self.ready.iter().flat_map(|m| m.values());
         let delayed = self.delayed.iter().map(|(.., s)| s);
-        let leased = self.leased.values().map(|l| l.slot);
+        let leased = self.leased.iter().map(|(_, s)| s);
         let held: u64 = ready.copied().chain(delayed).chain(leased).map(|s| u64::from(s.len)).sum();
         held + self.run.bytes
     }
@@ -55,8 +55,8 @@ impl QueueIndex {
     /// The state of unsettled message `id`: its entry and the Unix ms it is delayed until (0:
     /// ready or leased).
     pub(crate) fn get(&self, id: u64) -> Option<(Entry, u64)> {
-        if let Some(l) = self.leased.get(&id) {
-            return Some((self.entry(id, l.slot), 0));
+        if let Some(slot) = self.leased.get(id) {
+            return Some((self.entry(id, slot), 0));
         }
         if let Some((due, slot)) = self.delayed.get(id) {
             return Some((self.entry(id, slot), due));
@@ -77,8 +77,8 @@ impl QueueIndex {
         for (id, due, s) in self.delayed.iter().filter(|(.., s)| inside(s)) {
             f(id, self.entry(id, s), due);
         }
-        for (&id, l) in self.leased.iter().filter(|(_, l)| inside(&l.slot)) {
-            f(id, self.entry(id, l.slot), 0);
+        for (id, s) in self.leased.iter().filter(|(_, s)| inside(s)) {
+            f(id, self.entry(id, s), 0);
         }
     }
 }
