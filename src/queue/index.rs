@@ -398,6 +398,7 @@ impl QueueIndex {
         self.ready_count -= 1;
         self.left_ready(level, id);
         slot.set_attempts(slot.attempts().saturating_add(1));
+        slot.set_delivered(true);
         self.leased.insert(id, slot, now, deadline_after(now, visibility));
         Some(self.entry(id, slot))
     }
@@ -437,7 +438,8 @@ impl QueueIndex {
         self.remove(id).ok_or(Expired)
     }
 
-    /// Puts a leased message back: ready at once (`due` 0) or delayed until `due` (Unix ms).
+    /// Puts a leased message back (a nack or retry, which its record logs): ready at once
+    /// (`due` 0) or delayed until `due` (Unix ms).
     pub(crate) fn put_back(
         &mut self,
         id: u64,
@@ -446,9 +448,19 @@ impl QueueIndex {
         due: u64,
     ) -> Result<Entry, Expired> {
         let entry = self.check(id, attempt, now)?;
-        let slot = self.unplace(id).ok_or(Expired)?;
+        let mut slot = self.unplace(id).ok_or(Expired)?;
+        slot.set_delivered(false);
         self.place(id, slot, due);
         Ok(entry)
+    }
+
+    /// Lets the lease of `id` by `attempt` lapse at once (a dropped delivery, no record):
+    /// ready again, and still delivered in this run, exactly as if its deadline had passed.
+    pub(crate) fn lapse(&mut self, id: u64, attempt: u32, now: Instant) -> Result<(), Expired> {
+        self.check(id, attempt, now)?;
+        let slot = self.unplace(id).ok_or(Expired)?;
+        self.place(id, slot, 0);
+        Ok(())
     }
 
     /// Whether `id` is leased by `attempt` at `now`.
@@ -742,6 +754,39 @@ mod tests {
         assert_eq!(q.renew(1, 1, t0 + ms(106), ms(10)), Err(Expired));
         assert_eq!(q.renew(1, 2, t0, ms(10)), Err(Expired));
         assert_eq!(q.ready_len(), 1);
+    }
+
+    #[test]
+    fn delivered_holds_until_a_nack_retry_or_move_not_past_a_lapse() {
+        let mut q = QueueIndex::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        for id in 1..=4 {
+            q.insert(id, entry(id), 0);
+        }
+        assert!(!q.delivered(1));
+        for _ in 1..=4 {
+            lease_next(&mut q, t0, ms(10)).unwrap();
+        }
+        assert!((1..=4).all(|id| q.delivered(id)));
+        q.put_back(1, 1, t0, 0).unwrap(); // a nack
+        q.put_back(2, 1, t0, 500).unwrap(); // a retry
+        q.lapse(3, 1, t0).unwrap(); // a dropped delivery
+        assert_eq!(q.expire(t0 + ms(10)), 1); // 4's lease ran out
+        assert_eq!(
+            (q.delivered(1), q.delivered(2), q.delivered(3), q.delivered(4)),
+            (false, false, true, true)
+        );
+        // Delivered again, then moved (taken and inserted elsewhere): a new slot.
+        let (id, e) = lease_next(&mut q, t0 + ms(10), ms(10)).unwrap();
+        assert_eq!((id, e.attempts, q.delivered(1)), (1, 2, true));
+        let e = q.take(1, 2, t0 + ms(10)).unwrap();
+        let mut dlq = QueueIndex::default();
+        dlq.insert(1, e, 0);
+        assert!(!dlq.delivered(1) && !q.delivered(1));
+        assert_eq!(dlq.get(1).map(|(e, _)| e.attempts), Some(2));
+        // A replayed delivery counts attempts, not this run's deliveries.
+        assert!(q.replay_delivered(2, 3) && !q.delivered(2));
     }
 
     #[test]

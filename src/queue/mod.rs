@@ -26,7 +26,7 @@ pub use self::async_pop::{PopBatchFuture, PopFuture};
 pub use self::delivery::Delivery;
 pub use self::handle::Queue;
 pub(crate) use self::index::{Entry, Note, QueueIndex, Waiting, RELOCATED};
-pub(crate) use self::run::{IdSet, RunWant};
+pub(crate) use self::run::RunWant;
 pub use self::types::{
     AckReport, DeadReason, Depth, MessageId, NackOptions, Peeked, PushOptions, QueueStats,
 };

@@ -65,6 +65,15 @@ impl QueueIndex {
         Some((self.entry(id, *slot), 0))
     }
 
+    /// Whether message `id` was delivered in this run and not nacked, retried or moved since
+    /// (its lease may have run out): what recovery would count in flight if the store stopped
+    /// now.
+    pub(crate) fn delivered(&self, id: u64) -> bool {
+        let slot = self.leased.get(id).or_else(|| self.delayed.get(id).map(|(_, s)| s));
+        let slot = slot.or_else(|| self.ready.get(self.ready_level(id)?)?.get(&id).copied());
+        slot.is_some_and(Slot::delivered)
+    }
+
     /// Calls `f(id, entry, due)` for every unsettled message whose push record lies in
     /// `[from, to)`.
     pub(crate) fn each_in(&self, from: u64, to: u64, mut f: impl FnMut(u64, Entry, u64)) {
