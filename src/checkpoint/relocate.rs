@@ -50,7 +50,11 @@ fn row_of(g: &State, q: u32, id: u64, entry: &Entry, due: u64, len: u32, crc: u3
         error: note.map_or_else(Default::default, |n| n.error.clone()),
         len,
         crc,
-        leased: if g.wal().log().is_delivered(id) { g.wal().epoch() } else { 0 },
+        leased: if g.get_queue(q).is_some_and(|qs| qs.index().delivered(id)) {
+            g.wal().epoch()
+        } else {
+            0
+        },
         // Filled in from the push record when it is read.
         pushed: 0,
     }

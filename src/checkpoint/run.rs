@@ -241,11 +241,8 @@ fn snapshot(g: &State, c: u64, moving: &HashSet<u64>, window: usize) -> Option<S
     let mut queues = Vec::with_capacity(g.queues().len());
     let mut listed = 0usize;
     for qs in g.queues() {
-        let q = qs.index().snapshot(epoch, &held);
+        let q = qs.index().snapshot(epoch, &held, limit.saturating_sub(listed))?;
         listed += q.messages.len();
-        if listed > limit {
-            return None;
-        }
         queues.push(q);
     }
     // Every group of this epoch below `c` is whole (staged under the mutex).

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use super::segment::{Segment, HEADER_LEN};
 use super::source::Voids;
 use crate::checkpoint::Row;
-use crate::queue::IdSet;
 use crate::record::Body;
 
 /// A segment in use and its bookkeeping.
@@ -94,11 +93,6 @@ pub(crate) struct Log {
     /// A thread is deleting segments it took (with the store's mutex released): no other
     /// takes any until it is done, or a later segment could go before an earlier one.
     deleting: bool,
-    /// Messages delivered in this run and not settled, nacked or moved since (whether their
-    /// lease ran out or not): those recovery would count as in flight if the store stopped
-    /// now. A checkpoint writes it into the rows of relocated messages, whose delivery records
-    /// recovery skips.
-    delivered: IdSet,
     /// When this run last sealed a segment (rolled to the next).
     last_sealed_at: Option<Instant>,
     /// Unsettled messages in all segments (relocated ones are not in any).
@@ -133,7 +127,6 @@ impl Log {
             first_sensitive,
             inflight_sensitive: u64::MAX,
             deleting: false,
-            delivered: IdSet::default(),
             last_sealed_at: None,
             live: 0,
             stragglers_told: false,
@@ -278,12 +271,6 @@ impl Log {
     #[inline]
     pub(crate) fn relocated_mut(&mut self) -> &mut HashMap<u64, Row> {
         &mut self.relocated
-    }
-
-    /// Whether message `id` was delivered in this run and not settled since.
-    #[inline]
-    pub(crate) fn is_delivered(&self, id: u64) -> bool {
-        self.delivered.contains(&id)
     }
 
     /// A checkpoint begins: the records it covers (below its position) that the state
@@ -452,24 +439,6 @@ impl Log {
 
     /// Notes a record staged at `lsn`, before its segment may go without a checkpoint.
     pub(crate) fn note_record(&mut self, lsn: u64, body: &Body<'_>) {
-        match *body {
-            Body::Deliver { id, .. } => {
-                self.delivered.insert(id);
-            }
-            Body::Acks { ids, .. } => {
-                for id in ids.iter() {
-                    self.delivered.remove(&id);
-                }
-            }
-            Body::Ack { id, .. }
-            | Body::Nack { id, .. }
-            | Body::Retry { id, .. }
-            | Body::DeadLetter { id, .. }
-            | Body::Requeue { id, .. } => {
-                self.delivered.remove(&id);
-            }
-            _ => {}
-        }
         let sensitive = match *body {
             Body::PushEx { key, .. } if !key.is_empty() => true,
             _ => {

@@ -229,7 +229,7 @@ impl Drop for Delivery {
         }
         let now = shared.opts().clock.now();
         let qs = g.queue_mut(self.queue);
-        if qs.index_mut().put_back(self.id, self.attempt, now, 0).is_ok() {
+        if qs.index_mut().lapse(self.id, self.attempt, now).is_ok() {
             qs.notify_one();
         }
     }

@@ -10,12 +10,14 @@
 //! run member's id is above the run's floor, so a ready message at or below the floor is
 //! delivered before any of them.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::dedup::DedupKeys;
+use super::delayed::Delayed;
+use super::leases::{Holder, Leases};
 use super::run::{IdMap, Run, RunWant};
+use super::slot::Slot;
 use crate::clock::deadline_after;
 
 /// The `lsn` of a message whose payload was relocated into the state database (its push
@@ -57,53 +59,12 @@ pub(crate) struct Note {
     pub error: Box<str>,
 }
 
-/// What every unsettled message costs in the index: 16 bytes (its priority included), plus
-/// the ordered map's own overhead. Rarer properties live in side maps: [`Extra`] for an expiry
-/// (or a payload that starts elsewhere), due times for delayed messages, leases for messages
-/// in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Slot {
-    pub(super) lsn: u64,
-    pub(super) len: u32,
-    /// Deliveries so far (the low 28 bits, saturating) and the priority (the top 4).
-    meta: u32,
-}
-
-/// Deliveries a slot counts before it saturates.
-const MAX_ATTEMPTS: u32 = (1 << 28) - 1;
-
-impl Slot {
-    pub(super) fn new(lsn: u64, len: u32, attempts: u32, priority: u8) -> Slot {
-        let priority = u32::from(priority.min(crate::limits::MAX_PRIORITY));
-        Slot { lsn, len, meta: attempts.min(MAX_ATTEMPTS) | priority << 28 }
-    }
-
-    pub(super) fn attempts(self) -> u32 {
-        self.meta & MAX_ATTEMPTS
-    }
-
-    pub(super) fn priority(self) -> u8 {
-        (self.meta >> 28) as u8
-    }
-
-    fn set_attempts(&mut self, attempts: u32) {
-        *self = Slot::new(self.lsn, self.len, attempts, self.priority());
-    }
-}
-
 /// What a push with an expiry (or a `Push` of an older store) adds: where its payload starts,
 /// its expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Extra {
     off: u32,
     pub(super) expires: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Lease {
-    pub(super) slot: Slot,
-    attempt: u32,
-    deadline: Instant,
 }
 
 /// Priorities, `0..=MAX_PRIORITY`.
@@ -138,13 +99,10 @@ pub(crate) struct QueueIndex {
     /// of the run). Any other placement at or past it, or the removal of one that is not the
     /// first, moves it past that message.
     pub(super) tail_from: u64,
-    /// Delayed messages by (due Unix ms, id), and each one's due time by id.
-    pub(super) delayed: BTreeMap<(u64, u64), Slot>,
-    pub(super) due_of: IdMap<u64>,
-    pub(super) leased: IdMap<Lease>,
-    /// Lease deadlines, oldest first; entries whose lease has since been settled or renewed are
-    /// skipped when they surface.
-    deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    /// Delayed messages, by id and by due time (Unix ms).
+    pub(super) delayed: Delayed,
+    /// Leased messages, by id and by deadline.
+    pub(super) leased: Leases,
     pub(super) extra: IdMap<Extra>,
     pub(super) notes: IdMap<Note>,
     dedup: DedupKeys,
@@ -310,23 +268,13 @@ impl QueueIndex {
         }
     }
 
-    /// Drops deadline entries of leases that were settled or renewed since, once they
-    /// outnumber the live leases, so the heap stays proportional to what is in flight.
-    fn compact_deadlines(&mut self) {
-        if self.deadlines.len() > 2 * self.leased.len() + 64 {
-            let live = self.leased.iter().map(|(&id, l)| Reverse((l.deadline, id, l.attempt)));
-            self.deadlines = live.collect();
-        }
-    }
-
     /// Takes message `id` out of wherever it is; returns its slot (its extra stays).
     fn unplace(&mut self, id: u64) -> Option<Slot> {
-        if let Some(l) = self.leased.remove(&id) {
-            self.compact_deadlines();
-            return Some(l.slot);
+        if let Some(slot) = self.leased.remove(id) {
+            return Some(slot);
         }
-        if let Some(due) = self.due_of.remove(&id) {
-            return self.delayed.remove(&(due, id));
+        if let Some((_, slot)) = self.delayed.remove(id) {
+            return Some(slot);
         }
         let level = self.ready_level(id)?;
         let slot = self.ready.get_mut(level)?.remove(&id)?;
@@ -359,8 +307,7 @@ impl QueueIndex {
                 }
             }
         } else {
-            self.delayed.insert((due, id), slot);
-            self.due_of.insert(id, due);
+            self.delayed.insert(id, due, slot);
         }
     }
 
@@ -412,22 +359,16 @@ impl QueueIndex {
     /// Makes every delayed message due at or before `now_ms` ready; returns how many.
     pub(crate) fn promote(&mut self, now_ms: u64) -> usize {
         let mut n = 0;
-        while let Some((&(due, id), _)) = self.delayed.first_key_value() {
-            if due > now_ms {
-                break;
-            }
-            if let Some((_, slot)) = self.delayed.pop_first() {
-                self.due_of.remove(&id);
-                self.place(id, slot, 0);
-                n += 1;
-            }
+        while let Some((id, slot)) = self.delayed.pop_due(now_ms) {
+            self.place(id, slot, 0);
+            n += 1;
         }
         n
     }
 
     /// When the earliest delayed message is due (Unix ms).
     pub(crate) fn next_due(&self) -> Option<u64> {
-        self.delayed.first_key_value().map(|(&(due, _), _)| due)
+        self.delayed.first_due().map(|(due, _)| due)
     }
 
     /// The ready message that would be delivered next: the highest priority, the oldest.
@@ -442,9 +383,7 @@ impl QueueIndex {
 
     /// The oldest waiting message: the next ready one, else the earliest-due delayed one.
     pub(crate) fn oldest_waiting(&self) -> Option<u64> {
-        self.head_slot()
-            .map(|(id, _)| id)
-            .or_else(|| self.delayed.first_key_value().map(|(&(_, id), _)| id))
+        self.head_slot().map(|(id, _)| id).or_else(|| self.delayed.first_due().map(|(_, id)| id))
     }
 
     /// Leases the ready message `id` until `now + visibility`; returns its entry with the
@@ -459,60 +398,36 @@ impl QueueIndex {
         self.ready_count -= 1;
         self.left_ready(level, id);
         slot.set_attempts(slot.attempts().saturating_add(1));
-        let deadline = deadline_after(now, visibility);
-        self.leased.insert(id, Lease { slot, attempt: slot.attempts(), deadline });
-        self.deadlines.push(Reverse((deadline, id, slot.attempts())));
+        slot.set_delivered(true);
+        self.leased.insert(id, slot, now, deadline_after(now, visibility));
         Some(self.entry(id, slot))
     }
 
     /// Makes every lease whose deadline is at or before `now` ready again; returns how many.
     pub(crate) fn expire(&mut self, now: Instant) -> usize {
         let mut n = 0;
-        while let Some(Reverse((deadline, id, attempt))) = self.deadlines.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop();
-            let current = self
-                .leased
-                .get(&id)
-                .is_some_and(|l| l.attempt == attempt && l.deadline == deadline);
-            if current {
-                if let Some(l) = self.leased.remove(&id) {
-                    self.place(id, l.slot, 0);
-                    n += 1;
-                }
-            }
+        while let Some((id, slot)) = self.leased.pop_lapsed(now) {
+            self.place(id, slot, 0);
+            n += 1;
         }
         n
     }
 
-    /// The earliest deadline of a live lease, if any.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((deadline, id, attempt))) = self.deadlines.peek().copied() {
-            if self.leased.get(&id).is_some_and(|l| l.attempt == attempt && l.deadline == deadline)
-            {
-                return Some(deadline);
-            }
-            self.deadlines.pop();
-        }
-        None
+    /// The earliest deadline of a lease, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.leased.next_deadline()
     }
 
     /// Checks that `attempt` still holds the lease of `id` at `now`. An expired lease is
     /// released on the spot.
     fn check(&mut self, id: u64, attempt: u32, now: Instant) -> Result<Entry, Expired> {
-        match self.leased.get(&id) {
-            Some(l) if l.attempt == attempt => {
-                if l.deadline > now {
-                    let slot = l.slot;
-                    Ok(self.entry(id, slot))
-                } else {
-                    self.expire(now);
-                    Err(Expired)
-                }
+        match self.leased.holder(id, attempt, now) {
+            Holder::Current(slot) => Ok(self.entry(id, slot)),
+            Holder::Lapsed => {
+                self.expire(now);
+                Err(Expired)
             }
-            _ => Err(Expired),
+            Holder::Not => Err(Expired),
         }
     }
 
@@ -523,7 +438,8 @@ impl QueueIndex {
         self.remove(id).ok_or(Expired)
     }
 
-    /// Puts a leased message back: ready at once (`due` 0) or delayed until `due` (Unix ms).
+    /// Puts a leased message back (a nack or retry, which its record logs): ready at once
+    /// (`due` 0) or delayed until `due` (Unix ms).
     pub(crate) fn put_back(
         &mut self,
         id: u64,
@@ -532,9 +448,19 @@ impl QueueIndex {
         due: u64,
     ) -> Result<Entry, Expired> {
         let entry = self.check(id, attempt, now)?;
-        let slot = self.unplace(id).ok_or(Expired)?;
+        let mut slot = self.unplace(id).ok_or(Expired)?;
+        slot.set_delivered(false);
         self.place(id, slot, due);
         Ok(entry)
+    }
+
+    /// Lets the lease of `id` by `attempt` lapse at once (a dropped delivery, no record):
+    /// ready again, and still delivered in this run, exactly as if its deadline had passed.
+    pub(crate) fn lapse(&mut self, id: u64, attempt: u32, now: Instant) -> Result<(), Expired> {
+        self.check(id, attempt, now)?;
+        let slot = self.unplace(id).ok_or(Expired)?;
+        self.place(id, slot, 0);
+        Ok(())
     }
 
     /// Whether `id` is leased by `attempt` at `now`.
@@ -577,11 +503,8 @@ impl QueueIndex {
         only_later: bool,
     ) -> Result<(), Expired> {
         self.check(id, attempt, now)?;
-        let l = self.leased.get_mut(&id).ok_or(Expired)?;
-        if let Some(deadline) = to.filter(|&d| !only_later || d > l.deadline) {
-            l.deadline = deadline;
-            self.deadlines.push(Reverse((deadline, id, attempt)));
-            self.compact_deadlines();
+        if let Some(to) = to {
+            self.leased.move_deadline(id, to, only_later);
         }
         Ok(())
     }
@@ -607,9 +530,7 @@ impl QueueIndex {
 
     /// Whether message `id` is unsettled in this queue.
     fn holds_message(&self, id: u64) -> bool {
-        self.leased.contains_key(&id)
-            || self.due_of.contains_key(&id)
-            || self.ready_level(id).is_some()
+        self.leased.contains(id) || self.delayed.contains(id) || self.ready_level(id).is_some()
     }
 
     /// The message a dedup key refers to, if the key still holds at `now_ms`: its message is
@@ -651,10 +572,10 @@ impl QueueIndex {
     /// had.
     pub(crate) fn relocate(&mut self, id: u64) -> Option<Entry> {
         let level = self.ready_level(id);
-        let slot = if let Some(l) = self.leased.get_mut(&id) {
-            &mut l.slot
-        } else if let Some(&due) = self.due_of.get(&id) {
-            self.delayed.get_mut(&(due, id))?
+        let slot = if let Some(slot) = self.leased.slot_mut(id) {
+            slot
+        } else if let Some(slot) = self.delayed.slot_mut(id) {
+            slot
         } else {
             self.ready.get_mut(level?)?.get_mut(&id)?
         };
@@ -667,8 +588,8 @@ impl QueueIndex {
     /// (settled in a segment deleted since).
     pub(crate) fn replay_delivered(&mut self, id: u64, attempt: u32) -> bool {
         let level = self.ready_level(id);
-        let slot = match self.due_of.get(&id) {
-            Some(&due) => self.delayed.get_mut(&(due, id)),
+        let slot = match self.delayed.slot_mut(id) {
+            Some(slot) => Some(slot),
             None => level.and_then(|l| self.ready.get_mut(l)?.get_mut(&id)),
         };
         match slot {
@@ -793,7 +714,7 @@ mod tests {
             lease_next(&mut q, now, Duration::from_secs(30)).unwrap();
             q.take(id, 1, now).unwrap();
         }
-        assert!(q.deadlines.len() <= 64, "{} stale deadlines kept", q.deadlines.len());
+        assert_eq!(q.leased_len(), 0);
         for id in 10_000..10_200 {
             q.insert(id, entry(id), 0);
             lease_next(&mut q, now, Duration::from_millis(5)).unwrap();
@@ -837,6 +758,39 @@ mod tests {
         assert_eq!(q.renew(1, 1, t0 + ms(106), ms(10)), Err(Expired));
         assert_eq!(q.renew(1, 2, t0, ms(10)), Err(Expired));
         assert_eq!(q.ready_len(), 1);
+    }
+
+    #[test]
+    fn delivered_holds_until_a_nack_retry_or_move_not_past_a_lapse() {
+        let mut q = QueueIndex::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        for id in 1..=4 {
+            q.insert(id, entry(id), 0);
+        }
+        assert!(!q.delivered(1));
+        for _ in 1..=4 {
+            lease_next(&mut q, t0, ms(10)).unwrap();
+        }
+        assert!((1..=4).all(|id| q.delivered(id)));
+        q.put_back(1, 1, t0, 0).unwrap(); // a nack
+        q.put_back(2, 1, t0, 500).unwrap(); // a retry
+        q.lapse(3, 1, t0).unwrap(); // a dropped delivery
+        assert_eq!(q.expire(t0 + ms(10)), 1); // 4's lease ran out
+        assert_eq!(
+            (q.delivered(1), q.delivered(2), q.delivered(3), q.delivered(4)),
+            (false, false, true, true)
+        );
+        // Delivered again, then moved (taken and inserted elsewhere): a new slot.
+        let (id, e) = lease_next(&mut q, t0 + ms(10), ms(10)).unwrap();
+        assert_eq!((id, e.attempts, q.delivered(1)), (1, 2, true));
+        let e = q.take(1, 2, t0 + ms(10)).unwrap();
+        let mut dlq = QueueIndex::default();
+        dlq.insert(1, e, 0);
+        assert!(!dlq.delivered(1) && !q.delivered(1));
+        assert_eq!(dlq.get(1).map(|(e, _)| e.attempts), Some(2));
+        // A replayed delivery counts attempts, not this run's deliveries.
+        assert!(q.replay_delivered(2, 3) && !q.delivered(2));
     }
 
     #[test]

@@ -60,6 +60,3 @@ impl Hasher for IdHasher {
 }
 
 pub(super) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
-
-/// A set of message ids, hashed as [`IdMap`] hashes them.
-pub(crate) type IdSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;

@@ -7,16 +7,24 @@
 //! says what they are. Invariant: every unsettled message of the queue that is not relocated
 //! is either listed or a member of the snapshot's run, never both.
 
-use super::index::{Entry, Note, QueueIndex, Slot, RELOCATED};
+use super::index::{Entry, Note, QueueIndex, RELOCATED};
 use super::run::Run;
+use super::slot::Slot;
 use crate::checkpoint::{QueueSnap, SnapMessage};
 
 impl QueueIndex {
     /// This queue as a snapshot holds it. `held_elsewhere(id)`: the message will be in a row
     /// of the state database (relocated by the checkpoint taking this snapshot), so it must
     /// be listed, not left to the run; `epoch`: the current one (what a lease is listed
-    /// with).
-    pub(crate) fn snapshot(&self, epoch: u32, held_elsewhere: &dyn Fn(u64) -> bool) -> QueueSnap {
+    /// with). `None` if it would list more than `max` messages: they are counted before any is
+    /// copied, so a backlog of delayed or leased messages past the limit costs a checkpoint
+    /// no memory.
+    pub(crate) fn snapshot(
+        &self,
+        epoch: u32,
+        held_elsewhere: &dyn Fn(u64) -> bool,
+        max: usize,
+    ) -> Option<QueueSnap> {
         // The tail's members that nothing sets apart: those after the last one that is.
         let tail = || self.ready[0].range(self.tail_from..);
         let apart = |(&id, slot): (&u64, &Slot)| {
@@ -31,12 +39,21 @@ impl QueueIndex {
             Some((&id, _)) => id.saturating_add(1),
             None => self.tail_from,
         };
+        let kept = |s: &Slot| s.lsn != RELOCATED;
+        let ready = self.ready[0].range(..first).map(|(_, s)| s);
+        let ready = ready.chain(self.ready.iter().skip(1).flat_map(|m| m.values()));
+        let listed = ready.filter(|s| kept(s)).count()
+            + self.delayed.iter().filter(|(.., s)| kept(s)).count()
+            + self.leased.iter().filter(|(_, s)| kept(s)).count();
+        if listed > max {
+            return None;
+        }
         let mut snap = QueueSnap {
             run_next: self.run.next,
             run_count: self.run.count,
             run_bytes: self.run.bytes,
             run_floor: self.run.floor,
-            messages: Vec::new(),
+            messages: Vec::with_capacity(listed),
         };
         if let Some((&id, slot)) = self.ready[0].range(first..).next() {
             let (count, bytes) = self.ready[0]
@@ -74,13 +91,13 @@ impl QueueIndex {
                 list(id, slot, 0, 0);
             }
         }
-        for (&(due, id), &slot) in &self.delayed {
+        for (id, due, slot) in self.delayed.by_due() {
             list(id, slot, due, 0);
         }
-        for (&id, lease) in &self.leased {
-            list(id, lease.slot, 0, epoch);
+        for (id, slot) in self.leased.iter() {
+            list(id, slot, 0, epoch);
         }
-        snap
+        Some(snap)
     }
 
     /// Adds what a snapshot lists and takes its run (to a queue with nothing else yet but

@@ -1,7 +1,8 @@
 //! Read-only views of a queue's index for peeks, stats and checkpoints: the messages waiting,
 //! in delivery order, what they weigh, one message's state, the messages of a segment.
 
-use super::index::{Entry, QueueIndex, Slot, Waiting};
+use super::index::{Entry, QueueIndex, Waiting};
+use super::slot::Slot;
 
 impl QueueIndex {
     /// The unsettled message pushed first (the smallest id: ready, delayed or leased), with its
@@ -9,16 +10,15 @@ impl QueueIndex {
     pub(crate) fn first_pushed(&self) -> Option<Waiting> {
         let ready =
             self.ready.iter().filter_map(|m| m.first_key_value().map(|(&id, &s)| (id, s, None)));
-        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
-        let leased = self.leased.iter().map(|(&id, l)| (id, l.slot, None));
+        let delayed = self.delayed.first_id().map(|(id, due, s)| (id, s, Some(due)));
+        let leased = self.leased.iter().next().map(|(id, s)| (id, s, None));
         let (id, slot, due) = ready.chain(delayed).chain(leased).min_by_key(|&(id, ..)| id)?;
         Some(Waiting { id, entry: self.entry(id, slot), due })
     }
 
     /// The waiting (ready or delayed) message `id`, if it is one.
     pub(crate) fn waiting_one(&self, id: u64) -> Option<Waiting> {
-        if let Some(&due) = self.due_of.get(&id) {
-            let slot = *self.delayed.get(&(due, id))?;
+        if let Some((due, slot)) = self.delayed.get(id) {
             return Some(Waiting { id, entry: self.entry(id, slot), due: Some(due) });
         }
         let slot = *self.ready.get(self.ready_level(id)?)?.get(&id)?;
@@ -28,15 +28,15 @@ impl QueueIndex {
     /// The ids of the waiting messages in delivery order, as [`QueueIndex::waiting`] lists them.
     pub(crate) fn waiting_ids(&self) -> Vec<u64> {
         let ready = self.ready.iter().rev().flat_map(|m| m.keys().copied());
-        ready.chain(self.delayed.keys().map(|&(_, id)| id)).collect()
+        ready.chain(self.delayed.by_due().map(|(id, ..)| id)).collect()
     }
 
     /// Payload bytes of every unsettled message (ready, delayed or leased).
     pub(crate) fn payload_bytes(&self) -> u64 {
         let ready = self.ready.iter().flat_map(|m| m.values());
-        let leased = self.leased.values().map(|l| &l.slot);
-        let held: u64 =
-            ready.chain(self.delayed.values()).chain(leased).map(|s| u64::from(s.len)).sum();
+        let delayed = self.delayed.iter().map(|(.., s)| s);
+        let leased = self.leased.iter().map(|(_, s)| s);
+        let held: u64 = ready.copied().chain(delayed).chain(leased).map(|s| u64::from(s.len)).sum();
         held + self.run.bytes
     }
 
@@ -44,7 +44,7 @@ impl QueueIndex {
     /// time), at most `max`.
     pub(crate) fn waiting(&self, max: usize) -> Vec<Waiting> {
         let ready = self.ready.iter().rev().flat_map(|m| m.iter().map(|(&id, &s)| (id, s, None)));
-        let delayed = self.delayed.iter().map(|(&(due, id), &s)| (id, s, Some(due)));
+        let delayed = self.delayed.by_due().map(|(id, due, s)| (id, s, Some(due)));
         ready
             .chain(delayed)
             .take(max)
@@ -55,15 +55,23 @@ impl QueueIndex {
     /// The state of unsettled message `id`: its entry and the Unix ms it is delayed until (0:
     /// ready or leased).
     pub(crate) fn get(&self, id: u64) -> Option<(Entry, u64)> {
-        if let Some(l) = self.leased.get(&id) {
-            return Some((self.entry(id, l.slot), 0));
+        if let Some(slot) = self.leased.get(id) {
+            return Some((self.entry(id, slot), 0));
         }
-        if let Some(&due) = self.due_of.get(&id) {
-            let slot = self.delayed.get(&(due, id))?;
-            return Some((self.entry(id, *slot), due));
+        if let Some((due, slot)) = self.delayed.get(id) {
+            return Some((self.entry(id, slot), due));
         }
         let slot = self.ready.get(self.ready_level(id)?)?.get(&id)?;
         Some((self.entry(id, *slot), 0))
+    }
+
+    /// Whether message `id` was delivered in this run and not nacked, retried or moved since
+    /// (its lease may have run out): what recovery would count in flight if the store stopped
+    /// now.
+    pub(crate) fn delivered(&self, id: u64) -> bool {
+        let slot = self.leased.get(id).or_else(|| self.delayed.get(id).map(|(_, s)| s));
+        let slot = slot.or_else(|| self.ready.get(self.ready_level(id)?)?.get(&id).copied());
+        slot.is_some_and(Slot::delivered)
     }
 
     /// Calls `f(id, entry, due)` for every unsettled message whose push record lies in
@@ -75,11 +83,11 @@ impl QueueIndex {
                 f(id, self.entry(id, *s), 0);
             }
         }
-        for (&(due, id), s) in self.delayed.iter().filter(|(_, s)| inside(s)) {
-            f(id, self.entry(id, *s), due);
+        for (id, due, s) in self.delayed.iter().filter(|(.., s)| inside(s)) {
+            f(id, self.entry(id, s), due);
         }
-        for (&id, l) in self.leased.iter().filter(|(_, l)| inside(&l.slot)) {
-            f(id, self.entry(id, l.slot), 0);
+        for (id, s) in self.leased.iter().filter(|(_, s)| inside(s)) {
+            f(id, self.entry(id, s), 0);
         }
     }
 }
