@@ -14,6 +14,13 @@ use std::collections::BTreeMap;
 /// entries.
 const CHUNK: usize = 64;
 
+/// Which chunk would hold a key.
+enum Place {
+    Last,
+    First,
+    Within,
+}
+
 /// An ordered map held in sorted chunks (see the module).
 #[derive(Debug, Clone)]
 pub(super) struct Chunks<K, V> {
@@ -37,14 +44,46 @@ impl<K: Ord + Copy, V: Copy> Chunks<K, V> {
         self.len == 0
     }
 
+    /// Where the chunk that would hold `key` is: the last or the first (where keys in order
+    /// are added and taken, found without a range search), or elsewhere.
+    fn place(&self, key: K) -> Place {
+        if self.chunks.last_key_value().is_some_and(|(&last, _)| last <= key) {
+            return Place::Last;
+        }
+        let mut keys = self.chunks.keys();
+        match (keys.next(), keys.next()) {
+            (Some(&first), next) if first <= key && next.is_none_or(|&n| key < n) => Place::First,
+            _ => Place::Within,
+        }
+    }
+
+    /// The chunk that would hold `key`, and its key.
+    #[allow(clippy::type_complexity)]
+    fn chunk_mut(
+        chunks: &mut BTreeMap<K, Vec<(K, V)>>,
+        place: Place,
+        key: K,
+    ) -> Option<(K, &mut Vec<(K, V)>)> {
+        match place {
+            Place::Last => chunks.last_entry().map(|e| (*e.key(), e.into_mut())),
+            Place::First => chunks.first_entry().map(|e| (*e.key(), e.into_mut())),
+            Place::Within => chunks.range_mut(..=key).next_back().map(|(&k, c)| (k, c)),
+        }
+    }
+
     pub(super) fn get(&self, key: K) -> Option<&V> {
-        let (_, c) = self.chunks.range(..=key).next_back()?;
+        let (_, c) = match self.place(key) {
+            Place::Last => self.chunks.last_key_value(),
+            Place::First => self.chunks.first_key_value(),
+            Place::Within => self.chunks.range(..=key).next_back(),
+        }?;
         let i = c.binary_search_by(|e| e.0.cmp(&key)).ok()?;
         c.get(i).map(|e| &e.1)
     }
 
     pub(super) fn get_mut(&mut self, key: K) -> Option<&mut V> {
-        let (_, c) = self.chunks.range_mut(..=key).next_back()?;
+        let place = self.place(key);
+        let (_, c) = Self::chunk_mut(&mut self.chunks, place, key)?;
         let i = c.binary_search_by(|e| e.0.cmp(&key)).ok()?;
         c.get_mut(i).map(|e| &mut e.1)
     }
@@ -55,7 +94,12 @@ impl<K: Ord + Copy, V: Copy> Chunks<K, V> {
 
     /// Inserts `key`; returns the value it had.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let at = match self.chunks.range(..=key).next_back() {
+        let found = match self.place(key) {
+            Place::Last => self.chunks.last_key_value(),
+            Place::First => self.chunks.first_key_value(),
+            Place::Within => self.chunks.range(..=key).next_back(),
+        };
+        let at = match found {
             Some((&at, _)) => at,
             None => {
                 // Below every chunk's key: the first chunk takes it, under its new key.
@@ -92,7 +136,8 @@ impl<K: Ord + Copy, V: Copy> Chunks<K, V> {
 
     /// Removes `key`; returns its value. A chunk left a quarter full gives back half its room.
     pub(super) fn remove(&mut self, key: K) -> Option<V> {
-        let (&at, c) = self.chunks.range_mut(..=key).next_back()?;
+        let place = self.place(key);
+        let (at, c) = Self::chunk_mut(&mut self.chunks, place, key)?;
         let i = c.binary_search_by(|e| e.0.cmp(&key)).ok()?;
         let (_, value) = c.remove(i);
         self.len -= 1;
