@@ -1,7 +1,8 @@
 //! Group commit: one leader among the waiting callers writes everything staged with one
 //! `pwrite` and one `fdatasync`; the others wait for it. Also what frees and makes room: spare
-//! segments made ahead of time, settled segments deleted (oldest first, behind a durable
-//! anchor), spares given back under a disk quota.
+//! segments made ahead of time (of a deleted segment's file when one is kept), settled segments
+//! deleted (oldest first, behind a durable anchor) or kept to be recycled, spares given back
+//! under a disk quota.
 //!
 //! The store's state is reached through [`LogHost`]: the log never names the layers above it.
 //!
@@ -15,7 +16,8 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use super::segment::{Segment, HEADER_LEN};
+use super::recovery::last_nonzero;
+use super::segment::{recycled_path, Plan, Segment, HEADER_LEN};
 use super::segments::SegInfo;
 use super::wal::{Flushed, Room, Wal, GROUP_BYTES};
 use crate::clock::{deadline_after, now_ms, Clock};
@@ -291,8 +293,8 @@ impl GroupCommit {
         want: usize,
         need: u64,
     ) -> Result<()> {
-        let (base, store_id, len, zero) = {
-            let g = state.lock();
+        let (plan, old) = {
+            let mut g = state.lock();
             let log = g.wal().log();
             if log.spare_count() >= want {
                 return Ok(());
@@ -300,42 +302,73 @@ impl GroupCommit {
             let len = self.next_len(sizer, &*g, need);
             let log = g.wal().log();
             if let Some(max) = self.max_disk_bytes {
+                // (No file is kept for recycling under a quota: see `delete_segments`.)
                 if log.disk_bytes() + len > max {
                     return Err(Error::Full { max_disk_bytes: max });
                 }
             }
             let stats = g.wal().stats();
             let zero = sizer.zero(stats.bytes, stats.fsyncs);
-            (log.next_spare_base(), log.store_id(), len, zero)
+            let (base, store_id) = (log.next_spare_base(), log.store_id());
+            let old = g.wal_mut().log_mut().take_recycled();
+            (Plan { store_id, base, len, zero, map: self.map }, old)
         };
-        let seg =
-            Segment::create(&*self.storage, &self.log_dir, store_id, base, len, zero, self.map)?;
+        // On failure the file stays under its temporary name, as a failed creation's does,
+        // uncounted until the next open removes it.
+        let seg = match old {
+            Some((old, _)) => Segment::recycle(&*self.storage, &self.log_dir, &old, plan),
+            None => Segment::create(&*self.storage, &self.log_dir, plan),
+        }?;
         state.lock().wal_mut().log_mut().push_spare(Arc::new(seg));
         Ok(())
     }
 
-    /// Whether the log would shrink its segments now: nothing in it is unsettled and the
-    /// active segment is larger than the smallest size.
+    /// Whether the log would shrink its segments now: files of deleted segments are kept for
+    /// recycling (a quiet log needs none), or nothing in it is unsettled and the active
+    /// segment is larger than the smallest size.
     pub(crate) fn shrinkable<H: LogHost>(&self, g: &H) -> bool {
+        g.wal().log().has_recycled() || self.shrinks_active(g)
+    }
+
+    /// Whether the active segment would be made smaller (see `shrink`).
+    fn shrinks_active<H: LogHost>(&self, g: &H) -> bool {
         let wal = g.wal();
         wal.active_len() > self.min_segment_bytes && wal.log().all_settled()
     }
 
-    /// Gives a settled log smaller segments once it has gone quiet: spares larger than the
-    /// rate of growth asks for are deleted (they are empty), and the active segment is sealed
-    /// early so the log goes on in a new one of that size; the sealed one is deleted as any
-    /// settled segment is. Returns whether it rolled. A failure poisons the store.
-    pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>) -> Result<bool> {
+    /// Deletes the files of deleted segments kept for recycling (a quiet log, a close, or a
+    /// quota that needs their room). A failure poisons the store, as a failed deletion does.
+    fn drop_recycled<H: LogHost>(&self, state: &Mutex<H>) -> Result<()> {
+        loop {
+            let Some((path, _)) = state.lock().wal_mut().log_mut().take_recycled() else {
+                return Ok(());
+            };
+            self.remove_file(state, &path)?;
+        }
+    }
+
+    /// Gives a quiet log its smallest footprint: the files kept for recycling are deleted;
+    /// and once everything in it is settled, spares larger than the rate of growth asks for
+    /// are deleted (they are empty), and the active segment is sealed early so the log goes on
+    /// in a new one of that size; the sealed one is deleted as any settled segment is.
+    /// Returns whether it rolled. A failure poisons the store. Without `drop_kept` the files
+    /// kept for recycling stay (`testing::maintain`, which shrinks as if the store were quiet
+    /// at every call, and would otherwise never let a spare be made of one).
+    pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>, drop_kept: bool) -> Result<bool> {
         let mut sizer = self.creating.lock();
+        state.lock().check()?;
+        if drop_kept {
+            self.drop_recycled(state)?;
+        }
         let len = {
             let mut g = state.lock();
             g.check()?;
-            if !self.shrinkable(&*g) {
+            if !self.shrinks_active(&*g) {
                 return Ok(false);
             }
             // Settlements written with `None` durability become durable first.
             self.flush_now(&mut g, true)?;
-            if !self.shrinkable(&*g) {
+            if !self.shrinks_active(&*g) {
                 return Ok(false);
             }
             // The log is quiet: its rate of growth is measured again from now on.
@@ -362,7 +395,7 @@ impl GroupCommit {
         }
         self.create_spare_locked(&mut sizer, state, 1, 0)?;
         let mut g = state.lock();
-        if !self.shrinkable(&*g) || g.wal_mut().roll_now().is_none() {
+        if !self.shrinks_active(&*g) || g.wal_mut().roll_now().is_none() {
             return Ok(false);
         }
         // The roll skipped the rest of the sealed segment, which the log did not grow by.
@@ -445,8 +478,7 @@ impl GroupCommit {
         }
     }
 
-    /// Waits until no leader is writing and then writes (and with `sync`, syncs) everything
-    /// staged.
+    /// Waits until no leader is writing and then writes (and with `sync`, syncs) everything staged.
     pub(crate) fn flush_now<H: LogHost>(
         &self,
         g: &mut MutexGuard<'_, H>,
@@ -523,13 +555,61 @@ impl GroupCommit {
             g.wal_mut().log_mut().restore(dead);
             return Err(e);
         }
+        // The oldest files go to be recycled, up to the room for them, if nothing else holds
+        // their segment (a delivery's payload may be a slice of its map: its bytes must not
+        // change, nor its file shrink, under it). Not under a disk quota: there a deletion
+        // frees its room at once, which a full store's pushes wait for.
+        let mut room = match self.max_disk_bytes {
+            Some(_) => 0,
+            None => g.wal().log().recycle_room(),
+        };
+        let count = dead.len();
+        let dead: Vec<(SegInfo, bool)> = dead
+            .into_iter()
+            .map(|s| {
+                let keep = room > 0 && Arc::strong_count(s.seg()) == 1;
+                room -= usize::from(keep);
+                (s, keep)
+            })
+            .collect();
+        let mut kept = Vec::new();
         let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
-            for s in &dead {
-                self.storage.remove(s.seg().path())?;
+            for (s, keep) in dead {
+                let (path, base, len) =
+                    (s.seg().path().to_path_buf(), s.seg().base(), s.seg().len());
+                // Closed (and unmapped) before its file is touched again.
+                drop(s);
+                if keep {
+                    // Renamed out of the log, and that made durable, before anything in it is
+                    // written: a crash never brings back the old segment with new bytes.
+                    let to = recycled_path(&self.log_dir, base);
+                    self.storage.rename(&path, &to)?;
+                    kept.push((to, len));
+                } else {
+                    self.storage.remove(&path)?;
+                }
                 failpoint::hit("segment-removed-before-dir-sync");
                 self.storage.sync_dir(&self.log_dir)?;
             }
             Ok(())
+        });
+        // A close that began meanwhile keeps none: those go as the others did.
+        let mut unkept = Vec::new();
+        for (path, len) in kept {
+            if g.wal().log().recycle_room() > 0 {
+                g.wal_mut().log_mut().keep_recycled(path, len);
+            } else {
+                unkept.push(path);
+            }
+        }
+        let removed = removed.and_then(|()| {
+            MutexGuard::unlocked(g, || {
+                for path in &unkept {
+                    self.storage.remove(path)?;
+                    self.storage.sync_dir(&self.log_dir)?;
+                }
+                Ok(())
+            })
         });
         g.wal_mut().log_mut().set_deleting(false);
         // Others may have found segments to delete meanwhile and left them: look again.
@@ -542,7 +622,7 @@ impl GroupCommit {
         if let Err(e) = removed {
             return Err(self.poison(g, format!("deleting a settled segment failed: {e}")));
         }
-        Ok(dead.len())
+        Ok(count)
     }
 
     /// Takes out of the log the segments that may be deleted now and deletes them (see
@@ -553,13 +633,37 @@ impl GroupCommit {
         self.delete_segments(g, dead)
     }
 
+    /// At a clean close, once nothing writes the log any more (the threads joined: a
+    /// background deletion may append its anchor after the close's mark), with the log
+    /// durable up to `end` in the active segment `seg`: the bytes within its unsynced bound
+    /// past `end` (where the reopen looks for a torn tail) are made zeros and synced if they
+    /// are not, so that the reopen finds the log ending in zeros and cuts nothing. They are
+    /// not zeros in a segment made from a deleted one's file (`Segment::recycle`): the old
+    /// segment's records. A crash before this leaves them there: the reopen cuts them as a
+    /// torn tail.
+    pub(crate) fn clear_tail(&self, seg: &Segment, end: u64) -> std::io::Result<()> {
+        let to = end.saturating_add(seg.unsynced_bound().unwrap_or(0)).min(seg.end());
+        if end < seg.base() || to <= end {
+            return Ok(());
+        }
+        let bytes = seg.read(end, usize::try_from(to - end).unwrap_or(0))?;
+        let Some(last) = last_nonzero(&bytes) else { return Ok(()) };
+        seg.write(end, &vec![0u8; last + 1])?;
+        seg.sync()
+    }
+
     /// Deletes the file of a spare segment taken out of the log (it holds no records); a
     /// failure poisons the store, as a failed deletion does.
     fn remove_spare<H: LogHost>(&self, state: &Mutex<H>, spare: Arc<Segment>) -> Result<()> {
         let path = spare.path().to_path_buf();
         drop(spare);
-        let removed =
-            self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
+        self.remove_file(state, &path)
+    }
+
+    /// Deletes a file that holds no records (a spare, or one kept for recycling), then syncs
+    /// the directory; a failure poisons the store.
+    fn remove_file<H: LogHost>(&self, state: &Mutex<H>, path: &std::path::Path) -> Result<()> {
+        let removed = self.storage.remove(path).and_then(|()| self.storage.sync_dir(&self.log_dir));
         if let Err(e) = removed {
             let mut g = state.lock();
             return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));

@@ -20,6 +20,7 @@ mod operate;
 mod poison;
 mod quota;
 mod recovery;
+mod recycle;
 mod runs;
 mod salvage;
 mod sizes;
