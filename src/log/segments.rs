@@ -355,6 +355,12 @@ impl Log {
 
     /// Whether a thread is deleting segments it took (see the field).
     #[inline]
+    pub(crate) fn deleting(&self) -> bool {
+        self.deleting
+    }
+
+    /// Sets whether a thread is deleting segments it took (see the field).
+    #[inline]
     pub(crate) fn set_deleting(&mut self, deleting: bool) {
         self.deleting = deleting;
     }

@@ -175,7 +175,11 @@ impl Core {
             g.wal_mut().log_mut().stop_recycling();
             g.check().is_ok()
         };
-        let shrunk = if open { shared.shrink_log(true).map(drop) } else { Ok(()) };
+        let shrunk = if open {
+            shared.shrink_log(true).and_then(|_| delete_settled_at_close(shared))
+        } else {
+            Ok(())
+        };
         let result = {
             let mut g = shared.lock();
             let was_open = !g.is_closed();
@@ -185,9 +189,7 @@ impl Core {
                 // Nothing more can be made durable: say so rather than pretend.
                 Err(Error::Poisoned(why.to_owned()))
             } else {
-                shrunk
-                    .and_then(|()| shared.log().delete_settled(&mut g).map(drop))
-                    .and_then(|()| shared.log().flush_now(&mut g, true))
+                shrunk.and_then(|()| shared.log().flush_now(&mut g, true))
             };
             g.close();
             // Blocked pops, waits for durability, the threads, and pushes waiting for room (for
@@ -242,6 +244,28 @@ impl Core {
         self.lock.lock().take();
         result.and(joined)
     }
+}
+
+/// At a close, once the log is shrunk: deletes every settled segment that may go, after any
+/// deletion in progress (which leaves what settled after it began), and takes a checkpoint
+/// first if a settled segment waits for one (records about messages an earlier checkpoint
+/// moved into the state database): a closed settled store keeps only small files.
+fn delete_settled_at_close(shared: &Shared) -> Result<()> {
+    let waits = {
+        let mut g = shared.lock();
+        shared.log().delete_settled_at_close(&mut g)?;
+        g.wal().log().deletable_after_checkpoint()
+    };
+    if waits {
+        match checkpoint::take(shared) {
+            // No room for the state database under the quota: the segment stays.
+            Ok(_) | Err(Error::Full { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut g = shared.lock();
+        shared.log().delete_settled_at_close(&mut g)?;
+    }
+    Ok(())
 }
 
 /// Does at once, on the calling thread, what the background threads do over time: makes a
