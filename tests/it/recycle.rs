@@ -139,3 +139,46 @@ fn a_closed_or_quiet_store_keeps_no_file_for_recycling() {
     assert_eq!(tmp(dir.path()), 0, "a quiet store deletes the files kept for recycling");
     w.close().unwrap();
 }
+
+#[test]
+fn verify_and_copies_of_a_store_that_recycles_meanwhile_find_nothing_wrong() {
+    crate::with_deadline(crate::TEST_LIMIT, "verify_while_recycling", || {
+        let dir = tempfile::tempdir().unwrap();
+        let w = tiny().open(dir.path()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = {
+            let (q, stop) = (w.queue("q").unwrap(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    q.push_batch((n..n + 20).map(|i| payload(i, 1000))).unwrap();
+                    for d in q.pop_batch(20, Duration::ZERO).unwrap() {
+                        d.ack().unwrap();
+                    }
+                    n += 20;
+                }
+                n
+            })
+        };
+        // Segments are deleted, their files renamed and made into new segments while each
+        // verify and each copy reads them: neither takes a recycled file's bytes for damage.
+        let start = inodes(dir.path());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut copies = 0;
+        while Instant::now() < deadline {
+            let report = Wharf::verify(dir.path()).unwrap();
+            assert!(report.problems.is_empty(), "{:#?}", report.problems);
+            if let Some(copy) = crate::try_copy_store(dir.path(), &["state.redb"]) {
+                let r = tiny().open(copy.path()).unwrap();
+                assert_eq!(r.queue("q").unwrap().depth().unwrap().in_flight, 0);
+                copies += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let pushed = worker.join().unwrap();
+        let end = inodes(dir.path());
+        assert!(start.keys().all(|b| !end.contains_key(b)), "segments went: {start:?} {end:?}");
+        assert!(copies > 0 && pushed > 1_000, "{copies} copies, {pushed} pushes");
+        w.close().unwrap();
+    });
+}
