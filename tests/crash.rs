@@ -811,15 +811,27 @@ mod parent {
             ("recovery-replay", &[]),
         ];
 
-        /// Segment files, oldest first, and whether each holds a record.
+        /// The log position of the first byte of the segment file `path` (its name).
+        fn base_of(path: &Path) -> u64 {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            name.trim_end_matches(".seg").parse().unwrap()
+        }
+
+        /// The position field of the record at offset `off` of a segment's bytes.
+        fn lsn_at(bytes: &[u8], off: usize) -> Option<u64> {
+            bytes.get(off + 8..off + 16).map(|l| u64::from_le_bytes(l.try_into().unwrap()))
+        }
+
+        /// Segment files, oldest first, and whether each holds a record: its first record
+        /// carries its own position (a spare made of a deleted segment's file holds that
+        /// segment's records, at positions below its base).
         fn segments(dir: &Path) -> Vec<(PathBuf, bool)> {
             wharf_check::segments(dir)
                 .into_iter()
                 .map(|p| {
                     let b = std::fs::read(&p).unwrap();
-                    let first =
-                        b.get(64..68).map_or(0, |l| u32::from_le_bytes(l.try_into().unwrap()));
-                    (p, first != 0)
+                    let has = lsn_at(&b, 64) == Some(base_of(&p) + 64);
+                    (p, has)
                 })
                 .collect()
         }
@@ -831,12 +843,14 @@ mod parent {
             let (path, _) =
                 segs.iter().rev().find(|(_, has)| *has).ok_or("no segment has records")?;
             let bytes = std::fs::read(path).unwrap();
+            let base = base_of(path);
             let mut off = 64usize;
             loop {
                 let len = bytes
                     .get(off..off + 4)
                     .map_or(0, |l| u32::from_le_bytes(l.try_into().unwrap()));
-                if len == 0 {
+                // Zeros, or an older segment's record left in a recycled file: the end.
+                if len == 0 || lsn_at(&bytes, off) != Some(base + off as u64) {
                     break;
                 }
                 if bytes.get(off + 20) == Some(&7) {

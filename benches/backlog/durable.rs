@@ -19,24 +19,36 @@ use std::path::Path;
 use std::time::Instant;
 
 use tempfile::TempDir;
-use wharf::Wharf;
+use wharf::{Durability, Wharf};
 
 use crate::common::{fill_zeros, BoxResult, Report};
 use crate::Tier;
 
-/// A shape of durable push: messages per call and bytes per message.
+/// A shape of durable push: messages per call and bytes per message; `acked`: each call's
+/// messages are popped and acked (`Durability::None`, written with the next push) right after
+/// it, so segments settle and go, and their files are recycled.
 #[derive(Clone, Copy)]
 pub struct Shape {
     pub name: &'static str,
     pub batch: usize,
     pub len: usize,
+    pub acked: bool,
 }
 
-pub const SHAPES: [Shape; 3] = [
-    Shape { name: "single 4 KiB", batch: 1, len: 4096 },
-    Shape { name: "batch 100 × 128 B", batch: 100, len: 128 },
-    Shape { name: "batch 100 × 4 KiB", batch: 100, len: 4096 },
+pub const SHAPES: [Shape; 5] = [
+    Shape { name: "single 4 KiB", batch: 1, len: 4096, acked: false },
+    Shape { name: "batch 100 × 128 B", batch: 100, len: 128, acked: false },
+    Shape { name: "batch 100 × 4 KiB", batch: 100, len: 4096, acked: false },
+    Shape { name: "single 4 KiB, acked", batch: 1, len: 4096, acked: true },
+    Shape { name: "batch 100 × 128 B, acked", batch: 100, len: 128, acked: true },
 ];
+
+/// Bytes this process has caused to be written to storage (`write_bytes` of `/proc/self/io`),
+/// if the kernel tells.
+fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|n| n.trim().parse().ok())
+}
 
 fn create(path: &Path) -> BoxResult<File> {
     Ok(OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?)
@@ -97,8 +109,9 @@ fn fallocated(shape: Shape, tier: &Tier) -> BoxResult<f64> {
     Ok(sync_loop(&file, shape.batch * shape.len, len, false, tier)? * shape.batch as f64)
 }
 
-/// Wharf, `Immediate` pushes of `shape` into a fresh store: messages per second.
-fn wharf(shape: Shape, tier: &Tier) -> BoxResult<f64> {
+/// Wharf, `Immediate` pushes of `shape` into a fresh store: messages per second, and the
+/// bytes written to storage per payload byte (close included), if the kernel tells.
+fn wharf(shape: Shape, tier: &Tier) -> BoxResult<(f64, Option<f64>)> {
     let dir = tier.tempdir()?;
     let w = Wharf::open(dir.path())?;
     let q = w.queue("q")?;
@@ -106,6 +119,12 @@ fn wharf(shape: Shape, tier: &Tier) -> BoxResult<f64> {
     for _ in 0..10 {
         q.push_batch(&batch)?;
     }
+    if shape.acked {
+        for d in q.pop_batch(10 * shape.batch, std::time::Duration::ZERO)? {
+            d.ack_with(Durability::None)?;
+        }
+    }
+    let before = written_bytes();
     let (mut n, start) = (0u64, Instant::now());
     let deadline = start + tier.secs;
     while Instant::now() < deadline {
@@ -114,12 +133,21 @@ fn wharf(shape: Shape, tier: &Tier) -> BoxResult<f64> {
         } else {
             q.push_batch(&batch)?;
         }
+        if shape.acked {
+            for d in q.pop_batch(shape.batch, std::time::Duration::ZERO)? {
+                d.ack_with(Durability::None)?;
+            }
+        }
         n += shape.batch as u64;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     drop(q);
     w.close()?;
-    Ok(rate)
+    let per_byte = match (before, written_bytes()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / (n as f64 * shape.len as f64)),
+        _ => None,
+    };
+    Ok((rate, per_byte))
 }
 
 /// One round of row 4: every shape, floor, wharf and reference floor in turn.
@@ -127,10 +155,13 @@ pub fn round(r: &mut Report, tier: &Tier, written: &Written) -> BoxResult<()> {
     for shape in SHAPES {
         eprintln!("durable: {}", shape.name);
         let f = floor(written, shape, tier)?;
-        let w = wharf(shape, tier)?;
+        let (w, per_byte) = wharf(shape, tier)?;
         let a = fallocated(shape, tier)?;
         let name = shape.name;
         r.record(&format!("durable {name} wharf"), "msgs/s", w);
+        if let Some(b) = per_byte {
+            r.record(&format!("durable {name} disk bytes per payload byte"), "×", b);
+        }
         r.record(&format!("durable {name} floor"), "msgs/s", f);
         r.record(&format!("durable {name} fallocated floor"), "msgs/s", a);
         r.record(&format!("durable {name} ratio"), "×", w / f);

@@ -1,7 +1,8 @@
 //! Group commit: one leader among the waiting callers writes everything staged with one
 //! `pwrite` and one `fdatasync`; the others wait for it. Also what frees and makes room: spare
-//! segments made ahead of time, settled segments deleted (oldest first, behind a durable
-//! anchor), spares given back under a disk quota.
+//! segments made ahead of time (of a deleted segment's file when one is kept), settled segments
+//! deleted (oldest first, behind a durable anchor) or kept to be recycled, spares given back
+//! under a disk quota.
 //!
 //! The store's state is reached through [`LogHost`]: the log never names the layers above it.
 //!
@@ -9,18 +10,18 @@
 //! store for good (never retried, see `Error::Poisoned`); the log becomes durable strictly as a
 //! prefix, because a chunk that seals a segment is synced before any later chunk is written.
 
+mod delete;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use super::segment::{Segment, HEADER_LEN};
-use super::segments::SegInfo;
+use super::segment::{Plan, Segment, HEADER_LEN};
 use super::wal::{Flushed, Room, Wal, GROUP_BYTES};
 use crate::clock::{deadline_after, now_ms, Clock};
 use crate::error::{Error, Result};
-use crate::failpoint;
 use crate::options::{Durability, Options, ReadMode};
 use crate::record::TAIL_RESERVE;
 use crate::storage::Storage;
@@ -291,8 +292,8 @@ impl GroupCommit {
         want: usize,
         need: u64,
     ) -> Result<()> {
-        let (base, store_id, len, zero) = {
-            let g = state.lock();
+        let (plan, old) = {
+            let mut g = state.lock();
             let log = g.wal().log();
             if log.spare_count() >= want {
                 return Ok(());
@@ -300,42 +301,62 @@ impl GroupCommit {
             let len = self.next_len(sizer, &*g, need);
             let log = g.wal().log();
             if let Some(max) = self.max_disk_bytes {
+                // (No file is kept for recycling under a quota: see `delete_segments`.)
                 if log.disk_bytes() + len > max {
                     return Err(Error::Full { max_disk_bytes: max });
                 }
             }
             let stats = g.wal().stats();
             let zero = sizer.zero(stats.bytes, stats.fsyncs);
-            (log.next_spare_base(), log.store_id(), len, zero)
+            let (base, store_id) = (log.next_spare_base(), log.store_id());
+            let old = g.wal_mut().log_mut().take_recycled();
+            (Plan { store_id, base, len, zero, map: self.map }, old)
         };
-        let seg =
-            Segment::create(&*self.storage, &self.log_dir, store_id, base, len, zero, self.map)?;
+        // On failure the file stays under its temporary name, as a failed creation's does,
+        // uncounted until the next open removes it.
+        let seg = match old {
+            Some((old, _)) => Segment::recycle(&*self.storage, &self.log_dir, &old, plan),
+            None => Segment::create(&*self.storage, &self.log_dir, plan),
+        }?;
         state.lock().wal_mut().log_mut().push_spare(Arc::new(seg));
         Ok(())
     }
 
-    /// Whether the log would shrink its segments now: nothing in it is unsettled and the
-    /// active segment is larger than the smallest size.
+    /// Whether the log would shrink its segments now: files of deleted segments are kept for
+    /// recycling (a quiet log needs none), or nothing in it is unsettled and the active
+    /// segment is larger than the smallest size.
     pub(crate) fn shrinkable<H: LogHost>(&self, g: &H) -> bool {
+        g.wal().log().has_recycled() || self.shrinks_active(g)
+    }
+
+    /// Whether the active segment would be made smaller (see `shrink`).
+    fn shrinks_active<H: LogHost>(&self, g: &H) -> bool {
         let wal = g.wal();
         wal.active_len() > self.min_segment_bytes && wal.log().all_settled()
     }
 
-    /// Gives a settled log smaller segments once it has gone quiet: spares larger than the
-    /// rate of growth asks for are deleted (they are empty), and the active segment is sealed
-    /// early so the log goes on in a new one of that size; the sealed one is deleted as any
-    /// settled segment is. Returns whether it rolled. A failure poisons the store.
-    pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>) -> Result<bool> {
+    /// Gives a quiet log its smallest footprint: the files kept for recycling are deleted;
+    /// and once everything in it is settled, spares larger than the rate of growth asks for
+    /// are deleted (they are empty), and the active segment is sealed early so the log goes on
+    /// in a new one of that size; the sealed one is deleted as any settled segment is.
+    /// Returns whether it rolled. A failure poisons the store. Without `drop_kept` the files
+    /// kept for recycling stay (`testing::maintain`, which shrinks as if the store were quiet
+    /// at every call, and would otherwise never let a spare be made of one).
+    pub(crate) fn shrink<H: LogHost>(&self, state: &Mutex<H>, drop_kept: bool) -> Result<bool> {
         let mut sizer = self.creating.lock();
+        state.lock().check()?;
+        if drop_kept {
+            self.drop_recycled(state)?;
+        }
         let len = {
             let mut g = state.lock();
             g.check()?;
-            if !self.shrinkable(&*g) {
+            if !self.shrinks_active(&*g) {
                 return Ok(false);
             }
             // Settlements written with `None` durability become durable first.
             self.flush_now(&mut g, true)?;
-            if !self.shrinkable(&*g) {
+            if !self.shrinks_active(&*g) {
                 return Ok(false);
             }
             // The log is quiet: its rate of growth is measured again from now on.
@@ -362,7 +383,7 @@ impl GroupCommit {
         }
         self.create_spare_locked(&mut sizer, state, 1, 0)?;
         let mut g = state.lock();
-        if !self.shrinkable(&*g) || g.wal_mut().roll_now().is_none() {
+        if !self.shrinks_active(&*g) || g.wal_mut().roll_now().is_none() {
             return Ok(false);
         }
         // The roll skipped the rest of the sealed segment, which the log did not grow by.
@@ -451,8 +472,7 @@ impl GroupCommit {
         }
     }
 
-    /// Waits until no leader is writing and then writes (and with `sync`, syncs) everything
-    /// staged.
+    /// Waits until no leader is writing and then writes (and with `sync`, syncs) everything staged.
     pub(crate) fn flush_now<H: LogHost>(
         &self,
         g: &mut MutexGuard<'_, H>,
@@ -499,104 +519,6 @@ impl GroupCommit {
         };
         self.durable_cv.notify_all();
         result
-    }
-
-    /// Deletes the files of settled segments (already taken out of the log), oldest first,
-    /// each removal made durable before the next, so that a crash never leaves a gap. Before
-    /// the first, an anchor stating where the log now starts is made durable, so that a
-    /// segment found missing later is never taken for one deleted (`Body::Anchor`); when the
-    /// log has no room for it yet, the segments are put back, to go once a spare exists.
-    /// Returns how many went. A failure poisons the store.
-    pub(crate) fn delete_segments<H: LogHost>(
-        &self,
-        g: &mut MutexGuard<'_, H>,
-        dead: Vec<SegInfo>,
-    ) -> Result<usize> {
-        if dead.is_empty() {
-            return Ok(0);
-        }
-        if g.wal_mut().append_anchor().is_none() {
-            g.wal_mut().log_mut().restore(dead);
-            g.wal_mut().set_anchor_waits();
-            return Ok(0);
-        }
-        // Taken under the mutex with these segments: until they are gone, nobody else takes
-        // (and deletes) later ones.
-        g.wal_mut().log_mut().set_deleting(true);
-        let end = g.wal().next_lsn();
-        if let Err(e) = self.wait_durable(g, end) {
-            g.wal_mut().log_mut().set_deleting(false);
-            g.wal_mut().log_mut().restore(dead);
-            return Err(e);
-        }
-        let removed = MutexGuard::unlocked(g, || -> std::io::Result<()> {
-            for s in &dead {
-                self.storage.remove(s.seg().path())?;
-                failpoint::hit("segment-removed-before-dir-sync");
-                self.storage.sync_dir(&self.log_dir)?;
-            }
-            Ok(())
-        });
-        g.wal_mut().log_mut().set_deleting(false);
-        // Others may have found segments to delete meanwhile and left them: look again.
-        g.wal_mut().set_maybe_delete(true);
-        self.bg_cv.notify_one();
-        self.space_cv.notify_all();
-        if g.wal().log().snapshot_stale() {
-            self.ck_cv.notify_one();
-        }
-        if let Err(e) = removed {
-            return Err(self.poison(g, format!("deleting a settled segment failed: {e}")));
-        }
-        Ok(dead.len())
-    }
-
-    /// Takes out of the log the segments that may be deleted now and deletes them (see
-    /// `delete_segments`); returns how many went.
-    pub(crate) fn delete_settled<H: LogHost>(&self, g: &mut MutexGuard<'_, H>) -> Result<usize> {
-        let durable = g.wal().durable();
-        let dead = g.wal_mut().log_mut().take_deletable(durable);
-        self.delete_segments(g, dead)
-    }
-
-    /// Deletes the file of a spare segment taken out of the log (it holds no records); a
-    /// failure poisons the store, as a failed deletion does.
-    fn remove_spare<H: LogHost>(&self, state: &Mutex<H>, spare: Arc<Segment>) -> Result<()> {
-        let path = spare.path().to_path_buf();
-        drop(spare);
-        let removed =
-            self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.log_dir));
-        if let Err(e) = removed {
-            let mut g = state.lock();
-            return Err(self.poison(&mut g, format!("deleting a spare segment failed: {e}")));
-        }
-        Ok(())
-    }
-
-    /// Under a disk quota, when a settled segment waits for a checkpoint to go and the quota
-    /// leaves less than `need` bytes, deletes spare segments (empty files made ahead of need,
-    /// which the background thread makes again once there is room), the last first, until it
-    /// does. The checkpoint comes first: without it those segments never go, and a full store
-    /// would stay full for good. A failed removal poisons the store, as a failed deletion does.
-    pub(crate) fn release_spares<H: LogHost>(&self, state: &Mutex<H>, need: u64) -> Result<()> {
-        let Some(max) = self.max_disk_bytes else { return Ok(()) };
-        // No spare is being made meanwhile: it would be based after the one taken away here.
-        let _no_spare_made = self.creating.lock();
-        loop {
-            let spare = {
-                let mut g = state.lock();
-                g.check()?;
-                let log = g.wal_mut().log_mut();
-                if log.disk_bytes() + need <= max || !log.deletable_after_checkpoint() {
-                    return Ok(());
-                }
-                match log.pop_last_spare() {
-                    Some(spare) => spare,
-                    None => return Ok(()),
-                }
-            };
-            self.remove_spare(state, spare)?;
-        }
     }
 }
 

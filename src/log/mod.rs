@@ -29,7 +29,7 @@ pub(crate) use self::recovery::{
 pub(crate) use self::run::{fill, plain_push, Context as RunContext};
 pub(crate) use self::segment::{
     file_name as segment_file_name, gap as segment_gap, parse_name as parse_segment_name,
-    read_header as read_segment_header, unsynced_bound, Header, Name as SegmentName, Segment,
+    read_header as read_segment_header, unsynced_bound, Header, Name as SegmentName, Plan, Segment,
     HEADER_LEN,
 };
 pub use self::segment::{FORMAT_VERSION, MIN_SEGMENT_BYTES};

@@ -53,6 +53,23 @@ pub(crate) fn parse_name(name: &str) -> Name {
     }
 }
 
+/// The temporary name the file of the deleted segment `base` is kept under until it is
+/// recycled (`Segment::recycle`): a name an open removes, like a segment being created.
+pub(crate) fn recycled_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}{TMP_SUFFIX}"))
+}
+
+/// What a new segment is: its store, where it starts, its length, whether it is written with
+/// zeros when made (`write_zeros`), and whether it is mapped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub store_id: u128,
+    pub base: u64,
+    pub len: u64,
+    pub zero: bool,
+    pub map: bool,
+}
+
 /// The fields of a segment header.
 ///
 /// ```text
@@ -285,37 +302,64 @@ impl Segment {
         self.base + self.len
     }
 
-    /// Creates the segment `base` of `len` bytes in `dir`: written as a temporary file,
-    /// preallocated, written with zeros if `zero` (see `write_zeros`), synced, renamed into
-    /// place, and the directory synced.
-    pub(crate) fn create(
-        storage: &dyn Storage,
-        dir: &Path,
-        store_id: u128,
-        base: u64,
-        len: u64,
-        zero: bool,
-        map: bool,
-    ) -> io::Result<Segment> {
-        let path = dir.join(file_name(base));
-        let tmp = dir.join(format!("{base:020}{TMP_SUFFIX}"));
-        let unsynced = Some(unsynced_bound(len));
+    /// Creates the segment `plan.base` of `plan.len` bytes in `dir`: written as a temporary
+    /// file, preallocated, written with zeros if `plan.zero` (see `write_zeros`), synced,
+    /// renamed into place, and the directory synced.
+    pub(crate) fn create(storage: &dyn Storage, dir: &Path, plan: Plan) -> io::Result<Segment> {
+        let tmp = dir.join(format!("{:020}{TMP_SUFFIX}", plan.base));
         // A leftover temporary file from a crash or a failed creation is ours to replace.
         let _ = storage.remove(&tmp);
         let file = storage.open(&tmp, true)?;
-        let done = (|| {
-            file.allocate(len)?;
-            file.write_at(&Header { store_id, base, len, unsynced }.encode(), 0)?;
-            if zero {
-                write_zeros(&*file, HEADER_LEN, len)?;
-            }
-            file.sync_data()?;
-            storage.rename(&tmp, &path)?;
-            failpoint::hit("segment-created-before-dir-sync");
-            storage.sync_dir(dir)
-        })();
         // On failure the temporary file stays; the next creation or open removes it.
-        done?;
+        file.allocate(plan.len)?;
+        Segment::finish(storage, dir, &tmp, file, HEADER_LEN, plan)
+    }
+
+    /// Makes the segment `plan.base` out of the file of a deleted segment kept at `old`
+    /// (`recycled_path`, a temporary name: its removal was made durable before this, so no
+    /// crash can bring the old segment back with new bytes in it). Its blocks were written
+    /// once, so appends to it overwrite written blocks as in a segment written with zeros,
+    /// without the zeros. Cut or extended to `plan.len` (only an extension is written with
+    /// zeros if `plan.zero`), its header written, synced, renamed into place, the directory
+    /// synced. Its old records stay past the header until overwritten: each carries its own
+    /// log position, below this segment's base, so none is ever read as one of this segment.
+    pub(crate) fn recycle(
+        storage: &dyn Storage,
+        dir: &Path,
+        old: &Path,
+        plan: Plan,
+    ) -> io::Result<Segment> {
+        let file = storage.open(old, false)?;
+        let was = file.len()?;
+        if was > plan.len {
+            file.set_len(plan.len)?;
+        } else if was < plan.len {
+            file.allocate(plan.len)?;
+        }
+        Segment::finish(storage, dir, old, file, was.max(HEADER_LEN), plan)
+    }
+
+    /// The rest of `create` and `recycle`: the header, zeros over `[zero_from, len)` if
+    /// `plan.zero`, the sync, the rename from `tmp` and the directory sync.
+    fn finish(
+        storage: &dyn Storage,
+        dir: &Path,
+        tmp: &Path,
+        file: Arc<dyn StorageFile>,
+        zero_from: u64,
+        plan: Plan,
+    ) -> io::Result<Segment> {
+        let Plan { store_id, base, len, zero, map } = plan;
+        let path = dir.join(file_name(base));
+        let unsynced = Some(unsynced_bound(len));
+        file.write_at(&Header { store_id, base, len, unsynced }.encode(), 0)?;
+        if zero {
+            write_zeros(&*file, zero_from, len)?;
+        }
+        file.sync_data()?;
+        storage.rename(tmp, &path)?;
+        failpoint::hit("segment-created-before-dir-sync");
+        storage.sync_dir(dir)?;
         let map = if map { file.map()? } else { None };
         Ok(Segment { base, len, unsynced, path, file, map })
     }

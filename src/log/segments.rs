@@ -7,6 +7,7 @@
 //! the whole segment.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,16 @@ pub(crate) struct Log {
     /// then), if it has one: once it is deleted, an open would replay the whole log until the
     /// next checkpoint takes a new snapshot.
     snapshot_low: Option<u64>,
+    /// Files of deleted segments kept under a temporary name to be made into spares
+    /// (`Segment::recycle`), with their lengths: at most `RECYCLED_MAX`.
+    recycled: Vec<(PathBuf, u64)>,
+    /// Whether deleted segments' files may be kept for recycling (not once the store closes).
+    recycling: bool,
 }
+
+/// How many files of deleted segments are kept for recycling at most: as many as the spares
+/// the background thread keeps ready, which a steady log makes from them one roll later.
+pub(crate) const RECYCLED_MAX: usize = 2;
 
 impl Log {
     #[inline]
@@ -132,7 +142,40 @@ impl Log {
             stragglers_told: false,
             voids: Voids::default(),
             snapshot_low: None,
+            recycled: Vec::new(),
+            recycling: true,
         }
+    }
+
+    /// How many deleted segments' files kept now (`recycled`) may be kept besides: none once
+    /// recycling stopped.
+    pub(crate) fn recycle_room(&self) -> usize {
+        if self.recycling {
+            RECYCLED_MAX.saturating_sub(self.recycled.len())
+        } else {
+            0
+        }
+    }
+
+    /// Keeps the file at `path` (`len` bytes, a deleted segment's, renamed durably out of the
+    /// log) to make a spare of.
+    pub(crate) fn keep_recycled(&mut self, path: PathBuf, len: u64) {
+        self.recycled.push((path, len));
+    }
+
+    /// Takes a kept file to make a spare of (or to delete).
+    pub(crate) fn take_recycled(&mut self) -> Option<(PathBuf, u64)> {
+        self.recycled.pop()
+    }
+
+    /// Whether files of deleted segments are kept for recycling.
+    pub(crate) fn has_recycled(&self) -> bool {
+        !self.recycled.is_empty()
+    }
+
+    /// No more deleted segments' files are kept for recycling (the store closes).
+    pub(crate) fn stop_recycling(&mut self) {
+        self.recycling = false;
     }
 
     /// Where the groups that crashes left unfinished are.
@@ -298,6 +341,12 @@ impl Log {
     }
 
     /// Whether a thread is deleting segments it took (see the field).
+    #[inline]
+    pub(crate) fn deleting(&self) -> bool {
+        self.deleting
+    }
+
+    /// Sets whether a thread is deleting segments it took (see the field).
     #[inline]
     pub(crate) fn set_deleting(&mut self, deleting: bool) {
         self.deleting = deleting;
@@ -482,10 +531,12 @@ impl Log {
         true
     }
 
-    /// Bytes of segment files in use or ready, headers and preallocated space included.
+    /// Bytes of segment files in use, ready or kept for recycling, headers and preallocated
+    /// space included.
     pub(crate) fn disk_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.seg.len()).sum::<u64>()
             + self.spares.iter().map(|s| s.len()).sum::<u64>()
+            + self.recycled.iter().map(|&(_, len)| len).sum::<u64>()
             + self.state_bytes
     }
 }

@@ -32,6 +32,9 @@ pub(crate) struct SegFile {
     pub has_records: bool,
     /// Bytes after `records_end` that are not zero (up to the last non-zero one).
     pub dirty_tail: u64,
+    /// Its first bytes after the header are a valid record of a position below its base: the
+    /// file was recycled (`Segment::recycle`) and its old records are not its own.
+    pub recycled: bool,
 }
 
 impl SegFile {
@@ -195,7 +198,11 @@ fn read_segment(
         sealed: false,
         has_records: false,
         dirty_tail: 0,
+        recycled: false,
     };
+    let first = bytes.get(HEADER_LEN as usize..).unwrap_or(&[]);
+    seg.recycled =
+        record::peek_lsn(first).is_some_and(|lsn| lsn < base && record::decode(first, lsn).is_ok());
     let last_nz = last_nonzero(&bytes);
     let mut off = HEADER_LEN as usize;
     while off < bytes.len() {
@@ -339,8 +346,9 @@ fn judge(log_dir: &Path, out: &mut LogScan) {
                 why: why.into(),
                 claimed: None,
             });
-        } else if i > last && seg.dirty_tail > 0 && !seg.has_records {
-            // A spare made ahead of time holds only zeros after its header.
+        } else if i > last && seg.dirty_tail > 0 && !seg.has_records && !seg.recycled {
+            // A spare made ahead of time holds only zeros after its header, or the old records
+            // of the segment whose file it was made of.
             let why = "a segment after the end of the log holds bytes that are not records";
             out.problems.push(problem(&seg.path, HEADER_LEN, why));
             gaps.push(unreadable(seg, why));

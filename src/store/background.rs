@@ -106,7 +106,7 @@ pub(crate) fn run(shared: &Shared) {
         if shrink_at.is_some_and(|t| t <= now) {
             shrunk_at = Some(records);
             // A failure poisons the store and is reported to every later call.
-            let _ = MutexGuard::unlocked(&mut g, || shared.shrink_log());
+            let _ = MutexGuard::unlocked(&mut g, || shared.shrink_log(true));
             continue;
         }
         let clock_now = shared.opts().clock.now();

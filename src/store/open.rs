@@ -14,7 +14,9 @@ use super::state::{QueueState, Shared, State, Thread};
 use crate::checkpoint::{self, StateDb, STATE_FILE};
 use crate::error::{Error, Result};
 use crate::log::recover;
-use crate::log::{first_record, write_mark, CatalogEntry, LogHost, Room, Segment, Wal, MAX_EPOCH};
+use crate::log::{
+    first_record, write_mark, CatalogEntry, LogHost, Plan, Room, Segment, Wal, MAX_EPOCH,
+};
 use crate::options::{Options, ReadMode};
 use crate::record::Body;
 use crate::salvage;
@@ -76,8 +78,8 @@ impl Core {
                 // may be large) starts at the largest size.
                 let len =
                     if rec.queues.is_empty() { opts.min_segment_bytes } else { opts.segment_bytes };
-                let seg =
-                    Segment::create(&*storage, &log_dir, log.store_id(), base, len, true, map)?;
+                let plan = Plan { store_id: log.store_id(), base, len, zero: true, map };
+                let seg = Segment::create(&*storage, &log_dir, plan)?;
                 let seg = Arc::new(seg);
                 log.activate(Arc::clone(&seg), 0);
                 let first = first_record(&seg);
@@ -166,8 +168,18 @@ impl Core {
         let shared = &self.shared;
         // A settled log is left with small segments, as the background thread leaves it once
         // the store is quiet, and its settled segments deleted.
-        let open = shared.lock().check().is_ok();
-        let shrunk = if open { shared.shrink_log().map(drop) } else { Ok(()) };
+        // No deleted segment's file is kept for recycling from here on, and the shrink deletes
+        // those kept: a closed store leaves none behind.
+        let open = {
+            let mut g = shared.lock();
+            g.wal_mut().log_mut().stop_recycling();
+            g.check().is_ok()
+        };
+        let shrunk = if open {
+            shared.shrink_log(true).and_then(|_| delete_settled_at_close(shared))
+        } else {
+            Ok(())
+        };
         let result = {
             let mut g = shared.lock();
             let was_open = !g.is_closed();
@@ -177,9 +189,7 @@ impl Core {
                 // Nothing more can be made durable: say so rather than pretend.
                 Err(Error::Poisoned(why.to_owned()))
             } else {
-                shrunk
-                    .and_then(|()| shared.log().delete_settled(&mut g).map(drop))
-                    .and_then(|()| shared.log().flush_now(&mut g, true))
+                shrunk.and_then(|()| shared.log().flush_now(&mut g, true))
             };
             g.close();
             // Blocked pops, waits for durability, the threads, and pushes waiting for room (for
@@ -199,8 +209,10 @@ impl Core {
                     Err(e) => result = Err(e.into()),
                 }
             }
-            result
+            let clear = was_open && result.is_ok();
+            (result, clear)
         };
+        let (result, clear) = result;
         let mut joined = Ok(());
         for thread in [self.bg.lock().take(), self.ck.lock().take()].into_iter().flatten() {
             // The threads only return; a panic in one would be a bug, reported as an error.
@@ -215,11 +227,45 @@ impl Core {
             let _no_checkpoint = shared.checkpointing().lock();
             shared.db().lock().take();
         }
+        // Nothing writes the log any more (the threads may have, after the mark: a deletion's
+        // anchor, which leaves the mark below the log's end, as it may be).
+        let result = if clear {
+            let (active, end) = {
+                let g = shared.lock();
+                (g.wal().log().active().cloned(), g.wal().durable())
+            };
+            let cleared = active.map_or(Ok(()), |seg| shared.log().clear_tail(&seg, end));
+            result.and(cleared.map_err(Error::from))
+        } else {
+            result
+        };
         // Nothing writes any more: the directory may be opened again, even while old handles
         // (which now fail with `Closed`) are still around.
         self.lock.lock().take();
         result.and(joined)
     }
+}
+
+/// At a close, once the log is shrunk: deletes every settled segment that may go, after any
+/// deletion in progress (which leaves what settled after it began), and takes a checkpoint
+/// first if a settled segment waits for one (records about messages an earlier checkpoint
+/// moved into the state database): a closed settled store keeps only small files.
+fn delete_settled_at_close(shared: &Shared) -> Result<()> {
+    let waits = {
+        let mut g = shared.lock();
+        shared.log().delete_settled_at_close(&mut g)?;
+        g.wal().log().deletable_after_checkpoint()
+    };
+    if waits {
+        match checkpoint::take(shared) {
+            // No room for the state database under the quota: the segment stays.
+            Ok(_) | Err(Error::Full { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut g = shared.lock();
+        shared.log().delete_settled_at_close(&mut g)?;
+    }
+    Ok(())
 }
 
 /// Does at once, on the calling thread, what the background threads do over time: makes a
@@ -252,8 +298,9 @@ pub(crate) fn maintain(shared: &Shared) -> Result<()> {
         }
         shared.lock().set_checkpoint_wanted(false);
     }
-    // As the background thread once the store is quiet: a settled log gets smaller segments.
-    shared.shrink_log()?;
+    // As the background thread once the store is quiet: a settled log gets smaller segments
+    // (the files kept for recycling stay, for the spares of the next calls).
+    shared.shrink_log(false)?;
     let mut g = shared.lock();
     shared.log().delete_settled(&mut g).map(drop)
 }

@@ -532,8 +532,8 @@ impl Shared {
 
     /// Gives a settled, quiet log smaller segments (see `GroupCommit::shrink`).
     #[inline]
-    pub(crate) fn shrink_log(&self) -> Result<bool> {
-        self.log.shrink(&self.state)
+    pub(crate) fn shrink_log(&self, drop_kept: bool) -> Result<bool> {
+        self.log.shrink(&self.state, drop_kept)
     }
 
     /// Gives spare segments back under a disk quota until `need` bytes are free (see

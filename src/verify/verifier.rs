@@ -70,6 +70,21 @@ struct Seg {
     /// The header's unsynced bound (`Segment::unsynced_bound`).
     unsynced: Option<u64>,
     file: Arc<dyn StorageFile>,
+    /// The file's length when it was opened.
+    file_len: u64,
+}
+
+impl Seg {
+    /// Whether a store open elsewhere deleted this segment since it was opened and made its
+    /// file into a new segment (`Segment::recycle`): the file was cut or extended, or its
+    /// header names another segment. Either comes before any other change to its bytes, so a
+    /// file for which this is false after a read held this segment's bytes in that read.
+    fn recycled(&self) -> bool {
+        let len = self.file.len().ok();
+        len != Some(self.file_len)
+            || read_segment_header(&*self.file, &self.path, self.base, None)
+                .map_or(true, |h| h.len != self.len)
+    }
 }
 
 /// Where the scan of the log is, for a progress callback.
@@ -392,6 +407,8 @@ impl Verifier<'_> {
                 }
             };
             self.report.segments += 1;
+            // Before the header: a recycling store cuts or extends the file before it writes it.
+            let file_len = file.len().unwrap_or(0);
             let header = match read_segment_header(&*file, &path, base, store_id) {
                 Ok(h) => h,
                 Err(e) => {
@@ -407,7 +424,7 @@ impl Verifier<'_> {
             prev_end = Some(base + header.len);
             self.paths.insert(base, path.clone());
             let unsynced = header.unsynced.map(u64::from);
-            segs.push(Seg { path, base, len: header.len, unsynced, file });
+            segs.push(Seg { path, base, len: header.len, unsynced, file, file_len });
         }
         (segs, store_id)
     }
@@ -473,18 +490,25 @@ impl Verifier<'_> {
                 let after = self.seal_at.map_or(0, |s| s + record::SEAL_LEN as u64 - seg.base);
                 let after = usize::try_from(after).unwrap_or(usize::MAX);
                 match after_seal(&mut img, seg.base, after) {
+                    Ok(Some(_)) if seg.recycled() => {}
                     Ok(Some((off, what))) => self.problem(&seg.path, off as u64, what),
                     Ok(None) => {}
                     Err(e) => self.error(&seg.path, e),
                 }
                 return None;
             }
+            Err(_) if seg.recycled() => return None,
             Err(e) => {
                 self.error(&seg.path, e);
                 return None;
             }
         };
         let off = at - seg.base;
+        if seg.recycled() {
+            // Deleted by a store open elsewhere while it was read, its file made into a new
+            // segment: the log now starts after it, and it ends here for this scan.
+            return None;
+        }
         match judge_end(&mut img, seg.base, at, mark_end, seg.unsynced, || Ok(later)) {
             Ok(Ending::BelowMark) => {
                 let why = explain_at(&mut img, seg.base, at);

@@ -19,11 +19,17 @@ fn disk_bytes(dir: &Path) -> (u64, u64) {
     (log, state)
 }
 
-/// Segment files that hold at least one record (not spares made ahead of time).
+/// Segment files that hold at least one record (not spares made ahead of time): their first
+/// record carries its own position (a spare made of a deleted segment's file holds that
+/// segment's records, at positions below its base).
 fn used_segments(dir: &Path) -> usize {
     segments(dir)
         .iter()
-        .filter(|p| fs::read(p).unwrap()[64..].iter().take(4096).any(|&b| b != 0))
+        .filter(|p| {
+            let stem = p.file_name().unwrap().to_str().unwrap().trim_end_matches(".seg");
+            let first = stem.parse::<u64>().unwrap() + 64;
+            fs::read(p).unwrap()[72..80] == first.to_le_bytes()
+        })
         .count()
 }
 

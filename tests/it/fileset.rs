@@ -126,13 +126,16 @@ impl Pristine {
             .collect()
     }
 
-    /// Names of the segments holding at least one record (not spares made ahead of time).
+    /// Names of the segments holding at least one record (not spares made ahead of time):
+    /// their first record carries its own position (a spare made of a deleted segment's file
+    /// holds that segment's records, at positions below its base).
     fn used_segment_names(&self) -> Vec<String> {
         self.segment_names()
             .into_iter()
             .filter(|n| {
                 let bytes = std::fs::read(self.dir.path().join("log").join(n)).unwrap();
-                bytes[64..].iter().take(4096).any(|&b| b != 0)
+                let first = n.trim_end_matches(".seg").parse::<u64>().unwrap() + 64;
+                bytes[72..80] == first.to_le_bytes()
             })
             .collect()
     }

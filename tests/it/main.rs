@@ -20,6 +20,7 @@ mod operate;
 mod poison;
 mod quota;
 mod recovery;
+mod recycle;
 mod runs;
 mod salvage;
 mod sizes;
@@ -86,15 +87,71 @@ pub fn payload(i: usize, len: usize) -> Vec<u8> {
     p
 }
 
-/// Copies a store directory (its LOCK and log files) to a new temp dir.
+/// Copies a store directory (its log files) to a new temp dir: the files as a crash would
+/// leave them when the store is open. See [`try_copy_store`]; taken again until it holds.
 pub fn copy_store(from: &Path) -> tempfile::TempDir {
+    copy_store_with(from, &[])
+}
+
+/// [`copy_store`], with these files of the store directory itself copied after the log.
+pub fn copy_store_with(from: &Path, top: &[&str]) -> tempfile::TempDir {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        if let Some(to) = try_copy_store(from, top) {
+            return to;
+        }
+        assert!(std::time::Instant::now() < deadline, "the store's files kept changing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The files of a store: those of its log directory but the ones under a temporary name
+/// (`*.tmp`: a segment being made, or a deleted one's file kept to be recycled, which an open
+/// removes), then the files `top` of the directory itself, each with its inode and bytes.
+/// `None` if one was renamed or deleted while they were read.
+type Files = Vec<(PathBuf, u64, Vec<u8>)>;
+
+fn read_store(from: &Path, top: &[&str]) -> Option<Files> {
+    use std::os::unix::fs::MetadataExt;
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(from.join("log")).ok()? {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        if !name.ends_with(".tmp") {
+            names.push(Path::new("log").join(name));
+        }
+    }
+    names.sort();
+    names.extend(top.iter().map(PathBuf::from));
+    names
+        .into_iter()
+        .map(|name| {
+            let mut f = std::fs::File::open(from.join(&name)).ok()?;
+            let ino = f.metadata().ok()?.ino();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).ok()?;
+            Some((name, ino, bytes))
+        })
+        .collect()
+}
+
+/// Copies the log files of the store in `from` (and the files `top` of the directory itself)
+/// to a new temp dir, as they all were at one moment; `None` if they changed while they were
+/// read. The store may be open: it appends to its active segment, deletes settled segments or
+/// renames their files out of the log and makes new segments of them (recycling), whose bytes
+/// then change. The files are read twice, and the copy counts only if both reads found the
+/// same files (names and inodes) with the same bytes: each file then held those bytes from
+/// its first read to its second, so all of them did at the moment the first pass ended.
+pub fn try_copy_store(from: &Path, top: &[&str]) -> Option<tempfile::TempDir> {
+    let first = read_store(from, top)?;
+    if read_store(from, top)? != first {
+        return None;
+    }
     let to = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(to.path().join("log")).unwrap();
-    for e in std::fs::read_dir(from.join("log")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, to.path().join("log").join(p.file_name().unwrap())).unwrap();
+    for (name, _, bytes) in first {
+        std::fs::write(to.path().join(name), bytes).unwrap();
     }
-    to
+    Some(to)
 }
 
 /// A wait long enough that only a bug reaches it.

@@ -21,22 +21,13 @@ fn builder(window: usize) -> WharfBuilder {
 
 /// The store's files as a crash would leave them (nothing closed), state database included.
 fn crash_copy(from: &Path) -> tempfile::TempDir {
-    let to = crate::copy_store(from);
-    std::fs::copy(from.join("state.redb"), to.path().join("state.redb")).unwrap();
-    to
+    crate::copy_store_with(from, &["state.redb"])
 }
 
-/// [`crash_copy`] of a store that is open and may delete files meanwhile: `None` if one went
-/// while it was copied.
+/// [`crash_copy`] of a store that is open and may delete or recycle files meanwhile: `None` if
+/// its files changed while they were copied.
 fn try_crash_copy(from: &Path) -> Option<tempfile::TempDir> {
-    let to = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(to.path().join("log")).unwrap();
-    for e in std::fs::read_dir(from.join("log")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, to.path().join("log").join(p.file_name()?)).ok()?;
-    }
-    std::fs::copy(from.join("state.redb"), to.path().join("state.redb")).ok()?;
-    Some(to)
+    crate::try_copy_store(from, &["state.redb"])
 }
 
 /// Another copy of a copy (closed or crashed: it was never opened).

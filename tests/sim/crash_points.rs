@@ -24,7 +24,7 @@ pub type Scenario = fn(&mut Ctx) -> Step;
 
 /// Small segments, and a queue's index holding two ready messages: past them, plain pushes
 /// join the queue's run and are read back from the log (`WharfBuilder::index_window`).
-fn small() -> WharfBuilder {
+pub fn small() -> WharfBuilder {
     Wharf::builder().segment_bytes(64 << 10).index_window(2)
 }
 
@@ -207,6 +207,7 @@ fn scenarios() -> Vec<(&'static str, WharfBuilder, Scenario)> {
             c.held.clear();
             c.close()
         }),
+        ("recycled segments", small(), crate::recycle::recycled_segments),
         ("queue created after a roll", small(), |c| {
             c.open()?;
             for _ in 0..40 {

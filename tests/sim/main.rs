@@ -10,6 +10,7 @@ mod lapse;
 mod model;
 mod oracle;
 mod quota;
+mod recycle;
 mod redb_crash;
 mod salvage;
 mod state_damage;
