@@ -993,15 +993,16 @@ fn faults_in(sim: &SimFs, files: &[&str]) -> u64 {
 }
 
 /// Injected failures at the log's write and sync call sites (a group commit's I/O, in
-/// `src/log/wal.rs`).
+/// `src/log/flush.rs`; `wal.rs` held it before).
 fn log_faults(sim: &SimFs) -> u64 {
-    faults_in(sim, &["src/log/wal.rs"])
+    faults_in(sim, &["src/log/flush.rs", "src/log/wal.rs"])
 }
 
-/// Injected failures where the log deletes settled segments, or spares to make room for the
-/// state database under a quota (`src/log/commit.rs`), which poisons the store too.
+/// Injected failures where the log deletes or recycles settled segments, or spares to make
+/// room for the state database under a quota (`src/log/commit.rs`, `src/log/commit/`), which
+/// poisons the store too.
 fn deletion_faults(sim: &SimFs) -> u64 {
-    faults_in(sim, &["src/log/commit.rs"])
+    faults_in(sim, &["src/log/commit.rs", "src/log/commit/"])
 }
 
 /// Injected failures in calls on the state database (`state.redb`: redb's own reads, writes
