@@ -1311,6 +1311,18 @@ pub fn run_corrupt_then_recover(input: &CorruptInput) {
         Ok(w) => w,
         Err(e) => return assert_open_error(&e, "corrupt_then_recover"),
     };
+    // An open that started from a checkpoint's snapshot does not read the records below it:
+    // damage there is found when a queue reads them, and must be reported as such (I6).
+    for queue in w.queue_names() {
+        match w.queue(&queue).and_then(|q| q.peek(usize::MAX)) {
+            Ok(_) => {}
+            Err(e @ Error::Corrupted(_)) => {
+                assert!(w.recovery_report().from_snapshot, "{queue}: {e} after a full replay");
+                return assert_open_error(&e, "corrupt_then_recover: a read after the open");
+            }
+            Err(e) => panic!("peek of {queue} in a recovered store failed: {e}"),
+        }
+    }
     let o = &p.store.oracle;
     let got = contents(&w);
     let mut present = BTreeSet::new();

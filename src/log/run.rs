@@ -80,11 +80,17 @@ pub(crate) fn fill(
                 None => break None,
             }
         };
+        // Damage below the checkpoint an open started from is found here, when it is read.
         let rec = record::decode(&bytes, lsn).map_err(|e| {
-            Error::Internal(format!(
-                "queue {queue}'s run reads an invalid record at log position {lsn}: {}",
-                e.describe()
-            ))
+            let (file, offset) = src.file_of(lsn);
+            Error::Corrupted(crate::error::Corruption {
+                file,
+                offset,
+                reason: format!(
+                    "queue {queue}'s run reads an invalid record at log position {lsn}: {}",
+                    e.describe()
+                ),
+            })
         })?;
         if rec.body == Body::Seal {
             match src.next_segment(lsn) {

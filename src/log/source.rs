@@ -21,6 +21,11 @@ pub(crate) trait Records {
     /// seal, or after a segment deleted since the run was read (every member it held was
     /// loaded: its live count kept it).
     fn next_segment(&self, lsn: u64) -> Option<u64>;
+    /// The file holding log position `lsn` and its offset there, for an error that names
+    /// damage found in it (an empty path where it is not known).
+    fn file_of(&self, lsn: u64) -> (std::path::PathBuf, u64) {
+        (std::path::PathBuf::new(), lsn)
+    }
 }
 
 /// The groups of records a crash left unfinished, which replay never applied: for each epoch

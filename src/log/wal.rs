@@ -587,6 +587,13 @@ impl Records for Wal {
         Ok(self.copy_unwritten(lsn, record_len_at(&head)).map(Cow::Owned))
     }
 
+    fn file_of(&self, lsn: u64) -> (std::path::PathBuf, u64) {
+        self.log.segment_of(lsn).map_or_else(
+            || (std::path::PathBuf::new(), lsn),
+            |s| (s.path().to_path_buf(), lsn - s.base()),
+        )
+    }
+
     fn next_segment(&self, lsn: u64) -> Option<u64> {
         let after = lsn.checked_add(1)?;
         self.log.segments().map(SegInfo::seg).find(|s| s.base() >= after).map(|s| first_record(s))
