@@ -102,6 +102,13 @@ impl Records for Segs<'_> {
         let i = self.0.partition_point(|s| s.base() <= lsn);
         self.0.get(i).map(|s| first_record(s))
     }
+
+    fn file_of(&self, lsn: u64) -> (std::path::PathBuf, u64) {
+        self.holding(lsn).map_or_else(
+            || (std::path::PathBuf::new(), lsn),
+            |s| (s.path().to_path_buf(), lsn - s.base()),
+        )
+    }
 }
 
 impl Replay {
